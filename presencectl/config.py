@@ -1,0 +1,259 @@
+"""Profiles in ``config.toml``: where they live, what they hold, how they are validated and saved.
+
+Owns the file ``$PRESENCECTL_CONFIG_DIR/config.toml`` (default ``typer.get_app_dir("presencectl")``
+resolved without importing typer) and the state dir. Read with tomllib, written atomically
+with tomli-w (temp file + ``os.replace``, mode 0600). Never holds a secret: secrets go through
+``presencectl.secrets``. Validation errors are ``ConfigError`` naming the file, the key and what is
+allowed.
+
+Layout::
+
+    [profiles.NAME]
+    tenant_id = "…"                       # Entra tenant (GUID or domain)
+    authority_url = "https://login.microsoftonline.com"
+    graph_url = "https://graph.microsoft.com/v1.0"
+    ca_bundle = "/path/ca.pem"            # optional: extra CA to trust (proxy, sandbox)
+    proxy = "http://proxy:3128"           # optional
+    client_id = "…"                        # our app registration
+    bootstrap_client_id = "…"              # public client used before our app exists
+    admin_email = "…"
+    sync_username = "…"
+    connect_login_url = "https://login.univerge.blue"
+    connect_api_url = "https://api.univerge.blue"
+    connect_client_id = "…"
+    connect_account_email = "…"
+    enabled_direction = "both"            # absent = sync disabled
+    [profiles.NAME.verified]              # what setup-azure / consent / validate proved, with dates
+    [profiles.NAME.mapping.teams_to_connect]   # overrides: "Busy/InAMeeting" = "meeting"
+    [profiles.NAME.mapping.connect_to_teams]   # overrides: "on_break" = "Available/Available"
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from presencectl.errors import ConfigError
+
+DEFAULT_PROFILE = "default"
+DIRECTIONS = ("both", "connect-to-teams", "teams-to-connect")
+GRAPH_CLI_CLIENT_ID = "14d82eec-204b-4c2f-b7e8-296a70dab67e"
+
+
+@dataclass
+class Profile:
+    """One tenant's settings. Field names are the TOML keys."""
+
+    name: str = DEFAULT_PROFILE
+    tenant_id: str | None = None
+    authority_url: str = "https://login.microsoftonline.com"
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    ca_bundle: str | None = None
+    proxy: str | None = None
+    client_id: str | None = None
+    bootstrap_client_id: str = GRAPH_CLI_CLIENT_ID
+    admin_email: str | None = None
+    sync_username: str | None = None
+    connect_login_url: str = "https://login.univerge.blue"
+    connect_api_url: str = "https://api.univerge.blue"
+    connect_client_id: str | None = None
+    connect_account_email: str | None = None
+    enabled_direction: str | None = None
+    verified: dict[str, Any] = field(default_factory=dict)
+    mapping: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def authority(self) -> str:
+        """The tenant-specific authority msal signs in against."""
+        if not self.tenant_id:
+            raise ConfigError(
+                f"profile '{self.name}' has no tenant_id",
+                hint="run `presencectl setup-azure --tenant <tenant id or domain>`",
+                code="config_missing",
+            )
+        return f"{self.authority_url.rstrip('/')}/{self.tenant_id}"
+
+    def http_settings(self) -> Any:
+        """The shared HTTP settings (``presencectl.transport.HttpSettings``) for this profile."""
+        from presencectl.transport import HttpSettings
+
+        fixes: dict[str, int] = {}
+        parts = urlsplit(self.authority_url)
+        if parts.hostname and parts.port and parts.port != 443:
+            fixes[parts.hostname] = parts.port
+        return HttpSettings(ca_bundle=self.ca_bundle, proxy=self.proxy, msal_port_fixes=fixes)
+
+    def to_toml(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "name":
+                continue
+            value = getattr(self, f.name)
+            if value is None or value == {} or value == f.default:
+                continue
+            out[f.name] = value
+        return out
+
+
+_KNOWN_KEYS = {f.name for f in fields(Profile)} - {"name"}
+
+
+def config_dir() -> Path:
+    """``$PRESENCECTL_CONFIG_DIR``, else the platform's app dir (as typer.get_app_dir does)."""
+    env = os.environ.get("PRESENCECTL_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "win32":
+        base = os.environ.get("APPDATA") or str(Path.home() / "AppData" / "Roaming")
+        return Path(base) / "presencectl"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "presencectl"
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "presencectl"
+
+
+def config_path() -> Path:
+    return config_dir() / "config.toml"
+
+
+def state_dir() -> Path:
+    """Where the per-profile SQLite state lives (0700). ``$PRESENCECTL_STATE_DIR`` overrides."""
+    env = os.environ.get("PRESENCECTL_STATE_DIR")
+    if env:
+        return Path(env).expanduser()
+    if os.environ.get("PRESENCECTL_CONFIG_DIR"):
+        return config_dir() / "state"
+    if sys.platform == "win32" or sys.platform == "darwin":
+        return config_dir() / "state"
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "presencectl"
+
+
+def profile_name(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("PRESENCECTL_PROFILE") or DEFAULT_PROFILE
+
+
+def read_config(path: Path | None = None) -> dict[str, Any]:
+    """The whole config document; ``{}`` when the file does not exist."""
+    path = path or config_path()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="check the file's permissions") from exc
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"{path} is not valid TOML: {exc}",
+            hint=f"fix the file, or move it away and run setup again (`presencectl config path` shows it)",
+        ) from exc
+    profiles = doc.get("profiles", {})
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{path}: key 'profiles' must be a table", hint="see docs/ci.md for the layout")
+    return doc
+
+
+def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
+    where = f"{path}: [profiles.{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table", hint="see docs/ci.md for the layout")
+    unknown = sorted(set(table) - _KNOWN_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key '{unknown[0]}'",
+            hint="allowed keys: " + ", ".join(sorted(_KNOWN_KEYS)),
+        )
+    profile = Profile(name=name)
+    for f in fields(Profile):
+        if f.name == "name" or f.name not in table:
+            continue
+        value = table[f.name]
+        if f.name in ("verified", "mapping"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: key '{f.name}' must be a table", hint="see docs/mapping.md")
+        elif not isinstance(value, str):
+            raise ConfigError(
+                f"{where}: key '{f.name}' must be a string, not {type(value).__name__}",
+                hint=f"write it as {f.name} = \"…\"",
+            )
+        setattr(profile, f.name, value)
+    if profile.enabled_direction is not None and profile.enabled_direction not in DIRECTIONS:
+        raise ConfigError(
+            f"{where}: key 'enabled_direction' is '{profile.enabled_direction}'",
+            hint="allowed: " + ", ".join(DIRECTIONS),
+        )
+    for key in ("authority_url", "graph_url", "connect_login_url", "connect_api_url"):
+        url = getattr(profile, key)
+        if urlsplit(url).scheme not in ("https", "http") or not urlsplit(url).hostname:
+            raise ConfigError(f"{where}: key '{key}' is not a URL: {url!r}", hint="use https://host/…")
+    if profile.mapping:
+        from presencectl.mapping import validate_overrides
+
+        validate_overrides(profile.mapping, where=f"{where}.mapping")
+    return profile
+
+
+def load_profile(name: str | None = None, *, path: Path | None = None, must_exist: bool = True) -> Profile:
+    """The named profile, validated. A missing profile is a ConfigError unless ``must_exist`` is False."""
+    path = path or config_path()
+    name = profile_name(name)
+    doc = read_config(path)
+    table = doc.get("profiles", {}).get(name)
+    if table is None:
+        if must_exist:
+            raise ConfigError(
+                f"no profile '{name}' in {path}",
+                hint="run `presencectl setup-azure` (or `presencectl sandbox serve --write-profile NAME`)",
+                code="config_missing",
+            )
+        return Profile(name=name)
+    return _profile_from_table(name, table, path)
+
+
+def list_profiles(path: Path | None = None) -> list[str]:
+    return sorted(read_config(path).get("profiles", {}))
+
+
+def write_config(doc: dict[str, Any], path: Path | None = None) -> None:
+    """Write the whole document atomically, 0600."""
+    import tomli_w
+
+    path = path or config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = tomli_w.dumps(doc).encode("utf-8")
+    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".toml", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600) if hasattr(os, "fchmod") else None
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_profile(profile: Profile, path: Path | None = None) -> None:
+    """Replace one profile's table, keeping every other profile as it was."""
+    path = path or config_path()
+    doc = read_config(path)
+    doc.setdefault("profiles", {})[profile.name] = profile.to_toml()
+    write_config(doc, path)
+
+
+def delete_profile(name: str, path: Path | None = None) -> bool:
+    path = path or config_path()
+    doc = read_config(path)
+    removed = doc.get("profiles", {}).pop(name, None) is not None
+    if removed:
+        write_config(doc, path)
+    return removed

@@ -1,0 +1,202 @@
+"""The one boundary between results and the terminal: rendering, logging setup, errors → exit codes.
+
+Data goes to stdout (table, json, csv or md); everything else — logs, progress, prompts, the
+device-code message — goes to stderr. With ``-o json`` an error is printed to stdout as
+``{"error": {"code", "message", "hint"}}``. Core packages never import this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, is_dataclass
+from datetime import date, datetime
+from enum import Enum
+from typing import Any, TextIO
+
+from presencectl.errors import PresencectlError
+
+FORMATS = ("table", "json", "csv", "md")
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, enums, datetimes, sets → plain JSON values."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return value
+
+
+def _rows(data: Any) -> list[dict[str, Any]]:
+    data = to_jsonable(data)
+    if isinstance(data, dict):
+        return [data]
+    return [r if isinstance(r, dict) else {"value": r} for r in data]
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:
+    if columns:
+        return list(columns)
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _header(column: str, headers: Mapping[str, str] | None) -> str:
+    if headers and column in headers:
+        return headers[column]
+    return column.replace("_", " ").capitalize()
+
+
+def render(
+    data: Any,
+    fmt: str,
+    *,
+    columns: Sequence[str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    title: str | None = None,
+    stream: TextIO | None = None,
+) -> None:
+    """Print ``data`` (a dict, a dataclass, or a list of them) to stdout in format ``fmt``."""
+    out = stream or sys.stdout
+    if fmt == "json":
+        out.write(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False) + "\n")
+        return
+    rows = _rows(data)
+    cols = _columns(rows, columns)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(cols)
+        for row in rows:
+            writer.writerow([_cell(row.get(c)) for c in cols])
+        out.write(buf.getvalue())
+        return
+    if fmt == "md":
+        if title:
+            out.write(f"### {title}\n\n")
+        out.write("| " + " | ".join(_header(c, headers) for c in cols) + " |\n")
+        out.write("|" + "|".join("---" for _ in cols) + "|\n")
+        for row in rows:
+            cells = [_cell(row.get(c)).replace("|", "\\|") for c in cols]
+            out.write("| " + " | ".join(cells) + " |\n")
+        return
+    _render_table(rows, cols, headers, title, out)
+
+
+def _render_table(
+    rows: list[dict[str, Any]],
+    cols: list[str],
+    headers: Mapping[str, str] | None,
+    title: str | None,
+    out: TextIO,
+) -> None:
+    if not out.isatty():
+        # Plain, aligned text when piped: greppable, no box drawing, no colour.
+        table = [[_header(c, headers) for c in cols]] + [[_cell(r.get(c)) for c in cols] for r in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
+        if title:
+            out.write(title + "\n")
+        for line in table:
+            out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    rich_table = Table(title=title, show_lines=False)
+    for c in cols:
+        rich_table.add_column(_header(c, headers), overflow="fold")
+    for r in rows:
+        rich_table.add_row(*(_cell(r.get(c)) for c in cols))
+    Console(file=out).print(rich_table)
+
+
+def emit_event(event: Mapping[str, Any], stream: TextIO | None = None) -> None:
+    """One JSON object per line (NDJSON) for streaming output (`sync --watch -o json`)."""
+    out = stream or sys.stdout
+    out.write(json.dumps(to_jsonable(event), ensure_ascii=False) + "\n")
+    out.flush()
+
+
+def render_error(err: PresencectlError, fmt: str) -> None:
+    if fmt == "json":
+        sys.stdout.write(json.dumps({"error": err.to_dict()}, ensure_ascii=False) + "\n")
+    stderr_console().print(f"[bold red]error:[/] {_escape(err.message)}")
+    if err.hint:
+        stderr_console().print(f"[yellow]hint:[/] {_escape(err.hint)}")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+_stderr_console: Any = None
+
+
+def stderr_console() -> Any:
+    """A rich Console on stderr (progress, logs, prompts)."""
+    global _stderr_console
+    if _stderr_console is None or _stderr_console.file is not sys.stderr:
+        from rich.console import Console
+
+        _stderr_console = Console(stderr=True, highlight=False)
+    return _stderr_console
+
+
+def setup_logging(verbosity: int) -> None:
+    """-q → errors only; default warnings; -v info; -vv debug (with tracebacks)."""
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    if verbosity < -1:
+        level = logging.CRITICAL
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_presencectl", False):
+            root.removeHandler(handler)
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(
+            console=stderr_console(), show_path=verbosity >= 2, show_time=verbosity >= 1
+        )
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler._presencectl = True  # type: ignore[attr-defined]
+    handler.setLevel(level)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Third-party chatter stays quiet unless -vv.
+    for noisy in ("httpx", "httpcore", "msal", "uvicorn", "pysignalr", "websockets", "hpack", "h2"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity >= 3 else logging.WARNING)
+
+
+def iter_lines(rows: Iterable[Mapping[str, Any]]) -> Iterable[str]:
+    for row in rows:
+        yield json.dumps(to_jsonable(row), ensure_ascii=False)
