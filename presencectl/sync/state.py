@@ -1,0 +1,596 @@
+"""The sync engine's memory: one SQLite database per profile, in the user state dir.
+
+Owns ``state_dir()/<profile>.db`` (dir 0700, file 0600): the matched pairs, the last observation
+and the genuine state of each side, the sessions we hold on each side (with their expiry), the
+writes of ours still pending (not yet seen echoed), the change-feed subscriptions, run metadata
+(last sync, counts) and an append-only audit log of every write we attempted.
+
+Crash safety: the database runs in WAL mode with ``synchronous=NORMAL``; every method that
+changes more than one row does it in one transaction, so a ``kill -9`` at any point leaves either
+the state before or the state after. The engine records a write as *pending* (``intent``) in one
+transaction before it sends it and records its outcome in another after, so a restart after a
+crash between the two treats the write as possibly applied: its echo is recognised, and the
+session is known (``disable`` clears it) — no write is lost, none is repeated blindly.
+
+Schema versions are numbered by ``PRAGMA user_version``; ``_MIGRATIONS[i]`` takes version ``i``
+to ``i + 1``. Bulk paths use ``executemany`` (50,000 pairs save in well under a second).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from presencectl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SIDES = ("teams", "connect")
+
+_MIGRATIONS: tuple[str, ...] = (
+    # 0 -> 1: the first schema.
+    """
+    CREATE TABLE pairs (
+        key TEXT PRIMARY KEY,
+        email TEXT NOT NULL,
+        azure_id TEXT NOT NULL,
+        connect_id TEXT NOT NULL,
+        display_name TEXT,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    CREATE TABLE observations (
+        key TEXT NOT NULL,
+        side TEXT NOT NULL CHECK (side IN ('teams', 'connect')),
+        value TEXT,
+        detail TEXT,
+        observed_at REAL NOT NULL,
+        PRIMARY KEY (key, side)
+    ) WITHOUT ROWID;
+    CREATE TABLE genuine (
+        key TEXT NOT NULL,
+        side TEXT NOT NULL CHECK (side IN ('teams', 'connect')),
+        value TEXT,
+        since REAL NOT NULL,
+        PRIMARY KEY (key, side)
+    ) WITHOUT ROWID;
+    CREATE TABLE sessions (
+        key TEXT NOT NULL,
+        side TEXT NOT NULL CHECK (side IN ('teams', 'connect')),
+        user_id TEXT NOT NULL,
+        value TEXT NOT NULL,
+        written_at REAL NOT NULL,
+        expires_at REAL,
+        PRIMARY KEY (key, side)
+    ) WITHOUT ROWID;
+    CREATE TABLE pending_writes (
+        key TEXT NOT NULL,
+        side TEXT NOT NULL CHECK (side IN ('teams', 'connect')),
+        user_id TEXT NOT NULL,
+        value TEXT,
+        written_at REAL NOT NULL,
+        expires_at REAL,
+        stage TEXT NOT NULL CHECK (stage IN ('intent', 'sent')),
+        PRIMARY KEY (key, side)
+    ) WITHOUT ROWID;
+    CREATE TABLE subscriptions (
+        id TEXT PRIMARY KEY,
+        side TEXT NOT NULL,
+        resource TEXT,
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        detail TEXT
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        mode TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        dry_run INTEGER NOT NULL DEFAULT 0,
+        cycles INTEGER NOT NULL DEFAULT 0,
+        matched INTEGER NOT NULL DEFAULT 0,
+        read INTEGER NOT NULL DEFAULT 0,
+        written INTEGER NOT NULL DEFAULT 0,
+        cleared INTEGER NOT NULL DEFAULT 0,
+        skipped INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        throttle_wait REAL NOT NULL DEFAULT 0,
+        outcome TEXT
+    );
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        key TEXT,
+        user TEXT,
+        side TEXT NOT NULL,
+        user_id TEXT,
+        action TEXT NOT NULL,
+        from_value TEXT,
+        to_value TEXT,
+        reason TEXT,
+        outcome TEXT NOT NULL,
+        error TEXT
+    );
+    CREATE INDEX audit_at ON audit (at);
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    """,
+)
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class PairRow:
+    """One matched user as stored: the two ids and the email that matched them."""
+
+    key: str
+    email: str
+    azure_id: str
+    connect_id: str
+    display_name: str | None = None
+
+
+@dataclass(frozen=True)
+class SideValue:
+    """A presence value on one side with its time (observation, genuine state)."""
+
+    value: str | None
+    at: float
+    detail: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class HeldSession:
+    """A session of ours on one side: what we asserted, for whom, until when."""
+
+    key: str
+    side: str
+    user_id: str
+    value: str
+    written_at: float
+    expires_at: float | None = None
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    """A write of ours not yet seen echoed. ``value`` None = a clear. ``stage`` intent|sent."""
+
+    key: str
+    side: str
+    user_id: str
+    value: str | None
+    written_at: float
+    expires_at: float | None = None
+    stage: str = "sent"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One attempted write, as the audit log keeps it."""
+
+    at: float
+    side: str
+    action: str  # "set" | "clear"
+    to_value: str | None
+    outcome: str  # "ok" | "failed" | "gone" | "interrupted"
+    key: str | None = None
+    user: str | None = None
+    user_id: str | None = None
+    from_value: str | None = None
+    reason: str | None = None
+    error: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class SubscriptionRow:
+    id: str
+    side: str
+    created_at: float
+    expires_at: float | None = None
+    resource: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+@dataclass
+class RunCounts:
+    """What a run did; the CLI's summary and ``status`` read it."""
+
+    cycles: int = 0
+    matched: int = 0
+    read: int = 0
+    written: int = 0
+    cleared: int = 0
+    skipped: int = 0
+    failed: int = 0
+    throttle_wait: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    started_at: float
+    finished_at: float | None
+    mode: str
+    direction: str
+    dry_run: bool
+    counts: RunCounts = field(default_factory=RunCounts)
+    outcome: str | None = None
+
+
+def database_path(profile_name: str, directory: Path | None = None) -> Path:
+    """Where the profile's state lives: ``state_dir()/<profile>.db``."""
+    if directory is None:
+        from presencectl.config import state_dir
+
+        directory = state_dir()
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in profile_name) or "default"
+    return directory / f"{safe}.db"
+
+
+class StateStore:
+    """The per-profile state database. Use as a context manager, or call ``close()``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            os.chmod(path.parent, 0o700)
+        except OSError:  # a shared dir we do not own: leave it
+            pass
+        new = not path.exists()
+        try:
+            self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ConfigError(
+                f"cannot open the state database {path}: {exc}",
+                hint="check the permissions of the state dir (PRESENCECTL_STATE_DIR overrides it)",
+                code="state_unavailable",
+            ) from exc
+        if new:
+            try:
+                os.chmod(path, 0o600)
+            except OSError:
+                pass
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    @classmethod
+    def for_profile(cls, profile_name: str, directory: Path | None = None) -> StateStore:
+        return cls(database_path(profile_name, directory))
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit: everything inside commits together or not at all."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        else:
+            self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise ConfigError(
+                f"the state database {self.path} has schema version {version}, newer than this "
+                f"presencectl understands ({SCHEMA_VERSION})",
+                hint="upgrade presencectl, or move the file away to start from scratch",
+                code="state_too_new",
+            )
+        for target in range(version, SCHEMA_VERSION):
+            log.info("migrating state %s to schema %d", self.path, target + 1)
+            with self.transaction() as db:
+                for statement in _split_sql(_MIGRATIONS[target]):
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {target + 1}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- meta -----------------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        with self.transaction() as db:
+            _set_meta(db, key, value)
+
+    # -- pairs ----------------------------------------------------------------------------------
+
+    def replace_pairs(self, pairs: Sequence[PairRow], now: float) -> None:
+        """Make the stored pairs exactly ``pairs`` (observations of dropped pairs go too;
+        their sessions and pending writes stay, so ``disable`` can still clear them)."""
+        with self.transaction() as db:
+            db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (key TEXT PRIMARY KEY)")
+            db.execute("DELETE FROM keep")
+            db.executemany("INSERT OR IGNORE INTO keep VALUES (?)", ((p.key,) for p in pairs))
+            for table in ("pairs", "observations", "genuine"):
+                db.execute(f"DELETE FROM {table} WHERE key NOT IN (SELECT key FROM keep)")
+            db.executemany(
+                "INSERT INTO pairs (key, email, azure_id, connect_id, display_name, first_seen, last_seen)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET email=excluded.email, azure_id=excluded.azure_id,"
+                " connect_id=excluded.connect_id, display_name=excluded.display_name,"
+                " last_seen=excluded.last_seen",
+                ((p.key, p.email, p.azure_id, p.connect_id, p.display_name, now, now) for p in pairs),
+            )
+            db.execute("DELETE FROM keep")
+
+    def pairs(self) -> list[PairRow]:
+        rows = self._db.execute(
+            "SELECT key, email, azure_id, connect_id, display_name FROM pairs ORDER BY email"
+        )
+        return [PairRow(*r) for r in rows]
+
+    def pair_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM pairs").fetchone()[0])
+
+    # -- per-side values: observations, genuine states ------------------------------------------
+
+    def observations(self) -> dict[tuple[str, str], SideValue]:
+        rows = self._db.execute("SELECT key, side, value, detail, observed_at FROM observations")
+        return {(k, s): SideValue(v, at, json.loads(d) if d else None) for k, s, v, d, at in rows}
+
+    def genuine_states(self) -> dict[tuple[str, str], SideValue]:
+        rows = self._db.execute("SELECT key, side, value, since FROM genuine")
+        return {(k, s): SideValue(v, at) for k, s, v, at in rows}
+
+    # -- sessions and pending writes -------------------------------------------------------------
+
+    def sessions(self, side: str | None = None) -> list[HeldSession]:
+        sql = "SELECT key, side, user_id, value, written_at, expires_at FROM sessions"
+        args: tuple[str, ...] = ()
+        if side is not None:
+            sql += " WHERE side = ?"
+            args = (side,)
+        return [HeldSession(*r) for r in self._db.execute(sql + " ORDER BY key, side", args)]
+
+    def session_count(self) -> dict[str, int]:
+        counts = dict.fromkeys(SIDES, 0)
+        for side, n in self._db.execute("SELECT side, count(*) FROM sessions GROUP BY side"):
+            counts[side] = int(n)
+        return counts
+
+    def next_expiries(self, limit: int = 5) -> list[HeldSession]:
+        rows = self._db.execute(
+            "SELECT key, side, user_id, value, written_at, expires_at FROM sessions"
+            " WHERE expires_at IS NOT NULL ORDER BY expires_at LIMIT ?",
+            (limit,),
+        )
+        return [HeldSession(*r) for r in rows]
+
+    def pending_writes(self) -> list[PendingRow]:
+        rows = self._db.execute(
+            "SELECT key, side, user_id, value, written_at, expires_at, stage FROM pending_writes"
+        )
+        return [PendingRow(*r) for r in rows]
+
+    def record_intents(self, intents: Iterable[PendingRow]) -> None:
+        """Before sending: remember each write as possibly applied (one transaction).
+
+        A set also marks the session as held, so that a crash before the outcome is recorded
+        still lets ``disable`` find it."""
+        items = list(intents)
+        with self.transaction() as db:
+            _upsert_pending(db, items)
+            db.executemany(
+                "INSERT INTO sessions (key, side, user_id, value, written_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key, side) DO UPDATE SET"
+                " user_id=excluded.user_id, value=excluded.value, written_at=excluded.written_at,"
+                " expires_at=max(coalesce(sessions.expires_at, 0), coalesce(excluded.expires_at, 0))",
+                (
+                    (p.key, p.side, p.user_id, p.value, p.written_at, p.expires_at)
+                    for p in items
+                    if p.value is not None
+                ),
+            )
+
+    def commit_cycle(
+        self,
+        *,
+        observations: Iterable[tuple[str, str, SideValue]] = (),
+        genuine: Iterable[tuple[str, str, SideValue]] = (),
+        sessions_set: Iterable[HeldSession] = (),
+        sessions_cleared: Iterable[tuple[str, str]] = (),
+        pending_set: Iterable[PendingRow] = (),
+        pending_done: Iterable[tuple[str, str]] = (),
+        audit: Iterable[AuditEntry] = (),
+        run: tuple[int, RunCounts] | None = None,
+        meta: dict[str, str | None] | None = None,
+    ) -> None:
+        """Everything a cycle learned and did, in one transaction."""
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO observations (key, side, value, detail, observed_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    (k, s, v.value, json.dumps(v.detail) if v.detail else None, v.at)
+                    for k, s, v in observations
+                ),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO genuine (key, side, value, since) VALUES (?, ?, ?, ?)",
+                ((k, s, v.value, v.at) for k, s, v in genuine),
+            )
+            db.executemany("DELETE FROM pending_writes WHERE key = ? AND side = ?", pending_done)
+            _upsert_pending(db, list(pending_set))
+            db.executemany("DELETE FROM sessions WHERE key = ? AND side = ?", sessions_cleared)
+            db.executemany(
+                "INSERT OR REPLACE INTO sessions (key, side, user_id, value, written_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                ((s.key, s.side, s.user_id, s.value, s.written_at, s.expires_at) for s in sessions_set),
+            )
+            _insert_audit(db, audit)
+            if run is not None:
+                _update_run(db, *run)
+            for key, value in (meta or {}).items():
+                _set_meta(db, key, value)
+
+    def forget_sessions(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Drop sessions (and their pending writes) known to be gone from their side."""
+        items = list(keys)
+        with self.transaction() as db:
+            db.executemany("DELETE FROM sessions WHERE key = ? AND side = ?", items)
+            db.executemany("DELETE FROM pending_writes WHERE key = ? AND side = ?", items)
+
+    # -- subscriptions --------------------------------------------------------------------------
+
+    def save_subscription(self, sub: SubscriptionRow) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO subscriptions (id, side, resource, created_at, expires_at, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (sub.id, sub.side, sub.resource, sub.created_at, sub.expires_at,
+                 json.dumps(sub.detail) if sub.detail else None),
+            )
+
+    def subscriptions(self) -> list[SubscriptionRow]:
+        rows = self._db.execute(
+            "SELECT id, side, created_at, expires_at, resource, detail FROM subscriptions ORDER BY created_at"
+        )
+        return [SubscriptionRow(i, s, c, e, r, json.loads(d) if d else None) for i, s, c, e, r, d in rows]
+
+    def delete_subscription(self, sub_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,))
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def start_run(self, *, mode: str, direction: str, dry_run: bool, now: float) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO runs (started_at, mode, direction, dry_run) VALUES (?, ?, ?, ?)",
+                (now, mode, direction, int(dry_run)),
+            )
+            return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, counts: RunCounts, *, outcome: str, now: float) -> None:
+        with self.transaction() as db:
+            _update_run(db, run_id, counts)
+            db.execute("UPDATE runs SET finished_at = ?, outcome = ? WHERE id = ?", (now, outcome, run_id))
+
+    def last_run(self, *, include_dry_run: bool = False) -> RunRow | None:
+        sql = (
+            "SELECT id, started_at, finished_at, mode, direction, dry_run, cycles, matched, read,"
+            " written, cleared, skipped, failed, throttle_wait, outcome FROM runs"
+        )
+        if not include_dry_run:
+            sql += " WHERE dry_run = 0"
+        row = self._db.execute(sql + " ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            return None
+        counts = RunCounts(*row[6:14])
+        return RunRow(row[0], row[1], row[2], row[3], row[4], bool(row[5]), counts, row[14])
+
+    # -- audit ----------------------------------------------------------------------------------
+
+    def append_audit(self, entries: Iterable[AuditEntry]) -> None:
+        with self.transaction() as db:
+            _insert_audit(db, entries)
+
+    def audit_tail(self, limit: int = 20) -> list[AuditEntry]:
+        rows = self._db.execute(
+            "SELECT at, side, action, to_value, outcome, key, user, user_id, from_value, reason, error, id"
+            " FROM audit ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [AuditEntry(*r) for r in reversed(rows)]
+
+    def audit_count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM audit").fetchone()[0])
+
+    # -- wiping ---------------------------------------------------------------------------------
+
+    def clear_sync_state(self) -> None:
+        """After a successful disable: no sessions, pending writes, subscriptions or genuine
+        states remain (pairs, runs and the audit log stay)."""
+        with self.transaction() as db:
+            for table in ("sessions", "pending_writes", "subscriptions", "observations", "genuine"):
+                db.execute(f"DELETE FROM {table}")
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a migration script; a trigger body's inner ';' stays with its statement."""
+    statements: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                statements.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        statements.append(buf.strip())
+    return statements
+
+
+def _set_meta(db: sqlite3.Connection, key: str, value: str | None) -> None:
+    if value is None:
+        db.execute("DELETE FROM meta WHERE key = ?", (key,))
+    else:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+
+def _upsert_pending(db: sqlite3.Connection, items: list[PendingRow]) -> None:
+    db.executemany(
+        "INSERT OR REPLACE INTO pending_writes (key, side, user_id, value, written_at, expires_at, stage)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        ((p.key, p.side, p.user_id, p.value, p.written_at, p.expires_at, p.stage) for p in items),
+    )
+
+
+def _insert_audit(db: sqlite3.Connection, entries: Iterable[AuditEntry]) -> None:
+    db.executemany(
+        "INSERT INTO audit (at, key, user, side, user_id, action, from_value, to_value, reason, outcome, error)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            (e.at, e.key, e.user, e.side, e.user_id, e.action, e.from_value, e.to_value, e.reason,
+             e.outcome, e.error)
+            for e in entries
+        ),
+    )
+
+
+def _update_run(db: sqlite3.Connection, run_id: int, counts: RunCounts) -> None:
+    db.execute(
+        "UPDATE runs SET cycles=?, matched=?, read=?, written=?, cleared=?, skipped=?, failed=?,"
+        " throttle_wait=? WHERE id = ?",
+        (counts.cycles, counts.matched, counts.read, counts.written, counts.cleared, counts.skipped,
+         counts.failed, counts.throttle_wait, run_id),
+    )
+
+
+def now_epoch() -> float:
+    return time.time()
