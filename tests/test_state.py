@@ -28,7 +28,9 @@ from presencectl.sync.state import (
 
 
 def _pairs(n: int) -> list[PairRow]:
-    return [PairRow(f"k{i}", f"u{i}@contoso.example", f"a{i}", f"c{i}", f"User {i}") for i in range(n)]
+    return [
+        PairRow(f"k{i}", f"u{i}@contoso.example", f"a{i}", f"c{i}", f"User {i}") for i in range(n)
+    ]
 
 
 def test_database_lives_in_the_state_dir_private(tmp_path: Path) -> None:
@@ -74,7 +76,9 @@ def test_intent_then_outcome(tmp_path: Path) -> None:
         assert store.pending_writes()[0].stage == "intent"
         store.commit_cycle(
             pending_set=[PendingRow("k0", "connect", "c0", "onphone", 5.0, None, "sent")],
-            audit=[AuditEntry(5.0, "connect", "set", "onphone", "ok", key="k0", reason="teams InACall")],
+            audit=[
+                AuditEntry(5.0, "connect", "set", "onphone", "ok", key="k0", reason="teams InACall")
+            ],
         )
         assert store.pending_writes()[0].stage == "sent"
         assert store.audit_tail()[0].to_value == "onphone"
@@ -123,8 +127,10 @@ def test_fifty_thousand_pairs_are_fast(tmp_path: Path) -> None:
         store.commit_cycle(
             observations=[(p.key, "teams", SideValue("Available/Available", 1.0)) for p in pairs],
             genuine=[(p.key, "connect", SideValue("available", 1.0)) for p in pairs],
-            sessions_set=[HeldSession(p.key, "teams", p.azure_id, "Available/Available", 1.0, 300.0)
-                          for p in pairs],
+            sessions_set=[
+                HeldSession(p.key, "teams", p.azure_id, "Available/Available", 1.0, 300.0)
+                for p in pairs
+            ],
         )
         elapsed = time.perf_counter() - start
         assert store.pair_count() == 50_000
@@ -142,7 +148,7 @@ while True:
     i += 1
     store.commit_cycle(
         observations=[(f"k{j}", "teams", SideValue(str(i), float(i))) for j in range(200)],
-        sessions_set=[HeldSession(f"k{j}", "teams", "a", str(i), float(i), None) for j in range(200)],
+        sessions_set=[HeldSession(f"k{j}", "teams", "a", str(i), 1.0, None) for j in range(200)],
         audit=[AuditEntry(float(i), "teams", "set", str(i), "ok", key=f"k{j}") for j in range(200)],
     )
     if i == 3:

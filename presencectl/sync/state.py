@@ -24,7 +24,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,10 +247,8 @@ class StateStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        try:
+        with suppress(OSError):  # a shared dir we do not own: leave it
             os.chmod(path.parent, 0o700)
-        except OSError:  # a shared dir we do not own: leave it
-            pass
         new = not path.exists()
         try:
             self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
@@ -261,10 +259,8 @@ class StateStore:
                 code="state_unavailable",
             ) from exc
         if new:
-            try:
+            with suppress(OSError):
                 os.chmod(path, 0o600)
-            except OSError:
-                pass
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -339,12 +335,16 @@ class StateStore:
             for table in ("pairs", "observations", "genuine"):
                 db.execute(f"DELETE FROM {table} WHERE key NOT IN (SELECT key FROM keep)")
             db.executemany(
-                "INSERT INTO pairs (key, email, azure_id, connect_id, display_name, first_seen, last_seen)"
+                "INSERT INTO pairs (key, email, azure_id, connect_id, display_name, first_seen,"
+                " last_seen)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET email=excluded.email, azure_id=excluded.azure_id,"
                 " connect_id=excluded.connect_id, display_name=excluded.display_name,"
                 " last_seen=excluded.last_seen",
-                ((p.key, p.email, p.azure_id, p.connect_id, p.display_name, now, now) for p in pairs),
+                (
+                    (p.key, p.email, p.azure_id, p.connect_id, p.display_name, now, now)
+                    for p in pairs
+                ),
             )
             db.execute("DELETE FROM keep")
 
@@ -409,7 +409,8 @@ class StateStore:
                 "INSERT INTO sessions (key, side, user_id, value, written_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key, side) DO UPDATE SET"
                 " user_id=excluded.user_id, value=excluded.value, written_at=excluded.written_at,"
-                " expires_at=max(coalesce(sessions.expires_at, 0), coalesce(excluded.expires_at, 0))",
+                " expires_at=max(coalesce(sessions.expires_at, 0),"
+                " coalesce(excluded.expires_at, 0))",
                 (
                     (p.key, p.side, p.user_id, p.value, p.written_at, p.expires_at)
                     for p in items
@@ -448,9 +449,13 @@ class StateStore:
             _upsert_pending(db, list(pending_set))
             db.executemany("DELETE FROM sessions WHERE key = ? AND side = ?", sessions_cleared)
             db.executemany(
-                "INSERT OR REPLACE INTO sessions (key, side, user_id, value, written_at, expires_at)"
+                "INSERT OR REPLACE INTO sessions"
+                " (key, side, user_id, value, written_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                ((s.key, s.side, s.user_id, s.value, s.written_at, s.expires_at) for s in sessions_set),
+                (
+                    (s.key, s.side, s.user_id, s.value, s.written_at, s.expires_at)
+                    for s in sessions_set
+                ),
             )
             _insert_audit(db, audit)
             if run is not None:
@@ -470,17 +475,28 @@ class StateStore:
     def save_subscription(self, sub: SubscriptionRow) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO subscriptions (id, side, resource, created_at, expires_at, detail)"
+                "INSERT OR REPLACE INTO subscriptions"
+                " (id, side, resource, created_at, expires_at, detail)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (sub.id, sub.side, sub.resource, sub.created_at, sub.expires_at,
-                 json.dumps(sub.detail) if sub.detail else None),
+                (
+                    sub.id,
+                    sub.side,
+                    sub.resource,
+                    sub.created_at,
+                    sub.expires_at,
+                    json.dumps(sub.detail) if sub.detail else None,
+                ),
             )
 
     def subscriptions(self) -> list[SubscriptionRow]:
         rows = self._db.execute(
-            "SELECT id, side, created_at, expires_at, resource, detail FROM subscriptions ORDER BY created_at"
+            "SELECT id, side, created_at, expires_at, resource, detail FROM subscriptions"
+            " ORDER BY created_at"
         )
-        return [SubscriptionRow(i, s, c, e, r, json.loads(d) if d else None) for i, s, c, e, r, d in rows]
+        return [
+            SubscriptionRow(i, s, c, e, r, json.loads(d) if d else None)
+            for i, s, c, e, r, d in rows
+        ]
 
     def delete_subscription(self, sub_id: str) -> None:
         with self.transaction() as db:
@@ -499,7 +515,9 @@ class StateStore:
     def finish_run(self, run_id: int, counts: RunCounts, *, outcome: str, now: float) -> None:
         with self.transaction() as db:
             _update_run(db, run_id, counts)
-            db.execute("UPDATE runs SET finished_at = ?, outcome = ? WHERE id = ?", (now, outcome, run_id))
+            db.execute(
+                "UPDATE runs SET finished_at = ?, outcome = ? WHERE id = ?", (now, outcome, run_id)
+            )
 
     def last_run(self, *, include_dry_run: bool = False) -> RunRow | None:
         sql = (
@@ -522,7 +540,8 @@ class StateStore:
 
     def audit_tail(self, limit: int = 20) -> list[AuditEntry]:
         rows = self._db.execute(
-            "SELECT at, side, action, to_value, outcome, key, user, user_id, from_value, reason, error, id"
+            "SELECT at, side, action, to_value, outcome, key, user, user_id, from_value, reason,"
+            " error, id"
             " FROM audit ORDER BY id DESC LIMIT ?",
             (limit,),
         ).fetchall()
@@ -565,7 +584,8 @@ def _set_meta(db: sqlite3.Connection, key: str, value: str | None) -> None:
 
 def _upsert_pending(db: sqlite3.Connection, items: list[PendingRow]) -> None:
     db.executemany(
-        "INSERT OR REPLACE INTO pending_writes (key, side, user_id, value, written_at, expires_at, stage)"
+        "INSERT OR REPLACE INTO pending_writes"
+        " (key, side, user_id, value, written_at, expires_at, stage)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         ((p.key, p.side, p.user_id, p.value, p.written_at, p.expires_at, p.stage) for p in items),
     )
@@ -573,11 +593,23 @@ def _upsert_pending(db: sqlite3.Connection, items: list[PendingRow]) -> None:
 
 def _insert_audit(db: sqlite3.Connection, entries: Iterable[AuditEntry]) -> None:
     db.executemany(
-        "INSERT INTO audit (at, key, user, side, user_id, action, from_value, to_value, reason, outcome, error)"
+        "INSERT INTO audit (at, key, user, side, user_id, action, from_value, to_value, reason,"
+        " outcome, error)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            (e.at, e.key, e.user, e.side, e.user_id, e.action, e.from_value, e.to_value, e.reason,
-             e.outcome, e.error)
+            (
+                e.at,
+                e.key,
+                e.user,
+                e.side,
+                e.user_id,
+                e.action,
+                e.from_value,
+                e.to_value,
+                e.reason,
+                e.outcome,
+                e.error,
+            )
             for e in entries
         ),
     )
@@ -587,8 +619,17 @@ def _update_run(db: sqlite3.Connection, run_id: int, counts: RunCounts) -> None:
     db.execute(
         "UPDATE runs SET cycles=?, matched=?, read=?, written=?, cleared=?, skipped=?, failed=?,"
         " throttle_wait=? WHERE id = ?",
-        (counts.cycles, counts.matched, counts.read, counts.written, counts.cleared, counts.skipped,
-         counts.failed, counts.throttle_wait, run_id),
+        (
+            counts.cycles,
+            counts.matched,
+            counts.read,
+            counts.written,
+            counts.cleared,
+            counts.skipped,
+            counts.failed,
+            counts.throttle_wait,
+            run_id,
+        ),
     )
 
 
