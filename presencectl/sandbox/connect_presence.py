@@ -1,0 +1,82 @@
+"""Univerge Blue Connect presence of one simulated user: resources and their aggregate.
+
+Owns `ConnectPresenceState`. A user's presence is the aggregate of their "resources" (sessions):
+the user's own Connect app is resource ``app``, integrations write their own (presencectl uses
+``presencectl``). Aggregation follows ARCHITECTURE.md §3, highest first:
+``agent_onphone, onphone > meeting, screen_sharing > dnd, out_sick, on_vacation, off_work >
+busy, agent_busy > on_break > away > agent_available, available > offline``; ties go to the most
+recently updated resource; no resource at all reads ``offline``.
+
+Pure and small; every mutation returns whether the aggregate changed so the caller can publish
+``OnPresenceEvent``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+APP_RESOURCE = "app"
+
+_TIERS: tuple[tuple[str, ...], ...] = (
+    ("offline",),
+    ("agent_available", "available"),
+    ("away",),
+    ("on_break",),
+    ("busy", "agent_busy"),
+    ("dnd", "out_sick", "on_vacation", "off_work"),
+    ("meeting", "screen_sharing"),
+    ("agent_onphone", "onphone"),
+)
+CONNECT_RANK: dict[str, int] = {v: tier for tier, values in enumerate(_TIERS) for v in values}
+CONNECT_STATUSES: frozenset[str] = frozenset(CONNECT_RANK)
+
+
+@dataclass(slots=True)
+class ConnectResource:
+    """One presence source of a Connect user."""
+
+    status: str
+    updated_at: float
+
+
+class ConnectPresenceState:
+    """Resources of one Connect user and the last aggregate seen."""
+
+    __slots__ = ("_last", "resources")
+
+    def __init__(self, status: str | None = None, now: float = 0.0) -> None:
+        self.resources: dict[str, ConnectResource] = {}
+        if status is not None:
+            self.resources[APP_RESOURCE] = ConnectResource(status, now)
+        self._last = self.status
+
+    @property
+    def status(self) -> str:
+        """The aggregate status (wire value)."""
+        best: tuple[int, float, str] | None = None
+        for resource in self.resources.values():
+            tier = CONNECT_RANK.get(resource.status, -1)
+            candidate = (tier, resource.updated_at, resource.status)
+            if best is None or candidate[:2] > best[:2]:
+                best = candidate
+        return "offline" if best is None else best[2]
+
+    def set(self, resource: str, status: str, now: float) -> bool:
+        """Write one resource; True if the aggregate changed. `status` must be a known value."""
+        if status not in CONNECT_STATUSES:
+            raise ValueError(f"unknown Connect presence {status!r}")
+        self.resources[resource] = ConnectResource(status, now)
+        return self._settle()
+
+    def clear(self, resource: str) -> bool | None:
+        """Remove one resource: None if there was none, else whether the aggregate changed."""
+        if resource not in self.resources:
+            return None
+        del self.resources[resource]
+        return self._settle()
+
+    def _settle(self) -> bool:
+        current = self.status
+        changed = current != self._last
+        self._last = current
+        return changed
