@@ -1,0 +1,152 @@
+"""The per-tenant Graph rate limiter and its metrics.
+
+Owns: :class:`RateLimiter`, shared by every request of one
+:class:`~presencectl.graph.client.GraphClient`, and :class:`ThrottleMetrics`, the numbers the
+engine reports and the benchmarks print.
+
+Two mechanisms, both per *scope* (``"presence"`` for presence endpoints, ``"other"`` for the rest):
+
+- A budget for presence requests sized for the documented ceiling (FACTS.md: 1,500 requests per
+  30 s per app per tenant, configurable), counting ``$batch`` members one by one. It is kept as a
+  sliding window (no more than ``limit`` units in any ``window`` seconds) rather than a classic
+  token bucket: a bucket of capacity N refilled at N/window lets 2N through in one window after an
+  idle period, which a server counting per window answers with 429s. The sliding window is the
+  same ceiling without that burst, and it reaches 100 % of it in steady state.
+- A global pause: after any 429 with ``Retry-After``, no request of that scope (batch or not)
+  leaves before the time has passed. :meth:`RateLimiter.acquire` checks the pause last, right
+  before it returns, so a 429 that arrives while a caller waits for budget still holds it back.
+
+The clock and sleep are injectable so tests run instantly (see ``FakeClock`` in the tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+
+PRESENCE = "presence"
+OTHER = "other"
+
+DEFAULT_LIMIT = 1500
+DEFAULT_WINDOW_S = 30.0
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def endpoint_scope(path: str) -> str:
+    """``"presence"`` for presence endpoints (reads, writes), else ``"other"``."""
+    p = path.lower()
+    if "/presence" in p or "getpresencesbyuserid" in p:
+        return PRESENCE
+    return OTHER
+
+
+@dataclass
+class ThrottleMetrics:
+    """What the client did and how long it waited (all times in seconds)."""
+
+    requests: int = 0  # HTTP requests sent (a $batch counts once)
+    presence_units: int = 0  # presence requests as Graph counts them (batch members one by one)
+    throttled: int = 0  # 429s received, inside $batch answers included
+    retries: int = 0  # requests or batch members sent again
+    retry_after_wait_s: float = 0.0  # wall time under a Retry-After pause (overlaps counted once)
+    bucket_wait_s: float = 0.0  # time held back by the presence budget
+    backoff_wait_s: float = 0.0  # time spent in exponential backoff (network errors, 5xx)
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+    def copy(self) -> ThrottleMetrics:
+        return ThrottleMetrics(**asdict(self))
+
+
+class RateLimiter:
+    """Budget + Retry-After pause for one app in one tenant."""
+
+    def __init__(
+        self,
+        *,
+        limit: int = DEFAULT_LIMIT,
+        window: float = DEFAULT_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        slack: float = 0.05,
+    ) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError("limit must be >= 1 and window > 0")
+        self.limit = limit
+        self.window = window
+        # Requests reach the server a little after we count them: a small slack keeps our window
+        # at least as long as the server's.
+        self._span = window + slack
+        self.clock = clock
+        self.sleep = sleep
+        self.metrics = ThrottleMetrics()
+        self._sent: deque[tuple[float, int]] = deque()  # (time, units) inside the current window
+        self._in_window = 0
+        self._pause_until: dict[str, float] = {}
+        self._lock = asyncio.Lock()
+
+    # -- the pause ---------------------------------------------------------------------------
+    def note_retry_after(self, scope: str, seconds: float) -> None:
+        """Hold back every request of ``scope`` for ``seconds`` from now."""
+        now = self.clock()
+        until = now + max(0.0, seconds)
+        previous = self._pause_until.get(scope, 0.0)
+        if until > previous:
+            # Wall time paused, counted once however many requests wait through it.
+            self.metrics.retry_after_wait_s += until - max(now, previous)
+            self._pause_until[scope] = until
+
+    def paused_for(self, scope: str) -> float:
+        """Seconds left in the pause of ``scope`` (0 when none)."""
+        return max(0.0, self._pause_until.get(scope, 0.0) - self.clock())
+
+    async def _wait_pause(self, scope: str) -> None:
+        while (left := self.paused_for(scope)) > 0:
+            await self.sleep(left)
+
+    # -- the budget --------------------------------------------------------------------------
+    def _expire(self, now: float) -> None:
+        while self._sent and self._sent[0][0] <= now - self._span:
+            self._in_window -= self._sent.popleft()[1]
+
+    def _budget_wait(self, units: int, now: float) -> float:
+        """Seconds until ``units`` more fit in the window (0 when they fit now)."""
+        self._expire(now)
+        need = self._in_window + min(units, self.limit) - self.limit
+        if need <= 0:
+            return 0.0
+        freed = 0
+        for at, n in self._sent:
+            freed += n
+            if freed >= need:
+                return max(0.0, at + self._span - now)
+        return 0.0  # unreachable: the window holds more than `need`
+
+    async def acquire(self, units: int = 1, scope: str = PRESENCE) -> None:
+        """Wait until a request worth ``units`` presence requests may leave now, and count it.
+
+        ``units`` is 0 for requests outside the presence budget (they still honour the pause).
+        """
+        if units <= 0:
+            await self._wait_pause(scope)
+            return
+        async with self._lock:  # FIFO: callers leave in the order they asked
+            while True:
+                await self._wait_pause(scope)
+                wait = self._budget_wait(units, self.clock())
+                if wait > 0:
+                    await self.sleep(wait)
+                    self.metrics.bucket_wait_s += wait
+                    continue
+                if self.paused_for(scope) > 0:  # a 429 arrived while we waited for budget
+                    continue
+                now = self.clock()
+                self._sent.append((now, units))
+                self._in_window += units
+                self.metrics.presence_units += units
+                return

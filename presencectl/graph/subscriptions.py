@@ -1,0 +1,133 @@
+"""Graph change notifications for presence (FACTS.md: delegated only, ≤650 ids, ≤60 min).
+
+Owns: the resource string, create / renew / delete, and :class:`PresenceSubscription`. The engine
+uses these, optionally, with the sync user's delegated token; receiving the notifications (the
+``validationToken`` handshake) is the engine's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from presencectl.errors import ApiError
+from presencectl.graph.client import GraphClient
+
+SUBSCRIPTION_IDS_MAX = 650
+MAX_LIFETIME = timedelta(minutes=60)
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceSubscription:
+    id: str
+    resource: str
+    expires_at: datetime
+    notification_url: str = ""
+    client_state: str | None = None
+
+
+def presence_resource(user_ids: Sequence[str]) -> str:
+    """``/communications/presences?$filter=id in ('a','b')`` for ≤ 650 ids."""
+    if not user_ids:
+        raise ValueError("a presence subscription needs at least one user id")
+    if len(user_ids) > SUBSCRIPTION_IDS_MAX:
+        raise ValueError(f"a presence subscription takes at most {SUBSCRIPTION_IDS_MAX} ids")
+    quoted = ",".join("'" + i.replace("'", "''") + "'" for i in user_ids)
+    return f"/communications/presences?$filter=id in ({quoted})"
+
+
+def chunk_ids(user_ids: Sequence[str], size: int = SUBSCRIPTION_IDS_MAX) -> list[list[str]]:
+    """Split ids into lists a subscription accepts."""
+    size = max(1, min(size, SUBSCRIPTION_IDS_MAX))
+    return [list(user_ids[i : i + size]) for i in range(0, len(user_ids), size)]
+
+
+def _expiry(lifetime: timedelta, now: datetime | None) -> datetime:
+    start = now or datetime.now(UTC)
+    return start + min(max(lifetime, timedelta(minutes=1)), MAX_LIFETIME)
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _parse_time(value: Any) -> datetime:
+    if not isinstance(value, str) or not value:
+        raise ApiError("Graph subscription answer without expirationDateTime", code="graph_error")
+    text = value.replace("Z", "+00:00")
+    # Graph sends up to 7 fractional digits; fromisoformat takes 6.
+    if "." in text:
+        head, _, tail = text.partition(".")
+        digits = "".join(c for c in tail if c.isdigit())
+        rest = tail[len(digits) :]
+        text = f"{head}.{digits[:6].ljust(6, '0')}{rest}"
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _parse(body: Any, fallback_resource: str = "") -> PresenceSubscription:
+    if not isinstance(body, Mapping) or not isinstance(body.get("id"), str):
+        raise ApiError("Graph subscription answer without an id", code="graph_error")
+    return PresenceSubscription(
+        id=body["id"],
+        resource=str(body.get("resource") or fallback_resource),
+        expires_at=_parse_time(body.get("expirationDateTime")),
+        notification_url=str(body.get("notificationUrl") or ""),
+        client_state=body.get("clientState") if isinstance(body.get("clientState"), str) else None,
+    )
+
+
+async def create_presence_subscription(
+    client: GraphClient,
+    user_ids: Sequence[str],
+    notification_url: str,
+    *,
+    client_state: str | None = None,
+    lifetime: timedelta = MAX_LIFETIME,
+    lifecycle_url: str | None = None,
+    now: datetime | None = None,
+) -> PresenceSubscription:
+    """Subscribe to presence changes of ≤ 650 users for ≤ 60 minutes."""
+    if client_state is not None and len(client_state) > 128:
+        raise ValueError("clientState is at most 128 characters")
+    resource = presence_resource(user_ids)
+    body: dict[str, Any] = {
+        "changeType": "updated",
+        "notificationUrl": notification_url,
+        "resource": resource,
+        "expirationDateTime": _iso(_expiry(lifetime, now)),
+    }
+    if client_state is not None:
+        body["clientState"] = client_state
+    if lifecycle_url:
+        body["lifecycleNotificationUrl"] = lifecycle_url
+    return _parse(await client.post_json("/subscriptions", body), resource)
+
+
+async def renew_subscription(
+    client: GraphClient,
+    subscription_id: str,
+    *,
+    lifetime: timedelta = MAX_LIFETIME,
+    now: datetime | None = None,
+) -> datetime:
+    """Extend a subscription; returns its new expiry."""
+    response = await client.request(
+        "PATCH",
+        f"/subscriptions/{subscription_id}",
+        json={"expirationDateTime": _iso(_expiry(lifetime, now))},
+    )
+    body = response.json() if response.content else None
+    if isinstance(body, Mapping) and body.get("expirationDateTime"):
+        return _parse_time(body["expirationDateTime"])
+    return _expiry(lifetime, now)
+
+
+async def delete_subscription(client: GraphClient, subscription_id: str) -> bool:
+    """Delete a subscription; False when it was already gone (404)."""
+    response = await client.request(
+        "DELETE", f"/subscriptions/{subscription_id}", ok_statuses=(404,)
+    )
+    return response.status_code != 404
