@@ -1,0 +1,232 @@
+"""Serving the sandbox: a trustme CA, uvicorn over HTTPS in a background thread, a clean stop.
+
+Owns ``SandboxServer`` (start/stop), ``running_sandbox(...)`` (the context manager tests, demo
+and bench use) and ``Sandbox`` (what it yields: base URL, CA file, world, a control client, and
+``write_profile`` which writes a presencectl profile pointing at the sandbox).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from presencectl.sandbox.world import ADMIN_EMAIL, DEFAULT_TOKEN_LIFETIME, World
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 10.0
+
+
+class SandboxServer:
+    """One HTTPS server for one World, run by uvicorn in its own thread and event loop."""
+
+    def __init__(self, world: World, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+        self.world = world
+        self.host = host
+        self.port = port
+        self.log_level = log_level
+        self._tmpdir: str | None = None
+        self._thread: threading.Thread | None = None
+        self._server: Any = None
+        self._socket: socket.socket | None = None
+        self.base_url = ""
+        self.ca_bundle = ""
+
+    def _make_certs(self) -> tuple[str, str]:
+        import trustme
+
+        self._tmpdir = tempfile.mkdtemp(prefix="presencectl-sandbox-")
+        ca = trustme.CA(organization_name="presencectl sandbox")
+        cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
+        ca_path = Path(self._tmpdir) / "ca.pem"
+        ca.cert_pem.write_to_path(str(ca_path))
+        cert_path = Path(self._tmpdir) / "server.pem"
+        key_path = Path(self._tmpdir) / "server.key"
+        cert.private_key_pem.write_to_path(str(key_path))
+        with cert_path.open("wb") as fh:
+            for blob in cert.cert_chain_pems:
+                fh.write(blob.bytes())
+        self.ca_bundle = str(ca_path)
+        return str(cert_path), str(key_path)
+
+    def start(self) -> None:
+        import uvicorn
+
+        from presencectl.sandbox.app import build_app
+
+        certfile, keyfile = self._make_certs()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(512)
+        sock.setblocking(False)
+        self._socket = sock
+        self.port = sock.getsockname()[1]
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.base_url = f"https://{host}:{self.port}"
+        self.world.base_url = self.base_url
+        self.world.ca_bundle = self.ca_bundle
+
+        app = build_app(self.world)
+        config = uvicorn.Config(
+            app,
+            log_level=self.log_level,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
+            lifespan="off",
+            ws=_ws_impl(),
+            access_log=self.log_level == "debug",
+            timeout_graceful_shutdown=2,
+            server_header=False,
+        )
+        self._server = uvicorn.Server(config)
+        started = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._serve(started))
+            except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+                failure.append(exc)
+                started.set()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"sandbox-{self.port}", daemon=True)
+        self._thread.start()
+        if not started.wait(START_TIMEOUT) or failure or not self._server.started:
+            self.stop()
+            if failure:
+                raise RuntimeError(f"sandbox failed to start: {failure[0]}") from failure[0]
+            raise RuntimeError("sandbox failed to start in time")
+        log.info("sandbox serving on %s", self.base_url)
+
+    async def _serve(self, started: threading.Event) -> None:
+        server = self._server
+        task = asyncio.ensure_future(server.serve(sockets=[self._socket]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.005)
+        started.set()
+        await task
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+
+def _ws_impl() -> str:
+    """uvicorn's sans-I/O websockets protocol when available (no deprecation warnings)."""
+    try:
+        from uvicorn.protocols.websockets import websockets_sansio_impl  # noqa: F401
+    except ImportError:
+        return "websockets"
+    return "websockets-sansio"
+
+
+class Sandbox:
+    """A running sandbox, as ``running_sandbox`` yields it."""
+
+    def __init__(self, server: SandboxServer) -> None:
+        import httpx
+
+        self._server = server
+        self.world = server.world
+        self.base_url = server.base_url
+        self.ca_bundle = server.ca_bundle
+        self.control = httpx.Client(base_url=self.base_url, verify=_ssl_context(self.ca_bundle), timeout=30.0)
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    def profile_info(self) -> dict[str, Any]:
+        response = self.control.get("/_sandbox/profile")
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+    def write_profile(self, name: str = "sandbox") -> Any:
+        """Write a presencectl profile pointing at this sandbox (+ its Connect secret); return it."""
+        from presencectl import secrets as secret_store
+        from presencectl.config import Profile, save_profile
+
+        profile = Profile(
+            name=name,
+            tenant_id=self.world.tenant_id,
+            authority_url=self.base_url,
+            graph_url=f"{self.base_url}/v1.0",
+            ca_bundle=self.ca_bundle,
+            connect_login_url=f"{self.base_url}/univerge/login",
+            connect_api_url=f"{self.base_url}/univerge/api",
+            connect_client_id=self.world.connect_client_id,
+            connect_account_email=ADMIN_EMAIL,
+            admin_email=ADMIN_EMAIL,
+        )
+        save_profile(profile)
+        secret_store.set_secret(name, secret_store.CONNECT_CLIENT_SECRET, self.world.connect_client_secret)
+        return profile
+
+    def close(self) -> None:
+        self.control.close()
+
+
+def _ssl_context(ca_bundle: str) -> Any:
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.load_verify_locations(cafile=ca_bundle)
+    return ctx
+
+
+@contextlib.contextmanager
+def running_sandbox(
+    *,
+    users: int = 25,
+    seed: int = 1,
+    throttle: int = 1500,
+    throttle_window: float = 30.0,
+    fault_rate: float = 0.0,
+    auto_approve: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token_lifetime: int = DEFAULT_TOKEN_LIFETIME,
+    log_level: str = "warning",
+) -> Iterator[Sandbox]:
+    """Run a sandbox for the duration of the ``with`` block."""
+    world = World(
+        users=users,
+        seed=seed,
+        throttle=throttle,
+        throttle_window=throttle_window,
+        fault_rate=fault_rate,
+        auto_approve=auto_approve,
+        token_lifetime=token_lifetime,
+    )
+    server = SandboxServer(world, host=host, port=port, log_level=log_level)
+    server.start()
+    sandbox = Sandbox(server)
+    try:
+        yield sandbox
+    finally:
+        sandbox.close()
+        server.stop()

@@ -1,0 +1,663 @@
+"""The sandbox's shared in-memory state: clock, people, directory objects, tokens, stats, faults.
+
+Owns the one ``World`` every sandbox route reads and writes (Entra, Graph, Connect, control API,
+SignalR). All lookups are dict-based (O(1)) so a world of 50,000 people stays fast. The world runs
+inside the server's event loop; tests may read it from their own thread.
+
+Presence state lives on each ``Person`` (``person.teams`` / ``person.connect``) and is created on
+first access from the presence modules (``TeamsPresenceState()`` / ``ConnectPresenceState()``,
+no arguments; time is passed to their methods as ``now``), so building a large world stays cheap.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from presencectl.graph.permissions import APP_ROLES, DELEGATED_SCOPES, GRAPH_APP_ID
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "contoso.example"
+ADMIN_EMAIL = f"admin@{DOMAIN}"
+SYNC_EMAIL = f"presence-sync@{DOMAIN}"
+BOOTSTRAP_CLIENT_ID = "14d82eec-204b-4c2f-b7e8-296a70dab67e"  # Microsoft Graph Command Line Tools
+GLOBAL_ADMIN = "Global Administrator"
+SECURITY_MANAGER = "Security Manager"
+FLAGS = ("must_change_password", "mfa_required", "locked", "disabled", "federated")
+DEFAULT_TOKEN_LIFETIME = 3600
+DEVICE_CODE_LIFETIME = 900
+REFRESH_TOKEN_LIFETIME = 90 * 24 * 3600
+
+# Every Graph permission the sandbox's Graph service principal exposes (ids as in the real tenant
+# where presencectl uses them; the others are fixed here).
+GRAPH_APP_ROLES: dict[str, str] = {
+    **APP_ROLES,
+    "Presence.Read.All": "a70e0c2d-e793-494c-94c4-118fa0a67f42",
+    "Directory.Read.All": "7ab1d382-f21e-4acd-a863-ba3e13f7da61",
+    "Application.ReadWrite.All": "1bfefb4e-e0b5-418b-a88f-73c46d2cc8e9",
+}
+GRAPH_SCOPES: dict[str, str] = {
+    **DELEGATED_SCOPES,
+    "Presence.Read": "76bc735e-aecd-4a1d-8b4c-2b915deabb79",
+    "Presence.ReadWrite": "8d3c54a7-cf58-4773-bf81-c0cd6ad522bb",
+    "User.Read.All": "a154be20-db9c-4678-8ab7-66f6cc099a59",
+    "User.ReadBasic.All": "b340eb25-3456-403f-be2f-af7a0d370277",
+    "Directory.Read.All": "06da0dbc-49e2-44d2-8312-53f166ab848a",
+    "Application.ReadWrite.All": "bdfbf15f-ee85-4955-8675-146e8e5296b5",
+    "AppRoleAssignment.ReadWrite.All": "84bccea3-f856-4a8a-967b-dbe0a3d53a64",
+    "DelegatedPermissionGrant.ReadWrite.All": "41ce6ca6-6826-4807-84f1-1c82854f7ee5",
+    "offline_access": "7427e0e9-2fba-42fe-b0c0-848c9e6a8182",
+    "openid": "37f7f235-527c-4136-accd-4a02d197296e",
+    "profile": "14dad69e-099b-42c9-810b-d002981feec1",
+    "email": "64a6cdd6-aab1-4aaf-94b8-3cc8405e90d0",
+}
+OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
+
+
+# --------------------------------------------------------------------------- clock, stats, faults
+
+class Clock:
+    """Real time plus an offset that tests move forward (token lifetime, session expiry, fade)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> float:
+        self.offset += float(seconds)
+        return self.now()
+
+
+@dataclass
+class Stats:
+    """Request counters by endpoint name, and the throttling / write counters."""
+
+    requests: Counter[str] = field(default_factory=Counter)
+    throttled: int = 0
+    in_retry_after_window: int = 0
+    writes: int = 0
+    faults_injected: int = 0
+
+    def count(self, endpoint: str, n: int = 1) -> None:
+        self.requests[endpoint] += n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requests": dict(sorted(self.requests.items())),
+            "total_requests": sum(self.requests.values()),
+            "throttled": self.throttled,
+            "in_retry_after_window": self.in_retry_after_window,
+            "writes": self.writes,
+            "faults_injected": self.faults_injected,
+        }
+
+
+@dataclass
+class Faults:
+    """Fault injection (POST /_sandbox/faults) and the presence throttle."""
+
+    error_rate: float = 0.0
+    throttle_per_30s: int = 1500
+    throttle_window: float = 30.0
+    latency_ms: int = 0
+    drop_rate: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error_rate": self.error_rate,
+            "throttle_per_30s": self.throttle_per_30s,
+            "throttle_window": self.throttle_window,
+            "latency_ms": self.latency_ms,
+            "drop_rate": self.drop_rate,
+        }
+
+    def update(self, values: dict[str, Any]) -> None:
+        for key in ("error_rate", "drop_rate", "throttle_window"):
+            if key in values and values[key] is not None:
+                setattr(self, key, float(values[key]))
+        for key in ("throttle_per_30s", "latency_ms"):
+            if key in values and values[key] is not None:
+                setattr(self, key, int(values[key]))
+
+
+Listener = Callable[[str, dict[str, Any]], "Awaitable[None] | None"]
+
+
+class Events:
+    """A tiny pub/sub: presence modules publish, the SignalR hub (or a test) listens."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    async def publish(self, kind: str, payload: dict[str, Any]) -> None:
+        for listener in list(self._listeners):
+            try:
+                result = listener(kind, payload)
+                if result is not None:
+                    await result
+            except Exception:  # noqa: BLE001 - one broken listener must not stop the others
+                log.exception("sandbox event listener failed for %s", kind)
+
+
+# --------------------------------------------------------------------------- people
+
+@dataclass(slots=True, eq=False)
+class Person:
+    """One person of the simulated organisation, on the Azure side, the Connect side, or both."""
+
+    email: str
+    display_name: str
+    azure_id: str | None = None
+    upn: str | None = None
+    mail: str | None = None
+    proxy_addresses: list[str] = field(default_factory=list)
+    connect_id: str | None = None
+    connect_email: str | None = None
+    password: str = ""
+    flags: set[str] = field(default_factory=set)
+    roles: set[str] = field(default_factory=set)
+    given_name: str = ""
+    surname: str = ""
+    job_title: str | None = None
+    _teams: Any = None
+    _connect: Any = None
+
+    @property
+    def in_azure(self) -> bool:
+        return self.azure_id is not None
+
+    @property
+    def in_connect(self) -> bool:
+        return self.connect_id is not None
+
+    @property
+    def teams(self) -> Any:
+        if self._teams is None:
+            from presencectl.sandbox.teams_presence import TeamsPresenceState
+
+            self._teams = TeamsPresenceState()
+        return self._teams
+
+    @property
+    def connect(self) -> Any:
+        if self._connect is None:
+            from presencectl.sandbox.connect_presence import ConnectPresenceState
+
+            self._connect = ConnectPresenceState()
+        return self._connect
+
+    def graph_user(self) -> dict[str, Any]:
+        """The Graph ``user`` resource (default property set plus proxyAddresses)."""
+        return {
+            "id": self.azure_id,
+            "displayName": self.display_name,
+            "givenName": self.given_name or None,
+            "surname": self.surname or None,
+            "jobTitle": self.job_title,
+            "mail": self.mail,
+            "userPrincipalName": self.upn,
+            "proxyAddresses": list(self.proxy_addresses),
+            "accountEnabled": "disabled" not in self.flags,
+            "businessPhones": [],
+            "mobilePhone": None,
+            "officeLocation": None,
+            "preferredLanguage": "en-US",
+        }
+
+    def connect_contact(self) -> dict[str, Any]:
+        """The Connect address-book contact."""
+        return {
+            "id": self.connect_id,
+            "displayName": self.display_name,
+            "firstName": self.given_name,
+            "lastName": self.surname,
+            "email": self.connect_email,
+            "roles": sorted(r for r in self.roles if r != GLOBAL_ADMIN),
+        }
+
+
+# --------------------------------------------------------------------------- tokens
+
+@dataclass
+class Claims:
+    """What a sandbox access token says."""
+
+    tid: str
+    oid: str | None
+    appid: str
+    upn: str | None
+    roles: set[str]
+    scp: set[str]
+    exp: float
+    kind: str  # "app" | "delegated" | "connect"
+    aud: str = "https://graph.microsoft.com"
+    iat: float = 0.0
+    jti: str = ""
+
+    def to_payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "aud": self.aud,
+            "iss": f"https://sts.windows.net/{self.tid}/",
+            "iat": int(self.iat),
+            "nbf": int(self.iat),
+            "exp": int(self.exp),
+            "tid": self.tid,
+            "appid": self.appid,
+            "azp": self.appid,
+            "idtyp": "app" if self.kind == "app" else "user",
+            "uti": self.jti,
+            "ver": "1.0",
+            "sbx_kind": self.kind,
+        }
+        if self.oid:
+            payload["oid"] = self.oid
+            payload["sub"] = self.oid
+        if self.upn:
+            payload["upn"] = self.upn
+            payload["unique_name"] = self.upn
+        if self.roles:
+            payload["roles"] = sorted(self.roles)
+        if self.scp:
+            payload["scp"] = " ".join(sorted(self.scp))
+        return payload
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_json(obj: Any) -> str:
+    return b64url(json.dumps(obj, separators=(",", ":")).encode("utf-8"))
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass
+class RefreshGrant:
+    client_id: str
+    oid: str
+    scopes: set[str]
+    resource: str
+    exp: float
+
+
+@dataclass
+class DeviceCode:
+    device_code: str
+    user_code: str
+    client_id: str
+    scopes: list[str]
+    expires_at: float
+    interval: int = 5
+    approved_by: str | None = None  # email
+    denied: bool = False
+    redeemed: bool = False
+
+
+# --------------------------------------------------------------------------- the world
+
+class World:
+    """The whole simulated tenant: people, directory objects, tokens, clock, stats, faults."""
+
+    def __init__(
+        self,
+        *,
+        users: int = 25,
+        seed: int = 1,
+        throttle: int = 1500,
+        throttle_window: float = 30.0,
+        fault_rate: float = 0.0,
+        auto_approve: str | None = None,
+        token_lifetime: int = DEFAULT_TOKEN_LIFETIME,
+    ) -> None:
+        from presencectl.sandbox import org
+
+        self.seed = seed
+        self.clock = Clock()
+        self.stats = Stats()
+        self.faults = Faults(error_rate=fault_rate, throttle_per_30s=throttle, throttle_window=throttle_window)
+        self.events = Events()
+        self.auto_approve = auto_approve
+        self.token_lifetime = token_lifetime
+        self.domain = DOMAIN
+        self.base_url = ""  # set by the server once the port is known
+        self.ca_bundle = ""
+        self._signing_key = secrets.token_bytes(32)
+
+        built = org.build(users=users, seed=seed)
+        self.tenant_id: str = built.tenant_id
+        self.connect_client_id: str = built.connect_client_id
+        self.connect_client_secret: str = built.connect_client_secret
+        self.people: list[Person] = []
+        self._by_azure_id: dict[str, Person] = {}
+        self._by_connect_id: dict[str, Person] = {}
+        self._by_mail: dict[str, list[Person]] = {}
+        self._by_upn: dict[str, Person] = {}
+        self._by_proxy: dict[str, list[Person]] = {}
+        self._by_connect_email: dict[str, Person] = {}
+        for person in built.people:
+            self.add_person(person)
+
+        # Directory objects (Graph JSON dicts by object id) and their indexes.
+        self.applications: dict[str, dict[str, Any]] = {}
+        self.service_principals: dict[str, dict[str, Any]] = {}
+        self.app_role_assignments: dict[str, dict[str, Any]] = {}
+        self.permission_grants: dict[str, dict[str, Any]] = {}
+        self._app_by_app_id: dict[str, str] = {}
+        self._sp_by_app_id: dict[str, str] = {}
+        self.app_secrets: dict[str, list[str]] = {}  # appId -> secret texts
+        self._install_microsoft_service_principals()
+
+        self.refresh_tokens: dict[str, RefreshGrant] = {}
+        self.device_codes: dict[str, DeviceCode] = {}
+        self._device_by_user_code: dict[str, DeviceCode] = {}
+        # Per-client state for throttling (S1b), keyed as it likes.
+        self.throttle_state: dict[Any, Any] = {}
+        # Anything the other sandbox modules need to keep (subscriptions, …).
+        self.extra: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ people
+    def add_person(self, person: Person) -> Person:
+        self.people.append(person)
+        self.index_person(person)
+        return person
+
+    def index_person(self, person: Person) -> None:
+        if person.azure_id:
+            self._by_azure_id[person.azure_id] = person
+            if person.mail:
+                self._by_mail.setdefault(person.mail.lower(), []).append(person)
+            if person.upn:
+                self._by_upn[person.upn.lower()] = person
+            for address in person.proxy_addresses:
+                kind, _, value = address.partition(":")
+                if kind.lower() == "smtp" and value:
+                    self._by_proxy.setdefault(value.lower(), []).append(person)
+        if person.connect_id:
+            self._by_connect_id[person.connect_id] = person
+            if person.connect_email:
+                self._by_connect_email[person.connect_email.lower()] = person
+
+    def person_by_azure_id(self, azure_id: str) -> Person | None:
+        return self._by_azure_id.get(azure_id)
+
+    def person_by_connect_id(self, connect_id: str) -> Person | None:
+        return self._by_connect_id.get(connect_id)
+
+    def azure_people_by_mail(self, email: str) -> list[Person]:
+        return list(self._by_mail.get(email.lower(), ()))
+
+    def azure_person_by_upn(self, upn: str) -> Person | None:
+        return self._by_upn.get(upn.lower())
+
+    def azure_people_by_proxy(self, email: str) -> list[Person]:
+        return list(self._by_proxy.get(email.lower(), ()))
+
+    def azure_people_by_address(self, email: str) -> list[Person]:
+        """Every Azure user holding ``email`` as mail, UPN or SMTP proxy address (conflicts > 1)."""
+        key = email.lower()
+        found: list[Person] = []
+        for candidate in (*self._by_mail.get(key, ()), self._by_upn.get(key), *self._by_proxy.get(key, ())):
+            if candidate is not None and candidate not in found:
+                found.append(candidate)
+        return found
+
+    def connect_person_by_email(self, email: str) -> Person | None:
+        return self._by_connect_email.get(email.lower())
+
+    def person_by_email(self, email: str) -> Person | None:
+        """Case-insensitive: UPN, then mail, then SMTP proxy address, then Connect email."""
+        key = email.lower()
+        person = self._by_upn.get(key)
+        if person is not None:
+            return person
+        mails = self._by_mail.get(key)
+        if mails:
+            return mails[0]
+        proxies = self._by_proxy.get(key)
+        if proxies:
+            return proxies[0]
+        return self._by_connect_email.get(key)
+
+    @property
+    def admin(self) -> Person:
+        person = self.azure_person_by_upn(ADMIN_EMAIL)
+        assert person is not None
+        return person
+
+    @property
+    def sync_user(self) -> Person:
+        person = self.azure_person_by_upn(SYNC_EMAIL)
+        assert person is not None
+        return person
+
+    def new_id(self) -> str:
+        return str(uuid.uuid4())
+
+    # ------------------------------------------------------------------ directory objects
+    def _install_microsoft_service_principals(self) -> None:
+        graph_sp = {
+            "id": self.new_id(),
+            "appId": GRAPH_APP_ID,
+            "displayName": "Microsoft Graph",
+            "servicePrincipalType": "Application",
+            "appOwnerOrganizationId": "f8cdef31-a31e-4b4a-93e4-5f571e91255a",
+            "servicePrincipalNames": [GRAPH_APP_ID, "https://graph.microsoft.com"],
+            "appRoles": [
+                {
+                    "id": role_id,
+                    "value": name,
+                    "displayName": name,
+                    "description": name,
+                    "allowedMemberTypes": ["Application"],
+                    "isEnabled": True,
+                    "origin": "Application",
+                }
+                for name, role_id in GRAPH_APP_ROLES.items()
+            ],
+            "oauth2PermissionScopes": [
+                {
+                    "id": scope_id,
+                    "value": name,
+                    "type": "Admin" if name.endswith(".All") else "User",
+                    "adminConsentDisplayName": name,
+                    "adminConsentDescription": name,
+                    "isEnabled": True,
+                }
+                for name, scope_id in GRAPH_SCOPES.items()
+            ],
+        }
+        self.add_service_principal(graph_sp)
+        self.graph_sp_id = graph_sp["id"]
+        bootstrap = {
+            "id": self.new_id(),
+            "appId": BOOTSTRAP_CLIENT_ID,
+            "displayName": "Microsoft Graph Command Line Tools",
+            "servicePrincipalType": "Application",
+            "appOwnerOrganizationId": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "servicePrincipalNames": [BOOTSTRAP_CLIENT_ID],
+            "appRoles": [],
+            "oauth2PermissionScopes": [],
+        }
+        self.add_service_principal(bootstrap)
+
+    def add_application(self, app: dict[str, Any]) -> dict[str, Any]:
+        self.applications[app["id"]] = app
+        self._app_by_app_id[app["appId"]] = app["id"]
+        return app
+
+    def application_by_app_id(self, app_id: str) -> dict[str, Any] | None:
+        object_id = self._app_by_app_id.get(app_id)
+        return self.applications.get(object_id) if object_id else None
+
+    def add_service_principal(self, sp: dict[str, Any]) -> dict[str, Any]:
+        self.service_principals[sp["id"]] = sp
+        self._sp_by_app_id[sp["appId"]] = sp["id"]
+        return sp
+
+    def service_principal_by_app_id(self, app_id: str) -> dict[str, Any] | None:
+        object_id = self._sp_by_app_id.get(app_id)
+        return self.service_principals.get(object_id) if object_id else None
+
+    @property
+    def graph_service_principal(self) -> dict[str, Any]:
+        return self.service_principals[self.graph_sp_id]
+
+    def app_roles_of(self, app_id: str, resource_sp_id: str | None = None) -> set[str]:
+        """Names of the app roles granted (appRoleAssignedTo) to the app's service principal."""
+        sp = self.service_principal_by_app_id(app_id)
+        if sp is None:
+            return set()
+        resource_sp_id = resource_sp_id or self.graph_sp_id
+        resource = self.service_principals.get(resource_sp_id, {})
+        by_id = {r["id"]: r["value"] for r in resource.get("appRoles", [])}
+        return {
+            by_id[a["appRoleId"]]
+            for a in self.app_role_assignments.values()
+            if a["principalId"] == sp["id"] and a["resourceId"] == resource_sp_id and a["appRoleId"] in by_id
+        }
+
+    def delegated_scopes_of(self, app_id: str, user_oid: str | None = None) -> set[str]:
+        """Scopes granted to the client on Graph by oauth2PermissionGrants (AllPrincipals or the user)."""
+        sp = self.service_principal_by_app_id(app_id)
+        if sp is None:
+            return set()
+        granted: set[str] = set()
+        for grant in self.permission_grants.values():
+            if grant["clientId"] != sp["id"] or grant["resourceId"] != self.graph_sp_id:
+                continue
+            if grant["consentType"] == "AllPrincipals" or grant.get("principalId") == user_oid:
+                granted.update(s for s in (grant.get("scope") or "").split() if s)
+        return granted
+
+    def client_secret_ok(self, app_id: str, secret: str) -> bool:
+        return any(hmac.compare_digest(secret, s) for s in self.app_secrets.get(app_id, []))
+
+    # ------------------------------------------------------------------ tokens
+    def issue_token(
+        self,
+        *,
+        kind: str,
+        appid: str,
+        oid: str | None = None,
+        upn: str | None = None,
+        roles: Iterable[str] = (),
+        scp: Iterable[str] = (),
+        aud: str = "https://graph.microsoft.com",
+        lifetime: float | None = None,
+    ) -> tuple[str, Claims]:
+        """A signed JWT-shaped access token and its claims. Lifetime from the world's clock."""
+        now = self.clock.now()
+        claims = Claims(
+            tid=self.tenant_id,
+            oid=oid,
+            appid=appid,
+            upn=upn,
+            roles=set(roles),
+            scp=set(scp),
+            exp=now + (self.token_lifetime if lifetime is None else lifetime),
+            kind=kind,
+            aud=aud,
+            iat=now,
+            jti=secrets.token_urlsafe(16),
+        )
+        return self.encode_jwt(claims.to_payload()), claims
+
+    def encode_jwt(self, payload: dict[str, Any]) -> str:
+        header = b64url_json({"typ": "JWT", "alg": "HS256", "kid": "sandbox"})
+        body = b64url_json(payload)
+        signature = hmac.new(self._signing_key, f"{header}.{body}".encode("ascii"), hashlib.sha256).digest()
+        return f"{header}.{body}.{b64url(signature)}"
+
+    def decode_jwt(self, token: str) -> dict[str, Any] | None:
+        """The payload of a token this world signed, else None."""
+        parts = token.split(".")
+        if len(parts) != 3:
+            return None
+        expected = hmac.new(self._signing_key, f"{parts[0]}.{parts[1]}".encode("ascii"), hashlib.sha256).digest()
+        try:
+            if not hmac.compare_digest(b64url_decode(parts[2]), expected):
+                return None
+            payload = json.loads(b64url_decode(parts[1]))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return payload if isinstance(payload, dict) else None
+
+    def verify_bearer(self, authorization: str | None, *, check_expiry: bool = True) -> Claims | None:
+        """Claims of ``Bearer <token>`` if this world issued it (and, by default, it is unexpired)."""
+        if not authorization:
+            return None
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        payload = self.decode_jwt(token.strip())
+        if payload is None:
+            return None
+        claims = Claims(
+            tid=payload.get("tid", ""),
+            oid=payload.get("oid"),
+            appid=payload.get("appid", ""),
+            upn=payload.get("upn"),
+            roles=set(payload.get("roles", [])),
+            scp=set(str(payload.get("scp", "")).split()),
+            exp=float(payload.get("exp", 0)),
+            kind=payload.get("sbx_kind", "delegated"),
+            aud=payload.get("aud", ""),
+            iat=float(payload.get("iat", 0)),
+            jti=payload.get("uti", ""),
+        )
+        if check_expiry and claims.exp <= self.clock.now():
+            return None
+        return claims
+
+    def new_refresh_token(self, client_id: str, oid: str, scopes: Iterable[str], resource: str) -> str:
+        token = "sbxrt." + secrets.token_urlsafe(48)
+        self.refresh_tokens[token] = RefreshGrant(
+            client_id, oid, set(scopes), resource, self.clock.now() + REFRESH_TOKEN_LIFETIME
+        )
+        return token
+
+    # ------------------------------------------------------------------ device codes
+    def new_device_code(self, client_id: str, scopes: list[str]) -> DeviceCode:
+        alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+        while True:
+            user_code = "".join(secrets.choice(alphabet) for _ in range(9))
+            if user_code not in self._device_by_user_code:
+                break
+        code = DeviceCode(
+            device_code="sbxdc." + secrets.token_urlsafe(32),
+            user_code=user_code,
+            client_id=client_id,
+            scopes=scopes,
+            expires_at=self.clock.now() + DEVICE_CODE_LIFETIME,
+        )
+        if self.auto_approve:
+            code.approved_by = self.auto_approve
+        self.device_codes[code.device_code] = code
+        self._device_by_user_code[user_code] = code
+        return code
+
+    def device_code_by_user_code(self, user_code: str) -> DeviceCode | None:
+        return self._device_by_user_code.get(user_code.strip().upper().replace("-", ""))
