@@ -37,7 +37,10 @@ class HubServer:
     def __init__(self, hub: SignalRHub) -> None:
         self.hub = hub
         config = uvicorn.Config(
-            Starlette(routes=hub.routes()), host="127.0.0.1", port=0, log_level="warning",
+            Starlette(routes=hub.routes()),
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
             lifespan="off",
         )
         self.server = uvicorn.Server(config)
@@ -59,7 +62,9 @@ class HubServer:
         self.server.should_exit = True
         self.thread.join(5)
 
-    async def publish(self, target: str, args: list[Any], subscription_id: str | None = None) -> int:
+    async def publish(
+        self, target: str, args: list[Any], subscription_id: str | None = None
+    ) -> int:
         future = self.hub.publish_threadsafe(target, args, subscription_id)
         assert future is not None, "no client ever connected"
         return await asyncio.wrap_future(future)
@@ -67,8 +72,12 @@ class HubServer:
 
 @pytest.fixture
 def hub_server() -> Iterator[HubServer]:
-    hub = SignalRHub("/univerge/hub/presence", authorize=lambda token: token == GOOD_TOKEN,
-                     keep_alive_interval=0.2, client_timeout=2.0)
+    hub = SignalRHub(
+        "/univerge/hub/presence",
+        authorize=lambda token: token == GOOD_TOKEN,
+        keep_alive_interval=0.2,
+        client_timeout=2.0,
+    )
     with HubServer(hub) as server:
         yield server
 
@@ -97,7 +106,9 @@ def test_negotiate_answers_by_requested_version(hub_server: HubServer) -> None:
     headers = {"Authorization": f"Bearer {GOOD_TOKEN}"}
     v0 = httpx.post(url, headers=headers).json()
     assert set(v0) == {"connectionId", "availableTransports"}
-    assert v0["availableTransports"] == [{"transport": "WebSockets", "transferFormats": ["Text", "Binary"]}]
+    assert v0["availableTransports"] == [
+        {"transport": "WebSockets", "transferFormats": ["Text", "Binary"]}
+    ]
     v1 = httpx.post(url, params={"negotiateVersion": "1"}, headers=headers).json()
     assert v1["negotiateVersion"] == 1
     assert v1["connectionToken"] != v1["connectionId"]
@@ -110,8 +121,10 @@ def test_negotiate_answers_by_requested_version(hub_server: HubServer) -> None:
 async def test_pysignalr_receives_published_invocations(hub_server: HubServer) -> None:
     received: list[list[Any]] = []
     opened = asyncio.Event()
-    client = _client(f"{hub_server.http}/univerge/hub/presence?subscriptionId=sub-1",
-                     headers={"Authorization": f"Bearer {GOOD_TOKEN}"})
+    client = _client(
+        f"{hub_server.http}/univerge/hub/presence?subscriptionId=sub-1",
+        headers={"Authorization": f"Bearer {GOOD_TOKEN}"},
+    )
 
     async def on_event(args: list[Any]) -> None:
         received.append(args)
@@ -175,14 +188,22 @@ async def test_websocket_refuses_bad_token_and_unknown_connection_id(hub_server:
 
 
 @pytest.mark.anyio
-async def test_negotiated_id_is_single_use_and_version_1_uses_the_token(hub_server: HubServer) -> None:
+async def test_negotiated_id_is_single_use_and_version_1_uses_the_token(
+    hub_server: HubServer,
+) -> None:
     base = f"{hub_server.ws}/univerge/hub/presence"
     async with httpx.AsyncClient() as http:
-        v1 = (await http.post(f"{hub_server.http}/univerge/hub/presence/negotiate",
-                              params={"negotiateVersion": "1", "access_token": GOOD_TOKEN})).json()
+        v1 = (
+            await http.post(
+                f"{hub_server.http}/univerge/hub/presence/negotiate",
+                params={"negotiateVersion": "1", "access_token": GOOD_TOKEN},
+            )
+        ).json()
     with pytest.raises(websockets.InvalidStatus):  # v1: the connectionId is not the id to send
         await websockets.connect(f"{base}?id={v1['connectionId']}&access_token={GOOD_TOKEN}")
-    async with websockets.connect(f"{base}?id={v1['connectionToken']}&access_token={GOOD_TOKEN}") as ws:
+    async with websockets.connect(
+        f"{base}?id={v1['connectionToken']}&access_token={GOOD_TOKEN}"
+    ) as ws:
         await ws.send(encode_record({"protocol": "json", "version": 1}))
         assert await ws.recv() == "{}" + RECORD_SEPARATOR
     with pytest.raises(websockets.InvalidStatus):
@@ -203,11 +224,15 @@ async def test_raw_protocol_handshake_pings_and_timeout() -> None:
             assert decode_records(str(await ws.recv())) == [{}]
             assert decode_records(str(await ws.recv())) == [{"type": 6}]
             # A client method call gets an error completion: the hub has no client-callable methods.
-            await ws.send(encode_record({"type": 1, "invocationId": "7", "target": "Nope", "arguments": []}))
+            await ws.send(
+                encode_record({"type": 1, "invocationId": "7", "target": "Nope", "arguments": []})
+            )
             records: list[dict[str, Any]] = []
             while not any(r.get("type") == 3 for r in records):
                 records += decode_records(str(await ws.recv()))
-            assert any(r.get("invocationId") == "7" and "Unknown hub method" in r["error"] for r in records)
+            assert any(
+                r.get("invocationId") == "7" and "Unknown hub method" in r["error"] for r in records
+            )
             # Silent past client_timeout: closed with a close record carrying an error.
             closing: list[dict[str, Any]] = []
             with pytest.raises(websockets.ConnectionClosed):
@@ -220,7 +245,9 @@ async def test_raw_protocol_handshake_pings_and_timeout() -> None:
 async def test_disconnect_closes_the_subscription_connections(hub_server: HubServer) -> None:
     closed = asyncio.Event()
     opened = asyncio.Event()
-    client = _client(f"{hub_server.http}/univerge/hub/presence?subscriptionId=s9&access_token={GOOD_TOKEN}")
+    client = _client(
+        f"{hub_server.http}/univerge/hub/presence?subscriptionId=s9&access_token={GOOD_TOKEN}"
+    )
 
     async def on_open() -> None:
         opened.set()
@@ -233,7 +260,9 @@ async def test_disconnect_closes_the_subscription_connections(hub_server: HubSer
     task = asyncio.create_task(client.run())
     try:
         await asyncio.wait_for(opened.wait(), 3)
-        loop_future = asyncio.run_coroutine_threadsafe(hub_server.hub.disconnect("s9"), hub_server.hub._loop)  # type: ignore[arg-type]
+        loop_future = asyncio.run_coroutine_threadsafe(
+            hub_server.hub.disconnect("s9"), hub_server.hub._loop
+        )  # type: ignore[arg-type]
         assert await asyncio.wrap_future(loop_future) == 1
         await asyncio.wait_for(closed.wait(), 3)
     finally:
@@ -242,5 +271,7 @@ async def test_disconnect_closes_the_subscription_connections(hub_server: HubSer
 
 
 def test_handshake_record_is_compact_json() -> None:
-    assert encode_record({"protocol": "json", "version": 1}) == json.dumps(
-        {"protocol": "json", "version": 1}, separators=(",", ":")) + "\x1e"
+    assert (
+        encode_record({"protocol": "json", "version": 1})
+        == json.dumps({"protocol": "json", "version": 1}, separators=(",", ":")) + "\x1e"
+    )

@@ -94,7 +94,7 @@ class HubConnection:
         try:
             async with self.send_lock:
                 await self.websocket.send_text(encode_record(message))
-        except Exception as exc:  # noqa: BLE001 - a dead client must not break a publish
+        except Exception as exc:  # a dead client must not break a publish
             log.debug("hub send to %s failed: %s", self.connection_id, type(exc).__name__)
             self.closed = True
             return False
@@ -122,7 +122,9 @@ class SignalRHub:
         self.subscription_exists = subscription_exists
         self.keep_alive_interval = keep_alive_interval
         self.client_timeout = client_timeout
-        self._pending: dict[str, tuple[str, float]] = {}  # id the client will send → (connectionId, when)
+        self._pending: dict[
+            str, tuple[str, float]
+        ] = {}  # id the client will send → (connectionId, when)
         self._connections: dict[str, HubConnection] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[int]] = set()
@@ -180,10 +182,16 @@ class SignalRHub:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return None
-        return asyncio.run_coroutine_threadsafe(self.publish(target, arguments, subscription_id), loop)
+        return asyncio.run_coroutine_threadsafe(
+            self.publish(target, arguments, subscription_id), loop
+        )
 
     async def disconnect(
-        self, subscription_id: str | None = None, *, error: str | None = None, allow_reconnect: bool = True
+        self,
+        subscription_id: str | None = None,
+        *,
+        error: str | None = None,
+        allow_reconnect: bool = True,
     ) -> int:
         """Close connections (all, or one subscription's) with a close record, as a server restart
         or a deleted subscription would. Returns how many were closed."""
@@ -206,7 +214,7 @@ class SignalRHub:
             return False
         try:
             return bool(self.authorize(token))
-        except Exception:  # noqa: BLE001 - a broken token is an unauthorised one
+        except Exception:  # a broken token is an unauthorised one
             log.debug("hub authorize raised", exc_info=True)
             return False
 
@@ -221,9 +229,13 @@ class SignalRHub:
             del self._pending[key]
 
     async def _negotiate(self, request: Request) -> Response:
-        token = bearer_token(request.headers.get("authorization"), request.query_params.get("access_token"))
+        token = bearer_token(
+            request.headers.get("authorization"), request.query_params.get("access_token")
+        )
         if not self._token_ok(token):
-            return PlainTextResponse("Unauthorized", status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            return PlainTextResponse(
+                "Unauthorized", status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
         if not self._subscription_ok(request.query_params.get("subscriptionId")):
             return PlainTextResponse("Subscription not found", status_code=404)
         try:
@@ -236,18 +248,24 @@ class SignalRHub:
         body: dict[str, Any] = {"connectionId": connection_id}
         if version >= 1:
             connection_token = secrets.token_urlsafe(16)
-            body = {"negotiateVersion": 1, "connectionId": connection_id, "connectionToken": connection_token}
+            body = {
+                "negotiateVersion": 1,
+                "connectionId": connection_id,
+                "connectionToken": connection_token,
+            }
             self._pending[connection_token] = (connection_id, time.monotonic())
         else:
             self._pending[connection_id] = (connection_id, time.monotonic())
-        body["availableTransports"] = [{"transport": "WebSockets", "transferFormats": ["Text", "Binary"]}]
+        body["availableTransports"] = [
+            {"transport": "WebSockets", "transferFormats": ["Text", "Binary"]}
+        ]
         return JSONResponse(body)
 
     # -- websocket ----------------------------------------------------------------------------
     async def _deny(self, websocket: WebSocket, status: int, text: str) -> None:
         try:
             await websocket.send_denial_response(PlainTextResponse(text, status_code=status))
-        except Exception:  # noqa: BLE001 - servers without the denial extension: plain 403
+        except Exception:  # servers without the denial extension: plain 403
             with contextlib.suppress(Exception):
                 await websocket.close(code=1008)
 
@@ -326,8 +344,12 @@ class SignalRHub:
             await self._close_with(conn, None)
             return False
         if request.get("version") != 1:
-            await conn.send({"error": f"The server does not support version {request.get('version')} "
-                                      "of the 'json' protocol."})
+            await conn.send(
+                {
+                    "error": f"The server does not support version {request.get('version')} "
+                    "of the 'json' protocol."
+                }
+            )
             await self._close_with(conn, None)
             return False
         await conn.send({})
@@ -372,11 +394,13 @@ class SignalRHub:
                 return False
             if kind == INVOCATION and record.get("invocationId"):
                 # The Connect hub exposes no client-callable methods.
-                await conn.send({
-                    "type": COMPLETION,
-                    "invocationId": record["invocationId"],
-                    "error": f"Unknown hub method '{record.get('target')}'",
-                })
+                await conn.send(
+                    {
+                        "type": COMPLETION,
+                        "invocationId": record["invocationId"],
+                        "error": f"Unknown hub method '{record.get('target')}'",
+                    }
+                )
         return True
 
     async def _keep_alive(self, conn: HubConnection) -> None:

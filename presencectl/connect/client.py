@@ -1,0 +1,437 @@
+"""The Univerge Blue Connect REST client: token, retries, throttling, error mapping.
+
+Owns the one httpx client for Connect (built by ``presencectl.transport``), the client-credentials
+token (cached until ``TOKEN_REFRESH_MARGIN_S`` before expiry, fetched once for any number of
+concurrent callers, refreshed once on a 401), and the retry policy: network errors, 429, 500,
+502, 503 and 504 are retried with ``Retry-After`` honoured (client-wide: while one request waits
+out a Retry-After, no other request is sent) or bounded exponential backoff; other 4xx never.
+Failures become the errors of ``presencectl.errors`` with stable codes.
+
+The directory, presence and change-feed calls live in their own modules and are reachable from
+the client as methods, so the engine holds one object. Paths and names: ``connect.wire``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from presencectl.connect import wire
+from presencectl.errors import ApiError, AuthError, ConfigError, NetworkError
+from presencectl.transport import HttpSettings, build_async_client, redact
+
+if TYPE_CHECKING:
+    from presencectl.config import Profile
+    from presencectl.connect.directory import ConnectContact
+    from presencectl.connect.feed import Subscription
+    from presencectl.connect.presence import PresenceReads
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+AUTH_HINT = (
+    "check the Extend API client in Control Panel > Extend API (client id in the profile's "
+    "connect_client_id) and its secret (PRESENCECTL_CONNECT_CLIENT_SECRET or the keyring)"
+)
+
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+
+@dataclass
+class ConnectStats:
+    """What the client did, for the engine's report and the live view."""
+
+    requests: int = 0
+    token_requests: int = 0
+    retries: int = 0
+    throttled: int = 0  # 429 answers
+    throttle_wait_s: float = 0.0  # time spent waiting out Retry-After / backoff
+
+
+def retry_after_seconds(response: httpx.Response, now: float | None = None) -> float | None:
+    """The ``Retry-After`` header in seconds (delta or HTTP date); None when absent or invalid."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """A short, redacted description of an error body."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return redact(text[:200]) if text else ""
+    if isinstance(body, dict):
+        for key in ("error_description", "message", "error"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return redact(value[:200])
+            if isinstance(value, dict) and isinstance(value.get("message"), str):
+                return redact(value["message"][:200])
+    return ""
+
+
+class ConnectClient:
+    """An async client of one Connect account (one Extend API client)."""
+
+    def __init__(
+        self,
+        login_url: str,
+        api_url: str,
+        client_id: str,
+        client_secret: str,
+        settings: HttpSettings | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        scope: str = wire.SCOPE,
+        max_attempts: int = 5,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        max_retry_after: float = 300.0,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
+        max_connections: int = 64,
+    ) -> None:
+        self.login_url = login_url.rstrip("/")
+        self.api_url = api_url.rstrip("/")
+        self.client_id = client_id
+        self._client_secret = client_secret
+        self.settings = settings or HttpSettings()
+        self.scope = scope
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_retry_after = max_retry_after
+        self._sleep = sleep
+        self._clock = clock
+        self.stats = ConnectStats()
+        self._http = build_async_client(
+            self.settings,
+            base_url=self.api_url,
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+        self._token: str | None = None
+        self._token_valid_until = 0.0
+        self._token_lock = asyncio.Lock()
+        self._blocked_until = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> ConnectClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- token --------------------------------------------------------------------------------
+    async def access_token(self) -> str:
+        """A valid bearer token; fetched by client credentials when the cached one nears expiry."""
+        if self._token and self._clock() < self._token_valid_until:
+            return self._token
+        async with self._token_lock:
+            if self._token and self._clock() < self._token_valid_until:
+                return self._token
+            token, lifetime = await self._fetch_token()
+            margin = (
+                wire.TOKEN_REFRESH_MARGIN_S
+                if lifetime > 2 * wire.TOKEN_REFRESH_MARGIN_S
+                else lifetime / 2
+            )
+            self._token = token
+            self._token_valid_until = self._clock() + lifetime - margin
+            return token
+
+    def invalidate_token(self, token: str | None = None) -> None:
+        """Forget the cached token (only if it is still ``token``, when given)."""
+        if token is None or token == self._token:
+            self._token = None
+            self._token_valid_until = 0.0
+
+    async def _fetch_token(self) -> tuple[str, float]:
+        url = self.login_url + wire.TOKEN_PATH
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self.client_id,
+            "client_secret": self._client_secret,
+            "scope": self.scope,
+        }
+        attempt = 0
+        while True:
+            attempt += 1
+            self.stats.token_requests += 1
+            try:
+                response = await self._http.post(url, data=form)
+            except httpx.TransportError as exc:
+                if attempt >= self.max_attempts:
+                    raise NetworkError(
+                        f"cannot reach the Connect sign-in service at {self.login_url}: "
+                        f"{type(exc).__name__}",
+                        hint="check the network, the proxy setting and connect_login_url",
+                        code="connect_unreachable",
+                    ) from exc
+                await self._backoff(attempt, None)
+                continue
+            if response.status_code in RETRY_STATUSES and attempt < self.max_attempts:
+                await self._backoff(attempt, response)
+                continue
+            break
+        if response.status_code == 200:
+            try:
+                body = response.json()
+                token = body["access_token"]
+                lifetime = float(body.get("expires_in", 3600))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ApiError(
+                    "the Connect sign-in service answered without an access token",
+                    status=200,
+                    code="connect_bad_response",
+                    hint=f"check connect_login_url ({self.login_url})",
+                ) from exc
+            if not isinstance(token, str) or not token:
+                raise ApiError(
+                    "the Connect sign-in service sent an empty access token",
+                    status=200,
+                    code="connect_bad_response",
+                )
+            return token, max(1.0, lifetime)
+        error = ""
+        try:
+            body = response.json()
+            if isinstance(body, dict):
+                error = str(body.get("error", ""))
+        except ValueError:
+            pass
+        if error in ("invalid_client", "unauthorized_client") or response.status_code == 401:
+            raise AuthError(
+                f"Connect rejected the Extend API client '{self.client_id}' "
+                f"({error or response.status_code})",
+                hint=AUTH_HINT,
+                code="connect_auth_failed",
+            )
+        if error == "invalid_scope":
+            raise AuthError(
+                f"Connect refused the scope '{self.scope}' for client '{self.client_id}'",
+                hint="enable the messaging and address-book APIs for this client in "
+                "Control Panel > Extend API",
+                code="connect_scope_denied",
+            )
+        raise ApiError(
+            f"Connect sign-in failed with HTTP {response.status_code}"
+            + (f": {_error_detail(response)}" if _error_detail(response) else ""),
+            status=response.status_code,
+            code="connect_api_error",
+            hint=f"check connect_login_url ({self.login_url})",
+        )
+
+    # -- requests -----------------------------------------------------------------------------
+    def _backoff_delay(self, attempt: int) -> float:
+        delay = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
+        return delay * (0.5 + random.random() / 2)
+
+    async def _backoff(self, attempt: int, response: httpx.Response | None) -> None:
+        self.stats.retries += 1
+        delay: float | None = None
+        if response is not None:
+            if response.status_code == 429:
+                self.stats.throttled += 1
+            delay = retry_after_seconds(response)
+            if delay is not None:
+                delay = min(delay, self.max_retry_after)
+                # Every request of this client waits it out, not just this one.
+                self._blocked_until = max(self._blocked_until, self._clock() + delay)
+        if delay is None:
+            delay = self._backoff_delay(attempt)
+        log.debug(
+            "connect: retry %d in %.2fs (%s)",
+            attempt,
+            delay,
+            response.status_code if response is not None else "network error",
+        )
+        self.stats.throttle_wait_s += delay
+        await self._sleep(delay)
+
+    async def _wait_if_blocked(self) -> None:
+        while True:
+            remaining = self._blocked_until - self._clock()
+            if remaining <= 0:
+                return
+            self.stats.throttle_wait_s += remaining
+            await self._sleep(remaining)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+        allow: Iterable[int] = (),
+    ) -> httpx.Response:
+        """Send an authorised API request with retries; 2xx and ``allow`` statuses are returned,
+        anything else raised as AuthError / ApiError / NetworkError."""
+        allowed = set(allow)
+        attempt = 0
+        refreshed = False
+        while True:
+            await self._wait_if_blocked()
+            token = await self.access_token()
+            attempt += 1
+            self.stats.requests += 1
+            try:
+                response = await self._http.request(
+                    method,
+                    path,
+                    params=params,
+                    json=json,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+            except httpx.TransportError as exc:
+                if attempt >= self.max_attempts:
+                    raise NetworkError(
+                        f"cannot reach Connect at {self.api_url}: {type(exc).__name__}",
+                        hint="check the network, the proxy setting and connect_api_url",
+                        code="connect_unreachable",
+                    ) from exc
+                await self._backoff(attempt, None)
+                continue
+            status = response.status_code
+            if status == 401 and not refreshed:
+                refreshed = True
+                attempt -= 1  # a stale token is not a failed attempt
+                self.invalidate_token(token)
+                continue
+            if status in RETRY_STATUSES and status not in allowed and attempt < self.max_attempts:
+                await self._backoff(attempt, response)
+                continue
+            if 200 <= status < 300 or status in allowed:
+                return response
+            raise self._error_for(method, path, response)
+
+    def _error_for(self, method: str, path: str, response: httpx.Response) -> Exception:
+        status = response.status_code
+        detail = _error_detail(response)
+        where = f"{method} {path}"
+        suffix = f": {detail}" if detail else ""
+        if status == 401:
+            return AuthError(
+                f"Connect refused the access token for {where}{suffix}",
+                hint=AUTH_HINT,
+                code="connect_unauthorized",
+            )
+        if status == 403:
+            return AuthError(
+                f"Connect denied {where} (HTTP 403){suffix}",
+                hint="the Extend API client needs the messaging and address-book scopes, and the "
+                "account contact the Security Manager role",
+                code="connect_forbidden",
+            )
+        if status == 404:
+            return ApiError(
+                f"Connect: not found: {where}{suffix}", status=404, code="connect_not_found"
+            )
+        if status == 429:
+            return ApiError(
+                f"Connect kept throttling {where} after {self.max_attempts} attempts",
+                status=429,
+                code="connect_throttled",
+                hint="lower the sync's concurrency or run it less often",
+            )
+        return ApiError(
+            f"Connect answered HTTP {status} to {where}{suffix}",
+            status=status,
+            code="connect_api_error",
+        )
+
+    # -- the Connect operations (see directory.py, presence.py, feed.py) -----------------------
+    async def list_contacts(self) -> list[ConnectContact]:
+        from presencectl.connect.directory import list_contacts
+
+        return await list_contacts(self)
+
+    async def get_presence(self, user_id: str) -> str:
+        from presencectl.connect.presence import get_presence
+
+        return await get_presence(self, user_id)
+
+    async def get_presences(self, user_ids: Sequence[str], concurrency: int = 32) -> PresenceReads:
+        from presencectl.connect.presence import get_presences
+
+        return await get_presences(self, user_ids, concurrency=concurrency)
+
+    async def set_presence(self, user_id: str, value: str) -> None:
+        from presencectl.connect.presence import set_presence
+
+        await set_presence(self, user_id, value)
+
+    async def clear_presence(self, user_id: str) -> bool:
+        from presencectl.connect.presence import clear_presence
+
+        return await clear_presence(self, user_id)
+
+    async def create_subscription(self, ttl_s: float = wire.SUBSCRIPTION_TTL_S) -> Subscription:
+        from presencectl.connect.feed import create_subscription
+
+        return await create_subscription(self, ttl_s)
+
+    async def delete_subscription(self, subscription_id: str) -> bool:
+        from presencectl.connect.feed import delete_subscription
+
+        return await delete_subscription(self, subscription_id)
+
+
+def connect_client_for(
+    profile: Profile, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
+) -> ConnectClient:
+    """The Connect client of a profile; the secret comes from presencectl.secrets."""
+    from presencectl.secrets import CONNECT_CLIENT_SECRET, ENV_VARS, get_secret
+
+    if not profile.connect_client_id:
+        raise ConfigError(
+            f"profile '{profile.name}' has no connect_client_id",
+            hint="create an Extend API client in Control Panel > Extend API and set "
+            "connect_client_id in the profile (or write a sandbox profile)",
+            code="config_missing",
+        )
+    secret = get_secret(profile.name, CONNECT_CLIENT_SECRET)
+    if not secret:
+        raise ConfigError(
+            f"no Connect client secret for profile '{profile.name}'",
+            hint=f"set {ENV_VARS[CONNECT_CLIENT_SECRET]} or store the secret of the Extend API "
+            "client (Control Panel > Extend API) in the keyring",
+            code="connect_secret_missing",
+        )
+    return ConnectClient(
+        profile.connect_login_url,
+        profile.connect_api_url,
+        profile.connect_client_id,
+        secret,
+        profile.http_settings(),
+        transport,
+        **kwargs,
+    )

@@ -1,0 +1,402 @@
+"""The Connect change feed: a subscription delivered over a SignalR hub, kept alive.
+
+Owns the subscription's life (create, renew before its ttl, re-create when renewal says 404,
+delete on close) and the hub connection (``pysignalr``, bearer token in the Authorization header,
+TLS trusting the profile's CA bundle), with reconnection and bounded exponential backoff.
+:class:`PresenceFeed` yields :class:`PresenceEvent` from ``OnPresenceEvent`` through ``async for``
+and/or an ``on_event`` callback, and exposes its :class:`FeedState` (and ``on_state``) so the
+engine can fall back to polling while the feed is not connected. Events raised while the feed was
+down are lost: after every reconnect (``reconnects`` grows, state returns to CONNECTED) the
+engine should read presence once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import inspect
+import logging
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
+
+from presencectl.connect import wire
+from presencectl.errors import ApiError, PresencectlError
+
+if TYPE_CHECKING:
+    from presencectl.connect.client import ConnectClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Subscription:
+    """A change-feed subscription as Connect returned it."""
+
+    id: str
+    uri: str
+    when_expired: str | None = None
+    renewed_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class PresenceEvent:
+    """One presence change pushed by Connect."""
+
+    user_id: str
+    presence: str
+    when_raised: str | None = None
+    received_at: float = field(default_factory=time.time)
+
+
+class FeedState(enum.StrEnum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+
+def _parse_subscription(
+    client: ConnectClient, body: Any, previous: Subscription | None = None
+) -> Subscription:
+    if not isinstance(body, dict):
+        body = {}
+    delivery = body.get("deliveryMethod")
+    uri = delivery.get("uri") if isinstance(delivery, dict) else None
+    sub_id = body.get("id") or (previous.id if previous else None)
+    uri = uri or (previous.uri if previous else None)
+    if not sub_id or not isinstance(uri, str) or not uri:
+        raise ApiError(
+            "Connect answered a subscription request without id or deliveryMethod.uri",
+            code="connect_bad_response",
+        )
+    return Subscription(
+        id=str(sub_id),
+        uri=urljoin(client.api_url + "/", uri),
+        when_expired=body.get("whenExpired") or (previous.when_expired if previous else None),
+    )
+
+
+async def create_subscription(
+    client: ConnectClient, ttl_s: float = wire.SUBSCRIPTION_TTL_S
+) -> Subscription:
+    response = await client.request(
+        "POST", wire.SUBSCRIPTIONS_ALL_PATH, json=wire.subscription_body(ttl_s)
+    )
+    return _parse_subscription(client, response.json() if response.content else {})
+
+
+async def renew_subscription(client: ConnectClient, subscription: Subscription) -> Subscription:
+    """Extend the subscription's life; ApiError(status=404) when Connect no longer knows it."""
+    response = await client.request("POST", wire.subscription_renew_path(subscription.id))
+    body: Any = {}
+    if response.content:
+        with contextlib.suppress(ValueError):
+            body = response.json()
+    return _parse_subscription(client, body, subscription)
+
+
+async def delete_subscription(client: ConnectClient, subscription_id: str) -> bool:
+    """Delete it; False when it was already gone."""
+    response = await client.request("DELETE", wire.subscription_path(subscription_id), allow=(404,))
+    return response.status_code != 404
+
+
+def parse_event(raw: Any) -> PresenceEvent | None:
+    """An ``OnPresenceEvent`` argument → PresenceEvent; None (logged) when it is not one."""
+    if not isinstance(raw, dict):
+        log.debug("connect feed: ignoring a non-object event argument")
+        return None
+    user_id = raw.get(wire.EVENT_USER_ID)
+    presence = raw.get(wire.EVENT_PRESENCE)
+    if presence is None:
+        presence = raw.get(wire.PRESENCE_FIELD)
+    if not user_id or not isinstance(presence, str) or not presence:
+        log.debug("connect feed: ignoring an event without userId/presenceState")
+        return None
+    when = raw.get(wire.EVENT_WHEN_RAISED)
+    return PresenceEvent(str(user_id), presence, str(when) if when is not None else None)
+
+
+EventCallback = Callable[[PresenceEvent], Any]
+StateCallback = Callable[["FeedState"], Any]
+
+
+class PresenceFeed:
+    """Presence changes of every user of the account, pushed by Connect.
+
+    Use as ``async with PresenceFeed(client) as feed: async for event in feed: …`` or with
+    ``on_event``; ``state`` / ``connected`` / ``on_state`` tell when to poll instead.
+    """
+
+    def __init__(
+        self,
+        client: ConnectClient,
+        *,
+        on_event: EventCallback | None = None,
+        on_state: StateCallback | None = None,
+        ttl_s: float = wire.SUBSCRIPTION_TTL_S,
+        renew_margin_s: float | None = None,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        signalr_ping_interval: int = 15,
+        connection_timeout: int = 10,
+        queue_size: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.on_event = on_event
+        self.on_state = on_state
+        self.ttl_s = ttl_s
+        self.renew_margin_s = (
+            renew_margin_s if renew_margin_s is not None else min(300.0, ttl_s / 5)
+        )
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._ssl = ssl_context
+        self.signalr_ping_interval = signalr_ping_interval
+        self.connection_timeout = connection_timeout
+        self._clock = clock
+        self._queue: asyncio.Queue[PresenceEvent | None] = asyncio.Queue(maxsize=queue_size)
+        self._state = FeedState.IDLE
+        self._state_changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.subscription: Subscription | None = None
+        self.reconnects = 0
+        self.events_received = 0
+        self.events_dropped = 0
+        self.last_error: BaseException | None = None
+        self._callbacks: set[asyncio.Future[Any]] = set()
+
+    # -- state --------------------------------------------------------------------------------
+    @property
+    def state(self) -> FeedState:
+        return self._state
+
+    @property
+    def connected(self) -> bool:
+        return self._state is FeedState.CONNECTED
+
+    def _set_state(self, state: FeedState) -> None:
+        if state is self._state:
+            return
+        log.info("connect feed: %s → %s", self._state.value, state.value)
+        self._state = state
+        self._state_changed.set()
+        self._state_changed = asyncio.Event()
+        if self.on_state is not None:
+            try:
+                result = self.on_state(state)
+                if inspect.isawaitable(result):
+                    task = asyncio.ensure_future(result)
+                    self._callbacks.add(task)
+                    task.add_done_callback(self._callbacks.discard)
+            except Exception:
+                log.exception("connect feed: on_state callback failed")
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until the feed is connected; False on timeout or when closed."""
+
+        async def until() -> bool:
+            while self._state is not FeedState.CONNECTED:
+                if self._state is FeedState.CLOSED:
+                    return False
+                await self._state_changed.wait()
+            return True
+
+        try:
+            return await asyncio.wait_for(until(), timeout)
+        except TimeoutError:
+            return False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the feed in the background (returns at once; see ``wait_connected``)."""
+        if self._task is None:
+            self._closing = False
+            self._set_state(FeedState.CONNECTING)
+            self._task = asyncio.create_task(self._supervise(), name="connect-presence-feed")
+
+    async def close(self, *, delete_subscription: bool = True) -> None:
+        """Stop the feed and (by default) delete the subscription at Connect."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if delete_subscription and self.subscription is not None:
+            try:
+                await delete_subscription_quietly(self.client, self.subscription.id)
+            finally:
+                self.subscription = None
+        self._set_state(FeedState.CLOSED)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    async def __aenter__(self) -> PresenceFeed:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __aiter__(self) -> AsyncIterator[PresenceEvent]:
+        return self.events()
+
+    async def events(self) -> AsyncIterator[PresenceEvent]:
+        """Events in arrival order, until the feed is closed."""
+        while True:
+            event = await self._queue.get()
+            if event is None:
+                return
+            yield event
+
+    # -- the supervisor -----------------------------------------------------------------------
+    def _ssl_for(self, uri: str) -> ssl.SSLContext | None:
+        if urlsplit(uri).scheme not in ("https", "wss"):
+            return None
+        if self._ssl is None:
+            self._ssl = self.client.settings.ssl_context()
+        return self._ssl
+
+    def _renew_due(self) -> float:
+        if self.subscription is None:
+            return self._clock()
+        return self.subscription.renewed_at + self.ttl_s - self.renew_margin_s
+
+    async def _ensure_subscription(self) -> bool:
+        """Create or renew as needed; True when the subscription (and its URI) changed."""
+        if self.subscription is None:
+            self.subscription = await create_subscription(self.client, self.ttl_s)
+            self.subscription.renewed_at = self._clock()
+            log.info("connect feed: subscription %s created", self.subscription.id)
+            return True
+        if self._clock() < self._renew_due():
+            return False
+        try:
+            renewed = await renew_subscription(self.client, self.subscription)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            log.info(
+                "connect feed: subscription %s is gone; creating a new one", self.subscription.id
+            )
+            self.subscription = None
+            return await self._ensure_subscription()
+        renewed.renewed_at = self._clock()
+        changed = renewed.uri != self.subscription.uri or renewed.id != self.subscription.id
+        self.subscription = renewed
+        log.debug("connect feed: subscription %s renewed", renewed.id)
+        return changed
+
+    async def _supervise(self) -> None:
+        failures = 0
+        while not self._closing:
+            was_connected = False
+            try:
+                await self._ensure_subscription()
+                was_connected = await self._connect_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = exc
+                level = logging.WARNING if isinstance(exc, PresencectlError) else logging.INFO
+                log.log(level, "connect feed: %s", getattr(exc, "message", None) or repr(exc))
+            if self._closing:
+                return
+            failures = 1 if was_connected else failures + 1
+            self.reconnects += 1
+            self._set_state(FeedState.RECONNECTING)
+            delay = min(self.backoff_max, self.backoff_initial * 2 ** (failures - 1))
+            if was_connected:
+                delay = min(delay, self.backoff_initial)
+            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+
+    async def _connect_once(self) -> bool:
+        """One hub connection until it drops or the subscription changes; True if it was up."""
+        from pysignalr.client import SignalRClient
+
+        assert self.subscription is not None
+        token = await self.client.access_token()
+        uri = self.subscription.uri
+        hub = SignalRClient(
+            uri,
+            headers={"Authorization": f"Bearer {token}"},
+            ssl=self._ssl_for(uri),
+            retry_count=1,  # we reconnect ourselves, with a fresh token and negotiate
+            signalr_ping_interval=self.signalr_ping_interval,
+            connection_timeout=self.connection_timeout,
+        )
+        opened = False
+        dropped = asyncio.Event()
+
+        async def on_open() -> None:
+            nonlocal opened
+            opened = True
+            self._set_state(FeedState.CONNECTED)
+
+        async def on_close() -> None:
+            dropped.set()
+
+        hub.on(wire.HUB_TARGET, self._on_invocation)
+        hub.on_open(on_open)
+        hub.on_close(on_close)
+        run = asyncio.create_task(hub.run(), name="connect-signalr")
+        drop_wait = asyncio.create_task(dropped.wait())
+        try:
+            while True:
+                timeout = max(0.0, self._renew_due() - self._clock())
+                await asyncio.wait(
+                    {run, drop_wait}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if run.done():
+                    exc = run.exception()
+                    if exc is not None:
+                        raise exc
+                    return opened
+                if dropped.is_set():
+                    return opened
+                if await self._ensure_subscription():
+                    return opened  # a new subscription: connect to its URI
+        finally:
+            for task in (run, drop_wait):
+                task.cancel()
+            await asyncio.gather(run, drop_wait, return_exceptions=True)
+
+    async def _on_invocation(self, arguments: Any) -> None:
+        """pysignalr callback: must never raise (an exception would end the connection)."""
+        try:
+            for raw in arguments if isinstance(arguments, list) else [arguments]:
+                event = parse_event(raw)
+                if event is None:
+                    continue
+                self.events_received += 1
+                if self._queue.full():
+                    with contextlib.suppress(asyncio.QueueEmpty):
+                        self._queue.get_nowait()
+                    self.events_dropped += 1
+                self._queue.put_nowait(event)
+                if self.on_event is not None:
+                    result = self.on_event(event)
+                    if inspect.isawaitable(result):
+                        await result
+        except Exception:
+            log.exception("connect feed: event handling failed")
+
+
+async def delete_subscription_quietly(client: ConnectClient, subscription_id: str) -> None:
+    """Best-effort delete on shutdown: a failure is logged, never raised."""
+    try:
+        await delete_subscription(client, subscription_id)
+    except PresencectlError as exc:
+        log.warning(
+            "connect feed: could not delete subscription %s: %s", subscription_id, exc.message
+        )

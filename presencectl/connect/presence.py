@@ -1,0 +1,101 @@
+"""Connect presence: read a user's aggregate, write and clear our own session (resource
+``wire.RESOURCE``), and bulk reads with bounded concurrency.
+
+Values are returned exactly as Connect sends them: deciding what an unknown value means is the
+mapping layer's job, not the adapter's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from presencectl.connect import wire
+from presencectl.errors import ApiError, AuthError, PresencectlError
+
+if TYPE_CHECKING:
+    from presencectl.connect.client import ConnectClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PresenceReads:
+    """The result of a bulk read: values by user id, and the users that failed (not fatal)."""
+
+    presences: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, PresencectlError] = field(default_factory=dict)
+
+
+async def get_presence(client: ConnectClient, user_id: str) -> str:
+    """The user's aggregate presence, as Connect names it (e.g. ``onphone``)."""
+    response = await client.request("GET", wire.presence_path(user_id))
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise ApiError(
+            f"Connect sent a presence for {user_id} that is not JSON",
+            status=response.status_code,
+            code="connect_bad_response",
+        ) from exc
+    value = body.get(wire.PRESENCE_FIELD) if isinstance(body, dict) else None
+    if not isinstance(value, str) or not value:
+        raise ApiError(
+            f"Connect sent no presence value for {user_id}",
+            status=response.status_code,
+            code="connect_bad_response",
+        )
+    return value
+
+
+async def get_presences(
+    client: ConnectClient, user_ids: Sequence[str], concurrency: int = 32
+) -> PresenceReads:
+    """Read many users at once, at most ``concurrency`` requests in flight.
+
+    A user whose read fails is reported in ``failures``; an AuthError (the whole account is
+    refused) aborts the read and is raised.
+    """
+    result = PresenceReads()
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+    fatal: list[AuthError] = []
+
+    async def read(user_id: str) -> None:
+        async with semaphore:
+            if fatal:
+                return
+            try:
+                result.presences[user_id] = await get_presence(client, user_id)
+            except AuthError as exc:
+                fatal.append(exc)
+            except PresencectlError as exc:
+                log.debug("connect: presence of %s failed: %s", user_id, exc.code)
+                result.failures[user_id] = exc
+
+    await asyncio.gather(*(read(u) for u in dict.fromkeys(user_ids)))
+    if fatal:
+        raise fatal[0]
+    return result
+
+
+async def set_presence(client: ConnectClient, user_id: str, value: str) -> None:
+    """Set our session on the user to ``value`` (a Connect wire value)."""
+    if value not in wire.STATUSES:
+        log.warning("connect: writing a presence value Connect may not know: %s", value)
+    await client.request(
+        "PUT",
+        wire.presence_path(user_id),
+        params={"resource": wire.RESOURCE},
+        json={wire.PRESENCE_FIELD: value},
+    )
+
+
+async def clear_presence(client: ConnectClient, user_id: str) -> bool:
+    """Remove our session from the user; False when there was none (404)."""
+    response = await client.request(
+        "DELETE", wire.presence_path(user_id), params={"resource": wire.RESOURCE}, allow=(404,)
+    )
+    return response.status_code != 404
