@@ -142,9 +142,7 @@ class RateLimiter:
                 if wait > 0:
                     await self.sleep(wait)
                     self.metrics.bucket_wait_s += wait
-                    continue
-                if self.paused_for(scope) > 0:  # a 429 arrived while we waited for budget
-                    continue
+                    continue  # and check the pause again: a 429 may have come meanwhile
                 now = self.clock()
                 self._sent.append((now, units))
                 self._in_window += units
