@@ -30,16 +30,20 @@ Layout::
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import tempfile
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from presencectl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from presencectl.transport import HttpSettings
 
 DEFAULT_PROFILE = "default"
 DIRECTIONS = ("both", "connect-to-teams", "teams-to-connect")
@@ -79,8 +83,8 @@ class Profile:
             )
         return f"{self.authority_url.rstrip('/')}/{self.tenant_id}"
 
-    def http_settings(self) -> Any:
-        """The shared HTTP settings (``presencectl.transport.HttpSettings``) for this profile."""
+    def http_settings(self) -> HttpSettings:
+        """The shared HTTP settings for this profile (CA bundle, proxy, msal's port fix)."""
         from presencectl.transport import HttpSettings
 
         fixes: dict[str, int] = {}
@@ -90,6 +94,7 @@ class Profile:
         return HttpSettings(ca_bundle=self.ca_bundle, proxy=self.proxy, msal_port_fixes=fixes)
 
     def to_toml(self) -> dict[str, Any]:
+        """The profile's TOML table: only keys that differ from the defaults."""
         out: dict[str, Any] = {}
         for f in fields(self):
             if f.name == "name":
@@ -102,6 +107,21 @@ class Profile:
 
 
 _KNOWN_KEYS = {f.name for f in fields(Profile)} - {"name"}
+_TOP_LEVEL_KEYS = ("profiles",)
+_URL_KEYS = ("authority_url", "graph_url", "connect_login_url", "connect_api_url")
+_PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+
+
+def _unknown_key_error(where: str, unknown: list[str], allowed: list[str]) -> ConfigError:
+    key = unknown[0]
+    close = difflib.get_close_matches(key, allowed, n=1)
+    more = f" (and {len(unknown) - 1} more: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+    guess = f"did you mean '{close[0]}'? " if close else ""
+    return ConfigError(
+        f"{where}: unknown key '{key}'{more}",
+        hint=f"{guess}allowed keys: {', '.join(allowed)}",
+        code="config_unknown_key",
+    )
 
 
 def config_dir() -> Path:
@@ -119,6 +139,7 @@ def config_dir() -> Path:
 
 
 def config_path() -> Path:
+    """The config file: ``config_dir() / "config.toml"``."""
     return config_dir() / "config.toml"
 
 
@@ -136,6 +157,7 @@ def state_dir() -> Path:
 
 
 def profile_name(explicit: str | None = None) -> str:
+    """The active profile: ``--profile``, else ``$PRESENCECTL_PROFILE``, else "default"."""
     return explicit or os.environ.get("PRESENCECTL_PROFILE") or DEFAULT_PROFILE
 
 
@@ -147,17 +169,25 @@ def read_config(path: Path | None = None) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="check the file's permissions") from exc
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror}", hint="check the file's permissions"
+        ) from exc
     try:
         doc = tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(
             f"{path} is not valid TOML: {exc}",
-            hint=f"fix the file, or move it away and run setup again (`presencectl config path` shows it)",
+            hint="fix the file, or move it away and run setup again "
+            "(`presencectl config path` shows it)",
         ) from exc
+    unknown = sorted(set(doc) - set(_TOP_LEVEL_KEYS))
+    if unknown:
+        raise _unknown_key_error(str(path), unknown, list(_TOP_LEVEL_KEYS))
     profiles = doc.get("profiles", {})
     if not isinstance(profiles, dict):
-        raise ConfigError(f"{path}: key 'profiles' must be a table", hint="see docs/ci.md for the layout")
+        raise ConfigError(
+            f"{path}: key 'profiles' must be a table", hint="write profiles as [profiles.NAME]"
+        )
     return doc
 
 
@@ -167,10 +197,7 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
         raise ConfigError(f"{where} must be a table", hint="see docs/ci.md for the layout")
     unknown = sorted(set(table) - _KNOWN_KEYS)
     if unknown:
-        raise ConfigError(
-            f"{where}: unknown key '{unknown[0]}'",
-            hint="allowed keys: " + ", ".join(sorted(_KNOWN_KEYS)),
-        )
+        raise _unknown_key_error(where, unknown, sorted(_KNOWN_KEYS))
     profile = Profile(name=name)
     for f in fields(Profile):
         if f.name == "name" or f.name not in table:
@@ -178,10 +205,13 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
         value = table[f.name]
         if f.name in ("verified", "mapping"):
             if not isinstance(value, dict):
-                raise ConfigError(f"{where}: key '{f.name}' must be a table", hint="see docs/mapping.md")
+                raise ConfigError(
+                    f"{where}: key '{f.name}' must be a table, not {_toml_type(value)}",
+                    hint=f"write it as [profiles.{name}.{f.name}]",
+                )
         elif not isinstance(value, str):
             raise ConfigError(
-                f"{where}: key '{f.name}' must be a string, not {type(value).__name__}",
+                f"{where}: key '{f.name}' must be a string, not {_toml_type(value)}",
                 hint=f"write it as {f.name} = \"…\"",
             )
         setattr(profile, f.name, value)
@@ -190,10 +220,17 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
             f"{where}: key 'enabled_direction' is '{profile.enabled_direction}'",
             hint="allowed: " + ", ".join(DIRECTIONS),
         )
-    for key in ("authority_url", "graph_url", "connect_login_url", "connect_api_url"):
+    for key in _URL_KEYS:
         url = getattr(profile, key)
-        if urlsplit(url).scheme not in ("https", "http") or not urlsplit(url).hostname:
-            raise ConfigError(f"{where}: key '{key}' is not a URL: {url!r}", hint="use https://host/…")
+        if not _is_url(url, ("https", "http")):
+            raise ConfigError(
+                f"{where}: key '{key}' is not a URL: {url!r}", hint="allowed: https://host[:port]/…"
+            )
+    if profile.proxy is not None and not _is_url(profile.proxy, _PROXY_SCHEMES):
+        raise ConfigError(
+            f"{where}: key 'proxy' is not a proxy URL: {profile.proxy!r}",
+            hint="allowed: http://host:port, https://host:port or socks5://host:port",
+        )
     if profile.mapping:
         from presencectl.mapping import validate_overrides
 
@@ -201,8 +238,27 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
     return profile
 
 
-def load_profile(name: str | None = None, *, path: Path | None = None, must_exist: bool = True) -> Profile:
-    """The named profile, validated. A missing profile is a ConfigError unless ``must_exist`` is False."""
+def _toml_type(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", list: "an array",
+            dict: "a table", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return False
+    return parts.scheme in schemes and bool(parts.hostname)
+
+
+def load_profile(
+    name: str | None = None, *, path: Path | None = None, must_exist: bool = True
+) -> Profile:
+    """The named profile, validated.
+
+    A missing profile is a ConfigError unless ``must_exist`` is False (then: a default Profile).
+    """
     path = path or config_path()
     name = profile_name(name)
     doc = read_config(path)
@@ -211,7 +267,8 @@ def load_profile(name: str | None = None, *, path: Path | None = None, must_exis
         if must_exist:
             raise ConfigError(
                 f"no profile '{name}' in {path}",
-                hint="run `presencectl setup-azure` (or `presencectl sandbox serve --write-profile NAME`)",
+                hint="run `presencectl setup-azure` "
+                "(or `presencectl sandbox serve --write-profile NAME`)",
                 code="config_missing",
             )
         return Profile(name=name)
@@ -219,6 +276,7 @@ def load_profile(name: str | None = None, *, path: Path | None = None, must_exis
 
 
 def list_profiles(path: Path | None = None) -> list[str]:
+    """The names of every profile in the config file, sorted."""
     return sorted(read_config(path).get("profiles", {}))
 
 
@@ -229,9 +287,10 @@ def write_config(doc: dict[str, Any], path: Path | None = None) -> None:
     path = path or config_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     data = tomli_w.dumps(doc).encode("utf-8")
+    # mkstemp creates the file 0600, so the secret-free but private config is never readable
+    # by others, not even for a moment; os.replace makes the switch atomic.
     fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".toml", dir=path.parent)
     try:
-        os.fchmod(fd, 0o600) if hasattr(os, "fchmod") else None
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -251,6 +310,7 @@ def save_profile(profile: Profile, path: Path | None = None) -> None:
 
 
 def delete_profile(name: str, path: Path | None = None) -> bool:
+    """Remove one profile's table; False when there was none."""
     path = path or config_path()
     doc = read_config(path)
     removed = doc.get("profiles", {}).pop(name, None) is not None

@@ -42,6 +42,8 @@ def _rows(data: Any) -> list[dict[str, Any]]:
     data = to_jsonable(data)
     if isinstance(data, dict):
         return [data]
+    if not isinstance(data, list):  # a scalar (a string is not a list of characters)
+        return [{"value": data}]
     return [r if isinstance(r, dict) else {"value": r} for r in data]
 
 
@@ -82,7 +84,13 @@ def render(
     title: str | None = None,
     stream: TextIO | None = None,
 ) -> None:
-    """Print ``data`` (a dict, a dataclass, or a list of them) to stdout in format ``fmt``."""
+    """Print ``data`` (a dict, a dataclass, or a list of them) to stdout in format ``fmt``.
+
+    ``columns`` picks and orders the keys (default: every key, in first-seen order); ``headers``
+    renames them for table and md (JSON and CSV keep the stable snake_case keys).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}")
     out = stream or sys.stdout
     if fmt == "json":
         out.write(json.dumps(to_jsonable(data), indent=2, ensure_ascii=False) + "\n")
@@ -116,14 +124,19 @@ def _render_table(
     title: str | None,
     out: TextIO,
 ) -> None:
+    if not rows:
+        out.write((f"{title}\n" if title else "") + "(none)\n")
+        return
     if not out.isatty():
         # Plain, aligned text when piped: greppable, no box drawing, no colour.
-        table = [[_header(c, headers) for c in cols]] + [[_cell(r.get(c)) for c in cols] for r in rows]
+        table = [[_header(c, headers) for c in cols]]
+        table += [[_cell(r.get(c)) for c in cols] for r in rows]
         widths = [max(len(line[i]) for line in table) for i in range(len(cols))]
         if title:
             out.write(title + "\n")
         for line in table:
-            out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() + "\n")
+            cells = (cell.ljust(w) for cell, w in zip(line, widths, strict=True))
+            out.write("  ".join(cells).rstrip() + "\n")
         return
     from rich.console import Console
     from rich.table import Table
@@ -144,11 +157,20 @@ def emit_event(event: Mapping[str, Any], stream: TextIO | None = None) -> None:
 
 
 def render_error(err: PresencectlError, fmt: str) -> None:
+    """The error on stderr for people; with ``-o json`` also ``{"error": {…}}`` on stdout."""
     if fmt == "json":
-        sys.stdout.write(json.dumps({"error": err.to_dict()}, ensure_ascii=False) + "\n")
-    stderr_console().print(f"[bold red]error:[/] {_escape(err.message)}")
+        render_error_json(err)
+    console = stderr_console()
+    # soft_wrap: a long path or URL stays on one line (greppable), whatever the width.
+    console.print(f"[bold red]error:[/] {_escape(err.message)}", soft_wrap=True)
     if err.hint:
-        stderr_console().print(f"[yellow]hint:[/] {_escape(err.hint)}")
+        console.print(f"[yellow]hint:[/] {_escape(err.hint)}", soft_wrap=True)
+
+
+def render_error_json(err: PresencectlError) -> None:
+    """``{"error": {"code", "message", "hint"}}`` on stdout (the ``-o json`` error contract)."""
+    sys.stdout.write(json.dumps({"error": err.to_dict()}, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def _escape(text: str) -> str:
@@ -170,29 +192,37 @@ def stderr_console() -> Any:
     return _stderr_console
 
 
+_log_handler: logging.Handler | None = None
+
+
 def setup_logging(verbosity: int) -> None:
-    """-q → errors only; default warnings; -v info; -vv debug (with tracebacks)."""
+    """-q → errors only; default warnings; -v info; -vv debug (with tracebacks); -vvv also
+    the debug logs of httpx, msal and the servers. Every record passes the secret redactor."""
+    from presencectl.transport import RedactingFilter
+
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
     if verbosity < -1:
         level = logging.CRITICAL
+    global _log_handler
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, "_presencectl", False):
-            root.removeHandler(handler)
+    if _log_handler is not None:  # a second run in one process (tests) replaces the first
+        root.removeHandler(_log_handler)
+    handler: logging.Handler
     if sys.stderr.isatty():
         from rich.logging import RichHandler
 
-        handler: logging.Handler = RichHandler(
+        handler = RichHandler(
             console=stderr_console(), show_path=verbosity >= 2, show_time=verbosity >= 1
         )
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler._presencectl = True  # type: ignore[attr-defined]
+    handler.addFilter(RedactingFilter())
+    _log_handler = handler
     handler.setLevel(level)
     root.addHandler(handler)
     root.setLevel(level)
-    # Third-party chatter stays quiet unless -vv.
+    # Third-party chatter stays quiet unless -vvv.
     for noisy in ("httpx", "httpcore", "msal", "uvicorn", "pysignalr", "websockets", "hpack", "h2"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity >= 3 else logging.WARNING)
 

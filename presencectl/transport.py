@@ -1,12 +1,16 @@
 """The one HTTP stack: every outbound call of presencectl goes through a client built here.
 
 Owns: timeouts, proxy, the CA bundle (a TLS-inspecting corporate proxy, or the sandbox's own CA),
-the User-Agent, debug logging with secrets redacted, and the adapter that lets msal (which speaks
-``requests``) use the same httpx transport. TLS verification is always on; a ``ca_bundle`` adds
-trust, it never removes it.
+the User-Agent, debug logging with secrets redacted (:func:`redact`, also applied to every log
+record by the CLI's log handler), and the adapter that lets msal (which speaks ``requests``) use
+the same httpx stack. TLS verification is always on; a ``ca_bundle`` adds trust, it never
+removes it.
 
 Core code builds clients with :func:`build_client` / :func:`build_async_client`; tests pass a
 ``transport`` (``httpx.MockTransport`` or an ASGI transport) to stay off the network.
+
+httpx is imported inside the functions that need it, so that importing :func:`redact` (the CLI's
+log filter does) costs nothing at start-up.
 """
 
 from __future__ import annotations
@@ -14,41 +18,70 @@ from __future__ import annotations
 import logging
 import re
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
 from presencectl import __version__
+from presencectl.errors import ConfigError
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"presencectl/{__version__}"
 DEFAULT_TIMEOUT = 30.0
 
-_SECRET_FIELDS = (
-    "password",
-    "client_secret",
-    "refresh_token",
-    "access_token",
-    "id_token",
-    "code",
-    "device_code",
-    "client_assertion",
-    "secretText",
-    "assertion",
+# A key is secret when it names a password, secret, token, assertion or credential (any case,
+# any prefix: client_secret, newPassword, secretText, refresh_token, client_assertion), or an
+# OAuth code (code, device_code, user_code).
+_SECRET_KEY = (
+    r"(?:[A-Za-z0-9_.-]*?(?:password|passwd|secret|token|assertion|credential|api[_-]?key)"
+    r"[A-Za-z0-9_.-]*|code|[A-Za-z0-9_.-]*_code)"
 )
-_FORM_RE = re.compile(r"(?i)\b(" + "|".join(_SECRET_FIELDS) + r")=([^&\s]+)")
-_JSON_RE = re.compile(r'(?i)"(' + "|".join(_SECRET_FIELDS) + r')"\s*:\s*"[^"]*"')
-_BEARER_RE = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
+# key=value in a form body or a URL query.
+_FORM_RE = re.compile(r"(?i)(?<![A-Za-z0-9_.-])(" + _SECRET_KEY + r")=([^&\s\"',;]+)")
+# "key": "value" in JSON (escaped quotes inside the value included), and 'key': 'value' (repr).
+_JSON_RE = re.compile(r'(?i)"(' + _SECRET_KEY + r')"(\s*:\s*)"(?:[^"\\]|\\.)*"')
+_REPR_RE = re.compile(r"(?i)'(" + _SECRET_KEY + r")'(\s*:\s*)'(?:[^'\\]|\\.)*'")
+# Authorization headers in any rendering: "Authorization: Bearer x", {'authorization': 'Basic x'}.
+_AUTH_HEADER_RE = re.compile(
+    r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)(?:(bearer|basic|negotiate|ntlm)\s+)?[^\s\"',}]+"
+)
+_BEARER_RE = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
+_BASIC_RE = re.compile(r"\b(Basic)\s+[A-Za-z0-9+/]{8,}={0,2}")
 
 
 def redact(text: str) -> str:
-    """Return ``text`` with tokens, passwords and secrets replaced by ``***``."""
+    """Return ``text`` with tokens, passwords, secrets and OAuth codes replaced by ``***``.
+
+    Covers form bodies and URL queries (``client_secret=…``), JSON (``"newPassword": "…"``),
+    Python reprs, and Authorization headers (Bearer and Basic).
+    """
+    text = _AUTH_HEADER_RE.sub(
+        lambda m: m.group(1) + (f"{m.group(2)} " if m.group(2) else "") + "***", text
+    )
+    text = _BEARER_RE.sub(lambda m: f"{m.group(1)} ***", text)
+    text = _BASIC_RE.sub(lambda m: f"{m.group(1)} ***", text)
     text = _FORM_RE.sub(lambda m: f"{m.group(1)}=***", text)
-    text = _JSON_RE.sub(lambda m: f'"{m.group(1)}": "***"', text)
-    return _BEARER_RE.sub(lambda m: f"{m.group(1)} ***", text)
+    text = _JSON_RE.sub(lambda m: f'"{m.group(1)}"{m.group(2)}"***"', text)
+    return _REPR_RE.sub(lambda m: f"'{m.group(1)}'{m.group(2)}'***'", text)
+
+
+class RedactingFilter(logging.Filter):
+    """A log filter that redacts secrets from every record's message (ours and third parties')."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken log call must not break the program
+            return True
+        record.msg = redact(message)
+        record.args = None
+        return True
 
 
 @dataclass(frozen=True)
@@ -64,24 +97,40 @@ class HttpSettings:
     msal_port_fixes: dict[str, int] = field(default_factory=dict)
 
     def ssl_context(self) -> ssl.SSLContext:
+        """The system's trust store, plus ``ca_bundle`` when the profile names one."""
         ctx = ssl.create_default_context()
         if self.ca_bundle:
-            ctx.load_verify_locations(cafile=self.ca_bundle)
+            path = Path(self.ca_bundle).expanduser()
+            try:
+                ctx.load_verify_locations(cafile=str(path))
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(
+                    f"ca_bundle {path} cannot be used: {getattr(exc, 'strerror', None) or exc}",
+                    hint="point the profile's ca_bundle key at a readable PEM file "
+                    "(`presencectl config path` shows the file)",
+                    code="ca_bundle_invalid",
+                ) from exc
         return ctx
 
 
 def _log_request(request: httpx.Request) -> None:
     if log.isEnabledFor(logging.DEBUG):
         body = ""
-        if request.content and len(request.content) < 4096:
-            body = " " + redact(request.content.decode("utf-8", "replace"))
+        try:
+            content = request.content
+        except Exception:  # a streaming body has no content to show
+            content = b""
+        if content and len(content) < 4096:
+            body = " " + redact(content.decode("utf-8", "replace"))
         log.debug("→ %s %s%s", request.method, redact(str(request.url)), body)
 
 
 def _log_response(response: httpx.Response) -> None:
     if log.isEnabledFor(logging.DEBUG):
         log.debug(
-            "← %s %s %s", response.status_code, response.request.method,
+            "← %s %s %s",
+            response.status_code,
+            response.request.method,
             redact(str(response.request.url)),
         )
 
@@ -95,6 +144,8 @@ async def _alog_response(response: httpx.Response) -> None:
 
 
 def _client_kwargs(settings: HttpSettings, base_url: str, http2: bool) -> dict[str, Any]:
+    import httpx
+
     kwargs: dict[str, Any] = {
         "base_url": base_url,
         "timeout": httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout)),
@@ -102,6 +153,8 @@ def _client_kwargs(settings: HttpSettings, base_url: str, http2: bool) -> dict[s
         "verify": settings.ssl_context(),
         "http2": http2,
         "follow_redirects": False,
+        # A profile without a proxy key still honours HTTPS_PROXY / NO_PROXY, as curl does.
+        "trust_env": True,
     }
     if settings.proxy:
         kwargs["proxy"] = settings.proxy
@@ -125,6 +178,8 @@ def build_client(
     limits: httpx.Limits | None = None,
 ) -> httpx.Client:
     """A synchronous httpx client with the profile's TLS, proxy, timeout and logging."""
+    import httpx
+
     kwargs = _client_kwargs(settings, base_url, http2 and _http2_available())
     if transport is not None:
         kwargs["transport"] = transport
@@ -143,6 +198,8 @@ def build_async_client(
     limits: httpx.Limits | None = None,
 ) -> httpx.AsyncClient:
     """An asyncio httpx client with the profile's TLS, proxy, timeout and logging."""
+    import httpx
+
     kwargs = _client_kwargs(settings, base_url, http2 and _http2_available())
     if transport is not None:
         kwargs["transport"] = transport
@@ -156,43 +213,57 @@ class MsalHttpClient:
     """The ``http_client`` msal accepts: requests-like ``get``/``post`` over our httpx client.
 
     httpx responses already carry ``status_code``, ``text``, ``headers`` and
-    ``raise_for_status()``, which is all msal reads. One correction: msal builds the user-realm
-    URL from the authority's host *without its port* (msal/authority.py), so for an authority on a
-    non-default port (the sandbox) the port is put back here.
+    ``raise_for_status()``, which is all msal reads. Two corrections make it behave like the
+    ``requests.Session`` msal expects:
+
+    - msal builds the user-realm URL from the authority's *hostname*, dropping its port
+      (``msal/authority.py``: ``"https://{netloc}/common/userrealm/…".format(netloc=self.instance)``),
+      so for an authority on a non-default port (the sandbox) the port is put back here;
+    - ``requests`` leaves out form fields and query parameters whose value is ``None``; httpx
+      would send them as empty strings.
     """
 
-    def __init__(self, client: httpx.Client, port_fixes: dict[str, int] | None = None) -> None:
+    def __init__(self, client: httpx.Client, port_fixes: Mapping[str, int] | None = None) -> None:
         self._client = client
-        self._port_fixes = dict(port_fixes or {})
+        self._port_fixes = {host.lower(): port for host, port in (port_fixes or {}).items()}
 
     def _fix(self, url: str) -> str:
         parts = urlsplit(url)
-        if parts.port is None and parts.hostname in self._port_fixes:
-            netloc = f"{parts.hostname}:{self._port_fixes[parts.hostname]}"
-            return urlunsplit(parts._replace(netloc=netloc))
-        return url
+        host = parts.hostname
+        if host is None or parts.port is not None or host not in self._port_fixes:
+            return url
+        shown = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo + '@' if userinfo else ''}{shown}:{self._port_fixes[host]}"
+        return urlunsplit(parts._replace(netloc=netloc))
 
     @staticmethod
-    def _timeout(kwargs: dict[str, Any]) -> Any:
+    def _timeout(kwargs: Mapping[str, Any]) -> Any:
+        import httpx
+
         timeout = kwargs.get("timeout")
         return timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT
 
     def get(self, url: str, params: Any = None, headers: Any = None, **kwargs: Any) -> Any:
         return self._client.get(
-            self._fix(url), params=params, headers=_clean(headers), timeout=self._timeout(kwargs)
+            self._fix(url),
+            params=_drop_none(params),
+            headers=_drop_none(headers),
+            timeout=self._timeout(kwargs),
         )
 
     def post(
         self, url: str, params: Any = None, data: Any = None, headers: Any = None, **kwargs: Any
     ) -> Any:
-        json_body = kwargs.get("json")
+        form = _drop_none(data) if isinstance(data, Mapping) else None
+        content = data if isinstance(data, (str, bytes)) else None
         return self._client.post(
             self._fix(url),
-            params=params,
-            data=data if isinstance(data, dict) else None,
-            content=data if isinstance(data, (str, bytes)) else None,
-            json=json_body,
-            headers=_clean(headers),
+            params=_drop_none(params),
+            data=form,
+            content=content,
+            json=kwargs.get("json"),
+            headers=_drop_none(headers),
             timeout=self._timeout(kwargs),
         )
 
@@ -200,12 +271,14 @@ class MsalHttpClient:
         self._client.close()
 
 
-def _clean(headers: Any) -> dict[str, str] | None:
-    if not headers:
+def _drop_none(values: Any) -> dict[str, Any] | None:
+    if not values:
         return None
-    return {k: v for k, v in dict(headers).items() if v is not None}
+    return {k: v for k, v in dict(values).items() if v is not None}
 
 
-def msal_http_client(settings: HttpSettings, transport: httpx.BaseTransport | None = None) -> MsalHttpClient:
+def msal_http_client(
+    settings: HttpSettings, transport: httpx.BaseTransport | None = None
+) -> MsalHttpClient:
     """An msal ``http_client`` that shares the profile's HTTP settings."""
     return MsalHttpClient(build_client(settings, transport=transport), settings.msal_port_fixes)

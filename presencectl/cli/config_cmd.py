@@ -1,24 +1,114 @@
-"""config path / config show: where the configuration lives and what it holds (never secrets)."""
+"""config path / show / profiles: where the configuration lives and what it holds (no secrets)."""
 
 from __future__ import annotations
 
+import os
+from dataclasses import fields
+from typing import Any
+
 import typer
 
-from presencectl.cli._stub import not_built
+from presencectl.cli.context import AppContext
 
 config_app = typer.Typer(help="Show the configuration file and profiles.", no_args_is_help=True)
 
 
 @config_app.command("path")
-def path() -> None:
-    """Print the path of config.toml."""
-    not_built("config path")
+def path(ctx: typer.Context) -> None:
+    """Print the path of config.toml.
+
+    Example: `$EDITOR "$(presencectl config path)"`; with -o json also the state and secrets paths.
+    """
+    from presencectl.config import config_dir, config_path, state_dir
+    from presencectl.secrets import fallback_path
+
+    app_ctx: AppContext = ctx.obj
+    file = config_path()
+    if app_ctx.output == "table":
+        typer.echo(str(file))  # bare, for $(...) in scripts
+        return
+    app_ctx.render(
+        {
+            "config_file": str(file),
+            "exists": file.exists(),
+            "config_dir": str(config_dir()),
+            "state_dir": str(state_dir()),
+            "secrets_file": str(fallback_path()),
+        }
+    )
 
 
 @config_app.command("show")
-def show() -> None:
-    """Show the profile's settings (secrets never shown)."""
-    not_built("config show")
+def show(ctx: typer.Context) -> None:
+    """Show the active profile's settings; secrets only as "set (keyring|env|file)" or "not set".
+
+    Example: `presencectl --profile contoso config show -o json`
+    """
+    from presencectl.config import Profile, config_path
+    from presencectl.secrets import NAMED_SECRETS, describe_source
+
+    app_ctx: AppContext = ctx.obj
+    profile = app_ctx.load_profile()
+    defaults = Profile()
+    settings: dict[str, Any] = {}
+    for f in fields(Profile):
+        if f.name == "name":
+            continue
+        settings[f.name] = getattr(profile, f.name)
+    env_username = os.environ.get("PRESENCECTL_SYNC_USERNAME")
+    secrets = {name: describe_source(profile.name, name) for name in NAMED_SECRETS}
+    if app_ctx.output == "json":
+        app_ctx.render(
+            {
+                "profile": profile.name,
+                "config_file": str(config_path()),
+                "settings": settings,
+                "sync_username_env": env_username,
+                "secrets": secrets,
+            }
+        )
+        return
+    rows: list[dict[str, Any]] = []
+    for key, value in settings.items():
+        origin = "default" if value == getattr(defaults, key) and value not in (None, {}) else ""
+        if value is None or value == {}:
+            value, origin = "", "not set"
+        rows.append({"key": key, "value": value, "origin": origin})
+    if env_username:
+        rows.append(
+            {"key": "sync_username", "value": env_username, "origin": "PRESENCECTL_SYNC_USERNAME"}
+        )
+    rows.extend({"key": key, "value": state, "origin": "secret"} for key, state in secrets.items())
+    app_ctx.render(
+        rows,
+        columns=["key", "value", "origin"],
+        title=f"profile {profile.name} ({config_path()})",
+    )
+
+
+@config_app.command("profiles")
+def profiles(ctx: typer.Context) -> None:
+    """List the profiles in config.toml; the active one is marked.
+
+    Example: `presencectl config profiles -o json`
+    """
+    from presencectl.config import config_path, list_profiles, load_profile, profile_name
+
+    app_ctx: AppContext = ctx.obj
+    active = profile_name(app_ctx.profile_name)
+    rows = []
+    for name in list_profiles():
+        profile = load_profile(name)
+        rows.append(
+            {
+                "name": name,
+                "active": name == active,
+                "tenant_id": profile.tenant_id,
+                "authority_url": profile.authority_url,
+                "enabled_direction": profile.enabled_direction,
+            }
+        )
+    app_ctx.render(rows, title=str(config_path()))
 
 
 def register(app: typer.Typer) -> None:

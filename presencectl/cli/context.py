@@ -47,7 +47,9 @@ class AppContext:
         """Raise the usage error for a missing answer when prompting is not allowed."""
         if not self.interactive:
             via = f"pass {flag}" + (f" or set {env}" if env else "")
-            raise UsageError(f"{what} is required and prompting is off (--no-input or no terminal)", hint=via)
+            raise UsageError(
+                f"{what} is required and prompting is off (--no-input or no terminal)", hint=via
+            )
 
     def confirm(self, question: str, *, flag: str = "--yes") -> bool:
         self.require_input("confirmation", flag=flag)
