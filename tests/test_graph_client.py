@@ -6,6 +6,7 @@ Graph is faked with httpx.MockTransport; time with FakeClock, so every wait is i
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import Callable
@@ -82,7 +83,7 @@ def test_retries_503_with_backoff_then_succeeds() -> None:
 
     assert run(go()) == {"ok": True}
     assert len(seen) == 3
-    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(seen)]
     assert 0.25 <= gaps[0] <= 0.5 and 0.5 <= gaps[1] <= 1.0  # base 0.5 s, doubling, jittered
     assert client.metrics.retries == 2
     assert client.metrics.backoff_wait_s == pytest.approx(sum(gaps))
@@ -167,7 +168,7 @@ def test_network_errors_are_retried_then_reported() -> None:
         calls.append(1)
         raise httpx.ConnectError("connection refused", request=request)
 
-    client, clock, _ = make_client(handler, retry=RetryPolicy(max_attempts=4, backoff_max=2.0))
+    client, _clock, _ = make_client(handler, retry=RetryPolicy(max_attempts=4, backoff_max=2.0))
     with pytest.raises(NetworkError):
         run(client.get_json("/users"))
     assert len(calls) == 4
@@ -213,7 +214,9 @@ def test_tokens_never_reach_the_log(caplog: pytest.LogCaptureFixture) -> None:
 
     clock = FakeClock()
     client = GraphClient(
-        GRAPH, provider, transport=httpx.MockTransport(handler),
+        GRAPH,
+        provider,
+        transport=httpx.MockTransport(handler),
         limiter=RateLimiter(clock=clock, sleep=clock.sleep),
     )
     caplog.set_level(logging.DEBUG)
@@ -336,5 +339,7 @@ def test_retry_after_forms() -> None:
 
 def test_graph_error_reads_text_and_oauth_bodies() -> None:
     assert "oops" not in graph_error(502, "oops<html>").message  # text body: status only
-    err = graph_error(400, {"error": "invalid_request", "error_description": "bad"}, {}, "GET", "/x")
+    err = graph_error(
+        400, {"error": "invalid_request", "error_description": "bad"}, {}, "GET", "/x"
+    )
     assert "invalid_request" in err.message and "GET /x" in err.message

@@ -153,8 +153,11 @@ class ThrottlingGraph:
 def _client(server: ThrottlingGraph, clock: FakeClock, limit: int, window: float) -> GraphClient:
     limiter = RateLimiter(limit=limit, window=window, clock=clock, sleep=clock.sleep)
     return GraphClient(
-        "https://graph.test/v1.0", token, transport=httpx.MockTransport(server),
-        limiter=limiter, now=clock,
+        "https://graph.test/v1.0",
+        token,
+        transport=httpx.MockTransport(server),
+        limiter=limiter,
+        now=clock,
     )
 
 
