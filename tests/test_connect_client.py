@@ -1,0 +1,387 @@
+"""The Connect REST client against a fake Connect on httpx.MockTransport: token caching and
+refresh, retries and Retry-After, paging, presence reads/writes/clears, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from presencectl.config import Profile
+from presencectl.connect import ConnectClient, connect_client_for, wire
+from presencectl.errors import ApiError, AuthError, ConfigError, ExitCode, NetworkError
+from presencectl.secrets import CONNECT_CLIENT_SECRET, set_secret
+
+LOGIN = "https://login.example.test"
+API = "https://api.example.test"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+class FakeConnect:
+    """Just enough of Connect's REST API; ``script`` overrides answers per (method, path)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.tokens_issued = 0
+        self.expires_in = 3600
+        self.valid_tokens: set[str] = set()
+        self.token_error: str | None = None
+        self.requests: list[httpx.Request] = []
+        self.request_times: list[float] = []
+        self.script: dict[tuple[str, str], list[Callable[[httpx.Request], httpx.Response]]] = {}
+        self.presence: dict[str, str] = {"u1": "available", "u2": "onphone", "u3": "agent_meh"}
+        self.sessions: dict[str, str] = {}
+        self.contacts = [
+            {
+                "id": f"c{i}",
+                "displayName": f"Person {i}",
+                "email": f"p{i}@contoso.example",
+                "roles": ["Security Manager"] if i == 0 else [],
+            }
+            for i in range(7)
+        ]
+
+    def answer_next(
+        self, method: str, path: str, *answers: Callable[[httpx.Request], httpx.Response]
+    ) -> None:
+        self.script.setdefault((method, path), []).extend(answers)
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        self.request_times.append(self.clock.now)
+        path = request.url.path
+        scripted = self.script.get((request.method, path))
+        if scripted:
+            return scripted.pop(0)(request)
+        if request.url.host == "login.example.test" and path == wire.TOKEN_PATH:
+            return self._token(request)
+        auth = request.headers.get("authorization", "")
+        if auth.removeprefix("Bearer ") not in self.valid_tokens:
+            return httpx.Response(401, json={"error": "invalid_token"})
+        if path == wire.CONTACTS_PATH:
+            offset = int(request.url.params.get("offsetToken", "0"))
+            page = self.contacts[offset : offset + 3]
+            token = str(offset + 3) if offset + 3 < len(self.contacts) else None
+            return httpx.Response(200, json={"contacts": page, "offsetToken": token})
+        user = path.rsplit("/", 1)[-1]
+        if request.method == "GET":
+            if user not in self.presence:
+                return httpx.Response(404, json={"error": "not found"})
+            return httpx.Response(200, json={"presence": self.presence[user]})
+        if request.method == "PUT":
+            self.sessions[user] = json.loads(request.content)["presence"]
+            return httpx.Response(204)
+        if request.method == "DELETE":
+            if self.sessions.pop(user, None) is None:
+                return httpx.Response(404)
+            return httpx.Response(204)
+        return httpx.Response(405)
+
+    def _token(self, request: httpx.Request) -> httpx.Response:
+        form = dict(httpx.QueryParams(request.content.decode()))
+        assert form["grant_type"] == "client_credentials"
+        assert form["scope"] == wire.SCOPE
+        if self.token_error or form["client_secret"] != "s3cret":
+            return httpx.Response(400, json={"error": self.token_error or "invalid_client"})
+        self.tokens_issued += 1
+        token = f"tok{self.tokens_issued}"
+        self.valid_tokens.add(token)
+        return httpx.Response(
+            200, json={"access_token": token, "token_type": "Bearer", "expires_in": self.expires_in}
+        )
+
+    def count(self, method: str, path_suffix: str = "") -> int:
+        return sum(
+            1 for r in self.requests if r.method == method and r.url.path.endswith(path_suffix)
+        )
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def fake(clock: FakeClock) -> FakeConnect:
+    return FakeConnect(clock)
+
+
+def make_client(
+    fake: FakeConnect, clock: FakeClock, secret: str = "s3cret", **kwargs: Any
+) -> ConnectClient:
+    kwargs.setdefault("max_attempts", 4)
+    return ConnectClient(
+        LOGIN,
+        API,
+        "client-1",
+        secret,
+        transport=httpx.MockTransport(fake.handler),
+        sleep=clock.sleep,
+        clock=clock,
+        **kwargs,
+    )
+
+
+@pytest.mark.anyio
+async def test_token_is_cached_until_a_minute_before_expiry(
+    fake: FakeConnect, clock: FakeClock
+) -> None:
+    async with make_client(fake, clock) as client:
+        assert await client.get_presence("u1") == "available"
+        assert await client.get_presence("u2") == "onphone"
+        assert fake.tokens_issued == 1
+        clock.now += 3600 - 61
+        await client.get_presence("u1")
+        assert fake.tokens_issued == 1
+        clock.now += 2  # now inside the last minute of the token's life
+        await client.get_presence("u1")
+        assert fake.tokens_issued == 2
+        assert client.stats.token_requests == 2
+
+
+@pytest.mark.anyio
+async def test_concurrent_callers_share_one_token_request(
+    fake: FakeConnect, clock: FakeClock
+) -> None:
+    async with make_client(fake, clock) as client:
+        reads = await client.get_presences(["u1", "u2"] * 20, concurrency=16)
+    assert fake.tokens_issued == 1
+    assert reads.presences == {"u1": "available", "u2": "onphone"}
+    assert fake.count("GET", "/u1") == 1  # duplicates read once
+
+
+@pytest.mark.anyio
+async def test_a_revoked_token_is_refreshed_once_on_401(
+    fake: FakeConnect, clock: FakeClock
+) -> None:
+    async with make_client(fake, clock) as client:
+        await client.get_presence("u1")
+        fake.valid_tokens.clear()  # the service forgot our token before it expired
+        assert await client.get_presence("u2") == "onphone"
+        assert fake.tokens_issued == 2
+        # A token that is refused even when fresh is an auth failure, not a loop.
+        fake.answer_next(
+            "GET",
+            wire.presence_path("u1"),
+            *[lambda r: httpx.Response(401, json={"error": "invalid_token"})] * 2,
+        )
+        with pytest.raises(AuthError) as err:
+            await client.get_presence("u1")
+        assert err.value.code == "connect_unauthorized"
+        assert fake.tokens_issued == 3
+
+
+@pytest.mark.anyio
+async def test_429_waits_retry_after_and_blocks_every_request(
+    fake: FakeConnect, clock: FakeClock
+) -> None:
+    throttled = httpx.Response(429, headers={"Retry-After": "7"}, json={"error": "throttled"})
+    fake.answer_next("GET", wire.presence_path("u1"), lambda r: throttled)
+    async with make_client(fake, clock) as client:
+        reads = await client.get_presences(["u1", "u2", "u3"], concurrency=3)
+    assert reads.presences == {"u1": "available", "u2": "onphone", "u3": "agent_meh"}
+    assert 7.0 in clock.sleeps
+    assert client.stats.throttled == 1
+    assert client.stats.throttle_wait_s >= 7.0
+    # The retry came 7 s after the 429 (fake clock), never inside the window.
+    u1_times = [
+        t
+        for r, t in zip(fake.requests, fake.request_times, strict=True)
+        if r.url.path.endswith("/u1")
+    ]
+    assert u1_times[1] - u1_times[0] >= 7.0
+
+
+@pytest.mark.anyio
+async def test_5xx_and_network_errors_are_retried_with_bounded_backoff(
+    fake: FakeConnect, clock: FakeClock
+) -> None:
+    def unreachable(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    fake.answer_next(
+        "GET",
+        wire.presence_path("u1"),
+        lambda r: httpx.Response(503),
+        unreachable,
+        lambda r: httpx.Response(502),
+    )
+    async with make_client(fake, clock, backoff_base=0.5, backoff_max=1.0) as client:
+        assert await client.get_presence("u1") == "available"
+        assert len(clock.sleeps) == 3
+        assert all(0.25 <= s <= 1.0 for s in clock.sleeps)
+        fake.answer_next("GET", wire.presence_path("u2"), *[lambda r: httpx.Response(504)] * 4)
+        with pytest.raises(ApiError) as err:
+            await client.get_presence("u2")
+        assert err.value.status == 504
+        fake.answer_next("GET", wire.presence_path("u2"), *[unreachable] * 4)
+        with pytest.raises(NetworkError) as net:
+            await client.get_presence("u2")
+        assert net.value.code == "connect_unreachable"
+        assert net.value.exit_code == ExitCode.ERROR
+
+
+@pytest.mark.anyio
+async def test_other_4xx_are_not_retried(fake: FakeConnect, clock: FakeClock) -> None:
+    fake.answer_next(
+        "PUT",
+        wire.presence_path("u1"),
+        lambda r: httpx.Response(400, json={"message": "bad presence"}),
+    )
+    fake.answer_next("GET", wire.presence_path("u1"), lambda r: httpx.Response(403))
+    async with make_client(fake, clock) as client:
+        with pytest.raises(ApiError) as err:
+            await client.set_presence("u1", "available")
+        assert err.value.status == 400 and "bad presence" in err.value.message
+        with pytest.raises(AuthError) as denied:
+            await client.get_presence("u1")
+        assert denied.value.code == "connect_forbidden"
+    assert fake.count("PUT") == 1
+    assert clock.sleeps == []
+
+
+@pytest.mark.anyio
+async def test_directory_follows_offset_token(fake: FakeConnect, clock: FakeClock) -> None:
+    async with make_client(fake, clock) as client:
+        contacts = await client.list_contacts()
+    assert [c.id for c in contacts] == [f"c{i}" for i in range(7)]
+    assert contacts[0].roles == ("Security Manager",)
+    assert contacts[3].email == "p3@contoso.example" and contacts[3].display_name == "Person 3"
+    pages = [r for r in fake.requests if r.url.path == wire.CONTACTS_PATH]
+    assert [r.url.params.get("offsetToken") for r in pages] == [None, "3", "6"]
+
+
+@pytest.mark.anyio
+async def test_directory_paging_loop_is_an_error(fake: FakeConnect, clock: FakeClock) -> None:
+    page = httpx.Response(200, json={"contacts": [], "offsetToken": "same"})
+    fake.answer_next("GET", wire.CONTACTS_PATH, lambda r: page, lambda r: page)
+    async with make_client(fake, clock) as client:
+        with pytest.raises(ApiError, match="repeats"):
+            await client.list_contacts()
+
+
+@pytest.mark.anyio
+async def test_set_and_clear_our_session(fake: FakeConnect, clock: FakeClock) -> None:
+    async with make_client(fake, clock) as client:
+        await client.set_presence("u1", "onphone")
+        put = next(r for r in fake.requests if r.method == "PUT")
+        assert put.url.params["resource"] == "presencectl"
+        assert json.loads(put.content) == {"presence": "onphone"}
+        assert fake.sessions == {"u1": "onphone"}
+        assert await client.clear_presence("u1") is True
+        assert await client.clear_presence("u1") is False  # 404: already gone
+        delete = next(r for r in fake.requests if r.method == "DELETE")
+        assert delete.url.params["resource"] == "presencectl"
+
+
+@pytest.mark.anyio
+async def test_bulk_read_reports_failures_and_keeps_unknown_values(
+    fake: FakeConnect, clock: FakeClock
+) -> None:
+    fake.answer_next("GET", wire.presence_path("u2"), *[lambda r: httpx.Response(500)] * 2)
+    async with make_client(fake, clock, max_attempts=2) as client:
+        reads = await client.get_presences(["u1", "u2", "u3", "ghost"])
+    assert reads.presences == {"u1": "available", "u3": "agent_meh"}
+    assert set(reads.failures) == {"u2", "ghost"}
+    assert reads.failures["ghost"].code == "connect_not_found"
+
+
+@pytest.mark.anyio
+async def test_bulk_read_stops_on_auth_failure(fake: FakeConnect, clock: FakeClock) -> None:
+    async with make_client(fake, clock, secret="wrong") as client:
+        with pytest.raises(AuthError):
+            await client.get_presences([f"u{i}" for i in range(50)], concurrency=4)
+    assert fake.count("GET") == 0
+
+
+@pytest.mark.anyio
+async def test_invalid_client_is_an_exit_4_auth_error(fake: FakeConnect, clock: FakeClock) -> None:
+    async with make_client(fake, clock, secret="wrong") as client:
+        with pytest.raises(AuthError) as err:
+            await client.get_presence("u1")
+    assert err.value.code == "connect_auth_failed"
+    assert err.value.exit_code == ExitCode.AUTH == 4
+    assert "Extend API" in err.value.hint
+    assert "PRESENCECTL_CONNECT_CLIENT_SECRET" in err.value.hint
+    assert "wrong" not in err.value.message + err.value.hint
+    assert fake.tokens_issued == 0
+
+
+@pytest.mark.anyio
+async def test_invalid_scope_is_named(fake: FakeConnect, clock: FakeClock) -> None:
+    fake.token_error = "invalid_scope"
+    async with make_client(fake, clock) as client:
+        with pytest.raises(AuthError) as err:
+            await client.access_token()
+    assert err.value.code == "connect_scope_denied"
+
+
+@pytest.mark.anyio
+async def test_profile_factory_reads_the_secret(
+    monkeypatch: pytest.MonkeyPatch, fake: FakeConnect, clock: FakeClock
+) -> None:
+    profile = Profile(
+        name="p", connect_login_url=LOGIN, connect_api_url=API, connect_client_id="client-1"
+    )
+    with pytest.raises(ConfigError) as missing:
+        connect_client_for(profile)
+    assert missing.value.code == "connect_secret_missing"
+    assert "PRESENCECTL_CONNECT_CLIENT_SECRET" in missing.value.hint
+    assert missing.value.exit_code == 3
+
+    set_secret("p", CONNECT_CLIENT_SECRET, "s3cret")
+    client = connect_client_for(
+        profile, transport=httpx.MockTransport(fake.handler), sleep=clock.sleep, clock=clock
+    )
+    async with client:
+        assert await client.get_presence("u2") == "onphone"
+
+    monkeypatch.setenv("PRESENCECTL_CONNECT_CLIENT_SECRET", "from-env")
+    client = connect_client_for(profile, transport=httpx.MockTransport(fake.handler))
+    async with client:
+        with pytest.raises(AuthError):  # the environment wins over the keyring
+            await client.access_token()
+
+    with pytest.raises(ConfigError) as no_id:
+        connect_client_for(Profile(name="p"))
+    assert no_id.value.code == "config_missing"
+
+
+def test_retry_after_parsing() -> None:
+    from presencectl.connect.client import retry_after_seconds
+
+    def resp(value: str) -> httpx.Response:
+        return httpx.Response(429, headers={"Retry-After": value})
+
+    assert retry_after_seconds(resp("12")) == 12.0
+    assert retry_after_seconds(resp("garbage")) is None
+    assert retry_after_seconds(httpx.Response(429)) is None
+    assert retry_after_seconds(resp("Wed, 21 Oct 2015 07:28:00 GMT"), now=1445412470.0) == 10.0
+
+
+def test_wire_helpers() -> None:
+    assert wire.format_ttl(1800) == "00:30:00"
+    assert wire.subscription_body() == {"events": ["*"], "ttl": "00:30:00"}
+    assert wire.presence_path("a/b") == "/messaging/v1/presence/accounts/_me/users/a%2Fb"
