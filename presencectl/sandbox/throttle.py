@@ -1,0 +1,150 @@
+"""Presence throttling and fault injection for the sandbox's Graph and Connect routes.
+
+Owns:
+- `SlidingWindow`: per client (app id, tenant id) a sliding window of accepted presence requests;
+  over the limit (default 1,500 per 30 s, ``world.faults.throttle_per_30s`` /
+  ``throttle_window``) the request gets 429 + ``Retry-After`` (whole seconds, >= 1) + a Graph error
+  body ``TooManyRequests``. A request that comes while the client's Retry-After is still running is
+  counted in ``world.stats.in_retry_after_window`` and refused again, as Graph does.
+- `check_presence_throttle(world, claims)`: the call every presence route (and every ``$batch``
+  member, one by one) makes before doing its work.
+- `inject_faults(world, request)`: latency, dropped connections and 500/503/504 answers
+  (503 with Retry-After) according to ``world.faults``.
+
+Time is the world's clock, so tests can advance past a Retry-After without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from presencectl.sandbox.errors import GraphError
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from presencectl.sandbox.world import Claims, World
+
+log = logging.getLogger(__name__)
+
+_STATE_KEY = "presence_windows"
+_fault_random = random.Random()
+
+
+class ClientWindow:
+    """Accepted request times of one client and the end of its current Retry-After."""
+
+    __slots__ = ("accepted", "retry_until")
+
+    def __init__(self) -> None:
+        self.accepted: deque[float] = deque()
+        self.retry_until = 0.0
+
+
+class SlidingWindow:
+    """At most `limit` accepted requests per `window` seconds for each client key."""
+
+    def __init__(self) -> None:
+        self.clients: dict[Any, ClientWindow] = {}
+
+    def admit(self, key: Any, now: float, limit: int, window: float) -> tuple[int | None, bool]:
+        """(None, _) when admitted, else (Retry-After seconds, _); the flag says the request came
+        while a Retry-After given earlier was still running."""
+        client = self.clients.get(key)
+        if client is None:
+            client = self.clients[key] = ClientWindow()
+        inside_retry = now < client.retry_until
+        accepted = client.accepted
+        horizon = now - window
+        while accepted and accepted[0] <= horizon:
+            accepted.popleft()
+        if inside_retry:
+            return max(1, math.ceil(client.retry_until - now)), True
+        if limit > 0 and len(accepted) >= limit:
+            wait = max(1, math.ceil(accepted[0] + window - now))
+            client.retry_until = now + wait
+            return wait, False
+        accepted.append(now)
+        return None, False
+
+
+def _windows(world: World) -> SlidingWindow:
+    windows = world.throttle_state.get(_STATE_KEY)
+    if windows is None:
+        windows = world.throttle_state[_STATE_KEY] = SlidingWindow()
+    return windows
+
+
+def check_presence_throttle(world: World, claims: Claims) -> None:
+    """Count one presence request of the token's (app, tenant); raise a 429 GraphError if over."""
+    now = world.clock.now()
+    retry_after, inside_retry = _windows(world).admit(
+        (claims.appid, claims.tid),
+        now,
+        int(world.faults.throttle_per_30s),
+        float(world.faults.throttle_window),
+    )
+    if inside_retry:
+        world.stats.in_retry_after_window += 1
+    if retry_after is None:
+        return
+    world.stats.throttled += 1
+    raise GraphError(
+        429,
+        "TooManyRequests",
+        "Too many requests. The application has exceeded its presence request limit; "
+        "retry after the time given in the Retry-After header.",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+class DroppedConnection(Exception):
+    """The fault injector dropped the client's connection: no answer must be sent."""
+
+
+async def inject_faults(world: World, request: Request, *, in_batch: bool = False) -> None:
+    """Apply ``world.faults`` to one request: latency, a dropped connection, or a 5xx GraphError.
+
+    A dropped connection aborts the TCP connection (the client sees a network error) and raises
+    `DroppedConnection`; inside ``$batch`` (no connection of its own) drops do not apply.
+    """
+    faults = world.faults
+    if faults.latency_ms > 0:
+        await asyncio.sleep(faults.latency_ms / 1000.0)
+    if not in_batch and faults.drop_rate > 0 and _fault_random.random() < faults.drop_rate:
+        world.stats.faults_injected += 1
+        await drop_connection(request)
+        raise DroppedConnection()
+    if faults.error_rate > 0 and _fault_random.random() < faults.error_rate:
+        world.stats.faults_injected += 1
+        status = _fault_random.choice((500, 503, 504))
+        if status == 503:
+            raise GraphError(
+                503,
+                "serviceNotAvailable",
+                "The service is temporarily unavailable. Retry after the time given.",
+                headers={"Retry-After": "1"},
+            )
+        if status == 504:
+            raise GraphError(504, "gatewayTimeout", "The gateway timed out.")
+        raise GraphError(500, "generalException", "An unexpected error occurred.")
+
+
+async def drop_connection(request: Request) -> bool:
+    """Abort the request's TCP connection under uvicorn. False if the transport is unreachable."""
+    cycle = getattr(request.receive, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        return False
+    transport.abort()
+    # Let the protocol see connection_lost so uvicorn sends nothing more on this cycle.
+    for _ in range(5):
+        await asyncio.sleep(0)
+        if getattr(cycle, "disconnected", False):
+            break
+    return True
