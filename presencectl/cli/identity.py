@@ -1,44 +1,261 @@
-"""setup-azure, consent, sync-user: the Azure side of the seed's setup steps."""
+"""setup-azure, consent, sync-user: the Azure side of the seed's setup steps, from the terminal.
+
+Parses options, reads passwords safely (hidden prompt, --password-stdin or the environment — never
+an argument), and renders what presencectl.identity returns. The device-code message, the
+consent URL and progress go to stderr; the summary goes to stdout.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+import sys
+from typing import Any
 
 import typer
 
-from presencectl.cli._stub import not_built
+from presencectl.cli.context import AppContext
 
-sync_user_app = typer.Typer(help="Store, validate or forget the dedicated Azure sync user.", no_args_is_help=True)
+sync_user_app = typer.Typer(
+    help="Store, validate or forget the dedicated Azure sync user.", no_args_is_help=True
+)
+
+SYNC_PASSWORD_ENV = "PRESENCECTL_SYNC_PASSWORD"
+_MARKS = {
+    "ok": "✓",
+    "created": "+",
+    "updated": "~",
+    "unchanged": "=",
+    "failed": "✗",
+    "skipped": "-",
+}
+
+
+def _obj(ctx: typer.Context) -> AppContext:
+    obj = ctx.find_object(AppContext)
+    return obj if obj is not None else AppContext()
+
+
+def _err(message: str) -> None:
+    """One line on stderr, printed as is (no markup: msal's message and URLs stay intact)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def _progress(app_ctx: AppContext) -> Any:
+    def on_step(step: Any) -> None:
+        if app_ctx.verbosity < 0:
+            return
+        line = f"{_MARKS.get(step.result, '·')} {step.step}: {step.detail}"
+        if step.result == "failed" and step.remedy:
+            line += f"\n    → {step.remedy}"
+        _err(line)
+
+    return on_step
+
+
+def _device_message(prompt: Any) -> None:
+    # Always shown, even with -q: without it nobody can finish the sign-in.
+    _err(str(prompt))
+
+
+def _consent_url_message(url: str) -> None:
+    _err("Open this URL as a Global Administrator and accept the permissions:\n" + url)
+    _err("Waiting for the answer on the loopback redirect…")
 
 
 def setup_azure(
-    tenant: Optional[str] = typer.Option(None, "--tenant", help="Tenant id or domain."),
+    ctx: typer.Context,
+    tenant: str | None = typer.Option(None, "--tenant", help="Tenant id or verified domain."),
+    device_code: bool = typer.Option(
+        True,
+        "--device-code/--browser",
+        help="Sign the admin in with a device code (default) or a browser.",
+    ),
+    app_name: str = typer.Option(
+        "presencectl presence sync", "--app-name", help="Display name of the app registration."
+    ),
+    client_id: str | None = typer.Option(None, "--client-id", help="Reuse this app registration."),
+    connect_account_email: str | None = typer.Option(
+        None,
+        "--connect-account-email",
+        help="Email of the Connect account contact (Security Manager).",
+    ),
+    bootstrap_client_id: str | None = typer.Option(
+        None,
+        "--bootstrap-client-id",
+        help="Public client the admin signs in through before our app exists "
+        "(default: Microsoft Graph Command Line Tools).",
+    ),
+    consent_url: bool = typer.Option(
+        False,
+        "--consent-url",
+        help="Grant consent by the admin-consent URL instead of through Graph.",
+    ),
+    consent_timeout: float = typer.Option(
+        600.0, "--consent-timeout", help="Seconds to wait for --consent-url."
+    ),
 ) -> None:
-    """Sign in as the Azure admin, check prerequisites, create the app and grant consent."""
-    not_built("setup-azure")
+    """Sign in as the Azure admin, check prerequisites, create the app and grant consent.
+
+    Examples:
+
+    \b
+      presencectl setup-azure --tenant contoso.onmicrosoft.com
+      presencectl --no-input -o json setup-azure --client-id 1b2c…
+    """
+    from presencectl.errors import UsageError
+    from presencectl.identity.setup import SetupOptions
+    from presencectl.identity.setup import setup_azure as run
+
+    app_ctx = _obj(ctx)
+    profile = app_ctx.load_profile(must_exist=False)
+    if tenant:
+        profile.tenant_id = tenant
+    if not profile.tenant_id:
+        raise UsageError("which tenant?", hint="pass --tenant <tenant id or verified domain>")
+    if bootstrap_client_id:
+        profile.bootstrap_client_id = bootstrap_client_id
+    if not device_code and not app_ctx.interactive:
+        raise UsageError(
+            "--browser needs an interactive session", hint="use the default device-code sign-in"
+        )
+    if consent_url and app_ctx.no_input:
+        raise UsageError(
+            "--consent-url waits for a person and prompting is off",
+            hint="omit --consent-url to grant consent through Graph",
+        )
+    report = run(
+        profile,
+        SetupOptions(
+            app_name=app_name,
+            client_id=client_id,
+            connect_account_email=connect_account_email,
+            consent_url=consent_url,
+            consent_timeout=consent_timeout,
+        ),
+        method="device_code" if device_code else "browser",
+        on_message=_device_message,
+        on_step=_progress(app_ctx),
+        on_consent_url=_consent_url_message,
+    )
+    if app_ctx.json:
+        app_ctx.render(report)
+        return
+    app_ctx.render(
+        [{"step": s.step, "result": s.result, "detail": s.detail} for s in report.steps],
+        title=f"setup-azure: tenant {report.tenant_id}, app {report.client_id}",
+    )
+    if not report.changed:
+        app_ctx.status(
+            "Nothing changed: the app registration, its secret and consent were already in place."
+        )
+    app_ctx.status(
+        "Next: `presencectl consent --check`, then `presencectl sync-user set --username <user>`."
+    )
 
 
-def consent(check: bool = typer.Option(False, "--check", help="Only verify.")) -> None:
-    """Grant (or with --check verify) the presence permissions of the app."""
-    not_built("consent")
+def consent(
+    ctx: typer.Context,
+    check: bool = typer.Option(False, "--check", help="Only verify, with the app's own token."),
+    device_code: bool = typer.Option(
+        True, "--device-code/--browser", help="How the admin signs in."
+    ),
+    consent_url: bool = typer.Option(
+        False, "--consent-url", help="Grant by the admin-consent URL."
+    ),
+    consent_timeout: float = typer.Option(
+        600.0, "--consent-timeout", help="Seconds to wait for --consent-url."
+    ),
+) -> None:
+    """Grant (or with --check verify) the presence permissions of the app.
+
+    Examples:
+
+    \b
+      presencectl consent
+      presencectl consent --check -o json
+    """
+    from presencectl.identity import setup
+
+    app_ctx = _obj(ctx)
+    profile = app_ctx.load_profile()
+    if check:
+        checks = setup.check_app_permissions(profile)
+        app_ctx.render(checks, title="App permissions (client-credentials token)")
+        return
+    step = setup.consent(
+        profile,
+        method="device_code" if device_code else "browser",
+        use_url=consent_url,
+        on_message=_device_message,
+        on_step=_progress(app_ctx),
+        on_consent_url=_consent_url_message,
+        timeout=consent_timeout,
+    )
+    app_ctx.render({"step": step.step, "result": step.result, "detail": step.detail})
+
+
+def _read_password(app_ctx: AppContext, password_stdin: bool) -> str:
+    if password_stdin:
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n")
+    env = os.environ.get(SYNC_PASSWORD_ENV)
+    if env:
+        return env
+    return app_ctx.prompt_secret(
+        "Sync user password", flag="--password-stdin", env=SYNC_PASSWORD_ENV
+    )
 
 
 @sync_user_app.command("set")
-def sync_user_set(username: str = typer.Option(..., "--username")) -> None:
-    """Store the sync user's name and password."""
-    not_built("sync-user set")
+def sync_user_set(
+    ctx: typer.Context,
+    username: str = typer.Option(
+        ...,
+        "--username",
+        envvar="PRESENCECTL_SYNC_USERNAME",
+        help="The sync user's principal name.",
+    ),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the password from stdin."
+    ),
+) -> None:
+    """Store the sync user's name and password (hidden prompt, stdin or PRESENCECTL_SYNC_PASSWORD).
+
+    Examples:
+
+    \b
+      presencectl sync-user set --username presence-sync@contoso.onmicrosoft.com
+      printf '%s\\n' "$PW" | presencectl sync-user set --username U --password-stdin
+    """
+    from presencectl.identity.sync_user import store_sync_user
+
+    app_ctx = _obj(ctx)
+    profile = app_ctx.load_profile(must_exist=False)
+    password = _read_password(app_ctx, password_stdin)
+    status = store_sync_user(profile, username, password)
+    app_ctx.render({"username": status.username, "password_stored_in": status.password_source})
+    app_ctx.status("Next: `presencectl sync-user validate`.")
 
 
 @sync_user_app.command("validate")
-def sync_user_validate() -> None:
+def sync_user_validate(ctx: typer.Context) -> None:
     """Sign in as the sync user and prove it can read presence."""
-    not_built("sync-user validate")
+    from presencectl.identity.sync_user import validate_sync_user
+
+    app_ctx = _obj(ctx)
+    status = validate_sync_user(app_ctx.load_profile())
+    app_ctx.render(status, title="Sync user signed in and read its own presence")
 
 
 @sync_user_app.command("forget")
-def sync_user_forget() -> None:
+def sync_user_forget(ctx: typer.Context) -> None:
     """Remove the stored sync user credentials."""
-    not_built("sync-user forget")
+    from presencectl.identity.sync_user import forget_sync_user
+
+    app_ctx = _obj(ctx)
+    removed = forget_sync_user(app_ctx.load_profile())
+    app_ctx.render({"removed_" + k: v for k, v in removed.items()})
 
 
 def register(app: typer.Typer) -> None:

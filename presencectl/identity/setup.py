@@ -1,0 +1,791 @@
+"""setup-azure and consent: prerequisites, the app registration, its secret, and admin consent.
+
+Owns the seed's "What to Know First" and "Enabling the Sync" steps 1–5 as code:
+
+1. the admin's sign-in (:func:`presencectl.identity.tokens.admin_sign_in`, done by the caller);
+2. prerequisites — Global Administrator (``/me/transitiveMemberOf/microsoft.graph.directoryRole``),
+   the Connect account contact's Security Manager role, and identical admin / account-contact
+   emails — each reported as a :class:`Step` with a remedy;
+3. the app registration (create or reuse, idempotent) with the presence permissions and "Allow
+   public client flows", its service principal, and a client secret (``addPassword``) stored
+   through presencectl.secrets and never returned;
+4. admin consent through Graph (``appRoleAssignedTo`` + ``oauth2PermissionGrants``) or through the
+   ``/v2.0/adminconsent`` URL and a loopback listener;
+5. what was verified, saved in the profile.
+
+All Graph calls go through :class:`presencectl.graph.client.GraphClient`. Nothing here prints:
+progress reaches the CLI through ``on_step``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from presencectl import secrets
+from presencectl.errors import ApiError, AuthError, ConfigError, PresencectlError
+from presencectl.graph.permissions import (
+    APP_ROLES,
+    DELEGATED_SCOPES,
+    GLOBAL_ADMIN_ROLE_TEMPLATE_ID,
+    GRAPH_APP_ID,
+)
+
+if TYPE_CHECKING:
+    from presencectl.config import Profile
+    from presencectl.graph.client import GraphClient
+    from presencectl.identity.tokens import AdminSession
+
+log = logging.getLogger(__name__)
+
+DEFAULT_APP_NAME = "presencectl presence sync"
+SECRET_LIFETIME_DAYS = 180
+SECRET_RENEW_BEFORE_DAYS = 14
+SECRET_DISPLAY_NAME = "presencectl"
+LOCALHOST_REDIRECT = "http://localhost"
+SECURITY_MANAGER = "Security Manager"
+
+OK, FAILED, CREATED, UPDATED, UNCHANGED, SKIPPED = (
+    "ok",
+    "failed",
+    "created",
+    "updated",
+    "unchanged",
+    "skipped",
+)
+
+
+@dataclass
+class Step:
+    """One line of the setup report."""
+
+    step: str
+    result: str
+    detail: str = ""
+    remedy: str = ""
+
+    @property
+    def changed(self) -> bool:
+        return self.result in (CREATED, UPDATED)
+
+
+@dataclass
+class SetupReport:
+    tenant_id: str
+    client_id: str
+    app_name: str
+    admin: str
+    connect_account_email: str
+    changed: bool
+    steps: list[Step] = field(default_factory=list)
+
+
+StepCallback = Callable[[Step], None]
+
+
+def _today() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _odata_quote(value: str) -> str:
+    return value.replace("'", "''")
+
+
+# ------------------------------------------------------------------------------ prerequisites
+
+
+async def admin_identity(graph: GraphClient) -> dict[str, Any]:
+    me = await graph.get_json("/me", params={"$select": "id,displayName,mail,userPrincipalName"})
+    return me if isinstance(me, dict) else {}
+
+
+def email_of(user: dict[str, Any]) -> str:
+    return str(user.get("mail") or user.get("userPrincipalName") or "")
+
+
+async def is_global_admin(graph: GraphClient) -> bool:
+    async for role in graph.paged("/me/transitiveMemberOf/microsoft.graph.directoryRole"):
+        if str(role.get("roleTemplateId", "")).lower() == GLOBAL_ADMIN_ROLE_TEMPLATE_ID:
+            return True
+    return False
+
+
+def _field(item: Any, name: str) -> Any:
+    if isinstance(item, dict):
+        return item.get(name)
+    return getattr(item, name, None)
+
+
+async def connect_contacts(profile: Profile) -> list[Any]:
+    """The Connect address book, through the Connect adapter (sync or async)."""
+    from presencectl import connect
+
+    client = connect.connect_client_for(profile)  # type: ignore[attr-defined]
+    try:
+        if hasattr(client, "__aenter__"):
+            async with client:
+                contacts = client.list_contacts()
+                if inspect.isawaitable(contacts):
+                    contacts = await contacts
+                return list(contacts)
+        contacts = client.list_contacts()
+        if inspect.isawaitable(contacts):
+            contacts = await contacts
+        return list(contacts)
+    finally:
+        close = getattr(client, "close", None)
+        if close is not None and not hasattr(client, "__aenter__"):
+            result = close()
+            if inspect.isawaitable(result):
+                await result
+
+
+async def check_prerequisites(
+    graph: GraphClient,
+    profile: Profile,
+    *,
+    connect_account_email: str | None,
+    on_step: StepCallback,
+) -> tuple[str, str, list[Step]]:
+    """Check every prerequisite, report each, then raise the first failure (exit 3).
+
+    Returns (admin email, Connect account contact email, steps).
+    """
+    steps: list[Step] = []
+
+    def report(step: Step) -> None:
+        steps.append(step)
+        on_step(step)
+
+    me = await admin_identity(graph)
+    admin_email = email_of(me)
+    if await is_global_admin(graph):
+        report(Step("Global Administrator", OK, f"{admin_email} holds the role"))
+    else:
+        report(
+            Step(
+                "Global Administrator",
+                FAILED,
+                f"{admin_email} is not a Global Administrator",
+                remedy="sign in as a Global Administrator, or have one assign you the role "
+                "(Entra admin center > Roles and administrators > Global Administrator)",
+            )
+        )
+
+    contact_email = connect_account_email or profile.connect_account_email or ""
+    try:
+        contacts = await connect_contacts(profile)
+    except PresencectlError as exc:
+        report(
+            Step(
+                "Connect credentials",
+                FAILED,
+                exc.message,
+                remedy=exc.hint or "check connect_client_id and the Connect client secret",
+            )
+        )
+        contacts = None
+    if contacts is not None:
+        report(Step("Connect credentials", OK, f"{len(contacts)} contacts in the address book"))
+        wanted = (contact_email or admin_email).lower()
+        contact = next(
+            (c for c in contacts if str(_field(c, "email") or "").lower() == wanted), None
+        )
+        if contact is None:
+            report(
+                Step(
+                    "Security Manager",
+                    FAILED,
+                    f"no Connect contact with the email {wanted}",
+                    remedy="pass --connect-account-email with the Control Panel account "
+                    "contact's email",
+                )
+            )
+        else:
+            contact_email = str(_field(contact, "email"))
+            roles = {str(r).lower() for r in (_field(contact, "roles") or [])}
+            if SECURITY_MANAGER.lower() in roles:
+                report(Step("Security Manager", OK, f"{contact_email} holds the role"))
+            else:
+                report(
+                    Step(
+                        "Security Manager",
+                        FAILED,
+                        f"{contact_email} does not hold the Security Manager role",
+                        remedy="assign the Security Manager role to the account contact in "
+                        "Control Panel",
+                    )
+                )
+    if contact_email and admin_email:
+        if contact_email.lower() == admin_email.lower():
+            report(Step("Same email", OK, f"{admin_email} in Azure and Connect"))
+        else:
+            report(
+                Step(
+                    "Same email",
+                    FAILED,
+                    f"the Azure admin is {admin_email} but the Connect account contact is "
+                    f"{contact_email}",
+                    remedy="sign in to Azure with the account whose email is the Connect account "
+                    "contact's (the vendor requires identical emails), or change one of them",
+                )
+            )
+    failed = [s for s in steps if s.result == FAILED]
+    if failed:
+        first = next((s for s in failed if s.step == "Same email"), failed[0])
+        code = {
+            "Global Administrator": "prerequisite_global_admin",
+            "Connect credentials": "prerequisite_connect",
+            "Security Manager": "prerequisite_security_manager",
+            "Same email": "prerequisite_email_mismatch",
+        }[first.step]
+        raise ConfigError(f"prerequisite not met: {first.detail}", hint=first.remedy, code=code)
+    return admin_email, contact_email, steps
+
+
+# -------------------------------------------------------------------------- app registration
+
+
+def required_resource_access() -> list[dict[str, Any]]:
+    access = [{"id": rid, "type": "Role"} for rid in APP_ROLES.values()]
+    access += [{"id": sid, "type": "Scope"} for sid in DELEGATED_SCOPES.values()]
+    return [{"resourceAppId": GRAPH_APP_ID, "resourceAccess": access}]
+
+
+def application_body(name: str) -> dict[str, Any]:
+    return {
+        "displayName": name,
+        "signInAudience": "AzureADMyOrg",
+        # "Allow public client flows": the sync user's password sign-in needs it.
+        "isFallbackPublicClient": True,
+        "publicClient": {"redirectUris": [LOCALHOST_REDIRECT]},
+        "web": {
+            "redirectUris": [LOCALHOST_REDIRECT]
+        },  # the admin-consent redirect (any localhost port)
+        "requiredResourceAccess": required_resource_access(),
+    }
+
+
+def application_patch(app: dict[str, Any]) -> dict[str, Any]:
+    """What must change on an existing app registration (empty when nothing)."""
+    patch: dict[str, Any] = {}
+    if app.get("isFallbackPublicClient") is not True:
+        patch["isFallbackPublicClient"] = True
+    wanted = {(a["id"], a["type"]) for a in required_resource_access()[0]["resourceAccess"]}
+    rra = [dict(r) for r in app.get("requiredResourceAccess") or []]
+    graph_entry = next((r for r in rra if r.get("resourceAppId") == GRAPH_APP_ID), None)
+    have = {(a.get("id"), a.get("type")) for a in (graph_entry or {}).get("resourceAccess") or []}
+    missing = wanted - have
+    if missing:
+        if graph_entry is None:
+            graph_entry = {"resourceAppId": GRAPH_APP_ID, "resourceAccess": []}
+            rra.append(graph_entry)
+        graph_entry["resourceAccess"] = list(graph_entry.get("resourceAccess") or []) + [
+            {"id": i, "type": t} for i, t in sorted(missing)
+        ]
+        patch["requiredResourceAccess"] = rra
+    for platform in ("publicClient", "web"):
+        uris = list((app.get(platform) or {}).get("redirectUris") or [])
+        if LOCALHOST_REDIRECT not in uris:
+            patch[platform] = {"redirectUris": [*uris, LOCALHOST_REDIRECT]}
+    return patch
+
+
+async def find_application(
+    graph: GraphClient, *, app_id: str | None, name: str
+) -> list[dict[str, Any]]:
+    flt = (
+        f"appId eq '{_odata_quote(app_id)}'" if app_id else f"displayName eq '{_odata_quote(name)}'"
+    )
+    return [a async for a in graph.paged("/applications", params={"$filter": flt})]
+
+
+async def find_service_principal(graph: GraphClient, app_id: str) -> dict[str, Any] | None:
+    found = [
+        s
+        async for s in graph.paged(
+            "/servicePrincipals", params={"$filter": f"appId eq '{_odata_quote(app_id)}'"}
+        )
+    ]
+    return found[0] if found else None
+
+
+async def ensure_application(
+    graph: GraphClient, *, client_id: str | None, name: str, on_step: StepCallback
+) -> tuple[dict[str, Any], list[Step]]:
+    steps: list[Step] = []
+    apps = await find_application(graph, app_id=client_id, name=name)
+    if client_id and not apps:
+        raise ConfigError(
+            f"no app registration with client id {client_id} in this tenant",
+            hint="check --client-id (or client_id in the profile), or omit it to create the app",
+            code="app_not_found",
+        )
+    if len(apps) > 1:
+        raise ConfigError(
+            f"{len(apps)} app registrations are named '{name}'",
+            hint="pass --client-id with the one to use, or --app-name with a unique name",
+            code="app_ambiguous",
+        )
+    if apps:
+        app = apps[0]
+        patch = application_patch(app)
+        if patch:
+            await graph.request("PATCH", f"/applications/{app['id']}", json=patch)
+            app = {**app, **patch}
+            steps.append(
+                Step(
+                    "App registration",
+                    UPDATED,
+                    f"{app.get('displayName')} ({app['appId']}): set " + ", ".join(sorted(patch)),
+                )
+            )
+        else:
+            steps.append(
+                Step("App registration", UNCHANGED, f"{app.get('displayName')} ({app['appId']})")
+            )
+    else:
+        app = await graph.post_json("/applications", application_body(name))
+        steps.append(Step("App registration", CREATED, f"{name} ({app['appId']})"))
+    on_step(steps[-1])
+    sp = await find_service_principal(graph, app["appId"])
+    if sp is None:
+        await graph.post_json("/servicePrincipals", {"appId": app["appId"]})
+        steps.append(Step("Service principal", CREATED, f"for {app['appId']}"))
+    else:
+        steps.append(Step("Service principal", UNCHANGED, sp.get("id", "")))
+    on_step(steps[-1])
+    return app, steps
+
+
+async def ensure_client_secret(
+    graph: GraphClient, profile: Profile, app: dict[str, Any], *, on_step: StepCallback
+) -> Step:
+    """Keep a stored secret the app still knows and that is not about to expire; else add one."""
+    now = datetime.now(UTC)
+    stored = secrets.get_secret(profile.name, secrets.CLIENT_SECRET)
+    key_id = str(profile.verified.get("client_secret_key_id") or "")
+    creds = {str(c.get("keyId")): c for c in app.get("passwordCredentials") or []}
+    if stored and secrets.secret_source(profile.name, secrets.CLIENT_SECRET) == "env":
+        step = Step("Client secret", UNCHANGED, "taken from PRESENCECTL_CLIENT_SECRET")
+        on_step(step)
+        return step
+    if stored and key_id in creds:
+        end = _parse_time(creds[key_id].get("endDateTime"))
+        if end is None or end - now > timedelta(days=SECRET_RENEW_BEFORE_DAYS):
+            step = Step(
+                "Client secret",
+                UNCHANGED,
+                f"stored, expires {creds[key_id].get('endDateTime', '?')}",
+            )
+            on_step(step)
+            return step
+    end = now + timedelta(days=SECRET_LIFETIME_DAYS)
+    answer = await graph.post_json(
+        f"/applications/{app['id']}/addPassword",
+        {
+            "passwordCredential": {
+                "displayName": SECRET_DISPLAY_NAME,
+                "endDateTime": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        },
+    )
+    secret = (answer or {}).get("secretText")
+    if not secret:
+        raise ApiError("Graph addPassword answered without a secret", code="graph_error")
+    secrets.set_secret(profile.name, secrets.CLIENT_SECRET, secret)
+    profile.verified["client_secret_key_id"] = str(answer.get("keyId") or "")
+    profile.verified["client_secret_expires"] = str(answer.get("endDateTime") or end.isoformat())
+    # A new secret invalidates any client-credentials token cached for the old one.
+    from presencectl.identity.msal_apps import APP, forget_cache
+
+    forget_cache(profile.name, APP)
+    step = Step(
+        "Client secret",
+        CREATED,
+        f"stored in the {_secret_store(profile)}, expires "
+        f"{profile.verified['client_secret_expires']}",
+    )
+    on_step(step)
+    return step
+
+
+def _secret_store(profile: Profile) -> str:
+    source = secrets.secret_source(profile.name, secrets.CLIENT_SECRET)
+    return {"keyring": "OS keyring", "file": "secrets file (0600)"}.get(
+        source or "", "secret store"
+    )
+
+
+# ----------------------------------------------------------------------------------- consent
+
+
+@dataclass
+class ConsentState:
+    app_roles_missing: list[str]
+    scopes_missing: list[str]
+    graph_sp_id: str
+    app_sp_id: str
+    grant: dict[str, Any] | None
+
+    @property
+    def complete(self) -> bool:
+        return not self.app_roles_missing and not self.scopes_missing
+
+
+async def consent_state(graph: GraphClient, client_id: str) -> ConsentState:
+    graph_sp = await find_service_principal(graph, GRAPH_APP_ID)
+    app_sp = await find_service_principal(graph, client_id)
+    if graph_sp is None:
+        raise ApiError(
+            "the Microsoft Graph service principal is missing from the tenant", code="graph_error"
+        )
+    if app_sp is None:
+        raise ConfigError(
+            f"the app {client_id} has no service principal in this tenant",
+            hint="run `presencectl setup-azure`",
+            code="app_not_found",
+        )
+    assigned = {
+        a.get("appRoleId")
+        async for a in graph.paged(f"/servicePrincipals/{graph_sp['id']}/appRoleAssignedTo")
+        if a.get("principalId") == app_sp["id"]
+    }
+    roles_missing = [name for name, rid in APP_ROLES.items() if rid not in assigned]
+    grants = [
+        g
+        async for g in graph.paged(
+            "/oauth2PermissionGrants", params={"$filter": f"clientId eq '{app_sp['id']}'"}
+        )
+        if g.get("resourceId") == graph_sp["id"] and g.get("consentType") == "AllPrincipals"
+    ]
+    grant = grants[0] if grants else None
+    have = set(str((grant or {}).get("scope") or "").split())
+    scopes_missing = [name for name in DELEGATED_SCOPES if name not in have]
+    return ConsentState(roles_missing, scopes_missing, graph_sp["id"], app_sp["id"], grant)
+
+
+async def grant_consent(graph: GraphClient, client_id: str, *, on_step: StepCallback) -> Step:
+    """Grant every missing app role and delegated scope through Graph (idempotent)."""
+    state = await consent_state(graph, client_id)
+    if state.complete:
+        step = Step("Admin consent", UNCHANGED, "every permission already granted")
+        on_step(step)
+        return step
+    for name in state.app_roles_missing:
+        await graph.post_json(
+            f"/servicePrincipals/{state.graph_sp_id}/appRoleAssignedTo",
+            {
+                "principalId": state.app_sp_id,
+                "resourceId": state.graph_sp_id,
+                "appRoleId": APP_ROLES[name],
+            },
+        )
+    if state.scopes_missing:
+        if state.grant is None:
+            await graph.post_json(
+                "/oauth2PermissionGrants",
+                {
+                    "clientId": state.app_sp_id,
+                    "consentType": "AllPrincipals",
+                    "resourceId": state.graph_sp_id,
+                    "scope": " ".join(DELEGATED_SCOPES),
+                },
+            )
+        else:
+            scopes = str(state.grant.get("scope") or "").split()
+            scopes += [s for s in state.scopes_missing if s not in scopes]
+            await graph.request(
+                "PATCH",
+                f"/oauth2PermissionGrants/{state.grant['id']}",
+                json={"scope": " ".join(scopes)},
+            )
+    granted = state.app_roles_missing + state.scopes_missing
+    step = Step(
+        "Admin consent",
+        CREATED if len(granted) == len(APP_ROLES) + len(DELEGATED_SCOPES) else UPDATED,
+        "granted " + ", ".join(granted),
+    )
+    on_step(step)
+    return step
+
+
+async def verify_consent(
+    graph: GraphClient, client_id: str, *, on_step: StepCallback, via: str
+) -> Step:
+    state = await consent_state(graph, client_id)
+    if not state.complete:
+        missing = state.app_roles_missing + state.scopes_missing
+        raise AuthError(
+            "admin consent is incomplete: missing " + ", ".join(missing),
+            hint="run `presencectl consent` as a Global Administrator",
+            code="consent_missing",
+        )
+    step = Step("Admin consent", OK, f"every permission granted ({via})")
+    on_step(step)
+    return step
+
+
+ConsentUrlCallback = Callable[[str], None]
+
+
+async def consent_by_url(
+    profile: Profile,
+    client_id: str,
+    tenant: str,
+    *,
+    on_url: ConsentUrlCallback,
+    timeout: float,
+) -> None:
+    """Show the admin-consent URL and wait for the loopback redirect; raise on refusal/timeout."""
+    import asyncio
+
+    from presencectl.identity.consent_listener import ConsentListener
+
+    listener = ConsentListener()
+    on_url(listener.consent_url(profile.authority_url, tenant, client_id))
+    answer = await asyncio.to_thread(listener.wait, timeout)
+    if not answer.granted:
+        raise AuthError(
+            f"admin consent was not granted: {answer.error}"
+            + (
+                f" ({answer.error_description.splitlines()[0]})" if answer.error_description else ""
+            ),
+            hint="sign in to the consent page as a Global Administrator and accept",
+            code="consent_declined",
+        )
+
+
+# ----------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class SetupOptions:
+    app_name: str = DEFAULT_APP_NAME
+    client_id: str | None = None
+    connect_account_email: str | None = None
+    consent_url: bool = False
+    consent_timeout: float = 600.0
+
+
+def graph_client_for(profile: Profile, provider: Callable[[bool], Any]) -> GraphClient:
+    from presencectl.graph.client import GraphClient
+
+    return GraphClient(profile.graph_url, provider, profile.http_settings())
+
+
+async def run_setup(
+    profile: Profile,
+    session: AdminSession,
+    options: SetupOptions,
+    *,
+    on_step: StepCallback,
+    on_consent_url: ConsentUrlCallback,
+    save: Callable[[Profile], None] | None = None,
+) -> SetupReport:
+    """Steps 2–5 of setup-azure for a signed-in admin. Saves the profile (``save``) as it goes."""
+    from presencectl.config import save_profile
+
+    save = save or save_profile
+    if session.tenant_id:
+        profile.tenant_id = session.tenant_id
+    steps: list[Step] = []
+    async with graph_client_for(profile, session.provider) as graph:
+        admin_email, contact_email, prereq = await check_prerequisites(
+            graph, profile, connect_account_email=options.connect_account_email, on_step=on_step
+        )
+        steps += prereq
+        today = _today()
+        profile.admin_email = admin_email
+        profile.connect_account_email = contact_email
+        for key in ("global_admin", "connect_security_manager", "same_email"):
+            profile.verified[key] = today
+        app, app_steps = await ensure_application(
+            graph,
+            client_id=options.client_id or profile.client_id,
+            name=options.app_name,
+            on_step=on_step,
+        )
+        steps += app_steps
+        profile.client_id = app["appId"]
+        profile.verified["app_registration"] = today
+        steps.append(await ensure_client_secret(graph, profile, app, on_step=on_step))
+        save(profile)  # the app exists now: a failure below must not lose its id
+        if options.consent_url:
+            state = await consent_state(graph, app["appId"])
+            if state.complete:
+                step = Step("Admin consent", UNCHANGED, "every permission already granted")
+                on_step(step)
+                steps.append(step)
+            else:
+                await consent_by_url(
+                    profile,
+                    app["appId"],
+                    profile.tenant_id or "organizations",
+                    on_url=on_consent_url,
+                    timeout=options.consent_timeout,
+                )
+                verified = await verify_consent(
+                    graph, app["appId"], on_step=lambda s: None, via="consent URL"
+                )
+                verified.result = CREATED
+                on_step(verified)
+                steps.append(verified)
+        else:
+            steps.append(await grant_consent(graph, app["appId"], on_step=on_step))
+        profile.verified["admin_consent"] = today
+        save(profile)
+    return SetupReport(
+        tenant_id=profile.tenant_id or "",
+        client_id=profile.client_id or "",
+        app_name=str(app.get("displayName") or options.app_name),
+        admin=admin_email,
+        connect_account_email=contact_email,
+        changed=any(s.changed for s in steps),
+        steps=steps,
+    )
+
+
+async def run_consent(
+    profile: Profile,
+    session: AdminSession,
+    *,
+    use_url: bool,
+    on_step: StepCallback,
+    on_consent_url: ConsentUrlCallback,
+    timeout: float = 600.0,
+) -> Step:
+    """Re-grant the presence permissions (seed step 5), through Graph or the consent URL."""
+    from presencectl.config import save_profile
+
+    client_id = profile.client_id
+    if not client_id:
+        raise ConfigError(
+            "the profile has no client_id",
+            hint="run `presencectl setup-azure` first",
+            code="config_missing",
+        )
+    async with graph_client_for(profile, session.provider) as graph:
+        if use_url:
+            await consent_by_url(
+                profile,
+                client_id,
+                profile.tenant_id or "organizations",
+                on_url=on_consent_url,
+                timeout=timeout,
+            )
+            step = await verify_consent(graph, client_id, on_step=on_step, via="consent URL")
+        else:
+            step = await grant_consent(graph, client_id, on_step=on_step)
+    profile.verified["admin_consent"] = _today()
+    save_profile(profile)
+    return step
+
+
+@dataclass
+class ConsentCheck:
+    permission: str
+    kind: str
+    granted: bool
+
+
+def check_app_permissions(profile: Profile) -> list[ConsentCheck]:
+    """``consent --check``: a client-credentials token; its ``roles`` must hold every app role.
+
+    Raises AuthError ``consent_missing`` listing each missing permission.
+    """
+    from presencectl.identity.tokens import app_token_provider, jwt_claims
+
+    token = app_token_provider(profile)(True)
+    roles = set(jwt_claims(token.token).get("roles") or [])
+    checks = [ConsentCheck(name, "application", name in roles) for name in APP_ROLES]
+    missing = [c.permission for c in checks if not c.granted]
+    if missing:
+        raise AuthError(
+            "the app lacks admin consent for: " + ", ".join(missing),
+            hint="run `presencectl consent` as a Global Administrator",
+            code="consent_missing",
+        )
+    from presencectl.config import save_profile
+
+    profile.verified["app_permissions"] = _today()
+    save_profile(profile)
+    return checks
+
+
+# ------------------------------------------------------------------ entry points for the CLI
+
+
+def setup_azure(
+    profile: Profile,
+    options: SetupOptions,
+    *,
+    method: str,
+    on_message: Callable[[Any], None],
+    on_step: StepCallback,
+    on_consent_url: ConsentUrlCallback,
+) -> SetupReport:
+    """The whole of setup-azure: the admin's sign-in, then :func:`run_setup`."""
+    import asyncio
+
+    from presencectl.identity.tokens import admin_sign_in
+
+    session = admin_sign_in(profile, method, on_message=on_message)
+    on_step(
+        Step("Azure sign-in", OK, f"{session.username or 'admin'} in tenant {session.tenant_id}")
+    )
+    report = asyncio.run(
+        run_setup(profile, session, options, on_step=on_step, on_consent_url=on_consent_url)
+    )
+    report.steps.insert(
+        0, Step("Azure sign-in", OK, f"{session.username or 'admin'} in tenant {session.tenant_id}")
+    )
+    return report
+
+
+def consent(
+    profile: Profile,
+    *,
+    method: str,
+    use_url: bool,
+    on_message: Callable[[Any], None],
+    on_step: StepCallback,
+    on_consent_url: ConsentUrlCallback,
+    timeout: float = 600.0,
+) -> Step:
+    """``presencectl consent``: the admin signs in and (re-)grants the presence permissions."""
+    import asyncio
+
+    from presencectl.identity.tokens import admin_sign_in
+
+    if not profile.client_id:
+        raise ConfigError(
+            "the profile has no client_id",
+            hint="run `presencectl setup-azure` first",
+            code="config_missing",
+        )
+    session = admin_sign_in(profile, method, on_message=on_message)
+    return asyncio.run(
+        run_consent(
+            profile,
+            session,
+            use_url=use_url,
+            on_step=on_step,
+            on_consent_url=on_consent_url,
+            timeout=timeout,
+        )
+    )

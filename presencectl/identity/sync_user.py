@@ -1,0 +1,113 @@
+"""The dedicated sync user (seed: "Create Sync User"): store, validate, forget.
+
+Owns the sync user's username in the profile and its password in presencectl.secrets, and the
+proof that the stored credentials work: a username/password sign-in through msal followed by a
+``getPresencesByUserId`` on the sync user itself (the delegated Presence.Read.All the sync needs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from presencectl import secrets
+from presencectl.errors import ApiError, UsageError
+from presencectl.identity import msal_apps
+from presencectl.identity.tokens import SyncUserTokenProvider, jwt_claims
+
+if TYPE_CHECKING:
+    from presencectl.config import Profile
+
+
+@dataclass
+class SyncUserStatus:
+    username: str
+    object_id: str = ""
+    presence: str = ""
+    scopes: str = ""
+    password_source: str = ""
+    validated: str = ""
+
+
+def store_sync_user(profile: Profile, username: str, password: str) -> SyncUserStatus:
+    """Save the username in the profile and the password in the secret store."""
+    from presencectl.config import save_profile
+
+    username = username.strip()
+    if not username or "@" not in username:
+        raise UsageError(
+            f"'{username}' is not a user principal name", hint="use name@yourtenant.example"
+        )
+    if not password:
+        raise UsageError(
+            "the password is empty",
+            hint="pass it on stdin with --password-stdin, or set PRESENCECTL_SYNC_PASSWORD",
+        )
+    if profile.sync_username and profile.sync_username.lower() != username.lower():
+        msal_apps.forget_cache(profile.name, msal_apps.SYNC_USER)
+    profile.sync_username = username
+    profile.verified.pop("sync_user", None)
+    secrets.set_secret(profile.name, secrets.SYNC_PASSWORD, password)
+    save_profile(profile)
+    return SyncUserStatus(
+        username=username,
+        password_source=secrets.secret_source(profile.name, secrets.SYNC_PASSWORD) or "",
+    )
+
+
+def validate_sync_user(profile: Profile) -> SyncUserStatus:
+    """Sign the sync user in and read its own presence; record the success in the profile."""
+    from presencectl.config import save_profile
+    from presencectl.graph.client import GraphClient
+    from presencectl.graph.presence import get_presences
+
+    provider = SyncUserTokenProvider(profile)
+    token = provider(False)
+    claims = {**jwt_claims(token.token), **provider.last_result_claims}
+    object_id = str(claims.get("oid") or "")
+
+    async def read() -> str:
+        async with GraphClient(profile.graph_url, provider, profile.http_settings()) as graph:
+            oid = object_id
+            if not oid:
+                me = await graph.get_json("/me", params={"$select": "id"})
+                oid = str((me or {}).get("id") or "")
+            presences = await get_presences(graph, [oid])
+        found = presences.get(oid)
+        if found is None:
+            raise ApiError(
+                f"Graph did not return the presence of the sync user {provider.username}",
+                code="graph_error",
+            )
+        return f"{found.availability}/{found.activity}"
+
+    presence = asyncio.run(read())
+    scopes = " ".join(sorted(str(claims.get("scp") or "").split()))
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    profile.verified["sync_user"] = now
+    save_profile(profile)
+    return SyncUserStatus(
+        username=provider.username,
+        object_id=object_id,
+        presence=presence,
+        scopes=scopes,
+        password_source=secrets.secret_source(profile.name, secrets.SYNC_PASSWORD) or "",
+        validated=now,
+    )
+
+
+def forget_sync_user(profile: Profile) -> dict[str, bool]:
+    """Remove the stored password, the sync user's token cache and its name from the profile."""
+    from presencectl.config import save_profile
+
+    removed = {
+        "password": secrets.delete_secret(profile.name, secrets.SYNC_PASSWORD),
+        "token_cache": msal_apps.forget_cache(profile.name, msal_apps.SYNC_USER),
+        "username": profile.sync_username is not None,
+    }
+    profile.sync_username = None
+    profile.verified.pop("sync_user", None)
+    save_profile(profile)
+    return removed

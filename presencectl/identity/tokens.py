@@ -1,0 +1,379 @@
+"""The three identities of the tool and their token providers, all through msal.
+
+Owns:
+- :func:`app_token_provider` — our app registration's client-credentials token (application
+  permissions Presence.ReadWrite.All, User.Read.All): what the sync engine writes presence with.
+- :func:`sync_user_token_provider` — the dedicated sync user's delegated token (username and
+  password, silent first): what reads presence and holds presence subscriptions.
+- :func:`admin_sign_in` — the Azure admin's delegated token (device code or browser) through a
+  public bootstrap client, for setup-azure and consent.
+
+Every provider returns :class:`presencectl.graph.tokens.AccessToken` and satisfies
+``presencectl.graph.tokens.TokenProvider`` (``provider(force_refresh) -> AccessToken``). msal token
+caches are persisted through presencectl.secrets, one per profile and identity. Providers are
+thread-safe (the Graph client calls them from ``asyncio.to_thread``). Nothing here prints: the
+device-code message reaches the CLI through the ``on_message`` callback.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from presencectl import secrets
+from presencectl.errors import ConfigError, PresencectlError, UsageError
+from presencectl.graph.permissions import (
+    ADMIN_SCOPES,
+    DELEGATED_SCOPES,
+    GRAPH_DEFAULT_SCOPE,
+    GRAPH_RESOURCE,
+)
+from presencectl.graph.tokens import AccessToken, access_token_from_msal
+from presencectl.identity import msal_apps
+from presencectl.identity.errors import SignInError, classify, federated_error, network_error
+
+if TYPE_CHECKING:
+    from presencectl.config import Profile
+
+log = logging.getLogger(__name__)
+
+SYNC_USER_SCOPES = tuple(f"{GRAPH_RESOURCE}/{name}" for name in DELEGATED_SCOPES)
+SYNC_USERNAME_ENV = "PRESENCECTL_SYNC_USERNAME"
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    """A JWT's payload, unverified (Graph verifies it; we only read tid, oid, roles, scp)."""
+    try:
+        payload = token.split(".")[1]
+        payload += "=" * (-len(payload) % 4)
+        data = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
+    except (IndexError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _require_client_id(profile: Profile) -> str:
+    if not profile.client_id:
+        raise ConfigError(
+            f"profile '{profile.name}' has no client_id (no app registration yet)",
+            hint="run `presencectl setup-azure` first",
+            code="config_missing",
+        )
+    return profile.client_id
+
+
+# ---------------------------------------------------------------------------------------- app
+
+
+class AppTokenProvider:
+    """Client credentials with the stored client secret; msal's cache first."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.client_id = _require_client_id(profile)
+        secret = secrets.get_secret(profile.name, secrets.CLIENT_SECRET)
+        if not secret:
+            raise ConfigError(
+                f"no client secret stored for profile '{profile.name}'",
+                hint="run `presencectl setup-azure` (it adds and stores one), or set "
+                "PRESENCECTL_CLIENT_SECRET",
+                code="client_secret_missing",
+            )
+        self._secret = secret
+        self._cache = msal_apps.PersistentTokenCache(profile.name, msal_apps.APP)
+        self._app: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self, force_refresh: bool = False) -> AccessToken:
+        with self._lock:
+            if self._app is None:
+                self._app = msal_apps.confidential_app(
+                    self.profile, self.client_id, self._secret, self._cache
+                )
+            if force_refresh:
+                self._drop_cached_access_tokens()
+            with msal_apps.msal_errors(self.profile.authority):
+                result = self._app.acquire_token_for_client(scopes=[GRAPH_DEFAULT_SCOPE])
+            self._cache.save()
+        if "access_token" not in result:
+            raise classify(
+                result, who=self.client_id, tenant=self.profile.tenant_id or "", flow="client"
+            )
+        return access_token_from_msal(result)
+
+    def _drop_cached_access_tokens(self) -> None:
+        # msal's acquire_token_for_client has no force_refresh: remove this app's cached access
+        # tokens so that the next call asks the token endpoint.
+        cache = self._cache.cache
+        for item in cache.search(
+            cache.CredentialType.ACCESS_TOKEN, query={"client_id": self.client_id}
+        ):
+            cache.remove_at(item)
+
+
+def app_token_provider(profile: Profile) -> AppTokenProvider:
+    """The app's client-credentials token provider (raises ConfigError if no secret is stored)."""
+    return AppTokenProvider(profile)
+
+
+# ----------------------------------------------------------------------------------- sync user
+
+
+def sync_username(profile: Profile) -> str:
+    username = os.environ.get(SYNC_USERNAME_ENV) or profile.sync_username
+    if not username:
+        raise ConfigError(
+            f"profile '{profile.name}' has no sync user",
+            hint="run `presencectl sync-user set --username <user>` (or set "
+            "PRESENCECTL_SYNC_USERNAME)",
+            code="sync_user_missing",
+        )
+    return username
+
+
+class SyncUserTokenProvider:
+    """The sync user's delegated token: silent (refresh token) first, then username/password.
+
+    msal's throttled HTTP client remembers an identical failing token request (HTTP 400) for 60 s
+    and answers a repeat from memory. A retry after the password was fixed — or after the user
+    completed the first-login change with the very same password — must reach Entra ID, so this
+    provider owns msal's ``http_cache`` mapping and empties it before every password attempt.
+    """
+
+    def __init__(self, profile: Profile, *, password: str | None = None) -> None:
+        self.profile = profile
+        self.client_id = _require_client_id(profile)
+        self.username = sync_username(profile)
+        self._password = password
+        self._cache = msal_apps.PersistentTokenCache(profile.name, msal_apps.SYNC_USER)
+        self._http_cache: dict[str, Any] = {}
+        self._app: Any = None
+        self._lock = threading.Lock()
+        self.last_result_claims: dict[str, Any] = {}
+
+    def _password_or_fail(self) -> str:
+        password = self._password or secrets.get_secret(self.profile.name, secrets.SYNC_PASSWORD)
+        if not password:
+            raise ConfigError(
+                f"no password stored for the sync user {self.username}",
+                hint=f"run `presencectl sync-user set --username {self.username}` (or set "
+                "PRESENCECTL_SYNC_PASSWORD)",
+                code="sync_password_missing",
+            )
+        return password
+
+    def __call__(self, force_refresh: bool = False) -> AccessToken:
+        with self._lock:
+            if self._app is None:
+                self._app = msal_apps.public_app(
+                    self.profile, self.client_id, self._cache, http_cache=self._http_cache
+                )
+            app = self._app
+            result: dict[str, Any] | None = None
+            with msal_apps.msal_errors(self.profile.authority):
+                accounts = app.get_accounts(username=self.username)
+                if accounts:
+                    result = app.acquire_token_silent_with_error(
+                        list(SYNC_USER_SCOPES), accounts[0], force_refresh=force_refresh
+                    )
+            if not result or "access_token" not in result:
+                result = self._password_sign_in(app)
+            self._cache.save()
+        if "access_token" not in result:
+            raise classify(
+                result, who=self.username, tenant=self.profile.tenant_id or "", flow="password"
+            )
+        self.last_result_claims = dict(result.get("id_token_claims") or {}) or jwt_claims(
+            result["access_token"]
+        )
+        return access_token_from_msal(result)
+
+    def _password_sign_in(self, app: Any) -> dict[str, Any]:
+        password = self._password_or_fail()
+        self._http_cache.clear()  # see the class docstring: never answer from msal's 400 memory
+        try:
+            with warnings.catch_warnings():
+                # msal ≥ 1.35 warns that username/password is deprecated for public clients. We use
+                # it on purpose: Graph presence change notifications accept only delegated tokens,
+                # so a dedicated sync *user* (the vendor's "Create Sync User" step) is how
+                # Teams-to-Connect sync works; the admin is told to exclude that user from MFA.
+                warnings.filterwarnings(
+                    "ignore",
+                    message="This API has been deprecated for public client flows",
+                    category=DeprecationWarning,
+                )
+                return dict(
+                    app.acquire_token_by_username_password(
+                        self.username, password, scopes=list(SYNC_USER_SCOPES)
+                    )
+                )
+        except PresencectlError:
+            raise
+        except Exception as exc:  # msal raises (ValueError, RuntimeError, …) on the federated path
+            if self._is_federated(app):
+                raise federated_error(self.username) from exc
+            import httpx
+
+            if isinstance(exc, httpx.TransportError):
+                raise network_error(exc, self.profile.authority) from exc
+            raise SignInError(
+                f"Azure login error for {self.username}: {type(exc).__name__}: {exc}",
+                hint="run again with -vv for details",
+            ) from exc
+
+    def _is_federated(self, app: Any) -> bool:
+        try:
+            realm = app.authority.user_realm_discovery(self.username)
+        except Exception:
+            return False
+        return isinstance(realm, dict) and realm.get("account_type") == "Federated"
+
+
+def sync_user_token_provider(
+    profile: Profile, *, password: str | None = None
+) -> SyncUserTokenProvider:
+    """The sync user's token provider. ``password`` overrides the stored one (for validation)."""
+    return SyncUserTokenProvider(profile, password=password)
+
+
+# --------------------------------------------------------------------------------------- admin
+
+
+@dataclass(frozen=True)
+class DeviceCodePrompt:
+    """What the admin must do to finish a device-code sign-in. ``str()`` is msal's message."""
+
+    message: str
+    user_code: str
+    verification_uri: str
+    expires_in: int
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class AdminSession:
+    """A signed-in admin: the token provider for Graph and who signed in."""
+
+    provider: Callable[[bool], AccessToken]
+    username: str
+    tenant_id: str
+    object_id: str
+    claims: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+METHODS = ("device_code", "browser")
+
+
+class AdminTokenProvider:
+    """Silent refresh of the admin's token (msal cache, refresh token) for Graph calls."""
+
+    def __init__(
+        self,
+        app: Any,
+        cache: msal_apps.PersistentTokenCache,
+        account: Any,
+        scopes: Sequence[str],
+        first: AccessToken,
+        authority: str,
+    ) -> None:
+        self._app, self._cache, self._account, self._scopes = app, cache, account, list(scopes)
+        self._token = first
+        self._authority = authority
+        self._lock = threading.Lock()
+
+    def __call__(self, force_refresh: bool = False) -> AccessToken:
+        import time
+
+        with self._lock:
+            if not force_refresh and self._token.expires_at - time.time() > 120:
+                return self._token
+            with msal_apps.msal_errors(self._authority):
+                result = self._app.acquire_token_silent_with_error(
+                    self._scopes, self._account, force_refresh=force_refresh
+                )
+            self._cache.save()
+            if not result or "access_token" not in result:
+                raise classify(result or {}, who="the Azure admin", flow="admin")
+            self._token = access_token_from_msal(result)
+            return self._token
+
+
+def admin_sign_in(
+    profile: Profile,
+    method: str = "device_code",
+    *,
+    on_message: Callable[[DeviceCodePrompt], None],
+    client_id: str | None = None,
+    scopes: Sequence[str] = ADMIN_SCOPES,
+    login_hint: str | None = None,
+) -> AdminSession:
+    """Sign the Azure admin in through the public bootstrap client: cached account first.
+
+    ``method`` is ``device_code`` (the message goes to ``on_message``) or ``browser``.
+    """
+    if method not in METHODS:
+        raise UsageError(
+            f"unknown sign-in method {method!r}", hint="use --device-code or --browser"
+        )
+    client_id = client_id or profile.bootstrap_client_id
+    cache = msal_apps.PersistentTokenCache(profile.name, msal_apps.ADMIN)
+    app = msal_apps.public_app(profile, client_id, cache)
+    result: dict[str, Any] | None = None
+    with msal_apps.msal_errors(profile.authority):
+        accounts = app.get_accounts(username=login_hint) if login_hint else app.get_accounts()
+        if accounts:
+            result = app.acquire_token_silent_with_error(list(scopes), accounts[0])
+            if result and "access_token" in result:
+                log.info("admin signed in silently from the token cache")
+        if not result or "access_token" not in result:
+            if method == "device_code":
+                flow = app.initiate_device_flow(scopes=list(scopes))
+                if "user_code" not in flow:
+                    raise classify(
+                        flow, who="the Azure admin", tenant=profile.tenant_id or "", flow="admin"
+                    )
+                on_message(
+                    DeviceCodePrompt(
+                        message=str(
+                            flow.get("message")
+                            or f"Go to {flow.get('verification_uri')} and enter {flow['user_code']}"
+                        ),
+                        user_code=str(flow["user_code"]),
+                        verification_uri=str(flow.get("verification_uri") or ""),
+                        expires_in=int(flow.get("expires_in") or 900),
+                    )
+                )
+                result = app.acquire_token_by_device_flow(flow)
+            else:
+                result = app.acquire_token_interactive(
+                    list(scopes), prompt="select_account", login_hint=login_hint, timeout=600
+                )
+    cache.save()
+    if not result or "access_token" not in result:
+        raise classify(
+            result or {}, who="the Azure admin", tenant=profile.tenant_id or "", flow="admin"
+        )
+    token = access_token_from_msal(result)
+    claims = dict(result.get("id_token_claims") or {})
+    claims = {**jwt_claims(token.token), **claims}
+    account = None
+    for candidate in app.get_accounts():
+        if candidate.get("local_account_id") == claims.get("oid") or account is None:
+            account = candidate
+    provider = AdminTokenProvider(app, cache, account, scopes, token, profile.authority)
+    return AdminSession(
+        provider=provider,
+        username=str(claims.get("preferred_username") or claims.get("upn") or ""),
+        tenant_id=str(claims.get("tid") or profile.tenant_id or ""),
+        object_id=str(claims.get("oid") or ""),
+        claims=claims,
+    )
