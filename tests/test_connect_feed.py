@@ -1,0 +1,245 @@
+"""The Connect change feed (PresenceFeed) against a small fake Connect: token and subscription
+endpoints plus the sandbox's SignalR hub, served by uvicorn on 127.0.0.1 (plain http)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from presencectl.connect import ConnectClient, FeedState, PresenceEvent, PresenceFeed, wire
+from presencectl.sandbox.signalr import SignalRHub
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeConnectServer:
+    """Token + subscriptions + hub; subscriptions can be forgotten to test re-creation."""
+
+    def __init__(self) -> None:
+        self.tokens = itertools.count(1)
+        self.issued: set[str] = set()
+        self.subscriptions: dict[str, dict[str, Any]] = {}
+        self.counter = itertools.count(1)
+        self.calls: list[str] = []
+        self.hub = SignalRHub(
+            "/hub/presence",
+            authorize=lambda token: token in self.issued,
+            subscription_exists=lambda sid: sid in self.subscriptions,
+        )
+        routes = [
+            Route(wire.TOKEN_PATH, self.token, methods=["POST"]),
+            Route(wire.SUBSCRIPTIONS_ALL_PATH, self.create, methods=["POST"]),
+            Route(
+                wire.SUBSCRIPTION_RENEW_PATH.replace("{subscription_id}", "{sid}"),
+                self.renew,
+                methods=["POST"],
+            ),
+            Route(
+                wire.SUBSCRIPTION_PATH.replace("{subscription_id}", "{sid}"),
+                self.delete,
+                methods=["DELETE"],
+            ),
+            *self.hub.routes(),
+        ]
+        config = uvicorn.Config(
+            Starlette(routes=routes), host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.base = ""
+
+    def _authorized(self, request: Request) -> bool:
+        return request.headers.get("authorization", "").removeprefix("Bearer ") in self.issued
+
+    async def token(self, request: Request) -> Response:
+        form = parse_qs((await request.body()).decode())
+        if form.get("client_secret") != ["s3cret"]:
+            return JSONResponse({"error": "invalid_client"}, status_code=400)
+        token = f"t{next(self.tokens)}"
+        self.issued.add(token)
+        return JSONResponse({"access_token": token, "token_type": "Bearer", "expires_in": 3600})
+
+    def _sub_body(self, sid: str) -> dict[str, Any]:
+        return {
+            "id": sid,
+            "whenExpired": "2030-01-01T00:00:00Z",
+            "deliveryMethod": {"uri": f"{self.base}/hub/presence?subscriptionId={sid}"},
+        }
+
+    async def create(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return Response(status_code=401)
+        body = await request.json()
+        assert body == {"events": ["*"], "ttl": body["ttl"]}
+        sid = f"sub{next(self.counter)}"
+        self.subscriptions[sid] = body
+        self.calls.append(f"create {sid}")
+        return JSONResponse(self._sub_body(sid))
+
+    async def renew(self, request: Request) -> Response:
+        sid = request.path_params["sid"]
+        self.calls.append(f"renew {sid}")
+        if sid not in self.subscriptions:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        return JSONResponse(self._sub_body(sid))
+
+    async def delete(self, request: Request) -> Response:
+        sid = request.path_params["sid"]
+        self.calls.append(f"delete {sid}")
+        if self.subscriptions.pop(sid, None) is None:
+            return Response(status_code=404)
+        return Response(status_code=204)
+
+    def run_on_server(self, coro: Any) -> Any:
+        loop = self.hub._loop
+        assert loop is not None
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    def __enter__(self) -> FakeConnectServer:
+        self.thread.start()
+        deadline = time.monotonic() + 5
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.005)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.base = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)
+
+
+@pytest.fixture
+def fake_connect() -> Iterator[FakeConnectServer]:
+    with FakeConnectServer() as server:
+        yield server
+
+
+def client_for(server: FakeConnectServer) -> ConnectClient:
+    return ConnectClient(server.base, server.base, "client-1", "s3cret")
+
+
+async def next_event(feed: PresenceFeed, timeout: float = 2.0) -> PresenceEvent:
+    return await asyncio.wait_for(anext(aiter(feed)), timeout)
+
+
+def payload(user: str, presence: str) -> dict[str, str]:
+    return {"userId": user, "presenceState": presence, "whenRaised": "2030-01-01T00:00:00Z"}
+
+
+@pytest.mark.anyio
+async def test_feed_delivers_events_and_close_deletes_the_subscription(
+    fake_connect: FakeConnectServer,
+) -> None:
+    states: list[FeedState] = []
+    seen: list[PresenceEvent] = []
+    async with client_for(fake_connect) as client:
+        feed = PresenceFeed(client, on_state=states.append, on_event=seen.append)
+        async with feed:
+            assert await feed.wait_connected(5)
+            assert feed.subscription is not None and feed.subscription.id == "sub1"
+            started = time.monotonic()
+            delivered = await fake_connect.run_on_server(
+                fake_connect.hub.publish(
+                    "OnPresenceEvent", [payload("c7", "agent_onphone")], "sub1"
+                )
+            )
+            assert delivered == 1
+            event = await next_event(feed)
+            assert time.monotonic() - started < 1.0
+            assert (event.user_id, event.presence, event.when_raised) == (
+                "c7",
+                "agent_onphone",
+                "2030-01-01T00:00:00Z",
+            )
+            assert seen == [event]
+            # Garbage arguments are ignored without breaking the connection.
+            await fake_connect.run_on_server(
+                fake_connect.hub.publish("OnPresenceEvent", ["nonsense", {"userId": "x"}])
+            )
+            await fake_connect.run_on_server(
+                fake_connect.hub.publish("OnPresenceEvent", [payload("c8", "offline")])
+            )
+            assert (await next_event(feed)).user_id == "c8"
+            assert feed.connected
+    assert fake_connect.calls == ["create sub1", "delete sub1"]
+    assert states[0] is FeedState.CONNECTING and FeedState.CONNECTED in states
+    assert feed.state is FeedState.CLOSED
+
+
+@pytest.mark.anyio
+async def test_feed_reconnects_after_the_server_drops_it(fake_connect: FakeConnectServer) -> None:
+    states: list[FeedState] = []
+    async with client_for(fake_connect) as client:
+        feed = PresenceFeed(client, on_state=states.append, backoff_initial=0.05)
+        async with feed:
+            assert await feed.wait_connected(5)
+            closed = await fake_connect.run_on_server(fake_connect.hub.disconnect())
+            assert closed == 1
+            deadline = time.monotonic() + 5
+            while not (feed.reconnects >= 1 and feed.connected):
+                assert time.monotonic() < deadline, f"no reconnect: {states}"
+                await asyncio.sleep(0.02)
+            assert FeedState.RECONNECTING in states
+            await fake_connect.run_on_server(
+                fake_connect.hub.publish("OnPresenceEvent", [payload("c1", "busy")])
+            )
+            assert (await next_event(feed)).presence == "busy"
+            assert feed.subscription is not None and feed.subscription.id == "sub1"
+
+
+@pytest.mark.anyio
+async def test_feed_renews_and_recreates_a_vanished_subscription(
+    fake_connect: FakeConnectServer,
+) -> None:
+    async with client_for(fake_connect) as client:
+        feed = PresenceFeed(client, ttl_s=0.6, renew_margin_s=0.3, backoff_initial=0.05)
+        async with feed:
+            assert await feed.wait_connected(5)
+            deadline = time.monotonic() + 5
+            while "renew sub1" not in fake_connect.calls:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            # The service forgets the subscription (expired, or deleted by someone else).
+            fake_connect.subscriptions.clear()
+            while not (feed.subscription and feed.subscription.id == "sub2" and feed.connected):
+                assert time.monotonic() < deadline, fake_connect.calls
+                await asyncio.sleep(0.02)
+            await fake_connect.run_on_server(
+                fake_connect.hub.publish("OnPresenceEvent", [payload("c2", "meeting")], "sub2")
+            )
+            assert (await next_event(feed)).presence == "meeting"
+    assert "create sub2" in fake_connect.calls
+    assert fake_connect.calls[-1] == "delete sub2"
+
+
+@pytest.mark.anyio
+async def test_feed_keeps_retrying_while_connect_refuses(fake_connect: FakeConnectServer) -> None:
+    async with ConnectClient(fake_connect.base, fake_connect.base, "client-1", "wrong") as client:
+        feed = PresenceFeed(client, backoff_initial=0.02, backoff_max=0.05)
+        await feed.start()
+        try:
+            assert not await feed.wait_connected(0.4)
+            assert feed.state is FeedState.RECONNECTING
+            assert feed.last_error is not None
+            assert getattr(feed.last_error, "code", "") == "connect_auth_failed"
+            assert feed.reconnects >= 2
+        finally:
+            await feed.close()
+    assert feed.state is FeedState.CLOSED
