@@ -1,0 +1,128 @@
+"""The Connect adapter end to end against the sandbox (HTTPS with the sandbox's CA): directory,
+presence write/clear, bad credentials, and the change feed over TLS (event within 1 s)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("presencectl.sandbox.connect_api")
+
+from presencectl.config import Profile
+from presencectl.connect import PresenceFeed, connect_client_for
+from presencectl.errors import AuthError
+from presencectl.secrets import CONNECT_CLIENT_SECRET, set_secret
+
+ADMIN = "admin@contoso.example"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def sb() -> Iterator[Any]:
+    from presencectl.sandbox import running_sandbox
+
+    with running_sandbox(users=10, seed=3) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def profile(sb: Any) -> Profile:
+    return sb.write_profile("sandbox")
+
+
+@pytest.mark.anyio
+async def test_directory_presence_write_and_clear(sb: Any, profile: Profile) -> None:
+    async with connect_client_for(profile) as client:
+        contacts = await client.list_contacts()
+        admin = next(c for c in contacts if (c.email or "").lower() == ADMIN)
+        assert "Security Manager" in admin.roles
+        assert len({c.id for c in contacts}) == len(contacts)
+
+        await client.set_presence(admin.id, "onphone")
+        assert await client.get_presence(admin.id) == "onphone"
+        state = sb.control.get("/_sandbox/connect/presence", params={"user": ADMIN}).json()
+        assert {"resource": "presencectl", "status": "onphone"}.items() <= next(
+            r for r in state["resources"] if r["resource"] == "presencectl"
+        ).items()
+
+        reads = await client.get_presences([c.id for c in contacts])
+        assert set(reads.presences) == {c.id for c in contacts} and not reads.failures
+
+        assert await client.clear_presence(admin.id) is True
+        assert await client.clear_presence(admin.id) is False
+        state = sb.control.get("/_sandbox/connect/presence", params={"user": ADMIN}).json()
+        assert all(r["resource"] != "presencectl" for r in state["resources"])
+
+
+@pytest.mark.anyio
+async def test_wrong_secret_is_connect_auth_failed(profile: Profile) -> None:
+    set_secret(profile.name, CONNECT_CLIENT_SECRET, "not-the-secret")
+    async with connect_client_for(profile) as client:
+        with pytest.raises(AuthError) as err:
+            await client.list_contacts()
+    assert err.value.code == "connect_auth_failed"
+    assert err.value.exit_code == 4
+
+
+@pytest.mark.anyio
+async def test_feed_over_tls_delivers_a_change_within_a_second(sb: Any, profile: Profile) -> None:
+    async with connect_client_for(profile) as client:
+        contacts = {(c.email or "").lower(): c.id for c in await client.list_contacts()}
+        async with PresenceFeed(client) as feed:
+            assert await feed.wait_connected(5), feed.last_error
+            assert feed.subscription is not None
+            assert feed.subscription.uri.startswith(sb.base_url)
+            started = time.monotonic()
+            answer = await asyncio.to_thread(
+                sb.control.post,
+                "/_sandbox/connect/presence",
+                json={"user": ADMIN, "status": "meeting"},
+            )
+            assert answer.status_code < 300, answer.text
+            event = await asyncio.wait_for(anext(aiter(feed)), 1.0)
+            elapsed = time.monotonic() - started
+            assert event.user_id == contacts[ADMIN]
+            assert event.presence == "meeting"
+            assert elapsed < 1.0
+            subscription_id = feed.subscription.id
+        # close() deleted the subscription: renewing it now is a 404.
+        with pytest.raises(Exception) as gone:
+            await client.request("POST", f"/messaging/v1/subscriptions/{subscription_id}/renew")
+        assert getattr(gone.value, "status", None) == 404
+
+
+@pytest.mark.anyio
+async def test_feed_survives_its_subscription_expiring(sb: Any, profile: Profile) -> None:
+    from presencectl.connect.feed import renew_subscription
+
+    async with connect_client_for(profile) as client:
+        contacts = {(c.email or "").lower(): c.id for c in await client.list_contacts()}
+        async with PresenceFeed(
+            client, ttl_s=2.0, renew_margin_s=1.5, backoff_initial=0.05
+        ) as feed:
+            assert await feed.wait_connected(5), feed.last_error
+            assert feed.subscription is not None
+            first = feed.subscription.id
+            renewed = await renew_subscription(client, feed.subscription)
+            assert renewed.id == first
+            # The sandbox clock jumps past the ttl: the subscription expires there.
+            await asyncio.to_thread(
+                sb.control.post, "/_sandbox/clock/advance", json={"seconds": 120}
+            )
+            deadline = time.monotonic() + 5
+            while not (feed.subscription and feed.subscription.id != first and feed.connected):
+                assert time.monotonic() < deadline, feed.last_error
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(
+                sb.control.post, "/_sandbox/connect/presence", json={"user": ADMIN, "status": "dnd"}
+            )
+            event = await asyncio.wait_for(anext(aiter(feed)), 1.0)
+            assert (event.user_id, event.presence) == (contacts[ADMIN], "dnd")
