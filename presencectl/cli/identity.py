@@ -41,6 +41,17 @@ def _err(message: str) -> None:
     sys.stderr.flush()
 
 
+def _note(app_ctx: AppContext, message: str) -> None:
+    if app_ctx.verbosity >= 0:
+        _err(message)
+
+
+def _setup_summary(changed: bool) -> str:
+    if changed:
+        return "Setup changed the tenant as listed above."
+    return "Nothing changed: the app registration, its secret and consent were already in place."
+
+
 def _progress(app_ctx: AppContext) -> Any:
     def on_step(step: Any) -> None:
         if app_ctx.verbosity < 0:
@@ -140,17 +151,16 @@ def setup_azure(
     )
     if app_ctx.json:
         app_ctx.render(report)
+        _note(app_ctx, _setup_summary(report.changed))
         return
     app_ctx.render(
         [{"step": s.step, "result": s.result, "detail": s.detail} for s in report.steps],
         title=f"setup-azure: tenant {report.tenant_id}, app {report.client_id}",
     )
-    if not report.changed:
-        app_ctx.status(
-            "Nothing changed: the app registration, its secret and consent were already in place."
-        )
-    app_ctx.status(
-        "Next: `presencectl consent --check`, then `presencectl sync-user set --username <user>`."
+    _note(app_ctx, _setup_summary(report.changed))
+    _note(
+        app_ctx,
+        "Next: `presencectl consent --check`, then `presencectl sync-user set --username U`.",
     )
 
 
@@ -235,7 +245,7 @@ def sync_user_set(
     password = _read_password(app_ctx, password_stdin)
     status = store_sync_user(profile, username, password)
     app_ctx.render({"username": status.username, "password_stored_in": status.password_source})
-    app_ctx.status("Next: `presencectl sync-user validate`.")
+    _note(app_ctx, "Next: `presencectl sync-user validate`.")
 
 
 @sync_user_app.command("validate")

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from presencectl.errors import AuthError, ConfigError, NetworkError
+from presencectl.errors import ApiError, AuthError, ConfigError, NetworkError
 
 log = logging.getLogger(__name__)
 
@@ -272,4 +272,12 @@ def authority_error(exc: BaseException, authority: str) -> ConfigError:
         f"the sign-in authority {authority} did not answer as Entra ID does: {exc}",
         hint="Check tenant_id (--tenant) and authority_url in the profile.",
         code="authority_invalid",
+    )
+
+
+def service_error(exc: BaseException, where: str) -> ApiError:
+    return ApiError(
+        f"the Microsoft sign-in service ({where}) failed: {exc}",
+        hint="a temporary fault on the service side; try again in a minute",
+        code="sign_in_service_error",
     )

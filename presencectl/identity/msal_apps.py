@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from presencectl import secrets
-from presencectl.identity.errors import authority_error, network_error
+from presencectl.identity.errors import authority_error, network_error, service_error
 
 if TYPE_CHECKING:
     import msal
@@ -130,11 +130,14 @@ def needs_instance_discovery(authority_url: str) -> bool:
 def msal_errors(where: str) -> Iterator[None]:
     """Turn transport failures raised from inside msal into NetworkError."""
     import httpx
+    from msal.exceptions import MsalServiceError
 
     try:
         yield
     except httpx.TransportError as exc:
         raise network_error(exc, where) from exc
+    except MsalServiceError as exc:  # a non-JSON 5xx: msal calls raise_for_status()
+        raise service_error(exc, where) from exc
 
 
 def _common_kwargs(

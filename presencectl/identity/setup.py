@@ -19,7 +19,6 @@ progress reaches the CLI through ``on_step``.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -131,27 +130,11 @@ def _field(item: Any, name: str) -> Any:
 
 
 async def connect_contacts(profile: Profile) -> list[Any]:
-    """The Connect address book, through the Connect adapter (sync or async)."""
-    from presencectl import connect
+    """The Connect address book, through the Connect adapter."""
+    from presencectl.connect import connect_client_for
 
-    client = connect.connect_client_for(profile)  # type: ignore[attr-defined]
-    try:
-        if hasattr(client, "__aenter__"):
-            async with client:
-                contacts = client.list_contacts()
-                if inspect.isawaitable(contacts):
-                    contacts = await contacts
-                return list(contacts)
-        contacts = client.list_contacts()
-        if inspect.isawaitable(contacts):
-            contacts = await contacts
-        return list(contacts)
-    finally:
-        close = getattr(client, "close", None)
-        if close is not None and not hasattr(client, "__aenter__"):
-            result = close()
-            if inspect.isawaitable(result):
-                await result
+    async with connect_client_for(profile) as client:
+        return list(await client.list_contacts())
 
 
 async def check_prerequisites(

@@ -37,7 +37,13 @@ from presencectl.graph.permissions import (
 )
 from presencectl.graph.tokens import AccessToken, access_token_from_msal
 from presencectl.identity import msal_apps
-from presencectl.identity.errors import SignInError, classify, federated_error, network_error
+from presencectl.identity.errors import (
+    SignInError,
+    classify,
+    federated_error,
+    network_error,
+    service_error,
+)
 
 if TYPE_CHECKING:
     from presencectl.config import Profile
@@ -220,9 +226,12 @@ class SyncUserTokenProvider:
             if self._is_federated(app):
                 raise federated_error(self.username) from exc
             import httpx
+            from msal.exceptions import MsalServiceError
 
             if isinstance(exc, httpx.TransportError):
                 raise network_error(exc, self.profile.authority) from exc
+            if isinstance(exc, MsalServiceError):
+                raise service_error(exc, self.profile.authority) from exc
             raise SignInError(
                 f"Azure login error for {self.username}: {type(exc).__name__}: {exc}",
                 hint="run again with -vv for details",
