@@ -36,6 +36,7 @@ class SandboxServer:
         self._tmpdir: str | None = None
         self._thread: threading.Thread | None = None
         self._server: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._socket: socket.socket | None = None
         self.base_url = ""
         self.ca_bundle = ""
@@ -94,6 +95,7 @@ class SandboxServer:
 
         def run() -> None:
             loop = asyncio.new_event_loop()
+            self._loop = loop
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self._serve(started))
@@ -112,6 +114,17 @@ class SandboxServer:
             raise RuntimeError("sandbox failed to start in time")
         log.info("sandbox serving on %s", self.base_url)
 
+    async def _reap_idle(self) -> None:
+        server = self._server
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            for connection in list(server.server_state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is not None and transport.is_closing():
+                    transport.abort()
+            if not server.server_state.connections:
+                return
+
     async def _serve(self, started: threading.Event) -> None:
         server = self._server
         task = asyncio.ensure_future(server.serve(sockets=[self._socket]))
@@ -123,8 +136,17 @@ class SandboxServer:
     def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True
+            if self._loop is not None and not self._loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._reap_idle()))
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            # Idle keep-alive TLS connections of clients that were never closed would hold a
+            # graceful shutdown for seconds (TLS close waits for the peer): they are aborted by
+            # _reap_idle; in-flight requests get a moment, then the stop is forced.
+            self._thread.join(timeout=1.0)
+            if self._thread.is_alive() and self._server is not None:
+                self._server.force_exit = True
+                self._thread.join(timeout=10)
             self._thread = None
         if self._socket is not None:
             self._socket.close()
