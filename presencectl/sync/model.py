@@ -147,7 +147,9 @@ class PairState:
     """Everything the planner remembers about one pair between cycles (persisted by sync/state.py).
 
     ``genuine_*`` is the user's own state on that side as far as we can tell: None means unknown
-    (not observed yet, or hidden under our own session) and mirrors as "unaltered".
+    (not observed yet, or hidden under our own session) and mirrors as "unaltered";
+    ``genuine_*_at`` is when it last changed (the side that changed last leads when both sides'
+    sessions would hide each other).
     """
 
     key: str
@@ -155,6 +157,8 @@ class PairState:
     last_connect: Observation | None = None
     genuine_teams: TeamsStatus | None = None
     genuine_connect: str | None = None
+    genuine_teams_at: datetime | None = None
+    genuine_connect_at: datetime | None = None
     our_teams_session: SessionRecord | None = None
     our_connect_session: SessionRecord | None = None
     pending_teams: tuple[PendingWrite, ...] = ()
@@ -177,7 +181,7 @@ class PairState:
         return [s for s in (self.our_teams_session, self.our_connect_session) if s is not None]
 
     def with_side(self, side: Side, **changes: Any) -> PairState:
-        """Replace per-side fields by their generic name: last, genuine, session, pending."""
+        """Replace per-side fields by generic name: last, genuine, genuine_at, session, pending."""
         names = _SIDE_FIELDS[side]
         return replace(self, **{names[k]: v for k, v in changes.items()})
 
@@ -186,12 +190,14 @@ _SIDE_FIELDS: dict[Side, dict[str, str]] = {
     Side.TEAMS: {
         "last": "last_teams",
         "genuine": "genuine_teams",
+        "genuine_at": "genuine_teams_at",
         "session": "our_teams_session",
         "pending": "pending_teams",
     },
     Side.CONNECT: {
         "last": "last_connect",
         "genuine": "genuine_connect",
+        "genuine_at": "genuine_connect_at",
         "session": "our_connect_session",
         "pending": "pending_connect",
     },
