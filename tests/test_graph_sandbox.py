@@ -223,3 +223,20 @@ def test_a_throttled_client_never_sends_inside_the_retry_after(graph_sandbox: An
     assert stats["requests"]["graph.setPresence"] == 8 + stats["throttled"]
     assert client.metrics.throttled == stats["throttled"]
     assert client.metrics.retry_after_wait_s >= 1.0
+
+
+def test_list_users_reads_the_whole_directory(graph_sandbox: Any) -> None:
+    from presencectl.graph.users import list_users, smtp_addresses
+
+    sb = graph_sandbox
+    tokens = MsalAppToken(sb)
+
+    async def go() -> list[Any]:
+        async with GraphClient(sb.base_url + "/v1.0", tokens, tokens.settings) as client:
+            return await list_users(client, page_size=7)  # several pages
+
+    users = asyncio.run(go())
+    people = {p.azure_id: p for p in sb.world.people if p.azure_id}
+    assert {u.id for u in users} == set(people)
+    for user in users:
+        assert people[user.id].email.lower() in smtp_addresses(user)
