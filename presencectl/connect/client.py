@@ -251,7 +251,7 @@ class ConnectClient:
 
     # -- requests -----------------------------------------------------------------------------
     def _backoff_delay(self, attempt: int) -> float:
-        delay = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
+        delay: float = min(self.backoff_max, self.backoff_base * (2.0 ** (attempt - 1)))
         return delay * (0.5 + random.random() / 2)
 
     async def _backoff(self, attempt: int, response: httpx.Response | None) -> None:
