@@ -54,6 +54,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Me
     backend = MemoryKeyring()
     previous = keyring.get_keyring()
     keyring.set_keyring(backend)
+    from presencectl import secrets
+
+    secrets.reset_for_tests()  # the one-time fallback warning and a failed keyring are per test
     yield backend
     keyring.set_keyring(previous)
 
@@ -89,3 +92,21 @@ def cli() -> Any:
         return CliResult(code, out.getvalue(), err.getvalue())
 
     return invoke
+
+
+# --- the sandbox (presencectl.sandbox) ----------------------------------------------------------
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Any]:
+    """A fresh sandbox (25 people, seed 1) served over HTTPS on loopback for one test."""
+    from presencectl.sandbox import running_sandbox
+
+    with running_sandbox() as sb:
+        yield sb
+
+
+@pytest.fixture
+def sandbox_profile(sandbox: Any) -> Any:
+    """The profile ``sandbox`` written for the running sandbox (Connect secret in the keyring)."""
+    return sandbox.write_profile("sandbox")
