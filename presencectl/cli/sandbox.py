@@ -1,18 +1,83 @@
-"""sandbox serve: the local Entra ID + Graph + Connect stand-in."""
+"""sandbox serve: the local Entra ID + Graph + Connect stand-in, from the command line."""
 
 from __future__ import annotations
 
+import json
+import signal
+import sys
+import threading
+from typing import Any, Optional
+
 import typer
 
-from presencectl.cli._stub import not_built
+from presencectl.errors import UsageError
 
 sandbox_app = typer.Typer(help="Run the local sandbox (Entra ID, Graph and Connect).", no_args_is_help=True)
 
 
 @sandbox_app.command("serve")
-def serve(port: int = typer.Option(0, "--port")) -> None:
-    """Serve the sandbox on loopback over HTTPS."""
-    not_built("sandbox serve")
+def serve(
+    ctx: typer.Context,
+    host: str = typer.Option("127.0.0.1", "--host", help="Loopback address to listen on."),
+    port: int = typer.Option(0, "--port", help="Port (0 picks a free one)."),
+    users: int = typer.Option(25, "--users", min=2, help="People in the simulated organisation."),
+    seed: int = typer.Option(1, "--seed", help="Seed of the organisation (same seed, same people)."),
+    throttle: int = typer.Option(1500, "--throttle", min=1, help="Presence requests per window per app."),
+    throttle_window: float = typer.Option(30.0, "--throttle-window", min=0.1, help="Throttle window, seconds."),
+    fault_rate: float = typer.Option(0.0, "--fault-rate", min=0.0, max=1.0, help="Share of 5xx answers."),
+    write_profile: Optional[str] = typer.Option(
+        None, "--write-profile", metavar="NAME", help="Write a presencectl profile pointing at the sandbox."
+    ),
+    auto_approve: Optional[str] = typer.Option(
+        None, "--auto-approve", metavar="EMAIL", help="Approve every device code as this user."
+    ),
+    token_lifetime: int = typer.Option(3600, "--token-lifetime", min=30, help="Access token lifetime, seconds."),
+) -> None:
+    """Serve the sandbox on loopback over HTTPS until Ctrl-C.
+
+    Prints one JSON line on stdout, {"base_url", "ca_bundle"}; logs go to stderr.
+
+    \b
+    Examples:
+      presencectl sandbox serve --port 8765 --write-profile sandbox
+      curl --cacert CA https://127.0.0.1:8765/_sandbox/profile
+    """
+    from presencectl.sandbox.server import running_sandbox
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise UsageError(f"--host {host} is not a loopback address", hint="the sandbox serves 127.0.0.1 or ::1 only")
+    if host == "localhost":
+        host = "127.0.0.1"
+    app_ctx: Any = ctx.obj
+    verbosity = getattr(app_ctx, "verbosity", 0)
+    log_level = "debug" if verbosity >= 2 else "info" if verbosity >= 1 else "warning"
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with running_sandbox(
+            users=users, seed=seed, throttle=throttle, throttle_window=throttle_window,
+            fault_rate=fault_rate, auto_approve=auto_approve, host=host, port=port,
+            token_lifetime=token_lifetime, log_level=log_level,
+        ) as sb:
+            line: dict[str, Any] = {"base_url": sb.base_url, "ca_bundle": sb.ca_bundle}
+            if write_profile:
+                sb.write_profile(write_profile)
+                line["profile"] = write_profile
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+            if app_ctx is not None:
+                app_ctx.status(f"sandbox on {sb.base_url} (tenant {sb.world.tenant_id}); Ctrl-C stops it")
+            while not stop.wait(0.2):
+                pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def register(app: typer.Typer) -> None:
