@@ -8,29 +8,58 @@ import stat
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from presencectl.errors import ConfigError
+from presencectl.mapping import TeamsStatus
+from presencectl.sync.model import (
+    Observation,
+    PairState,
+    PendingWrite,
+    SessionRecord,
+    Side,
+    UserPair,
+    pair_key,
+)
 from presencectl.sync.state import (
     SCHEMA_VERSION,
     AuditEntry,
-    HeldSession,
-    PairRow,
-    PendingRow,
     RunCounts,
-    SideValue,
     StateStore,
     SubscriptionRow,
     database_path,
 )
 
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+IN_A_CALL = TeamsStatus.parse("Busy/InACall")
 
-def _pairs(n: int) -> list[PairRow]:
+
+def _pairs(n: int) -> list[UserPair]:
     return [
-        PairRow(f"k{i}", f"u{i}@contoso.example", f"a{i}", f"c{i}", f"User {i}") for i in range(n)
+        UserPair(pair_key(f"a{i}", f"c{i}"), f"a{i}", f"c{i}", f"u{i}@contoso.example", f"U {i}")
+        for i in range(n)
     ]
+
+
+def _full_state(key: str) -> PairState:
+    return PairState(
+        key=key,
+        last_teams=Observation(Side.TEAMS, IN_A_CALL, T0),
+        last_connect=Observation(Side.CONNECT, "agent_onphone", T0),
+        genuine_teams=TeamsStatus.parse("Available/Available", out_of_office=True),
+        genuine_connect="agent_onphone",
+        our_teams_session=SessionRecord(
+            Side.TEAMS, IN_A_CALL, T0, T0 + timedelta(hours=1), masked_by=None
+        ),
+        our_connect_session=None,
+        pending_teams=(
+            PendingWrite(Side.TEAMS, IN_A_CALL, None, T0),
+            PendingWrite(Side.TEAMS, None, IN_A_CALL, T0 + timedelta(seconds=1)),
+        ),
+    )
 
 
 def test_database_lives_in_the_state_dir_private(tmp_path: Path) -> None:
@@ -56,34 +85,40 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     assert err.value.code == "state_too_new"
 
 
+def test_pair_state_round_trips(tmp_path: Path) -> None:
+    key = pair_key("a0", "c0")
+    state = _full_state(key)
+    with StateStore(tmp_path / "s.db") as store:
+        store.save_states([state, PairState(key="empty:x")])
+    with StateStore(tmp_path / "s.db") as store:
+        loaded = store.load_states()
+        assert loaded[key] == state
+        assert "empty:x" not in loaded  # nothing to remember
+        (held,) = store.sessions()
+        assert (held.side, held.user_id, held.value) == (Side.TEAMS, "a0", "Busy/InACall")
+        assert held.expires_at == (T0 + timedelta(hours=1)).timestamp()
+
+
+def test_saving_a_state_replaces_the_old_one(tmp_path: Path) -> None:
+    key = pair_key("a0", "c0")
+    with StateStore(tmp_path / "s.db") as store:
+        store.save_states([_full_state(key)])
+        store.save_states([PairState(key=key, genuine_connect="available")])
+        assert store.load_states() == {key: PairState(key=key, genuine_connect="available")}
+        assert store.sessions() == []
+
+
 def test_pairs_replace_keeps_sessions_of_dropped_pairs(tmp_path: Path) -> None:
+    pairs = _pairs(3)
     with StateStore(tmp_path / "s.db") as store:
-        store.replace_pairs(_pairs(3), now=1.0)
-        store.commit_cycle(
-            observations=[("k0", "teams", SideValue("Busy/InACall", 1.0))],
-            sessions_set=[HeldSession("k0", "teams", "a0", "Busy/InACall", 1.0, 301.0)],
-        )
-        store.replace_pairs(_pairs(3)[1:], now=2.0)
-        assert [p.key for p in store.pairs()] == ["k1", "k2"]
-        assert store.observations() == {}
-        assert [s.key for s in store.sessions()] == ["k0"]
-
-
-def test_intent_then_outcome(tmp_path: Path) -> None:
-    with StateStore(tmp_path / "s.db") as store:
-        store.record_intents([PendingRow("k0", "connect", "c0", "onphone", 5.0, None, "intent")])
-        assert store.sessions("connect")[0].value == "onphone"
-        assert store.pending_writes()[0].stage == "intent"
-        store.commit_cycle(
-            pending_set=[PendingRow("k0", "connect", "c0", "onphone", 5.0, None, "sent")],
-            audit=[
-                AuditEntry(5.0, "connect", "set", "onphone", "ok", key="k0", reason="teams InACall")
-            ],
-        )
-        assert store.pending_writes()[0].stage == "sent"
-        assert store.audit_tail()[0].to_value == "onphone"
-        store.commit_cycle(pending_done=[("k0", "connect")], sessions_cleared=[("k0", "connect")])
-        assert store.pending_writes() == [] and store.sessions() == []
+        store.replace_pairs(pairs, now=1.0)
+        store.save_states([_full_state(pairs[0].key)])
+        dropped = store.replace_pairs(pairs[1:], now=2.0)
+        assert dropped == [pairs[0].key]
+        assert [p.key for p in store.pairs()] == [p.key for p in pairs[1:]]
+        left = store.load_states()[pairs[0].key]
+        assert left.our_teams_session is not None and left.last_teams is None
+        assert left.pending_teams == ()
 
 
 def test_audit_is_append_only(tmp_path: Path) -> None:
@@ -95,14 +130,15 @@ def test_audit_is_append_only(tmp_path: Path) -> None:
 
 
 def test_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
+    key = pair_key("a0", "c0")
     with StateStore(tmp_path / "s.db") as store:
-        bad = SideValue("x", 1.0)
-        with pytest.raises(sqlite3.IntegrityError):
-            store.commit_cycle(
-                observations=[("k0", "teams", bad), ("k0", "nowhere", bad)],
-                audit=[AuditEntry(1.0, "teams", "set", "x", "ok")],
-            )
-        assert store.observations() == {} and store.audit_count() == 0
+        store.save_states([_full_state(key)])
+        with pytest.raises(RuntimeError), store.transaction() as db:
+            db.execute("DELETE FROM sessions")
+            db.execute("INSERT INTO meta VALUES ('half', 'done')")
+            raise RuntimeError("killed half way")
+        assert store.load_states() == {key: _full_state(key)}
+        assert store.get_meta("half") is None
 
 
 def test_runs_and_subscriptions(tmp_path: Path) -> None:
@@ -124,32 +160,28 @@ def test_fifty_thousand_pairs_are_fast(tmp_path: Path) -> None:
     with StateStore(tmp_path / "s.db") as store:
         start = time.perf_counter()
         store.replace_pairs(pairs, now=1.0)
-        store.commit_cycle(
-            observations=[(p.key, "teams", SideValue("Available/Available", 1.0)) for p in pairs],
-            genuine=[(p.key, "connect", SideValue("available", 1.0)) for p in pairs],
-            sessions_set=[
-                HeldSession(p.key, "teams", p.azure_id, "Available/Available", 1.0, 300.0)
-                for p in pairs
-            ],
-        )
+        store.save_states([_full_state(p.key) for p in pairs])
+        loaded = store.load_states()
         elapsed = time.perf_counter() - start
-        assert store.pair_count() == 50_000
-        assert len(store.observations()) == 50_000
-    assert elapsed < 5.0, elapsed
+        assert store.pair_count() == 50_000 and len(loaded) == 50_000
+    assert elapsed < 8.0, elapsed
 
 
 _CRASHER = """
-import os, sys
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
-from presencectl.sync.state import StateStore, SideValue, AuditEntry, HeldSession
+from presencectl.sync.model import Observation, PairState, Side
+from presencectl.sync.state import AuditEntry, StateStore
 store = StateStore(Path(sys.argv[1]))
 i = 0
 while True:
     i += 1
-    store.commit_cycle(
-        observations=[(f"k{j}", "teams", SideValue(str(i), float(i))) for j in range(200)],
-        sessions_set=[HeldSession(f"k{j}", "teams", "a", str(i), 1.0, None) for j in range(200)],
-        audit=[AuditEntry(float(i), "teams", "set", str(i), "ok", key=f"k{j}") for j in range(200)],
+    at = datetime.fromtimestamp(1_700_000_000 + i, UTC)
+    store.save_states(
+        [PairState(key=f"a{j}:c{j}", last_connect=Observation(Side.CONNECT, str(i), at))
+         for j in range(200)],
+        audit=[AuditEntry(float(i), "teams", "set", str(i), "ok", key=str(j)) for j in range(200)],
     )
     if i == 3:
         print("ready", flush=True)
@@ -167,6 +199,7 @@ def test_kill_9_mid_write_leaves_a_consistent_database(tmp_path: Path) -> None:
         proc.wait()
         with StateStore(path) as store:
             assert store._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-            values = {v.value for v in store.observations().values()}
-            assert len(values) == 1  # all 200 rows from the same committed cycle
+            states = store.load_states()
+            values = {s.last_connect.value for s in states.values() if s.last_connect}
+            assert len(states) == 200 and len(values) == 1  # one whole committed cycle
             assert store.audit_count() % 200 == 0

@@ -7,10 +7,11 @@ writes of ours still pending (not yet seen echoed), the change-feed subscription
 
 Crash safety: the database runs in WAL mode with ``synchronous=NORMAL``; every method that
 changes more than one row does it in one transaction, so a ``kill -9`` at any point leaves either
-the state before or the state after. The engine records a write as *pending* (``intent``) in one
-transaction before it sends it and records its outcome in another after, so a restart after a
-crash between the two treats the write as possibly applied: its echo is recognised, and the
-session is known (``disable`` clears it) — no write is lost, none is repeated blindly.
+the state before or the state after. The engine saves the *planned* pair states (our sessions and
+pending writes as if every write succeeded) before it sends a batch, and the real outcome after;
+a restart after a crash between the two treats those writes as possibly applied: their echo is
+recognised, ``disable`` finds the sessions, and a write that never landed is re-asserted by the
+planner (the side shows less than our session forces) — nothing lost, nothing repeated blindly.
 
 Schema versions are numbered by ``PRAGMA user_version``; ``_MIGRATIONS[i]`` takes version ``i``
 to ``i + 1``. Bulk paths use ``executemany`` (50,000 pairs save in well under a second).
@@ -23,13 +24,24 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from presencectl.errors import ConfigError
+from presencectl.sync.model import (
+    Observation,
+    PairState,
+    PendingWrite,
+    SessionRecord,
+    Side,
+    UserPair,
+    decode_value,
+    encode_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +62,14 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE observations (
         key TEXT NOT NULL,
         side TEXT NOT NULL CHECK (side IN ('teams', 'connect')),
-        value TEXT,
-        detail TEXT,
+        value TEXT NOT NULL,
         observed_at REAL NOT NULL,
         PRIMARY KEY (key, side)
     ) WITHOUT ROWID;
     CREATE TABLE genuine (
         key TEXT NOT NULL,
         side TEXT NOT NULL CHECK (side IN ('teams', 'connect')),
-        value TEXT,
-        since REAL NOT NULL,
+        value TEXT NOT NULL,
         PRIMARY KEY (key, side)
     ) WITHOUT ROWID;
     CREATE TABLE sessions (
@@ -69,17 +79,18 @@ _MIGRATIONS: tuple[str, ...] = (
         value TEXT NOT NULL,
         written_at REAL NOT NULL,
         expires_at REAL,
+        masked_by TEXT,
         PRIMARY KEY (key, side)
     ) WITHOUT ROWID;
+    CREATE INDEX sessions_expiry ON sessions (expires_at);
     CREATE TABLE pending_writes (
         key TEXT NOT NULL,
         side TEXT NOT NULL CHECK (side IN ('teams', 'connect')),
-        user_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
         value TEXT,
+        previous TEXT,
         written_at REAL NOT NULL,
-        expires_at REAL,
-        stage TEXT NOT NULL CHECK (stage IN ('intent', 'sent')),
-        PRIMARY KEY (key, side)
+        PRIMARY KEY (key, side, seq)
     ) WITHOUT ROWID;
     CREATE TABLE subscriptions (
         id TEXT PRIMARY KEY,
@@ -130,51 +141,19 @@ _MIGRATIONS: tuple[str, ...] = (
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
-
-
-@dataclass(frozen=True)
-class PairRow:
-    """One matched user as stored: the two ids and the email that matched them."""
-
-    key: str
-    email: str
-    azure_id: str
-    connect_id: str
-    display_name: str | None = None
-
-
-@dataclass(frozen=True)
-class SideValue:
-    """A presence value on one side with its time (observation, genuine state)."""
-
-    value: str | None
-    at: float
-    detail: dict[str, Any] | None = None
+_PER_PAIR_TABLES = ("observations", "genuine", "sessions", "pending_writes")
 
 
 @dataclass(frozen=True)
 class HeldSession:
-    """A session of ours on one side: what we asserted, for whom, until when."""
+    """A session of ours on one side, as ``disable`` and ``status`` need it."""
 
     key: str
-    side: str
+    side: Side
     user_id: str
     value: str
     written_at: float
     expires_at: float | None = None
-
-
-@dataclass(frozen=True)
-class PendingRow:
-    """A write of ours not yet seen echoed. ``value`` None = a clear. ``stage`` intent|sent."""
-
-    key: str
-    side: str
-    user_id: str
-    value: str | None
-    written_at: float
-    expires_at: float | None = None
-    stage: str = "sent"
 
 
 @dataclass(frozen=True)
@@ -185,7 +164,7 @@ class AuditEntry:
     side: str
     action: str  # "set" | "clear"
     to_value: str | None
-    outcome: str  # "ok" | "failed" | "gone" | "interrupted"
+    outcome: str  # "ok" | "failed" | "gone"
     key: str | None = None
     user: str | None = None
     user_id: str | None = None
@@ -229,6 +208,24 @@ class RunRow:
     dry_run: bool
     counts: RunCounts = field(default_factory=RunCounts)
     outcome: str | None = None
+
+
+def side_user_id(key: str, side: Side) -> str:
+    """The user id on ``side`` encoded in a pair key (``azure_id:connect_id``)."""
+    azure_id, _, connect_id = key.partition(":")
+    return azure_id if side is Side.TEAMS else connect_id
+
+
+def _ts(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def _dt(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def _dt_required(value: float) -> datetime:
+    return datetime.fromtimestamp(value, UTC)
 
 
 def database_path(profile_name: str, directory: Path | None = None) -> Path:
@@ -325,19 +322,24 @@ class StateStore:
 
     # -- pairs ----------------------------------------------------------------------------------
 
-    def replace_pairs(self, pairs: Sequence[PairRow], now: float) -> None:
-        """Make the stored pairs exactly ``pairs`` (observations of dropped pairs go too;
-        their sessions and pending writes stay, so ``disable`` can still clear them)."""
+    def replace_pairs(self, pairs: Sequence[UserPair], now: float) -> list[str]:
+        """Make the stored pairs exactly ``pairs``. Returns the keys that were dropped.
+
+        A dropped pair loses its observations, genuine states and pending writes, but keeps
+        its sessions: the engine clears those (and ``disable`` finds them meanwhile)."""
         with self.transaction() as db:
             db.execute("CREATE TEMP TABLE IF NOT EXISTS keep (key TEXT PRIMARY KEY)")
             db.execute("DELETE FROM keep")
             db.executemany("INSERT OR IGNORE INTO keep VALUES (?)", ((p.key,) for p in pairs))
-            for table in ("pairs", "observations", "genuine"):
+            dropped = [
+                str(r[0])
+                for r in db.execute("SELECT key FROM pairs WHERE key NOT IN (SELECT key FROM keep)")
+            ]
+            for table in ("pairs", "observations", "genuine", "pending_writes"):
                 db.execute(f"DELETE FROM {table} WHERE key NOT IN (SELECT key FROM keep)")
             db.executemany(
                 "INSERT INTO pairs (key, email, azure_id, connect_id, display_name, first_seen,"
-                " last_seen)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET email=excluded.email, azure_id=excluded.azure_id,"
                 " connect_id=excluded.connect_id, display_name=excluded.display_name,"
                 " last_seen=excluded.last_seen",
@@ -347,35 +349,154 @@ class StateStore:
                 ),
             )
             db.execute("DELETE FROM keep")
+        return dropped
 
-    def pairs(self) -> list[PairRow]:
+    def pairs(self) -> list[UserPair]:
         rows = self._db.execute(
-            "SELECT key, email, azure_id, connect_id, display_name FROM pairs ORDER BY email"
+            "SELECT key, azure_id, connect_id, email, display_name FROM pairs ORDER BY email"
         )
-        return [PairRow(*r) for r in rows]
+        return [UserPair(k, a, c, e, d or "") for k, a, c, e, d in rows]
 
     def pair_count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM pairs").fetchone()[0])
 
-    # -- per-side values: observations, genuine states ------------------------------------------
+    # -- pair states ------------------------------------------------------------------------------
 
-    def observations(self) -> dict[tuple[str, str], SideValue]:
-        rows = self._db.execute("SELECT key, side, value, detail, observed_at FROM observations")
-        return {(k, s): SideValue(v, at, json.loads(d) if d else None) for k, s, v, d, at in rows}
+    def load_states(self) -> dict[str, PairState]:
+        """Every remembered ``PairState`` by key (unmatched pairs still holding a session too)."""
+        parts: dict[str, dict[str, Any]] = {}
 
-    def genuine_states(self) -> dict[tuple[str, str], SideValue]:
-        rows = self._db.execute("SELECT key, side, value, since FROM genuine")
-        return {(k, s): SideValue(v, at) for k, s, v, at in rows}
+        def part(key: str) -> dict[str, Any]:
+            return parts.setdefault(key, {})
 
-    # -- sessions and pending writes -------------------------------------------------------------
+        for key, side_text, value, at in self._db.execute(
+            "SELECT key, side, value, observed_at FROM observations"
+        ):
+            side = Side(side_text)
+            decoded = decode_value(side, value)
+            if decoded is not None:
+                part(key)["last_" + side.value] = Observation(side, decoded, _dt_required(at))
+        for key, side_text, value in self._db.execute("SELECT key, side, value FROM genuine"):
+            side = Side(side_text)
+            part(key)["genuine_" + side.value] = decode_value(side, value)
+        for key, side_text, value, written, expires, masked in self._db.execute(
+            "SELECT key, side, value, written_at, expires_at, masked_by FROM sessions"
+        ):
+            side = Side(side_text)
+            decoded = decode_value(side, value)
+            if decoded is not None:
+                part(key)[f"our_{side.value}_session"] = SessionRecord(
+                    side, decoded, _dt_required(written), _dt(expires), decode_value(side, masked)
+                )
+        pending: dict[tuple[str, Side], list[PendingWrite]] = {}
+        for key, side_text, value, previous, written in self._db.execute(
+            "SELECT key, side, value, previous, written_at FROM pending_writes"
+            " ORDER BY key, side, seq"
+        ):
+            side = Side(side_text)
+            pending.setdefault((key, side), []).append(
+                PendingWrite(
+                    side,
+                    decode_value(side, value),
+                    decode_value(side, previous),
+                    _dt_required(written),
+                )
+            )
+        for (key, side), writes in pending.items():
+            part(key)["pending_" + side.value] = tuple(writes)
+        return {key: PairState(key=key, **fields_) for key, fields_ in parts.items()}
 
-    def sessions(self, side: str | None = None) -> list[HeldSession]:
+    def save_states(
+        self,
+        states: Iterable[PairState],
+        *,
+        audit: Iterable[AuditEntry] = (),
+        run: tuple[int, RunCounts] | None = None,
+        meta: Mapping[str, str | None] | None = None,
+        forget: Iterable[str] = (),
+    ) -> None:
+        """Replace the stored state of each given pair, append ``audit``, update the run —
+        all in one transaction. ``forget`` drops every row of those keys (sessions included)."""
+        items = list(states)
+        keys = [(s.key,) for s in items] + [(k,) for k in forget]
+        with self.transaction() as db:
+            for table in _PER_PAIR_TABLES:
+                db.executemany(f"DELETE FROM {table} WHERE key = ?", keys)
+            db.executemany(
+                "INSERT INTO observations (key, side, value, observed_at) VALUES (?, ?, ?, ?)",
+                (
+                    (st.key, obs.side.value, encode_value(obs.value), obs.observed_at.timestamp())
+                    for st in items
+                    for obs in (st.last_teams, st.last_connect)
+                    if obs is not None
+                ),
+            )
+            db.executemany(
+                "INSERT INTO genuine (key, side, value) VALUES (?, ?, ?)",
+                (
+                    (st.key, side.value, encode_value(value))
+                    for st in items
+                    for side, value in (
+                        (Side.TEAMS, st.genuine_teams),
+                        (Side.CONNECT, st.genuine_connect),
+                    )
+                    if value is not None
+                ),
+            )
+            db.executemany(
+                "INSERT INTO sessions"
+                " (key, side, user_id, value, written_at, expires_at, masked_by)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        st.key,
+                        ses.side.value,
+                        side_user_id(st.key, ses.side),
+                        encode_value(ses.value),
+                        ses.written_at.timestamp(),
+                        _ts(ses.expires_at),
+                        encode_value(ses.masked_by),
+                    )
+                    for st in items
+                    for ses in st.sessions()
+                ),
+            )
+            db.executemany(
+                "INSERT INTO pending_writes (key, side, seq, value, previous, written_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        st.key,
+                        pw.side.value,
+                        seq,
+                        encode_value(pw.value),
+                        encode_value(pw.previous),
+                        pw.written_at.timestamp(),
+                    )
+                    for st in items
+                    for writes in (st.pending_teams, st.pending_connect)
+                    for seq, pw in enumerate(writes)
+                ),
+            )
+            _insert_audit(db, audit)
+            if run is not None:
+                _update_run(db, *run)
+            for key, value in (meta or {}).items():
+                _set_meta(db, key, value)
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    def sessions(self, side: Side | None = None) -> list[HeldSession]:
+        """Every session we hold (or may hold: written, outcome not yet recorded)."""
         sql = "SELECT key, side, user_id, value, written_at, expires_at FROM sessions"
         args: tuple[str, ...] = ()
         if side is not None:
             sql += " WHERE side = ?"
-            args = (side,)
-        return [HeldSession(*r) for r in self._db.execute(sql + " ORDER BY key, side", args)]
+            args = (side.value,)
+        return [
+            HeldSession(k, Side(s), u, v, w, e)
+            for k, s, u, v, w, e in self._db.execute(sql + " ORDER BY key, side", args)
+        ]
 
     def session_count(self) -> dict[str, int]:
         counts = dict.fromkeys(SIDES, 0)
@@ -389,83 +510,11 @@ class StateStore:
             " WHERE expires_at IS NOT NULL ORDER BY expires_at LIMIT ?",
             (limit,),
         )
-        return [HeldSession(*r) for r in rows]
+        return [HeldSession(k, Side(s), u, v, w, e) for k, s, u, v, w, e in rows]
 
-    def pending_writes(self) -> list[PendingRow]:
-        rows = self._db.execute(
-            "SELECT key, side, user_id, value, written_at, expires_at, stage FROM pending_writes"
-        )
-        return [PendingRow(*r) for r in rows]
-
-    def record_intents(self, intents: Iterable[PendingRow]) -> None:
-        """Before sending: remember each write as possibly applied (one transaction).
-
-        A set also marks the session as held, so that a crash before the outcome is recorded
-        still lets ``disable`` find it."""
-        items = list(intents)
-        with self.transaction() as db:
-            _upsert_pending(db, items)
-            db.executemany(
-                "INSERT INTO sessions (key, side, user_id, value, written_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key, side) DO UPDATE SET"
-                " user_id=excluded.user_id, value=excluded.value, written_at=excluded.written_at,"
-                " expires_at=max(coalesce(sessions.expires_at, 0),"
-                " coalesce(excluded.expires_at, 0))",
-                (
-                    (p.key, p.side, p.user_id, p.value, p.written_at, p.expires_at)
-                    for p in items
-                    if p.value is not None
-                ),
-            )
-
-    def commit_cycle(
-        self,
-        *,
-        observations: Iterable[tuple[str, str, SideValue]] = (),
-        genuine: Iterable[tuple[str, str, SideValue]] = (),
-        sessions_set: Iterable[HeldSession] = (),
-        sessions_cleared: Iterable[tuple[str, str]] = (),
-        pending_set: Iterable[PendingRow] = (),
-        pending_done: Iterable[tuple[str, str]] = (),
-        audit: Iterable[AuditEntry] = (),
-        run: tuple[int, RunCounts] | None = None,
-        meta: dict[str, str | None] | None = None,
-    ) -> None:
-        """Everything a cycle learned and did, in one transaction."""
-        with self.transaction() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO observations (key, side, value, detail, observed_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (
-                    (k, s, v.value, json.dumps(v.detail) if v.detail else None, v.at)
-                    for k, s, v in observations
-                ),
-            )
-            db.executemany(
-                "INSERT OR REPLACE INTO genuine (key, side, value, since) VALUES (?, ?, ?, ?)",
-                ((k, s, v.value, v.at) for k, s, v in genuine),
-            )
-            db.executemany("DELETE FROM pending_writes WHERE key = ? AND side = ?", pending_done)
-            _upsert_pending(db, list(pending_set))
-            db.executemany("DELETE FROM sessions WHERE key = ? AND side = ?", sessions_cleared)
-            db.executemany(
-                "INSERT OR REPLACE INTO sessions"
-                " (key, side, user_id, value, written_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    (s.key, s.side, s.user_id, s.value, s.written_at, s.expires_at)
-                    for s in sessions_set
-                ),
-            )
-            _insert_audit(db, audit)
-            if run is not None:
-                _update_run(db, *run)
-            for key, value in (meta or {}).items():
-                _set_meta(db, key, value)
-
-    def forget_sessions(self, keys: Iterable[tuple[str, str]]) -> None:
-        """Drop sessions (and their pending writes) known to be gone from their side."""
-        items = list(keys)
+    def forget_sessions(self, keys: Iterable[tuple[str, Side]]) -> None:
+        """Drop sessions (and pending writes) known to be gone from their side."""
+        items = [(k, s.value) for k, s in keys]
         with self.transaction() as db:
             db.executemany("DELETE FROM sessions WHERE key = ? AND side = ?", items)
             db.executemany("DELETE FROM pending_writes WHERE key = ? AND side = ?", items)
@@ -580,15 +629,6 @@ def _set_meta(db: sqlite3.Connection, key: str, value: str | None) -> None:
         db.execute("DELETE FROM meta WHERE key = ?", (key,))
     else:
         db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
-
-
-def _upsert_pending(db: sqlite3.Connection, items: list[PendingRow]) -> None:
-    db.executemany(
-        "INSERT OR REPLACE INTO pending_writes"
-        " (key, side, user_id, value, written_at, expires_at, stage)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        ((p.key, p.side, p.user_id, p.value, p.written_at, p.expires_at, p.stage) for p in items),
-    )
 
 
 def _insert_audit(db: sqlite3.Connection, entries: Iterable[AuditEntry]) -> None:
