@@ -69,7 +69,8 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE genuine (
         key TEXT NOT NULL,
         side TEXT NOT NULL CHECK (side IN ('teams', 'connect')),
-        value TEXT NOT NULL,
+        value TEXT,
+        since REAL,
         PRIMARY KEY (key, side)
     ) WITHOUT ROWID;
     CREATE TABLE sessions (
@@ -376,9 +377,12 @@ class StateStore:
             decoded = decode_value(side, value)
             if decoded is not None:
                 part(key)["last_" + side.value] = Observation(side, decoded, _dt_required(at))
-        for key, side_text, value in self._db.execute("SELECT key, side, value FROM genuine"):
+        for key, side_text, value, since in self._db.execute(
+            "SELECT key, side, value, since FROM genuine"
+        ):
             side = Side(side_text)
             part(key)["genuine_" + side.value] = decode_value(side, value)
+            part(key)[f"genuine_{side.value}_at"] = _dt(since)
         for key, side_text, value, written, expires, masked in self._db.execute(
             "SELECT key, side, value, written_at, expires_at, masked_by FROM sessions"
         ):
@@ -432,15 +436,15 @@ class StateStore:
                 ),
             )
             db.executemany(
-                "INSERT INTO genuine (key, side, value) VALUES (?, ?, ?)",
+                "INSERT INTO genuine (key, side, value, since) VALUES (?, ?, ?, ?)",
                 (
-                    (st.key, side.value, encode_value(value))
+                    (st.key, side.value, encode_value(value), _ts(since))
                     for st in items
-                    for side, value in (
-                        (Side.TEAMS, st.genuine_teams),
-                        (Side.CONNECT, st.genuine_connect),
+                    for side, value, since in (
+                        (Side.TEAMS, st.genuine_teams, st.genuine_teams_at),
+                        (Side.CONNECT, st.genuine_connect, st.genuine_connect_at),
                     )
-                    if value is not None
+                    if value is not None or since is not None
                 ),
             )
             db.executemany(
