@@ -126,15 +126,6 @@ def setup_azure(
         raise UsageError("which tenant?", hint="pass --tenant <tenant id or verified domain>")
     if bootstrap_client_id:
         profile.bootstrap_client_id = bootstrap_client_id
-    if not device_code and not app_ctx.interactive:
-        raise UsageError(
-            "--browser needs an interactive session", hint="use the default device-code sign-in"
-        )
-    if consent_url and app_ctx.no_input:
-        raise UsageError(
-            "--consent-url waits for a person and prompting is off",
-            hint="omit --consent-url to grant consent through Graph",
-        )
     report = run(
         profile,
         SetupOptions(

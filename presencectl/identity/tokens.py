@@ -118,9 +118,10 @@ class AppTokenProvider:
         # msal's acquire_token_for_client has no force_refresh: remove this app's cached access
         # tokens so that the next call asks the token endpoint.
         cache = self._cache.cache
-        for item in cache.search(
-            cache.CredentialType.ACCESS_TOKEN, query={"client_id": self.client_id}
-        ):
+        cached = list(
+            cache.search(cache.CredentialType.ACCESS_TOKEN, query={"client_id": self.client_id})
+        )
+        for item in cached:
             cache.remove_at(item)
 
 
@@ -367,6 +368,16 @@ def admin_sign_in(
                     list(scopes), prompt="select_account", login_hint=login_hint, timeout=600
                 )
     cache.save()
+    if result and 65001 in (result.get("error_codes") or []):
+        # The bootstrap client asks for directory-writing scopes that only a Global Administrator
+        # may consent to: for the admin this is the Global Administrator prerequisite failing.
+        raise ConfigError(
+            "prerequisite not met: the signed-in account cannot consent to the permissions "
+            "setup needs (AADSTS65001); it is not a Global Administrator",
+            hint="sign in as a Global Administrator, or have one assign you the role (Entra admin "
+            "center > Roles and administrators > Global Administrator)",
+            code="prerequisite_global_admin",
+        )
     if not result or "access_token" not in result:
         raise classify(
             result or {}, who="the Azure admin", tenant=profile.tenant_id or "", flow="admin"
