@@ -390,6 +390,27 @@ def test_subscription_delivers_changes_with_client_state(sb: Any, receiver: Rece
     assert value["changeType"] == "updated"
     assert value["resourceData"]["id"] == people[0].azure_id
     assert value["resourceData"]["availability"] == "Busy"
+    # Time-driven changes (the fade) are notified too.
+    session = {
+        "sessionId": APP_ID,
+        "availability": "Available",
+        "activity": "Available",
+        "expirationDuration": "PT4H",
+    }
+    url = f"/v1.0/users/{people[1].azure_id}/presence/setPresence"
+    assert sb.control.post(url, json=session, headers=app_token(sb)).status_code == 200
+    sb.control.post("/_sandbox/clock/advance", json={"seconds": 300})
+    deadline = time.monotonic() + 3
+    activities: list[str] = []
+    while "AvailableInactive" not in activities and time.monotonic() < deadline:
+        time.sleep(0.02)
+        activities = [
+            v["resourceData"]["activity"]
+            for n in list(receiver.notifications)
+            for v in n["value"]
+            if v["resourceData"]["id"] == people[1].azure_id
+        ]
+    assert "AvailableInactive" in activities
     renewed = sb.control.patch(
         f"/v1.0/subscriptions/{sub['id']}",
         json={"expirationDateTime": _iso_in(sb, 3000)},

@@ -20,7 +20,6 @@ It also exposes ``control_routes`` (the presence control API of presence_control
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import logging
@@ -507,24 +506,54 @@ class PresenceSubscription:
 
 
 class PresenceNotifier:
-    """Subscriptions of one world and the background task that delivers their notifications."""
+    """Subscriptions of one world and the delivery of their change notifications.
+
+    Delivery is driven by loop timers (every DELIVERY_POLL seconds while a subscription lives,
+    and at once on a ``teams.presence`` event), not by a long-lived task, so stopping the server
+    leaves nothing pending behind.
+    """
 
     def __init__(self, world: World) -> None:
         self.world = world
         self.subscriptions: dict[str, PresenceSubscription] = {}
         self.delivered = 0
-        self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._posts: set[asyncio.Task[None]] = set()
         world.events.subscribe(self._on_event)
 
     def _on_event(self, kind: str, payload: dict[str, Any]) -> None:
-        if kind == "teams.presence" and self._wake is not None:
-            self._wake.set()
+        if kind == "teams.presence" and self.subscriptions and self._loop is not None:
+            self._loop.call_soon(self._deliver)
 
     def ensure_running(self) -> None:
-        if self._task is None or self._task.done():
-            self._wake = asyncio.Event()
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        if self._timer is None:
+            self._timer = self._loop.call_later(DELIVERY_POLL, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._deliver()
+        if self.subscriptions and self._loop is not None and not self._loop.is_closed():
+            self._timer = self._loop.call_later(DELIVERY_POLL, self._tick)
+
+    def _deliver(self) -> None:
+        if self._loop is None or self._loop.is_closed():
+            return
+        for url, payload in self.collect():
+            task = self._loop.create_task(self._post(url, payload))
+            self._posts.add(task)
+            task.add_done_callback(self._posts.discard)
+
+    async def _post(self, url: str, payload: dict[str, Any]) -> None:
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=DELIVERY_TIMEOUT) as client:
+                await client.post(url, json=payload)
+            self.delivered += len(payload["value"])
+        except Exception as exc:  # best effort, like Graph
+            log.info("presence notification to %s failed: %s", url, exc)
 
     def snapshot(self, sub: PresenceSubscription) -> None:
         now = self.world.clock.now()
@@ -533,19 +562,10 @@ class PresenceNotifier:
             if person is not None:
                 sub.last_seq[user_id] = person.teams.presence(now).sequence_number
 
-    async def _run(self) -> None:
-        import httpx
-
-        async with httpx.AsyncClient(timeout=DELIVERY_TIMEOUT) as client:
-            while self.subscriptions:
-                assert self._wake is not None
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), DELIVERY_POLL)
-                self._wake.clear()
-                await self.deliver_once(client)
-
-    async def deliver_once(self, client: Any) -> None:
+    def collect(self) -> list[tuple[str, dict[str, Any]]]:
+        """The notifications due now, one POST per subscription; drops expired subscriptions."""
         now = self.world.clock.now()
+        due: list[tuple[str, dict[str, Any]]] = []
         for sub_id, sub in list(self.subscriptions.items()):
             if sub.expires_at <= now:
                 del self.subscriptions[sub_id]
@@ -578,11 +598,8 @@ class PresenceNotifier:
                     }
                 )
             if values:
-                try:
-                    await client.post(sub.notification_url, json={"value": values})
-                    self.delivered += len(values)
-                except Exception as exc:  # best effort, like Graph
-                    log.info("presence notification to subscription %s failed: %s", sub.id, exc)
+                due.append((sub.notification_url, {"value": values}))
+        return due
 
 
 def _notifier(world: World) -> PresenceNotifier:
