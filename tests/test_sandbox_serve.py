@@ -1,0 +1,79 @@
+"""`presencectl sandbox serve` as a process, and running_sandbox's start/stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def test_serve_prints_one_line_answers_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    env = {**os.environ, "PRESENCECTL_CONFIG_DIR": str(tmp_path / "cfg"), "PRESENCECTL_SECRETS_BACKEND": "file"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "presencectl", "sandbox", "serve", "--port", "0", "--users", "12",
+         "--write-profile", "sb"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = json.loads(proc.stdout.readline())
+        assert line["base_url"].startswith("https://127.0.0.1:") and Path(line["ca_bundle"]).is_file()
+        verify = ssl.create_default_context(cafile=line["ca_bundle"])
+        profile = httpx.get(line["base_url"] + "/_sandbox/profile", verify=verify).json()
+        assert profile["users"] == 12
+        config = (tmp_path / "cfg" / "config.toml").read_text()
+        assert line["base_url"] in config and "[profiles.sb]" in config
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out == ""  # nothing after the start line
+    assert not Path(line["ca_bundle"]).exists()
+
+
+def test_serve_refuses_a_non_loopback_host(cli: Any) -> None:
+    result = cli("sandbox", "serve", "--host", "0.0.0.0")
+    assert result.exit_code == 2
+
+
+def test_running_sandbox_starts_fast_and_leaves_nothing_behind() -> None:
+    from presencectl.sandbox import running_sandbox
+
+    threads_before = set(threading.enumerate())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        started = time.perf_counter()
+        with running_sandbox() as sb:
+            elapsed = time.perf_counter() - started
+            with httpx.Client(verify=ssl.create_default_context(cafile=sb.ca_bundle)) as c:
+                assert c.get(sb.base_url + "/_sandbox/health").status_code == 200
+            ca = Path(sb.ca_bundle)
+        stopped = time.perf_counter()
+    assert elapsed < 0.5, elapsed
+    assert time.perf_counter() - stopped < 0.1
+    assert set(threading.enumerate()) == threads_before
+    assert not ca.exists()
+
+
+def test_idle_keep_alive_clients_do_not_hold_the_stop() -> None:
+    from presencectl.sandbox import running_sandbox
+
+    with running_sandbox(users=3) as sb:
+        lingering = httpx.Client(verify=ssl.create_default_context(cafile=sb.ca_bundle))
+        lingering.get(sb.base_url + "/_sandbox/health")
+        started = time.perf_counter()
+    assert time.perf_counter() - started < 0.8
+    lingering.close()
