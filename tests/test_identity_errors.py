@@ -57,7 +57,11 @@ def test_each_code_maps_to_its_stable_error(aadsts: int, code: str) -> None:
 
 def test_password_change_has_the_seeds_exact_message() -> None:
     err = classify(
-        {"error": "user_password_expired", "suberror": "user_password_expired", "error_codes": [50055]},
+        {
+            "error": "user_password_expired",
+            "suberror": "user_password_expired",
+            "error_codes": [50055],
+        },
         who="presence-sync@contoso.example",
     )
     assert err.message == "Azure login error. Has first login password change been completed?"
@@ -70,9 +74,9 @@ def test_classification_ignores_description_text() -> None:
     err = classify(msal_error(50126, description="AADSTS50053: account is locked"), who="u@x")
     assert err.code == "bad_credentials"
     # …and a known description with no codes stays unclassified.
-    assert classify({"error": "invalid_grant", "error_description": "AADSTS50055"}, who="u").code == (
-        "sign_in_failed"
-    )
+    assert classify(
+        {"error": "invalid_grant", "error_description": "AADSTS50055"}, who="u"
+    ).code == ("sign_in_failed")
 
 
 def test_codes_as_strings_and_several_codes() -> None:
@@ -99,7 +103,10 @@ def test_unknown_code_is_generic_auth_error_naming_the_code() -> None:
 
 
 def test_device_flow_protocol_errors() -> None:
-    assert classify({"error": "expired_token"}, who="admin", flow="admin").code == "device_code_expired"
+    assert (
+        classify({"error": "expired_token"}, who="admin", flow="admin").code
+        == "device_code_expired"
+    )
     assert (
         classify({"error": "authorization_declined"}, who="admin", flow="admin").code
         == "sign_in_declined"

@@ -26,13 +26,26 @@ def sbx() -> Iterator[Any]:
         yield sb
 
 
-def add_user(sb: Any, email: str, *, roles: list[str], on: tuple[str, ...] = ("teams", "connect"),
-             flags: tuple[str, ...] = ()) -> str:
+def add_user(
+    sb: Any,
+    email: str,
+    *,
+    roles: list[str],
+    on: tuple[str, ...] = ("teams", "connect"),
+    flags: tuple[str, ...] = (),
+) -> str:
     password = "Pw-" + email.split("@")[0] + "!9"
-    r = sb.control.post("/_sandbox/users", json={
-        "email": email, "display_name": email.split("@")[0], "on": list(on), "password": password,
-        "roles": roles, "flags": list(flags),
-    })
+    r = sb.control.post(
+        "/_sandbox/users",
+        json={
+            "email": email,
+            "display_name": email.split("@")[0],
+            "on": list(on),
+            "password": password,
+            "roles": roles,
+            "flags": list(flags),
+        },
+    )
     assert r.status_code in (200, 201), r.text
     return password
 
@@ -43,12 +56,16 @@ def setup(cli: Any, *args: str) -> Any:
 
 def all_secrets(sb: Any, keyring_store: dict[tuple[str, str], str]) -> list[str]:
     info = sb.profile_info()
-    values = [v for v in keyring_store.values() if len(v) >= 8 and not v.startswith(("z1:", "chunks:"))]
+    values = [
+        v for v in keyring_store.values() if len(v) >= 8 and not v.startswith(("z1:", "chunks:"))
+    ]
     values += [info["admin_password"], info["sync_user_password"], info["connect_client_secret"]]
     return values
 
 
-def test_setup_azure_creates_everything_then_is_idempotent(sbx: Any, cli: Any, isolated_env: Any) -> None:
+def test_setup_azure_creates_everything_then_is_idempotent(
+    sbx: Any, cli: Any, isolated_env: Any
+) -> None:
     first = setup(cli, "-o", "json", "setup-azure")
     assert first.exit_code == 0, first.stderr + first.stdout
     report = first.json()
@@ -57,7 +74,9 @@ def test_setup_azure_creates_everything_then_is_idempotent(sbx: Any, cli: Any, i
     assert results["App registration"] == "created"
     assert results["Client secret"] == "created"
     assert results["Admin consent"] == "created"
-    assert all(results[k] == "ok" for k in ("Global Administrator", "Security Manager", "Same email"))
+    assert all(
+        results[k] == "ok" for k in ("Global Administrator", "Security Manager", "Same email")
+    )
 
     world = sbx.world
     profile = load_profile("sandbox")
@@ -71,8 +90,13 @@ def test_setup_azure_creates_everything_then_is_idempotent(sbx: Any, cli: Any, i
     for key in ("global_admin", "connect_security_manager", "same_email", "admin_consent"):
         assert key in profile.verified
 
-    counts = (len(world.applications), len(world.service_principals), len(world.app_role_assignments),
-              len(world.permission_grants), len(app.get("passwordCredentials") or []))
+    counts = (
+        len(world.applications),
+        len(world.service_principals),
+        len(world.app_role_assignments),
+        len(world.permission_grants),
+        len(app.get("passwordCredentials") or []),
+    )
     second = setup(cli, "-o", "json", "setup-azure")
     assert second.exit_code == 0, second.stderr
     again = second.json()
@@ -81,9 +105,13 @@ def test_setup_azure_creates_everything_then_is_idempotent(sbx: Any, cli: Any, i
     assert "Nothing changed" in second.stderr
     assert "enter the code" not in second.stderr  # the admin's cached token was used silently
     app = world.application_by_app_id(profile.client_id)
-    assert counts == (len(world.applications), len(world.service_principals),
-                      len(world.app_role_assignments), len(world.permission_grants),
-                      len(app.get("passwordCredentials") or []))
+    assert counts == (
+        len(world.applications),
+        len(world.service_principals),
+        len(world.app_role_assignments),
+        len(world.permission_grants),
+        len(app.get("passwordCredentials") or []),
+    )
 
     check = setup(cli, "consent", "--check")
     assert check.exit_code == 0, check.stderr
@@ -91,8 +119,15 @@ def test_setup_azure_creates_everything_then_is_idempotent(sbx: Any, cli: Any, i
 
     leaked = all_secrets(sbx, isolated_env.store)
     config_text = config_path().read_text()
-    for out in (first.stdout, first.stderr, second.stdout, second.stderr, check.stdout, check.stderr,
-                config_text):
+    for out in (
+        first.stdout,
+        first.stderr,
+        second.stdout,
+        second.stderr,
+        check.stdout,
+        check.stderr,
+        config_text,
+    ):
         for secret in leaked:
             assert secret not in out
 
@@ -108,8 +143,10 @@ def test_device_code_message_on_stderr_and_approved_through_control_api(cli: Any
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not approved:
                 for code in list(sb.world.device_codes.values()):
-                    r = sb.control.post("/_sandbox/devicecode/approve",
-                                        json={"user_code": code.user_code, "user": ADMIN})
+                    r = sb.control.post(
+                        "/_sandbox/devicecode/approve",
+                        json={"user_code": code.user_code, "user": ADMIN},
+                    )
                     assert r.status_code == 200, r.text
                     approved.append(code.user_code)
                 time.sleep(0.05)
@@ -136,7 +173,9 @@ def test_admin_sign_in_core_api_calls_back_with_the_prompt() -> None:
 
         def on_message(prompt: DeviceCodePrompt) -> None:
             prompts.append(prompt)
-            sb.control.post("/_sandbox/devicecode/approve", json={"user_code": prompt.user_code, "user": ADMIN})
+            sb.control.post(
+                "/_sandbox/devicecode/approve", json={"user_code": prompt.user_code, "user": ADMIN}
+            )
 
         session = admin_sign_in(profile, on_message=on_message)
     assert len(prompts) == 1 and prompts[0].verification_uri.endswith("/devicelogin")
@@ -167,7 +206,9 @@ def test_emails_must_be_identical(cli: Any) -> None:
     with running_sandbox(users=3, seed=5, auto_approve=other) as sb:
         add_user(sb, other, roles=["Global Administrator"], on=("teams",))
         sb.write_profile("sandbox")
-        result = setup(cli, "-o", "json", "setup-azure", "--connect-account-email", "ADMIN@contoso.example")
+        result = setup(
+            cli, "-o", "json", "setup-azure", "--connect-account-email", "ADMIN@contoso.example"
+        )
     assert result.exit_code == 3
     err = result.json()["error"]
     assert err["code"] == "prerequisite_email_mismatch"
@@ -241,8 +282,12 @@ def test_setup_with_consent_url_and_loopback_listener(sbx: Any) -> None:
         threading.Thread(target=go, daemon=True).start()
 
     report = core.setup_azure(
-        profile, core.SetupOptions(consent_url=True, consent_timeout=10), method="device_code",
-        on_message=lambda p: None, on_step=lambda s: None, on_consent_url=browser,
+        profile,
+        core.SetupOptions(consent_url=True, consent_timeout=10),
+        method="device_code",
+        on_message=lambda p: None,
+        on_step=lambda s: None,
+        on_consent_url=browser,
     )
     assert pages == [400, 200]  # a wrong state is refused, the right one answered once
     consent = next(s for s in report.steps if s.step == "Admin consent")
@@ -267,13 +312,18 @@ def test_consent_url_declined_and_timeout(sbx: Any, cli: Any) -> None:
         def go() -> None:
             state = url.split("state=")[1].split("&")[0]
             port = url.split("localhost%3A")[1].split("%2F")[0]
-            httpx.get(f"http://127.0.0.1:{port}/?error=access_denied&error_description=no&state={state}")
+            httpx.get(
+                f"http://127.0.0.1:{port}/?error=access_denied&error_description=no&state={state}"
+            )
 
         threading.Thread(target=go, daemon=True).start()
 
     with pytest.raises(AuthError) as declined:
         import asyncio
 
-        asyncio.run(core.consent_by_url(profile, profile.client_id or "", profile.tenant_id or "",
-                                        on_url=decline, timeout=5))
+        asyncio.run(
+            core.consent_by_url(
+                profile, profile.client_id or "", profile.tenant_id or "", on_url=decline, timeout=5
+            )
+        )
     assert declined.value.code == "consent_declined"
