@@ -1,4 +1,5 @@
-"""Helpers shared by the sandbox tests: msal apps and raw token requests against a running sandbox."""
+"""Helpers shared by the sandbox tests: msal apps and raw token requests against a running
+sandbox."""
 
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ def public_app(sb: Any, client_id: str = BOOTSTRAP) -> Any:
     import msal
 
     return msal.PublicClientApplication(
-        client_id, authority=authority(sb), instance_discovery=False, http_client=msal_http_client(settings(sb))
+        client_id,
+        authority=authority(sb),
+        instance_discovery=False,
+        http_client=msal_http_client(settings(sb)),
     )
 
 
@@ -33,24 +37,41 @@ def confidential_app(sb: Any, client_id: str, secret: str) -> Any:
     import msal
 
     return msal.ConfidentialClientApplication(
-        client_id, client_credential=secret, authority=authority(sb), instance_discovery=False,
+        client_id,
+        client_credential=secret,
+        authority=authority(sb),
+        instance_discovery=False,
         http_client=msal_http_client(settings(sb)),
     )
 
 
 def client(sb: Any, token: str | None = None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=sb.base_url, verify=ssl.create_default_context(cafile=sb.ca_bundle),
-                        headers=headers)
+    return httpx.Client(
+        base_url=sb.base_url,
+        verify=ssl.create_default_context(cafile=sb.ca_bundle),
+        headers=headers,
+    )
 
 
-def ropc(sb: Any, email: str, password: str, scopes: tuple[str, ...] = ADMIN_SCOPES,
-         client_id: str = BOOTSTRAP) -> httpx.Response:
+def ropc(
+    sb: Any,
+    email: str,
+    password: str,
+    scopes: tuple[str, ...] = ADMIN_SCOPES,
+    client_id: str = BOOTSTRAP,
+) -> httpx.Response:
     with client(sb) as c:
-        return c.post(f"/{sb.world.tenant_id}/oauth2/v2.0/token", data={
-            "grant_type": "password", "client_id": client_id, "username": email, "password": password,
-            "scope": " ".join([*scopes, "offline_access", "openid", "profile"]),
-        })
+        return c.post(
+            f"/{sb.world.tenant_id}/oauth2/v2.0/token",
+            data={
+                "grant_type": "password",
+                "client_id": client_id,
+                "username": email,
+                "password": password,
+                "scope": " ".join([*scopes, "offline_access", "openid", "profile"]),
+            },
+        )
 
 
 def admin_token(sb: Any) -> str:
@@ -61,30 +82,45 @@ def admin_token(sb: Any) -> str:
 
 
 def create_presence_app(sb: Any, token: str, public_client: bool = False) -> dict[str, Any]:
-    """An app registration like setup-azure makes (Presence.ReadWrite.All role + delegated scopes)."""
+    """An app registration like setup-azure makes (Presence.ReadWrite.All role + delegated
+    scopes)."""
     with client(sb, token) as c:
-        app = c.post("/v1.0/applications", json={
-            "displayName": "presencectl",
-            "isFallbackPublicClient": public_client,
-            "web": {"redirectUris": ["http://localhost:8400/consent"]},
-            "requiredResourceAccess": [{"resourceAppId": GRAPH_APP_ID, "resourceAccess": [
-                {"id": "83cded22-8297-4ff6-a7fa-e97e9545a259", "type": "Role"},
-                {"id": "df021288-bdef-4463-88db-98f22de89214", "type": "Role"},
-                {"id": "9c7a330d-35b3-4aa1-963d-cb2b9f927841", "type": "Scope"},
-                {"id": "e1fe6dd8-ba31-4d61-89e7-88639da4683d", "type": "Scope"},
-            ]}],
-        })
+        app = c.post(
+            "/v1.0/applications",
+            json={
+                "displayName": "presencectl",
+                "isFallbackPublicClient": public_client,
+                "web": {"redirectUris": ["http://localhost:8400/consent"]},
+                "requiredResourceAccess": [
+                    {
+                        "resourceAppId": GRAPH_APP_ID,
+                        "resourceAccess": [
+                            {"id": "83cded22-8297-4ff6-a7fa-e97e9545a259", "type": "Role"},
+                            {"id": "df021288-bdef-4463-88db-98f22de89214", "type": "Role"},
+                            {"id": "9c7a330d-35b3-4aa1-963d-cb2b9f927841", "type": "Scope"},
+                            {"id": "e1fe6dd8-ba31-4d61-89e7-88639da4683d", "type": "Scope"},
+                        ],
+                    }
+                ],
+            },
+        )
         assert app.status_code == 201, app.text
         body: dict[str, Any] = app.json()
-        secret = c.post(f"/v1.0/applications/{body['id']}/addPassword",
-                        json={"passwordCredential": {"displayName": "presencectl"}})
+        secret = c.post(
+            f"/v1.0/applications/{body['id']}/addPassword",
+            json={"passwordCredential": {"displayName": "presencectl"}},
+        )
         body["secret"] = secret.json()["secretText"]
     return body
 
 
 def admin_consent(sb: Any, app_id: str, user: str | None = None) -> httpx.Response:
-    params = {"client_id": app_id, "redirect_uri": "http://localhost:8400/consent", "state": "st8",
-              "scope": "https://graph.microsoft.com/.default"}
+    params = {
+        "client_id": app_id,
+        "redirect_uri": "http://localhost:8400/consent",
+        "state": "st8",
+        "scope": "https://graph.microsoft.com/.default",
+    }
     if user:
         params["sandbox_user"] = user
     with client(sb) as c:

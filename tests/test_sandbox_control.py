@@ -25,16 +25,26 @@ def test_health_and_profile(sandbox: Any) -> None:
 
 
 def test_add_user_on_one_side_with_flags_and_roles(sandbox: Any) -> None:
-    created = sandbox.control.post("/_sandbox/users", json={
-        "email": "New.Person@contoso.example", "display_name": "New Person", "on": ["connect"],
-        "roles": ["Security Manager"]})
+    created = sandbox.control.post(
+        "/_sandbox/users",
+        json={
+            "email": "New.Person@contoso.example",
+            "display_name": "New Person",
+            "on": ["connect"],
+            "roles": ["Security Manager"],
+        },
+    )
     assert created.status_code == 201
     person = sandbox.world.person_by_email("new.person@CONTOSO.example")
     assert person is not None and person.azure_id is None and person.connect_id
     assert person.connect_contact()["roles"] == ["Security Manager"]
-    duplicate = sandbox.control.post("/_sandbox/users", json={"email": "new.person@contoso.example"})
+    duplicate = sandbox.control.post(
+        "/_sandbox/users", json={"email": "new.person@contoso.example"}
+    )
     assert duplicate.status_code == 409
-    bad = sandbox.control.post("/_sandbox/users", json={"email": "x@contoso.example", "flags": ["sleepy"]})
+    bad = sandbox.control.post(
+        "/_sandbox/users", json={"email": "x@contoso.example", "flags": ["sleepy"]}
+    )
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_flags"
     assert sandbox.control.post("/_sandbox/users", content=b"[1]").status_code == 400
 
@@ -44,7 +54,9 @@ def test_clock_faults_and_stats(sandbox: Any) -> None:
     moved = sandbox.control.post("/_sandbox/clock/advance", json={"seconds": 600}).json()
     assert moved["offset"] == 600 and sandbox.world.clock.now() - before >= 600
     assert sandbox.control.post("/_sandbox/clock/advance", json={"seconds": -1}).status_code == 400
-    faults = sandbox.control.post("/_sandbox/faults", json={"error_rate": 0.5, "throttle_per_30s": 10}).json()
+    faults = sandbox.control.post(
+        "/_sandbox/faults", json={"error_rate": 0.5, "throttle_per_30s": 10}
+    ).json()
     assert faults["error_rate"] == 0.5 and faults["throttle_per_30s"] == 10
     assert sandbox.world.faults.throttle_per_30s == 10
     sandbox.control.get("/_sandbox/health")
@@ -55,7 +67,9 @@ def test_clock_faults_and_stats(sandbox: Any) -> None:
 
 
 def test_devicecode_approve_unknown_code_is_404(sandbox: Any) -> None:
-    response = sandbox.control.post("/_sandbox/devicecode/approve", json={"user_code": "NOPE", "user": "a@b"})
+    response = sandbox.control.post(
+        "/_sandbox/devicecode/approve", json={"user_code": "NOPE", "user": "a@b"}
+    )
     assert response.status_code == 404
 
 
@@ -67,17 +81,35 @@ def test_organisation_is_deterministic_and_holds_the_mess() -> None:
     world = World(users=25, seed=7)
     people = world.people
     assert len(people) == 25
-    assert sum(1 for p in people if p.azure_id and not p.connect_id) == 4  # sync user, 2 Azure-only, conflict B
+    assert (
+        sum(1 for p in people if p.azure_id and not p.connect_id) == 4
+    )  # sync user, 2 Azure-only, conflict B
     assert sum(1 for p in people if p.connect_id and not p.azure_id) == 2
-    case_only = [p for p in people if p.connect_email and p.mail and p.connect_email != p.mail
-                 and p.connect_email.lower() == p.mail.lower()]
+    case_only = [
+        p
+        for p in people
+        if p.connect_email
+        and p.mail
+        and p.connect_email != p.mail
+        and p.connect_email.lower() == p.mail.lower()
+    ]
     assert len(case_only) == 1
-    proxy_only = [p for p in people if p.connect_email and p.mail and p.connect_email.lower() != p.mail.lower()]
+    proxy_only = [
+        p
+        for p in people
+        if p.connect_email and p.mail and p.connect_email.lower() != p.mail.lower()
+    ]
     assert len(proxy_only) == 1
     assert world.azure_people_by_proxy(proxy_only[0].connect_email) == proxy_only
-    conflicts = [p for p in people if p.connect_email and len(world.azure_people_by_address(p.connect_email)) == 2]
+    conflicts = [
+        p
+        for p in people
+        if p.connect_email and len(world.azure_people_by_address(p.connect_email)) == 2
+    ]
     assert len(conflicts) == 1
-    assert world.admin.roles == {"Global Administrator", "Security Manager"} and world.admin.connect_id
+    assert (
+        world.admin.roles == {"Global Administrator", "Security Manager"} and world.admin.connect_id
+    )
     assert world.sync_user.connect_id is None and "must_change_password" in world.sync_user.flags
     azure_ids = {p.azure_id for p in people if p.azure_id}
     assert not azure_ids & {p.connect_id for p in people if p.connect_id}
@@ -102,7 +134,10 @@ def test_fifty_thousand_people_build_fast_with_o1_lookups() -> None:
 def test_small_organisations_still_hold_the_two_accounts(users: int) -> None:
     world = World(users=users)
     assert len(world.people) == users
-    assert world.admin.email == "admin@contoso.example" and world.sync_user.email == "presence-sync@contoso.example"
+    assert (
+        world.admin.email == "admin@contoso.example"
+        and world.sync_user.email == "presence-sync@contoso.example"
+    )
 
 
 def test_write_profile_points_at_the_sandbox(sandbox: Any, sandbox_profile: Any) -> None:
@@ -112,7 +147,12 @@ def test_write_profile_points_at_the_sandbox(sandbox: Any, sandbox_profile: Any)
     profile = load_profile("sandbox")
     assert profile.tenant_id == sandbox.world.tenant_id
     assert profile.authority == f"{sandbox.base_url}/{sandbox.world.tenant_id}"
-    assert profile.graph_url == f"{sandbox.base_url}/v1.0" and profile.ca_bundle == sandbox.ca_bundle
+    assert (
+        profile.graph_url == f"{sandbox.base_url}/v1.0" and profile.ca_bundle == sandbox.ca_bundle
+    )
     assert profile.connect_account_email == "admin@contoso.example"
     assert profile.http_settings().msal_port_fixes == {"127.0.0.1": sandbox.port}
-    assert secrets.get_secret("sandbox", secrets.CONNECT_CLIENT_SECRET) == sandbox.world.connect_client_secret
+    assert (
+        secrets.get_secret("sandbox", secrets.CONNECT_CLIENT_SECRET)
+        == sandbox.world.connect_client_secret
+    )

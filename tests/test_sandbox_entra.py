@@ -26,14 +26,19 @@ PRESENCE_READ = "https://graph.microsoft.com/Presence.Read.All"
 
 
 def add_user(sb: Any, email: str, flags: list[str], password: str = "Passw0rd!long") -> None:
-    response = sb.control.post("/_sandbox/users", json={"email": email, "password": password, "flags": flags})
+    response = sb.control.post(
+        "/_sandbox/users", json={"email": email, "password": password, "flags": flags}
+    )
     assert response.status_code == 201, response.text
 
 
 @pytest.mark.parametrize("tenant_key", ["tenant_id", "domain", "organizations"])
 def test_openid_configuration_for_every_tenant_spelling(sandbox: Any, tenant_key: str) -> None:
-    tenant = {"tenant_id": sandbox.world.tenant_id, "domain": "contoso.example",
-              "organizations": "organizations"}[tenant_key]
+    tenant = {
+        "tenant_id": sandbox.world.tenant_id,
+        "domain": "contoso.example",
+        "organizations": "organizations",
+    }[tenant_key]
     doc = sandbox.control.get(f"/{tenant}/v2.0/.well-known/openid-configuration").json()
     assert doc["token_endpoint"] == f"{sandbox.base_url}/{tenant}/oauth2/v2.0/token"
     assert doc["device_authorization_endpoint"].endswith("/oauth2/v2.0/devicecode")
@@ -48,8 +53,9 @@ def test_unknown_tenant_is_aadsts90002(sandbox: Any) -> None:
 
 def test_msal_password_sign_in_for_the_admin(sandbox: Any) -> None:
     admin = sandbox.world.admin
-    result = public_app(sandbox).acquire_token_by_username_password(admin.email, admin.password,
-                                                                    scopes=list(ADMIN_SCOPES))
+    result = public_app(sandbox).acquire_token_by_username_password(
+        admin.email, admin.password, scopes=list(ADMIN_SCOPES)
+    )
     assert "access_token" in result, result
     claims = sandbox.world.verify_bearer("Bearer " + result["access_token"])
     assert claims.kind == "delegated" and claims.upn == admin.email and claims.appid == BOOTSTRAP
@@ -70,13 +76,19 @@ def test_msal_password_sign_in_for_the_admin(sandbox: Any) -> None:
     ],
 )
 def test_password_sign_in_errors_are_entras(
-    sandbox: Any, flags: list[str] | None, password_ok: bool, code: int, error: str, suberror: str | None
+    sandbox: Any,
+    flags: list[str] | None,
+    password_ok: bool,
+    code: int,
+    error: str,
+    suberror: str | None,
 ) -> None:
     email = "flagged@contoso.example"
     if flags is not None:
         add_user(sandbox, email, flags)
     result = public_app(sandbox).acquire_token_by_username_password(
-        email, "Passw0rd!long" if password_ok else "wrong-password", scopes=[GRAPH_USER_READ])
+        email, "Passw0rd!long" if password_ok else "wrong-password", scopes=[GRAPH_USER_READ]
+    )
     assert result["error_codes"] == [code]
     assert result["error"] == error
     assert result.get("suberror") == suberror
@@ -88,7 +100,9 @@ def test_sync_user_has_a_pending_password_change_until_control_api_changes_it(sa
     sync = sandbox.world.sync_user
     first = ropc(sandbox, sync.email, sync.password, scopes=(GRAPH_USER_READ,))
     assert first.json()["error_codes"] == [50055]
-    sandbox.control.post(f"/_sandbox/users/{sync.email}/password", json={"password": "N3w-password!"})
+    sandbox.control.post(
+        f"/_sandbox/users/{sync.email}/password", json={"password": "N3w-password!"}
+    )
     assert ropc(sandbox, sync.email, "N3w-password!", scopes=(GRAPH_USER_READ,)).status_code == 200
 
 
@@ -96,43 +110,60 @@ def test_federated_user_sends_msal_down_ws_trust_and_it_fails(sandbox: Any) -> N
     add_user(sandbox, "fed@contoso.example", ["federated"])
     realm = sandbox.control.get("/common/userrealm/fed@contoso.example?api-version=1.0").json()
     assert realm["account_type"] == "Federated"
-    assert sandbox.control.get("/common/userrealm/admin@contoso.example").json()["account_type"] == "Managed"
-    with pytest.raises(RuntimeError, match="WsTrust|RSTR"):
-        public_app(sandbox).acquire_token_by_username_password("fed@contoso.example", "Passw0rd!long",
-                                                               scopes=[GRAPH_USER_READ])
+    assert (
+        sandbox.control.get("/common/userrealm/admin@contoso.example").json()["account_type"]
+        == "Managed"
+    )
+    with pytest.raises(RuntimeError, match=r"WsTrust|RSTR"):
+        public_app(sandbox).acquire_token_by_username_password(
+            "fed@contoso.example", "Passw0rd!long", scopes=[GRAPH_USER_READ]
+        )
 
 
-def test_our_app_without_public_client_flows_gets_7000218_then_65001_without_consent(sandbox: Any) -> None:
+def test_our_app_without_public_client_flows_gets_7000218_then_65001_without_consent(
+    sandbox: Any,
+) -> None:
     token = admin_token(sandbox)
     closed = create_presence_app(sandbox, token, public_client=False)
     admin = sandbox.world.admin
     result = public_app(sandbox, closed["appId"]).acquire_token_by_username_password(
-        admin.email, admin.password, scopes=[PRESENCE_READ])
+        admin.email, admin.password, scopes=[PRESENCE_READ]
+    )
     assert result["error_codes"] == [7000218]
     open_app = create_presence_app(sandbox, token, public_client=True)
     result = public_app(sandbox, open_app["appId"]).acquire_token_by_username_password(
-        admin.email, admin.password, scopes=[PRESENCE_READ])
+        admin.email, admin.password, scopes=[PRESENCE_READ]
+    )
     assert result["error_codes"] == [65001] and result["suberror"] == "consent_required"
     assert admin_consent(sandbox, open_app["appId"]).status_code == 302
     result = public_app(sandbox, open_app["appId"]).acquire_token_by_username_password(
-        admin.email, admin.password, scopes=[PRESENCE_READ])
+        admin.email, admin.password, scopes=[PRESENCE_READ]
+    )
     assert "access_token" in result, result
-    assert sandbox.world.verify_bearer("Bearer " + result["access_token"]).scp == {"Presence.Read.All"}
+    assert sandbox.world.verify_bearer("Bearer " + result["access_token"]).scp == {
+        "Presence.Read.All"
+    }
 
 
 def test_admin_consent_grants_roles_and_client_credentials_carry_them(sandbox: Any) -> None:
     app = create_presence_app(sandbox, admin_token(sandbox))
-    before = confidential_app(sandbox, app["appId"], app["secret"]).acquire_token_for_client([GRAPH_DEFAULT_SCOPE])
+    before = confidential_app(sandbox, app["appId"], app["secret"]).acquire_token_for_client(
+        [GRAPH_DEFAULT_SCOPE]
+    )
     assert before["error_codes"] == [7000229]  # no service principal before consent
     response = admin_consent(sandbox, app["appId"])
     assert response.status_code == 302
     query = parse_qs(urlsplit(response.headers["location"]).query)
     assert query["admin_consent"] == ["True"] and query["tenant"] == [sandbox.world.tenant_id]
     assert query["state"] == ["st8"] and query["scope"] == [GRAPH_DEFAULT_SCOPE]
-    result = confidential_app(sandbox, app["appId"], app["secret"]).acquire_token_for_client([GRAPH_DEFAULT_SCOPE])
+    result = confidential_app(sandbox, app["appId"], app["secret"]).acquire_token_for_client(
+        [GRAPH_DEFAULT_SCOPE]
+    )
     claims = sandbox.world.verify_bearer("Bearer " + result["access_token"])
     assert claims.kind == "app" and claims.roles == {"Presence.ReadWrite.All", "User.Read.All"}
-    wrong = confidential_app(sandbox, app["appId"], "not-the-secret").acquire_token_for_client([GRAPH_DEFAULT_SCOPE])
+    wrong = confidential_app(sandbox, app["appId"], "not-the-secret").acquire_token_for_client(
+        [GRAPH_DEFAULT_SCOPE]
+    )
     assert wrong["error"] == "invalid_client" and wrong["error_codes"] == [7000215]
 
 
@@ -150,12 +181,19 @@ def test_device_code_pending_then_approved_then_refresh(sandbox: Any) -> None:
     flow = app.initiate_device_flow(scopes=list(ADMIN_SCOPES))
     assert flow["user_code"] and "verification_uri" in flow
     with client(sandbox) as c:
-        pending = c.post(f"/{sandbox.world.tenant_id}/oauth2/v2.0/token", data={
-            "grant_type": "urn:ietf:params:oauth:grant-type:device_code", "client_id": BOOTSTRAP,
-            "device_code": flow["device_code"]})
+        pending = c.post(
+            f"/{sandbox.world.tenant_id}/oauth2/v2.0/token",
+            data={
+                "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+                "client_id": BOOTSTRAP,
+                "device_code": flow["device_code"],
+            },
+        )
     assert pending.json()["error"] == "authorization_pending"
-    approved = sandbox.control.post("/_sandbox/devicecode/approve",
-                                    json={"user_code": flow["user_code"], "user": "admin@contoso.example"})
+    approved = sandbox.control.post(
+        "/_sandbox/devicecode/approve",
+        json={"user_code": flow["user_code"], "user": "admin@contoso.example"},
+    )
     assert approved.status_code == 200
     result = app.acquire_token_by_device_flow(flow)
     assert "access_token" in result, result
@@ -168,9 +206,14 @@ def test_device_code_expires_with_the_clock(sandbox: Any) -> None:
     flow = public_app(sandbox).initiate_device_flow(scopes=[GRAPH_USER_READ])
     sandbox.control.post("/_sandbox/clock/advance", json={"seconds": 901})
     with client(sandbox) as c:
-        expired = c.post(f"/{sandbox.world.tenant_id}/oauth2/v2.0/token", data={
-            "grant_type": "urn:ietf:params:oauth:grant-type:device_code", "client_id": BOOTSTRAP,
-            "device_code": flow["device_code"]})
+        expired = c.post(
+            f"/{sandbox.world.tenant_id}/oauth2/v2.0/token",
+            data={
+                "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+                "client_id": BOOTSTRAP,
+                "device_code": flow["device_code"],
+            },
+        )
     assert expired.json()["error"] == "expired_token"
 
 
@@ -179,8 +222,13 @@ def test_auto_approve_signs_device_codes_in_at_once() -> None:
 
     with running_sandbox(auto_approve="admin@contoso.example", users=5) as sb:
         app = public_app(sb)
-        result = app.acquire_token_by_device_flow(app.initiate_device_flow(scopes=[GRAPH_USER_READ]))
-        assert sb.world.verify_bearer("Bearer " + result["access_token"]).upn == "admin@contoso.example"
+        result = app.acquire_token_by_device_flow(
+            app.initiate_device_flow(scopes=[GRAPH_USER_READ])
+        )
+        assert (
+            sb.world.verify_bearer("Bearer " + result["access_token"]).upn
+            == "admin@contoso.example"
+        )
 
 
 def test_tokens_expire_by_the_world_clock() -> None:
@@ -199,9 +247,13 @@ def test_tokens_expire_by_the_world_clock() -> None:
 
 def test_unknown_client_and_bad_grant(sandbox: Any) -> None:
     admin = sandbox.world.admin
-    unknown = ropc(sandbox, admin.email, admin.password, client_id="00000000-0000-0000-0000-000000000001")
+    unknown = ropc(
+        sandbox, admin.email, admin.password, client_id="00000000-0000-0000-0000-000000000001"
+    )
     assert unknown.json()["error_codes"] == [700016]
     with client(sandbox) as c:
-        bad = c.post(f"/{sandbox.world.tenant_id}/oauth2/v2.0/token",
-                     data={"grant_type": "refresh_token", "client_id": BOOTSTRAP, "refresh_token": "nope"})
+        bad = c.post(
+            f"/{sandbox.world.tenant_id}/oauth2/v2.0/token",
+            data={"grant_type": "refresh_token", "client_id": BOOTSTRAP, "refresh_token": "nope"},
+        )
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_grant"

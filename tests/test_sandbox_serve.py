@@ -18,16 +18,36 @@ import httpx
 
 
 def test_serve_prints_one_line_answers_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    env = {**os.environ, "PRESENCECTL_CONFIG_DIR": str(tmp_path / "cfg"), "PRESENCECTL_SECRETS_BACKEND": "file"}
+    env = {
+        **os.environ,
+        "PRESENCECTL_CONFIG_DIR": str(tmp_path / "cfg"),
+        "PRESENCECTL_SECRETS_BACKEND": "file",
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "presencectl", "sandbox", "serve", "--port", "0", "--users", "12",
-         "--write-profile", "sb"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "presencectl",
+            "sandbox",
+            "serve",
+            "--port",
+            "0",
+            "--users",
+            "12",
+            "--write-profile",
+            "sb",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert proc.stdout is not None
         line = json.loads(proc.stdout.readline())
-        assert line["base_url"].startswith("https://127.0.0.1:") and Path(line["ca_bundle"]).is_file()
+        assert (
+            line["base_url"].startswith("https://127.0.0.1:") and Path(line["ca_bundle"]).is_file()
+        )
         verify = ssl.create_default_context(cafile=line["ca_bundle"])
         profile = httpx.get(line["base_url"] + "/_sandbox/profile", verify=verify).json()
         assert profile["users"] == 12

@@ -6,13 +6,15 @@ import json
 import signal
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
 from presencectl.errors import UsageError
 
-sandbox_app = typer.Typer(help="Run the local sandbox (Entra ID, Graph and Connect).", no_args_is_help=True)
+sandbox_app = typer.Typer(
+    help="Run the local sandbox (Entra ID, Graph and Connect).", no_args_is_help=True
+)
 
 
 @sandbox_app.command("serve")
@@ -21,17 +23,30 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Loopback address to listen on."),
     port: int = typer.Option(0, "--port", help="Port (0 picks a free one)."),
     users: int = typer.Option(25, "--users", min=2, help="People in the simulated organisation."),
-    seed: int = typer.Option(1, "--seed", help="Seed of the organisation (same seed, same people)."),
-    throttle: int = typer.Option(1500, "--throttle", min=1, help="Presence requests per window per app."),
-    throttle_window: float = typer.Option(30.0, "--throttle-window", min=0.1, help="Throttle window, seconds."),
-    fault_rate: float = typer.Option(0.0, "--fault-rate", min=0.0, max=1.0, help="Share of 5xx answers."),
-    write_profile: Optional[str] = typer.Option(
-        None, "--write-profile", metavar="NAME", help="Write a presencectl profile pointing at the sandbox."
+    seed: int = typer.Option(
+        1, "--seed", help="Seed of the organisation (same seed, same people)."
     ),
-    auto_approve: Optional[str] = typer.Option(
+    throttle: int = typer.Option(
+        1500, "--throttle", min=1, help="Presence requests per window per app."
+    ),
+    throttle_window: float = typer.Option(
+        30.0, "--throttle-window", min=0.1, help="Throttle window, seconds."
+    ),
+    fault_rate: float = typer.Option(
+        0.0, "--fault-rate", min=0.0, max=1.0, help="Share of 5xx answers."
+    ),
+    write_profile: str | None = typer.Option(
+        None,
+        "--write-profile",
+        metavar="NAME",
+        help="Write a presencectl profile pointing at the sandbox.",
+    ),
+    auto_approve: str | None = typer.Option(
         None, "--auto-approve", metavar="EMAIL", help="Approve every device code as this user."
     ),
-    token_lifetime: int = typer.Option(3600, "--token-lifetime", min=30, help="Access token lifetime, seconds."),
+    token_lifetime: int = typer.Option(
+        3600, "--token-lifetime", min=30, help="Access token lifetime, seconds."
+    ),
 ) -> None:
     """Serve the sandbox on loopback over HTTPS until Ctrl-C.
 
@@ -45,7 +60,10 @@ def serve(
     from presencectl.sandbox.server import running_sandbox
 
     if host not in ("127.0.0.1", "localhost", "::1"):
-        raise UsageError(f"--host {host} is not a loopback address", hint="the sandbox serves 127.0.0.1 or ::1 only")
+        raise UsageError(
+            f"--host {host} is not a loopback address",
+            hint="the sandbox serves 127.0.0.1 or ::1 only",
+        )
     if host == "localhost":
         host = "127.0.0.1"
     app_ctx: Any = ctx.obj
@@ -61,9 +79,16 @@ def serve(
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with running_sandbox(
-            users=users, seed=seed, throttle=throttle, throttle_window=throttle_window,
-            fault_rate=fault_rate, auto_approve=auto_approve, host=host, port=port,
-            token_lifetime=token_lifetime, log_level=log_level,
+            users=users,
+            seed=seed,
+            throttle=throttle,
+            throttle_window=throttle_window,
+            fault_rate=fault_rate,
+            auto_approve=auto_approve,
+            host=host,
+            port=port,
+            token_lifetime=token_lifetime,
+            log_level=log_level,
         ) as sb:
             line: dict[str, Any] = {"base_url": sb.base_url, "ca_bundle": sb.ca_bundle}
             if write_profile:
@@ -72,7 +97,9 @@ def serve(
             sys.stdout.write(json.dumps(line) + "\n")
             sys.stdout.flush()
             if app_ctx is not None:
-                app_ctx.status(f"sandbox on {sb.base_url} (tenant {sb.world.tenant_id}); Ctrl-C stops it")
+                app_ctx.status(
+                    f"sandbox on {sb.base_url} (tenant {sb.world.tenant_id}); Ctrl-C stops it"
+                )
             while not stop.wait(0.2):
                 pass
     finally:

@@ -16,7 +16,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from presencectl.sandbox.world import ADMIN_EMAIL, DOMAIN, FLAGS, GLOBAL_ADMIN, SECURITY_MANAGER, SYNC_EMAIL, Person, World
+from presencectl.sandbox.world import (
+    ADMIN_EMAIL,
+    DOMAIN,
+    FLAGS,
+    GLOBAL_ADMIN,
+    SECURITY_MANAGER,
+    SYNC_EMAIL,
+    Person,
+    World,
+)
 
 SIDES = ("teams", "connect")
 ROLES = (GLOBAL_ADMIN, SECURITY_MANAGER)
@@ -118,7 +127,9 @@ def control_routes(world: World) -> list[BaseRoute]:
             return data
         password = data.get("password")
         if not isinstance(password, str) or len(password) < 8:
-            return control_error(400, "invalid_password", "'password' must be at least 8 characters")
+            return control_error(
+                400, "invalid_password", "'password' must be at least 8 characters"
+            )
         person.password = password
         person.flags.discard("must_change_password")
         return JSONResponse(person_document(person))
@@ -138,7 +149,9 @@ def control_routes(world: World) -> list[BaseRoute]:
             code.denied = True
         else:
             code.approved_by = person.upn
-        return JSONResponse({"user_code": code.user_code, "user": person.upn, "approved": not code.denied})
+        return JSONResponse(
+            {"user_code": code.user_code, "user": person.upn, "approved": not code.denied}
+        )
 
     async def advance_clock(request: Request) -> Response:
         data = await json_body(request)
@@ -177,8 +190,18 @@ def control_routes(world: World) -> list[BaseRoute]:
         Route("/_sandbox/profile", profile, methods=["GET"], name="sandbox_profile"),
         Route("/_sandbox/users", add_user, methods=["POST"], name="sandbox_add_user"),
         Route("/_sandbox/users/{email}", get_user, methods=["GET"], name="sandbox_get_user"),
-        Route("/_sandbox/users/{email}/password", change_password, methods=["POST"], name="sandbox_password"),
-        Route("/_sandbox/devicecode/approve", approve_device_code, methods=["POST"], name="sandbox_devicecode_approve"),
+        Route(
+            "/_sandbox/users/{email}/password",
+            change_password,
+            methods=["POST"],
+            name="sandbox_password",
+        ),
+        Route(
+            "/_sandbox/devicecode/approve",
+            approve_device_code,
+            methods=["POST"],
+            name="sandbox_devicecode_approve",
+        ),
         Route("/_sandbox/clock/advance", advance_clock, methods=["POST"], name="sandbox_clock"),
         Route("/_sandbox/faults", faults, methods=["GET", "POST"], name="sandbox_faults"),
         Route("/_sandbox/stats", stats, methods=["GET", "DELETE"], name="sandbox_stats"),
@@ -197,4 +220,11 @@ def person_document(person: Person) -> dict[str, Any]:
     }
 
 
-__all__ = ["DOMAIN", "SYNC_EMAIL", "control_error", "control_routes", "json_body", "profile_document"]
+__all__ = [
+    "DOMAIN",
+    "SYNC_EMAIL",
+    "control_error",
+    "control_routes",
+    "json_body",
+    "profile_document",
+]

@@ -34,16 +34,34 @@ from presencectl.sandbox.world import GLOBAL_ADMIN, Claims, Person, World
 MAX_TOP = 999
 DEFAULT_PAGE = 100
 
-USER_READ_ROLES = ("User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All")
-USER_READ_SCOPES = ("User.Read.All", "User.ReadBasic.All", "User.ReadWrite.All", "Directory.Read.All",
-                    "Directory.ReadWrite.All")
+USER_READ_ROLES = (
+    "User.Read.All",
+    "User.ReadWrite.All",
+    "Directory.Read.All",
+    "Directory.ReadWrite.All",
+)
+USER_READ_SCOPES = (
+    "User.Read.All",
+    "User.ReadBasic.All",
+    "User.ReadWrite.All",
+    "Directory.Read.All",
+    "Directory.ReadWrite.All",
+)
 ME_SCOPES = ("User.Read", "User.ReadWrite", *USER_READ_SCOPES)
-APP_READ = ("Application.Read.All", "Application.ReadWrite.All", "Directory.Read.All",
-            "Directory.ReadWrite.All")
+APP_READ = (
+    "Application.Read.All",
+    "Application.ReadWrite.All",
+    "Directory.Read.All",
+    "Directory.ReadWrite.All",
+)
 APP_WRITE = ("Application.ReadWrite.All", "Directory.ReadWrite.All")
 ROLE_ASSIGN = ("AppRoleAssignment.ReadWrite.All",)
 GRANT_WRITE = ("DelegatedPermissionGrant.ReadWrite.All", "Directory.ReadWrite.All")
-GRANT_READ = ("DelegatedPermissionGrant.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All")
+GRANT_READ = (
+    "DelegatedPermissionGrant.ReadWrite.All",
+    "Directory.Read.All",
+    "Directory.ReadWrite.All",
+)
 
 _TERM = re.compile(
     r"\s*(?:proxyAddresses/any\((?P<var>\w+):\s*(?P=var)\s+eq\s+'(?P<pval>(?:[^']|'')*)'\)"
@@ -51,24 +69,39 @@ _TERM = re.compile(
     re.IGNORECASE,
 )
 _JOIN = re.compile(r"\s*\b(and|or)\b\s*", re.IGNORECASE)
-APP_PATCHABLE = ("displayName", "requiredResourceAccess", "isFallbackPublicClient", "publicClient", "web",
-                 "spa", "signInAudience", "notes", "description", "tags")
+APP_PATCHABLE = (
+    "displayName",
+    "requiredResourceAccess",
+    "isFallbackPublicClient",
+    "publicClient",
+    "web",
+    "spa",
+    "signInAudience",
+    "notes",
+    "description",
+    "tags",
+)
 
 
 def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_filter(text: str) -> tuple[str, list[tuple[str, str]]]:
-    """``$filter`` → (joiner, [(property, value)]); ``proxyAddresses`` terms as ("proxyAddresses", v)."""
+    """``$filter`` → (joiner, [(property, value)]); ``proxyAddresses`` terms as
+    ("proxyAddresses", v)."""
     terms: list[tuple[str, str]] = []
     joiners: set[str] = set()
     pos = 0
     while True:
         match = _TERM.match(text, pos)
         if match is None:
-            raise GraphError(400, "Request_UnsupportedQuery", f"Unsupported or invalid query filter clause "
-                             f"specified for property at position {pos}: {text!r}.")
+            raise GraphError(
+                400,
+                "Request_UnsupportedQuery",
+                f"Unsupported or invalid query filter clause "
+                f"specified for property at position {pos}: {text!r}.",
+            )
         if match.group("var"):
             terms.append(("proxyAddresses", match.group("pval").replace("''", "'")))
         else:
@@ -78,12 +111,17 @@ def parse_filter(text: str) -> tuple[str, list[tuple[str, str]]]:
             break
         join = _JOIN.match(text, pos)
         if join is None:
-            raise GraphError(400, "BadRequest", f"Invalid filter clause: syntax error at position {pos} in "
-                             f"{text!r}.")
+            raise GraphError(
+                400,
+                "BadRequest",
+                f"Invalid filter clause: syntax error at position {pos} in {text!r}.",
+            )
         joiners.add(join.group(1).lower())
         pos = join.end()
     if len(joiners) > 1:
-        raise GraphError(400, "Request_UnsupportedQuery", "Mixing 'and' and 'or' needs advanced queries.")
+        raise GraphError(
+            400, "Request_UnsupportedQuery", "Mixing 'and' and 'or' needs advanced queries."
+        )
     return (joiners.pop() if joiners else "and"), terms
 
 
@@ -122,8 +160,11 @@ def _top(request: Request) -> int:
     except ValueError:
         raise bad_request(f"Invalid value '{raw}' for $top query parameter.") from None
     if not 1 <= top <= MAX_TOP:
-        raise GraphError(400, "Request_UnsupportedQuery",
-                         f"Invalid page size specified: '{top}'. Must be between 1 and {MAX_TOP} inclusive.")
+        raise GraphError(
+            400,
+            "Request_UnsupportedQuery",
+            f"Invalid page size specified: '{top}'. Must be between 1 and {MAX_TOP} inclusive.",
+        )
     return top
 
 
@@ -141,8 +182,10 @@ async def _json(request: Request) -> dict[str, Any]:
     try:
         data = json.loads(await request.body() or b"{}")
     except ValueError:
-        raise bad_request("Unable to read JSON request payload. Please ensure Content-Type header is set and "
-                          "payload is of valid JSON format.") from None
+        raise bad_request(
+            "Unable to read JSON request payload. Please ensure Content-Type header is set and "
+            "payload is of valid JSON format."
+        ) from None
     if not isinstance(data, dict):
         raise bad_request("The request payload must be a JSON object.")
     return data
@@ -160,19 +203,26 @@ class DirectoryEndpoints:
     def base(self) -> str:
         return f"{self.world.base_url}/v1.0"
 
-    def collection(self, request: Request, context: str, items: list[dict[str, Any]], page: bool = True
-                   ) -> JSONResponse:
+    def collection(
+        self, request: Request, context: str, items: list[dict[str, Any]], page: bool = True
+    ) -> JSONResponse:
         select = _select_param(request)
         body: dict[str, Any] = {"@odata.context": f"{self.base()}/$metadata#{context}"}
         if page:
             top = _top(request)
             offset = _skip(request)
-            chunk = items[offset:offset + top]
+            chunk = items[offset : offset + top]
             if offset + top < len(items):
                 params = {k: v for k, v in request.query_params.items() if k != "$skiptoken"}
-                token = base64.urlsafe_b64encode(json.dumps({"o": offset + top}).encode()).decode().rstrip("=")
+                token = (
+                    base64.urlsafe_b64encode(json.dumps({"o": offset + top}).encode())
+                    .decode()
+                    .rstrip("=")
+                )
                 params["$skiptoken"] = token
-                body["@odata.nextLink"] = f"{self.base()}{request.url.path[len('/v1.0'):]}?{urlencode(params)}"
+                body["@odata.nextLink"] = (
+                    f"{self.base()}{request.url.path[len('/v1.0') :]}?{urlencode(params)}"
+                )
         else:
             chunk = items
         body["value"] = [_select(item, select) for item in chunk]
@@ -193,14 +243,19 @@ class DirectoryEndpoints:
         if claims.kind == "delegated":
             person = self.world.person_by_azure_id(claims.oid or "")
             if person is None or GLOBAL_ADMIN not in person.roles:
-                raise GraphError(403, "Authorization_RequestDenied",
-                                 "Insufficient privileges to complete the operation.")
+                raise GraphError(
+                    403,
+                    "Authorization_RequestDenied",
+                    "Insufficient privileges to complete the operation.",
+                )
 
     def user_lookup(self, key: str) -> Person:
         person = self.world.person_by_azure_id(key) or self.world.azure_person_by_upn(key)
         if person is None:
-            raise not_found(f"Resource '{key}' does not exist or one of its queried reference-property "
-                            "objects are not present.")
+            raise not_found(
+                f"Resource '{key}' does not exist or one of its queried reference-property "
+                "objects are not present."
+            )
         return person
 
     # ------------------------------------------------------------------ me, users
@@ -211,7 +266,9 @@ class DirectoryEndpoints:
         require(claims, scopes=ME_SCOPES)
         person = self.user_lookup(claims.oid or "")
         body = {"@odata.context": f"{self.base()}/$metadata#users/$entity", **person.graph_user()}
-        return JSONResponse(_select(body, _select_param(request)) if _select_param(request) else body)
+        return JSONResponse(
+            _select(body, _select_param(request)) if _select_param(request) else body
+        )
 
     async def my_roles(self, request: Request) -> Response:
         claims = self.claims(request)
@@ -221,15 +278,18 @@ class DirectoryEndpoints:
         person = self.user_lookup(claims.oid or "")
         roles = []
         if GLOBAL_ADMIN in person.roles:
-            roles.append({
-                "@odata.type": "#microsoft.graph.directoryRole",
-                "id": self.ga_role_id,
-                "deletedDateTime": None,
-                "description": "Can manage all aspects of Microsoft Entra ID and Microsoft services that use "
-                "Microsoft Entra identities.",
-                "displayName": GLOBAL_ADMIN,
-                "roleTemplateId": GLOBAL_ADMIN_ROLE_TEMPLATE_ID,
-            })
+            roles.append(
+                {
+                    "@odata.type": "#microsoft.graph.directoryRole",
+                    "id": self.ga_role_id,
+                    "deletedDateTime": None,
+                    "description": "Can manage all aspects of Microsoft Entra ID and Microsoft "
+                    "services that use "
+                    "Microsoft Entra identities.",
+                    "displayName": GLOBAL_ADMIN,
+                    "roleTemplateId": GLOBAL_ADMIN_ROLE_TEMPLATE_ID,
+                }
+            )
         return self.collection(request, "directoryObjects", roles)
 
     async def users(self, request: Request) -> Response:
@@ -260,13 +320,27 @@ class DirectoryEndpoints:
                 else:
                     sets.append(world.azure_people_by_proxy(address))
             elif key in ("displayname", "givenname", "surname", "jobtitle"):
-                attr = {"displayname": "display_name", "givenname": "given_name", "surname": "surname",
-                        "jobtitle": "job_title"}[key]
-                sets.append([p for p in self.azure_people() if (getattr(p, attr) or "").lower() == value.lower()])
+                attr = {
+                    "displayname": "display_name",
+                    "givenname": "given_name",
+                    "surname": "surname",
+                    "jobtitle": "job_title",
+                }[key]
+                sets.append(
+                    [
+                        p
+                        for p in self.azure_people()
+                        if (getattr(p, attr) or "").lower() == value.lower()
+                    ]
+                )
             else:
-                raise GraphError(400, "Request_UnsupportedQuery",
-                                 f"Unsupported or invalid query filter clause specified for property '{prop}' of "
-                                 "resource 'User'.")
+                raise GraphError(
+                    400,
+                    "Request_UnsupportedQuery",
+                    f"Unsupported or invalid query filter clause specified for property '{prop}' "
+                    "of "
+                    "resource 'User'.",
+                )
         return _combine(joiner, sets)
 
     async def user(self, request: Request) -> Response:
@@ -283,10 +357,16 @@ class DirectoryEndpoints:
     def application(self, request: Request) -> dict[str, Any]:
         key = request.path_params["app"]
         match = re.fullmatch(r"\(appId='([^']*)'\)", key)
-        app = self.world.application_by_app_id(match.group(1)) if match else self.world.applications.get(key)
+        app = (
+            self.world.application_by_app_id(match.group(1))
+            if match
+            else self.world.applications.get(key)
+        )
         if app is None:
-            raise not_found(f"Resource '{key}' does not exist or one of its queried reference-property objects "
-                            "are not present.")
+            raise not_found(
+                f"Resource '{key}' does not exist or one of its queried reference-property objects "
+                "are not present."
+            )
         return app
 
     def public_app(self, app: dict[str, Any]) -> dict[str, Any]:
@@ -330,16 +410,20 @@ class DirectoryEndpoints:
             apps = self.filter_objects(raw, apps, ("appId", "displayName", "id"), "application")
         return self.collection(request, "applications", [self.public_app(a) for a in apps])
 
-    def filter_objects(self, raw: str, objects: list[dict[str, Any]], allowed: Iterable[str], kind: str
-                       ) -> list[dict[str, Any]]:
+    def filter_objects(
+        self, raw: str, objects: list[dict[str, Any]], allowed: Iterable[str], kind: str
+    ) -> list[dict[str, Any]]:
         joiner, terms = parse_filter(raw)
         names = {a.lower(): a for a in allowed}
         sets = []
         for prop, value in terms:
             if prop.lower() not in names:
-                raise GraphError(400, "Request_UnsupportedQuery",
-                                 f"Unsupported or invalid query filter clause specified for property '{prop}' "
-                                 f"of resource '{kind}'.")
+                raise GraphError(
+                    400,
+                    "Request_UnsupportedQuery",
+                    f"Unsupported or invalid query filter clause specified for property '{prop}' "
+                    f"of resource '{kind}'.",
+                )
             name = names[prop.lower()]
             sets.append([o for o in objects if str(o.get(name) or "").lower() == value.lower()])
         return _combine(joiner, sets)
@@ -348,7 +432,10 @@ class DirectoryEndpoints:
         claims = self.claims(request)
         require(claims, app_roles=APP_READ, scopes=APP_READ)
         app = self.application(request)
-        body = {"@odata.context": f"{self.base()}/$metadata#applications/$entity", **self.public_app(app)}
+        body = {
+            "@odata.context": f"{self.base()}/$metadata#applications/$entity",
+            **self.public_app(app),
+        }
         select = _select_param(request)
         return JSONResponse(_select(body, ["@odata.context", *select]) if select else body)
 
@@ -359,8 +446,11 @@ class DirectoryEndpoints:
         data = await _json(request)
         unknown = [k for k in data if k not in APP_PATCHABLE]
         if unknown:
-            raise bad_request(f"Property '{unknown[0]}' is read-only or does not exist on type "
-                              "'microsoft.graph.application'.", code="Request_BadRequest")
+            raise bad_request(
+                f"Property '{unknown[0]}' is read-only or does not exist on type "
+                "'microsoft.graph.application'.",
+                code="Request_BadRequest",
+            )
         app.update(data)
         sp = self.world.service_principal_by_app_id(app["appId"])
         if sp is not None and "displayName" in data:
@@ -379,7 +469,9 @@ class DirectoryEndpoints:
         if sp is not None:
             world.service_principals.pop(sp["id"], None)
             world._sp_by_app_id.pop(app["appId"], None)
-            for key in [k for k, a in world.app_role_assignments.items() if a["principalId"] == sp["id"]]:
+            for key in [
+                k for k, a in world.app_role_assignments.items() if a["principalId"] == sp["id"]
+            ]:
                 del world.app_role_assignments[key]
             for key in [k for k, g in world.permission_grants.items() if g["clientId"] == sp["id"]]:
                 del world.permission_grants[key]
@@ -392,8 +484,10 @@ class DirectoryEndpoints:
         data = await _json(request)
         cred_in = data.get("passwordCredential") or {}
         secret = secrets.token_urlsafe(30)[:40].replace("-", "~")
-        start = dt.datetime.now(dt.timezone.utc)
-        end = cred_in.get("endDateTime") or (start + dt.timedelta(days=730)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        start = dt.datetime.now(dt.UTC)
+        end = cred_in.get("endDateTime") or (start + dt.timedelta(days=730)).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
+        )
         credential = {
             "customKeyIdentifier": None,
             "displayName": cred_in.get("displayName"),
@@ -406,8 +500,11 @@ class DirectoryEndpoints:
         app["passwordCredentials"].append(credential)
         self.world.app_secrets.setdefault(app["appId"], []).append(secret)
         app.setdefault("_secret_by_key", {})[credential["keyId"]] = secret
-        body = {"@odata.context": f"{self.base()}/$metadata#microsoft.graph.passwordCredential",
-                **credential, "secretText": secret}
+        body = {
+            "@odata.context": f"{self.base()}/$metadata#microsoft.graph.passwordCredential",
+            **credential,
+            "secretText": secret,
+        }
         return JSONResponse(body)
 
     async def remove_password(self, request: Request) -> Response:
@@ -421,19 +518,25 @@ class DirectoryEndpoints:
             raise not_found(f"No password credential found with keyId {key_id}.")
         secret = app.get("_secret_by_key", {}).pop(key_id, None)
         if secret is not None:
-            self.world.app_secrets[app["appId"]] = [s for s in self.world.app_secrets.get(app["appId"], [])
-                                                    if s != secret]
+            self.world.app_secrets[app["appId"]] = [
+                s for s in self.world.app_secrets.get(app["appId"], []) if s != secret
+            ]
         return Response(status_code=204)
 
     # ------------------------------------------------------------------ service principals
     def service_principal(self, request: Request) -> dict[str, Any]:
         key = request.path_params["sp"]
         match = re.fullmatch(r"\(appId='([^']*)'\)", key)
-        sp = (self.world.service_principal_by_app_id(match.group(1)) if match
-              else self.world.service_principals.get(key))
+        sp = (
+            self.world.service_principal_by_app_id(match.group(1))
+            if match
+            else self.world.service_principals.get(key)
+        )
         if sp is None:
-            raise not_found(f"Resource '{key}' does not exist or one of its queried reference-property objects "
-                            "are not present.")
+            raise not_found(
+                f"Resource '{key}' does not exist or one of its queried reference-property objects "
+                "are not present."
+            )
         return sp
 
     async def create_service_principal(self, request: Request) -> Response:
@@ -444,25 +547,33 @@ class DirectoryEndpoints:
         app_id = str(data.get("appId") or "")
         app = world.application_by_app_id(app_id)
         if app is None:
-            raise bad_request(f"The appId '{app_id}' of the service principal does not reference a valid "
-                              "application object.", code="Request_BadRequest")
+            raise bad_request(
+                f"The appId '{app_id}' of the service principal does not reference a valid "
+                "application object.",
+                code="Request_BadRequest",
+            )
         if world.service_principal_by_app_id(app_id) is not None:
-            raise GraphError(409, "Request_MultipleObjectsWithSameKeyValue",
-                             "The service principal cannot be created, updated, or restored because the service "
-                             "principal name "
-                             f"{app_id} is already in use.")
-        sp = world.add_service_principal({
-            "id": world.new_id(),
-            "appId": app_id,
-            "displayName": app.get("displayName"),
-            "accountEnabled": True,
-            "servicePrincipalType": "Application",
-            "appOwnerOrganizationId": world.tenant_id,
-            "servicePrincipalNames": [app_id],
-            "appRoles": [],
-            "oauth2PermissionScopes": [],
-            "tags": data.get("tags", []),
-        })
+            raise GraphError(
+                409,
+                "Request_MultipleObjectsWithSameKeyValue",
+                "The service principal cannot be created, updated, or restored because the service "
+                "principal name "
+                f"{app_id} is already in use.",
+            )
+        sp = world.add_service_principal(
+            {
+                "id": world.new_id(),
+                "appId": app_id,
+                "displayName": app.get("displayName"),
+                "accountEnabled": True,
+                "servicePrincipalType": "Application",
+                "appOwnerOrganizationId": world.tenant_id,
+                "servicePrincipalNames": [app_id],
+                "appRoles": [],
+                "oauth2PermissionScopes": [],
+                "tags": data.get("tags", []),
+            }
+        )
         body = {"@odata.context": f"{self.base()}/$metadata#servicePrincipals/$entity", **sp}
         return JSONResponse(body, status_code=201)
 
@@ -489,7 +600,9 @@ class DirectoryEndpoints:
         world = self.world
         if request.method == "GET":
             require(claims, app_roles=(*APP_READ, *ROLE_ASSIGN), scopes=(*APP_READ, *ROLE_ASSIGN))
-            items = [a for a in world.app_role_assignments.values() if a["resourceId"] == resource["id"]]
+            items = [
+                a for a in world.app_role_assignments.values() if a["resourceId"] == resource["id"]
+            ]
             return self.collection(request, "appRoleAssignments", items)
         require(claims, app_roles=ROLE_ASSIGN, scopes=ROLE_ASSIGN)
         self.require_admin_user(claims)
@@ -498,23 +611,39 @@ class DirectoryEndpoints:
         if principal is None:
             raise bad_request("Invalid principal id.", code="Request_BadRequest")
         if data.get("resourceId") not in (None, resource["id"]):
-            raise bad_request("resourceId must be the service principal in the URL.", code="Request_BadRequest")
+            raise bad_request(
+                "resourceId must be the service principal in the URL.", code="Request_BadRequest"
+            )
         role_id = str(data.get("appRoleId") or "")
         if role_id not in {r["id"] for r in resource.get("appRoles", [])}:
-            raise bad_request("Permission being assigned was not found on application", code="Request_BadRequest")
-        if any(a["principalId"] == principal["id"] and a["resourceId"] == resource["id"] and a["appRoleId"] == role_id
-               for a in world.app_role_assignments.values()):
-            raise bad_request("Permission being assigned already exists on the object",
-                              code="Request_BadRequest")
+            raise bad_request(
+                "Permission being assigned was not found on application", code="Request_BadRequest"
+            )
+        if any(
+            a["principalId"] == principal["id"]
+            and a["resourceId"] == resource["id"]
+            and a["appRoleId"] == role_id
+            for a in world.app_role_assignments.values()
+        ):
+            raise bad_request(
+                "Permission being assigned already exists on the object", code="Request_BadRequest"
+            )
         assignment = add_app_role_assignment(world, principal, resource, role_id)
-        body = {"@odata.context": f"{self.base()}/$metadata#appRoleAssignments/$entity", **assignment}
+        body = {
+            "@odata.context": f"{self.base()}/$metadata#appRoleAssignments/$entity",
+            **assignment,
+        }
         return JSONResponse(body, status_code=201)
 
     async def app_role_assignments(self, request: Request) -> Response:
         claims = self.claims(request)
         require(claims, app_roles=(*APP_READ, *ROLE_ASSIGN), scopes=(*APP_READ, *ROLE_ASSIGN))
         principal = self.service_principal(request)
-        items = [a for a in self.world.app_role_assignments.values() if a["principalId"] == principal["id"]]
+        items = [
+            a
+            for a in self.world.app_role_assignments.values()
+            if a["principalId"] == principal["id"]
+        ]
         return self.collection(request, "appRoleAssignments", items)
 
     # ------------------------------------------------------------------ oauth2PermissionGrants
@@ -526,8 +655,12 @@ class DirectoryEndpoints:
             items = list(world.permission_grants.values())
             raw = request.query_params.get("$filter")
             if raw:
-                items = self.filter_objects(raw, items, ("clientId", "resourceId", "consentType", "principalId", "id"),
-                                            "oAuth2PermissionGrant")
+                items = self.filter_objects(
+                    raw,
+                    items,
+                    ("clientId", "resourceId", "consentType", "principalId", "id"),
+                    "oAuth2PermissionGrant",
+                )
             return self.collection(request, "oauth2PermissionGrants", items)
         require(claims, app_roles=GRANT_WRITE, scopes=GRANT_WRITE)
         self.require_admin_user(claims)
@@ -538,28 +671,55 @@ class DirectoryEndpoints:
         if client_id not in world.service_principals or resource_id not in world.service_principals:
             raise bad_request("Invalid clientId or resourceId.", code="Request_BadRequest")
         if consent_type not in ("AllPrincipals", "Principal"):
-            raise bad_request("consentType must be 'AllPrincipals' or 'Principal'.", code="Request_BadRequest")
+            raise bad_request(
+                "consentType must be 'AllPrincipals' or 'Principal'.", code="Request_BadRequest"
+            )
         principal_id = data.get("principalId")
         if (consent_type == "Principal") != bool(principal_id):
-            raise bad_request("principalId is required for consentType 'Principal' and only for it.",
-                              code="Request_BadRequest")
+            raise bad_request(
+                "principalId is required for consentType 'Principal' and only for it.",
+                code="Request_BadRequest",
+            )
         for existing in world.permission_grants.values():
-            if (existing["clientId"], existing["resourceId"], existing["consentType"], existing.get("principalId")) \
-                    == (client_id, resource_id, consent_type, principal_id):
-                raise GraphError(409, "Request_MultipleObjectsWithSameKeyValue",
-                                 "Permission entry already exists.")
+            if (
+                existing["clientId"],
+                existing["resourceId"],
+                existing["consentType"],
+                existing.get("principalId"),
+            ) == (client_id, resource_id, consent_type, principal_id):
+                raise GraphError(
+                    409,
+                    "Request_MultipleObjectsWithSameKeyValue",
+                    "Permission entry already exists.",
+                )
         self.check_scopes(resource_id, str(data.get("scope") or ""))
-        grant = add_permission_grant(world, client_id, resource_id, str(data.get("scope") or "").strip(),
-                                     consent_type, principal_id)
-        body = {"@odata.context": f"{self.base()}/$metadata#oauth2PermissionGrants/$entity", **grant}
+        grant = add_permission_grant(
+            world,
+            client_id,
+            resource_id,
+            str(data.get("scope") or "").strip(),
+            consent_type,
+            principal_id,
+        )
+        body = {
+            "@odata.context": f"{self.base()}/$metadata#oauth2PermissionGrants/$entity",
+            **grant,
+        }
         return JSONResponse(body, status_code=201)
 
     def check_scopes(self, resource_id: str, scope: str) -> None:
-        known = {s["value"] for s in self.world.service_principals[resource_id].get("oauth2PermissionScopes", [])}
+        known = {
+            s["value"]
+            for s in self.world.service_principals[resource_id].get("oauth2PermissionScopes", [])
+        }
         unknown = [s for s in scope.split() if s not in known]
         if unknown:
-            raise bad_request(f"Invalid value specified for property 'scope' of resource 'OAuth2PermissionGrant': "
-                              f"{unknown[0]}", code="Request_BadRequest")
+            raise bad_request(
+                "Invalid value specified for property 'scope' of resource "
+                "'OAuth2PermissionGrant': "
+                f"{unknown[0]}",
+                code="Request_BadRequest",
+            )
 
     async def grant(self, request: Request) -> Response:
         claims = self.claims(request)
@@ -587,28 +747,80 @@ class DirectoryEndpoints:
 
         return [
             r("/me", self.me, ["GET"], "graph_me"),
-            r("/me/transitiveMemberOf/microsoft.graph.directoryRole", self.my_roles, ["GET"], "graph_me_roles"),
+            r(
+                "/me/transitiveMemberOf/microsoft.graph.directoryRole",
+                self.my_roles,
+                ["GET"],
+                "graph_me_roles",
+            ),
             r("/users", self.users, ["GET"], "graph_users"),
             r("/users/{user}", self.user, ["GET"], "graph_user"),
             r("/applications", self.create_application, ["POST"], "graph_applications_create"),
             r("/applications", self.list_applications, ["GET"], "graph_applications"),
             r("/applications/{app}", self.get_application, ["GET"], "graph_application"),
             r("/applications/{app}", self.patch_application, ["PATCH"], "graph_application_patch"),
-            r("/applications/{app}", self.delete_application, ["DELETE"], "graph_application_delete"),
-            r("/applications/{app}/addPassword", self.add_password, ["POST"], "graph_application_add_password"),
-            r("/applications/{app}/removePassword", self.remove_password, ["POST"],
-              "graph_application_remove_password"),
+            r(
+                "/applications/{app}",
+                self.delete_application,
+                ["DELETE"],
+                "graph_application_delete",
+            ),
+            r(
+                "/applications/{app}/addPassword",
+                self.add_password,
+                ["POST"],
+                "graph_application_add_password",
+            ),
+            r(
+                "/applications/{app}/removePassword",
+                self.remove_password,
+                ["POST"],
+                "graph_application_remove_password",
+            ),
             r("/applications{app:path}", self.get_application, ["GET"], "graph_application"),
-            r("/servicePrincipals", self.create_service_principal, ["POST"], "graph_service_principals_create"),
-            r("/servicePrincipals", self.list_service_principals, ["GET"], "graph_service_principals"),
-            r("/servicePrincipals/{sp}", self.get_service_principal, ["GET"], "graph_service_principal"),
-            r("/servicePrincipals/{sp}/appRoleAssignedTo", self.app_role_assigned_to, ["GET", "POST"],
-              "graph_app_role_assigned_to"),
-            r("/servicePrincipals/{sp}/appRoleAssignments", self.app_role_assignments, ["GET"],
-              "graph_app_role_assignments"),
-            r("/servicePrincipals{sp:path}", self.get_service_principal, ["GET"], "graph_service_principal"),
+            r(
+                "/servicePrincipals",
+                self.create_service_principal,
+                ["POST"],
+                "graph_service_principals_create",
+            ),
+            r(
+                "/servicePrincipals",
+                self.list_service_principals,
+                ["GET"],
+                "graph_service_principals",
+            ),
+            r(
+                "/servicePrincipals/{sp}",
+                self.get_service_principal,
+                ["GET"],
+                "graph_service_principal",
+            ),
+            r(
+                "/servicePrincipals/{sp}/appRoleAssignedTo",
+                self.app_role_assigned_to,
+                ["GET", "POST"],
+                "graph_app_role_assigned_to",
+            ),
+            r(
+                "/servicePrincipals/{sp}/appRoleAssignments",
+                self.app_role_assignments,
+                ["GET"],
+                "graph_app_role_assignments",
+            ),
+            r(
+                "/servicePrincipals{sp:path}",
+                self.get_service_principal,
+                ["GET"],
+                "graph_service_principal",
+            ),
             r("/oauth2PermissionGrants", self.grants, ["GET", "POST"], "graph_permission_grants"),
-            r("/oauth2PermissionGrants/{grant}", self.grant, ["PATCH", "DELETE"], "graph_permission_grant"),
+            r(
+                "/oauth2PermissionGrants/{grant}",
+                self.grant,
+                ["PATCH", "DELETE"],
+                "graph_permission_grant",
+            ),
         ]
 
 

@@ -26,7 +26,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import BaseRoute, Route
 
 from presencectl.graph.permissions import GRAPH_APP_ID, GRAPH_RESOURCE
@@ -63,10 +69,11 @@ def _split_scopes(raw: str | None) -> list[str]:
 
 
 def _graph_scope_name(scope: str) -> str | None:
-    """``https://graph.microsoft.com/User.Read`` / ``User.Read`` → ``User.Read``; other resources → None."""
+    """``https://graph.microsoft.com/User.Read`` / ``User.Read`` → ``User.Read``; other
+    resources → None."""
     for prefix in (GRAPH_RESOURCE + "/", "https://graph.microsoft.com//", GRAPH_APP_ID + "/"):
         if scope.lower().startswith(prefix.lower()):
-            return scope[len(prefix):]
+            return scope[len(prefix) :]
     if "://" in scope or scope.startswith("api://"):
         return None
     return scope
@@ -92,7 +99,9 @@ class EntraEndpoints:
 
     def signing_in_user(self, request: Request) -> Person | None:
         q = request.query_params
-        email = q.get("sandbox_user") or q.get("login_hint") or self.world.auto_approve or ADMIN_EMAIL
+        email = (
+            q.get("sandbox_user") or q.get("login_hint") or self.world.auto_approve or ADMIN_EMAIL
+        )
         person = self.world.person_by_email(email)
         return person if person is not None and person.azure_id else None
 
@@ -106,7 +115,9 @@ class EntraEndpoints:
         return "unknown", None
 
     def unknown_client(self, client_id: str) -> Response:
-        return entra_error("unauthorized_client", 700016, client_id=client_id, tenant=self.world.tenant_id)
+        return entra_error(
+            "unauthorized_client", 700016, client_id=client_id, tenant=self.world.tenant_id
+        )
 
     def client_secret_error(self, client_id: str, secret: str | None) -> Response | None:
         if not secret:
@@ -116,7 +127,12 @@ class EntraEndpoints:
         return None
 
     def delegated_grant(
-        self, client_id: str, kind: str, app: dict[str, Any] | None, person: Person, requested: list[str]
+        self,
+        client_id: str,
+        kind: str,
+        app: dict[str, Any] | None,
+        person: Person,
+        requested: list[str],
     ) -> tuple[set[str], Response | None]:
         """The Graph scopes to put in ``scp``, or the 65001 answer when consent is missing."""
         wanted = {n for s in requested if (n := _graph_scope_name(s)) and n not in OIDC_SCOPES}
@@ -126,7 +142,8 @@ class EntraEndpoints:
             unknown = {s for s in wanted if s not in GRAPH_SCOPES}
             if unknown:
                 return set(), entra_error(
-                    "invalid_scope", 70011,
+                    "invalid_scope",
+                    70011,
                     description=f"The provided value for the input parameter 'scope' is not valid. "
                     f"The scope '{' '.join(sorted(unknown))}' does not exist.",
                 )
@@ -138,7 +155,9 @@ class EntraEndpoints:
         if ".default" in wanted:
             wanted = (wanted - {".default"}) | granted
             if not wanted:
-                return set(), self.consent_required(client_id, str((app or {}).get("displayName", "")))
+                return set(), self.consent_required(
+                    client_id, str((app or {}).get("displayName", ""))
+                )
         if not wanted <= granted:
             return set(), self.consent_required(client_id, str((app or {}).get("displayName", "")))
         return wanted, None
@@ -146,11 +165,20 @@ class EntraEndpoints:
     @staticmethod
     def consent_required(client_id: str, app_name: str) -> Response:
         return entra_error(
-            "invalid_grant", 65001, suberror="consent_required", client_id=client_id, app_name=app_name
+            "invalid_grant",
+            65001,
+            suberror="consent_required",
+            client_id=client_id,
+            app_name=app_name,
         )
 
     def user_token_response(
-        self, client_id: str, person: Person, scopes: set[str], form: dict[str, str], requested: list[str]
+        self,
+        client_id: str,
+        person: Person,
+        scopes: set[str],
+        form: dict[str, str],
+        requested: list[str],
     ) -> Response:
         world = self.world
         access, claims = world.issue_token(
@@ -159,14 +187,20 @@ class EntraEndpoints:
         lifetime = int(claims.exp - world.clock.now())
         body: dict[str, Any] = {
             "token_type": "Bearer",
-            "scope": " ".join([*(f"{GRAPH_RESOURCE}/{s}" for s in sorted(scopes)),
-                               *(s for s in ("openid", "profile", "email") if s in requested)]),
+            "scope": " ".join(
+                [
+                    *(f"{GRAPH_RESOURCE}/{s}" for s in sorted(scopes)),
+                    *(s for s in ("openid", "profile", "email") if s in requested),
+                ]
+            ),
             "expires_in": lifetime,
             "ext_expires_in": lifetime,
             "access_token": access,
         }
         if "offline_access" in requested:
-            body["refresh_token"] = world.new_refresh_token(client_id, str(person.azure_id), scopes, GRAPH_RESOURCE)
+            body["refresh_token"] = world.new_refresh_token(
+                client_id, str(person.azure_id), scopes, GRAPH_RESOURCE
+            )
         if "openid" in requested or "profile" in requested:
             body["id_token"] = self.id_token(client_id, person)
         if form.get("client_info") == "1":
@@ -200,30 +234,47 @@ class EntraEndpoints:
             return self.bad_tenant(tenant)
         base = f"{self.world.base_url}/{tenant}"
         tid = self.world.tenant_id
-        return JSONResponse({
-            "token_endpoint": f"{base}/oauth2/v2.0/token",
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
-            "jwks_uri": f"{self.world.base_url}/{tid}/discovery/v2.0/keys",
-            "response_modes_supported": ["query", "fragment", "form_post"],
-            "subject_types_supported": ["pairwise"],
-            "id_token_signing_alg_values_supported": ["RS256"],
-            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
-            "scopes_supported": ["openid", "profile", "email", "offline_access"],
-            "issuer": self.issuer(),
-            "request_uri_parameter_supported": False,
-            "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
-            "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
-            "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
-            "http_logout_supported": True,
-            "frontchannel_logout_supported": True,
-            "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
-            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nbf", "name", "oid", "tid",
-                                 "preferred_username", "ver"],
-            "tenant_region_scope": "EU",
-            "cloud_instance_name": "microsoftonline.com",
-            "cloud_graph_host_name": "graph.windows.net",
-            "msgraph_host": "graph.microsoft.com",
-        })
+        return JSONResponse(
+            {
+                "token_endpoint": f"{base}/oauth2/v2.0/token",
+                "token_endpoint_auth_methods_supported": [
+                    "client_secret_post",
+                    "private_key_jwt",
+                    "client_secret_basic",
+                ],
+                "jwks_uri": f"{self.world.base_url}/{tid}/discovery/v2.0/keys",
+                "response_modes_supported": ["query", "fragment", "form_post"],
+                "subject_types_supported": ["pairwise"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+                "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+                "scopes_supported": ["openid", "profile", "email", "offline_access"],
+                "issuer": self.issuer(),
+                "request_uri_parameter_supported": False,
+                "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
+                "authorization_endpoint": f"{base}/oauth2/v2.0/authorize",
+                "device_authorization_endpoint": f"{base}/oauth2/v2.0/devicecode",
+                "http_logout_supported": True,
+                "frontchannel_logout_supported": True,
+                "end_session_endpoint": f"{base}/oauth2/v2.0/logout",
+                "claims_supported": [
+                    "sub",
+                    "iss",
+                    "aud",
+                    "exp",
+                    "iat",
+                    "nbf",
+                    "name",
+                    "oid",
+                    "tid",
+                    "preferred_username",
+                    "ver",
+                ],
+                "tenant_region_scope": "EU",
+                "cloud_instance_name": "microsoftonline.com",
+                "cloud_graph_host_name": "graph.windows.net",
+                "msgraph_host": "graph.microsoft.com",
+            }
+        )
 
     async def keys(self, request: Request) -> Response:
         return JSONResponse({"keys": []})
@@ -240,12 +291,14 @@ class EntraEndpoints:
             "cloud_audience_urn": "urn:federation:MicrosoftOnline",
         }
         if person is not None and "federated" in person.flags:
-            body.update({
-                "account_type": "Federated",
-                "federation_protocol": "WSTrust",
-                "federation_active_auth_url": f"{self.world.base_url}{ADFS_PATH}",
-                "federation_global_version": -1,
-            })
+            body.update(
+                {
+                    "account_type": "Federated",
+                    "federation_protocol": "WSTrust",
+                    "federation_active_auth_url": f"{self.world.base_url}{ADFS_PATH}",
+                    "federation_global_version": -1,
+                }
+            )
         return JSONResponse(body)
 
     async def adfs_usernamemixed(self, request: Request) -> Response:
@@ -254,10 +307,12 @@ class EntraEndpoints:
             '<s:Envelope xmlns:s="http://www.w3.org/2003/05/soap-envelope" '
             'xmlns:a="http://www.w3.org/2005/08/addressing"><s:Header>'
             '<a:Action s:mustUnderstand="1">http://www.w3.org/2005/08/addressing/soap/fault</a:Action>'
-            '</s:Header><s:Body><s:Fault><s:Code><s:Value>s:Sender</s:Value><s:Subcode>'
+            "</s:Header><s:Body><s:Fault><s:Code><s:Value>s:Sender</s:Value><s:Subcode>"
             '<s:Value xmlns:a="http://docs.oasis-open.org/ws-sx/ws-trust/200512">a:FailedAuthentication</s:Value>'
-            '</s:Subcode></s:Code><s:Reason><s:Text xml:lang="en-US">ID3242: The security token could '
-            'not be authenticated or authorized.</s:Text></s:Reason></s:Fault></s:Body></s:Envelope>'
+            '</s:Subcode></s:Code><s:Reason><s:Text xml:lang="en-US">ID3242: The security token '
+            "could "
+            "not be authenticated or "
+            "authorized.</s:Text></s:Reason></s:Fault></s:Body></s:Envelope>"
         )
         return Response(fault, status_code=500, media_type="application/soap+xml; charset=utf-8")
 
@@ -279,20 +334,24 @@ class EntraEndpoints:
         code = self.world.new_device_code(client_id, scopes)
         uri = f"{self.world.base_url}/devicelogin"
         display = f"{code.user_code[:3]}{code.user_code[3:]}"
-        return JSONResponse({
-            "user_code": display,
-            "device_code": code.device_code,
-            "verification_uri": uri,
-            "expires_in": int(code.expires_at - self.world.clock.now()),
-            "interval": code.interval,
-            "message": f"To sign in, use a web browser to open the page {uri} and enter the code "
-            f"{display} to authenticate.",
-        }, headers=NO_STORE)
+        return JSONResponse(
+            {
+                "user_code": display,
+                "device_code": code.device_code,
+                "verification_uri": uri,
+                "expires_in": int(code.expires_at - self.world.clock.now()),
+                "interval": code.interval,
+                "message": f"To sign in, use a web browser to open the page {uri} and enter the "
+                "code "
+                f"{display} to authenticate.",
+            },
+            headers=NO_STORE,
+        )
 
     async def devicelogin(self, request: Request) -> Response:
         return HTMLResponse(
             "<html><body><h1>presencectl sandbox</h1><p>There is no sign-in page here. Approve the "
-            "code with <code>POST /_sandbox/devicecode/approve {\"user_code\": …, \"user\": …}</code> "
+            'code with <code>POST /_sandbox/devicecode/approve {"user_code": …, "user": …}</code> '
             "or serve with <code>--auto-approve EMAIL</code>.</p></body></html>"
         )
 
@@ -303,24 +362,40 @@ class EntraEndpoints:
         redirect_uri = q.get("redirect_uri", "")
         kind, app = self.client_kind(client_id)
         if kind == "unknown":
-            return PlainTextResponse(f"AADSTS700016: Application with identifier '{client_id}' was not found",
-                                     status_code=400)
-        if kind == "app" and redirect_uri not in _redirect_uris(app or {}):
             return PlainTextResponse(
-                f"AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does not match the "
-                f"redirect URIs configured for the application '{client_id}'.", status_code=400)
+                f"AADSTS700016: Application with identifier '{client_id}' was not found",
+                status_code=400,
+            )
+        if kind == "app" and not redirect_uri_registered(redirect_uri, _redirect_uris(app or {})):
+            return PlainTextResponse(
+                f"AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does "
+                "not match the "
+                f"redirect URIs configured for the application '{client_id}'.",
+                status_code=400,
+            )
         person = self.signing_in_user(request)
         state = q.get("state")
         if person is None or {"disabled", "locked"} & person.flags:
-            return _redirect(redirect_uri, {"error": "access_denied",
-                                            "error_description": "AADSTS50057: The user account is disabled.",
-                                            "state": state})
+            return _redirect(
+                redirect_uri,
+                {
+                    "error": "access_denied",
+                    "error_description": "AADSTS50057: The user account is disabled.",
+                    "state": state,
+                },
+            )
         code = "sbxac." + secrets.token_urlsafe(32)
         self.auth_codes[code] = AuthCode(
-            client_id, redirect_uri, str(person.azure_id), _split_scopes(q.get("scope")),
-            q.get("code_challenge"), self.world.clock.now() + 600,
+            client_id,
+            redirect_uri,
+            str(person.azure_id),
+            _split_scopes(q.get("scope")),
+            q.get("code_challenge"),
+            self.world.clock.now() + 600,
         )
-        return _redirect(redirect_uri, {"code": code, "state": state, "session_state": str(uuid.uuid4())})
+        return _redirect(
+            redirect_uri, {"code": code, "state": state, "session_state": str(uuid.uuid4())}
+        )
 
     # ------------------------------------------------------------------ admin consent
     async def adminconsent(self, request: Request) -> Response:
@@ -336,25 +411,41 @@ class EntraEndpoints:
         app = world.application_by_app_id(client_id)
         if app is None:
             return PlainTextResponse(
-                f"AADSTS700016: Application with identifier '{client_id}' was not found in the directory "
-                f"'{world.tenant_id}'.", status_code=400)
-        if redirect_uri not in _redirect_uris(app):
+                f"AADSTS700016: Application with identifier '{client_id}' was not found in the "
+                "directory "
+                f"'{world.tenant_id}'.",
+                status_code=400,
+            )
+        if not redirect_uri_registered(redirect_uri, _redirect_uris(app)):
             return PlainTextResponse(
-                f"AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does not match the "
-                f"redirect URIs configured for the application '{client_id}'.", status_code=400)
+                f"AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does "
+                "not match the "
+                f"redirect URIs configured for the application '{client_id}'.",
+                status_code=400,
+            )
         person = self.signing_in_user(request)
-        if person is None or GLOBAL_ADMIN not in person.roles or {"disabled", "locked"} & person.flags:
+        if (
+            person is None
+            or GLOBAL_ADMIN not in person.roles
+            or {"disabled", "locked"} & person.flags
+        ):
             who = person.upn if person is not None else "the signed-in user"
-            return _redirect(redirect_uri, {
-                "error": "access_denied",
-                "error_description": f"AADSTS90094: Admin consent is required for the permissions requested "
-                f"by this application. {who} is not a Global Administrator.",
-                "error_subcode": "cancel" if person is None else None,
-                "state": state,
-            })
+            return _redirect(
+                redirect_uri,
+                {
+                    "error": "access_denied",
+                    "error_description": "AADSTS90094: Admin consent is required for the "
+                    "permissions requested "
+                    f"by this application. {who} is not a Global Administrator.",
+                    "error_subcode": "cancel" if person is None else None,
+                    "state": state,
+                },
+            )
         grant_admin_consent(world, app, person)
-        return _redirect(redirect_uri, {"admin_consent": "True", "tenant": world.tenant_id,
-                                        "scope": scope, "state": state})
+        return _redirect(
+            redirect_uri,
+            {"admin_consent": "True", "tenant": world.tenant_id, "scope": scope, "state": state},
+        )
 
     # ------------------------------------------------------------------ token
     async def token(self, request: Request) -> Response:
@@ -392,28 +483,51 @@ class EntraEndpoints:
         scopes = _split_scopes(form.get("scope"))
         if len(scopes) != 1 or not scopes[0].endswith("/.default"):
             return entra_error(
-                "invalid_scope", 1002012,
-                description=f"The provided value for scope {' '.join(scopes)} is not valid. Client credential "
+                "invalid_scope",
+                1002012,
+                description=f"The provided value for scope {' '.join(scopes)} is not valid. "
+                "Client credential "
                 "flows must have a scope value with /.default suffixed to the resource identifier "
                 "(application ID URI).",
             )
         if _graph_scope_name(scopes[0]) is None:
-            return entra_error("invalid_resource", 500011, description=(
-                f"The resource principal named {scopes[0][:-len('/.default')]} was not found in the tenant "
-                f"named {world.tenant_id}."))
+            return entra_error(
+                "invalid_resource",
+                500011,
+                description=(
+                    f"The resource principal named {scopes[0][: -len('/.default')]} was not "
+                    "found in the tenant "
+                    f"named {world.tenant_id}."
+                ),
+            )
         sp = world.service_principal_by_app_id(client_id)
         if sp is None:
-            return entra_error("invalid_client", 7000229, description=(
-                f"The client application {client_id} is missing service principal in the tenant "
-                f"{world.tenant_id}."))
+            return entra_error(
+                "invalid_client",
+                7000229,
+                description=(
+                    f"The client application {client_id} is missing service principal in the "
+                    "tenant "
+                    f"{world.tenant_id}."
+                ),
+            )
         access, claims = world.issue_token(
             kind="app", appid=client_id, oid=sp["id"], roles=world.app_roles_of(client_id)
         )
         lifetime = int(claims.exp - world.clock.now())
-        return JSONResponse({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime,
-                             "access_token": access}, headers=NO_STORE)
+        return JSONResponse(
+            {
+                "token_type": "Bearer",
+                "expires_in": lifetime,
+                "ext_expires_in": lifetime,
+                "access_token": access,
+            },
+            headers=NO_STORE,
+        )
 
-    def password(self, client_id: str, kind: str, app: dict[str, Any] | None, form: dict[str, str]) -> Response:
+    def password(
+        self, client_id: str, kind: str, app: dict[str, Any] | None, form: dict[str, str]
+    ) -> Response:
         world = self.world
         username = form.get("username", "")
         person = world.person_by_email(username) if username else None
@@ -428,8 +542,14 @@ class EntraEndpoints:
         if "must_change_password" in person.flags:
             return entra_error("user_password_expired", 50055, suberror="user_password_expired")
         if "mfa_required" in person.flags:
-            return entra_error("invalid_grant", 50076, suberror="basic_action", resource=GRAPH_APP_ID)
-        if kind == "app" and not form.get("client_secret") and not (app or {}).get("isFallbackPublicClient"):
+            return entra_error(
+                "invalid_grant", 50076, suberror="basic_action", resource=GRAPH_APP_ID
+            )
+        if (
+            kind == "app"
+            and not form.get("client_secret")
+            and not (app or {}).get("isFallbackPublicClient")
+        ):
             return entra_error("invalid_client", 7000218, status=401)
         if kind == "app" and form.get("client_secret"):
             error = self.client_secret_error(client_id, form.get("client_secret"))
@@ -441,7 +561,9 @@ class EntraEndpoints:
             return error
         return self.user_token_response(client_id, person, scopes, form, requested)
 
-    def refresh(self, client_id: str, kind: str, app: dict[str, Any] | None, form: dict[str, str]) -> Response:
+    def refresh(
+        self, client_id: str, kind: str, app: dict[str, Any] | None, form: dict[str, str]
+    ) -> Response:
         world = self.world
         grant = world.refresh_tokens.get(form.get("refresh_token", ""))
         if grant is None or grant.client_id != client_id or grant.exp <= world.clock.now():
@@ -455,7 +577,9 @@ class EntraEndpoints:
             error = self.client_secret_error(client_id, form.get("client_secret"))
             if error is not None:
                 return error
-        requested = _split_scopes(form.get("scope")) or [f"{GRAPH_RESOURCE}/{s}" for s in grant.scopes]
+        requested = _split_scopes(form.get("scope")) or [
+            f"{GRAPH_RESOURCE}/{s}" for s in grant.scopes
+        ]
         scopes, error = self.delegated_grant(client_id, kind, app, person, requested)
         if error is not None:
             return error
@@ -463,7 +587,9 @@ class EntraEndpoints:
             requested.append("offline_access")
         return self.user_token_response(client_id, person, scopes, form, requested)
 
-    def device_code(self, client_id: str, kind: str, app: dict[str, Any] | None, form: dict[str, str]) -> Response:
+    def device_code(
+        self, client_id: str, kind: str, app: dict[str, Any] | None, form: dict[str, str]
+    ) -> Response:
         world = self.world
         code = world.device_codes.get(form.get("device_code") or form.get("code") or "")
         if code is None or code.client_id != client_id or code.redeemed:
@@ -471,8 +597,11 @@ class EntraEndpoints:
         if code.expires_at <= world.clock.now():
             return entra_error("expired_token", 70019)
         if code.denied:
-            return entra_error("authorization_declined", 70000,
-                               description="The end user denied the authorization request.")
+            return entra_error(
+                "authorization_declined",
+                70000,
+                description="The end user denied the authorization request.",
+            )
         if code.approved_by is None:
             return entra_error("authorization_pending", 70016)
         person = world.person_by_email(code.approved_by)
@@ -487,8 +616,9 @@ class EntraEndpoints:
         code.redeemed = True
         return self.user_token_response(client_id, person, scopes, form, requested)
 
-    def authorization_code(self, client_id: str, kind: str, app: dict[str, Any] | None,
-                           form: dict[str, str]) -> Response:
+    def authorization_code(
+        self, client_id: str, kind: str, app: dict[str, Any] | None, form: dict[str, str]
+    ) -> Response:
         world = self.world
         code = self.auth_codes.pop(form.get("code", ""), None)
         if code is None or code.client_id != client_id or code.expires_at <= world.clock.now():
@@ -497,10 +627,18 @@ class EntraEndpoints:
             return entra_error("invalid_grant", 70000)
         if code.code_challenge:
             verifier = form.get("code_verifier", "")
-            digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+            digest = (
+                base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
+                .rstrip(b"=")
+                .decode()
+            )
             if digest != code.code_challenge:
-                return entra_error("invalid_grant", 501481, description="The Code_Verifier does not match the "
-                                   "code_challenge supplied in the authorization request.")
+                return entra_error(
+                    "invalid_grant",
+                    501481,
+                    description="The Code_Verifier does not match the "
+                    "code_challenge supplied in the authorization request.",
+                )
         if kind == "app" and form.get("client_secret"):
             error = self.client_secret_error(client_id, form.get("client_secret"))
             if error is not None:
@@ -518,11 +656,24 @@ class EntraEndpoints:
     def routes(self) -> list[BaseRoute]:
         t = "/{tenant}"
         return [
-            Route(t + "/v2.0/.well-known/openid-configuration", self.openid_configuration, name="entra_openid"),
-            Route(t + "/.well-known/openid-configuration", self.openid_configuration, name="entra_openid"),
+            Route(
+                t + "/v2.0/.well-known/openid-configuration",
+                self.openid_configuration,
+                name="entra_openid",
+            ),
+            Route(
+                t + "/.well-known/openid-configuration",
+                self.openid_configuration,
+                name="entra_openid",
+            ),
             Route(t + "/discovery/v2.0/keys", self.keys, name="entra_keys"),
             Route(t + "/oauth2/v2.0/token", self.token, methods=["POST"], name="entra_token"),
-            Route(t + "/oauth2/v2.0/devicecode", self.devicecode, methods=["POST"], name="entra_devicecode"),
+            Route(
+                t + "/oauth2/v2.0/devicecode",
+                self.devicecode,
+                methods=["POST"],
+                name="entra_devicecode",
+            ),
             Route(t + "/oauth2/v2.0/authorize", self.authorize, name="entra_authorize"),
             Route(t + "/adminconsent", self.adminconsent, name="entra_adminconsent"),
             Route(t + "/v2.0/adminconsent", self.adminconsent, name="entra_adminconsent"),
@@ -545,6 +696,27 @@ def _basic_auth(request: Request, form: dict[str, str]) -> None:
         form.setdefault("client_secret", secret)
 
 
+def redirect_uri_registered(uri: str, registered: list[str]) -> bool:
+    """Entra's matching, including its localhost exception: the port of a ``http://localhost``
+    (or 127.0.0.1) redirect URI is ignored, so a CLI's loopback listener may use any port."""
+    if uri in registered:
+        return True
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme != "http" or parts.hostname not in ("localhost", "127.0.0.1"):
+        return False
+    for candidate in registered:
+        c = urlsplit(candidate)
+        if (c.scheme, c.hostname, c.path.rstrip("/")) == (
+            "http",
+            parts.hostname,
+            parts.path.rstrip("/"),
+        ):
+            return True
+    return False
+
+
 def _redirect_uris(app: dict[str, Any]) -> list[str]:
     uris: list[str] = []
     for key in ("web", "publicClient", "spa"):
@@ -562,17 +734,19 @@ def grant_admin_consent(world: World, app: dict[str, Any], admin: Person) -> Non
     """Record what admin consent grants: the app's Graph app roles and its delegated scopes."""
     sp = world.service_principal_by_app_id(app["appId"])
     if sp is None:
-        sp = world.add_service_principal({
-            "id": world.new_id(),
-            "appId": app["appId"],
-            "displayName": app.get("displayName"),
-            "servicePrincipalType": "Application",
-            "appOwnerOrganizationId": world.tenant_id,
-            "servicePrincipalNames": [app["appId"]],
-            "appRoles": [],
-            "oauth2PermissionScopes": [],
-            "accountEnabled": True,
-        })
+        sp = world.add_service_principal(
+            {
+                "id": world.new_id(),
+                "appId": app["appId"],
+                "displayName": app.get("displayName"),
+                "servicePrincipalType": "Application",
+                "appOwnerOrganizationId": world.tenant_id,
+                "servicePrincipalNames": [app["appId"]],
+                "appRoles": [],
+                "oauth2PermissionScopes": [],
+                "accountEnabled": True,
+            }
+        )
     graph = world.graph_service_principal
     role_names = {r["id"]: r["value"] for r in graph["appRoles"]}
     scope_names = {s["id"]: s["value"] for s in graph["oauth2PermissionScopes"]}
@@ -586,14 +760,24 @@ def grant_admin_consent(world: World, app: dict[str, Any], admin: Person) -> Non
                 roles.add(access["id"])
             elif access.get("type") == "Scope" and access.get("id") in scope_names:
                 scopes.add(scope_names[access["id"]])
-    have = {a["appRoleId"] for a in world.app_role_assignments.values()
-            if a["principalId"] == sp["id"] and a["resourceId"] == graph["id"]}
+    have = {
+        a["appRoleId"]
+        for a in world.app_role_assignments.values()
+        if a["principalId"] == sp["id"] and a["resourceId"] == graph["id"]
+    }
     for role_id in sorted(roles - have):
         add_app_role_assignment(world, sp, graph, role_id)
     if scopes:
-        existing = next((g for g in world.permission_grants.values()
-                         if g["clientId"] == sp["id"] and g["resourceId"] == graph["id"]
-                         and g["consentType"] == "AllPrincipals"), None)
+        existing = next(
+            (
+                g
+                for g in world.permission_grants.values()
+                if g["clientId"] == sp["id"]
+                and g["resourceId"] == graph["id"]
+                and g["consentType"] == "AllPrincipals"
+            ),
+            None,
+        )
         if existing is None:
             add_permission_grant(world, sp["id"], graph["id"], " ".join(sorted(scopes)))
         else:
@@ -601,14 +785,17 @@ def grant_admin_consent(world: World, app: dict[str, Any], admin: Person) -> Non
             existing["scope"] = " ".join(sorted(merged))
 
 
-def add_app_role_assignment(world: World, sp: dict[str, Any], resource: dict[str, Any], role_id: str
-                            ) -> dict[str, Any]:
+def add_app_role_assignment(
+    world: World, sp: dict[str, Any], resource: dict[str, Any], role_id: str
+) -> dict[str, Any]:
     import datetime as dt
 
     assignment = {
-        "id": base64.urlsafe_b64encode(uuid.uuid4().bytes + uuid.uuid4().bytes[:8]).decode().rstrip("="),
+        "id": base64.urlsafe_b64encode(uuid.uuid4().bytes + uuid.uuid4().bytes[:8])
+        .decode()
+        .rstrip("="),
         "appRoleId": role_id,
-        "createdDateTime": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "createdDateTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "deletedDateTime": None,
         "principalDisplayName": sp.get("displayName"),
         "principalId": sp["id"],
@@ -620,10 +807,18 @@ def add_app_role_assignment(world: World, sp: dict[str, Any], resource: dict[str
     return assignment
 
 
-def add_permission_grant(world: World, client_sp_id: str, resource_sp_id: str, scope: str,
-                         consent_type: str = "AllPrincipals", principal_id: str | None = None) -> dict[str, Any]:
+def add_permission_grant(
+    world: World,
+    client_sp_id: str,
+    resource_sp_id: str,
+    scope: str,
+    consent_type: str = "AllPrincipals",
+    principal_id: str | None = None,
+) -> dict[str, Any]:
     grant = {
-        "id": base64.urlsafe_b64encode(uuid.uuid4().bytes + uuid.uuid4().bytes[:8]).decode().rstrip("="),
+        "id": base64.urlsafe_b64encode(uuid.uuid4().bytes + uuid.uuid4().bytes[:8])
+        .decode()
+        .rstrip("="),
         "clientId": client_sp_id,
         "consentType": consent_type,
         "principalId": principal_id,

@@ -22,12 +22,15 @@ if TYPE_CHECKING:
 
 
 def _utc_now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 # --------------------------------------------------------------------------- Graph
 
-def graph_error_body(code: str, message: str, client_request_id: str | None = None) -> dict[str, Any]:
+
+def graph_error_body(
+    code: str, message: str, client_request_id: str | None = None
+) -> dict[str, Any]:
     """The body Microsoft Graph sends with every 4xx/5xx."""
     request_id = str(uuid.uuid4())
     return {
@@ -102,13 +105,20 @@ def bearer_claims(world: World, request: Request | Mapping[str, str]) -> Claims:
     claims = world.verify_bearer(header, check_expiry=False)
     if claims is None:
         raise GraphError(
-            401, "InvalidAuthenticationToken", "IDX14100: JWT is not well formed, there are no dots (.)."
-            if "." not in header else "Access token validation failure. Invalid audience."
+            401,
+            "InvalidAuthenticationToken",
+            "IDX14100: JWT is not well formed, there are no dots (.)."
+            if "." not in header
+            else "Access token validation failure. Invalid audience.",
         )
     if claims.kind == "connect":
-        raise GraphError(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience.")
+        raise GraphError(
+            401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience."
+        )
     if claims.exp <= world.clock.now():
-        raise GraphError(401, "InvalidAuthenticationToken", "Lifetime validation failed, the token is expired.")
+        raise GraphError(
+            401, "InvalidAuthenticationToken", "Lifetime validation failed, the token is expired."
+        )
     return claims
 
 
@@ -140,14 +150,17 @@ def require(
 ENTRA_MESSAGES: dict[int, str] = {
     50034: "The user account {user} does not exist in the {tenant} directory. To sign into this "
     "application, the account must be added to the directory.",
-    50053: "The account is locked, you've tried to sign in too many times with an incorrect user ID "
+    50053: "The account is locked, you've tried to sign in too many times with an incorrect "
+    "user ID "
     "or password.",
     50055: "The password is expired.",
     50057: "The user account is disabled.",
-    50076: "Due to a configuration change made by your administrator, or because you moved to a new "
+    50076: "Due to a configuration change made by your administrator, or because you moved to "
+    "a new "
     "location, you must use multi-factor authentication to access '{resource}'.",
     50126: "Error validating credentials due to invalid username or password.",
-    65001: "The user or administrator has not consented to use the application with ID '{client_id}' "
+    65001: "The user or administrator has not consented to use the application with ID "
+    "'{client_id}' "
     "named '{app_name}'. Send an interactive authorization request for this user and resource.",
     7000215: "Invalid client secret provided. Ensure the secret being sent in the request is the "
     "client secret value, not the client secret ID, for a secret added to app '{client_id}'.",
@@ -181,7 +194,7 @@ def entra_error_body(
     """The token endpoint's error body: ``AADSTS<code>: <message>`` plus trace ids and time."""
     trace_id = str(uuid.uuid4())
     correlation_id = correlation_id or str(uuid.uuid4())
-    now = _dt.datetime.now(_dt.timezone.utc)
+    now = _dt.datetime.now(_dt.UTC)
     timestamp = now.strftime("%Y-%m-%d %H:%M:%SZ")
     if description is None:
         template = ENTRA_MESSAGES.get(error_code, "")

@@ -2,7 +2,8 @@
 
 Owns who exists on which side. For ``users=N`` (default 25) the organisation holds N people:
 
-- ``admin@contoso.example`` — Azure Global Administrator, Connect account contact (Security Manager);
+- ``admin@contoso.example`` — Azure Global Administrator, Connect account contact
+  (Security Manager);
 - ``presence-sync@contoso.example`` — Azure only, first-login password change pending;
 - when N ≥ 10, the mess: two people only in Azure, two only in Connect, one Connect email that
   differs from its Azure mail only in case, one that matches only through an ``smtp:`` proxy
@@ -28,16 +29,94 @@ from presencectl.sandbox.world import (
     Person,
 )
 
-FIRST_NAMES = (
-    "Ada Alan Alice Amara Ana Ben Bruno Carla Chen Chloe Dana Diego Elena Emma Farah Felix Grace "
-    "Hana Hugo Ines Ivan Jamal Jane Kai Kenji Lara Leo Lina Luca Maya Mei Nadia Noah Omar Priya "
-    "Rosa Sam Sara Tariq Uma Vera Wei Yara Zoe"
-).split()
-LAST_NAMES = (
-    "Adams Baker Bauer Chen Costa Dubois Evans Fischer Garcia Gupta Haddad Ito Jensen Kim Kowalski "
-    "Lopez Martin Moreau Nakamura Novak Okafor Olsen Patel Petrov Quinn Rossi Sato Schmidt Silva "
-    "Singh Smith Tanaka Torres Usman Varga Wagner Walsh Yilmaz Young Zhang"
-).split()
+FIRST_NAMES = [
+    "Ada",
+    "Alan",
+    "Alice",
+    "Amara",
+    "Ana",
+    "Ben",
+    "Bruno",
+    "Carla",
+    "Chen",
+    "Chloe",
+    "Dana",
+    "Diego",
+    "Elena",
+    "Emma",
+    "Farah",
+    "Felix",
+    "Grace",
+    "Hana",
+    "Hugo",
+    "Ines",
+    "Ivan",
+    "Jamal",
+    "Jane",
+    "Kai",
+    "Kenji",
+    "Lara",
+    "Leo",
+    "Lina",
+    "Luca",
+    "Maya",
+    "Mei",
+    "Nadia",
+    "Noah",
+    "Omar",
+    "Priya",
+    "Rosa",
+    "Sam",
+    "Sara",
+    "Tariq",
+    "Uma",
+    "Vera",
+    "Wei",
+    "Yara",
+    "Zoe",
+]
+LAST_NAMES = [
+    "Adams",
+    "Baker",
+    "Bauer",
+    "Chen",
+    "Costa",
+    "Dubois",
+    "Evans",
+    "Fischer",
+    "Garcia",
+    "Gupta",
+    "Haddad",
+    "Ito",
+    "Jensen",
+    "Kim",
+    "Kowalski",
+    "Lopez",
+    "Martin",
+    "Moreau",
+    "Nakamura",
+    "Novak",
+    "Okafor",
+    "Olsen",
+    "Patel",
+    "Petrov",
+    "Quinn",
+    "Rossi",
+    "Sato",
+    "Schmidt",
+    "Silva",
+    "Singh",
+    "Smith",
+    "Tanaka",
+    "Torres",
+    "Usman",
+    "Varga",
+    "Wagner",
+    "Walsh",
+    "Yilmaz",
+    "Young",
+    "Zhang",
+]
 JOBS = ("Agent", "Sales", "Support", "Engineer", "Accountant", "Manager", "Receptionist")
 PASSWORD_ALPHABET = "abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
@@ -114,10 +193,15 @@ def build(users: int = 25, seed: int = 1) -> BuiltOrg:
         local = base if n == 0 else f"{base}{n + 1}"
         return local, given, surname
 
-    person("admin", "Contoso Admin", "Contoso", "Admin",
-           roles={GLOBAL_ADMIN, SECURITY_MANAGER})
-    person("presence-sync", "Presence Sync", "Presence", "Sync",
-           connect=False, flags={"must_change_password"})
+    person("admin", "Contoso Admin", "Contoso", "Admin", roles={GLOBAL_ADMIN, SECURITY_MANAGER})
+    person(
+        "presence-sync",
+        "Presence Sync",
+        "Presence",
+        "Sync",
+        connect=False,
+        flags={"must_change_password"},
+    )
     taken["admin"] = taken["presence-sync"] = 1
 
     remaining = max(0, users - 2)
@@ -130,20 +214,38 @@ def build(users: int = 25, seed: int = 1) -> BuiltOrg:
             person(local, f"{given} {surname}", given, surname, azure=False)
         # Connect email differs only in case.
         local, given, surname = fresh_name()
-        person(local, f"{given} {surname}", given, surname,
-               connect_email=f"{given}.{surname}{local[len(given) + len(surname) + 1:]}@Contoso.Example")
+        person(
+            local,
+            f"{given} {surname}",
+            given,
+            surname,
+            connect_email=f"{given}.{surname}{local[len(given) + len(surname) + 1 :]}"
+            "@Contoso.Example",
+        )
         # Matches only through an smtp: proxy address (a renamed person).
         local, given, surname = fresh_name()
         alias = f"{given[0]}{surname}".lower() + ".old"
-        p = person(local, f"{given} {surname}", given, surname, connect_email=f"{alias}@{DOMAIN}",
-                   proxies=[f"smtp:{alias}@{DOMAIN}"])
+        p = person(
+            local,
+            f"{given} {surname}",
+            given,
+            surname,
+            connect_email=f"{alias}@{DOMAIN}",
+            proxies=[f"smtp:{alias}@{DOMAIN}"],
+        )
         taken[alias] = 1
         # One email held by two Azure users: A's mail, B's proxy address; Connect has it once.
         local_a, given, surname = fresh_name()
         person(local_a, f"{given} {surname}", given, surname)
         local_b, given_b, surname_b = fresh_name()
-        person(local_b, f"{given_b} {surname_b}", given_b, surname_b, connect=False,
-               proxies=[f"smtp:{local_a}@{DOMAIN}"])
+        person(
+            local_b,
+            f"{given_b} {surname_b}",
+            given_b,
+            surname_b,
+            connect=False,
+            proxies=[f"smtp:{local_a}@{DOMAIN}"],
+        )
         remaining -= 8
         del p
     for _ in range(remaining):

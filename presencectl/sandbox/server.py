@@ -28,7 +28,9 @@ START_TIMEOUT = 10.0
 class SandboxServer:
     """One HTTPS server for one World, run by uvicorn in its own thread and event loop."""
 
-    def __init__(self, world: World, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+    def __init__(
+        self, world: World, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+    ) -> None:
         self.world = world
         self.host = host
         self.port = port
@@ -99,7 +101,7 @@ class SandboxServer:
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self._serve(started))
-            except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+            except BaseException as exc:
                 failure.append(exc)
                 started.set()
             finally:
@@ -138,7 +140,9 @@ class SandboxServer:
             self._server.should_exit = True
             if self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(RuntimeError):
-                    self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._reap_idle()))
+                    self._loop.call_soon_threadsafe(
+                        lambda: asyncio.ensure_future(self._reap_idle())
+                    )
         if self._thread is not None:
             # Idle keep-alive TLS connections of clients that were never closed would hold a
             # graceful shutdown for seconds (TLS close waits for the peer): they are aborted by
@@ -175,7 +179,9 @@ class Sandbox:
         self.world = server.world
         self.base_url = server.base_url
         self.ca_bundle = server.ca_bundle
-        self.control = httpx.Client(base_url=self.base_url, verify=_ssl_context(self.ca_bundle), timeout=30.0)
+        self.control = httpx.Client(
+            base_url=self.base_url, verify=_ssl_context(self.ca_bundle), timeout=30.0
+        )
 
     @property
     def port(self) -> int:
@@ -188,7 +194,8 @@ class Sandbox:
         return data
 
     def write_profile(self, name: str = "sandbox") -> Any:
-        """Write a presencectl profile pointing at this sandbox (+ its Connect secret); return it."""
+        """Write a presencectl profile pointing at this sandbox (+ its Connect secret); return
+        it."""
         from presencectl import secrets as secret_store
         from presencectl.config import Profile, save_profile
 
@@ -205,7 +212,9 @@ class Sandbox:
             admin_email=ADMIN_EMAIL,
         )
         save_profile(profile)
-        secret_store.set_secret(name, secret_store.CONNECT_CLIENT_SECRET, self.world.connect_client_secret)
+        secret_store.set_secret(
+            name, secret_store.CONNECT_CLIENT_SECRET, self.world.connect_client_secret
+        )
         return profile
 
     def close(self) -> None:

@@ -67,6 +67,7 @@ OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 
 # --------------------------------------------------------------------------- clock, stats, faults
 
+
 class Clock:
     """Real time plus an offset that tests move forward (token lifetime, session expiry, fade)."""
 
@@ -155,11 +156,12 @@ class Events:
                 result = listener(kind, payload)
                 if result is not None:
                     await result
-            except Exception:  # noqa: BLE001 - one broken listener must not stop the others
+            except Exception:
                 log.exception("sandbox event listener failed for %s", kind)
 
 
 # --------------------------------------------------------------------------- people
+
 
 @dataclass(slots=True, eq=False)
 class Person:
@@ -237,6 +239,7 @@ class Person:
 
 
 # --------------------------------------------------------------------------- tokens
+
 
 @dataclass
 class Claims:
@@ -318,6 +321,7 @@ class DeviceCode:
 
 # --------------------------------------------------------------------------- the world
 
+
 class World:
     """The whole simulated tenant: people, directory objects, tokens, clock, stats, faults."""
 
@@ -337,7 +341,9 @@ class World:
         self.seed = seed
         self.clock = Clock()
         self.stats = Stats()
-        self.faults = Faults(error_rate=fault_rate, throttle_per_30s=throttle, throttle_window=throttle_window)
+        self.faults = Faults(
+            error_rate=fault_rate, throttle_per_30s=throttle, throttle_window=throttle_window
+        )
         self.events = Events()
         self.auto_approve = auto_approve
         self.token_lifetime = token_lifetime
@@ -419,7 +425,11 @@ class World:
         """Every Azure user holding ``email`` as mail, UPN or SMTP proxy address (conflicts > 1)."""
         key = email.lower()
         found: list[Person] = []
-        for candidate in (*self._by_mail.get(key, ()), self._by_upn.get(key), *self._by_proxy.get(key, ())):
+        for candidate in (
+            *self._by_mail.get(key, ()),
+            self._by_upn.get(key),
+            *self._by_proxy.get(key, ()),
+        ):
             if candidate is not None and candidate not in found:
                 found.append(candidate)
         return found
@@ -536,11 +546,14 @@ class World:
         return {
             by_id[a["appRoleId"]]
             for a in self.app_role_assignments.values()
-            if a["principalId"] == sp["id"] and a["resourceId"] == resource_sp_id and a["appRoleId"] in by_id
+            if a["principalId"] == sp["id"]
+            and a["resourceId"] == resource_sp_id
+            and a["appRoleId"] in by_id
         }
 
     def delegated_scopes_of(self, app_id: str, user_oid: str | None = None) -> set[str]:
-        """Scopes granted to the client on Graph by oauth2PermissionGrants (AllPrincipals or the user)."""
+        """Scopes granted to the client on Graph by oauth2PermissionGrants (AllPrincipals or the
+        user)."""
         sp = self.service_principal_by_app_id(app_id)
         if sp is None:
             return set()
@@ -588,7 +601,9 @@ class World:
     def encode_jwt(self, payload: dict[str, Any]) -> str:
         header = b64url_json({"typ": "JWT", "alg": "HS256", "kid": "sandbox"})
         body = b64url_json(payload)
-        signature = hmac.new(self._signing_key, f"{header}.{body}".encode("ascii"), hashlib.sha256).digest()
+        signature = hmac.new(
+            self._signing_key, f"{header}.{body}".encode("ascii"), hashlib.sha256
+        ).digest()
         return f"{header}.{body}.{b64url(signature)}"
 
     def decode_jwt(self, token: str) -> dict[str, Any] | None:
@@ -596,7 +611,9 @@ class World:
         parts = token.split(".")
         if len(parts) != 3:
             return None
-        expected = hmac.new(self._signing_key, f"{parts[0]}.{parts[1]}".encode("ascii"), hashlib.sha256).digest()
+        expected = hmac.new(
+            self._signing_key, f"{parts[0]}.{parts[1]}".encode("ascii"), hashlib.sha256
+        ).digest()
         try:
             if not hmac.compare_digest(b64url_decode(parts[2]), expected):
                 return None
@@ -605,8 +622,11 @@ class World:
             return None
         return payload if isinstance(payload, dict) else None
 
-    def verify_bearer(self, authorization: str | None, *, check_expiry: bool = True) -> Claims | None:
-        """Claims of ``Bearer <token>`` if this world issued it (and, by default, it is unexpired)."""
+    def verify_bearer(
+        self, authorization: str | None, *, check_expiry: bool = True
+    ) -> Claims | None:
+        """Claims of ``Bearer <token>`` if this world issued it (and, by default, it is
+        unexpired)."""
         if not authorization:
             return None
         scheme, _, token = authorization.strip().partition(" ")
@@ -632,7 +652,9 @@ class World:
             return None
         return claims
 
-    def new_refresh_token(self, client_id: str, oid: str, scopes: Iterable[str], resource: str) -> str:
+    def new_refresh_token(
+        self, client_id: str, oid: str, scopes: Iterable[str], resource: str
+    ) -> str:
         token = "sbxrt." + secrets.token_urlsafe(48)
         self.refresh_tokens[token] = RefreshGrant(
             client_id, oid, set(scopes), resource, self.clock.now() + REFRESH_TOKEN_LIFETIME
