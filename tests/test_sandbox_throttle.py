@@ -38,8 +38,12 @@ def test_window_admits_limit_then_refuses_until_oldest_leaves() -> None:
         assert window.admit("k", 100.0 + i, 3, 30.0) == (None, False)
     wait, inside = window.admit("k", 103.0, 3, 30.0)
     assert (wait, inside) == (27, False)
+    wait, inside = window.admit("k", 103.1, 3, 30.0)
+    assert inside is False and wait == 27  # in flight when the 429 went out
     wait, inside = window.admit("k", 110.0, 3, 30.0)
     assert inside is True and wait == 20
+    wait, inside = window.admit("k", 111.0, 3, 30.0, origin="batch-1")
+    assert inside is True
     assert window.admit("k", 130.0, 3, 30.0) == (None, False)
     assert window.admit("other", 110.0, 3, 30.0) == (None, False)
 
@@ -53,12 +57,15 @@ def test_over_the_limit_gets_429_with_retry_after(sb: Any) -> None:
     assert refused.json()["error"]["code"] == "TooManyRequests"
     # Another app of the same tenant has its own budget.
     assert read(sb, APP_B).status_code == 200
-    # Coming back inside the Retry-After window is counted and refused.
+    # Coming back inside the Retry-After window is counted and refused (a request right after
+    # the 429, still in flight when it was sent, is refused but not counted).
+    assert read(sb).status_code == 429
+    sb.control.post("/_sandbox/clock/advance", json={"seconds": 1})
     assert read(sb).status_code == 429
     stats = sb.control.get("/_sandbox/stats").json()
-    assert stats["throttled"] == 2
+    assert stats["throttled"] == 3
     assert stats["in_retry_after_window"] == 1
-    sb.control.post("/_sandbox/clock/advance", json={"seconds": int(retry_after)})
+    sb.control.post("/_sandbox/clock/advance", json={"seconds": int(retry_after) - 1})
     assert read(sb).status_code == 200
 
 

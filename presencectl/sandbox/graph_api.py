@@ -65,6 +65,7 @@ VALIDATION_TIMEOUT = 10.0
 DELIVERY_TIMEOUT = 3.0
 DELIVERY_POLL = 0.2
 BATCH_SCOPE_FLAG = "presencectl.batch"
+BATCH_ORIGIN = "presencectl.batch_origin"
 GRAPH_BASE = "https://graph.microsoft.com/v1.0"
 
 READ_ROLES = ("Presence.Read.All", "Presence.ReadWrite.All")
@@ -141,7 +142,7 @@ def presence_endpoint(world: World, handler: Handler, *, throttled: bool = True)
             await inject_faults(world, request, in_batch=bool(request.scope.get(BATCH_SCOPE_FLAG)))
             claims = bearer_claims(world, request)
             if throttled:
-                check_presence_throttle(world, claims)
+                check_presence_throttle(world, claims, request.scope.get(BATCH_ORIGIN))
             return await handler(request, claims)
         except GraphError as exc:
             return exc.to_response(request)
@@ -358,15 +359,16 @@ def _batch_endpoint(world: World) -> Callable[[Request], Awaitable[Response]]:
                     )
         except GraphError as exc:
             return exc.to_response(request)
+        origin = str(uuid.uuid4())
         responses = []
         for member in members:
-            responses.append(await _dispatch_member(request, member))
+            responses.append(await _dispatch_member(request, member, origin))
         return JSONResponse({"responses": responses})
 
     return batch
 
 
-async def _dispatch_member(outer: Request, member: dict[str, Any]) -> dict[str, Any]:
+async def _dispatch_member(outer: Request, member: dict[str, Any], origin: str) -> dict[str, Any]:
     """Run one batch member through the whole app (auth, throttle, faults, counters)."""
     url = member["url"]
     if url.startswith(("http://", "https://")):
@@ -402,6 +404,7 @@ async def _dispatch_member(outer: Request, member: dict[str, Any]) -> dict[str, 
         "client": outer.scope.get("client"),
         "server": outer.scope.get("server"),
         BATCH_SCOPE_FLAG: True,
+        BATCH_ORIGIN: origin,
     }
     sent_body = False
 

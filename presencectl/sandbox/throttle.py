@@ -33,17 +33,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _STATE_KEY = "presence_windows"
+# Requests arriving this soon after a 429 were already in flight when it was sent.
+IN_FLIGHT_GRACE = 0.25
 _fault_random = random.Random()
 
 
 class ClientWindow:
     """Accepted request times of one client and the end of its current Retry-After."""
 
-    __slots__ = ("accepted", "retry_until")
+    __slots__ = ("accepted", "retry_origin", "retry_set_at", "retry_until")
 
     def __init__(self) -> None:
         self.accepted: deque[float] = deque()
         self.retry_until = 0.0
+        self.retry_origin: object = None
+        self.retry_set_at = 0.0
 
 
 class SlidingWindow:
@@ -52,13 +56,26 @@ class SlidingWindow:
     def __init__(self) -> None:
         self.clients: dict[Any, ClientWindow] = {}
 
-    def admit(self, key: Any, now: float, limit: int, window: float) -> tuple[int | None, bool]:
+    def admit(
+        self, key: Any, now: float, limit: int, window: float, origin: object = None
+    ) -> tuple[int | None, bool]:
         """(None, _) when admitted, else (Retry-After seconds, _); the flag says the request came
-        while a Retry-After given earlier was still running."""
+        while a Retry-After given earlier was still running.
+
+        ``origin`` names the HTTP request a ``$batch`` member came in: members of the batch that
+        got the first 429 were sent before the client could see it, so they do not count as
+        coming inside the Retry-After window (they are refused all the same).
+        """
         client = self.clients.get(key)
         if client is None:
             client = self.clients[key] = ClientWindow()
         inside_retry = now < client.retry_until
+        if inside_retry and (
+            (origin is not None and origin == client.retry_origin)
+            or now - client.retry_set_at < IN_FLIGHT_GRACE
+        ):
+            # Sent before the client could have seen the 429: refused, but not held against it.
+            return max(1, math.ceil(client.retry_until - now)), False
         accepted = client.accepted
         horizon = now - window
         while accepted and accepted[0] <= horizon:
@@ -68,6 +85,8 @@ class SlidingWindow:
         if limit > 0 and len(accepted) >= limit:
             wait = max(1, math.ceil(accepted[0] + window - now))
             client.retry_until = now + wait
+            client.retry_origin = origin
+            client.retry_set_at = now
             return wait, False
         accepted.append(now)
         return None, False
@@ -80,14 +99,18 @@ def _windows(world: World) -> SlidingWindow:
     return windows
 
 
-def check_presence_throttle(world: World, claims: Claims) -> None:
-    """Count one presence request of the token's (app, tenant); raise a 429 GraphError if over."""
+def check_presence_throttle(world: World, claims: Claims, origin: object = None) -> None:
+    """Count one presence request of the token's (app, tenant); raise a 429 GraphError if over.
+
+    ``origin``: the outer request of a ``$batch`` member (None for a plain request).
+    """
     now = world.clock.now()
     retry_after, inside_retry = _windows(world).admit(
         (claims.appid, claims.tid),
         now,
         int(world.faults.throttle_per_30s),
         float(world.faults.throttle_window),
+        origin,
     )
     if inside_retry:
         world.stats.in_retry_after_window += 1
