@@ -1,1 +1,26 @@
-"""identity package."""
+"""Identity through msal: admin sign-in, app registration and consent, the sync user, AADSTS errors.
+
+The sync engine calls :func:`app_token_provider` (client credentials: writes presence, reads the
+directory) and :func:`sync_user_token_provider` (the dedicated user's delegated token: reads
+presence, holds subscriptions); both return ``presencectl.graph.tokens.AccessToken`` from
+``provider(force_refresh)``. ``setup`` holds setup-azure and consent, ``sync_user`` the sync-user
+commands, ``errors`` the classification of sign-in failures.
+"""
+
+from presencectl.identity.tokens import (
+    AppTokenProvider,
+    DeviceCodePrompt,
+    SyncUserTokenProvider,
+    admin_sign_in,
+    app_token_provider,
+    sync_user_token_provider,
+)
+
+__all__ = [
+    "AppTokenProvider",
+    "DeviceCodePrompt",
+    "SyncUserTokenProvider",
+    "admin_sign_in",
+    "app_token_provider",
+    "sync_user_token_provider",
+]
