@@ -1,37 +1,374 @@
-"""enable, disable, sync, status, users: running the sync and reporting on it."""
+"""enable, disable, sync, status, users: running the sync and reporting on it.
+
+Thin: parse → build the engine (``presencectl.sync.engine``) → run → render. No HTTP, no SQL here.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
+from typing import Any
+
 import typer
 
-from presencectl.cli._stub import not_built
+from presencectl.cli.context import AppContext
+from presencectl.errors import PartialSyncError, UsageError
+
+DIRECTION_HELP = "both | connect-to-teams | teams-to-connect"
 
 
-def enable(direction: str = typer.Option("both", "--direction")) -> None:
-    """Turn the sync on for one direction or both."""
-    not_built("enable")
+def _obj(ctx: typer.Context) -> AppContext:
+    obj = ctx.find_object(AppContext)
+    assert obj is not None
+    return obj
 
 
-def disable(yes: bool = typer.Option(False, "--yes")) -> None:
-    """Turn the sync off and clear every session presencectl holds on both sides."""
-    not_built("disable")
+def _direction(value: str | None, profile: Any) -> Any:
+    from presencectl.sync.model import Direction
+
+    text = value or profile.enabled_direction
+    if text is None:
+        return None
+    try:
+        return Direction(text.lower())
+    except ValueError:
+        raise UsageError(
+            f"unknown direction '{text}'", hint=f"use one of: {DIRECTION_HELP}"
+        ) from None
 
 
-def sync(watch: bool = typer.Option(False, "--watch")) -> None:
-    """Run one sync cycle, or keep syncing with --watch."""
-    not_built("sync")
+def enable(
+    ctx: typer.Context,
+    direction: str = typer.Option("both", "--direction", help=DIRECTION_HELP),
+) -> None:
+    """Turn the sync on for one direction or both (checks the prerequisites first).
+
+    Examples: presencectl enable · presencectl enable --direction connect-to-teams
+    """
+    from presencectl.config import save_profile
+    from presencectl.sync.engine import check_prerequisites
+
+    app = _obj(ctx)
+    profile = app.load_profile()
+    chosen = _direction(direction, profile)
+    check_prerequisites(profile, chosen)
+    previous = profile.enabled_direction
+    profile.enabled_direction = chosen.value
+    save_profile(profile)
+    app.status(
+        "Note: enabling the sync with Connect also covers Univerge Blue Engage agent states "
+        "(agent_available, agent_busy, agent_onphone); turn off any Engage-only Teams presence "
+        "sync first."
+    )
+    app.status("Next: `presencectl sync` (one-shot) or `presencectl sync --watch`.")
+    app.render(
+        {"profile": profile.name, "enabled_direction": chosen.value, "previous": previous},
+    )
 
 
-def status() -> None:
-    """Show what is configured and enabled, the last sync, sessions held and health."""
-    not_built("status")
+def disable(
+    ctx: typer.Context,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Turn the sync off and clear every session presencectl holds on both sides.
+
+    Example: presencectl disable --yes
+    """
+    from presencectl.config import save_profile
+    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.model import Direction
+
+    app = _obj(ctx)
+    profile = app.load_profile()
+    if not yes and not app.confirm(
+        "Disable presence sync? Every presence session presencectl holds in Teams and Connect "
+        "will be cleared."
+    ):
+        raise typer.Abort()
+    progress = _Progress(app, "clearing sessions")
+
+    async def go() -> Any:
+        options = EngineOptions(direction=Direction.BOTH)
+        async with engine_for(profile, options) as engine:
+            return await engine.disable(on_progress=progress.update)
+
+    try:
+        result = asyncio.run(go())
+    finally:
+        progress.close()
+    profile.enabled_direction = None
+    save_profile(profile)
+    data = {
+        "teams_cleared": result.teams_cleared,
+        "connect_cleared": result.connect_cleared,
+        "already_gone": result.already_gone,
+        "subscriptions_deleted": result.subscriptions_deleted,
+        "failed": result.failed,
+        "source": result.source,
+    }
+    if app.json:
+        data["failures"] = result.failures
+    app.render(data)
+    if result.failed:
+        raise PartialSyncError(
+            f"{result.failed} session(s) could not be cleared",
+            hint="run `presencectl disable --yes` again; the failures are listed above",
+        )
 
 
-def users(unmatched: bool = typer.Option(False, "--unmatched")) -> None:
-    """Show how users are matched by email across Teams and Connect."""
-    not_built("users")
+class _Progress:
+    """A progress bar on stderr (only on a terminal and unless -q)."""
+
+    def __init__(self, app: AppContext, label: str) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        self._label = label
+        self._enabled = app.verbosity >= 0 and sys.stderr.isatty()
+
+    def update(self, done: int, total: int) -> None:
+        if not self._enabled:
+            return
+        if self._bar is None:
+            from rich.progress import Progress
+
+            from presencectl import output
+
+            self._bar = Progress(console=output.stderr_console(), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(self._label, total=total)
+        self._bar.update(self._task, completed=done, total=total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def sync(
+    ctx: typer.Context,
+    watch: bool = typer.Option(False, "--watch", help="Keep syncing until interrupted."),
+    interval: float = typer.Option(5.0, "--interval", help="Watch: seconds between Teams polls."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing."),
+    direction: str | None = typer.Option(
+        None, "--direction", help=f"{DIRECTION_HELP} (default: the enabled direction)"
+    ),
+    max_cycles: int | None = typer.Option(None, "--max-cycles", help="Watch: stop after N."),
+    duration: float | None = typer.Option(None, "--duration", help="Watch: stop after SECONDS."),
+) -> None:
+    """Run one sync cycle, or keep syncing with --watch.
+
+    Examples: presencectl sync · presencectl sync --dry-run -o json ·
+    presencectl sync --watch --interval 5
+    """
+    from presencectl.sync.engine import EngineOptions, check_prerequisites
+
+    app = _obj(ctx)
+    profile = app.load_profile()
+    chosen = _direction(direction, profile)
+    if chosen is None:
+        from presencectl.errors import ConfigError
+
+        raise ConfigError(
+            f"the sync is not enabled for profile '{profile.name}'",
+            hint="run `presencectl enable` (or pass --direction)",
+            code="sync_not_enabled",
+        )
+    if interval <= 0:
+        raise UsageError("--interval must be positive", hint="e.g. --interval 5")
+    check_prerequisites(profile, chosen)
+    options = EngineOptions(direction=chosen, dry_run=dry_run, interval=interval)
+    if watch:
+        result = _watch(app, profile, options, max_cycles, duration)
+    else:
+        result = _once(app, profile, options)
+    if result.failed:
+        raise PartialSyncError(
+            f"{result.failed} user(s) failed; the rest synced",
+            hint="see the failures above; run again, or with -v for details",
+        )
+
+
+def _once(app: AppContext, profile: Any, options: Any) -> Any:
+    from presencectl.sync.engine import engine_for
+
+    async def go() -> Any:
+        async with engine_for(profile, options) as engine:
+            return await engine.run_once()
+
+    result = asyncio.run(go())
+    if app.json:
+        app.render(
+            {
+                **result.summary(),
+                "actions": [_action_row(a) for a in result.actions],
+                "failures": result.failures,
+            }
+        )
+        return result
+    if options.dry_run:
+        rows = [_action_row(a) for a in result.actions]
+        if rows:
+            app.render(rows, columns=["user", "side", "from", "to", "reason"], title="Plan")
+        else:
+            app.status("Nothing to do: both sides already agree.")
+        return result
+    app.render(result.summary(), title="Sync")
+    if result.failures:
+        app.render(result.failures, title="Failures")
+    return result
+
+
+def _action_row(action: Any) -> dict[str, Any]:
+    return {
+        "user": action.user,
+        "side": action.side,
+        "kind": action.kind,
+        "from": action.from_value,
+        "to": action.to_value,
+        "reason": action.reason,
+        "purpose": action.purpose,
+        "outcome": action.outcome,
+        **({"error": action.error} if action.error else {}),
+    }
+
+
+def _watch(
+    app: AppContext,
+    profile: Any,
+    options: Any,
+    max_cycles: int | None,
+    duration: float | None,
+) -> Any:
+    from presencectl import output
+    from presencectl.sync.engine import engine_for
+
+    live: Any = None
+    if app.json:
+
+        def on_event(event: Any) -> None:
+            output.emit_event(event.to_dict())
+    elif app.output == "table" and sys.stdout.isatty():
+        from presencectl.cli.live import LiveView
+
+        live = LiveView(profile.name, options)
+        on_event = live.on_event
+    else:
+
+        def on_event(event: Any) -> None:
+            line = _plain_line(event)
+            if line:
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+
+    async def go() -> Any:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread, or Windows: Ctrl-C still ends the run
+        try:
+            async with engine_for(profile, options, on_event=on_event) as engine:
+                return await engine.watch(stop=stop, max_cycles=max_cycles, duration=duration)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    if live is not None:
+        with live:
+            result = asyncio.run(go())
+    else:
+        result = asyncio.run(go())
+    if not app.json:
+        app.status(
+            f"Stopped after {result.cycles} cycle(s): {result.written} written, "
+            f"{result.cleared} cleared, {result.failed} failed."
+        )
+    return result
+
+
+def _plain_line(event: Any) -> str | None:
+    data = event.data
+    at = event.at.strftime("%H:%M:%S")
+    if event.type == "write":
+        text = f"{at} {data['side']:<7} {data['user']}: {data['from']} -> {data['to']}"
+        text += f" ({data['reason']}) {data['outcome']}"
+        return text + (f": {data['error']}" if data.get("error") else "")
+    if event.type == "change":
+        return f"{at} change  {data['user']}: teams={data['teams']} connect={data['connect']}"
+    if event.type == "start":
+        return f"{at} watching ({data['direction']}, every {data['interval']} s)"
+    if event.type == "feed":
+        return f"{at} connect feed {data['state']}"
+    return None
+
+
+def status(ctx: typer.Context) -> None:
+    """Show what is configured and enabled, the last sync, sessions held and health.
+
+    Example: presencectl status -o json
+    """
+    from presencectl.sync.engine import state_summary
+
+    app = _obj(ctx)
+    profile = app.load_profile()
+    summary = state_summary(profile.name)
+    data: dict[str, Any] = {
+        "profile": profile.name,
+        "tenant": profile.tenant_id,
+        "app_client_id": profile.client_id,
+        "consent": profile.verified.get("admin_consent"),
+        "sync_user": profile.sync_username,
+        "sync_user_validated": profile.verified.get("sync_user"),
+        "enabled_direction": profile.enabled_direction or "disabled",
+        **summary,
+    }
+    if app.json:
+        app.render(data)
+        return
+    recent = data.pop("recent_writes", [])
+    last = data.pop("last_run", None)
+    if last:
+        data["last_sync"] = (
+            f"{last['finished'] or last['started']} {last['mode']} {last['outcome'] or 'running'}: "
+            f"{last['matched']} matched, {last['written']} written, {last['cleared']} cleared, "
+            f"{last['failed']} failed"
+        )
+    else:
+        data["last_sync"] = "never"
+    rows = [{"setting": k, "value": v} for k, v in data.items()]
+    app.render(rows, columns=["setting", "value"], title="Status")
+    if recent:
+        app.render(recent, title="Recent writes")
+
+
+def users(
+    ctx: typer.Context,
+    unmatched: bool = typer.Option(False, "--unmatched", help="Only users that are not synced."),
+) -> None:
+    """Show how users are matched by email across Teams and Connect.
+
+    Examples: presencectl users · presencectl users --unmatched -o csv
+    """
+    from presencectl.sync.engine import match_report
+
+    app = _obj(ctx)
+    profile = app.load_profile()
+    rows = asyncio.run(match_report(profile))
+    if unmatched:
+        rows = [r for r in rows if r["status"] != "matched"]
+    app.render(rows, columns=["email", "status", "azure_id", "connect_id", "detail"])
 
 
 def register(app: typer.Typer) -> None:
-    for fn, name in ((enable, "enable"), (disable, "disable"), (sync, "sync"), (status, "status"), (users, "users")):
+    for fn, name in (
+        (enable, "enable"),
+        (disable, "disable"),
+        (sync, "sync"),
+        (status, "status"),
+        (users, "users"),
+    ):
         app.command(name)(fn)

@@ -1,0 +1,1030 @@
+"""The sync engine: runs cycles (one-shot or watch) and ``disable``, and reports what it did.
+
+Owns the driver around the pure planner (``sync/plan.py``): one cycle = the directories of both
+sides (cached, refreshed every ``directory_refresh`` seconds) → ``match_users`` → bulk reads
+(Teams: getPresencesByUserId by 650; Connect: bounded-concurrency GETs, or the change feed in
+watch mode) → ``plan`` → writes (Teams through ``$batch`` under the per-tenant rate limiter;
+Connect with bounded concurrency) → state + audit (``sync/state.py``) → :class:`SyncResult`.
+
+Crash safety: the planned states (sessions and pending writes as if every write succeeds) are
+saved before a batch is sent and the real outcome after, so a restart neither loses nor repeats
+writes (see ``sync/state.py``). A write that failed without an answer (timeout, connection lost)
+is treated as possibly applied; one the service refused is not.
+
+Watch mode polls Teams every ``interval`` seconds and reacts to each Connect feed event at once
+(the Connect→Teams write follows the event, not the next poll); while the feed is down, Connect
+is polled with Teams, and read once fully after every reconnect. Renewals are planned every poll.
+``stop`` (an ``asyncio.Event``; the CLI sets it on SIGINT/SIGTERM) ends the loop after the batch
+in flight has been written and persisted. Clock and sleep are injected: ``clock()`` gives the
+planner's ``now`` (aware UTC), ``sleep`` waits between polls.
+
+Tokens: Graph writes and the directory use the app token; Teams presence is read with the sync
+user's delegated token when the direction includes teams-to-connect (the seed's dedicated sync
+user), else with the app token. Both Graph clients share one rate limiter (the limit is per app
+and tenant).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from presencectl.errors import AuthError, ConfigError, PresencectlError
+from presencectl.mapping import Mapping as StatusMapping
+from presencectl.mapping import TeamsStatus
+from presencectl.sync import plan as planner
+from presencectl.sync.model import (
+    Action,
+    ActionKind,
+    ActionPurpose,
+    Direction,
+    Observation,
+    PairState,
+    Side,
+    UserPair,
+    encode_value,
+)
+from presencectl.sync.state import (
+    AuditEntry,
+    HeldSession,
+    RunCounts,
+    StateStore,
+    SubscriptionRow,
+    side_user_id,
+)
+
+if TYPE_CHECKING:
+    from presencectl.config import Profile
+    from presencectl.connect.client import ConnectClient
+    from presencectl.graph.client import GraphClient
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+Sleep = Callable[[float], Awaitable[None]]
+EventCallback = Callable[["SyncEvent"], None]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class EngineOptions:
+    """How the engine runs (the CLI's flags)."""
+
+    direction: Direction = Direction.BOTH
+    dry_run: bool = False
+    interval: float = 5.0  # watch: Teams poll period
+    directory_refresh: float = 600.0  # seconds a directory listing stays fresh
+    connect_concurrency: int = 32
+    teams_session_ttl: timedelta = timedelta(hours=1)
+    renew_margin: timedelta = timedelta(minutes=5)
+    available_refresh: timedelta = timedelta(minutes=4)
+    echo_window: timedelta = timedelta(seconds=60)
+    use_feed: bool = True  # watch: Connect change feed (False: poll Connect with Teams)
+
+
+@dataclass
+class ActionReport:
+    """One planned (and, unless dry run, attempted) write, flat for output."""
+
+    user: str
+    side: str
+    kind: str
+    from_value: str | None
+    to_value: str | None
+    reason: str
+    purpose: str
+    outcome: str  # planned | ok | gone | failed
+    error: str | None = None
+
+
+@dataclass
+class SyncResult:
+    """What a run did (one-shot: one cycle; watch: all of them)."""
+
+    direction: str
+    dry_run: bool
+    cycles: int = 0
+    matched: int = 0
+    unmatched: int = 0
+    conflicts: int = 0
+    read: int = 0
+    written: int = 0
+    cleared: int = 0
+    skipped: int = 0
+    failed: int = 0
+    throttled: int = 0
+    throttle_wait_s: float = 0.0
+    duration_s: float = 0.0
+    actions: list[ActionReport] = field(default_factory=list)
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "direction": self.direction,
+            "dry_run": self.dry_run,
+            "cycles": self.cycles,
+            "matched": self.matched,
+            "unmatched": self.unmatched,
+            "conflicts": self.conflicts,
+            "read": self.read,
+            "written": self.written,
+            "cleared": self.cleared,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "throttled": self.throttled,
+            "throttle_wait_s": round(self.throttle_wait_s, 3),
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+@dataclass
+class SyncEvent:
+    """Something the watch (or a one-shot run) did, for the live view and NDJSON."""
+
+    type: str  # start | cycle | change | write | feed | stop
+    at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"event": self.type, "at": self.at.isoformat(), **self.data}
+
+
+@dataclass
+class DisableResult:
+    teams_cleared: int = 0
+    connect_cleared: int = 0
+    already_gone: int = 0
+    failed: int = 0
+    subscriptions_deleted: int = 0
+    source: str = "state"  # state | directory (the state was gone: every matched user swept)
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class _Outcome:
+    ok: bool
+    gone: bool = False
+    uncertain: bool = False  # no answer: the write may have landed
+    error: str | None = None
+
+
+class SyncEngine:
+    """Drives cycles over two live services and a state store.
+
+    ``graph`` writes (app token) and lists users; ``teams_reader`` reads presence (the sync
+    user's client, or ``graph``); ``session_id`` is our app's client id (the Teams sessionId).
+    """
+
+    def __init__(
+        self,
+        *,
+        graph: GraphClient,
+        teams_reader: GraphClient,
+        connect: ConnectClient,
+        session_id: str,
+        store: StateStore,
+        mapping: StatusMapping,
+        options: EngineOptions,
+        clock: Clock = utc_now,
+        sleep: Sleep = asyncio.sleep,
+        on_event: EventCallback | None = None,
+        matcher: Callable[[Sequence[Any], Sequence[Any]], Any] | None = None,
+    ) -> None:
+        self.graph = graph
+        self.matcher = matcher
+        self.teams_reader = teams_reader
+        self.connect = connect
+        self.session_id = session_id
+        self.store = store
+        self.mapping = mapping
+        self.options = options
+        self.clock = clock
+        self.sleep = sleep
+        self.on_event = on_event
+        self.pairs: dict[str, UserPair] = {}
+        self.states: dict[str, PairState] = store.load_states()
+        self._by_connect: dict[str, str] = {}
+        self._by_azure: dict[str, str] = {}
+        self._directory_at: float | None = None
+        self._unmatched = 0
+        self._conflicts = 0
+        self._run_id: int | None = None
+        self._write_lock = asyncio.Lock()
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(SyncEvent(kind, self.clock(), data))
+            except Exception:  # a broken view must not stop the sync
+                log.exception("sync event callback failed")
+
+    # -- directory ------------------------------------------------------------------------------
+
+    async def refresh_directory(self, *, force: bool = False) -> None:
+        """List both directories and match them, unless the last listing is still fresh."""
+        mono = time.monotonic()
+        if (
+            not force
+            and self._directory_at is not None
+            and mono - self._directory_at < self.options.directory_refresh
+        ):
+            return
+        from presencectl.graph.users import list_users
+
+        azure_users, contacts = await asyncio.gather(
+            list_users(self.graph), self.connect.list_contacts()
+        )
+        report = (self.matcher or _default_matcher())(azure_users, contacts)
+        self.pairs = {p.key: p for p in report.pairs}
+        self._by_connect = {p.connect_id: p.key for p in report.pairs}
+        self._by_azure = {p.azure_id: p.key for p in report.pairs}
+        self._unmatched = _count(report, "unmatched_azure") + _count(report, "unmatched_connect")
+        self._conflicts = _count(report, "conflicts")
+        self._directory_at = mono
+        if not self.options.dry_run:
+            self.store.replace_pairs(list(self.pairs.values()), now=time.time())
+        log.info(
+            "directory: %d matched, %d unmatched, %d conflicts",
+            len(self.pairs),
+            self._unmatched,
+            self._conflicts,
+        )
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def read_teams(self, keys: Iterable[str]) -> dict[str, Observation]:
+        from presencectl.graph.presence import get_presences
+
+        ids = [self.pairs[k].azure_id for k in keys if k in self.pairs]
+        reads = await get_presences(self.teams_reader, ids)
+        now = self.clock()
+        out: dict[str, Observation] = {}
+        for user_id, read in reads.items():
+            key = self._by_azure.get(user_id)
+            if key is None:
+                continue
+            status = TeamsStatus.of(read.availability, read.activity, read.out_of_office)
+            out[key] = Observation(Side.TEAMS, status, now)
+        return out
+
+    async def read_connect(
+        self, keys: Iterable[str]
+    ) -> tuple[dict[str, Observation], dict[str, str]]:
+        ids = [self.pairs[k].connect_id for k in keys if k in self.pairs]
+        reads = await self.connect.get_presences(ids, concurrency=self.options.connect_concurrency)
+        now = self.clock()
+        out = {
+            self._by_connect[u]: Observation(Side.CONNECT, v, now)
+            for u, v in reads.presences.items()
+            if u in self._by_connect
+        }
+        failures = {
+            self._by_connect[u]: f"{e.code}: {e.message}"
+            for u, e in reads.failures.items()
+            if u in self._by_connect
+        }
+        return out, failures
+
+    # -- one cycle ------------------------------------------------------------------------------
+
+    async def cycle(
+        self,
+        result: SyncResult,
+        *,
+        read_teams: bool = True,
+        read_connect: bool = True,
+        connect_observations: Mapping[str, Sequence[Observation]] | None = None,
+        keys: Sequence[str] | None = None,
+    ) -> None:
+        """Read (as asked), plan and write for ``keys`` (default: every matched pair)."""
+        wanted = list(self.pairs) if keys is None else [k for k in keys if k in self.pairs]
+        observations: dict[str, list[Observation]] = defaultdict(list)
+        read_failures: dict[str, str] = {}
+        jobs: list[Awaitable[Any]] = []
+        if read_teams:
+            jobs.append(self.read_teams(wanted))
+        if read_connect:
+            jobs.append(self.read_connect(wanted))
+        answers = await asyncio.gather(*jobs)
+        if read_teams:
+            teams_obs = answers.pop(0)
+            for key, obs in teams_obs.items():
+                observations[key].append(obs)
+            result.read += len(teams_obs)
+        if read_connect:
+            connect_obs, read_failures = answers.pop(0)
+            for key, obs in connect_obs.items():
+                observations[key].append(obs)
+            result.read += len(connect_obs)
+        for key, seq in (connect_observations or {}).items():
+            if key in self.pairs:
+                observations[key].extend(seq)
+                result.read += len(seq)
+        for key, why in read_failures.items():
+            self._fail(result, key, "connect", f"read failed: {why}")
+
+        now = self.clock()
+        states = {k: self.states.get(k) or PairState(k) for k in wanted}
+        before = {k: (s.genuine_teams, s.genuine_connect) for k, s in states.items()}
+        plan = planner.plan(
+            states,
+            observations,
+            self.mapping,
+            self.options.direction,
+            now,
+            teams_session_ttl=self.options.teams_session_ttl,
+            renew_margin=self.options.renew_margin,
+            available_refresh=self.options.available_refresh,
+            echo_window=self.options.echo_window,
+        )
+        for key, observed in plan.observed_states.items():
+            if (observed.genuine_teams, observed.genuine_connect) != before.get(key):
+                self._emit(
+                    "change",
+                    user=self._user(key),
+                    teams=encode_value(observed.genuine_teams),
+                    connect=encode_value(observed.genuine_connect),
+                )
+        acted = {a.key for a in plan.actions}
+        result.skipped += sum(1 for k in wanted if k not in acted)
+        if self.options.dry_run:
+            for action in plan.actions:
+                result.actions.append(self._report(action, "planned"))
+            return
+        await self._execute(plan.actions, plan.new_states, plan.observed_states, result, now)
+
+    async def _execute(
+        self,
+        actions: list[Action],
+        new_states: Mapping[str, PairState],
+        observed_states: Mapping[str, PairState],
+        result: SyncResult,
+        now: datetime,
+    ) -> None:
+        async with self._write_lock:
+            if actions:
+                # Intent first: a crash while sending leaves these writes known (see state.py).
+                self.store.save_states([new_states[k] for k in {a.key for a in actions}])
+            outcomes = await self._send(actions)
+            final = dict(observed_states)
+            audit: list[AuditEntry] = []
+            at = self.clock()
+            for action, outcome in zip(actions, outcomes, strict=True):
+                state = final[action.key]
+                if outcome.ok or outcome.uncertain:
+                    final[action.key] = planner.apply_action(state, action, now)
+                status = "gone" if outcome.gone else ("ok" if outcome.ok else "failed")
+                if outcome.ok:
+                    if action.kind is ActionKind.SET:
+                        result.written += 1
+                    else:
+                        result.cleared += 1
+                else:
+                    self._fail(result, action.key, action.side.value, outcome.error or "failed")
+                report = self._report(action, status, outcome.error)
+                result.actions.append(report)
+                audit.append(
+                    AuditEntry(
+                        at=at.timestamp(),
+                        side=action.side.value,
+                        action=action.kind.value,
+                        to_value=report.to_value,
+                        outcome=status,
+                        key=action.key,
+                        user=report.user,
+                        user_id=side_user_id(action.key, action.side),
+                        from_value=report.from_value,
+                        reason=action.reason,
+                        error=outcome.error,
+                    )
+                )
+                self._emit("write", **_report_dict(report))
+            self.states.update(final)
+            result.throttled, result.throttle_wait_s = self._throttle()
+            counts = _counts(result)
+            self.store.save_states(
+                final.values(),
+                audit=audit,
+                run=(self._run_id, counts) if self._run_id is not None else None,
+            )
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    async def _send(self, actions: Sequence[Action]) -> list[_Outcome]:
+        outcomes: list[_Outcome | None] = [None] * len(actions)
+        teams_set = [(i, a) for i, a in enumerate(actions) if a.side is Side.TEAMS and a.value]
+        teams_clear = [
+            (i, a) for i, a in enumerate(actions) if a.side is Side.TEAMS and a.value is None
+        ]
+        connect = [(i, a) for i, a in enumerate(actions) if a.side is Side.CONNECT]
+        await asyncio.gather(
+            self._send_teams_set(teams_set, outcomes),
+            self._send_teams_clear(teams_clear, outcomes),
+            self._send_connect(connect, outcomes),
+        )
+        return [o or _Outcome(False, error="not sent") for o in outcomes]
+
+    async def _send_teams_set(
+        self, items: list[tuple[int, Action]], outcomes: list[_Outcome | None]
+    ) -> None:
+        if not items:
+            return
+        from presencectl.graph.presence import MIN_EXPIRATION, PresenceWrite, set_presences_batch
+
+        writes = []
+        for _, action in items:
+            value = action.value
+            assert isinstance(value, TeamsStatus)
+            writes.append(
+                PresenceWrite(
+                    side_user_id(action.key, Side.TEAMS),
+                    value.availability,
+                    value.activity,
+                    action.expiration or MIN_EXPIRATION,
+                )
+            )
+        try:
+            answers = await set_presences_batch(self.graph, self.session_id, writes)
+        except AuthError:
+            raise
+        except PresencectlError as exc:
+            for i, _ in items:
+                outcomes[i] = _Outcome(False, uncertain=True, error=_why(exc))
+            return
+        for (i, _), answer in zip(items, answers, strict=True):
+            outcomes[i] = _graph_outcome(answer, clear=False)
+
+    async def _send_teams_clear(
+        self, items: list[tuple[int, Action]], outcomes: list[_Outcome | None]
+    ) -> None:
+        if not items:
+            return
+        from presencectl.graph.presence import clear_presences_batch
+
+        ids = [side_user_id(a.key, Side.TEAMS) for _, a in items]
+        try:
+            answers = await clear_presences_batch(self.graph, self.session_id, ids)
+        except AuthError:
+            raise
+        except PresencectlError as exc:
+            for i, _ in items:
+                outcomes[i] = _Outcome(False, uncertain=True, error=_why(exc))
+            return
+        for (i, _), answer in zip(items, answers, strict=True):
+            outcomes[i] = _graph_outcome(answer, clear=True)
+
+    async def _send_connect(
+        self, items: list[tuple[int, Action]], outcomes: list[_Outcome | None]
+    ) -> None:
+        gate = asyncio.Semaphore(max(1, self.options.connect_concurrency))
+
+        async def one(i: int, action: Action) -> None:
+            user_id = side_user_id(action.key, Side.CONNECT)
+            async with gate:
+                try:
+                    if action.kind is ActionKind.SET:
+                        await self.connect.set_presence(user_id, str(action.value))
+                        outcomes[i] = _Outcome(True)
+                    else:
+                        existed = await self.connect.clear_presence(user_id)
+                        outcomes[i] = _Outcome(True, gone=not existed)
+                except AuthError:
+                    raise
+                except PresencectlError as exc:
+                    status = getattr(exc, "status", None)
+                    outcomes[i] = _Outcome(False, uncertain=status is None, error=_why(exc))
+
+        await asyncio.gather(*(one(i, a) for i, a in items))
+
+    # -- reporting helpers ----------------------------------------------------------------------
+
+    def _user(self, key: str) -> str:
+        pair = self.pairs.get(key)
+        return pair.email if pair is not None else key
+
+    def _report(self, action: Action, outcome: str, error: str | None = None) -> ActionReport:
+        described = action.describe()
+        return ActionReport(
+            user=self._user(action.key),
+            side=action.side.value,
+            kind=action.kind.value,
+            from_value=described["from"],
+            to_value=described["to"],
+            reason=action.reason,
+            purpose=action.purpose.value,
+            outcome=outcome,
+            error=error,
+        )
+
+    def _fail(self, result: SyncResult, key: str, side: str, error: str) -> None:
+        result.failed += 1
+        result.failures.append({"user": self._user(key), "side": side, "error": error})
+
+    def _throttle(self) -> tuple[int, float]:
+        metrics = self.graph.metrics  # one limiter shared with the reader
+        waited = metrics.retry_after_wait_s + metrics.bucket_wait_s
+        return metrics.throttled, waited
+
+    # -- pairs that left the directory ------------------------------------------------------------
+
+    async def release_unmatched(self, result: SyncResult) -> None:
+        """Clear our sessions on pairs that are no longer matched (they would linger otherwise)."""
+        gone = [s for k, s in self.states.items() if k not in self.pairs and s.sessions()]
+        if not gone or self.options.dry_run:
+            return
+        actions = planner.release(gone, "user no longer matched: clear our session")
+        outcomes = await self._send(actions)
+        forget: set[str] = set()
+        keep: dict[str, PairState] = {}
+        at = self.clock()
+        audit = []
+        for action, outcome in zip(actions, outcomes, strict=True):
+            status = "gone" if outcome.gone else ("ok" if outcome.ok else "failed")
+            if outcome.ok:
+                result.cleared += 1
+                forget.add(action.key)
+            else:
+                keep[action.key] = self.states[action.key]
+                self._fail(result, action.key, action.side.value, outcome.error or "failed")
+            audit.append(
+                AuditEntry(
+                    at.timestamp(), action.side.value, "clear", None, status, key=action.key,
+                    user_id=side_user_id(action.key, action.side), reason=action.reason,
+                    error=outcome.error,
+                )
+            )  # fmt: skip
+        forget -= set(keep)
+        for key in forget:
+            self.states.pop(key, None)
+        self.store.save_states([], audit=audit, forget=sorted(forget))
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def _start_run(self, mode: str) -> None:
+        if not self.options.dry_run:
+            self._run_id = self.store.start_run(
+                mode=mode,
+                direction=self.options.direction.value,
+                dry_run=False,
+                now=time.time(),
+            )
+
+    def _finish_run(self, result: SyncResult, outcome: str) -> None:
+        if self._run_id is not None:
+            self.store.finish_run(self._run_id, _counts(result), outcome=outcome, now=time.time())
+
+    def _new_result(self) -> SyncResult:
+        return SyncResult(direction=self.options.direction.value, dry_run=self.options.dry_run)
+
+    def _fill_directory_counts(self, result: SyncResult) -> None:
+        result.matched = len(self.pairs)
+        result.unmatched = self._unmatched
+        result.conflicts = self._conflicts
+
+    async def run_once(self) -> SyncResult:
+        """One full cycle: directory, both sides read, plan, write, persist."""
+        started = time.monotonic()
+        result = self._new_result()
+        self._start_run("once")
+        outcome = "error"
+        try:
+            await self.refresh_directory(force=True)
+            self._fill_directory_counts(result)
+            await self.release_unmatched(result)
+            await self.cycle(result)
+            result.cycles = 1
+            outcome = "partial" if result.failed else "ok"
+        finally:
+            result.duration_s = time.monotonic() - started
+            result.throttled, result.throttle_wait_s = self._throttle()
+            self._finish_run(result, outcome)
+        return result
+
+    async def watch(
+        self,
+        *,
+        stop: asyncio.Event | None = None,
+        max_cycles: int | None = None,
+        duration: float | None = None,
+        after_cycle: Callable[[int], Awaitable[None] | None] | None = None,
+    ) -> SyncResult:
+        """Poll Teams every ``interval``; write Connect changes to Teams as their events come.
+
+        Ends when ``stop`` is set, after ``max_cycles`` polls, or after ``duration`` seconds
+        (of the injected clock); the batch in flight is always written and persisted first.
+        """
+        stop = stop or asyncio.Event()
+        started = time.monotonic()
+        started_at = self.clock()
+        result = self._new_result()
+        self._start_run("watch")
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        feed = await self._start_feed(events) if self.options.use_feed else None
+        outcome = "error"
+        self._emit("start", direction=self.options.direction.value, interval=self.options.interval)
+        try:
+            while not stop.is_set():
+                await self.refresh_directory()
+                self._fill_directory_counts(result)
+                await self.release_unmatched(result)
+                poll_connect = feed is None or not feed.connected or self._feed_reconnected(feed)
+                await self.cycle(result, read_connect=poll_connect)
+                result.cycles += 1
+                self._emit_cycle(result)
+                if after_cycle is not None:
+                    maybe = after_cycle(result.cycles)
+                    if maybe is not None:
+                        await maybe
+                if max_cycles is not None and result.cycles >= max_cycles:
+                    break
+                if duration is not None and (self.clock() - started_at).total_seconds() >= duration:
+                    break
+                await self._wait_for_events(events, stop, result)
+            outcome = "partial" if result.failed else "ok"
+        finally:
+            if feed is not None:
+                with contextlib.suppress(Exception):
+                    await feed.close()
+                self._forget_feed(feed)
+            result.duration_s = time.monotonic() - started
+            result.throttled, result.throttle_wait_s = self._throttle()
+            self._finish_run(result, outcome)
+            self._emit("stop", **result.summary())
+        return result
+
+    def _emit_cycle(self, result: SyncResult) -> None:
+        renewals = sorted(
+            (s.expires_at, self._user(k))
+            for k, st in self.states.items()
+            for s in st.sessions()
+            if s.expires_at is not None
+        )[:5]
+        self._emit(
+            "cycle",
+            cycle=result.cycles,
+            matched=result.matched,
+            written=result.written,
+            cleared=result.cleared,
+            failed=result.failed,
+            throttled=result.throttled,
+            throttle_wait_s=round(result.throttle_wait_s, 3),
+            sessions=sum(len(st.sessions()) for st in self.states.values()),
+            next_renewals=[{"user": u, "at": at.isoformat()} for at, u in renewals],
+        )
+
+    async def _wait_for_events(
+        self, events: asyncio.Queue[Any], stop: asyncio.Event, result: SyncResult
+    ) -> None:
+        """Until the next poll is due: handle Connect events as they come."""
+        deadline = time.monotonic() + self.options.interval
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            getter = asyncio.ensure_future(events.get())
+            stopper = asyncio.ensure_future(stop.wait())
+            sleeper = asyncio.ensure_future(self.sleep(left))
+            done, pending = await asyncio.wait(
+                {getter, stopper, sleeper}, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            if getter in done:
+                batch = [getter.result()]
+                while not events.empty():
+                    batch.append(events.get_nowait())
+                await self._on_connect_events(batch, result)
+            elif sleeper in done:
+                return
+
+    async def _on_connect_events(self, batch: list[Any], result: SyncResult) -> None:
+        observations: dict[str, list[Observation]] = defaultdict(list)
+        now = self.clock()
+        for event in batch:
+            key = self._by_connect.get(event.user_id)
+            if key is not None:
+                observations[key].append(Observation(Side.CONNECT, event.presence, now))
+        if observations:
+            await self.cycle(
+                result,
+                read_teams=False,
+                read_connect=False,
+                connect_observations=observations,
+                keys=list(observations),
+            )
+
+    async def _start_feed(self, events: asyncio.Queue[Any]) -> Any:
+        from presencectl.connect.feed import PresenceFeed
+
+        def on_state(state: Any) -> None:
+            self._emit("feed", state=str(state))
+
+        feed = PresenceFeed(self.connect, on_event=events.put_nowait, on_state=on_state)
+        feed._seen_reconnects = 0  # type: ignore[attr-defined]
+        try:
+            await feed.start()
+            await feed.wait_connected(timeout=5.0)
+        except PresencectlError as exc:
+            log.warning("connect feed unavailable, polling instead: %s", exc.message)
+            return None
+        if feed.subscription is not None:
+            self.store.save_subscription(
+                SubscriptionRow(feed.subscription.id, "connect", time.time(), None, "users/_all")
+            )
+        return feed
+
+    def _feed_reconnected(self, feed: Any) -> bool:
+        seen = getattr(feed, "_seen_reconnects", 0)
+        if feed.reconnects != seen:
+            feed._seen_reconnects = feed.reconnects
+            return True
+        return False
+
+    def _forget_feed(self, feed: Any) -> None:
+        for sub in self.store.subscriptions():
+            if sub.side == "connect":
+                self.store.delete_subscription(sub.id)
+
+    # -- disable --------------------------------------------------------------------------------
+
+    async def disable(self, on_progress: Callable[[int, int], None] | None = None) -> DisableResult:
+        """Clear every session we hold on both sides and delete our subscriptions.
+
+        From the state database; when it holds nothing (state lost), from the directory: our
+        session is cleared for every matched user on both sides (404 = nothing to clear)."""
+        result = DisableResult()
+        held: list[HeldSession] = self.store.sessions()
+        targets: list[tuple[str, Side, str]] = [(h.key, h.side, h.user_id) for h in held]
+        if not targets and self.store.pair_count() == 0 and self.store.last_run() is None:
+            result.source = "directory"
+            await self.refresh_directory(force=True)
+            for pair in self.pairs.values():
+                targets.append((pair.key, Side.TEAMS, pair.azure_id))
+                targets.append((pair.key, Side.CONNECT, pair.connect_id))
+        total = len(targets)
+        done = 0
+        cleared: list[tuple[str, Side]] = []
+        audit: list[AuditEntry] = []
+        chunk = 200
+        for start in range(0, total, chunk):
+            part = targets[start : start + chunk]
+            actions = [
+                Action(
+                    key, side, ActionKind.CLEAR, None, "disable", ActionPurpose.CLEAR, None, None
+                )
+                for key, side, _ in part
+            ]
+            outcomes = await self._send(actions)
+            at = time.time()
+            for (key, side, user_id), outcome in zip(part, outcomes, strict=True):
+                if outcome.ok and outcome.gone:
+                    result.already_gone += 1
+                elif outcome.ok and side is Side.TEAMS:
+                    result.teams_cleared += 1
+                elif outcome.ok:
+                    result.connect_cleared += 1
+                else:
+                    result.failed += 1
+                    result.failures.append(
+                        {"user": user_id, "side": side.value, "error": outcome.error or "failed"}
+                    )
+                if outcome.ok:
+                    cleared.append((key, side))
+                if result.source == "state" or (outcome.ok and not outcome.gone):
+                    status = "gone" if outcome.gone else ("ok" if outcome.ok else "failed")
+                    audit.append(
+                        AuditEntry(
+                            at, side.value, "clear", None, status, key=key, user_id=user_id,
+                            reason="disable", error=outcome.error,
+                        )
+                    )  # fmt: skip
+            done += len(part)
+            self.store.forget_sessions(cleared)
+            cleared = []
+            if on_progress is not None:
+                on_progress(done, total)
+        self.store.append_audit(audit)
+        for sub in self.store.subscriptions():
+            with contextlib.suppress(PresencectlError):
+                await self.connect.delete_subscription(sub.id)
+                result.subscriptions_deleted += 1
+            self.store.delete_subscription(sub.id)
+        if result.failed == 0:
+            self.store.clear_sync_state()
+        return result
+
+
+def _default_matcher() -> Callable[[Sequence[Any], Sequence[Any]], Any]:
+    from presencectl.sync.match import match_users
+
+    return match_users
+
+
+def _count(report: Any, name: str) -> int:
+    value = getattr(report, name, None)
+    if value is None:
+        return 0
+    return len(value) if not isinstance(value, int) else value
+
+
+def _why(exc: PresencectlError) -> str:
+    return f"{exc.code}: {exc.message}"
+
+
+def _graph_outcome(answer: Any, *, clear: bool) -> _Outcome:
+    outcome = str(getattr(answer.outcome, "value", answer.outcome))
+    if outcome == "ok":
+        return _Outcome(True)
+    if outcome == "gone":
+        # clear: no session left (done); set: the user is gone (a failure).
+        return _Outcome(True, gone=True) if clear else _Outcome(False, error="user not found")
+    error = answer.error
+    text = _why(error) if isinstance(error, PresencectlError) else f"HTTP {answer.status}"
+    return _Outcome(False, uncertain=not answer.status, error=text)
+
+
+def _counts(result: SyncResult) -> RunCounts:
+    return RunCounts(
+        cycles=result.cycles,
+        matched=result.matched,
+        read=result.read,
+        written=result.written,
+        cleared=result.cleared,
+        skipped=result.skipped,
+        failed=result.failed,
+        throttle_wait=result.throttle_wait_s,
+    )
+
+
+def _report_dict(report: ActionReport) -> dict[str, Any]:
+    return {
+        "user": report.user,
+        "side": report.side,
+        "kind": report.kind,
+        "from": report.from_value,
+        "to": report.to_value,
+        "reason": report.reason,
+        "outcome": report.outcome,
+        **({"error": report.error} if report.error else {}),
+    }
+
+
+# -- building an engine from a profile -----------------------------------------------------------
+
+
+def check_prerequisites(profile: Profile, direction: Direction) -> None:
+    """Raise ConfigError unless the profile can sync in ``direction`` (seed prerequisites)."""
+    if not profile.client_id:
+        raise ConfigError(
+            f"profile '{profile.name}' has no app registration",
+            hint="run `presencectl setup-azure` first",
+            code="setup_missing",
+        )
+    if direction.writes(Side.TEAMS) and not profile.verified.get("admin_consent"):
+        raise ConfigError(
+            "connect-to-teams needs admin consent for the presence permissions",
+            hint="run `presencectl consent` (or `presencectl setup-azure`)",
+            code="consent_missing",
+        )
+    if direction.writes(Side.CONNECT) and not profile.verified.get("sync_user"):
+        raise ConfigError(
+            "teams-to-connect needs a validated sync user",
+            hint="run `presencectl sync-user set --username U`,"
+            " then `presencectl sync-user validate`",
+            code="sync_user_missing",
+        )
+
+
+@contextlib.asynccontextmanager
+async def engine_for(
+    profile: Profile,
+    options: EngineOptions,
+    *,
+    clock: Clock = utc_now,
+    sleep: Sleep = asyncio.sleep,
+    on_event: EventCallback | None = None,
+    store: StateStore | None = None,
+    matcher: Callable[[Sequence[Any], Sequence[Any]], Any] | None = None,
+) -> Any:
+    """An engine wired to the profile's services (app + sync user tokens, Connect client)."""
+    from presencectl.connect.client import connect_client_for
+    from presencectl.graph.client import GraphClient
+    from presencectl.graph.ratelimit import RateLimiter
+    from presencectl.identity.tokens import app_token_provider, sync_user_token_provider
+
+    if not profile.client_id:
+        raise ConfigError(
+            f"profile '{profile.name}' has no app registration",
+            hint="run `presencectl setup-azure` first",
+            code="setup_missing",
+        )
+    settings = profile.http_settings()
+    limiter = RateLimiter()
+    own_store = store is None
+    store = store or StateStore.for_profile(profile.name)
+    graph = GraphClient(profile.graph_url, app_token_provider(profile), settings, limiter=limiter)
+    reader = graph
+    if options.direction.writes(Side.CONNECT) and profile.verified.get("sync_user"):
+        reader = GraphClient(
+            profile.graph_url, sync_user_token_provider(profile), settings, limiter=limiter
+        )
+    connect = connect_client_for(profile)
+    try:
+        yield SyncEngine(
+            graph=graph,
+            teams_reader=reader,
+            connect=connect,
+            session_id=profile.client_id,
+            store=store,
+            mapping=StatusMapping.from_profile(profile),
+            options=options,
+            clock=clock,
+            sleep=sleep,
+            on_event=on_event,
+            matcher=matcher,
+        )
+    finally:
+        await graph.aclose()
+        if reader is not graph:
+            await reader.aclose()
+        await connect.aclose()
+        if own_store:
+            store.close()
+
+
+def state_summary(profile_name: str) -> dict[str, Any]:
+    """What ``status`` shows from the state database (no network)."""
+    from presencectl.sync.state import database_path
+
+    path = database_path(profile_name)
+    if not path.exists():
+        return {"state_db": str(path), "exists": False}
+    with StateStore(path) as store:
+        last = store.last_run()
+        sessions = store.session_count()
+        renewals = store.next_expiries(3)
+        return {
+            "state_db": str(path),
+            "exists": True,
+            "pairs": store.pair_count(),
+            "sessions_teams": sessions["teams"],
+            "sessions_connect": sessions["connect"],
+            "subscriptions": len(store.subscriptions()),
+            "last_run": None
+            if last is None
+            else {
+                "mode": last.mode,
+                "direction": last.direction,
+                "started": _iso(last.started_at),
+                "finished": _iso(last.finished_at),
+                "outcome": last.outcome,
+                "cycles": last.counts.cycles,
+                "matched": last.counts.matched,
+                "written": last.counts.written,
+                "cleared": last.counts.cleared,
+                "failed": last.counts.failed,
+            },
+            "next_renewal": _iso(renewals[0].expires_at) if renewals else None,
+            "recent_writes": [
+                {
+                    "at": _iso(e.at),
+                    "user": e.user or e.user_id,
+                    "side": e.side,
+                    "action": e.action,
+                    "from": e.from_value,
+                    "to": e.to_value,
+                    "outcome": e.outcome,
+                    "reason": e.reason,
+                }
+                for e in store.audit_tail(10)
+            ],
+        }
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+__all__ = [
+    "ActionReport",
+    "DisableResult",
+    "EngineOptions",
+    "SyncEngine",
+    "SyncEvent",
+    "SyncResult",
+    "check_prerequisites",
+    "engine_for",
+    "state_summary",
+]
