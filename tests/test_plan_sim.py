@@ -1,11 +1,12 @@
-"""The planner against a small simulated world: both sides aggregate the user's own state with ours.
+"""The planner against a simulated world: both sides aggregate the user's own state with ours.
 
-Scenarios of ARCHITECTURE.md §5 (the echo rule), every seed row both ways end to end, session upkeep,
+Scenarios of ARCHITECTURE.md §5 (the echo rule), every seed row both ways end to end, upkeep,
 one-way directions, and hypothesis properties: no loop, convergence, no phantom session.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -344,8 +345,13 @@ def test_preferred_presence_masking_our_session_costs_one_reassert_not_one_per_c
 def test_one_way_writes_only_its_side(direction: Direction, written: Side) -> None:
     w = World(direction=direction)
     actions: list[Action] = []
-    for teams, connect in [("Busy/InACall", "available"), ("Available/Available", "onphone"),
-                           ("BeRightBack/BeRightBack", "agent_onphone"), ("Away/Away", "away")]:  # fmt: skip
+    steps = [
+        ("Busy/InACall", "available"),
+        ("Available/Available", "onphone"),
+        ("BeRightBack/BeRightBack", "agent_onphone"),
+        ("Away/Away", "away"),
+    ]
+    for teams, connect in steps:
         w.set_teams(teams)
         w.set_connect(connect)
         actions += w.run(3)
@@ -383,7 +389,12 @@ change = st.one_of(
 )
 
 
-@settings(max_examples=int(__import__("os").environ.get("PLAN_EXAMPLES", "300")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# PLAN_EXAMPLES=20000 for a deeper hunt (about two minutes).
+@settings(
+    max_examples=int(os.environ.get("PLAN_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     changes=st.lists(change, max_size=25),
     direction=st.sampled_from(list(Direction)),

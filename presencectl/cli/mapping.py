@@ -4,21 +4,112 @@ from __future__ import annotations
 
 import typer
 
-from presencectl.cli._stub import not_built
+from presencectl.cli.context import AppContext
 
 mapping_app = typer.Typer(help="Show or check the status mapping.", no_args_is_help=True)
 
+DIRECTIONS = ("both", "teams-to-connect", "connect-to-teams")
+_COLUMNS = ["direction", "source_label", "source", "target_label", "target", "origin", "note"]
+_HEADERS = {
+    "direction": "Direction",
+    "source_label": "Status set",
+    "source": "Source (Graph pair / Connect value)",
+    "target_label": "Shown on the other side",
+    "target": "Target",
+    "origin": "Origin",
+    "note": "Note",
+}
+
+
+def _obj(ctx: typer.Context) -> AppContext:
+    obj = ctx.find_object(AppContext)
+    return obj if obj is not None else AppContext()
+
 
 @mapping_app.command("show")
-def show(direction: str = typer.Option("both", "--direction")) -> None:
-    """Print the status mapping table."""
-    not_built("mapping show")
+def show(
+    ctx: typer.Context,
+    direction: str = typer.Option(
+        "both", "--direction", help="both | teams-to-connect | connect-to-teams"
+    ),
+) -> None:
+    """Print the status mapping table (the seed's table, plus extensions and profile overrides).
+
+    Examples: presencectl mapping show · presencectl mapping show --direction connect-to-teams -o json
+    """
+    from dataclasses import asdict
+
+    from presencectl.errors import UsageError
+    from presencectl.mapping import Mapping
+
+    if direction not in DIRECTIONS:
+        raise UsageError(
+            f"--direction is '{direction}'", hint="use one of: " + ", ".join(DIRECTIONS)
+        )
+    app = _obj(ctx)
+    profile = app.load_profile(must_exist=False)
+    mapping = Mapping.from_profile(profile)
+    rows = [asdict(row) for row in mapping.rows(direction)]
+    if app.json:
+        app.render(rows)
+        return
+    for row in rows:
+        if row["target"] == "unaltered" and row["note"]:
+            row["target_label"] = f"Unaltered ({row['note']})"
+            row["note"] = ""
+    app.render(rows, columns=_COLUMNS, headers=_HEADERS, title="Status mapping")
 
 
 @mapping_app.command("check")
-def check(file: str = typer.Argument(...)) -> None:
-    """Validate a mapping override file."""
-    not_built("mapping check")
+def check(
+    ctx: typer.Context,
+    file: str = typer.Argument(
+        ..., help="TOML file with [mapping.teams_to_connect] / [mapping.connect_to_teams]"
+    ),
+) -> None:
+    """Validate a mapping override file (exit 3 naming the bad key).
+
+    The file holds [mapping.teams_to_connect] and/or [mapping.connect_to_teams] tables, or the
+    same two tables at top level. Example: presencectl mapping check overrides.toml
+    """
+    import tomllib
+    from pathlib import Path
+
+    from presencectl.errors import ConfigError
+    from presencectl.mapping import Mapping
+
+    path = Path(file)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file", hint="pass the path of a TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}", hint="fix the syntax") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}", hint="check the path") from None
+    where = f"{path}: [mapping]"
+    tables = doc.get("mapping", doc) if isinstance(doc.get("mapping", doc), dict) else None
+    if tables is None:
+        raise ConfigError(f"{path}: key 'mapping' must be a table", hint="see docs/mapping.md")
+    if not tables:
+        raise ConfigError(
+            f"{path}: no [mapping.teams_to_connect] or [mapping.connect_to_teams] table",
+            hint='write e.g. [mapping.connect_to_teams] on_break = "Away/Away"',
+        )
+    mapping = Mapping(tables, where=where)
+    overridden = [r for r in mapping.rows() if r.origin == "override"]
+    summary = {
+        "file": str(path),
+        "status": "ok",
+        "overrides": len(overridden),
+        "teams_to_connect": len(tables.get("teams_to_connect", {}) or {}),
+        "connect_to_teams": len(tables.get("connect_to_teams", {}) or {}),
+    }
+    app = _obj(ctx)
+    if app.json:
+        app.render(summary)
+        return
+    app.render(summary, columns=list(summary))
 
 
 def register(app: typer.Typer) -> None:
