@@ -128,10 +128,14 @@ def test_duplicate_ids_are_counted_once() -> None:
 def test_fifty_thousand_users_match_fast() -> None:
     n = 50_000
     users = [
-        AzureUser(f"a{i}", mail=f"user{i}@contoso.com", user_principal_name=f"u{i}@contoso.onmicrosoft.com",
-                  proxy_addresses=(f"SMTP:user{i}@contoso.com", f"smtp:alias{i}@contoso.com"))
+        AzureUser(
+            f"a{i}",
+            mail=f"user{i}@contoso.com",
+            user_principal_name=f"u{i}@contoso.onmicrosoft.com",
+            proxy_addresses=(f"SMTP:user{i}@contoso.com", f"smtp:alias{i}@contoso.com"),
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
     contacts = [
         Contact(f"c{i}", f"USER{i}@contoso.com" if i % 2 else f"alias{i}@contoso.com")
         for i in range(n)

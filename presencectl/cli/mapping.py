@@ -35,7 +35,7 @@ def show(
 ) -> None:
     """Print the status mapping table (the seed's table, plus extensions and profile overrides).
 
-    Examples: presencectl mapping show · presencectl mapping show --direction connect-to-teams -o json
+    Examples: presencectl mapping show · presencectl -o json mapping show --direction both
     """
     from dataclasses import asdict
 

@@ -22,8 +22,8 @@ from presencectl.sync.model import UserPair, pair_key
 
 __all__ = [
     "AzureUserLike",
-    "ConnectContactLike",
     "Conflict",
+    "ConnectContactLike",
     "MatchReport",
     "Unmatched",
     "azure_addresses",
