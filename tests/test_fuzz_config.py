@@ -181,7 +181,8 @@ def _connect_target_ok(value: Any) -> bool:
 
 def _teams_target_ok(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() in {
-        *(p.lower() for p in SET_PRESENCE), "unaltered"
+        *(p.lower() for p in SET_PRESENCE),
+        "unaltered",
     }
 
 
@@ -204,23 +205,25 @@ def mapping_bad_keys(mapping: Any) -> set[str]:
     return bad
 
 
+def _string_ok(key: str, value: str) -> bool:
+    if key in URL_KEYS:
+        return _is_url(value, ("https", "http"))
+    if key == "proxy":
+        return _is_url(value, ("http", "https", "socks5", "socks5h"))
+    if key == "enabled_direction":
+        return value in DIRECTIONS
+    return True
+
+
 def profile_bad_keys(table: dict[str, Any]) -> set[str]:
     bad: set[str] = set()
     for key, value in table.items():
-        if key not in STRING_KEYS and key not in TABLE_KEYS:
-            bad.add(key)
-        elif key in TABLE_KEYS:
+        if key in TABLE_KEYS:
             if not isinstance(value, dict):
                 bad.add(key)
             elif key == "mapping":
                 bad |= mapping_bad_keys(value)
-        elif not isinstance(value, str):
-            bad.add(key)
-        elif key in URL_KEYS and not _is_url(value, ("https", "http")):
-            bad.add(key)
-        elif key == "proxy" and not _is_url(value, ("http", "https", "socks5", "socks5h")):
-            bad.add(key)
-        elif key == "enabled_direction" and value not in DIRECTIONS:
+        elif key not in STRING_KEYS or not isinstance(value, str) or not _string_ok(key, value):
             bad.add(key)
     return bad
 
@@ -311,7 +314,7 @@ def test_arbitrary_bytes_as_config(cli: Any, raw: bytes | str) -> None:
 def test_invalid_toml_names_the_file_and_line(cli: Any) -> None:
     path = config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("[profiles.fz]\ntenant_id = \"a\"\nclient_id = oops\n", encoding="utf-8")
+    path.write_text('[profiles.fz]\ntenant_id = "a"\nclient_id = oops\n', encoding="utf-8")
     result = cli("--profile", "fz", "-o", "json", "config", "show")
     assert result.exit_code == 3
     message = result.json()["error"]["message"]
@@ -360,9 +363,10 @@ def _mapping_check(cli: Any, tmp_path: Path, mapping: Any) -> Any:
     file = tmp_path / "overrides.toml"
     file.write_text(tomli_w.dumps(mapping), encoding="utf-8")
     result = cli("-o", "json", "mapping", "check", str(file))
-    if result.exit_code == 3 and json.loads(result.stdout or "{}").get("error", {}).get(
-        "code"
-    ) == "not_built":
+    if (
+        result.exit_code == 3
+        and json.loads(result.stdout or "{}").get("error", {}).get("code") == "not_built"
+    ):
         pytest.skip("mapping check is not built yet")
     return result
 
