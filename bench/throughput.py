@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Any
 
+import engine_driver
 from _harness import Report, SandboxProcess, graph_client, isolated_env, matched_pairs
 
 
@@ -94,7 +95,8 @@ def run(users: int, limit: int, window: float, *, engine: bool = True) -> Report
         f"(a sliding window lets the first {limit} through at once, so of_ceiling can pass 1)"
     )
     with isolated_env(), SandboxProcess(users=users, throttle=limit, throttle_window=window) as sb:
-        profile = sb.setup_azure()
+        use_engine = engine and engine_driver.available()
+        profile = engine_driver.prepare(sb) if use_engine else sb.setup_azure()
         pairs = asyncio.run(matched_pairs(profile))
         n = len(pairs)
         for name, lim, win, pair in (
@@ -105,7 +107,7 @@ def run(users: int, limit: int, window: float, *, engine: bool = True) -> Report
             sb.reset_stats()
             result = asyncio.run(graph_writes(profile, pairs, lim, win, pair))
             report.add(**row(name, result, sb.stats(), n, limit, window))
-        if engine:
+        if use_engine:
             result_row = engine_row(sb, profile, pairs, limit, window)
             if result_row is not None:
                 report.add(**result_row)
@@ -125,12 +127,6 @@ def run(users: int, limit: int, window: float, *, engine: bool = True) -> Report
 
 def engine_row(sb: SandboxProcess, profile: Any, pairs: list[Any], limit: int,
                window: float) -> dict[str, Any] | None:
-    try:
-        import engine_driver  # bench/engine_driver.py: the engine's public API, in one place
-    except ImportError:
-        return None
-    if not engine_driver.available():
-        return None
     time.sleep(window * 1.2)
     # Every user's Connect status becomes onphone: Connect->Teams writes Busy/InACall for all.
     engine_driver.seed_connect(sb, pairs, "onphone")
@@ -138,7 +134,9 @@ def engine_row(sb: SandboxProcess, profile: Any, pairs: list[Any], limit: int,
     result = engine_driver.one_shot(profile, limit=limit, window=window,
                                     direction="connect-to-teams")
     stats = sb.stats()
-    return row("engine one-shot (connect->teams)", result, stats, len(pairs), limit, window)
+    out = row("engine one-shot (connect->teams)", result, stats, len(pairs), limit, window)
+    out["writes"] = result["written"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
