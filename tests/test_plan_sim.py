@@ -418,9 +418,7 @@ def test_no_loop_converges_and_no_phantom(changes, direction, lag) -> None:
         [a.reason for a in acts] for acts in quiet[:16]
     ]
     assert sum(len(_non_renewal(acts)) for acts in quiet) <= 6
-    assert len(busy_rounds) <= 4, [
-        [a.reason for a in acts] for acts in quiet[:8]
-    ]
+    assert len(busy_rounds) <= 4, [[a.reason for a in acts] for acts in quiet[:8]]
     # No phantom: every session we hold mirrors the other side's real, own state.
     m = w.mapping
     if w.teams_session is not None:
