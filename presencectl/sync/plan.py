@@ -62,14 +62,13 @@ action succeeds; the engine can instead fold successful actions into ``observed_
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Mapping as AbcMapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from presencectl.errors import ConfigError
 from presencectl.mapping import (
-    UNALTERED,
     Mapping,
     TeamsStatus,
     Unaltered,
@@ -177,9 +176,7 @@ def plan_pair(
     settings: PlanSettings,
 ) -> tuple[PairState, list[Action]]:
     """One pair: (state after the observations, actions). Pure; see the module docstring."""
-    state = _expire_pending(state, now - settings.echo_window)
-    for obs in sorted(observations, key=lambda o: o.observed_at):
-        state = _observe(state, obs)
+    state = _observe_all(state, observations, now - settings.echo_window)
     return state, _decide(state, mapping, direction, now, settings)
 
 
@@ -212,50 +209,85 @@ def _shows(observed: Value, ours: Value | None) -> bool:
     return _same(observed, ours) or _is_fade_of(observed, ours)
 
 
-def _expire_pending(state: PairState, horizon: datetime) -> PairState:
-    if not state.pending_teams and not state.pending_connect:
+class _SideWork:
+    """A mutable working copy of one side of a PairState (one PairState built per pair, not per
+    observation: this loop runs for every pair every cycle)."""
+
+    __slots__ = ("changed", "genuine", "genuine_at", "last", "pending", "session")
+
+    def __init__(
+        self,
+        last: Observation | None,
+        genuine: Value | None,
+        genuine_at: datetime | None,
+        session: SessionRecord | None,
+        pending: tuple[PendingWrite, ...],
+        horizon: datetime,
+    ) -> None:
+        self.last, self.genuine, self.genuine_at = last, genuine, genuine_at
+        self.session, self.pending, self.changed = session, pending, False
+        if pending:
+            kept = tuple(p for p in pending if p.written_at > horizon)
+            if len(kept) != len(pending):
+                self.pending, self.changed = kept, True
+
+    def observe(self, obs: Observation) -> None:
+        last = self.last
+        if last is not None and obs.observed_at < last.observed_at:
+            return  # out of order: older than what we already know
+        self.last, self.changed = obs, True
+        value, session, pending = obs.value, self.session, self.pending
+        ours_now = session is not None and _shows(value, session.value)
+        in_flight = False
+        if pending:
+            landed_upto = -1
+            for i, p in enumerate(pending):
+                if not in_flight and (_shows(value, p.value) or _shows(value, p.previous)):
+                    in_flight = True
+                if obs.observed_at >= p.written_at and (
+                    _same(value, p.value) if p.value is not None else not _shows(value, p.previous)
+                ):
+                    landed_upto = i
+            if landed_upto >= 0:
+                self.pending = pending[landed_upto + 1 :]
+        if ours_now:
+            assert session is not None
+            if session.masked_by is not None:
+                self.session = replace(session, masked_by=None)
+            genuine = None  # our session shows: the user's own state is hidden under it
+        elif in_flight:
+            return  # the echo of a write in flight: consumed, changes nothing
+        else:
+            genuine = value  # the user's own state, visible
+        if not _same(genuine, self.genuine):
+            self.genuine, self.genuine_at = genuine, obs.observed_at
+
+
+def _observe_all(
+    state: PairState, observations: Iterable[Observation], horizon: datetime
+) -> PairState:
+    teams = _SideWork(
+        state.last_teams, state.genuine_teams, state.genuine_teams_at,
+        state.our_teams_session, state.pending_teams, horizon,
+    )  # fmt: skip
+    connect = _SideWork(
+        state.last_connect, state.genuine_connect, state.genuine_connect_at,
+        state.our_connect_session, state.pending_connect, horizon,
+    )  # fmt: skip
+    teams_side = Side.TEAMS
+    for obs in observations:  # no sort needed: an older reading than the last one is skipped
+        (teams if obs.side is teams_side else connect).observe(obs)
+    if not teams.changed and not connect.changed:
         return state
-    teams = tuple(p for p in state.pending_teams if p.written_at > horizon)
-    connect = tuple(p for p in state.pending_connect if p.written_at > horizon)
-    if len(teams) == len(state.pending_teams) and len(connect) == len(state.pending_connect):
-        return state
-    return replace(state, pending_teams=teams, pending_connect=connect)
-
-
-def _observe(state: PairState, obs: Observation) -> PairState:
-    side = obs.side
-    last = state.last(side)
-    if last is not None and obs.observed_at < last.observed_at:
-        return state  # out of order: older than what we already know
-    session = state.session(side)
-    pending = state.pending(side)
-    value = obs.value
-
-    ours_now = session is not None and _shows(value, session.value)
-    in_flight = False
-    landed_upto = -1
-    for i, p in enumerate(pending):
-        if not in_flight and (_shows(value, p.value) or _shows(value, p.previous)):
-            in_flight = True
-        if obs.observed_at >= p.written_at and (
-            _same(value, p.value) if p.value is not None else not _shows(value, p.previous)
-        ):
-            landed_upto = i
-    changes: dict[str, object] = {"last": obs}
-    if landed_upto >= 0:
-        changes["pending"] = pending[landed_upto + 1 :]
-    if session is not None and session.masked_by is not None and _shows(value, session.value):
-        changes["session"] = replace(session, masked_by=None)
-    if ours_now:
-        genuine = None  # our session shows: the user's own state is hidden under it
-    elif in_flight:
-        genuine = state.genuine(side)  # the echo of a write in flight: consumed, changes nothing
-    else:
-        genuine = value  # the user's own state, visible
-    if not _same(genuine, state.genuine(side)):
-        changes["genuine"] = genuine
-        changes["genuine_at"] = obs.observed_at
-    return state.with_side(side, **changes)
+    genuine_teams = teams.genuine
+    genuine_connect = connect.genuine
+    assert genuine_teams is None or isinstance(genuine_teams, TeamsStatus)
+    assert genuine_connect is None or isinstance(genuine_connect, str)
+    return PairState(
+        state.key, teams.last, connect.last, genuine_teams, genuine_connect,
+        teams.genuine_at, connect.genuine_at, teams.session, connect.session,
+        teams.pending, connect.pending,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -282,21 +314,30 @@ def _fmt(value: Value | None) -> str:
 
 @dataclass(slots=True)
 class _Want:
-    """What we want on one side: ``value`` None = no session of ours; ``why`` explains it."""
+    """What we want on one side: ``value`` None = no session of ours; ``why`` explains it
+    (a callable: the sentence is only built for the few pairs that get an action)."""
 
     value: Value | None
-    why: str
+    why: Callable[[], str]
     purpose: ActionPurpose = ActionPurpose.MIRROR
 
 
-def _target(side: Side, state: PairState, mapping: Mapping) -> _Want:
+def _target(
+    side: Side,
+    genuine: Value | None,
+    own: Value | None,
+    session: SessionRecord | None,
+    mapping: Mapping,
+) -> _Want:
+    """What to assert on ``side`` given the other side's genuine state (and ``side``'s own)."""
     source = side.other
-    genuine = state.genuine(source)
     if genuine is None:
         return _Want(
             None,
-            f"unaltered: clear our session ({source.label} shows our own session or is not "
-            "read yet: no genuine state to mirror)",
+            lambda: (
+                f"unaltered: clear our session ({source.label} shows our own session or is "
+                "not read yet: no genuine state to mirror)"
+            ),
             ActionPurpose.CLEAR,
         )
     result: TeamsStatus | str | Unaltered
@@ -304,23 +345,37 @@ def _target(side: Side, state: PairState, mapping: Mapping) -> _Want:
         result = mapping.teams_to_connect(genuine)
     else:
         result = mapping.connect_to_teams(genuine)
-    if result is UNALTERED or isinstance(result, Unaltered):
+    if isinstance(result, Unaltered):
         return _Want(
             None,
-            f"unaltered: clear our session ({source.label} {_fmt(genuine)} maps to unaltered)",
+            lambda: (
+                f"unaltered: clear our session ({source.label} {_fmt(genuine)} maps to unaltered)"
+            ),
             ActionPurpose.CLEAR,
         )
-    own = state.genuine(side)
-    session = state.session(side)
-    held = session is not None and _same(session.value, result)
-    if own is not None and not held and _equivalent(own, result):
+    target = result
+    if (
+        own is not None
+        and _equivalent(own, target)
+        and (session is None or not _same(session.value, target))
+    ):
         return _Want(
             None,
-            f"{side.label} already shows {_fmt(own)}, equivalent to {_fmt(result)}: "
-            "no session of ours needed",
+            lambda: (
+                f"{side.label} already shows {_fmt(own)}, equivalent to {_fmt(target)}: "
+                "no session of ours needed"
+            ),
             ActionPurpose.CLEAR,
         )
-    return _Want(result, f"{source.label} {_fmt(genuine)} → {_fmt(result)}")
+    return _Want(target, lambda: f"{source.label} {_fmt(genuine)} → {_fmt(target)}")
+
+
+def _fixed(text: str) -> Callable[[], str]:
+    return lambda: text
+
+
+_WHY_TEAMS_MASKED = _fixed("unaltered: clear our session (Teams will show our own session)")
+_WHY_CONNECT_MASKED = _fixed("unaltered: clear our session (Connect will show our own session)")
 
 
 def _masks(side: Side, want: _Want, state: PairState) -> bool:
@@ -343,67 +398,61 @@ def _masks(side: Side, want: _Want, state: PairState) -> bool:
 def _decide(
     state: PairState, mapping: Mapping, direction: Direction, now: datetime, settings: PlanSettings
 ) -> list[Action]:
-    want = {side: _target(side, state, mapping) for side in (Side.TEAMS, Side.CONNECT)}
-    for side in (Side.TEAMS, Side.CONNECT):
-        if not direction.writes(side):
-            want[side] = _Want(
-                None,
-                f"direction {direction.value}: clear our leftover {side.label} session",
-                ActionPurpose.CLEAR,
-            )
-    masks_teams = _masks(Side.TEAMS, want[Side.TEAMS], state)
-    masks_connect = _masks(Side.CONNECT, want[Side.CONNECT], state)
+    teams_session, connect_session = state.our_teams_session, state.our_connect_session
+    genuine_teams, genuine_connect = state.genuine_teams, state.genuine_connect
+    if direction.writes(Side.TEAMS):
+        want_teams = _target(Side.TEAMS, genuine_connect, genuine_teams, teams_session, mapping)
+    else:
+        want_teams = _Want(None, _leftover(direction, Side.TEAMS), ActionPurpose.CLEAR)
+    if direction.writes(Side.CONNECT):
+        want_connect = _target(
+            Side.CONNECT, genuine_teams, genuine_connect, connect_session, mapping
+        )
+    else:
+        want_connect = _Want(None, _leftover(direction, Side.CONNECT), ActionPurpose.CLEAR)
+    masks_teams = _masks(Side.TEAMS, want_teams, state)
+    masks_connect = _masks(Side.CONNECT, want_connect, state)
     if masks_teams and masks_connect:
-        leader = _leader(state, want)
-        follower_label = leader.other.label
-        want[leader] = _Want(
-            None,
-            f"{leader.label} changed last and leads: our session goes on {follower_label} only",
-            ActionPurpose.CLEAR,
+        leader = _leader(state, want_teams, want_connect)
+        why = _fixed(
+            f"{leader.label} changed last and leads: our session goes on {leader.other.label} only"
         )
-    elif masks_teams:
+        if leader is Side.TEAMS:
+            want_teams = _Want(None, why, ActionPurpose.CLEAR)
+        else:
+            want_connect = _Want(None, why, ActionPurpose.CLEAR)
+    elif masks_teams and direction.writes(Side.CONNECT):
         # Our Teams session will hide the Teams user: Teams has nothing of its own to export.
-        want[Side.CONNECT] = (
-            _Want(
-                None,
-                "unaltered: clear our session (Teams will show our own session)",
-                ActionPurpose.CLEAR,
-            )
-            if direction.writes(Side.CONNECT)
-            else want[Side.CONNECT]
-        )
-    elif masks_connect:
-        want[Side.TEAMS] = (
-            _Want(
-                None,
-                "unaltered: clear our session (Connect will show our own session)",
-                ActionPurpose.CLEAR,
-            )
-            if direction.writes(Side.TEAMS)
-            else want[Side.TEAMS]
-        )
+        want_connect = _Want(None, _WHY_TEAMS_MASKED, ActionPurpose.CLEAR)
+    elif masks_connect and direction.writes(Side.TEAMS):
+        want_teams = _Want(None, _WHY_CONNECT_MASKED, ActionPurpose.CLEAR)
 
     actions: list[Action] = []
-    for side in (Side.TEAMS, Side.CONNECT):
-        action = _act(side, want[side], state, now, settings)
-        if action is not None:
-            actions.append(action)
+    action = _act(Side.TEAMS, want_teams, state, now, settings)
+    if action is not None:
+        actions.append(action)
+    action = _act(Side.CONNECT, want_connect, state, now, settings)
+    if action is not None:
+        actions.append(action)
     return actions
 
 
-def _leader(state: PairState, want: dict[Side, _Want]) -> Side:
+def _leftover(direction: Direction, side: Side) -> Callable[[], str]:
+    return lambda: f"direction {direction.value}: clear our leftover {side.label} session"
+
+
+def _leader(state: PairState, want_teams: _Want, want_connect: _Want) -> Side:
     """Of two sides whose sessions would hide each other, the one that gets no session.
 
     Keep the arrangement we already have (the side holding the wanted session stays the
     follower: deciding afresh on information that lags our writes would flip-flop); otherwise
     the side whose genuine state changed last leads (Connect on a tie: a phone call rules).
     """
-    held = {
-        side: (s := state.session(side)) is not None and _same(s.value, want[side].value)
-        for side in (Side.TEAMS, Side.CONNECT)
-    }
-    if held[Side.TEAMS] != held[Side.CONNECT]:
-        return Side.CONNECT if held[Side.TEAMS] else Side.TEAMS
+    teams, connect = state.our_teams_session, state.our_connect_session
+    held_teams = teams is not None and _same(teams.value, want_teams.value)
+    held_connect = connect is not None and _same(connect.value, want_connect.value)
+    if held_teams != held_connect:
+        return Side.CONNECT if held_teams else Side.TEAMS
     teams_at, connect_at = state.genuine_teams_at, state.genuine_connect_at
     if teams_at is not None and (connect_at is None or teams_at > connect_at):
         return Side.TEAMS
@@ -414,25 +463,32 @@ def _act(
     side: Side, want: _Want, state: PairState, now: datetime, settings: PlanSettings
 ) -> Action | None:
     session = state.session(side)
-    last = state.last(side)
-    shown = last.value if last is not None else None
     if want.value is None:
         if session is None:
             return None
-        return Action(state.key, side, ActionKind.CLEAR, None, want.why, want.purpose, None, shown)
+        shown = _shown(state, side)
+        return Action(
+            state.key, side, ActionKind.CLEAR, None, want.why(), want.purpose, None, shown
+        )
     expiration = _expiration(side, settings)
     if session is None or not _same(session.value, want.value):
         return Action(
-            state.key, side, ActionKind.SET, want.value, want.why, ActionPurpose.MIRROR,
-            expiration, shown,
+            state.key, side, ActionKind.SET, want.value, want.why(), ActionPurpose.MIRROR,
+            expiration, _shown(state, side),
         )  # fmt: skip
     upkeep = _upkeep(side, session, state, now, settings)
     if upkeep is None:
         return None
     reason, purpose = upkeep
     return Action(
-        state.key, side, ActionKind.SET, session.value, reason, purpose, expiration, shown
-    )
+        state.key, side, ActionKind.SET, session.value, reason, purpose, expiration,
+        _shown(state, side),
+    )  # fmt: skip
+
+
+def _shown(state: PairState, side: Side) -> Value | None:
+    last = state.last(side)
+    return last.value if last is not None else None
 
 
 def _expiration(side: Side, settings: PlanSettings) -> timedelta | None:
