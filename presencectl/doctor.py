@@ -54,6 +54,19 @@ PORTAL_SECRETS = (
     "Entra admin center > App registrations > the presencectl app > Certificates & secrets"
 )
 
+# The codes only doctor reports (every other code is an error's; docs/troubleshooting.md lists all).
+DOCTOR_CODES = (
+    "keyring_file_fallback",
+    "clock_skew",
+    "client_secret_expiring",
+    "client_secret_expired",
+    "client_secret_expiry_unknown",
+    "admin_email_unknown",
+    "matching_conflicts",
+    "matching_unmatched",
+    "matching_none",
+)
+
 # Check names (stable: monitoring keys on them).
 CONFIG = "Config"
 KEYRING = "Keyring"
@@ -694,6 +707,7 @@ def run_doctor(
 
 
 __all__ = [
+    "DOCTOR_CODES",
     "FAIL",
     "OK",
     "SKIP",

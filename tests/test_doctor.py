@@ -359,3 +359,22 @@ def test_exit_code_is_the_first_failure_and_worst_is_the_most_severe() -> None:
     assert (
         doctor.DoctorReport("p", [doctor.ok("a", "x"), doctor.warn("b", "x", "r")]).exit_code == 0
     )
+
+
+def test_troubleshooting_lists_every_error_code() -> None:
+    """docs/troubleshooting.md must name every code the tool emits (the contract of -o json)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    codes: set[str] = set(doctor.DOCTOR_CODES)
+    for path in (root / "presencectl").rglob("*.py"):
+        if "sandbox" in path.parts:
+            continue  # the sandbox's codes are the emulated services' wire errors
+        text = path.read_text("utf-8")
+        codes.update(re.findall(r"\bcode\s*=\s*\"([a-z][a-z_]+)\"", text))
+        codes.update(re.findall(r"\"(prerequisite_[a-z_]+)\"", text))
+    assert len(codes) > 50
+    doc = (root / "docs" / "troubleshooting.md").read_text("utf-8")
+    missing = sorted(c for c in codes if f"`{c}`" not in doc)
+    assert not missing, f"add these codes to docs/troubleshooting.md: {missing}"
