@@ -223,10 +223,10 @@ class SyncEngine:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def _emit(self, kind: str, **data: Any) -> None:
+    def _emit(self, event_type: str, /, **data: Any) -> None:
         if self.on_event is not None:
             try:
-                self.on_event(SyncEvent(kind, self.clock(), data))
+                self.on_event(SyncEvent(event_type, self.clock(), data))
             except Exception:  # a broken view must not stop the sync
                 log.exception("sync event callback failed")
 
@@ -631,15 +631,22 @@ class SyncEngine:
         result = self._new_result()
         self._start_run("watch")
         events: asyncio.Queue[Any] = asyncio.Queue()
+        self._emit("start", direction=self.options.direction.value, interval=self.options.interval)
         feed = await self._start_feed(events) if self.options.use_feed else None
         outcome = "error"
-        self._emit("start", direction=self.options.direction.value, interval=self.options.interval)
         try:
             while not stop.is_set():
                 await self.refresh_directory()
                 self._fill_directory_counts(result)
                 await self.release_unmatched(result)
-                poll_connect = feed is None or not feed.connected or self._feed_reconnected(feed)
+                # Connect is read in full on the first poll, while the feed is down, and once
+                # after every reconnect (events raised meanwhile are lost); else the feed says.
+                poll_connect = (
+                    result.cycles == 0
+                    or feed is None
+                    or not feed.connected
+                    or self._feed_reconnected(feed)
+                )
                 await self.cycle(result, read_connect=poll_connect)
                 result.cycles += 1
                 self._emit_cycle(result)
@@ -964,6 +971,30 @@ async def engine_for(
             store.close()
 
 
+async def match_report(profile: Profile) -> list[dict[str, str]]:
+    """The email matching report of both directories (``presencectl users``)."""
+    from presencectl.connect.client import connect_client_for
+    from presencectl.graph.client import GraphClient
+    from presencectl.graph.users import list_users
+    from presencectl.identity.tokens import app_token_provider
+    from presencectl.sync.match import match_users
+
+    if not profile.client_id:
+        raise ConfigError(
+            f"profile '{profile.name}' has no app registration",
+            hint="run `presencectl setup-azure` first",
+            code="setup_missing",
+        )
+    async with (
+        GraphClient(
+            profile.graph_url, app_token_provider(profile), profile.http_settings()
+        ) as graph,
+        connect_client_for(profile) as connect,
+    ):
+        azure_users, contacts = await asyncio.gather(list_users(graph), connect.list_contacts())
+    return match_users(azure_users, contacts).rows()
+
+
 def state_summary(profile_name: str) -> dict[str, Any]:
     """What ``status`` shows from the state database (no network)."""
     from presencectl.sync.state import database_path
@@ -1026,5 +1057,6 @@ __all__ = [
     "SyncResult",
     "check_prerequisites",
     "engine_for",
+    "match_report",
     "state_summary",
 ]
