@@ -79,7 +79,7 @@ def _error_detail(response: httpx.Response) -> str:
     """A short, redacted description of an error body."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than json's stack
         text = response.text.strip()
         return redact(text[:200]) if text else ""
     if isinstance(body, dict):
@@ -206,7 +206,7 @@ class ConnectClient:
                 body = response.json()
                 token = body["access_token"]
                 lifetime = float(body.get("expires_in", 3600))
-            except (ValueError, KeyError, TypeError) as exc:
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
                 raise ApiError(
                     "the Connect sign-in service answered without an access token",
                     status=200,
@@ -225,7 +225,7 @@ class ConnectClient:
             body = response.json()
             if isinstance(body, dict):
                 error = str(body.get("error", ""))
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
         if error in ("invalid_client", "unauthorized_client") or response.status_code == 401:
             raise AuthError(

@@ -51,7 +51,7 @@ async def list_contacts(client: ConnectClient) -> list[ConnectContact]:
         response = await client.request("GET", wire.CONTACTS_PATH, params=params or None)
         try:
             body = response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             raise ApiError(
                 "Connect sent a directory page that is not JSON",
                 status=response.status_code,

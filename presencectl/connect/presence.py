@@ -35,7 +35,7 @@ async def get_presence(client: ConnectClient, user_id: str) -> str:
     response = await client.request("GET", wire.presence_path(user_id))
     try:
         body = response.json()
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
         raise ApiError(
             f"Connect sent a presence for {user_id} that is not JSON",
             status=response.status_code,

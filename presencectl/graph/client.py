@@ -163,7 +163,7 @@ def _response_body(response: httpx.Response) -> Any:
         return None
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than json's stack
         return response.text[:500]
 
 
