@@ -456,3 +456,79 @@ def test_watch_renews_teams_session_before_expiry(org: Org) -> None:
 
     _engine_watch(org, max_cycles=10, after_cycle=after)  # 200 sandbox minutes
     assert seen and all(v == "Busy/InACall" for v in seen), seen
+
+
+# -- matching ---------------------------------------------------------------------------------
+
+
+def test_case_proxy_unmatched_and_conflicting_emails(org: Org) -> None:
+    world = org.sb.world
+    case_only = next(p for p in world.people if p.connect_email and p.connect_email != p.email
+                     and p.connect_email.lower() == p.email)  # fmt: skip
+    proxy_only = next(p for p in world.people if p.connect_email and p.azure_id
+                      and p.connect_email.lower() != p.email)  # fmt: skip
+    rows = {r["email"]: r for r in org.run("-o", "json", "users").json()}
+    assert rows[case_only.email]["status"] == "matched"
+    assert rows[proxy_only.connect_email.lower()]["status"] == "matched"
+    conflicts = [r for r in rows.values() if r["status"] == "conflict"]
+    assert len(conflicts) == 1
+    unmatched = org.run("-o", "json", "users", "--unmatched").json()
+    assert unmatched and all(r["status"] != "matched" for r in unmatched)
+    assert {r["status"] for r in unmatched} == {"unmatched", "conflict"}
+    csv = org.run("-o", "csv", "users", "--unmatched")
+    assert csv.stdout.splitlines()[0] == "email,status,azure_id,connect_id,detail"
+
+    # Case-differing and proxy-only users sync; the conflicting email never does.
+    assert org.run("enable", "--direction", "connect-to-teams").exit_code == 0
+    conflicted = world.person_by_email(conflicts[0]["email"])
+    for person in (case_only, proxy_only, conflicted):
+        org.teams(person.email, "Available", "Available")
+        org.connect(person.connect_email or person.email, "onphone")
+    org.sync()
+    assert org.teams_pair(case_only.email) == "Busy/InACall"
+    assert org.teams_pair(proxy_only.email) == "Busy/InACall"
+    for azure_id in conflicts[0]["azure_id"].split(", "):
+        owner = world.person_by_azure_id(azure_id)
+        assert org.teams_shows(owner.email)["sessions"] == []
+
+
+# -- status, throttling ----------------------------------------------------------------------
+
+
+def test_status_shows_last_sync_sessions_and_recent_writes(org: Org) -> None:
+    before = org.run("-o", "json", "status").json()
+    assert before["enabled_direction"] == "disabled" and before["exists"] is False
+    assert org.run("enable").exit_code == 0
+    ivy = org.people[8].email
+    org.teams(ivy, "Available", "Available")
+    org.connect(ivy, "onphone")
+    org.sync()
+    status = org.run("-o", "json", "status").json()
+    assert status["last_run"]["outcome"] == "ok" and status["last_run"]["written"] >= 1
+    assert status["sessions_teams"] >= 1 and status["next_renewal"]
+    assert any(w["user"] == ivy and w["to"] == "Busy/InACall" for w in status["recent_writes"])
+    table = org.run("status")
+    assert table.exit_code == 0 and "last_sync" in table.stdout and ivy in table.stdout
+
+
+def test_throttled_sync_completes_and_honours_retry_after(cli: Any) -> None:
+    from presencectl.sandbox import running_sandbox
+
+    with running_sandbox(
+        users=40, seed=5, auto_approve=ADMIN, throttle=8, throttle_window=1.0
+    ) as sb:
+        org = Org(sb, cli)
+        assert org.run("enable", "--direction", "connect-to-teams").exit_code == 0
+        people = org.people[:20]
+        for person in people:
+            org.teams(person.email, "Available", "Available")
+            org.connect(person.email, "onphone")
+        result = org.sync()
+        assert result.exit_code == 0, result.stdout
+        summary = result.json()
+        assert summary["written"] == len(people) and summary["failed"] == 0
+        assert sb.world.stats.throttled > 0  # the sandbox did push back
+        assert summary["throttle_wait_s"] > 0  # and the run says how long it waited
+        assert sb.world.stats.in_retry_after_window == 0
+        for person in people:
+            assert org.teams_pair(person.email) == "Busy/InACall"
