@@ -64,6 +64,14 @@ def isolated_env() -> Iterator[Path]:
                     os.environ[k] = v
 
 
+_T0 = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """A timestamped progress line on stderr (tables go to stdout)."""
+    print(f"  [{time.perf_counter() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
 def _quiet_secrets_warning() -> None:
     import logging
 
@@ -307,9 +315,13 @@ def median(values: Sequence[float]) -> float:
 
 
 def graph_requests(stats: dict[str, Any]) -> int:
-    """HTTP requests that reached Graph (a $batch counts once; batch members not added)."""
+    """Graph requests as Graph counts them (each $batch member counts; the envelope does not):
+    the sandbox's per-endpoint counters, Graph endpoints only (not Entra, not Connect)."""
     reqs: dict[str, int] = stats.get("requests", {})
-    return sum(n for k, n in reqs.items() if k.startswith("graph.") and "." not in k[6:])
+    return sum(
+        n for k, n in reqs.items()
+        if k.startswith(("graph.", "graph_")) and k != "graph.batch"
+    )
 
 
 def machine() -> dict[str, Any]:
