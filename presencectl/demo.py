@@ -1,0 +1,539 @@
+"""presencectl demo, the core: the whole product against an in-process sandbox, as events.
+
+Owns the demo's order of steps and its measurements; every step calls the real code the
+commands call (``presencectl.identity`` for setup-azure, consent --check and the sync user,
+``presencectl.sync.engine`` for enable's prerequisites and ``sync --watch``), against a sandbox
+started in-process (``presencectl.sandbox.running_sandbox``), while ``presencectl.sandbox.simulate``
+makes genuine changes on both sides through the sandbox's control API.
+
+Nothing here prints: :func:`run_demo` hands each :class:`DemoEvent` to ``on_event`` as it
+happens (steps, the device-code message, each simulated change, the engine's own ``SyncEvent``s
+unchanged) and returns the :class:`DemoSummary`.
+
+Propagation is measured from the moment a simulated change is sent on side A to the moment the
+engine reports its write on side B landed (its ``write`` event comes after the service
+answered), for the first such write before that person's next change. A change that needs no
+write (the other side already agrees, or the mapping says "unaltered" and we hold no session
+there) is counted as such, not as carried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets as token_source
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from presencectl.errors import AuthError
+
+if TYPE_CHECKING:
+    from presencectl.config import Profile
+    from presencectl.sandbox.server import Sandbox
+    from presencectl.sandbox.simulate import ScheduledChange
+    from presencectl.sync.engine import SyncEvent, SyncResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROFILE = "sandbox"
+DEFAULT_USERS = 20
+DEFAULT_DURATION = 60.0
+
+# Writes that keep a session alive are not the carrying of a change.
+_UPKEEP_REASONS = ("renew", "refresh", "session expired", "re-assert", "teams is fading")
+
+
+@dataclass
+class DemoOptions:
+    users: int = DEFAULT_USERS
+    duration: float = DEFAULT_DURATION
+    seed: int = 1
+    interval: float = 5.0  # the Teams poll of `sync --watch` (its default)
+    profile_name: str = DEFAULT_PROFILE
+    change_every: float | None = None  # seconds between simulated activities (default: by duration)
+
+
+@dataclass
+class DemoEvent:
+    """One thing the demo did. ``type``: step | setup | device_code | inject | summary, or the
+    engine's own event types (start | cycle | change | write | feed | stop, ``sync`` set)."""
+
+    type: str
+    data: dict[str, Any] = field(default_factory=dict)
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    sync: SyncEvent | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.sync is not None:
+            return self.sync.to_dict()
+        return {"event": self.type, "at": self.at.isoformat(), **self.data}
+
+
+@dataclass
+class DirectionFigures:
+    """The figures of one direction (``teams_to_connect`` or ``connect_to_teams``)."""
+
+    injected: int = 0
+    carried: int = 0
+    no_write_needed: int = 0
+    samples: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "changes": self.injected,
+            "carried": self.carried,
+            "no_write_needed": self.no_write_needed,
+            "median_s": _round(statistics.median(self.samples)) if self.samples else None,
+            "worst_s": _round(max(self.samples)) if self.samples else None,
+        }
+
+
+@dataclass
+class DemoSummary:
+    profile: str
+    users: int = 0
+    matched: int = 0
+    watched_s: float = 0.0
+    interrupted: bool = False
+    completed_steps: list[str] = field(default_factory=list)
+    teams_to_connect: DirectionFigures = field(default_factory=DirectionFigures)
+    connect_to_teams: DirectionFigures = field(default_factory=DirectionFigures)
+    writes_teams: int = 0
+    writes_connect: int = 0
+    written: int = 0
+    cleared: int = 0
+    failed: int = 0
+    cycles: int = 0
+    throttled: int = 0  # 429s the engine met and waited out
+    throttle_wait_s: float = 0.0
+    sandbox_429s: int = 0  # 429s the sandbox sent (should equal the above)
+    sandbox_requests: int = 0
+
+    def propagation(self) -> tuple[float | None, float | None]:
+        samples = self.teams_to_connect.samples + self.connect_to_teams.samples
+        if not samples:
+            return None, None
+        return _round(statistics.median(samples)), _round(max(samples))
+
+    def to_dict(self) -> dict[str, Any]:
+        median, worst = self.propagation()
+        return {
+            "profile": self.profile,
+            "users": self.users,
+            "matched": self.matched,
+            "watched_s": _round(self.watched_s),
+            "interrupted": self.interrupted,
+            "teams_to_connect": self.teams_to_connect.to_dict(),
+            "connect_to_teams": self.connect_to_teams.to_dict(),
+            "propagation_median_s": median,
+            "propagation_worst_s": worst,
+            "writes": {"teams": self.writes_teams, "connect": self.writes_connect},
+            "written": self.written,
+            "cleared": self.cleared,
+            "failed": self.failed,
+            "cycles": self.cycles,
+            "throttled_429s_absorbed": self.throttled,
+            "throttle_wait_s": _round(self.throttle_wait_s),
+            "sandbox_429s_sent": self.sandbox_429s,
+            "sandbox_requests": self.sandbox_requests,
+            "steps": self.completed_steps,
+        }
+
+
+def _round(value: float) -> float:
+    return round(value, 3)
+
+
+class DemoInterrupted(Exception):
+    """Raised inside :func:`run_demo` when ``stop`` was set between steps (never escapes)."""
+
+
+@dataclass
+class _Pending:
+    side: str  # where the change was made
+    sent_at: float
+    carried: bool = False
+
+
+class PropagationTracker:
+    """Pairs each simulated change with the engine's first write it caused on the other side."""
+
+    def __init__(self, summary: DemoSummary, clock: Callable[[], float] = time.monotonic) -> None:
+        self.summary = summary
+        self.clock = clock
+        self.pending: dict[str, _Pending] = {}
+
+    def _direction(self, side: str) -> DirectionFigures:
+        if side == "teams":
+            return self.summary.teams_to_connect
+        return self.summary.connect_to_teams
+
+    def _settle(self, user: str) -> None:
+        previous = self.pending.pop(user, None)
+        if previous is not None and not previous.carried:
+            self._direction(previous.side).no_write_needed += 1
+
+    def injected(self, user: str, side: str, sent_at: float) -> None:
+        self._settle(user.lower())
+        self.pending[user.lower()] = _Pending(side, sent_at)
+        self._direction(side).injected += 1
+
+    def on_sync(self, event: SyncEvent, at: float | None = None) -> float | None:
+        """Account for one engine event; returns the propagation time when it carried a change."""
+        if event.type != "write" or event.data.get("outcome") != "ok":
+            return None
+        side = str(event.data.get("side"))
+        if side == "teams":
+            self.summary.writes_teams += 1
+        else:
+            self.summary.writes_connect += 1
+        reason = str(event.data.get("reason") or "").lower()
+        if reason.startswith(_UPKEEP_REASONS):
+            return None
+        pending = self.pending.get(str(event.data.get("user") or "").lower())
+        if pending is None or pending.carried or pending.side == side:
+            return None
+        pending.carried = True
+        elapsed = max(0.0, (self.clock() if at is None else at) - pending.sent_at)
+        direction = self._direction(pending.side)
+        direction.carried += 1
+        direction.samples.append(elapsed)
+        return elapsed
+
+    def finish(self) -> None:
+        for user in list(self.pending):
+            self._settle(user)
+
+
+EventSink = Callable[[DemoEvent], None]
+
+
+def run_demo(
+    options: DemoOptions,
+    on_event: EventSink,
+    *,
+    stop: threading.Event | None = None,
+) -> DemoSummary:
+    """Run the whole demo; ``stop`` (set on Ctrl-C by the CLI) ends it early, summary included."""
+    from presencectl.sandbox import running_sandbox
+    from presencectl.sandbox.world import ADMIN_EMAIL
+
+    stop = stop or threading.Event()
+    summary = DemoSummary(profile=options.profile_name, users=options.users)
+
+    def step(name: str, detail: str, **extra: Any) -> None:
+        summary.completed_steps.append(name)
+        on_event(DemoEvent("step", {"step": name, "status": "ok", "detail": detail, **extra}))
+
+    def check_stop() -> None:
+        if stop.is_set():
+            raise DemoInterrupted
+
+    started = time.monotonic()
+    with running_sandbox(users=options.users, seed=options.seed, auto_approve=ADMIN_EMAIL) as sb:
+        step(
+            "sandbox",
+            f"Entra ID + Graph + Connect on {sb.base_url} ({options.users} people, tenant "
+            f"{sb.world.tenant_id}); device codes are approved as {ADMIN_EMAIL}",
+            base_url=sb.base_url,
+            took_s=_round(time.monotonic() - started),
+        )
+        try:
+            profile = _prepare(sb, options, step, on_event, check_stop)
+            check_stop()
+            people = _matched_people(profile, summary, step)
+            check_stop()
+            _watch(sb, profile, people, options, summary, on_event, stop, step)
+        except DemoInterrupted:
+            summary.interrupted = True
+        with contextlib.suppress(Exception):
+            stats = sb.control.get("/_sandbox/stats").json()
+            summary.sandbox_429s = int(stats.get("throttled", 0))
+            summary.sandbox_requests = int(stats.get("total_requests", 0))
+    on_event(DemoEvent("summary", summary.to_dict()))
+    return summary
+
+
+def _prepare(
+    sb: Sandbox,
+    options: DemoOptions,
+    step: Callable[..., None],
+    on_event: EventSink,
+    check_stop: Callable[[], None],
+) -> Profile:
+    """Profile → setup-azure → consent --check → sync-user set/validate (fails, fixed) → enable."""
+    from presencectl.config import config_path, save_profile
+    from presencectl.identity import setup
+    from presencectl.identity.sync_user import store_sync_user, validate_sync_user
+    from presencectl.sync.engine import check_prerequisites
+    from presencectl.sync.model import Direction as SyncDirection
+
+    _forget_previous_run(options.profile_name)
+    profile = sb.write_profile(options.profile_name)
+    step(
+        "profile",
+        f"wrote profile '{profile.name}' to {config_path()} (Connect client secret in the "
+        "secret store)",
+        config=str(config_path()),
+    )
+    check_stop()
+
+    def on_setup_step(item: Any) -> None:
+        on_event(
+            DemoEvent(
+                "setup",
+                {"step": item.step, "result": item.result, "detail": item.detail}
+                | ({"remedy": item.remedy} if item.remedy else {}),
+            )
+        )
+
+    report = setup.setup_azure(
+        profile,
+        setup.SetupOptions(),
+        method="device_code",
+        on_message=lambda prompt: on_event(DemoEvent("device_code", {"message": str(prompt)})),
+        on_step=on_setup_step,
+        on_consent_url=lambda url: on_event(DemoEvent("device_code", {"message": url})),
+    )
+    step(
+        "setup-azure",
+        f"app registration {report.client_id} created with its secret and admin consent, "
+        f"admin {report.admin}",
+        client_id=report.client_id,
+    )
+    check_stop()
+
+    checks = setup.check_app_permissions(profile)
+    step(
+        "consent --check",
+        "the app's own token carries " + ", ".join(c.permission for c in checks if c.granted),
+    )
+    check_stop()
+
+    info = sb.profile_info()
+    sync_user = str(info["sync_user"])
+    store_sync_user(profile, sync_user, str(info["sync_user_password"]))
+    step("sync-user set", f"{sync_user}, password in the secret store", username=sync_user)
+    check_stop()
+
+    try:
+        validate_sync_user(profile)
+    except AuthError as exc:
+        on_event(
+            DemoEvent(
+                "step",
+                {
+                    "step": "sync-user validate",
+                    "status": "failed",
+                    "detail": exc.message,
+                    "code": exc.code,
+                    "hint": exc.hint or "",
+                    "expected": True,
+                },
+            )
+        )
+        check_stop()
+        new_password = "Demo-" + token_source.token_urlsafe(12)
+        response = sb.control.post(
+            f"/_sandbox/users/{sync_user}/password", json={"password": new_password}
+        )
+        response.raise_for_status()
+        store_sync_user(profile, sync_user, new_password)
+        step(
+            "password change",
+            f"{sync_user} signed in once and changed the first-login password (through the "
+            "sandbox); the new password is stored",
+        )
+        check_stop()
+    else:  # a sandbox without the pending change: nothing to fix
+        log.info("the sync user had no pending first-login password change")
+    status = validate_sync_user(profile)
+    step(
+        "sync-user validate",
+        f"{status.username} signed in and read its own presence ({status.presence}); "
+        f"scopes {status.scopes}",
+    )
+    check_stop()
+
+    check_prerequisites(profile, SyncDirection.BOTH)
+    profile.enabled_direction = SyncDirection.BOTH.value
+    save_profile(profile)
+    step("enable", "both directions: Connect → Teams and Teams → Connect")
+    return profile
+
+
+def _forget_previous_run(profile_name: str) -> None:
+    """A new sandbox is a new world: drop the last demo's sync state and cached sign-ins."""
+    from presencectl.identity import msal_apps
+    from presencectl.sync.state import database_path
+
+    for identity in (msal_apps.ADMIN, msal_apps.APP, msal_apps.SYNC_USER):
+        msal_apps.forget_cache(profile_name, identity)
+    path = database_path(profile_name)
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(path.name + suffix).unlink()
+
+
+def _matched_people(profile: Profile, summary: DemoSummary, step: Callable[..., None]) -> list[str]:
+    from presencectl.sync.engine import match_report
+
+    rows = asyncio.run(match_report(profile))
+    matched = [r["email"] for r in rows if r["status"] == "matched"]
+    unmatched = sum(1 for r in rows if r["status"] == "unmatched")
+    conflicts = sum(1 for r in rows if r["status"] == "conflict")
+    summary.matched = len(matched)
+    step(
+        "users",
+        f"{len(matched)} matched by email, {unmatched} unmatched, {conflicts} conflict(s) "
+        "(never synced); `presencectl --profile sandbox users` lists them",
+        matched=len(matched),
+        unmatched=unmatched,
+        conflicts=conflicts,
+    )
+    return matched
+
+
+def _watch(
+    sb: Sandbox,
+    profile: Profile,
+    people: list[str],
+    options: DemoOptions,
+    summary: DemoSummary,
+    on_event: EventSink,
+    stop_flag: threading.Event,
+    step: Callable[..., None],
+) -> None:
+    from presencectl.sandbox import simulate
+
+    quiet = min(options.interval, options.duration / 3)
+    span = max(0.0, options.duration - quiet)
+    change_every = options.change_every or (1.0 if options.duration >= 30 else 0.5)
+    plan = simulate.schedule(people, span=span, seed=options.seed, change_every=change_every)
+    tracker = PropagationTracker(summary)
+    step(
+        "sync --watch",
+        f"watching both sides for {options.duration:g} s (Teams polled every "
+        f"{options.interval:g} s, Connect by its change feed) while {len(people)} simulated "
+        f"people make {len(plan)} changes",
+        changes=len(plan),
+    )
+    began = time.monotonic()
+    try:
+        result = asyncio.run(
+            _watch_async(sb, profile, people, plan, options, tracker, on_event, stop_flag)
+        )
+    finally:
+        summary.watched_s = time.monotonic() - began
+        tracker.finish()
+    summary.interrupted = summary.interrupted or stop_flag.is_set()
+    summary.written = result.written
+    summary.cleared = result.cleared
+    summary.failed = result.failed
+    summary.cycles = result.cycles
+    summary.throttled = result.throttled
+    summary.throttle_wait_s = result.throttle_wait_s
+
+
+async def _watch_async(
+    sb: Sandbox,
+    profile: Profile,
+    people: list[str],
+    plan: list[ScheduledChange],
+    options: DemoOptions,
+    tracker: PropagationTracker,
+    on_event: EventSink,
+    stop_flag: threading.Event,
+) -> SyncResult:
+    from presencectl.sandbox import simulate
+    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.model import Direction as SyncDirection
+    from presencectl.transport import build_async_client
+
+    stop = asyncio.Event()
+    first_cycle = asyncio.Event()
+    last_change = {"at": None}  # monotonic time of the last simulated change, once all are sent
+    previous_cycle: list[float] = []
+    interval = options.interval
+
+    def on_sync(event: SyncEvent) -> None:
+        now = time.monotonic()
+        tracker.on_sync(event, now)
+        on_event(DemoEvent(event.type, dict(event.data), event.at, sync=event))
+        if event.type != "cycle":
+            return
+        first_cycle.set()
+        done_at = last_change["at"]
+        # The cycle that just ended began one interval after the previous one ended: once that
+        # is after the last change, every change has been read and carried.
+        if done_at is not None and previous_cycle and previous_cycle[-1] + interval > done_at:
+            stop.set()
+        previous_cycle.append(now)
+
+    def on_change(item: ScheduledChange, sent_at: float) -> None:
+        c = item.change
+        tracker.injected(c.user, c.side, sent_at)
+        on_event(
+            DemoEvent(
+                "inject",
+                {"user": c.user, "side": c.side, "what": c.what, "value": c.value},
+            )
+        )
+
+    async def watch_flag() -> None:
+        while not stop.is_set():
+            if stop_flag.is_set():
+                stop.set()
+            await asyncio.sleep(0.1)
+
+    async with build_async_client(profile.http_settings(), base_url=sb.base_url) as control:
+        for change in simulate.morning(people):
+            await simulate.apply(control, change)
+        engine_options = EngineOptions(direction=SyncDirection.BOTH, interval=interval)
+        async with engine_for(profile, engine_options, on_event=on_sync) as engine:
+            flag_task = asyncio.ensure_future(watch_flag())
+            watch_task = asyncio.ensure_future(engine.watch(stop=stop))
+            first = asyncio.ensure_future(first_cycle.wait())
+            await asyncio.wait({watch_task, first}, return_when=asyncio.FIRST_COMPLETED)
+            first.cancel()
+            sim_task: asyncio.Future[int] | None = None
+            if not watch_task.done():
+                sim_task = asyncio.ensure_future(
+                    simulate.run(control, plan, on_change=on_change, stop=stop)
+                )
+            try:
+                if sim_task is not None:
+                    done, _ = await asyncio.wait(
+                        {watch_task, sim_task}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if sim_task in done:
+                        sim_task.result()  # a refused change is a bug worth seeing
+                        last_change["at"] = time.monotonic()
+                # Let the last changes be read and carried (see on_sync), within bounds.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(watch_task), timeout=2 * interval + 5)
+                stop.set()
+                return await watch_task
+            finally:
+                stop.set()
+                for task in (sim_task, flag_task):
+                    if task is not None and not task.done():
+                        task.cancel()
+                with contextlib.suppress(BaseException):
+                    await watch_task
+
+
+__all__ = [
+    "DemoEvent",
+    "DemoOptions",
+    "DemoSummary",
+    "DirectionFigures",
+    "PropagationTracker",
+    "run_demo",
+]
