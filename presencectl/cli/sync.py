@@ -5,8 +5,6 @@ Thin: parse → build the engine (``presencectl.sync.engine``) → run → rende
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sys
 from typing import Any
 
@@ -92,6 +90,8 @@ def disable(
         options = EngineOptions(direction=Direction.BOTH)
         async with engine_for(profile, options) as engine:
             return await engine.disable(on_progress=progress.update)
+
+    import asyncio
 
     try:
         result = asyncio.run(go())
@@ -195,6 +195,8 @@ def _once(app: AppContext, profile: Any, options: Any) -> Any:
         async with engine_for(profile, options) as engine:
             return await engine.run_once()
 
+    import asyncio
+
     result = asyncio.run(go())
     if app.json:
         app.render(
@@ -239,6 +241,9 @@ def _watch(
     max_cycles: int | None,
     duration: float | None,
 ) -> Any:
+    import asyncio
+    import signal
+
     from presencectl import output
     from presencectl.sync.engine import engine_for
 
@@ -357,6 +362,8 @@ def users(
 
     app = _obj(ctx)
     profile = app.load_profile()
+    import asyncio
+
     rows = asyncio.run(match_report(profile))
     if unmatched:
         rows = [r for r in rows if r["status"] != "matched"]
