@@ -40,6 +40,10 @@ class _Server(HTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    # Socket timeout per connection: a client that connects and sends nothing (a browser's
+    # speculative pre-connect, a port scan) would otherwise block the one-request-at-a-time
+    # loop in wait() forever, past its own timeout.
+    timeout = 2.0
 
     def do_GET(self) -> None:
         query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
