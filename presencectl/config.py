@@ -226,6 +226,11 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
             raise ConfigError(
                 f"{where}: key '{key}' is not a URL: {url!r}", hint="allowed: https://host[:port]/…"
             )
+        if not _tls_or_loopback(url):
+            raise ConfigError(
+                f"{where}: key '{key}' is plain http to a remote host: {url!r}",
+                hint="use https:// (plain http is allowed only to loopback, e.g. a local sandbox)",
+            )
     if profile.proxy is not None and not _is_url(profile.proxy, _PROXY_SCHEMES):
         raise ConfigError(
             f"{where}: key 'proxy' is not a proxy URL: {profile.proxy!r}",
@@ -236,6 +241,15 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
 
         validate_overrides(profile.mapping, where=f"{where}.mapping")
     return profile
+
+
+def _tls_or_loopback(url: str) -> bool:
+    """Tokens and passwords travel over these URLs: plain http only to this machine."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return True
+    host = (parts.hostname or "").lower()
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def _toml_type(value: Any) -> str:
