@@ -14,6 +14,7 @@ import json
 import string
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import tomli_w
@@ -85,7 +86,12 @@ toml_value = st.recursive(
     max_leaves=6,
 )
 good_url = st.sampled_from(
-    ["https://login.microsoftonline.com", "https://127.0.0.1:8443/x", "http://localhost:1"]
+    [
+        "https://login.microsoftonline.com",
+        "https://127.0.0.1:8443/x",
+        "http://localhost:1",
+        "http://graph.example.com/v1.0",
+    ]
 )
 good_string_value = {
     **{k: st.text(alphabet=string.ascii_letters + "-.@", min_size=1, max_size=20)
@@ -149,8 +155,6 @@ mapping_tables = st.fixed_dictionaries(
 
 
 def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018
@@ -206,8 +210,15 @@ def mapping_bad_keys(mapping: Any) -> set[str]:
 
 
 def _string_ok(key: str, value: str) -> bool:
-    if key in URL_KEYS:
-        return _is_url(value, ("https", "http"))
+    if key in URL_KEYS:  # plain http only to loopback
+        if not _is_url(value, ("https", "http")):
+            return False
+        host = (urlsplit(value).hostname or "").lower()
+        return (
+            value.lower().startswith("https")
+            or host in ("localhost", "::1")
+            or host.startswith("127.")
+        )
     if key == "proxy":
         return _is_url(value, ("http", "https", "socks5", "socks5h"))
     if key == "enabled_direction":
