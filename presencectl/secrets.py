@@ -79,8 +79,14 @@ def fallback_path() -> Path:
 
 
 def _warn_fallback(reason: str = "no OS keyring backend is available") -> None:
+    """Warn once: when the secrets file is first created (later runs: `presencectl doctor` says it).
+
+    No warning when the file backend was chosen on purpose (PRESENCECTL_SECRETS_BACKEND=file).
+    """
     global _warned_fallback
-    if not _warned_fallback:
+    if os.environ.get(BACKEND_ENV) == "file":
+        return
+    if not _warned_fallback and not fallback_path().exists():
         _warned_fallback = True
         log.warning(
             "%s; secrets are kept in %s (mode 0600). For a real backend install one "

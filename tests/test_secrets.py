@@ -175,3 +175,22 @@ def test_no_secret_in_config_show(cli: Any, fmt: str, monkeypatch: pytest.Monkey
             "sync_password": "set (file)",
             "connect_client_secret": "set (env)",
         }
+
+
+def test_fallback_warning_is_shown_once_not_on_every_run(caplog: pytest.LogCaptureFixture) -> None:
+    keyring.set_keyring(fail.Keyring())
+    caplog.set_level(logging.WARNING)
+    secrets.set_secret("p", secrets.CLIENT_SECRET, "s1")
+    secrets.reset_for_tests()  # a later process: the file exists now, doctor reports it instead
+    secrets.set_secret("p", secrets.SYNC_PASSWORD, "s2")
+    assert len([r for r in caplog.records if "keyring" in r.getMessage()]) == 1
+
+
+def test_no_fallback_warning_when_the_file_backend_is_chosen(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(secrets.BACKEND_ENV, "file")
+    caplog.set_level(logging.WARNING)
+    secrets.set_secret("p", secrets.CLIENT_SECRET, "s1")
+    assert secrets.secret_source("p", secrets.CLIENT_SECRET) == "file"
+    assert not [r for r in caplog.records if "keyring" in r.getMessage()]
