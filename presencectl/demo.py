@@ -12,9 +12,10 @@ unchanged) and returns the :class:`DemoSummary`.
 
 Propagation is measured from the moment a simulated change is sent on side A to the moment the
 engine reports its write on side B landed (its ``write`` event comes after the service
-answered), for the first such write before that person's next change. A change that needs no
-write (the other side already agrees, or the mapping says "unaltered" and we hold no session
-there) is counted as such, not as carried.
+answered), for the first such write before that person's next change. A change that caused no
+write is counted apart: "no write needed" when the engine saw it (the other side already
+agreed, or the mapping says "unaltered" and we hold no session there), "between polls" when it
+came and went before the engine looked (Teams is polled every ``interval`` seconds).
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class DirectionFigures:
 
     injected: int = 0
     carried: int = 0
-    no_write_needed: int = 0
+    no_write_needed: int = 0  # seen, but the other side already agreed (or "unaltered")
+    between_polls: int = 0  # came and went before the sync looked (Teams is polled)
     samples: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,6 +91,7 @@ class DirectionFigures:
             "changes": self.injected,
             "carried": self.carried,
             "no_write_needed": self.no_write_needed,
+            "between_polls": self.between_polls,
             "median_s": _round(statistics.median(self.samples)) if self.samples else None,
             "worst_s": _round(max(self.samples)) if self.samples else None,
         }
@@ -158,6 +161,7 @@ class DemoInterrupted(Exception):
 class _Pending:
     side: str  # where the change was made
     sent_at: float
+    seen: bool = False  # the engine reported a genuine change of this person since
     carried: bool = False
 
 
@@ -176,8 +180,13 @@ class PropagationTracker:
 
     def _settle(self, user: str) -> None:
         previous = self.pending.pop(user, None)
-        if previous is not None and not previous.carried:
-            self._direction(previous.side).no_write_needed += 1
+        if previous is None or previous.carried:
+            return
+        figures = self._direction(previous.side)
+        if previous.seen:
+            figures.no_write_needed += 1
+        else:
+            figures.between_polls += 1
 
     def injected(self, user: str, side: str, sent_at: float) -> None:
         self._settle(user.lower())
@@ -186,6 +195,11 @@ class PropagationTracker:
 
     def on_sync(self, event: SyncEvent, at: float | None = None) -> float | None:
         """Account for one engine event; returns the propagation time when it carried a change."""
+        if event.type == "change":
+            seen = self.pending.get(str(event.data.get("user") or "").lower())
+            if seen is not None:
+                seen.seen = True
+            return None
         if event.type != "write" or event.data.get("outcome") != "ok":
             return None
         side = str(event.data.get("side"))
@@ -199,16 +213,20 @@ class PropagationTracker:
         pending = self.pending.get(str(event.data.get("user") or "").lower())
         if pending is None or pending.carried or pending.side == side:
             return None
-        pending.carried = True
+        pending.carried = pending.seen = True
         elapsed = max(0.0, (self.clock() if at is None else at) - pending.sent_at)
         direction = self._direction(pending.side)
         direction.carried += 1
         direction.samples.append(elapsed)
         return elapsed
 
-    def finish(self) -> None:
+    def finish(self, *, interrupted: bool = False) -> None:
+        """Classify what is still pending; after an interruption it stays unclassified."""
         for user in list(self.pending):
-            self._settle(user)
+            if interrupted:
+                self.pending.pop(user)
+            else:
+                self._settle(user)
 
 
 EventSink = Callable[[DemoEvent], None]
@@ -415,7 +433,13 @@ def _watch(
     quiet = min(options.interval, options.duration / 3)
     span = max(0.0, options.duration - quiet)
     change_every = options.change_every or (1.0 if options.duration >= 30 else 0.5)
-    plan = simulate.schedule(people, span=span, seed=options.seed, change_every=change_every)
+    plan = simulate.schedule(
+        people,
+        span=span,
+        seed=options.seed,
+        change_every=change_every,
+        min_length=options.interval + 1,  # long enough for a Teams poll to see most of them
+    )
     tracker = PropagationTracker(summary)
     step(
         "sync --watch",
@@ -431,7 +455,7 @@ def _watch(
         )
     finally:
         summary.watched_s = time.monotonic() - began
-        tracker.finish()
+        tracker.finish(interrupted=stop_flag.is_set())
     summary.interrupted = summary.interrupted or stop_flag.is_set()
     summary.written = result.written
     summary.cleared = result.cleared

@@ -1,15 +1,241 @@
-"""demo: the whole product against an in-process sandbox, in one command."""
+"""demo: the whole product against an in-process sandbox, in one command.
+
+Thin: runs ``presencectl.demo.run_demo`` and renders its events. On a terminal: narration on
+stderr and the live view of ``sync --watch`` (``cli/live.py``); otherwise plain lines (the same
+lines ``sync --watch`` prints); with ``-o json`` one JSON object per event on stdout (NDJSON).
+The closing summary is data: it goes to stdout in the chosen format.
+"""
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
+from typing import Any
+
 import typer
 
-from presencectl.cli._stub import not_built
+from presencectl.cli.context import AppContext
+
+_MARKS = {"ok": "✓", "created": "+", "updated": "~", "unchanged": "=", "failed": "✗"}
 
 
-def demo(users: int = typer.Option(20, "--users"), duration: float = typer.Option(60, "--duration")) -> None:
-    """Show the whole product on this machine, with no cloud account."""
-    not_built("demo")
+def _obj(ctx: typer.Context) -> AppContext:
+    obj = ctx.find_object(AppContext)
+    return obj if obj is not None else AppContext()
+
+
+def _err(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _out(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+class _Renderer:
+    """Turns demo events into narration (stderr), event lines or NDJSON (stdout), or the live
+    view."""
+
+    def __init__(self, app: AppContext, profile_name: str, interval: float) -> None:
+        self.app = app
+        self.profile_name = profile_name
+        self.interval = interval
+        self.quiet = app.verbosity < 0
+        self.live_capable = app.output == "table" and sys.stdout.isatty() and sys.stderr.isatty()
+        self.live: Any = None
+
+    def narrate(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self.live_capable:
+            from presencectl import output
+
+            output.stderr_console().print(line, markup=False, highlight=False)
+        else:
+            _err(line)
+
+    def __call__(self, event: Any) -> None:
+        if self.app.json:
+            from presencectl import output
+
+            output.emit_event(event.to_dict())
+            return
+        if event.sync is not None:
+            self._sync(event)
+            return
+        data = event.data
+        if event.type == "step":
+            mark = _MARKS.get(data["status"], "·")
+            self.narrate(f"{mark} {data['step']}: {data['detail']}")
+            if data["status"] == "failed" and data.get("expected"):
+                self.narrate(
+                    "    → expected: the sandbox's sync user, like a new Azure user, must change "
+                    "its password at first sign-in; the demo does that now"
+                )
+        elif event.type == "setup":
+            line = f"    {_MARKS.get(data['result'], '·')} {data['step']}: {data['detail']}"
+            self.narrate(line)
+        elif event.type == "device_code":
+            # Always shown: on a real tenant nobody can finish the sign-in without it.
+            _err("    " + data["message"] + " (the sandbox approves it as the admin)")
+        elif event.type == "inject":
+            at = event.at.strftime("%H:%M:%S")
+            side = "Teams" if data["side"] == "teams" else "Connect"
+            line = f"{at} person  {data['user']} {data['what']} in {side} ({data['value']})"
+            if self.live is not None:
+                self.narrate(line)
+            else:
+                _out(line)
+
+    def _sync(self, event: Any) -> None:
+        from presencectl.cli.sync import _plain_line
+
+        if self.live_capable:
+            if event.type == "start" and self.live is None:
+                from presencectl.cli.live import LiveView
+                from presencectl.sync.engine import EngineOptions
+
+                self.live = LiveView(self.profile_name, EngineOptions(interval=self.interval))
+                self.live.__enter__()
+            if self.live is not None:
+                self.live.on_event(event.sync)
+            if event.type == "stop":
+                self.close()
+            return
+        line = _plain_line(event.sync)
+        if line:
+            _out(line)
+
+    def close(self) -> None:
+        if self.live is not None:
+            live, self.live = self.live, None
+            live.__exit__(None, None, None)
+
+
+def _summary_rows(summary: Any) -> list[dict[str, Any]]:
+    data = summary.to_dict()
+    rows: list[dict[str, Any]] = []
+    for key, label in (
+        ("teams_to_connect", "Teams → Connect"),
+        ("connect_to_teams", "Connect → Teams"),
+    ):
+        d = data[key]
+        rows.append(
+            {
+                "direction": label,
+                "changes": d["changes"],
+                "carried": d["carried"],
+                "no_write_needed": d["no_write_needed"],
+                "between_polls": d["between_polls"],
+                "median_s": d["median_s"],
+                "worst_s": d["worst_s"],
+            }
+        )
+    return rows
+
+
+def demo(
+    ctx: typer.Context,
+    users: int = typer.Option(
+        20, "--users", min=2, max=5000, help="People in the simulated organisation."
+    ),
+    duration: float = typer.Option(
+        60, "--duration", min=5.0, help="Seconds of `sync --watch` with simulated people."
+    ),
+    seed: int = typer.Option(1, "--seed", help="Same seed, same people and same changes."),
+    interval: float = typer.Option(
+        5.0, "--interval", min=0.5, help="Teams poll period of the watch, seconds."
+    ),
+) -> None:
+    """Show the whole product on this machine, with no cloud account.
+
+    Starts a sandbox (Entra ID + Graph + Connect) in-process, writes the profile `sandbox`,
+    runs setup-azure, consent --check, sync-user set/validate and enable against it, then
+    `sync --watch` while simulated people make calls and meetings on both sides, and sums up.
+
+    \b
+    Examples:
+      presencectl demo
+      presencectl demo --users 50 --duration 30
+      presencectl demo --duration 10 -o json      (NDJSON, for CI)
+    """
+    from presencectl.config import config_path
+    from presencectl.demo import DEFAULT_PROFILE, DemoOptions, run_demo
+    from presencectl.errors import PartialSyncError
+
+    app = _obj(ctx)
+    options = DemoOptions(users=users, duration=duration, seed=seed, interval=interval)
+    renderer = _Renderer(app, DEFAULT_PROFILE, interval)
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():  # a second Ctrl-C: stop waiting
+            raise KeyboardInterrupt
+        stop.set()
+        renderer.narrate("stopping: finishing the writes in flight…")
+
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    renderer.narrate(
+        f"presencectl demo: {users} simulated people, {duration:g} s of sync (Ctrl-C ends it)"
+    )
+    try:
+        summary = run_demo(options, renderer, stop=stop)
+    finally:
+        renderer.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not app.json:
+        median, worst = summary.propagation()
+        app.render(
+            _summary_rows(summary),
+            columns=[
+                "direction", "changes", "carried", "no_write_needed", "between_polls",
+                "median_s", "worst_s",
+            ],
+            headers={
+                "direction": "Direction",
+                "changes": "Changes",
+                "carried": "Carried",
+                "no_write_needed": "No write needed",
+                "between_polls": "Between polls",
+                "median_s": "Median s",
+                "worst_s": "Worst s",
+            },
+            title="Simulated changes",
+        )  # fmt: skip
+        figures = [
+            ("propagation median, s (both ways)", median),
+            ("propagation worst, s", worst),
+            ("writes to Teams", summary.writes_teams),
+            ("writes to Connect", summary.writes_connect),
+            ("429s absorbed", summary.throttled),
+            ("failed", summary.failed),
+            ("watched, s", round(summary.watched_s, 1)),
+        ]
+        app.render(
+            [{"figure": name, "value": value} for name, value in figures],
+            columns=["figure", "value"],
+            headers={"figure": "Sync", "value": ""},
+        )
+        renderer.narrate(
+            f"The profile '{summary.profile}' stays in {config_path()}. The sandbox stopped with "
+            "the demo; to keep playing, run `presencectl sandbox serve --write-profile sandbox "
+            "--auto-approve admin@contoso.example` in another terminal, then "
+            "`presencectl --profile sandbox setup-azure` and the other commands "
+            "(docs/getting-started.md walks through each)."
+        )
+    if summary.failed:
+        raise PartialSyncError(
+            f"{summary.failed} write(s) failed during the demo",
+            hint="run again with -v to see why",
+        )
+    if summary.interrupted and "sync --watch" not in summary.completed_steps:
+        raise KeyboardInterrupt  # stopped before the sync started: the usual 130
 
 
 def register(app: typer.Typer) -> None:

@@ -171,18 +171,20 @@ def schedule(
     span: float,
     seed: int = 1,
     change_every: float = 1.0,
+    min_length: float = 0.0,
 ) -> list[ScheduledChange]:
     """The changes of a simulation lasting ``span`` seconds, by offset (pure, deterministic).
 
     Every ``change_every`` seconds an idle person starts an activity, on Teams and on Connect in
-    turn; it lasts a random share of the span (phases spread over it) and always ends — back to
-    Available — by ``span``, so what happens can be carried before the simulation stops.
+    turn; it lasts a random share of the span (at least ``min_length`` where the span allows;
+    phases spread over it) and always ends — back to Available — by ``span``, so what happens
+    can be carried before the simulation stops.
     """
     if span <= 0 or not people:
         return []
     rng = random.Random(seed)
     longest = min(30.0, max(1.0, span * 0.5))
-    shortest = longest / 3
+    shortest = min(longest, max(longest / 3, min_length))
     busy_until: dict[str, float] = {}
     out: list[ScheduledChange] = []
     sides = (CONNECT, TEAMS)
@@ -240,9 +242,7 @@ async def run(
         if wait > 0:
             sleeper = asyncio.ensure_future(sleep(wait))
             stopper = asyncio.ensure_future(stop.wait())
-            _, pending = await asyncio.wait(
-                {sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED
-            )
+            _, pending = await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
             if stop.is_set():
