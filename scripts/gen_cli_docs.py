@@ -1,7 +1,10 @@
-"""Generate docs/cli.md from the --help of every presencectl command.
+"""Generate the docs that the tool itself can print, so they cannot drift from it.
 
-    python scripts/gen_cli_docs.py          # rewrite docs/cli.md
-    python scripts/gen_cli_docs.py --check  # exit 1 when docs/cli.md is stale (tests do this)
+docs/cli.md from the --help of every command; the tables of docs/mapping.md (between its
+``<!-- generated: mapping -->`` markers) from ``presencectl mapping show -o md``.
+
+    python scripts/gen_cli_docs.py          # rewrite them
+    python scripts/gen_cli_docs.py --check  # exit 1 when one is stale (tests do this)
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+MAPPING_DOC = DOCS.parent / "mapping.md"
+BEGIN, END = "<!-- generated: mapping -->", "<!-- end generated: mapping -->"
 WIDTH = 100
 
 HEADER = """\
@@ -68,16 +73,60 @@ def _render() -> str:
     return "".join(parts)
 
 
+def _mapping_tables() -> str:
+    import contextlib
+    import io
+
+    from presencectl.cli.app import run
+
+    parts = []
+    for direction, title in (
+        ("teams-to-connect", "Teams → Connect"),
+        ("connect-to-teams", "Connect → Teams"),
+    ):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = run(["--profile", "__docs__", "-o", "md", "mapping", "show", "--direction", direction])
+        if code != 0:
+            raise SystemExit(f"mapping show failed with exit {code}")
+        table = "\n".join(line for line in out.getvalue().splitlines() if not line.startswith("#"))
+        parts.append(f"### {title}\n\n{table.strip()}\n")
+    return "\n".join(parts)
+
+
+def render_mapping(current: str) -> str:
+    """docs/mapping.md with its generated block replaced."""
+    head, sep, rest = current.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not sep or not sep2:
+        raise SystemExit(f"{MAPPING_DOC} lacks the {BEGIN} … {END} markers")
+    import tempfile
+
+    saved = dict(os.environ)
+    try:
+        for name in [n for n in os.environ if n.startswith("PRESENCECTL_")]:
+            del os.environ[name]
+        with tempfile.TemporaryDirectory() as empty:
+            os.environ["PRESENCECTL_CONFIG_DIR"] = empty  # no profile: the defaults only
+            tables = _mapping_tables()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return f"{head}{BEGIN}\n{tables}{END}{tail}"
+
+
 def main(argv: list[str]) -> int:
-    text = render()
+    outputs = {DOCS: render()}
+    if MAPPING_DOC.exists():
+        outputs[MAPPING_DOC] = render_mapping(MAPPING_DOC.read_text("utf-8"))
     if "--check" in argv:
-        current = DOCS.read_text("utf-8") if DOCS.exists() else ""
-        if current != text:
-            print(f"{DOCS} is stale: run `python scripts/gen_cli_docs.py`", file=sys.stderr)
-            return 1
-        return 0
-    DOCS.write_text(text, "utf-8")
-    print(f"wrote {DOCS}")
+        stale = [p for p, text in outputs.items() if (p.read_text("utf-8") if p.exists() else "") != text]
+        for path in stale:
+            print(f"{path} is stale: run `python scripts/gen_cli_docs.py`", file=sys.stderr)
+        return 1 if stale else 0
+    for path, text in outputs.items():
+        path.write_text(text, "utf-8")
+        print(f"wrote {path}")
     return 0
 
 

@@ -34,3 +34,12 @@ def test_mkdocs_nav_points_at_existing_or_planned_pages() -> None:
     nav = (ROOT / "mkdocs.yml").read_text("utf-8")
     for page in ("index.md", "ci.md", "cli.md"):
         assert page in nav and (ROOT / "docs" / page).exists()
+
+
+def test_mapping_doc_tables_are_what_mapping_show_prints() -> None:
+    path = ROOT / "docs" / "mapping.md"
+    current = path.read_text("utf-8")
+    assert current == _generator().render_mapping(current), (
+        "docs/mapping.md is stale: run `python scripts/gen_cli_docs.py`"
+    )
+    assert "| connect-to-teams | Agent on call |" in current
