@@ -86,7 +86,8 @@ def _mapping_tables() -> str:
     ):
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            code = run(["--profile", "__docs__", "-o", "md", "mapping", "show", "--direction", direction])
+            argv = ["--profile", "__docs__", "-o", "md", "mapping", "show"]
+            code = run([*argv, "--direction", direction])
         if code != 0:
             raise SystemExit(f"mapping show failed with exit {code}")
         table = "\n".join(line for line in out.getvalue().splitlines() if not line.startswith("#"))
@@ -120,7 +121,10 @@ def main(argv: list[str]) -> int:
     if MAPPING_DOC.exists():
         outputs[MAPPING_DOC] = render_mapping(MAPPING_DOC.read_text("utf-8"))
     if "--check" in argv:
-        stale = [p for p, text in outputs.items() if (p.read_text("utf-8") if p.exists() else "") != text]
+        stale = [
+            path for path, text in outputs.items()
+            if (path.read_text("utf-8") if path.exists() else "") != text
+        ]
         for path in stale:
             print(f"{path} is stale: run `python scripts/gen_cli_docs.py`", file=sys.stderr)
         return 1 if stale else 0
