@@ -35,7 +35,8 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS_DIR = ROOT / "bench" / "results"
+# PRESENCECTL_BENCH_RESULTS redirects the JSON files (the smoke test writes to a temp dir).
+RESULTS_DIR = Path(os.environ.get("PRESENCECTL_BENCH_RESULTS") or ROOT / "bench" / "results")
 ADMIN = "admin@contoso.example"
 PROFILE = "bench"
 START_TIMEOUT_S = 60.0
@@ -110,7 +111,7 @@ class SandboxProcess:
             "--throttle", str(self.throttle), "--throttle-window", str(self.throttle_window),
             "--auto-approve", ADMIN, "--write-profile", PROFILE, *self.extra_args,
         ]
-        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in stop)
         started = time.perf_counter()
         self._proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=self._stderr, text=True, env=os.environ.copy()
@@ -379,7 +380,7 @@ class Report:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         path = RESULTS_DIR / f"{self.name}.json"
         path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
-        print(f"  -> {path.relative_to(ROOT)}")
+        print(f"  -> {path}")
         return path
 
 

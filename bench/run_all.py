@@ -35,16 +35,16 @@ PLANS: dict[str, dict[str, list[str]]] = {
     "quick": {
         "startup": ["--runs", "7"],
         "throughput": ["--users", "600"],
-        "cycle": ["--users", "1000,10000", "--watch-cycles", "3"],
-        "baseline_naive": ["--users", "1000,10000", "--sample", "500"],
+        "cycle": ["--users", "10000", "--watch-cycles", "3"],
+        "baseline_naive": ["--users", "10000", "--sample", "500", "--no-one-shot"],
         "latency": ["--users", "400", "--duration", "20", "--changes", "60"],
     },
     "smoke": {
         "startup": ["--runs", "1"],
-        "throughput": ["--users", "40", "--limit", "20", "--window", "0.5"],
+        "throughput": ["--users", "30", "--limit", "20", "--window", "0.3"],
         "cycle": ["--users", "30", "--watch-cycles", "2"],
         "baseline_naive": ["--users", "30", "--sample", "10"],
-        "latency": ["--users", "30", "--duration", "3", "--changes", "6", "--interval", "1"],
+        "latency": ["--users", "30", "--duration", "1.5", "--changes", "4", "--interval", "1"],
     },
 }
 

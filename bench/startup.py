@@ -1,4 +1,4 @@
-"""Start-up time: ``presencectl --help`` and ``presencectl mapping show`` against ``python -c pass``.
+"""Start-up time: ``presencectl --help`` and ``mapping show`` against ``python -c pass``.
 
 Each command runs ``--runs`` times in a fresh interpreter (subprocess); the median is reported, and
 the figure that matters is the median minus nothing: what a user waits for. ``python -c pass`` is

@@ -90,7 +90,8 @@ def run(users: int, limit: int, window: float, *, engine: bool = True) -> Report
     )
     ceiling = limit / window
     report.notes.append(
-        f"sandbox throttle {limit} per {window:g} s = {ceiling:g}/s (Graph: 1,500 per 30 s = 50/s); "
+        f"sandbox throttle {limit} per {window:g} s = {ceiling:g}/s "
+        "(Graph: 1,500 per 30 s = 50/s); "
         f"of_ceiling = writes/s / {ceiling:g}; efficiency = best possible time / wall time "
         f"(a sliding window lets the first {limit} through at once, so of_ceiling can pass 1)"
     )

@@ -1,0 +1,326 @@
+"""Fault soak: ``presencectl sync --watch`` against a hostile sandbox, then the books are checked.
+
+    python bench/soak.py --minutes 10 [--users 20] [--seed 1] [--json FILE]
+
+The sandbox runs in-process (``running_sandbox``) with 5 % 5xx, 1 % dropped connections, a low
+throttle limit, access tokens that live ``token_lifetime`` seconds (and a clock pushed forward so
+they expire every ~2 sandbox minutes), and a Connect hub that drops every feed connection now and
+then. A chaos thread makes random genuine changes on both sides (each person's own Teams client
+and own Connect app) while the watch runs in the main thread through the real CLI
+(``presencectl -o json sync --watch``). The last quarter of the run is quiet. Then:
+
+- no unhandled exception: exit 0/5, no traceback, no "unexpected" error;
+- ``in_retry_after_window`` is 0: no request was sent inside a Retry-After window;
+- both sides show what the mapping of the genuine states says, for every matched user (compared
+  by aggregation rank: which of two equal-rank sessions a service shows is its business);
+- the audit log accounts for every write: each write the audit calls ok reached the sandbox;
+- ``disable --yes`` then leaves no session of ours anywhere.
+
+``run_soak`` is also what ``tests/test_soak.py`` runs (a short version in CI, a long one with
+``pytest -m soak``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+ADMIN = "admin@contoso.example"
+SYNC_PASSWORD = "S0ak-Sync-Passw0rd!"
+TEAMS_CHOICES = [
+    ("Available", "Available"), ("Busy", "Busy"), ("Busy", "InACall"),
+    ("Busy", "InAConferenceCall"), ("DoNotDisturb", "Presenting"), ("Away", "Away"),
+    ("BeRightBack", "BeRightBack"), ("Offline", "OffWork"),
+]  # fmt: skip
+CONNECT_CHOICES = [
+    "available", "agent_available", "onphone", "agent_onphone", "meeting", "away", "busy",
+    "dnd", "on_break", "offline",
+]  # fmt: skip
+
+
+@dataclass
+class SoakReport:
+    seconds: float
+    users: int
+    matched: int = 0
+    exit_code: int = -1
+    genuine_changes: int = 0
+    hub_disconnects: int = 0
+    clock_jumps_s: float = 0.0
+    requests: int = 0
+    throttled_429: int = 0
+    faults_injected: int = 0
+    in_retry_after_window: int = 0
+    faults_5xx_and_drops: dict[str, float] = field(default_factory=dict)
+    sandbox_writes: int = 0
+    audit_rows: int = 0
+    audit_ok: int = 0
+    cycles: int = 0
+    mismatches: list[str] = field(default_factory=list)
+    sessions_left_after_disable: int = -1
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.exit_code in (0, 5)
+            and not self.errors
+            and self.in_retry_after_window == 0
+            and not self.mismatches
+            and self.audit_ok <= self.sandbox_writes
+            and self.sessions_left_after_disable == 0
+        )
+
+
+def _cli(*args: str, stdin: str = "") -> tuple[int, str, str]:
+    from presencectl.cli.app import run
+
+    out, err = io.StringIO(), io.StringIO()
+    old = sys.stdin
+    sys.stdin = io.StringIO(stdin)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = run(["--profile", "sandbox", *args])
+    finally:
+        sys.stdin = old
+    return code, out.getvalue(), err.getvalue()
+
+
+def _must(code_out_err: tuple[int, str, str], what: str) -> None:
+    code, out, err = code_out_err
+    if code != 0:
+        raise RuntimeError(f"{what}: exit {code}\n{out}\n{err[-3000:]}")
+
+
+def prepare(sb: Any) -> list[Any]:
+    """An enabled two-way profile; the people the soak changes (matched, one email each)."""
+    info = sb.profile_info()
+    sb.write_profile("sandbox")
+    _must(_cli("setup-azure", "--no-input"), "setup-azure")
+    sb.control.post(
+        f"/_sandbox/users/{info['sync_user']}/password", json={"password": SYNC_PASSWORD}
+    ).raise_for_status()
+    _must(_cli("sync-user", "set", "--username", info["sync_user"], "--password-stdin",
+               stdin=SYNC_PASSWORD + "\n"), "sync-user set")  # fmt: skip
+    _must(_cli("sync-user", "validate"), "sync-user validate")
+    _must(_cli("enable"), "enable")
+    world = sb.world
+    return [
+        p for p in world.people
+        if p.azure_id and p.connect_id and p.email not in (ADMIN, info["sync_user"])
+        and p.connect_email and p.connect_email.lower() == p.email.lower()
+        and sum(1 for q in world.people if q.email.lower() == p.email.lower()) == 1
+    ]  # fmt: skip
+
+
+class Chaos(threading.Thread):
+    """Random genuine changes, hub drops and clock jumps until ``quiet_at`` (monotonic)."""
+
+    def __init__(self, sb: Any, people: list[Any], quiet_at: float, report: SoakReport,
+                 rng: random.Random) -> None:  # fmt: skip
+        super().__init__(name="soak-chaos", daemon=True)
+        self.sb, self.people, self.quiet_at, self.report, self.rng = sb, people, quiet_at, report, rng
+        self.stop = threading.Event()
+
+    def _disconnect_hub(self) -> None:
+        hub = self.sb.world.extra.get("hub")
+        loop = getattr(self.sb._server, "_loop", None)
+        if hub is None or loop is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(hub.disconnect(), loop)
+        with contextlib.suppress(Exception):
+            future.result(5)
+            self.report.hub_disconnects += 1
+
+    def run(self) -> None:
+        import httpx
+
+        control = httpx.Client(base_url=self.sb.base_url, verify=self.sb.ca_bundle, timeout=30)
+        next_drop = time.monotonic() + 7
+        next_jump = time.monotonic() + 5
+        try:
+            while not self.stop.is_set() and time.monotonic() < self.quiet_at:
+                person = self.rng.choice(self.people)
+                if self.rng.random() < 0.5:
+                    availability, activity = self.rng.choice(TEAMS_CHOICES)
+                    control.post("/_sandbox/teams/presence", json={
+                        "user": person.email, "availability": availability,
+                        "activity": activity, "out_of_office": self.rng.random() < 0.1,
+                    }).raise_for_status()  # fmt: skip
+                else:
+                    control.post("/_sandbox/connect/presence", json={
+                        "user": person.connect_email, "status": self.rng.choice(CONNECT_CHOICES),
+                    }).raise_for_status()  # fmt: skip
+                self.report.genuine_changes += 1
+                now = time.monotonic()
+                if now >= next_drop:
+                    self._disconnect_hub()
+                    next_drop = now + self.rng.uniform(5, 12)
+                if now >= next_jump:
+                    # 40 sandbox seconds every ~4 s: tokens (lifetime 120 s) expire every ~12 s
+                    # of real time, Teams sessions need their renewals and Available its refresh.
+                    control.post("/_sandbox/clock/advance", json={"seconds": 40})
+                    self.report.clock_jumps_s += 40
+                    next_jump = now + 4
+                self.stop.wait(self.rng.uniform(0.05, 0.4))
+        except Exception as exc:  # a chaos failure is a soak failure, reported
+            self.report.errors.append(f"chaos: {type(exc).__name__}: {exc}")
+        finally:
+            control.close()
+
+
+def _our_teams_session(data: dict[str, Any], session_id: str) -> dict[str, Any] | None:
+    return next((s for s in data["sessions"] if s["session_id"] == session_id), None)
+
+
+def check_convergence(sb: Any, people: list[Any], session_id: str) -> list[str]:
+    """For each person: what each side shows equals the aggregate of the person's own state and
+    the mapping of the other side's genuine state (by aggregation rank)."""
+    from presencectl.mapping import UNALTERED, Mapping, TeamsStatus, connect_rank, teams_rank
+
+    mapping = Mapping()
+    problems: list[str] = []
+    for person in people:
+        teams = sb.control.get("/_sandbox/teams/presence", params={"user": person.email}).json()
+        connect = sb.control.get(
+            "/_sandbox/connect/presence", params={"user": person.connect_email}
+        ).json()
+        own_client = person.teams.client
+        teams_genuine = TeamsStatus.of(own_client[0], own_client[1], person.teams.out_of_office)
+        connect_own = [r["status"] for r in connect["resources"] if r["resource"] != "presencectl"]
+        connect_genuine = max(connect_own, key=connect_rank) if connect_own else "offline"
+
+        want_teams = mapping.connect_to_teams(connect_genuine)
+        ours_t = _our_teams_session(teams, session_id)
+        shown_t = TeamsStatus.of(teams["availability"], teams["activity"])
+        expected_rank = teams_rank(teams_genuine)
+        if want_teams is UNALTERED:
+            if ours_t is not None:
+                problems.append(f"{person.email}: Teams keeps our session {ours_t} though "
+                                f"Connect {connect_genuine} maps to unaltered")  # fmt: skip
+        else:
+            expected_rank = max(expected_rank, teams_rank(want_teams))
+            if ours_t is None or (ours_t["availability"], ours_t["activity"]) != want_teams.pair:
+                problems.append(f"{person.email}: Teams session {ours_t} but Connect "
+                                f"{connect_genuine} maps to {want_teams.key}")  # fmt: skip
+        if teams_rank(shown_t) != expected_rank:
+            problems.append(f"{person.email}: Teams shows {shown_t.key}, expected rank "
+                            f"{expected_rank} (own {teams_genuine.key}, want {want_teams})")  # fmt: skip
+
+        want_connect = mapping.teams_to_connect(teams_genuine)
+        expected_c = connect_rank(connect_genuine)
+        if want_connect is not UNALTERED:
+            expected_c = max(expected_c, connect_rank(str(want_connect)))
+        if connect_rank(connect["status"]) != expected_c:
+            problems.append(f"{person.email}: Connect shows {connect['status']}, expected rank "
+                            f"{expected_c} (own {connect_genuine}, Teams {teams_genuine.key} → "
+                            f"{want_connect})")  # fmt: skip
+    return problems
+
+
+def our_sessions(sb: Any, session_id: str) -> int:
+    count = 0
+    for p in sb.world.people:
+        if p.azure_id:
+            data = sb.control.get("/_sandbox/teams/presence", params={"user": p.email}).json()
+            count += sum(1 for s in data["sessions"] if s["session_id"] == session_id)
+        if p.connect_id:
+            data = sb.control.get(
+                "/_sandbox/connect/presence", params={"user": p.connect_email or p.email}
+            ).json()
+            count += sum(1 for r in data["resources"] if r["resource"] == "presencectl")
+    return count
+
+
+def run_soak(
+    seconds: float, *, users: int = 20, seed: int = 1, throttle: int = 60,
+    error_rate: float = 0.05, drop_rate: float = 0.01, interval: float = 1.0,
+) -> SoakReport:  # fmt: skip
+    """Run the soak for ``seconds`` of wall time (the last quarter quiet) and check the books."""
+    from presencectl.config import load_profile
+    from presencectl.sandbox import running_sandbox
+    from presencectl.sync.state import StateStore
+
+    report = SoakReport(seconds=seconds, users=users)
+    rng = random.Random(seed)
+    with running_sandbox(users=users, seed=seed, throttle=throttle, token_lifetime=120,
+                         auto_approve=ADMIN) as sb:  # fmt: skip
+        people = prepare(sb)
+        report.matched = len(people)
+        session_id = load_profile("sandbox").client_id or ""
+        faults = {"error_rate": error_rate, "drop_rate": drop_rate}
+        sb.control.post("/_sandbox/faults", json=faults).raise_for_status()
+        report.faults_5xx_and_drops = faults
+        start = time.monotonic()
+        chaos = Chaos(sb, people, start + seconds * 0.75, report, rng)
+        chaos.start()
+        code, out, err = _cli("-o", "json", "sync", "--watch", "--interval", str(interval),
+                              "--duration", str(seconds))  # fmt: skip
+        chaos.stop.set()
+        chaos.join(10)
+        report.exit_code = code
+        if "Traceback" in err or '"unexpected"' in out or "error: unexpected" in err:
+            report.errors.append("unhandled exception: " + err[-2000:])
+        report.cycles = sum(1 for line in out.splitlines() if '"cycle"' in line)
+        sb.control.post("/_sandbox/faults", json={"error_rate": 0, "drop_rate": 0})
+        report.mismatches = check_convergence(sb, people, session_id)
+        if report.mismatches and os.environ.get("SOAK_DEBUG"):
+            with StateStore.for_profile("sandbox") as store:
+                for e in store.audit_tail(60):
+                    print("AUDIT", e, file=sys.stderr)
+            print(err[-6000:], file=sys.stderr)
+            code2, out2, err2 = _cli("-o", "json", "sync")
+            print("AFTER ONE-SHOT", code2, check_convergence(sb, people, session_id), out2[-3000:],
+                  file=sys.stderr)
+        stats = sb.world.stats
+        report.requests = sum(stats.requests.values())
+        report.faults_injected = stats.faults_injected
+        report.throttled_429 = stats.throttled
+        report.in_retry_after_window = stats.in_retry_after_window
+        report.sandbox_writes = stats.writes
+        with StateStore.for_profile("sandbox") as store:
+            report.audit_rows = store.audit_count()
+            report.audit_ok = store._db.execute(
+                "SELECT count(*) FROM audit WHERE outcome = 'ok'"
+            ).fetchone()[0]
+        code, out, err = _cli("disable", "--yes")
+        if code != 0:
+            report.errors.append(f"disable: exit {code}: {err[-1000:]}")
+        report.sessions_left_after_disable = our_sessions(sb, session_id)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=5.0)
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    home = Path(tempfile.mkdtemp(prefix="presencectl-soak-"))
+    os.environ["PRESENCECTL_CONFIG_DIR"] = str(home / "config")
+    os.environ["PRESENCECTL_STATE_DIR"] = str(home / "state")
+    os.environ["PRESENCECTL_SECRETS_BACKEND"] = "file"
+    report = run_soak(args.minutes * 60, users=args.users, seed=args.seed)
+    data = {**asdict(report), "ok": report.ok}
+    text = json.dumps(data, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
