@@ -152,9 +152,12 @@ class Chaos(threading.Thread):
             self.report.hub_disconnects += 1
 
     def run(self) -> None:
+        import ssl
+
         import httpx
 
-        control = httpx.Client(base_url=self.sb.base_url, verify=self.sb.ca_bundle, timeout=30)
+        verify = ssl.create_default_context(cafile=self.sb.ca_bundle)
+        control = httpx.Client(base_url=self.sb.base_url, verify=verify, timeout=30)
         next_drop = time.monotonic() + 7
         next_jump = time.monotonic() + 5
         try:
