@@ -46,6 +46,8 @@ DEFAULT_PROFILE = "sandbox"
 DEFAULT_USERS = 20
 DEFAULT_DURATION = 60.0
 
+FEED_GRACE = 1.0  # seconds the watch goes on after its last poll, for the last feed events
+
 # Writes that keep a session alive are not the carrying of a change.
 _UPKEEP_REASONS = ("renew", "refresh", "session expired", "re-assert", "teams is fading")
 
@@ -117,6 +119,8 @@ class DemoSummary:
     throttle_wait_s: float = 0.0
     sandbox_429s: int = 0  # 429s the sandbox sent (should equal the above)
     sandbox_requests: int = 0
+    in_step: int = 0  # people showing Available on both sides once every activity has ended
+    out_of_step: list[dict[str, Any]] = field(default_factory=list)
 
     def propagation(self) -> tuple[float | None, float | None]:
         samples = self.teams_to_connect.samples + self.connect_to_teams.samples
@@ -145,6 +149,8 @@ class DemoSummary:
             "throttle_wait_s": _round(self.throttle_wait_s),
             "sandbox_429s_sent": self.sandbox_429s,
             "sandbox_requests": self.sandbox_requests,
+            "in_step": self.in_step,
+            "out_of_step": self.out_of_step,
             "steps": self.completed_steps,
         }
 
@@ -171,15 +177,16 @@ class PropagationTracker:
     def __init__(self, summary: DemoSummary, clock: Callable[[], float] = time.monotonic) -> None:
         self.summary = summary
         self.clock = clock
-        self.pending: dict[str, _Pending] = {}
+        self.pending: dict[tuple[str, str], _Pending] = {}  # (user, side of the change)
+        self.genuine: dict[tuple[str, str], Any] = {}  # (user, side) → last genuine value seen
 
     def _direction(self, side: str) -> DirectionFigures:
         if side == "teams":
             return self.summary.teams_to_connect
         return self.summary.connect_to_teams
 
-    def _settle(self, user: str) -> None:
-        previous = self.pending.pop(user, None)
+    def _settle(self, key: tuple[str, str]) -> None:
+        previous = self.pending.pop(key, None)
         if previous is None or previous.carried:
             return
         figures = self._direction(previous.side)
@@ -189,16 +196,23 @@ class PropagationTracker:
             figures.between_polls += 1
 
     def injected(self, user: str, side: str, sent_at: float) -> None:
-        self._settle(user.lower())
-        self.pending[user.lower()] = _Pending(side, sent_at)
+        key = (user.lower(), side)
+        self._settle(key)
+        self.pending[key] = _Pending(side, sent_at)
         self._direction(side).injected += 1
 
     def on_sync(self, event: SyncEvent, at: float | None = None) -> float | None:
         """Account for one engine event; returns the propagation time when it carried a change."""
+        user = str(event.data.get("user") or "").lower()
         if event.type == "change":
-            seen = self.pending.get(str(event.data.get("user") or "").lower())
-            if seen is not None:
-                seen.seen = True
+            for side in ("teams", "connect"):
+                value = event.data.get(side)
+                if self.genuine.get((user, side), value) == value and (user, side) in self.genuine:
+                    continue  # this side did not change
+                self.genuine[(user, side)] = value
+                seen = self.pending.get((user, side))
+                if seen is not None:
+                    seen.seen = True
             return None
         if event.type != "write" or event.data.get("outcome") != "ok":
             return None
@@ -210,8 +224,9 @@ class PropagationTracker:
         reason = str(event.data.get("reason") or "").lower()
         if reason.startswith(_UPKEEP_REASONS):
             return None
-        pending = self.pending.get(str(event.data.get("user") or "").lower())
-        if pending is None or pending.carried or pending.side == side:
+        source = "connect" if side == "teams" else "teams"
+        pending = self.pending.get((user, source))
+        if pending is None or pending.carried:
             return None
         pending.carried = pending.seen = True
         elapsed = max(0.0, (self.clock() if at is None else at) - pending.sent_at)
@@ -222,11 +237,11 @@ class PropagationTracker:
 
     def finish(self, *, interrupted: bool = False) -> None:
         """Classify what is still pending; after an interruption it stays unclassified."""
-        for user in list(self.pending):
+        for key in list(self.pending):
             if interrupted:
-                self.pending.pop(user)
+                self.pending.pop(key)
             else:
-                self._settle(user)
+                self._settle(key)
 
 
 EventSink = Callable[[DemoEvent], None]
@@ -293,7 +308,7 @@ def _prepare(
     from presencectl.sync.model import Direction as SyncDirection
 
     _forget_previous_run(options.profile_name)
-    profile = sb.write_profile(options.profile_name)
+    profile: Profile = sb.write_profile(options.profile_name)
     step(
         "profile",
         f"wrote profile '{profile.name}' to {config_path()} (Connect client secret in the "
@@ -457,12 +472,38 @@ def _watch(
         summary.watched_s = time.monotonic() - began
         tracker.finish(interrupted=stop_flag.is_set())
     summary.interrupted = summary.interrupted or stop_flag.is_set()
+    if not summary.interrupted:
+        _check_in_step(sb, people, summary, on_event)
     summary.written = result.written
     summary.cleared = result.cleared
     summary.failed = result.failed
     summary.cycles = result.cycles
     summary.throttled = result.throttled
     summary.throttle_wait_s = result.throttle_wait_s
+
+
+def _check_in_step(
+    sb: Sandbox, people: list[str], summary: DemoSummary, on_event: EventSink
+) -> None:
+    """Every activity has ended: each person must show Available on both sides again."""
+    for user in people:
+        teams = sb.control.get("/_sandbox/teams/presence", params={"user": user}).json()
+        connect = sb.control.get("/_sandbox/connect/presence", params={"user": user}).json()
+        shown = (f"{teams.get('availability')}/{teams.get('activity')}", connect.get("status"))
+        if shown == ("Available/Available", "available"):
+            summary.in_step += 1
+        else:
+            summary.out_of_step.append({"user": user, "teams": shown[0], "connect": shown[1]})
+    on_event(
+        DemoEvent(
+            "check",
+            {
+                "in_step": summary.in_step,
+                "out_of_step": summary.out_of_step,
+                "detail": "every activity has ended: each person shows Available on both sides",
+            },
+        )
+    )
 
 
 async def _watch_async(
@@ -482,7 +523,8 @@ async def _watch_async(
 
     stop = asyncio.Event()
     first_cycle = asyncio.Event()
-    last_change = {"at": None}  # monotonic time of the last simulated change, once all are sent
+    # Monotonic time of the last simulated change, once all of them are sent.
+    last_change: dict[str, float | None] = {"at": None}
     previous_cycle: list[float] = []
     interval = options.interval
 
@@ -495,9 +537,10 @@ async def _watch_async(
         first_cycle.set()
         done_at = last_change["at"]
         # The cycle that just ended began one interval after the previous one ended: once that
-        # is after the last change, every change has been read and carried.
+        # is after the last change, Teams has been read since; a moment more lets the engine
+        # handle the last Connect feed events (they are handled between polls).
         if done_at is not None and previous_cycle and previous_cycle[-1] + interval > done_at:
-            stop.set()
+            asyncio.get_running_loop().call_later(FEED_GRACE, stop.set)
         previous_cycle.append(now)
 
     def on_change(item: ScheduledChange, sent_at: float) -> None:
@@ -543,7 +586,8 @@ async def _watch_async(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(watch_task), timeout=2 * interval + 5)
                 stop.set()
-                return await watch_task
+                result: SyncResult = await watch_task
+                return result
             finally:
                 stop.set()
                 for task in (sim_task, flag_task):

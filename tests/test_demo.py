@@ -183,6 +183,9 @@ def test_demo_json_runs_to_completion_both_ways(cli: Any) -> None:
     assert summary["connect_to_teams"]["carried"] > 0
     assert summary["failed"] == 0
     assert summary["propagation_worst_s"] is not None
+    assert (
+        "check" in kinds and summary["in_step"] + len(summary["out_of_step"]) == summary["matched"]
+    )
     # Connect → Teams follows the change feed: well under a poll interval.
     assert summary["connect_to_teams"]["median_s"] < 1.0
 
@@ -200,3 +203,18 @@ def test_demo_without_a_terminal_prints_plain_lines(cli: Any) -> None:
     assert "Simulated changes" in result.stdout and "Teams → Connect" in result.stdout
     assert "propagation median" in result.stdout
     assert "\x1b[" not in result.stdout  # no terminal codes in plain output
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="sync engine: after presencectl clears its session on a side, the next genuine change "
+    "there is taken for the echo of the clear (e.g. Connect agent_onphone → available leaves "
+    "Teams Busy/InACall); see the demo's `check` event",
+    strict=False,
+)
+def test_demo_leaves_everyone_in_step(isolated_env: Any) -> None:
+    events: list[DemoEvent] = []
+    summary = run_demo(DemoOptions(users=20, duration=20, interval=2, seed=1), events.append)
+    check = next(e for e in events if e.type == "check")
+    assert check.data["in_step"] == summary.matched
+    assert summary.out_of_step == []

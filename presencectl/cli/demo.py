@@ -81,6 +81,22 @@ class _Renderer:
         elif event.type == "device_code":
             # Always shown: on a real tenant nobody can finish the sign-in without it.
             _err("    " + data["message"] + " (the sandbox approves it as the admin)")
+        elif event.type == "check":
+            total = data["in_step"] + len(data["out_of_step"])
+            if not data["out_of_step"]:
+                self.narrate(
+                    f"✓ in step: all {total} people show Available on both sides again, "
+                    "now that every activity has ended"
+                )
+            else:
+                self.narrate(
+                    f"✗ out of step: {len(data['out_of_step'])} of {total} people do not show "
+                    "Available on both sides although every activity has ended:"
+                )
+                for row in data["out_of_step"]:
+                    self.narrate(
+                        f"    {row['user']}: Teams {row['teams']}, Connect {row['connect']}"
+                    )
         elif event.type == "inject":
             at = event.at.strftime("%H:%M:%S")
             side = "Teams" if data["side"] == "teams" else "Connect"

@@ -172,13 +172,15 @@ def schedule(
     seed: int = 1,
     change_every: float = 1.0,
     min_length: float = 0.0,
+    rest: float = 1.0,
 ) -> list[ScheduledChange]:
     """The changes of a simulation lasting ``span`` seconds, by offset (pure, deterministic).
 
     Every ``change_every`` seconds an idle person starts an activity, on Teams and on Connect in
     turn; it lasts a random share of the span (at least ``min_length`` where the span allows;
     phases spread over it) and always ends — back to Available — by ``span``, so what happens
-    can be carried before the simulation stops.
+    can be carried before the simulation stops. A person rests ``rest`` seconds between two
+    activities.
     """
     if span <= 0 or not people:
         return []
@@ -203,7 +205,7 @@ def schedule(
                 out.append(ScheduledChange(round(t + i * step, 3), change(side, user, what, value)))
             what, value = activity.end
             out.append(ScheduledChange(round(end, 3), change(side, user, what, value)))
-            busy_until[user] = end + 0.05
+            busy_until[user] = end + rest
         t += change_every
     out.sort(key=lambda s: s.offset)
     return out
