@@ -14,8 +14,9 @@ Propagation is measured from the moment a simulated change is sent on side A to 
 engine reports its write on side B landed (its ``write`` event comes after the service
 answered), for the first such write before that person's next change. A change that caused no
 write is counted apart: "no write needed" when the engine saw it (the other side already
-agreed, or the mapping says "unaltered" and we hold no session there), "between polls" when it
-came and went before the engine looked (Teams is polled every ``interval`` seconds).
+agreed, or the mapping says "unaltered" and we hold no session there), "not seen" when the
+engine never reported it: it came and went between two Teams polls (every ``interval``
+seconds), or the engine missed it — the closing in-step check tells the two apart.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class DirectionFigures:
     injected: int = 0
     carried: int = 0
     no_write_needed: int = 0  # seen, but the other side already agreed (or "unaltered")
-    between_polls: int = 0  # came and went before the sync looked (Teams is polled)
+    not_seen: int = 0  # the engine never reported it (between two polls, or missed)
     samples: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,7 +94,7 @@ class DirectionFigures:
             "changes": self.injected,
             "carried": self.carried,
             "no_write_needed": self.no_write_needed,
-            "between_polls": self.between_polls,
+            "not_seen": self.not_seen,
             "median_s": _round(statistics.median(self.samples)) if self.samples else None,
             "worst_s": _round(max(self.samples)) if self.samples else None,
         }
@@ -193,7 +194,7 @@ class PropagationTracker:
         if previous.seen:
             figures.no_write_needed += 1
         else:
-            figures.between_polls += 1
+            figures.not_seen += 1
 
     def injected(self, user: str, side: str, sent_at: float) -> None:
         key = (user.lower(), side)

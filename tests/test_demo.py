@@ -106,7 +106,7 @@ def test_tracker_pairs_a_change_with_the_first_write_on_the_other_side() -> None
     assert summary.writes_teams == 2 and summary.writes_connect == 3
 
 
-def test_tracker_tells_no_write_needed_from_between_polls() -> None:
+def test_tracker_tells_no_write_needed_from_not_seen() -> None:
     summary = DemoSummary(profile="sandbox")
     tracker = PropagationTracker(summary)
     tracker.injected("a@x.example", "connect", sent_at=1.0)
@@ -115,7 +115,7 @@ def test_tracker_tells_no_write_needed_from_between_polls() -> None:
     tracker.injected("b@x.example", "teams", sent_at=2.0)  # the first came and went unseen
     tracker.finish()
     assert summary.connect_to_teams.no_write_needed == 1
-    assert summary.teams_to_connect.between_polls == 2
+    assert summary.teams_to_connect.not_seen == 2
     assert summary.teams_to_connect.injected == 2
 
 

@@ -145,7 +145,7 @@ def _summary_rows(summary: Any) -> list[dict[str, Any]]:
                 "changes": d["changes"],
                 "carried": d["carried"],
                 "no_write_needed": d["no_write_needed"],
-                "between_polls": d["between_polls"],
+                "not_seen": d["not_seen"],
                 "median_s": d["median_s"],
                 "worst_s": d["worst_s"],
             }
@@ -210,7 +210,7 @@ def demo(
         app.render(
             _summary_rows(summary),
             columns=[
-                "direction", "changes", "carried", "no_write_needed", "between_polls",
+                "direction", "changes", "carried", "no_write_needed", "not_seen",
                 "median_s", "worst_s",
             ],
             headers={
@@ -218,7 +218,7 @@ def demo(
                 "changes": "Changes",
                 "carried": "Carried",
                 "no_write_needed": "No write needed",
-                "between_polls": "Between polls",
+                "not_seen": "Not seen",
                 "median_s": "Median s",
                 "worst_s": "Worst s",
             },
