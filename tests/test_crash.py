@@ -150,7 +150,7 @@ def crash_run(sb: Served, kills: int, seed: int) -> dict[str, Any]:
     assert len(people) >= 4
     db = state_dir() / "sandbox.db"
     figures: dict[str, Any] = {"kills": 0, "max_writes_per_user_side_after_restart": 0,
-                               "repeated_writes": 0, "restart_writes": 0}  # fmt: skip
+                               "restart_writes": 0}  # fmt: skip
     for _ in range(kills):
         watch = start_watch()
         deadline = time.monotonic() + rng.uniform(1.5, 4.0)
