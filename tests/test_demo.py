@@ -206,12 +206,6 @@ def test_demo_without_a_terminal_prints_plain_lines(cli: Any) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="sync engine: after presencectl clears its session on a side, the next genuine change "
-    "there is taken for the echo of the clear (e.g. Connect agent_onphone → available leaves "
-    "Teams Busy/InACall); see the demo's `check` event",
-    strict=False,
-)
 def test_demo_leaves_everyone_in_step(isolated_env: Any) -> None:
     events: list[DemoEvent] = []
     summary = run_demo(DemoOptions(users=20, duration=20, interval=2, seed=1), events.append)

@@ -206,3 +206,33 @@ def test_planning_ten_thousand_pairs_is_measured() -> None:
     elapsed = time.perf_counter() - start
     assert len(again.new_states) == 10_000
     print(f"plan 10k pairs, steady cycle: {elapsed * 1000:.0f} ms, {len(again.actions)} actions")
+
+
+def test_user_change_after_we_cleared_a_masked_session_is_genuine() -> None:
+    """Found by the demo against the sandbox: we hold Connect `available`; the user's agent call
+    masks it and we clear it. The user then going back to `available` is their own change: a stale
+    read of our cleared session would have shown `agent_onphone` (what the side showed when we
+    cleared), never `available`. Teams must follow at once, not after the echo window."""
+    m = Mapping()
+    session = SessionRecord(Side.CONNECT, "available", T0, None)
+    state = PairState(
+        KEY,
+        last_teams=Observation(Side.TEAMS, T("Available/Available"), T0),
+        last_connect=Observation(Side.CONNECT, "available", T0),
+        genuine_teams=T("Available/Available"),
+        genuine_connect=None,
+        our_connect_session=session,
+    )
+    t1 = T0 + timedelta(seconds=5)
+    r1 = plan({KEY: state}, {KEY: _obs("Available/Available", "agent_onphone", t1)}, m, "both", t1)
+    kinds = {(a.side, a.kind) for a in r1.actions}
+    assert kinds == {(Side.TEAMS, ActionKind.SET), (Side.CONNECT, ActionKind.CLEAR)}
+    t2 = t1 + timedelta(seconds=5)
+    r2 = plan(
+        {KEY: r1.new_states[KEY]}, {KEY: _obs("Busy/InACall", "available", t2)}, m, "both", t2
+    )
+    assert r2.new_states[KEY].genuine_connect == "available"
+    # Connect `available` → Teams Available/Available: our InACall session is replaced.
+    assert [(a.side, a.kind, a.value) for a in r2.actions] == [
+        (Side.TEAMS, ActionKind.SET, T("Available/Available"))
+    ]

@@ -434,3 +434,43 @@ def test_no_loop_converges_and_no_phantom(changes, direction, lag) -> None:
         target_t = m.connect_to_teams(w.connect_user)
         if isinstance(target_t, TeamsStatus):
             assert teams_rank(w.teams_shows()) >= teams_rank(target_t)
+
+
+@pytest.mark.parametrize("lag", [False, True], ids=["instant", "lagging"])
+def test_a_change_after_we_cleared_our_session_is_genuine_not_the_clears_echo(lag: bool) -> None:
+    """Found by the demo: after we clear our Connect `available` session (the user's agent call
+    masked it), the user going back to `available` is their own change, not a stale read of the
+    session we cleared — Teams must follow at once, not after the echo window."""
+    w = World(lag=lag)
+    w.run(2)
+    w.set_connect("dnd")
+    w.run(3)
+    w.set_connect("available")
+    w.run(3)
+    w.set_connect("agent_onphone")
+    w.run(3)
+    assert w.teams_shows() == T("Busy/InACall")
+    w.set_connect("available")
+    w.run(3)  # 15 s: well inside the 60 s echo window
+    assert w.teams_shows() == T("Available/Available")
+    assert w.teams_session is None or w.teams_session[0] == T("Available/Available")
+
+
+@pytest.mark.parametrize("lag", [False, True], ids=["instant", "lagging"])
+def test_a_teams_change_after_we_cleared_our_teams_session_is_genuine(lag: bool) -> None:
+    w = World(lag=lag)
+    w.run(2)
+    w.set_teams("DoNotDisturb/DoNotDisturb", preferred=True)
+    w.run(3)
+    w.set_teams("Available/Available")
+    w.run(3)
+    w.set_connect("onphone")
+    w.run(3)
+    w.set_connect("available")
+    w.run(3)
+    w.set_teams("Busy/Busy", preferred=True)
+    w.run(3)
+    assert w.connect_shows() == "busy"
+    w.set_teams("Available/Available")
+    w.run(3)
+    assert w.connect_shows() == "available"

@@ -131,8 +131,9 @@ class SessionRecord:
 class PendingWrite:
     """A write of ours whose effect has not been observed yet (the echo we expect).
 
-    ``value`` is what we wrote (None: a clear); ``previous`` is the value our session had before
-    (None: no session), which the side may still show until the write lands. Consumed by the first
+    ``value`` is what we wrote (None: a clear); ``previous`` is the value our session had before,
+    if the side was showing it when we wrote (None otherwise): the side may still show it until
+    the write lands. Consumed by the first
     later observation that shows the write landed; dropped after the planner's echo window.
     """
 

@@ -534,7 +534,16 @@ def apply_action(state: PairState, action: Action, at: datetime) -> PairState:
     """The pair state once ``action`` succeeded at ``at`` (a 404 on clear counts as success)."""
     side = action.side
     session = state.session(side)
-    previous = session.value if session is not None else None
+    # Until the write lands the side may still show our old session — but only if it showed it
+    # when we wrote. If the user's own state masked our session then, a stale read shows that
+    # state again, never our old value; an observation of our old value is then the user's own
+    # change (e.g. back to `available` after an agent call that made us clear `available`).
+    last = state.last(side)
+    previous = (
+        session.value
+        if session is not None and last is not None and _shows(last.value, session.value)
+        else None
+    )
     if action.kind is ActionKind.CLEAR:
         if session is None:
             return state
