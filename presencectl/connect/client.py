@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import logging
 import random
 import time
@@ -92,6 +93,10 @@ def _error_detail(response: httpx.Response) -> str:
     return ""
 
 
+_POOL_SHARDS = 8
+_CONNECTIONS_PER_SHARD = 4
+
+
 class ConnectClient:
     """An async client of one Connect account (one Extend API client)."""
 
@@ -126,14 +131,25 @@ class ConnectClient:
         self._sleep = sleep
         self._clock = clock
         self.stats = ConnectStats()
-        self._http = build_async_client(
-            self.settings,
-            base_url=self.api_url,
-            transport=transport,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-        )
+        # Several small connection pools instead of one large one: httpcore scans every
+        # connection of a pool for every request, so per-request CPU grows with the pool size.
+        # Measured against the sandbox, 10,000 reads at 32 in flight: one pool of 32 → 11.0 s,
+        # eight pools of 4 → 5.6 s (bench/cycle.py). Same connection count, same concurrency.
+        shards = max(1, min(_POOL_SHARDS, max_connections // _CONNECTIONS_PER_SHARD))
+        per_shard = max(1, -(-max_connections // shards))
+        self._pools = [
+            build_async_client(
+                self.settings,
+                base_url=self.api_url,
+                transport=transport,
+                limits=httpx.Limits(
+                    max_connections=per_shard, max_keepalive_connections=per_shard
+                ),
+            )
+            for _ in range(shards)
+        ]
+        self._http = self._pools[0]
+        self._next_pool = itertools.cycle(self._pools).__next__
         self._token: str | None = None
         self._token_valid_until = 0.0
         self._token_lock = asyncio.Lock()
@@ -141,7 +157,8 @@ class ConnectClient:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for pool in self._pools:
+            await pool.aclose()
 
     async def __aenter__(self) -> ConnectClient:
         return self
@@ -304,7 +321,7 @@ class ConnectClient:
             attempt += 1
             self.stats.requests += 1
             try:
-                response = await self._http.request(
+                response = await self._next_pool().request(
                     method,
                     path,
                     params=params,
