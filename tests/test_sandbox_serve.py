@@ -97,3 +97,16 @@ def test_idle_keep_alive_clients_do_not_hold_the_stop() -> None:
         started = time.perf_counter()
     assert time.perf_counter() - started < 0.8
     lingering.close()
+
+
+def test_a_port_in_use_is_a_usage_error_not_a_crash(cli: Any) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = cli("-o", "json", "sandbox", "serve", "--port", str(port))
+    assert result.exit_code == 2, result.stderr
+    assert result.json()["error"]["code"] == "port_unavailable"
+    assert "Traceback" not in result.stderr

@@ -72,7 +72,17 @@ class SandboxServer:
         # Accepted sockets inherit TCP_NODELAY (Linux, BSD). Without it, a TLS answer written as
         # headers + body meets the client's delayed ACK and every response costs ~40 ms.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((self.host, self.port))
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            from presencectl.errors import UsageError
+
+            raise UsageError(
+                f"the sandbox cannot listen on {self.host}:{self.port}: {exc.strerror}",
+                hint="pick another --port, or --port 0 for a free one",
+                code="port_unavailable",
+            ) from exc
         sock.listen(512)
         sock.setblocking(False)
         self._socket = sock
