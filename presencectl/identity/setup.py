@@ -37,6 +37,7 @@ from presencectl.graph.permissions import (
 if TYPE_CHECKING:
     from presencectl.config import Profile
     from presencectl.graph.client import GraphClient
+    from presencectl.graph.tokens import TokenProvider
     from presencectl.identity.tokens import AdminSession
 
 log = logging.getLogger(__name__)
@@ -565,7 +566,7 @@ class SetupOptions:
     consent_timeout: float = 600.0
 
 
-def graph_client_for(profile: Profile, provider: Callable[[bool], Any]) -> GraphClient:
+def graph_client_for(profile: Profile, provider: TokenProvider) -> GraphClient:
     from presencectl.graph.client import GraphClient
 
     return GraphClient(profile.graph_url, provider, profile.http_settings())

@@ -35,7 +35,7 @@ from presencectl.graph.permissions import (
     GRAPH_DEFAULT_SCOPE,
     GRAPH_RESOURCE,
 )
-from presencectl.graph.tokens import AccessToken, access_token_from_msal
+from presencectl.graph.tokens import AccessToken, TokenProvider, access_token_from_msal
 from presencectl.identity import msal_apps
 from presencectl.identity.errors import (
     SignInError,
@@ -273,7 +273,7 @@ class DeviceCodePrompt:
 class AdminSession:
     """A signed-in admin: the token provider for Graph and who signed in."""
 
-    provider: Callable[[bool], AccessToken]
+    provider: TokenProvider
     username: str
     tenant_id: str
     object_id: str

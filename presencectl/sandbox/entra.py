@@ -815,7 +815,7 @@ def add_permission_grant(
     consent_type: str = "AllPrincipals",
     principal_id: str | None = None,
 ) -> dict[str, Any]:
-    grant = {
+    grant: dict[str, Any] = {
         "id": base64.urlsafe_b64encode(uuid.uuid4().bytes + uuid.uuid4().bytes[:8])
         .decode()
         .rstrip("="),

@@ -468,7 +468,7 @@ class World:
 
     # ------------------------------------------------------------------ directory objects
     def _install_microsoft_service_principals(self) -> None:
-        graph_sp = {
+        graph_sp: dict[str, Any] = {
             "id": self.new_id(),
             "appId": GRAPH_APP_ID,
             "displayName": "Microsoft Graph",
