@@ -455,16 +455,8 @@ class SyncEngine:
                     action.expiration or MIN_EXPIRATION,
                 )
             )
-        try:
-            answers = await set_presences_batch(self.graph, self.session_id, writes)
-        except AuthError:
-            raise
-        except PresencectlError as exc:
-            for i, _ in items:
-                outcomes[i] = _Outcome(False, uncertain=True, error=_why(exc))
-            return
-        for (i, _), answer in zip(items, answers, strict=True):
-            outcomes[i] = _graph_outcome(answer, clear=False)
+        sent = set_presences_batch(self.graph, self.session_id, writes)
+        await _fill_batch_outcomes(items, outcomes, sent, clear=False)
 
     async def _send_teams_clear(
         self, items: list[tuple[int, Action]], outcomes: list[_Outcome | None]
@@ -474,16 +466,8 @@ class SyncEngine:
         from presencectl.graph.presence import clear_presences_batch
 
         ids = [side_user_id(a.key, Side.TEAMS) for _, a in items]
-        try:
-            answers = await clear_presences_batch(self.graph, self.session_id, ids)
-        except AuthError:
-            raise
-        except PresencectlError as exc:
-            for i, _ in items:
-                outcomes[i] = _Outcome(False, uncertain=True, error=_why(exc))
-            return
-        for (i, _), answer in zip(items, answers, strict=True):
-            outcomes[i] = _graph_outcome(answer, clear=True)
+        sent = clear_presences_batch(self.graph, self.session_id, ids)
+        await _fill_batch_outcomes(items, outcomes, sent, clear=True)
 
     async def _send_connect(
         self, items: list[tuple[int, Action]], outcomes: list[_Outcome | None]
@@ -848,6 +832,27 @@ def _count(report: Any, name: str) -> int:
 
 def _why(exc: PresencectlError) -> str:
     return f"{exc.code}: {exc.message}"
+
+
+async def _fill_batch_outcomes(
+    items: list[tuple[int, Action]],
+    outcomes: list[_Outcome | None],
+    sent: Awaitable[list[Any]],
+    *,
+    clear: bool,
+) -> None:
+    """Each batched write's outcome; a batch that failed as a whole leaves them all uncertain
+    (they may have landed), except a sign-in/permission failure, which stops the cycle."""
+    try:
+        answers = await sent
+    except AuthError:
+        raise
+    except PresencectlError as exc:
+        for i, _ in items:
+            outcomes[i] = _Outcome(False, uncertain=True, error=_why(exc))
+        return
+    for (i, _), answer in zip(items, answers, strict=True):
+        outcomes[i] = _graph_outcome(answer, clear=clear)
 
 
 def _graph_outcome(answer: Any, *, clear: bool) -> _Outcome:
