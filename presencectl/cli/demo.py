@@ -100,11 +100,11 @@ class _Renderer:
         elif event.type == "inject":
             at = event.at.strftime("%H:%M:%S")
             side = "Teams" if data["side"] == "teams" else "Connect"
-            line = f"{at} person  {data['user']} {data['what']} in {side} ({data['value']})"
+            text = f"person  {data['user']} {data['what']} in {side} ({data['value']})"
             if self.live is not None:
-                self.narrate(line)
-            else:
-                _out(line)
+                self.live.note(at, text)
+            elif not self.live_capable:
+                _out(f"{at} {text}")
 
     def _sync(self, event: Any) -> None:
         from presencectl.cli.sync import _plain_line

@@ -38,23 +38,25 @@ class LiveView:
     def on_event(self, event: Any) -> None:
         data = event.data
         at = event.at.strftime("%H:%M:%S")
-        if event.type == "write":
-            self.write_times.append(time.monotonic())
-            self.changes.appendleft(
-                (
-                    at,
-                    f"{data['side']}: {data['user']} {data['from']} → {data['to']} "
-                    f"[{data['outcome']}]",
-                )
-            )
-        elif event.type == "change":
-            self.changes.appendleft(
-                (at, f"{data['user']}: teams={data['teams']} connect={data['connect']}")
-            )
+        if event.type in ("write", "change"):
+            from presencectl.cli.sync import event_text
+
+            if event.type == "write":
+                self.write_times.append(time.monotonic())
+            self.changes.appendleft((at, event_text(event) or ""))
         elif event.type == "cycle":
             self.last_cycle = data
         elif event.type == "feed":
             self.feed_state = str(data.get("state"))
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def note(self, at: str, text: str) -> None:
+        """A line of the caller's own among the recent changes (the demo's simulated people).
+
+        Printing above a rich Live from another thread while it redraws garbles the screen, so
+        such lines go into the dashboard instead."""
+        self.changes.appendleft((at, text))
         if self._live is not None:
             self._live.update(self._render())
 

@@ -295,20 +295,29 @@ def _watch(
     return result
 
 
-def _plain_line(event: Any) -> str | None:
+def event_text(event: Any) -> str | None:
+    """One line for a sync event (plain output and the live view); None: not worth a line."""
     data = event.data
-    at = event.at.strftime("%H:%M:%S")
     if event.type == "write":
-        text = f"{at} {data['side']:<7} {data['user']}: {data['from']} -> {data['to']}"
+        to = "our session cleared" if data["to"] is None else data["to"]
+        text = f"{data['side']:<7} {data['user']}: {data['from']} -> {to}"
         text += f" ({data['reason']}) {data['outcome']}"
         return text + (f": {data['error']}" if data.get("error") else "")
     if event.type == "change":
-        return f"{at} change  {data['user']}: teams={data['teams']} connect={data['connect']}"
+        # None: that side shows our own session, so the user's own state there is hidden.
+        teams = data["teams"] if data["teams"] is not None else "(ours)"
+        connect = data["connect"] if data["connect"] is not None else "(ours)"
+        return f"change  {data['user']}: teams={teams} connect={connect}"
     if event.type == "start":
-        return f"{at} watching ({data['direction']}, every {data['interval']} s)"
+        return f"watching ({data['direction']}, every {data['interval']} s)"
     if event.type == "feed":
-        return f"{at} connect feed {data['state']}"
+        return f"connect feed {data['state']}"
     return None
+
+
+def _plain_line(event: Any) -> str | None:
+    text = event_text(event)
+    return None if text is None else f"{event.at.strftime('%H:%M:%S')} {text}"
 
 
 def status(ctx: typer.Context) -> None:
