@@ -516,6 +516,14 @@ _DEFAULT_T2C: Final = _default_t2c()
 _DEFAULT_C2T: Final[dict[str, MappingRow]] = {row.source: row for row in CONNECT_TO_TEAMS_ROWS}
 
 
+def _fingerprint(overrides: AbcMapping[str, Any]) -> str:
+    import hashlib
+    import json
+
+    text = json.dumps(overrides, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 class Mapping:
     """The mapping in force: the seed's tables plus a profile's overrides.
 
@@ -528,6 +536,8 @@ class Mapping:
         self, overrides: AbcMapping[str, Any] | None = None, *, where: str = "mapping"
     ) -> None:
         self._overrides = _parse_overrides(overrides, where)
+        # Identifies the mapping across runs (the planner's settled pairs are valid for it only).
+        self.fingerprint = "defaults" if not overrides else _fingerprint(overrides)
         self._t2c_cache: dict[tuple[str, str], ConnectTarget] = {}
         self._c2t_cache: dict[str, TeamsTarget] = {}
 

@@ -77,7 +77,7 @@ def test_out_of_order_observation_is_ignored_and_pairs_without_reads_are_planned
     stale = plan(
         {KEY: state}, {KEY: _obs("Busy/InACall", None, T0 - timedelta(seconds=1))}, m, "both", T0
     )
-    assert stale.actions == [] and stale.new_states[KEY] is state
+    assert stale.actions == [] and stale.new_states[KEY] == state
     # No new observation at all: still planned (level-triggered on what is known).
     r2 = plan({KEY: state}, {}, m, "both", T0 + timedelta(seconds=5))
     assert KEY in r2.new_states and r2.actions == []

@@ -474,3 +474,49 @@ def test_a_teams_change_after_we_cleared_our_teams_session_is_genuine(lag: bool)
     w.set_teams("Available/Available")
     w.run(3)
     assert w.connect_shows() == "available"
+
+
+@settings(
+    max_examples=int(os.environ.get("PLAN_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    changes=st.lists(
+        st.tuples(change, st.sampled_from([5, 5, 5, 30, 240, 3300])), max_size=30
+    ),
+    direction=st.sampled_from(list(Direction)),
+    lag=st.booleans(),
+)
+def test_the_steady_state_fast_path_changes_no_decision(changes, direction, lag) -> None:
+    """Two identical worlds, one planned with the fast path and one without: the same actions
+    every cycle, through changes, echoes, lagging writes, renewals and Available refreshes
+    (steps of 5 s up to 55 min), and a long quiet tail."""
+    import presencectl.sync.plan as planner
+
+    fast, full = World(direction=direction, lag=lag), World(direction=direction, lag=lag)
+    try:
+        for (kind, value, preferred, oof), seconds in [*changes, *[(("tick", "", 0, 0), 60)] * 70]:
+            for w in (fast, full):
+                if kind == "teams":
+                    w.set_teams(value, preferred=preferred, oof=oof)
+                elif kind == "connect":
+                    w.set_connect(value)
+            planner.FAST_PATH = True
+            got = fast.cycle(timedelta(seconds=seconds))
+            planner.FAST_PATH = False
+            want = full.cycle(timedelta(seconds=seconds))
+            assert [a.describe() for a in got] == [a.describe() for a in want]
+    finally:
+        planner.FAST_PATH = True
+
+
+def test_the_fast_path_is_taken_in_steady_state() -> None:
+    """Most pairs, most cycles: the state object comes back as it was (nothing re-planned)."""
+    w = World()
+    w.set_connect("agent_onphone")
+    w.run(3)
+    before = w.state
+    assert before.settled is not None
+    w.cycle()
+    assert w.state is before

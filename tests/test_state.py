@@ -101,6 +101,35 @@ def test_pair_state_round_trips(tmp_path: Path) -> None:
         assert held.expires_at == (T0 + timedelta(hours=1)).timestamp()
 
 
+def test_the_planners_settled_mark_round_trips_and_is_dropped_with_the_state(
+    tmp_path: Path,
+) -> None:
+    key = pair_key("a0", "c0")
+    settled = PairState(key=key, genuine_connect="available").mark_settled(("defaults", "both"))
+    with StateStore(tmp_path / "s.db") as store:
+        store.save_states([settled])
+    with StateStore(tmp_path / "s.db") as store:
+        assert store.load_states()[key].settled == ("defaults", "both")
+        store.save_states([PairState(key=key, genuine_connect="busy")])
+        assert store.load_states()[key].settled is None
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    from presencectl.sync import state as state_module
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(state_module._MIGRATIONS[0])
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    key = pair_key("a0", "c0")
+    with StateStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        store.save_states([_full_state(key).mark_settled(("defaults", "both"))])
+        assert store.load_states()[key].settled == ("defaults", "both")
+
+
 def test_saving_a_state_replaces_the_old_one(tmp_path: Path) -> None:
     key = pair_key("a0", "c0")
     with StateStore(tmp_path / "s.db") as store:

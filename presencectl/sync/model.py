@@ -164,6 +164,11 @@ class PairState:
     our_connect_session: SessionRecord | None = None
     pending_teams: tuple[PendingWrite, ...] = ()
     pending_connect: tuple[PendingWrite, ...] = ()
+    # Set by the planner to (mapping fingerprint, direction) when it decided that nothing was to
+    # be done for this very state; any other way of making a PairState leaves it None. A hint
+    # for the planner's steady-state fast path (persisted, so a one-shot run benefits too); not
+    # part of equality.
+    settled: tuple[str, str] | None = field(default=None, compare=False, repr=False)
 
     def last(self, side: Side) -> Observation | None:
         return self.last_teams if side is Side.TEAMS else self.last_connect
@@ -181,10 +186,17 @@ class PairState:
         """Every session we hold for this pair (what `disable` must clear)."""
         return [s for s in (self.our_teams_session, self.our_connect_session) if s is not None]
 
+    def mark_settled(self, context: tuple[str, str]) -> PairState:
+        """Note, on this very object, that the planner found nothing to do for it under
+        ``context``. ``settled`` is a cache annotation outside equality, so setting it in place
+        changes no value; copying the state for it (``replace``) doubled the planner's CPU."""
+        object.__setattr__(self, "settled", context)
+        return self
+
     def with_side(self, side: Side, **changes: Any) -> PairState:
         """Replace per-side fields by generic name: last, genuine, genuine_at, session, pending."""
         names = _SIDE_FIELDS[side]
-        return replace(self, **{names[k]: v for k, v in changes.items()})
+        return replace(self, settled=None, **{names[k]: v for k, v in changes.items()})
 
 
 _SIDE_FIELDS: dict[Side, dict[str, str]] = {

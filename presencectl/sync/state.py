@@ -139,10 +139,15 @@ _MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     """,
+    # 1 -> 2: pairs the planner found settled (its steady-state fast path), by decision context.
+    """
+    CREATE TABLE settled (key TEXT PRIMARY KEY, context TEXT NOT NULL);
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
-_PER_PAIR_TABLES = ("observations", "genuine", "sessions", "pending_writes")
+_PER_PAIR_TABLES = ("observations", "genuine", "sessions", "pending_writes", "settled")
+_CONTEXT_SEP = "\x1f"
 
 
 @dataclass(frozen=True)
@@ -408,6 +413,9 @@ class StateStore:
             )
         for (key, side), writes in pending.items():
             part(key)["pending_" + side.value] = tuple(writes)
+        for key, context in self._db.execute("SELECT key, context FROM settled"):
+            fingerprint, _, direction = context.partition(_CONTEXT_SEP)
+            part(key)["settled"] = (fingerprint, direction)
         return {key: PairState(key=key, **fields_) for key, fields_ in parts.items()}
 
     def save_states(
@@ -480,6 +488,14 @@ class StateStore:
                     for st in items
                     for writes in (st.pending_teams, st.pending_connect)
                     for seq, pw in enumerate(writes)
+                ),
+            )
+            db.executemany(
+                "INSERT INTO settled (key, context) VALUES (?, ?)",
+                (
+                    (st.key, _CONTEXT_SEP.join(st.settled))
+                    for st in items
+                    if st.settled is not None
                 ),
             )
             _insert_audit(db, audit)
