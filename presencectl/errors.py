@@ -28,6 +28,9 @@ class PresencectlError(Exception):
 
     code: str = "error"
     exit_code: ExitCode = ExitCode.ERROR
+    # True when the command already put this error inside the one JSON document it printed
+    # (a partial sync: the summary carries "error"), so -o json stays a single document.
+    in_document: bool = False
 
     def __init__(
         self,

@@ -158,7 +158,7 @@ def emit_event(event: Mapping[str, Any], stream: TextIO | None = None) -> None:
 
 def render_error(err: PresencectlError, fmt: str) -> None:
     """The error on stderr for people; with ``-o json`` also ``{"error": {…}}`` on stdout."""
-    if fmt == "json":
+    if fmt == "json" and not err.in_document:
         render_error_json(err)
     console = stderr_console()
     # soft_wrap: a long path or URL stays on one line (greppable), whatever the width.

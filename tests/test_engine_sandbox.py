@@ -4,6 +4,7 @@ one-way modes, disable, throttling and matching — mostly through the CLI."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -532,3 +533,22 @@ def test_throttled_sync_completes_and_honours_retry_after(cli: Any) -> None:
         assert sb.world.stats.in_retry_after_window == 0
         for person in people:
             assert org.teams_pair(person.email) == "Busy/InACall"
+
+
+def test_a_user_that_fails_is_reported_with_exit_5_and_the_rest_sync(org: Org) -> None:
+    """Exit 5 = partial sync. One Connect contact stays in the address book but its presence
+    cannot be read (404, like a deactivated user); everyone else syncs, and the run says who
+    failed and why."""
+    assert org.run("enable", "--direction", "both").exit_code == 0
+    broken, other = org.people[0], org.people[1]
+    org.connect(other.email, "onphone")
+    org.sb.world._by_connect_id.pop(broken.connect_id)  # listed, but its presence is gone
+    result = org.sync()
+    assert result.exit_code == 5, result.stdout + result.stderr
+    data = json.loads(result.stdout)  # one JSON document, the exit-5 error inside it
+    assert data["error"]["code"] == "partial_sync"
+    assert data["failed"] >= 1
+    assert broken.email in json.dumps(data)
+    assert org.teams_pair(other.email) == "Busy/InACall"  # the rest synced
+    error = result.stderr
+    assert "Traceback" not in error

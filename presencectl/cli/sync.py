@@ -107,14 +107,20 @@ def disable(
         "failed": result.failed,
         "source": result.source,
     }
-    if app.json:
-        data["failures"] = result.failures
-    app.render(data)
+    error = None
     if result.failed:
-        raise PartialSyncError(
+        error = PartialSyncError(
             f"{result.failed} session(s) could not be cleared",
             hint="run `presencectl disable --yes` again; the failures are listed above",
         )
+    if app.json:
+        data["failures"] = result.failures
+        if error is not None:
+            data["error"] = error.to_dict()
+            error.in_document = True
+    app.render(data)
+    if error is not None:
+        raise error
 
 
 class _Progress:
@@ -182,10 +188,16 @@ def sync(
     else:
         result = _once(app, profile, options)
     if result.failed:
-        raise PartialSyncError(
-            f"{result.failed} user(s) failed; the rest synced",
-            hint="see the failures above; run again, or with -v for details",
-        )
+        error = _partial(result)
+        error.in_document = app.json and not watch
+        raise error
+
+
+def _partial(result: Any) -> PartialSyncError:
+    return PartialSyncError(
+        f"{result.failed} user(s) failed; the rest synced",
+        hint="see the failures above; run again, or with -v for details",
+    )
 
 
 def _once(app: AppContext, profile: Any, options: Any) -> Any:
@@ -199,13 +211,14 @@ def _once(app: AppContext, profile: Any, options: Any) -> Any:
 
     result = asyncio.run(go())
     if app.json:
-        app.render(
-            {
-                **result.summary(),
-                "actions": [_action_row(a) for a in result.actions],
-                "failures": result.failures,
-            }
-        )
+        document = {
+            **result.summary(),
+            "actions": [_action_row(a) for a in result.actions],
+            "failures": result.failures,
+        }
+        if result.failed:  # one document: the exit-5 error rides along (see errors.in_document)
+            document["error"] = _partial(result).to_dict()
+        app.render(document)
         return result
     if options.dry_run:
         rows = [_action_row(a) for a in result.actions]
