@@ -355,19 +355,9 @@ class DirectoryEndpoints:
 
     # ------------------------------------------------------------------ applications
     def application(self, request: Request) -> dict[str, Any]:
-        key = request.path_params["app"]
-        match = re.fullmatch(r"\(appId='([^']*)'\)", key)
-        app = (
-            self.world.application_by_app_id(match.group(1))
-            if match
-            else self.world.applications.get(key)
+        return _by_key(
+            request.path_params["app"], self.world.applications, self.world.application_by_app_id
         )
-        if app is None:
-            raise not_found(
-                f"Resource '{key}' does not exist or one of its queried reference-property objects "
-                "are not present."
-            )
-        return app
 
     def public_app(self, app: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in app.items() if not k.startswith("_")}
@@ -525,19 +515,11 @@ class DirectoryEndpoints:
 
     # ------------------------------------------------------------------ service principals
     def service_principal(self, request: Request) -> dict[str, Any]:
-        key = request.path_params["sp"]
-        match = re.fullmatch(r"\(appId='([^']*)'\)", key)
-        sp = (
-            self.world.service_principal_by_app_id(match.group(1))
-            if match
-            else self.world.service_principals.get(key)
+        return _by_key(
+            request.path_params["sp"],
+            self.world.service_principals,
+            self.world.service_principal_by_app_id,
         )
-        if sp is None:
-            raise not_found(
-                f"Resource '{key}' does not exist or one of its queried reference-property objects "
-                "are not present."
-            )
-        return sp
 
     async def create_service_principal(self, request: Request) -> Response:
         claims = self.claims(request)
@@ -826,3 +808,19 @@ class DirectoryEndpoints:
 
 def directory_routes(world: World) -> list[BaseRoute]:
     return DirectoryEndpoints(world).routes()
+
+
+def _by_key(
+    key: str,
+    by_id: dict[str, dict[str, Any]],
+    by_app_id: Callable[[str], dict[str, Any] | None],
+) -> dict[str, Any]:
+    """An application or service principal addressed by object id or by ``(appId='…')``."""
+    match = re.fullmatch(r"\(appId='([^']*)'\)", key)
+    found = by_app_id(match.group(1)) if match else by_id.get(key)
+    if found is None:
+        raise not_found(
+            f"Resource '{key}' does not exist or one of its queried reference-property objects "
+            "are not present."
+        )
+    return found
