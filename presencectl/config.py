@@ -294,16 +294,14 @@ def list_profiles(path: Path | None = None) -> list[str]:
     return sorted(read_config(path).get("profiles", {}))
 
 
-def write_config(doc: dict[str, Any], path: Path | None = None) -> None:
-    """Write the whole document atomically, 0600."""
-    import tomli_w
+def write_private_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with ``data``, readable by the owner only (0600).
 
-    path = path or config_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    data = tomli_w.dumps(doc).encode("utf-8")
-    # mkstemp creates the file 0600, so the secret-free but private config is never readable
-    # by others, not even for a moment; os.replace makes the switch atomic.
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".toml", dir=path.parent)
+    mkstemp creates the temporary file 0600, so the content is never readable by others, not even
+    for a moment; fsync + ``os.replace`` make the switch atomic (a crash leaves the old file or the
+    new one, never half of one). Used for config.toml and the secrets fallback file.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -313,6 +311,16 @@ def write_config(doc: dict[str, Any], path: Path | None = None) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_config(doc: dict[str, Any], path: Path | None = None) -> None:
+    """Write the whole document atomically, 0600."""
+    import tomli_w
+
+    path = path or config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    data = tomli_w.dumps(doc).encode("utf-8")
+    write_private_file(path, data)
 
 
 def save_profile(profile: Profile, path: Path | None = None) -> None:

@@ -14,11 +14,10 @@ import json
 import logging
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from presencectl.config import config_dir
+from presencectl.config import config_dir, write_private_file
 from presencectl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -139,16 +138,7 @@ def _read_file() -> dict[str, dict[str, str]]:
 def _write_file(data: dict[str, dict[str, str]]) -> None:
     path = fallback_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".secrets.", suffix=".json", dir=path.parent)  # 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private_file(path, json.dumps(data).encode("utf-8"))
 
 
 def _drop_from_file(profile: str, name: str) -> bool:

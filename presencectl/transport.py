@@ -21,7 +21,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from presencectl import __version__
@@ -282,3 +282,30 @@ def msal_http_client(
 ) -> MsalHttpClient:
     """An msal ``http_client`` that shares the profile's HTTP settings."""
     return MsalHttpClient(build_client(settings, transport=transport), settings.msal_port_fixes)
+
+
+def retry_after_seconds(
+    source: httpx.Response | Mapping[str, str], now: float | None = None
+) -> float | None:
+    """``Retry-After`` in seconds (delta-seconds or HTTP date); None if absent or unreadable.
+
+    Takes a response or any header mapping (a ``$batch`` member's plain dict), looked up
+    case-insensitively. Graph and Connect clients both use it.
+    """
+    import email.utils
+    import time
+
+    # A response carries .headers; a mapping is the headers (httpx stays lazily imported here).
+    headers = cast("Mapping[str, str]", source.headers if hasattr(source, "headers") else source)
+    value = next((str(v).strip() for k, v in headers.items() if k.lower() == "retry-after"), "")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

@@ -14,7 +14,6 @@ the client as methods, so the engine holds one object. Paths and names: ``connec
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import itertools
 import logging
 import random
@@ -27,7 +26,7 @@ import httpx
 
 from presencectl.connect import wire
 from presencectl.errors import ApiError, AuthError, ConfigError, NetworkError
-from presencectl.transport import HttpSettings, build_async_client, redact
+from presencectl.transport import HttpSettings, build_async_client, redact, retry_after_seconds
 
 if TYPE_CHECKING:
     from presencectl.config import Profile
@@ -56,24 +55,6 @@ class ConnectStats:
     retries: int = 0
     throttled: int = 0  # 429 answers
     throttle_wait_s: float = 0.0  # time spent waiting out Retry-After / backoff
-
-
-def retry_after_seconds(response: httpx.Response, now: float | None = None) -> float | None:
-    """The ``Retry-After`` header in seconds (delta or HTTP date); None when absent or invalid."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -277,7 +258,7 @@ class ConnectClient:
         if response is not None:
             if response.status_code == 429:
                 self.stats.throttled += 1
-            delay = retry_after_seconds(response)
+            delay = retry_after_seconds(response.headers)
             if delay is not None:
                 delay = min(delay, self.max_retry_after)
                 # Every request of this client waits it out, not just this one.

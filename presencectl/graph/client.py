@@ -13,7 +13,6 @@ A 401 forces one token refresh and one more try. Tokens never reach a log or an 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
 import time
@@ -32,7 +31,7 @@ from presencectl.graph.ratelimit import (
     endpoint_scope,
 )
 from presencectl.graph.tokens import TokenCache, TokenProvider
-from presencectl.transport import HttpSettings, build_async_client, redact
+from presencectl.transport import HttpSettings, build_async_client, redact, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -92,26 +91,6 @@ class BatchResult:
         if self.ok:
             return None
         return graph_error(self.status, self.body, self.headers, method, url)
-
-
-def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds or HTTP date); None if absent or unreadable."""
-    value = None
-    for key, v in headers.items():
-        if key.lower() == "retry-after":
-            value = str(v).strip()
-            break
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _error_fields(body: Any) -> tuple[str, str]:

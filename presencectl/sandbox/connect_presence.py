@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 APP_RESOURCE = "app"
 
+# The service's own ranking, written here independently of presencectl.mapping on purpose: the
+# sandbox stands in for Connect, so a mistake in the client's idea of the tiers must show up as
+# a test failure, not be copied into the stand-in.
 _TIERS: tuple[tuple[str, ...], ...] = (
     ("offline",),
     ("agent_available", "available"),
