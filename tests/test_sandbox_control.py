@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -59,6 +58,17 @@ def test_clock_faults_and_stats(sandbox: Any) -> None:
     ).json()
     assert faults["error_rate"] == 0.5 and faults["throttle_per_30s"] == 10
     assert sandbox.world.faults.throttle_per_30s == 10
+    unknown = sandbox.control.post("/_sandbox/faults", json={"eror_rate": 0.5})
+    assert unknown.status_code == 400 and "eror_rate" in unknown.json()["error"]["message"]
+    bad = sandbox.control.post(
+        "/_sandbox/faults", json={"error_rate": 0.1, "connect_aggregation": "loudest"}
+    )
+    assert bad.status_code == 400 and "connect_aggregation" in bad.json()["error"]["message"]
+    assert sandbox.world.faults.error_rate == 0.5  # all or nothing: the bad request changed nothing
+    switched = sandbox.control.post(
+        "/_sandbox/faults", json={"connect_aggregation": "last_writer", "hub_affinity_cookie": True}
+    ).json()
+    assert switched["connect_aggregation"] == "last_writer" and switched["hub_affinity_cookie"]
     sandbox.control.get("/_sandbox/health")
     sandbox.control.get("/_sandbox/health")
     stats = sandbox.control.get("/_sandbox/stats").json()
@@ -115,18 +125,13 @@ def test_organisation_is_deterministic_and_holds_the_mess() -> None:
     assert not azure_ids & {p.connect_id for p in people if p.connect_id}
 
 
-def test_fifty_thousand_people_build_fast_with_o1_lookups() -> None:
-    started = time.perf_counter()
+def test_fifty_thousand_people_have_consistent_lookups() -> None:
+    # Behaviour only: how fast the world builds and answers is a bench/ figure, not a test limit.
     world = World(users=50_000, seed=3)
-    elapsed = time.perf_counter() - started
     assert len(world.people) == 50_000
-    assert elapsed < 2.0, elapsed
     last = world.people[-1]
-    started = time.perf_counter()
-    for _ in range(10_000):
-        world.person_by_email(last.email.upper())
-        world.person_by_azure_id(last.azure_id or "")
-    assert time.perf_counter() - started < 0.2
+    assert world.person_by_email(last.email.upper()) is last
+    assert world.person_by_azure_id(last.azure_id or "") is last
     assert world.person_by_connect_id(last.connect_id or "") is last
 
 

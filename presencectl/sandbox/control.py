@@ -168,10 +168,12 @@ def control_routes(world: World) -> list[BaseRoute]:
             data = await json_body(request)
             if isinstance(data, JSONResponse):
                 return data
+            if not isinstance(data, dict):
+                return control_error(400, "invalid_faults", "send a JSON object of fault keys")
             try:
                 world.faults.update(data)
-            except (TypeError, ValueError):
-                return control_error(400, "invalid_faults", "fault values must be numbers")
+            except (TypeError, ValueError) as exc:
+                return control_error(400, "invalid_faults", str(exc))
         return JSONResponse(world.faults.to_dict())
 
     async def stats(request: Request) -> Response:

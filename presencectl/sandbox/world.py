@@ -21,8 +21,8 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 from presencectl.graph.permissions import APP_ROLES, DELEGATED_SCOPES, GRAPH_APP_ID
 
@@ -108,30 +108,68 @@ class Stats:
 
 @dataclass
 class Faults:
-    """Fault injection (POST /_sandbox/faults) and the presence throttle."""
+    """Fault injection (POST /_sandbox/faults) and the presence throttle.
 
+    Every key is declared here, typed, and off by default; the modules that serve a behaviour
+    read the key they own. Keys that model what no public source settles (the Connect rows)
+    let a test run the client against each plausible answer.
+    """
+
+    # transport-level faults and the Graph presence throttle
     error_rate: float = 0.0
     throttle_per_30s: int = 1500
     throttle_window: float = 30.0
     latency_ms: int = 0
     drop_rate: float = 0.0
+    outage_s: float = 0.0  # every request refused for that many seconds from when it is set
+    # Entra ID / Graph behaviours
+    replication_lag_s: float = 0.0
+    batch_envelope_status: int = 0
+    # Connect unknowns
+    feed_user_field: str = "userId"
+    hub_affinity_cookie: bool = False
+    connect_write_delay_s: float = 0.0
+    connect_aggregation: str = "rank"
+    connect_lenient_values: bool = False
+    connect_throttle_per_min: int = 0
+    # Graph change notifications
+    notify_drop_rate: float = 0.0
+    notify_delay_s: float = 0.0
+    lifecycle_reauthorize: bool = False
+
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "feed_user_field": ("userId", "unifiedUserId", "id", "user.id"),
+        "connect_aggregation": ("rank", "last_writer"),
+    }
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "error_rate": self.error_rate,
-            "throttle_per_30s": self.throttle_per_30s,
-            "throttle_window": self.throttle_window,
-            "latency_ms": self.latency_ms,
-            "drop_rate": self.drop_rate,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def update(self, values: dict[str, Any]) -> None:
-        for key in ("error_rate", "drop_rate", "throttle_window"):
-            if key in values and values[key] is not None:
-                setattr(self, key, float(values[key]))
-        for key in ("throttle_per_30s", "latency_ms"):
-            if key in values and values[key] is not None:
-                setattr(self, key, int(values[key]))
+        """Apply ``values`` all or nothing; a bad key or value raises ValueError naming it."""
+        known = {f.name: f for f in fields(self)}
+        staged: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ValueError(f"unknown fault key {key!r}; known: {', '.join(sorted(known))}")
+            if value is None:
+                continue
+            kind = type(getattr(self, key))
+            if kind is bool:
+                if not isinstance(value, bool):
+                    raise ValueError(f"{key!r} must be true or false")
+                staged[key] = value
+            elif kind is str:
+                if not isinstance(value, str) or value not in self.CHOICES.get(key, (value,)):
+                    choices = ", ".join(self.CHOICES.get(key, ()))
+                    raise ValueError(f"{key!r} must be one of: {choices}")
+                staged[key] = value
+            else:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                    raise ValueError(f"{key!r} must be a number >= 0")
+                staged[key] = kind(value)
+        for key, value in staged.items():
+            setattr(self, key, value)
 
 
 Listener = Callable[[str, dict[str, Any]], "Awaitable[None] | None"]
