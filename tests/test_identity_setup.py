@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -302,28 +303,101 @@ def test_consent_url_declined_and_timeout(sbx: Any, cli: Any) -> None:
 
     assert setup(cli, "setup-azure").exit_code == 0
     profile = load_profile("sandbox")
+    world = sbx.world
+    sp = world.service_principal_by_app_id(profile.client_id)
+    for key in [k for k, a in world.app_role_assignments.items() if a["principalId"] == sp["id"]]:
+        del world.app_role_assignments[key]
 
     listener = ConsentListener()
     with pytest.raises(AuthError) as timeout:
         listener.wait(timeout=0.3)
     assert timeout.value.code == "consent_timeout"
 
+    redirects: list[str] = []
+
     def decline(url: str) -> None:
+        # The admin presses Cancel: the sandbox answers with Entra's documented error redirect.
         def go() -> None:
-            state = url.split("state=")[1].split("&")[0]
-            port = url.split("localhost%3A")[1].split("%2F")[0]
-            httpx.get(
-                f"http://127.0.0.1:{port}/?error=access_denied&error_description=no&state={state}"
-            )
+            answer = sbx.control.get(url.replace(sbx.base_url, "") + "&sandbox_consent=decline")
+            location = answer.headers["location"]
+            redirects.append(location)
+            httpx.get(location.replace("http://localhost:", "http://127.0.0.1:"), timeout=5)
 
         threading.Thread(target=go, daemon=True).start()
 
-    with pytest.raises(AuthError) as declined:
-        import asyncio
+    import asyncio
 
+    with pytest.raises(AuthError) as declined:
         asyncio.run(
             core.consent_by_url(
                 profile, profile.client_id or "", profile.tenant_id or "", on_url=decline, timeout=5
             )
         )
+    # Entra's refusal shape (entra-docs v2-admin-consent.md): admin_consent=True *and* an error.
+    query = parse_qs(urlsplit(redirects[0]).query)
+    assert query["admin_consent"] == ["True"]
+    assert query["error"] == ["consent_required"]
+    assert query["error_description"][0].startswith("AADSTS65004")
     assert declined.value.code == "consent_declined"
+    assert declined.value.exit_code == 4
+    assert "AADSTS65004" in declined.value.message
+    assert "denied the request" in declined.value.message
+    assert "Trace ID" not in declined.value.message
+    assert world.app_roles_of(profile.client_id) == set()  # nothing recorded as granted
+
+
+def test_consent_redirect_with_error_and_admin_consent_is_a_refusal() -> None:
+    from presencectl.identity.consent_listener import ConsentListener
+
+    listener = ConsentListener()
+    done: list[Any] = []
+    thread = threading.Thread(target=lambda: done.append(listener.wait(timeout=5)), daemon=True)
+    thread.start()
+    httpx.get(
+        f"http://127.0.0.1:{listener.port}/",
+        params={
+            "admin_consent": "True",
+            "error": "consent_required",
+            "error_description": "AADSTS65004: The resource owner or authorization server denied "
+            "the request.\r\nTrace ID: x",
+            "state": listener.state,
+        },
+        timeout=5,
+    )
+    thread.join(5)
+    answer = done[0]
+    assert answer.granted is False
+    assert answer.error == "consent_required"
+    assert answer.aadsts == "AADSTS65004"
+
+
+def test_consent_redirect_tenant_is_compared_never_adopted(sbx: Any, cli: Any) -> None:
+    from presencectl.errors import AuthError
+    from presencectl.identity import setup as core
+
+    assert setup(cli, "setup-azure").exit_code == 0
+    profile = load_profile("sandbox")
+    other = "11111111-2222-3333-4444-555555555555"
+
+    def forged(url: str) -> None:
+        def go() -> None:
+            state = parse_qs(urlsplit(url).query)["state"][0]
+            port = urlsplit(parse_qs(urlsplit(url).query)["redirect_uri"][0]).port
+            httpx.get(
+                f"http://127.0.0.1:{port}/",
+                params={"admin_consent": "True", "tenant": other, "state": state},
+                timeout=5,
+            )
+
+        threading.Thread(target=go, daemon=True).start()
+
+    import asyncio
+
+    with pytest.raises(AuthError) as wrong:
+        asyncio.run(
+            core.consent_by_url(
+                profile, profile.client_id or "", profile.tenant_id or "", on_url=forged, timeout=5
+            )
+        )
+    assert wrong.value.code == "consent_wrong_tenant"
+    assert load_profile("sandbox").tenant_id == sbx.world.tenant_id

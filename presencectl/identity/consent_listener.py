@@ -2,14 +2,20 @@
 
 Owns: building the admin-consent URL for our app, and a one-shot HTTP listener on 127.0.0.1 (a
 random port) that waits for the identity platform's redirect, checks ``state``, answers the
-browser once with a short page, and reports ``admin_consent=True`` or the error. Requests without
-the right ``state`` (a stray favicon fetch, a forged link) are refused and the wait goes on until
-the timeout.
+browser once with a short page, and reports the grant or the refusal. Requests without the right
+``state`` (a stray favicon fetch, a forged link) are refused and the wait goes on until the timeout.
+
+``error`` is read before ``admin_consent``: Entra's error redirect carries ``admin_consent=True``
+too, to say that it answers an admin-consent request (entra-docs
+``docs/identity-platform/v2-admin-consent.md``, "Error response"). The ``tenant`` of the redirect is
+reported as given and never trusted (same page: "Never use the tenant ID value … to authenticate or
+authorize"): the caller compares it with the profile's and proves the grant through Graph.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import secrets as _random
 import threading
 import time
@@ -32,6 +38,17 @@ class ConsentAnswer:
     error: str = ""
     error_description: str = ""
 
+    @property
+    def aadsts(self) -> str:
+        """The AADSTS code(s) named in the description (``AADSTS65004``), for display only."""
+        return ", ".join(dict.fromkeys(re.findall(r"AADSTS\d+", self.error_description)))
+
+    @property
+    def summary(self) -> str:
+        """The description's first line (Entra appends trace and correlation ids on the next)."""
+        lines = self.error_description.replace("\r", "\n").splitlines()
+        return lines[0].strip() if lines else ""
+
 
 class _Server(HTTPServer):
     expected_state: str
@@ -50,7 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.answer is not None or query.get("state") != self.server.expected_state:
             self._reply(400, "This link is not the answer presencectl is waiting for.")
             return
-        if query.get("admin_consent", "").lower() == "true":
+        if not query.get("error") and query.get("admin_consent", "").lower() == "true":
             self.server.answer = ConsentAnswer(True, tenant=query.get("tenant", ""))
             self._reply(
                 200, "Admin consent granted. You can close this window and return to the terminal."
@@ -58,7 +75,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.server.answer = ConsentAnswer(
                 False,
-                error=query.get("error", "unknown_error"),
+                tenant=query.get("tenant", ""),
+                error=query.get("error") or "unknown_error",
                 error_description=query.get("error_description", ""),
             )
             self._reply(200, "Admin consent was not granted. Return to the terminal for details.")

@@ -20,6 +20,7 @@ progress reaches the CLI through ``on_step``.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -99,6 +100,14 @@ def _parse_time(text: str | None) -> datetime | None:
     except ValueError:
         return None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _is_guid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _odata_quote(value: str) -> str:
@@ -544,14 +553,29 @@ async def consent_by_url(
     on_url(listener.consent_url(profile.authority_url, tenant, client_id))
     answer = await asyncio.to_thread(listener.wait, timeout)
     if not answer.granted:
+        detail = answer.summary
+        if answer.aadsts and answer.aadsts not in detail:
+            detail = f"{answer.aadsts}: {detail}" if detail else answer.aadsts
         raise AuthError(
-            f"admin consent was not granted: {answer.error}"
-            + (
-                f" ({answer.error_description.splitlines()[0]})" if answer.error_description else ""
-            ),
-            hint="sign in to the consent page as a Global Administrator and accept",
+            f"admin consent was not granted: {answer.error}" + (f" ({detail})" if detail else ""),
+            hint="open the consent URL again signed in as a Global Administrator and choose Accept "
+            "(AADSTS65004 means the request was declined or cancelled), or run "
+            "`presencectl consent` without --consent-url to grant through Graph",
             code="consent_declined",
         )
+    # The redirect's tenant proves nothing (anyone can forge it, v2-admin-consent.md): it is only
+    # compared with the profile's, never adopted; Graph then shows what was really granted.
+    expected = (profile.tenant_id or "").lower()
+    if answer.tenant and _is_guid(expected) and answer.tenant.lower() != expected:
+        raise AuthError(
+            f"admin consent was answered for tenant {answer.tenant}, not the profile's tenant "
+            f"{profile.tenant_id}",
+            hint="sign in to the consent page with an admin of the profile's tenant, or fix "
+            "tenant_id (--tenant)",
+            code="consent_wrong_tenant",
+        )
+    if answer.tenant and answer.tenant.lower() != expected:
+        log.info("admin consent answered for tenant %s (profile: %s)", answer.tenant, expected)
 
 
 # ----------------------------------------------------------------------------------- the run

@@ -8,7 +8,8 @@ or Federated with an AD FS endpoint that fails as AD FS does) and the error bodi
 (``AADSTS…`` codes, ``error_codes``, trace and correlation ids, ``suberror``).
 
 Who "signs in" where a browser would: ``?sandbox_user=``, else ``login_hint``, else the
-``--auto-approve`` user, else ``admin@contoso.example``.
+``--auto-approve`` user, else ``admin@contoso.example``. ``?sandbox_consent=decline`` on the
+admin-consent URL plays an admin who presses Cancel (Entra's documented error redirect).
 
 Delegated scopes: the bootstrap client (Microsoft Graph Command Line Tools) gets what it asks for
 (Microsoft pre-consents it; admin-only scopes need a Global Administrator); any other client gets
@@ -424,6 +425,22 @@ class EntraEndpoints:
                 status_code=400,
             )
         person = self.signing_in_user(request)
+        # Error redirects carry admin_consent=True as well ("to indicate that this response
+        # occurred on an admin consent flow"), entra-docs v2-admin-consent.md "Error response".
+        if q.get("sandbox_consent") == "decline":
+            # The admin pressed Cancel on the consent page: the documented example, verbatim in
+            # shape (error=consent_required, AADSTS65004, trace/correlation ids on further lines).
+            return _redirect(
+                redirect_uri,
+                {
+                    "admin_consent": "True",
+                    "error": "consent_required",
+                    "error_description": "AADSTS65004: The resource owner or authorization server "
+                    f"denied the request.\r\nTrace ID: {uuid.uuid4()}\r\n"
+                    f"Correlation ID: {uuid.uuid4()}\r\nTimestamp: {_entra_timestamp()}",
+                    "state": state,
+                },
+            )
         if (
             person is None
             or GLOBAL_ADMIN not in person.roles
@@ -433,6 +450,7 @@ class EntraEndpoints:
             return _redirect(
                 redirect_uri,
                 {
+                    "admin_consent": "True",
                     "error": "access_denied",
                     "error_description": "AADSTS90094: Admin consent is required for the "
                     "permissions requested "
@@ -722,6 +740,12 @@ def _redirect_uris(app: dict[str, Any]) -> list[str]:
     for key in ("web", "publicClient", "spa"):
         uris += list((app.get(key) or {}).get("redirectUris") or [])
     return uris
+
+
+def _entra_timestamp() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _redirect(uri: str, params: dict[str, str | None]) -> Response:
