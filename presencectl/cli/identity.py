@@ -27,6 +27,7 @@ _MARKS = {
     "unchanged": "=",
     "failed": "✗",
     "skipped": "-",
+    "waiting": "…",
 }
 
 

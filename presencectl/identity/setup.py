@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from presencectl import secrets
 from presencectl.errors import ApiError, AuthError, ConfigError, PresencectlError
@@ -58,6 +58,7 @@ OK, FAILED, CREATED, UPDATED, UNCHANGED, SKIPPED = (
     "unchanged",
     "skipped",
 )
+WAITING = "waiting"  # progress only (never a step of the report)
 
 
 @dataclass
@@ -260,21 +261,33 @@ def required_resource_access() -> list[dict[str, Any]]:
 
 
 def application_body(name: str) -> dict[str, Any]:
+    """A new app registration: web redirect for the consent listener, no public-client URI.
+
+    Entra ID refuses a redirect URI repeated across platforms ("Redirect URIs must have distinct
+    values", MicrosoftDocs/azure-docs issue 89929); device code and password sign-in need no
+    redirect URI at all, only ``isFallbackPublicClient`` ("Allow public client flows").
+    """
     return {
         "displayName": name,
         "signInAudience": "AzureADMyOrg",
         # "Allow public client flows": the sync user's password sign-in needs it.
         "isFallbackPublicClient": True,
-        "publicClient": {"redirectUris": [LOCALHOST_REDIRECT]},
-        "web": {
-            "redirectUris": [LOCALHOST_REDIRECT]
-        },  # the admin-consent redirect (any localhost port)
+        # The admin-consent redirect (Entra ignores a localhost URI's port).
+        "web": {"redirectUris": [LOCALHOST_REDIRECT]},
         "requiredResourceAccess": required_resource_access(),
     }
 
 
+def _same_uri(a: str, b: str) -> bool:
+    return a.rstrip("/").lower() == b.rstrip("/").lower()
+
+
 def application_patch(app: dict[str, Any]) -> dict[str, Any]:
-    """What must change on an existing app registration (empty when nothing)."""
+    """What must change on an existing app registration (empty when nothing).
+
+    Repairs a registration made by an earlier presencectl, which put ``http://localhost`` on the
+    ``publicClient`` platform as well as on ``web``: the copy on any other platform goes.
+    """
     patch: dict[str, Any] = {}
     if app.get("isFallbackPublicClient") is not True:
         patch["isFallbackPublicClient"] = True
@@ -291,10 +304,15 @@ def application_patch(app: dict[str, Any]) -> dict[str, Any]:
             {"id": i, "type": t} for i, t in sorted(missing)
         ]
         patch["requiredResourceAccess"] = rra
-    for platform in ("publicClient", "web"):
+    for platform in ("publicClient", "spa"):
         uris = list((app.get(platform) or {}).get("redirectUris") or [])
-        if LOCALHOST_REDIRECT not in uris:
-            patch[platform] = {"redirectUris": [*uris, LOCALHOST_REDIRECT]}
+        kept = [u for u in uris if not _same_uri(u, LOCALHOST_REDIRECT)]
+        if kept != uris:
+            patch[platform] = {"redirectUris": kept}
+    web = dict(app.get("web") or {})
+    web_uris = list(web.get("redirectUris") or [])
+    if not any(_same_uri(u, LOCALHOST_REDIRECT) for u in web_uris):
+        patch["web"] = {**web, "redirectUris": [*web_uris, LOCALHOST_REDIRECT]}
     return patch
 
 
@@ -317,8 +335,77 @@ async def find_service_principal(graph: GraphClient, app_id: str) -> dict[str, A
     return found[0] if found else None
 
 
+# ------------------------------------------------------------------------------ replication
+
+REPLICATION_WAIT_S = 120.0
+REPLICATION_MESSAGE = "waiting for Entra ID to replicate the new app…"
+_MISSING_APPLICATION = "does not reference a valid application object"
+
+T = TypeVar("T")
+
+
+def is_replication_answer(exc: BaseException, *, just_created: bool) -> bool:
+    """Is ``exc`` one of the answers Entra ID gives while a new object replicates?
+
+    Exactly two (hashicorp/terraform-provider-azuread issue 581, hashicorp/vault-plugin-secrets-
+    azure issue 8): creating the service principal of a new app answers 400 "The appId '…' of the
+    service principal does not reference a valid application object."; addressing an object made
+    moments ago answers 404. Any other 4xx is a real error.
+    """
+    if not isinstance(exc, ApiError):
+        return False
+    if exc.status == 400 and _MISSING_APPLICATION in exc.message.lower():
+        return True
+    return just_created and exc.status == 404
+
+
+async def after_replication(
+    call: Callable[[], Awaitable[T]],
+    *,
+    just_created: bool,
+    on_step: StepCallback,
+    wait_s: float = REPLICATION_WAIT_S,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+) -> T:
+    """``call()``, retried with backoff (1, 2, 4 … 16 s) for up to ``wait_s`` while Entra ID
+    replicates a new object; progress is reported once through ``on_step``."""
+    import asyncio
+    import time
+
+    pause = sleep or asyncio.sleep
+    deadline = time.monotonic() + wait_s
+    delay = 1.0
+    told = False
+    while True:
+        try:
+            return await call()
+        except ApiError as exc:
+            if not is_replication_answer(exc, just_created=just_created):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ApiError(
+                    f"Entra ID had not replicated the new app after {int(wait_s)} s: {exc.message}",
+                    status=exc.status,
+                    hint="run `presencectl setup-azure` again in a few minutes; it reuses the "
+                    "app registration",
+                    code="replication_timeout",
+                ) from exc
+            if not told:
+                on_step(Step("Replication", WAITING, REPLICATION_MESSAGE))
+                told = True
+            log.info("Entra ID replication: %s; retrying in %.0f s", exc.message, delay)
+            await pause(min(delay, left))
+            delay = min(delay * 2, 16.0)
+
+
 async def ensure_application(
-    graph: GraphClient, *, client_id: str | None, name: str, on_step: StepCallback
+    graph: GraphClient,
+    *,
+    client_id: str | None,
+    name: str,
+    on_step: StepCallback,
+    replication_wait_s: float = REPLICATION_WAIT_S,
 ) -> tuple[dict[str, Any], list[Step]]:
     steps: list[Step] = []
     apps = await find_application(graph, app_id=client_id, name=name)
@@ -353,11 +440,18 @@ async def ensure_application(
             )
     else:
         app = await graph.post_json("/applications", application_body(name))
+        # Marks the app as made by this run: a 404 on it may be replication (after_replication).
+        app["_just_created"] = True
         steps.append(Step("App registration", CREATED, f"{name} ({app['appId']})"))
     on_step(steps[-1])
     sp = await find_service_principal(graph, app["appId"])
     if sp is None:
-        await graph.post_json("/servicePrincipals", {"appId": app["appId"]})
+        await after_replication(
+            lambda: graph.post_json("/servicePrincipals", {"appId": app["appId"]}),
+            just_created=bool(app.get("_just_created")),
+            on_step=on_step,
+            wait_s=replication_wait_s,
+        )
         steps.append(Step("Service principal", CREATED, f"for {app['appId']}"))
     else:
         steps.append(Step("Service principal", UNCHANGED, sp.get("id", "")))
@@ -366,7 +460,12 @@ async def ensure_application(
 
 
 async def ensure_client_secret(
-    graph: GraphClient, profile: Profile, app: dict[str, Any], *, on_step: StepCallback
+    graph: GraphClient,
+    profile: Profile,
+    app: dict[str, Any],
+    *,
+    on_step: StepCallback,
+    replication_wait_s: float = REPLICATION_WAIT_S,
 ) -> Step:
     """Keep a stored secret the app still knows and that is not about to expire; else add one."""
     now = datetime.now(UTC)
@@ -388,14 +487,19 @@ async def ensure_client_secret(
             on_step(step)
             return step
     end = now + timedelta(days=SECRET_LIFETIME_DAYS)
-    answer = await graph.post_json(
-        f"/applications/{app['id']}/addPassword",
-        {
-            "passwordCredential": {
-                "displayName": SECRET_DISPLAY_NAME,
-                "endDateTime": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            }
-        },
+    answer = await after_replication(
+        lambda: graph.post_json(
+            f"/applications/{app['id']}/addPassword",
+            {
+                "passwordCredential": {
+                    "displayName": SECRET_DISPLAY_NAME,
+                    "endDateTime": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                }
+            },
+        ),
+        just_created=bool(app.get("_just_created")),
+        on_step=on_step,
+        wait_s=replication_wait_s,
     )
     secret = (answer or {}).get("secretText")
     if not secret:
@@ -588,6 +692,7 @@ class SetupOptions:
     connect_account_email: str | None = None
     consent_url: bool = False
     consent_timeout: float = 600.0
+    replication_wait_s: float = REPLICATION_WAIT_S
 
 
 def graph_client_for(profile: Profile, provider: TokenProvider) -> GraphClient:
@@ -627,11 +732,16 @@ async def run_setup(
             client_id=options.client_id or profile.client_id,
             name=options.app_name,
             on_step=on_step,
+            replication_wait_s=options.replication_wait_s,
         )
         steps += app_steps
         profile.client_id = app["appId"]
         profile.verified["app_registration"] = today
-        steps.append(await ensure_client_secret(graph, profile, app, on_step=on_step))
+        steps.append(
+            await ensure_client_secret(
+                graph, profile, app, on_step=on_step, replication_wait_s=options.replication_wait_s
+            )
+        )
         save(profile)  # the app exists now: a failure below must not lose its id
         if options.consent_url:
             state = await consent_state(graph, app["appId"])

@@ -27,6 +27,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from presencectl.graph.permissions import GLOBAL_ADMIN_ROLE_TEMPLATE_ID
+from presencectl.sandbox.app_rules import (
+    duplicate_redirect_uri,
+    mark_created,
+    replicating,
+)
 from presencectl.sandbox.entra import add_app_role_assignment, add_permission_grant
 from presencectl.sandbox.errors import GraphError, bad_request, bearer_claims, not_found, require
 from presencectl.sandbox.world import GLOBAL_ADMIN, Claims, Person, World
@@ -355,9 +360,12 @@ class DirectoryEndpoints:
 
     # ------------------------------------------------------------------ applications
     def application(self, request: Request) -> dict[str, Any]:
-        return _by_key(
+        app = _by_key(
             request.path_params["app"], self.world.applications, self.world.application_by_app_id
         )
+        if replicating(self.world, app):
+            raise _not_found(request.path_params["app"])
+        return app
 
     def public_app(self, app: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in app.items() if not k.startswith("_")}
@@ -387,8 +395,15 @@ class DirectoryEndpoints:
             "notes": data.get("notes"),
             "publisherDomain": world.domain,
         }
+        duplicate = duplicate_redirect_uri(app)
+        if duplicate is not None:
+            raise duplicate
+        mark_created(world, app)
         world.add_application(app)
-        body = {"@odata.context": f"{self.base()}/$metadata#applications/$entity", **app}
+        body = {
+            "@odata.context": f"{self.base()}/$metadata#applications/$entity",
+            **self.public_app(app),
+        }
         return JSONResponse(body, status_code=201)
 
     async def list_applications(self, request: Request) -> Response:
@@ -441,6 +456,9 @@ class DirectoryEndpoints:
                 "'microsoft.graph.application'.",
                 code="Request_BadRequest",
             )
+        duplicate = duplicate_redirect_uri({**app, **data})
+        if duplicate is not None:
+            raise duplicate
         app.update(data)
         sp = self.world.service_principal_by_app_id(app["appId"])
         if sp is not None and "displayName" in data:
@@ -515,11 +533,14 @@ class DirectoryEndpoints:
 
     # ------------------------------------------------------------------ service principals
     def service_principal(self, request: Request) -> dict[str, Any]:
-        return _by_key(
+        sp = _by_key(
             request.path_params["sp"],
             self.world.service_principals,
             self.world.service_principal_by_app_id,
         )
+        if replicating(self.world, sp):
+            raise _not_found(request.path_params["sp"])
+        return sp
 
     async def create_service_principal(self, request: Request) -> Response:
         claims = self.claims(request)
@@ -528,7 +549,7 @@ class DirectoryEndpoints:
         world = self.world
         app_id = str(data.get("appId") or "")
         app = world.application_by_app_id(app_id)
-        if app is None:
+        if app is None or replicating(world, app):
             raise bad_request(
                 f"The appId '{app_id}' of the service principal does not reference a valid "
                 "application object.",
@@ -556,7 +577,11 @@ class DirectoryEndpoints:
                 "tags": data.get("tags", []),
             }
         )
-        body = {"@odata.context": f"{self.base()}/$metadata#servicePrincipals/$entity", **sp}
+        mark_created(world, sp)
+        body = {
+            "@odata.context": f"{self.base()}/$metadata#servicePrincipals/$entity",
+            **self.public_app(sp),
+        }
         return JSONResponse(body, status_code=201)
 
     async def list_service_principals(self, request: Request) -> Response:
@@ -566,13 +591,16 @@ class DirectoryEndpoints:
         sps = list(self.world.service_principals.values())
         if raw:
             sps = self.filter_objects(raw, sps, ("appId", "displayName", "id"), "servicePrincipal")
-        return self.collection(request, "servicePrincipals", sps)
+        return self.collection(request, "servicePrincipals", [self.public_app(sp) for sp in sps])
 
     async def get_service_principal(self, request: Request) -> Response:
         claims = self.claims(request)
         require(claims, app_roles=APP_READ, scopes=APP_READ)
         sp = self.service_principal(request)
-        body = {"@odata.context": f"{self.base()}/$metadata#servicePrincipals/$entity", **sp}
+        body = {
+            "@odata.context": f"{self.base()}/$metadata#servicePrincipals/$entity",
+            **self.public_app(sp),
+        }
         select = _select_param(request)
         return JSONResponse(_select(body, ["@odata.context", *select]) if select else body)
 
@@ -819,8 +847,12 @@ def _by_key(
     match = re.fullmatch(r"\(appId='([^']*)'\)", key)
     found = by_app_id(match.group(1)) if match else by_id.get(key)
     if found is None:
-        raise not_found(
-            f"Resource '{key}' does not exist or one of its queried reference-property objects "
-            "are not present."
-        )
+        raise _not_found(key)
     return found
+
+
+def _not_found(key: str) -> GraphError:
+    return not_found(
+        f"Resource '{key}' does not exist or one of its queried reference-property objects "
+        "are not present."
+    )
