@@ -58,7 +58,7 @@ def test_each_code_maps_to_its_stable_error(aadsts: int, code: str) -> None:
 def test_password_change_has_the_seeds_exact_message() -> None:
     err = classify(
         {
-            "error": "user_password_expired",
+            "error": "invalid_grant",
             "suberror": "user_password_expired",
             "error_codes": [50055],
         },

@@ -70,7 +70,7 @@ def test_msal_password_sign_in_for_the_admin(sandbox: Any) -> None:
         (["disabled"], True, 50057, "invalid_grant", None),
         (["locked"], True, 50053, "invalid_grant", None),
         ([], False, 50126, "invalid_grant", None),
-        (["must_change_password"], True, 50055, "user_password_expired", "user_password_expired"),
+        (["must_change_password"], True, 50055, "invalid_grant", "user_password_expired"),
         (["mfa_required"], True, 50076, "invalid_grant", "basic_action"),
         (["disabled", "must_change_password"], False, 50057, "invalid_grant", None),
     ],

@@ -558,7 +558,9 @@ class EntraEndpoints:
         if "federated" in person.flags or form.get("password", "") != person.password:
             return entra_error("invalid_grant", 50126)
         if "must_change_password" in person.flags:
-            return entra_error("user_password_expired", 50055, suberror="user_password_expired")
+            # A pending first-login password change: invalid_grant, and the suberror MSAL.NET
+            # classifies (InvalidGrantClassification.UserPasswordExpired).
+            return entra_error("invalid_grant", 50055, suberror="user_password_expired")
         if "mfa_required" in person.flags:
             return entra_error(
                 "invalid_grant", 50076, suberror="basic_action", resource=GRAPH_APP_ID
