@@ -346,7 +346,7 @@ def _prepare(
     checks = setup.check_app_permissions(profile)
     step(
         "consent --check",
-        "the app's own token carries " + ", ".join(c.permission for c in checks if c.granted),
+        "Graph lists as granted " + ", ".join(c.permission for c in checks if c.granted),
     )
     check_stop()
 

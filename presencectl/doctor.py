@@ -245,7 +245,6 @@ class Doctor:
         self.reachable: dict[str, bool] = {}
         self.dates: list[_ServerDate] = []
         self.app_provider: AppTokenProvider | None = None
-        self.app_claims: dict[str, Any] = {}
         self.contacts: list[ConnectContact] | None = None
 
     # -- running ---------------------------------------------------------------------------
@@ -449,7 +448,7 @@ class Doctor:
 
     # -- Azure -----------------------------------------------------------------------------
     async def check_app(self) -> Check:
-        from presencectl.identity.tokens import app_token_provider, jwt_claims
+        from presencectl.identity.tokens import app_token_provider
 
         p = self.profile
         assert p is not None
@@ -467,9 +466,8 @@ class Doctor:
             return skip(APP, f"skipped: {down[6:]} is unreachable")
         provider = app_token_provider(p)
         # force_refresh: a token from msal's cache would not prove the secret still works.
-        token = await asyncio.to_thread(provider, True)
+        await asyncio.to_thread(provider, True)
         self.app_provider = provider
-        self.app_claims = jwt_claims(token.token)
         return ok(APP, f"app {p.client_id} signed in to tenant {p.tenant_id}")
 
     def _graph(self) -> GraphClient:
@@ -523,25 +521,51 @@ class Doctor:
         )
 
     async def check_consent(self) -> Check:
-        from presencectl.graph.permissions import APP_ROLES
+        """The app's permissions, asked of Graph by using them (never read from its token).
+
+        A read of one user proves User.Read.All; a presence read of that user proves
+        Presence.Read.All or Presence.ReadWrite.All. Writing cannot be proved without writing:
+        `consent --check` lists the app role assignments for that.
+        """
+        from presencectl.errors import AuthError
+        from presencectl.graph.presence import get_presences
 
         if self.app_provider is None:
             return skip(CONSENT, "skipped: no app token (see the Azure app check)")
-        roles = set(self.app_claims.get("roles") or [])
-        missing = [name for name in APP_ROLES if name not in roles]
-        if missing:
+        down = self._unreachable(REACH_GRAPH)
+        if down:
+            return skip(CONSENT, f"skipped: {down[6:]} is unreachable")
+
+        def missing(permission: str) -> Check:
             return fail(
                 CONSENT,
-                "the app's token lacks " + ", ".join(missing),
-                "run `presencectl consent` as a Global Administrator",
+                f"Graph refused the app a call that needs {permission}",
+                "run `presencectl consent` as a Global Administrator; "
+                "`presencectl consent --check` lists what is granted",
                 "consent_missing",
                 ExitCode.AUTH,
             )
-        return ok(CONSENT, "the app's token holds " + ", ".join(APP_ROLES))
+
+        async with self._graph() as graph:
+            try:
+                page = await graph.get_json("/users", params={"$top": "1", "$select": "id"})
+            except AuthError:
+                return missing("User.Read.All")
+            users = [u for u in (page or {}).get("value") or [] if isinstance(u, dict)]
+            if users:
+                try:
+                    await get_presences(graph, [str(users[0].get("id") or "")])
+                except AuthError:
+                    return missing("Presence.Read.All or Presence.ReadWrite.All")
+        return ok(
+            CONSENT,
+            "Graph lets the app read users and presence "
+            "(`presencectl consent --check` lists every grant)",
+        )
 
     async def check_sync_user(self) -> Check:
         from presencectl.graph.permissions import DELEGATED_SCOPES
-        from presencectl.identity.tokens import jwt_claims, sync_user_token_provider
+        from presencectl.identity.tokens import sync_user_token_provider
 
         p = self.profile
         assert p is not None
@@ -551,9 +575,10 @@ class Doctor:
         if down:
             return skip(SYNC_USER, f"skipped: {down[6:]} is unreachable")
         provider = sync_user_token_provider(p)
-        token = await asyncio.to_thread(provider, False)
-        claims = {**jwt_claims(token.token), **provider.last_result_claims}
-        scopes = set(str(jwt_claims(token.token).get("scp") or "").split())
+        await asyncio.to_thread(provider, False)
+        # msal's id token claims and the response's scope, never the access token's claims.
+        claims = provider.last_result_claims
+        scopes = set(provider.last_scopes)
         needed = [s for s in DELEGATED_SCOPES if s.startswith("Presence")]
         missing = [s for s in needed if scopes and s not in scopes]
         if missing:

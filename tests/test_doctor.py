@@ -206,14 +206,25 @@ def test_missing_consent_is_exit_4(sbx: Any, cli: Any) -> None:
     world = sbx.world
     client_id = load_profile("sandbox").client_id
     sp = next(s for s in world.service_principals.values() if s["appId"] == client_id)
-    for key in [k for k, a in world.app_role_assignments.items() if a["principalId"] == sp["id"]]:
-        del world.app_role_assignments[key]
+    by_name = {r["id"]: r["value"] for r in world.graph_service_principal["appRoles"]}
+
+    def revoke(role: str) -> None:
+        for key, a in list(world.app_role_assignments.items()):
+            if a["principalId"] == sp["id"] and by_name.get(a["appRoleId"]) == role:
+                del world.app_role_assignments[key]
+
+    # Graph is asked by using the permission (the token's claims are never read).
+    revoke("Presence.ReadWrite.All")
     result = doctor_json(cli)
     assert result.exit_code == 4
     consent = checks_of(result)["Consent"]
     assert consent["status"] == "fail" and consent["code"] == "consent_missing"
     assert "Presence.ReadWrite.All" in consent["detail"]
     assert "presencectl consent" in consent["remedy"]
+
+    revoke("User.Read.All")
+    consent = checks_of(doctor_json(cli))["Consent"]
+    assert consent["status"] == "fail" and "User.Read.All" in consent["detail"]
 
 
 def _closed_port() -> int:

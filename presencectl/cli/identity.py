@@ -158,7 +158,11 @@ def setup_azure(
 
 def consent(
     ctx: typer.Context,
-    check: bool = typer.Option(False, "--check", help="Only verify, with the app's own token."),
+    check: bool = typer.Option(
+        False,
+        "--check",
+        help="Only verify: the app signs in, and Graph lists what is granted to it.",
+    ),
     device_code: bool = typer.Option(
         True, "--device-code/--browser", help="How the admin signs in."
     ),
@@ -182,8 +186,12 @@ def consent(
     app_ctx = _obj(ctx)
     profile = app_ctx.load_profile()
     if check:
-        checks = setup.check_app_permissions(profile)
-        app_ctx.render(checks, title="App permissions (client-credentials token)")
+        checks = setup.check_app_permissions(
+            profile,
+            method="device_code" if device_code else "browser",
+            on_message=_device_message,
+        )
+        app_ctx.render(checks, title="App permissions (granted, as Graph lists them)")
         return
     step = setup.consent(
         profile,

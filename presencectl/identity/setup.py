@@ -821,16 +821,46 @@ class ConsentCheck:
     granted: bool
 
 
-def check_app_permissions(profile: Profile) -> list[ConsentCheck]:
-    """``consent --check``: a client-credentials token; its ``roles`` must hold every app role.
+def check_app_permissions(
+    profile: Profile,
+    *,
+    method: str = "device_code",
+    on_message: Callable[[Any], None] = lambda message: None,
+) -> list[ConsentCheck]:
+    """``consent --check``: the app signs in, and Graph says what is granted to it.
 
-    Raises AuthError ``consent_missing`` listing each missing permission.
+    The app's client-credentials sign-in proves its secret and service principal. What it was
+    granted is then read from Graph — the app role assignments of its service principal and the
+    tenant-wide delegated grant — with the admin's sign-in (silent from the cache when
+    setup-azure or consent ran here), because a Graph access token is not ours to read
+    (Microsoft: it may change format or be encrypted) and the app's own permissions do not
+    include reading app registrations. Raises AuthError ``consent_missing`` listing each gap.
     """
-    from presencectl.identity.tokens import app_token_provider, jwt_claims
+    import asyncio
 
-    token = app_token_provider(profile)(True)
-    roles = set(jwt_claims(token.token).get("roles") or [])
-    checks = [ConsentCheck(name, "application", name in roles) for name in APP_ROLES]
+    from presencectl.identity.tokens import admin_sign_in, app_token_provider
+
+    client_id = profile.client_id
+    if not client_id:
+        raise ConfigError(
+            "the profile has no client_id",
+            hint="run `presencectl setup-azure` first",
+            code="config_missing",
+        )
+    app_token_provider(profile)(True)  # force_refresh: a cached token would not prove the secret
+    session = admin_sign_in(profile, method, on_message=on_message)
+
+    async def read() -> ConsentState:
+        async with graph_client_for(profile, session.provider) as graph:
+            return await consent_state(graph, client_id)
+
+    state = asyncio.run(read())
+    checks = [
+        ConsentCheck(name, "application", name not in state.app_roles_missing) for name in APP_ROLES
+    ] + [
+        ConsentCheck(name, "delegated", name not in state.scopes_missing)
+        for name in DELEGATED_SCOPES
+    ]
     missing = [c.permission for c in checks if not c.granted]
     if missing:
         raise AuthError(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from presencectl import secrets
 from presencectl.errors import ApiError, UsageError
 from presencectl.identity import msal_apps
-from presencectl.identity.tokens import SyncUserTokenProvider, jwt_claims
+from presencectl.identity.tokens import SyncUserTokenProvider
 
 if TYPE_CHECKING:
     from presencectl.config import Profile
@@ -64,16 +64,17 @@ def validate_sync_user(profile: Profile) -> SyncUserStatus:
     from presencectl.graph.presence import get_presences
 
     provider = SyncUserTokenProvider(profile)
-    token = provider(False)
-    claims = {**jwt_claims(token.token), **provider.last_result_claims}
-    object_id = str(claims.get("oid") or "")
+    provider(False)
+    # Who and what from msal (id token claims, the response's scope), never from the access token.
+    object_id = str(provider.last_result_claims.get("oid") or "")
 
     async def read() -> str:
+        nonlocal object_id
         async with GraphClient(profile.graph_url, provider, profile.http_settings()) as graph:
-            oid = object_id
-            if not oid:
+            if not object_id:
                 me = await graph.get_json("/me", params={"$select": "id"})
-                oid = str((me or {}).get("id") or "")
+                object_id = str((me or {}).get("id") or "")
+            oid = object_id
             presences = await get_presences(graph, [oid])
         found = presences.get(oid)
         if found is None:
@@ -84,7 +85,7 @@ def validate_sync_user(profile: Profile) -> SyncUserStatus:
         return f"{found.availability}/{found.activity}"
 
     presence = asyncio.run(read())
-    scopes = " ".join(sorted(str(claims.get("scp") or "").split()))
+    scopes = " ".join(provider.last_scopes)
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     profile.verified["sync_user"] = now
     save_profile(profile)

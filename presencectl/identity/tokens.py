@@ -17,8 +17,6 @@ device-code message reaches the CLI through the ``on_message`` callback.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
 import threading
@@ -54,15 +52,25 @@ SYNC_USER_SCOPES = tuple(f"{GRAPH_RESOURCE}/{name}" for name in DELEGATED_SCOPES
 SYNC_USERNAME_ENV = "PRESENCECTL_SYNC_USERNAME"
 
 
-def jwt_claims(token: str) -> dict[str, Any]:
-    """A JWT's payload, unverified (Graph verifies it; we only read tid, oid, roles, scp)."""
-    try:
-        payload = token.split(".")[1]
-        payload += "=" * (-len(payload) % 4)
-        data = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
-    except (IndexError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+def granted_scopes(result: dict[str, Any], requested: Sequence[str] = ()) -> list[str]:
+    """The delegated Graph scopes a token was granted, from msal's ``scope`` (never the token).
+
+    Access tokens for Graph are not ours to read (Microsoft: they may change format or be
+    encrypted). The token response's ``scope`` says what was granted; a token msal answers from
+    its cache has no ``scope``, but msal only returns a cached token whose scopes include every
+    requested one, so those are the answer then.
+    """
+    raw = result.get("scope")
+    names = str(raw).split() if raw else list(requested)
+    out: list[str] = []
+    for name in names:
+        short = name.rsplit("/", 1)[-1] if name.lower().startswith(GRAPH_RESOURCE) else name
+        if short and short not in OIDC_SCOPES and short not in out:
+            out.append(short)
+    return sorted(out)
+
+
+OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 
 
 def _require_client_id(profile: Profile) -> str:
@@ -163,7 +171,10 @@ class SyncUserTokenProvider:
         self._http_cache: dict[str, Any] = {}
         self._app: Any = None
         self._lock = threading.Lock()
+        # What msal documents about the last sign-in: the id token's claims (when one came) and
+        # the granted scopes (the response's ``scope``). Never read from the access token.
         self.last_result_claims: dict[str, Any] = {}
+        self.last_scopes: list[str] = []
 
     def _password_or_fail(self) -> str:
         password = self._password or secrets.get_secret(self.profile.name, secrets.SYNC_PASSWORD)
@@ -197,9 +208,8 @@ class SyncUserTokenProvider:
             raise classify(
                 result, who=self.username, tenant=self.profile.tenant_id or "", flow="password"
             )
-        self.last_result_claims = dict(result.get("id_token_claims") or {}) or jwt_claims(
-            result["access_token"]
-        )
+        self.last_result_claims = dict(result.get("id_token_claims") or {})
+        self.last_scopes = granted_scopes(result, SYNC_USER_SCOPES)
         return access_token_from_msal(result)
 
     def _password_sign_in(self, app: Any) -> dict[str, Any]:
@@ -383,17 +393,20 @@ def admin_sign_in(
             result or {}, who="the Azure admin", tenant=profile.tenant_id or "", flow="admin"
         )
     token = access_token_from_msal(result)
+    # Who signed in: the id token's claims (msal decodes and documents ``id_token_claims``), else
+    # msal's account record (a silent sign-in from the cache brings no id token).
     claims = dict(result.get("id_token_claims") or {})
-    claims = {**jwt_claims(token.token), **claims}
     account = None
     for candidate in app.get_accounts():
         if candidate.get("local_account_id") == claims.get("oid") or account is None:
             account = candidate
-    provider = AdminTokenProvider(app, cache, account, scopes, token, profile.authority)
+    known = account or {}
     return AdminSession(
-        provider=provider,
-        username=str(claims.get("preferred_username") or claims.get("upn") or ""),
-        tenant_id=str(claims.get("tid") or profile.tenant_id or ""),
-        object_id=str(claims.get("oid") or ""),
+        provider=AdminTokenProvider(app, cache, account, scopes, token, profile.authority),
+        username=str(
+            claims.get("preferred_username") or claims.get("upn") or known.get("username") or ""
+        ),
+        tenant_id=str(claims.get("tid") or known.get("realm") or profile.tenant_id or ""),
+        object_id=str(claims.get("oid") or known.get("local_account_id") or ""),
         claims=claims,
     )
