@@ -240,3 +240,57 @@ def test_list_users_reads_the_whole_directory(graph_sandbox: Any) -> None:
     assert {u.id for u in users} == set(people)
     for user in users:
         assert people[user.id].email.lower() in smtp_addresses(user)
+
+
+@pytest.mark.parametrize("envelope", [0, 424, 429])
+def test_a_batch_throttled_as_a_whole_loses_no_write_and_repeats_none(
+    graph_sandbox: Any, envelope: int
+) -> None:
+    """concepts/throttling.md: a throttled batch may fail whole with 424 (members keep their own
+    429 and Retry-After); json-batching.md: 200 with 429 members; or 429 for the whole batch."""
+    sb = graph_sandbox
+    tokens = MsalAppToken(sb)
+    sb.control.post(
+        "/_sandbox/faults",
+        json={"throttle_per_30s": 15, "throttle_window": 1.0, "batch_envelope_status": envelope},
+    ).raise_for_status()
+    sb.control.delete("/_sandbox/stats")
+    people = [p for p in sb.world.people if p.azure_id][:12]
+    envelopes: list[int] = []
+
+    async def go() -> list[Any]:
+        async with GraphClient(
+            sb.base_url + "/v1.0",
+            tokens,
+            tokens.settings,
+            limiter=RateLimiter(limit=1500, window=30.0),  # far above: the sandbox throttles
+        ) as client:
+            original = client._send
+
+            async def spy(method: str, url: str, **kw: Any) -> Any:
+                response = await original(method, url, **kw)
+                if url == "/$batch":
+                    envelopes.append(response.status_code)
+                return response
+
+            client._send = spy  # type: ignore[method-assign]
+            first = [PresenceWrite(p.azure_id or "", "Busy", "InACall") for p in people]
+            assert {
+                o.outcome for o in await set_presences_batch(client, tokens.client_id, first)
+            } == {Outcome.OK}
+            # 12 more presence requests within the second: 9 of them over the limit of 15.
+            second = [PresenceWrite(p.azure_id or "", "Available", "Available") for p in people]
+            return await set_presences_batch(client, tokens.client_id, second)
+
+    outcomes = asyncio.run(go())
+    assert [o.outcome for o in outcomes] == [Outcome.OK] * len(people)
+    stats = sb.control.get("/_sandbox/stats").json()
+    assert envelopes[0] == 200 and envelopes[1] == {0: 200, 424: 424, 429: 429}[envelope]
+    assert envelopes[-1] == 200 and stats["throttled"] >= 1
+    # Every write landed exactly once: none lost, none sent again after it had landed.
+    assert stats["writes"] == 2 * len(people)
+    for person in people:
+        teams = _teams(sb, person.email)
+        assert [s["session_id"] for s in teams["sessions"]] == [tokens.client_id]
+        assert (teams["availability"], teams["activity"]) == ("Available", "Available")
+    assert stats["in_retry_after_window"] == 0

@@ -36,7 +36,11 @@ from presencectl.transport import HttpSettings, build_async_client, redact, retr
 log = logging.getLogger(__name__)
 
 BATCH_MAX = 20
-RETRYABLE_MEMBER_STATUSES = frozenset({429, 503, 504})
+# 424 on a member: it did not run because the batch failed (no dependsOn is ever sent).
+RETRYABLE_MEMBER_STATUSES = frozenset({424, 429, 503, 504})
+# A $batch may fail as a whole: 424 (concepts/throttling.md, "Throttling and batching": the
+# throttled members keep their own 429 and Retry-After in the JSON content) or 429.
+WHOLE_BATCH_STATUSES = (424, 429)
 CONSENT_HINT = "run `presencectl consent` to grant (or re-grant) the presence permissions"
 
 
@@ -135,6 +139,20 @@ def graph_error(
             hint="Graph kept throttling; try again later or lower the request rate",
         )
     return ApiError(text, status=status, code="graph_error")
+
+
+def _whole_batch_result(
+    member_id: str, status: int, body: Any, response: httpx.Response
+) -> BatchResult:
+    """A member's result when its batch failed whole without member answers and retries ran out:
+    429 (it did not run), or 0 for a 424 (no answer: it may or may not have run)."""
+    headers = {str(k): str(v) for k, v in response.headers.items()}
+    if status == 429:
+        return BatchResult(member_id, 429, body, headers)
+    message = f"the $batch failed as a whole (HTTP {status}) without member answers"
+    return BatchResult(
+        member_id, 0, {"error": {"code": "batchFailed", "message": message}}, headers
+    )
 
 
 def _response_body(response: httpx.Response) -> Any:
@@ -332,8 +350,11 @@ class GraphClient:
     async def batch(self, requests: Sequence[BatchRequest]) -> list[BatchResult]:
         """Run ``requests`` through ``$batch`` (≤ 20 a request, chunks concurrent, bounded).
 
-        Members answered 429/503/504 are sent again (alone, in a new batch) after their
-        ``Retry-After``; the results come back in the order of ``requests``.
+        Members answered 424/429/503/504 are sent again (in a new batch) after their
+        ``Retry-After``; a member answered otherwise is never sent again. A batch that fails as a
+        whole (424 or 429) is read for its members' own answers where it carries them, else its
+        own ``Retry-After`` is waited and every member sent again (none of them ran). The results
+        come back in the order of ``requests``.
         """
         ids = [r.id for r in requests]
         if len(set(ids)) != len(ids):
@@ -367,6 +388,7 @@ class GraphClient:
                 headers=None,
                 units=units,
                 scope=scope,
+                ok_statuses=WHOLE_BATCH_STATUSES,
             )
             body = _response_body(response)
             answers: dict[str, Mapping[str, Any]] = {}
@@ -374,6 +396,23 @@ class GraphClient:
                 for item in body.get("responses") or []:
                     if isinstance(item, Mapping) and "id" in item:
                         answers[str(item["id"])] = item
+            if response.status_code in WHOLE_BATCH_STATUSES and not answers:
+                # Failed whole with no member answers: none of them ran (429), or we cannot tell
+                # (424 without content). Wait the envelope's Retry-After, then send them again.
+                status = response.status_code
+                self.metrics.throttled += 1
+                if attempt >= self.retry.max_attempts:
+                    for req in pending:
+                        results[req.id] = _whole_batch_result(req.id, status, body, response)
+                    break
+                ra = retry_after_seconds(response.headers)
+                wait = ra if ra is not None else self._delay(attempt)
+                log.info(
+                    "$batch answered %s as a whole; retrying its members in %.2fs", status, wait
+                )
+                self.limiter.note_retry_after(scope, wait)
+                self.metrics.retries += len(pending)
+                continue
             retry: list[BatchRequest] = []
             member_wait = 0.0
             for req, req_scope in zip(pending, scopes, strict=True):

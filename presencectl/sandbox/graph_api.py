@@ -34,6 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from presencectl.sandbox.batch_envelope import batch_answer, refuse_whole_batch
 from presencectl.sandbox.errors import GraphError, bad_request, bearer_claims, require
 from presencectl.sandbox.presence_control import control_routes
 from presencectl.sandbox.teams_presence import (
@@ -359,11 +360,14 @@ def _batch_endpoint(world: World) -> Callable[[Request], Awaitable[Response]]:
                     )
         except GraphError as exc:
             return exc.to_response(request)
+        refused = refuse_whole_batch(world, request, members)
+        if refused is not None:
+            return refused
         origin = str(uuid.uuid4())
         responses = []
         for member in members:
             responses.append(await _dispatch_member(request, member, origin))
-        return JSONResponse({"responses": responses})
+        return batch_answer(world, responses)
 
     return batch
 

@@ -92,6 +92,46 @@ class SlidingWindow:
         return None, False
 
 
+    def refuse_all(self, key: Any, now: float, limit: int, window: float, count: int) -> int | None:
+        """Would ``count`` more requests exceed the limit? Then start a Retry-After (returned,
+        seconds) and admit none of them; else None and nothing is counted (each is admitted on
+        its own afterwards)."""
+        client = self.clients.get(key)
+        if client is None:
+            client = self.clients[key] = ClientWindow()
+        if now < client.retry_until:
+            return max(1, math.ceil(client.retry_until - now))
+        accepted = client.accepted
+        horizon = now - window
+        while accepted and accepted[0] <= horizon:
+            accepted.popleft()
+        if limit <= 0 or len(accepted) + count <= limit:
+            return None
+        oldest = accepted[0] if accepted else now
+        wait = max(1, math.ceil(oldest + window - now))
+        client.retry_until = now + wait
+        client.retry_origin = None
+        client.retry_set_at = now
+        return wait
+
+
+def check_batch_throttle(world: World, claims: Claims, presence_members: int) -> int | None:
+    """For a ``$batch`` refused as a whole (fault ``batch_envelope_status`` 429): the Retry-After
+    when its presence members would not all fit under the limit, else None (nothing counted)."""
+    if presence_members <= 0:
+        return None
+    wait = _windows(world).refuse_all(
+        (claims.appid, claims.tid),
+        world.clock.now(),
+        int(world.faults.throttle_per_30s),
+        float(world.faults.throttle_window),
+        presence_members,
+    )
+    if wait is not None:
+        world.stats.throttled += 1
+    return wait
+
+
 def _windows(world: World) -> SlidingWindow:
     windows = world.throttle_state.get(_STATE_KEY)
     if windows is None:
