@@ -26,7 +26,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from presencectl.graph.permissions import GLOBAL_ADMIN_ROLE_TEMPLATE_ID
 from presencectl.sandbox.app_rules import (
     duplicate_redirect_uri,
     mark_created,
@@ -34,6 +33,7 @@ from presencectl.sandbox.app_rules import (
 )
 from presencectl.sandbox.entra import add_app_role_assignment, add_permission_grant
 from presencectl.sandbox.errors import GraphError, bad_request, bearer_claims, not_found, require
+from presencectl.sandbox.microsoft_ids import GLOBAL_ADMIN_ROLE_TEMPLATE_ID
 from presencectl.sandbox.world import GLOBAL_ADMIN, Claims, Person, World
 
 MAX_TOP = 999

@@ -36,8 +36,8 @@ from starlette.responses import (
 )
 from starlette.routing import BaseRoute, Route
 
-from presencectl.graph.permissions import GRAPH_APP_ID, GRAPH_RESOURCE
 from presencectl.sandbox.errors import entra_error
+from presencectl.sandbox.microsoft_ids import GRAPH_APP_ID, GRAPH_RESOURCE
 from presencectl.sandbox.world import (
     ADMIN_EMAIL,
     BOOTSTRAP_CLIENT_ID,

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from presencectl.graph.permissions import APP_ROLES, DELEGATED_SCOPES, GRAPH_APP_ID
+from presencectl.sandbox.microsoft_ids import GRAPH_APP_ID, GRAPH_APP_ROLE_IDS, GRAPH_SCOPE_IDS
 
 log = logging.getLogger(__name__)
 
@@ -39,29 +39,10 @@ DEFAULT_TOKEN_LIFETIME = 3600
 DEVICE_CODE_LIFETIME = 900
 REFRESH_TOKEN_LIFETIME = 90 * 24 * 3600
 
-# Every Graph permission the sandbox's Graph service principal exposes (ids as in the real tenant
-# where presencectl uses them; the others are fixed here).
-GRAPH_APP_ROLES: dict[str, str] = {
-    **APP_ROLES,
-    "Presence.Read.All": "a70e0c2d-e793-494c-94c4-118fa0a67f42",
-    "Directory.Read.All": "7ab1d382-f21e-4acd-a863-ba3e13f7da61",
-    "Application.ReadWrite.All": "1bfefb4e-e0b5-418b-a88f-73c46d2cc8e9",
-}
-GRAPH_SCOPES: dict[str, str] = {
-    **DELEGATED_SCOPES,
-    "Presence.Read": "76bc735e-aecd-4a1d-8b4c-2b915deabb79",
-    "Presence.ReadWrite": "8d3c54a7-cf58-4773-bf81-c0cd6ad522bb",
-    "User.Read.All": "a154be20-db9c-4678-8ab7-66f6cc099a59",
-    "User.ReadBasic.All": "b340eb25-3456-403f-be2f-af7a0d370277",
-    "Directory.Read.All": "06da0dbc-49e2-44d2-8312-53f166ab848a",
-    "Application.ReadWrite.All": "bdfbf15f-ee85-4955-8675-146e8e5296b5",
-    "AppRoleAssignment.ReadWrite.All": "84bccea3-f856-4a8a-967b-dbe0a3d53a64",
-    "DelegatedPermissionGrant.ReadWrite.All": "41ce6ca6-6826-4807-84f1-1c82854f7ee5",
-    "offline_access": "7427e0e9-2fba-42fe-b0c0-848c9e6a8182",
-    "openid": "37f7f235-527c-4136-accd-4a02d197296e",
-    "profile": "14dad69e-099b-42c9-810b-d002981feec1",
-    "email": "64a6cdd6-aab1-4aaf-94b8-3cc8405e90d0",
-}
+# Every Graph permission the sandbox's Graph service principal exposes: Microsoft's published ids
+# from the sandbox's own table (microsoft_ids.py), never the client's.
+GRAPH_APP_ROLES: dict[str, str] = dict(GRAPH_APP_ROLE_IDS)
+GRAPH_SCOPES: dict[str, str] = {name: sid for name, (sid, _) in GRAPH_SCOPE_IDS.items()}
 OIDC_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
 
 
@@ -529,7 +510,7 @@ class World:
                 {
                     "id": scope_id,
                     "value": name,
-                    "type": "Admin" if name.endswith(".All") else "User",
+                    "type": GRAPH_SCOPE_IDS[name][1],
                     "adminConsentDisplayName": name,
                     "adminConsentDescription": name,
                     "isEnabled": True,
