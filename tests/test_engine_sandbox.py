@@ -552,3 +552,23 @@ def test_a_user_that_fails_is_reported_with_exit_5_and_the_rest_sync(org: Org) -
     assert org.teams_pair(other.email) == "Busy/InACall"  # the rest synced
     error = result.stderr
     assert "Traceback" not in error
+
+
+def test_teams_presence_is_read_with_the_app_token(org: Org) -> None:
+    """getPresencesByUserId takes application Presence.Read(Write).All: no read needs the sync
+    user, so a sync user who cannot sign in right now does not stop teams-to-connect."""
+    from presencectl.identity import msal_apps
+
+    assert org.run("enable", "--direction", "teams-to-connect").exit_code == 0
+    person = org.people[0]
+    org.connect(person.email, "offline")
+    org.teams(person.email, "Busy", "InACall")
+    sync_user = org.sb.world.sync_user
+    sync_user.flags.add("disabled")  # its password sign-in now answers AADSTS50057
+    msal_apps.forget_cache("sandbox", msal_apps.SYNC_USER)  # no cached token to fall back on
+    result = org.sync()
+    assert result.exit_code == 0, result.stdout + result.stderr
+    shown = org.connect_shows(person.email)
+    assert [r["status"] for r in shown["resources"] if r["resource"] == "presencectl"] == [
+        "onphone"
+    ]

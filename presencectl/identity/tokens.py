@@ -2,9 +2,11 @@
 
 Owns:
 - :func:`app_token_provider` — our app registration's client-credentials token (application
-  permissions Presence.ReadWrite.All, User.Read.All): what the sync engine writes presence with.
+  permissions Presence.ReadWrite.All, User.Read.All): what the sync engine reads and writes
+  presence with.
 - :func:`sync_user_token_provider` — the dedicated sync user's delegated token (username and
-  password, silent first): what reads presence and holds presence subscriptions.
+  password, silent first): what owns presence change-notification subscriptions, which Graph
+  accepts with delegated permissions only.
 - :func:`admin_sign_in` — the Azure admin's delegated token (device code or browser) through a
   public bootstrap client, for setup-azure and consent.
 

@@ -181,8 +181,8 @@ class _Outcome:
 class SyncEngine:
     """Drives cycles over two live services and a state store.
 
-    ``graph`` writes (app token) and lists users; ``teams_reader`` reads presence (the sync
-    user's client, or ``graph``); ``session_id`` is our app's client id (the Teams sessionId).
+    ``graph`` writes (app token) and lists users; ``teams_reader`` reads presence (``graph``
+    from a profile: the app token); ``session_id`` is our app's client id (the Teams sessionId).
     """
 
     def __init__(
@@ -938,7 +938,7 @@ async def engine_for(
     from presencectl.connect.client import connect_client_for
     from presencectl.graph.client import GraphClient
     from presencectl.graph.ratelimit import RateLimiter
-    from presencectl.identity.tokens import app_token_provider, sync_user_token_provider
+    from presencectl.identity.tokens import app_token_provider
 
     if not profile.client_id:
         raise ConfigError(
@@ -951,11 +951,11 @@ async def engine_for(
     own_store = store is None
     store = store or StateStore.for_profile(profile.name)
     graph = GraphClient(profile.graph_url, app_token_provider(profile), settings, limiter=limiter)
+    # Presence is read with the app token in every direction: getPresencesByUserId accepts
+    # application Presence.Read.All or Presence.ReadWrite.All (which setup-azure grants). The
+    # sync user (still required for teams-to-connect) owns the delegated-only presence
+    # change-notification subscriptions instead.
     reader = graph
-    if options.direction.writes(Side.CONNECT) and profile.verified.get("sync_user"):
-        reader = GraphClient(
-            profile.graph_url, sync_user_token_provider(profile), settings, limiter=limiter
-        )
     connect = connect_client_for(profile)
     try:
         yield SyncEngine(
