@@ -58,6 +58,16 @@ class ConditionalAccessBlocked(SignInError):
     code = "conditional_access_blocked"
 
 
+class PolicyBlocked(SignInError):
+    """The admin's device-code sign-in refused by Conditional Access or security defaults."""
+
+    code = "mfa_or_policy_blocked"
+
+
+class SignInTimeout(SignInError):
+    code = "sign_in_timeout"
+
+
 class ConsentRequired(SignInError):
     code = "consent_required"
 
@@ -88,6 +98,13 @@ class DeviceCodeExpired(SignInError):
 
 class SignInDeclined(SignInError):
     code = "sign_in_declined"
+
+
+# Codes a Conditional Access or security-defaults block returns (entra-docs
+# reference-error-codes): 53003 BlockedByConditionalAccess (what a policy on "Authentication
+# flows: device code flow" answers), 530032 BlockedByConditionalAccessOnSecurityPolicy,
+# 530035 BlockedBySecurityDefaults, 50131 ConditionalAccessFailed.
+DEVICE_CODE_POLICY_CODES = frozenset({53003, 530032, 530035, 50131})
 
 
 def _codes(result: Mapping[str, Any]) -> tuple[int, ...]:
@@ -177,6 +194,16 @@ def classify(
             "Exclude the dedicated sync user from MFA: add it to the exclusions of the Conditional "
             "Access policy that requires MFA (or turn per-user MFA off for it). See "
             "docs/azure-setup.md.",
+        )
+    if flow == "admin" and code_set & DEVICE_CODE_POLICY_CODES:
+        return make(
+            PolicyBlocked,
+            f"Azure login error: your organisation's sign-in policy refused the device-code "
+            f"sign-in of {who}{tag}.",
+            "Sign in with a browser instead (`--browser`, on a machine with a browser), or ask "
+            "a Conditional Access administrator to exclude this account from the policy that "
+            "blocks device code flow (Entra admin center > Protection > Conditional Access > "
+            "the policy > Conditions > Authentication flows); the sign-in log names the policy.",
         )
     if 53003 in code_set:
         return make(

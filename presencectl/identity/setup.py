@@ -693,6 +693,7 @@ class SetupOptions:
     consent_url: bool = False
     consent_timeout: float = 600.0
     replication_wait_s: float = REPLICATION_WAIT_S
+    sign_in_timeout: float = 300.0  # --browser: give up (exit 4) when no redirect came by then
 
 
 def graph_client_for(profile: Profile, provider: TokenProvider) -> GraphClient:
@@ -892,7 +893,9 @@ def setup_azure(
 
     from presencectl.identity.tokens import admin_sign_in
 
-    session = admin_sign_in(profile, method, on_message=on_message)
+    session = admin_sign_in(
+        profile, method, on_message=on_message, timeout=options.sign_in_timeout
+    )
     on_step(
         Step("Azure sign-in", OK, f"{session.username or 'admin'} in tenant {session.tenant_id}")
     )

@@ -39,6 +39,7 @@ from presencectl.graph.tokens import AccessToken, TokenProvider, access_token_fr
 from presencectl.identity import msal_apps
 from presencectl.identity.errors import (
     SignInError,
+    SignInTimeout,
     classify,
     federated_error,
     network_error,
@@ -293,6 +294,48 @@ class AdminSession:
 
 
 METHODS = ("device_code", "browser")
+SIGN_IN_TIMEOUT_S = 300.0  # the browser sign-in never waits longer than this (exit 4 after)
+
+
+def browser_unavailable() -> str:
+    """Why no browser can be opened on this host ("" when one can).
+
+    msal opens the sign-in page with :mod:`webbrowser`; on a host with no display (SSH, a
+    container, CI) or no browser it would only log the URL and wait for a redirect that never
+    comes.
+    """
+    import sys
+    import webbrowser
+
+    if sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd")):
+        display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        if not display and not os.environ.get("WSL_DISTRO_NAME"):
+            return "no display (DISPLAY and WAYLAND_DISPLAY are not set)"
+    try:
+        webbrowser.get()
+    except webbrowser.Error:
+        return "no web browser is installed"
+    return ""
+
+
+def _browser_sign_in(
+    app: Any, scopes: Sequence[str], login_hint: str | None, timeout: float
+) -> dict[str, Any]:
+    """msal's interactive sign-in, bounded: msal raises when no redirect came in ``timeout``."""
+    from msal.oauth2cli.oauth2 import BrowserInteractionTimeoutError
+
+    try:
+        return dict(
+            app.acquire_token_interactive(
+                list(scopes), prompt="select_account", login_hint=login_hint, timeout=int(timeout)
+            )
+        )
+    except BrowserInteractionTimeoutError as exc:
+        raise SignInTimeout(
+            f"Azure login error: the browser sign-in was not completed within {int(timeout)} s.",
+            hint="Finish the sign-in in the browser that opened, or run again with --device-code "
+            "(the default) to sign in from any other device.",
+        ) from exc
 
 
 class AdminTokenProvider:
@@ -333,14 +376,17 @@ def admin_sign_in(
     profile: Profile,
     method: str = "device_code",
     *,
-    on_message: Callable[[DeviceCodePrompt], None],
+    on_message: Callable[[DeviceCodePrompt | str], None],
     client_id: str | None = None,
     scopes: Sequence[str] = ADMIN_SCOPES,
     login_hint: str | None = None,
+    timeout: float = SIGN_IN_TIMEOUT_S,
 ) -> AdminSession:
     """Sign the Azure admin in through the public bootstrap client: cached account first.
 
-    ``method`` is ``device_code`` (the message goes to ``on_message``) or ``browser``.
+    ``method`` is ``device_code`` (the message goes to ``on_message``) or ``browser``. A browser
+    sign-in on a host that cannot open one falls back to a device code (one line through
+    ``on_message``), and gives up after ``timeout`` seconds (``sign_in_timeout``, exit 4).
     """
     if method not in METHODS:
         raise UsageError(
@@ -357,6 +403,14 @@ def admin_sign_in(
             if result and "access_token" in result:
                 log.info("admin signed in silently from the token cache")
         if not result or "access_token" not in result:
+            if method == "browser":
+                why = browser_unavailable()
+                if why:
+                    on_message(
+                        f"Cannot open a browser here ({why}); signing in with a device "
+                        "code instead."
+                    )
+                    method = "device_code"
             if method == "device_code":
                 flow = app.initiate_device_flow(scopes=list(scopes))
                 if "user_code" not in flow:
@@ -376,9 +430,7 @@ def admin_sign_in(
                 )
                 result = app.acquire_token_by_device_flow(flow)
             else:
-                result = app.acquire_token_interactive(
-                    list(scopes), prompt="select_account", login_hint=login_hint, timeout=600
-                )
+                result = _browser_sign_in(app, scopes, login_hint, timeout)
     cache.save()
     if result and 65001 in (result.get("error_codes") or []):
         # The bootstrap client asks for directory-writing scopes that only a Global Administrator

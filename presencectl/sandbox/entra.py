@@ -63,6 +63,7 @@ class AuthCode:
     scopes: list[str]
     code_challenge: str | None
     expires_at: float
+    nonce: str | None = None  # OpenID Connect: echoed in the id token of this code's redemption
 
 
 def _split_scopes(raw: str | None) -> list[str]:
@@ -180,6 +181,7 @@ class EntraEndpoints:
         scopes: set[str],
         form: dict[str, str],
         requested: list[str],
+        nonce: str | None = None,
     ) -> Response:
         world = self.world
         access, claims = world.issue_token(
@@ -203,12 +205,12 @@ class EntraEndpoints:
                 client_id, str(person.azure_id), scopes, GRAPH_RESOURCE
             )
         if "openid" in requested or "profile" in requested:
-            body["id_token"] = self.id_token(client_id, person)
+            body["id_token"] = self.id_token(client_id, person, nonce)
         if form.get("client_info") == "1":
             body["client_info"] = b64url_json({"uid": person.azure_id, "utid": world.tenant_id})
         return JSONResponse(body, headers=NO_STORE)
 
-    def id_token(self, client_id: str, person: Person) -> str:
+    def id_token(self, client_id: str, person: Person, nonce: str | None = None) -> str:
         import time
 
         real_now = time.time()
@@ -226,6 +228,8 @@ class EntraEndpoints:
             "tid": self.world.tenant_id,
             "ver": "2.0",
         }
+        if nonce:
+            payload["nonce"] = nonce
         return self.world.encode_jwt(payload)
 
     # ------------------------------------------------------------------ metadata
@@ -393,10 +397,12 @@ class EntraEndpoints:
             _split_scopes(q.get("scope")),
             q.get("code_challenge"),
             self.world.clock.now() + 600,
+            q.get("nonce"),
         )
-        return _redirect(
-            redirect_uri, {"code": code, "state": state, "session_state": str(uuid.uuid4())}
-        )
+        answer = {"code": code, "state": state, "session_state": str(uuid.uuid4())}
+        if q.get("response_mode") == "form_post":
+            return _form_post(redirect_uri, answer)
+        return _redirect(redirect_uri, answer)
 
     # ------------------------------------------------------------------ admin consent
     async def adminconsent(self, request: Request) -> Response:
@@ -629,6 +635,11 @@ class EntraEndpoints:
             return entra_error("invalid_grant", 50034, user=code.approved_by, tenant=world.domain)
         if "disabled" in person.flags:
             return entra_error("invalid_grant", 50057)
+        if "device_code_blocked" in person.flags:
+            # A Conditional Access policy on "Authentication flows: device code flow"
+            # (entra-docs concept-authentication-flows) refuses the token: BlockedByConditional-
+            # Access (reference-error-codes).
+            return entra_error("invalid_grant", 53003)
         requested = code.scopes
         scopes, error = self.delegated_grant(client_id, kind, app, person, requested)
         if error is not None:
@@ -670,7 +681,7 @@ class EntraEndpoints:
         scopes, error = self.delegated_grant(client_id, kind, app, person, requested)
         if error is not None:
             return error
-        return self.user_token_response(client_id, person, scopes, form, requested)
+        return self.user_token_response(client_id, person, scopes, form, requested, code.nonce)
 
     # ------------------------------------------------------------------ routes
     def routes(self) -> list[BaseRoute]:
@@ -742,6 +753,26 @@ def _redirect_uris(app: dict[str, Any]) -> list[str]:
     for key in ("web", "publicClient", "spa"):
         uris += list((app.get(key) or {}).get("redirectUris") or [])
     return uris
+
+
+def _form_post(uri: str, params: dict[str, str | None]) -> Response:
+    """``response_mode=form_post`` (OpenID Connect Form Post Response Mode): a page whose form
+    POSTs the answer to the redirect URI — what msal's loopback listener accepts."""
+    from html import escape
+
+    fields = "".join(
+        f'<input type="hidden" name="{escape(k)}" value="{escape(v)}"/>'
+        for k, v in params.items()
+        if v is not None
+    )
+    page = (
+        "<html><head><title>Working...</title></head><body>"
+        f'<form method="POST" name="hiddenform" action="{escape(uri)}">{fields}'
+        "<noscript><p>Script is disabled. Click Submit to continue.</p>"
+        '<input type="submit" value="Submit"/></noscript></form>'
+        "<script>document.forms[0].submit();</script></body></html>"
+    )
+    return HTMLResponse(page)
 
 
 def _entra_timestamp() -> str:

@@ -159,6 +159,8 @@ ENTRA_MESSAGES: dict[int, str] = {
     "a new "
     "location, you must use multi-factor authentication to access '{resource}'.",
     50126: "Error validating credentials due to invalid username or password.",
+    53003: "Access has been blocked by Conditional Access policies. The access policy does not "
+    "allow token issuance.",
     65001: "The user or administrator has not consented to use the application with ID "
     "'{client_id}' "
     "named '{app_name}'. Send an interactive authorization request for this user and resource.",

@@ -34,7 +34,14 @@ SYNC_EMAIL = f"presence-sync@{DOMAIN}"
 BOOTSTRAP_CLIENT_ID = "14d82eec-204b-4c2f-b7e8-296a70dab67e"  # Microsoft Graph Command Line Tools
 GLOBAL_ADMIN = "Global Administrator"
 SECURITY_MANAGER = "Security Manager"
-FLAGS = ("must_change_password", "mfa_required", "locked", "disabled", "federated")
+FLAGS = (
+    "must_change_password",
+    "mfa_required",
+    "locked",
+    "disabled",
+    "federated",
+    "device_code_blocked",  # a Conditional Access policy blocks device code flow for this user
+)
 DEFAULT_TOKEN_LIFETIME = 3600
 DEVICE_CODE_LIFETIME = 900
 REFRESH_TOKEN_LIFETIME = 90 * 24 * 3600
