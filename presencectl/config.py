@@ -22,6 +22,9 @@ Layout::
     connect_api_url = "https://api.univerge.blue"
     connect_client_id = "…"
     connect_account_email = "…"
+    connect_directory_scope = "api.service.address-book"   # one api.service.* scope, no api.user.*
+    connect_resource_id = "…"             # our Connect session (a GUID), made on first use
+    connect_rate_per_min = 250            # Connect requests a minute, this client (0 = no budget)
     enabled_direction = "both"            # absent = sync disabled
     [profiles.NAME.verified]              # what setup-azure / consent / validate proved, with dates
     [profiles.NAME.mapping.teams_to_connect]   # overrides: "Busy/InAMeeting" = "meeting"
@@ -68,6 +71,9 @@ class Profile:
     connect_api_url: str = "https://api.univerge.blue"
     connect_client_id: str | None = None
     connect_account_email: str | None = None
+    connect_directory_scope: str = "api.service.address-book"
+    connect_resource_id: str | None = None
+    connect_rate_per_min: int = 250
     enabled_direction: str | None = None
     verified: dict[str, Any] = field(default_factory=dict)
     mapping: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -108,6 +114,7 @@ class Profile:
 
 _KNOWN_KEYS = {f.name for f in fields(Profile)} - {"name"}
 _TOP_LEVEL_KEYS = ("profiles",)
+_INT_KEYS = ("connect_rate_per_min",)
 _URL_KEYS = ("authority_url", "graph_url", "connect_login_url", "connect_api_url")
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
@@ -209,6 +216,12 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
                     f"{where}: key '{f.name}' must be a table, not {_toml_type(value)}",
                     hint=f"write it as [profiles.{name}.{f.name}]",
                 )
+        elif f.name in _INT_KEYS:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(
+                    f"{where}: key '{f.name}' must be a whole number >= 0, not {value!r}",
+                    hint=f"write it as {f.name} = 250 (0 = no limit)",
+                )
         elif not isinstance(value, str):
             raise ConfigError(
                 f"{where}: key '{f.name}' must be a string, not {_toml_type(value)}",
@@ -231,6 +244,13 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
                 f"{where}: key '{key}' is plain http to a remote host: {url!r}",
                 hint="use https:// (plain http is allowed only to loopback, e.g. a local sandbox)",
             )
+    scope = profile.connect_directory_scope.strip()
+    if not scope or len(scope.split()) != 1 or scope.lower().startswith("api.user."):
+        raise ConfigError(
+            f"{where}: key 'connect_directory_scope' is {profile.connect_directory_scope!r}",
+            hint="one api.service.* scope (default api.service.address-book): client credentials "
+            "cannot use api.user.* scopes, which belong to user sign-in",
+        )
     if profile.proxy is not None and not _is_url(profile.proxy, _PROXY_SCHEMES):
         raise ConfigError(
             f"{where}: key 'proxy' is not a proxy URL: {profile.proxy!r}",

@@ -639,18 +639,15 @@ class Doctor:
                 ExitCode.CONFIG,
             )
         email = contact.email or wanted
-        if SECURITY_MANAGER.lower() not in {r.lower() for r in contact.roles}:
-            return fail(
-                ACCOUNT_CONTACT,
-                f"{email} does not hold the Security Manager role",
-                "assign the Security Manager role to the account contact in Control Panel",
-                "prerequisite_security_manager",
-                ExitCode.CONFIG,
-            )
+        # Connect's contacts carry no roles (extend-dotnet-sdk Contact.cs): the Security Manager
+        # role cannot be seen through the API, only confirmed in Control Panel.
+        role_note = f"the {SECURITY_MANAGER} role cannot be seen through the API: confirm it in "
+        role_note += "Control Panel"
         if not p.admin_email:
             return warn(
                 ACCOUNT_CONTACT,
-                f"{email} holds Security Manager; the Azure admin's email is not recorded",
+                f"{email} is a Connect contact ({role_note}); the Azure admin's email is not "
+                "recorded",
                 "run `presencectl setup-azure`: it checks that both emails are identical",
                 "admin_email_unknown",
             )
@@ -663,7 +660,7 @@ class Doctor:
                 "prerequisite_email_mismatch",
                 ExitCode.CONFIG,
             )
-        return ok(ACCOUNT_CONTACT, f"{email} holds Security Manager, same email as the Azure admin")
+        return ok(ACCOUNT_CONTACT, f"{email}, same email as the Azure admin; {role_note}")
 
     # -- matching --------------------------------------------------------------------------
     async def check_matching(self) -> Check:

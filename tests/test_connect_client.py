@@ -1,5 +1,6 @@
-"""The Connect REST client against a fake Connect on httpx.MockTransport: token caching and
-refresh, retries and Retry-After, paging, presence reads/writes/clears, error mapping."""
+"""The Connect REST client against a fake Connect on httpx.MockTransport: one token per scope,
+caching and refresh, the request budget, retries and Retry-After, the directory's page shape,
+presence reads/writes/clears under our GUID resource, error bodies and their mapping."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from presencectl.connect import ConnectClient, connect_client_for, wire
 from presencectl.errors import ApiError, AuthError, ConfigError, ExitCode, NetworkError
 from presencectl.secrets import CONNECT_CLIENT_SECRET, set_secret
 
+RESOURCE = "0f8fad5b-d9cb-469f-a165-70867728950e"
 LOGIN = "https://login.example.test"
 API = "https://api.example.test"
 
@@ -47,21 +49,25 @@ class FakeConnect:
         self.tokens_issued = 0
         self.expires_in = 3600
         self.valid_tokens: set[str] = set()
+        self.token_scopes: dict[str, str] = {}
+        self.scopes_asked: list[str] = []
         self.token_error: str | None = None
         self.requests: list[httpx.Request] = []
         self.request_times: list[float] = []
         self.script: dict[tuple[str, str], list[Callable[[httpx.Request], httpx.Response]]] = {}
         self.presence: dict[str, str] = {"u1": "available", "u2": "onphone", "u3": "agent_meh"}
-        self.sessions: dict[str, str] = {}
-        self.contacts = [
+        self.sessions: dict[tuple[str, str], str] = {}  # (user, resource) -> value
+        self.contacts: list[dict[str, Any]] = [
             {
                 "id": f"c{i}",
+                "type": "user",
                 "displayName": f"Person {i}",
                 "email": f"p{i}@contoso.example",
-                "roles": ["Security Manager"] if i == 0 else [],
+                "pbx": {"enabled": True, "extension": f"10{i}"},
+                "messaging": {"jid": f"c{i}@xmpp.example", "enabled": True},
             }
-            for i in range(7)
-        ]
+            for i in range(6)
+        ] + [{"id": "r1", "type": "room", "displayName": "Board Room", "email": "room@c.example"}]
 
     def answer_next(
         self, method: str, path: str, *answers: Callable[[httpx.Request], httpx.Response]
@@ -77,24 +83,30 @@ class FakeConnect:
             return scripted.pop(0)(request)
         if request.url.host == "login.example.test" and path == wire.TOKEN_PATH:
             return self._token(request)
-        auth = request.headers.get("authorization", "")
-        if auth.removeprefix("Bearer ") not in self.valid_tokens:
+        auth = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if auth not in self.valid_tokens:
             return httpx.Response(401, json={"error": "invalid_token"})
+        needed = "api.service.address-book" if path == wire.CONTACTS_PATH else wire.MESSAGING_SCOPE
+        if self.token_scopes[auth] != needed:
+            return httpx.Response(403, json={"message": f"missing scope {needed}"})
         if path == wire.CONTACTS_PATH:
+            assert request.url.params["fields"] == "_all"
+            size = int(request.url.params["count"])
             offset = int(request.url.params.get("offsetToken", "0"))
-            page = self.contacts[offset : offset + 3]
+            page = self.contacts[offset : offset + min(size, 3)]
             token = str(offset + 3) if offset + 3 < len(self.contacts) else None
-            return httpx.Response(200, json={"contacts": page, "offsetToken": token})
+            return httpx.Response(200, json={"results": page, "nextPageOffsetToken": token})
         user = path.rsplit("/", 1)[-1]
+        resource = request.url.params.get("resource", "")
         if request.method == "GET":
             if user not in self.presence:
                 return httpx.Response(404, json={"error": "not found"})
             return httpx.Response(200, json={"presence": self.presence[user]})
         if request.method == "PUT":
-            self.sessions[user] = json.loads(request.content)["presence"]
+            self.sessions[(user, resource)] = json.loads(request.content)["presence"]
             return httpx.Response(204)
         if request.method == "DELETE":
-            if self.sessions.pop(user, None) is None:
+            if self.sessions.pop((user, resource), None) is None:
                 return httpx.Response(404)
             return httpx.Response(204)
         return httpx.Response(405)
@@ -102,12 +114,13 @@ class FakeConnect:
     def _token(self, request: httpx.Request) -> httpx.Response:
         form = dict(httpx.QueryParams(request.content.decode()))
         assert form["grant_type"] == "client_credentials"
-        assert form["scope"] == wire.SCOPE
+        self.scopes_asked.append(form["scope"])
         if self.token_error or form["client_secret"] != "s3cret":
             return httpx.Response(400, json={"error": self.token_error or "invalid_client"})
         self.tokens_issued += 1
         token = f"tok{self.tokens_issued}"
         self.valid_tokens.add(token)
+        self.token_scopes[token] = form["scope"]
         return httpx.Response(
             200, json={"access_token": token, "token_type": "Bearer", "expires_in": self.expires_in}
         )
@@ -132,6 +145,8 @@ def make_client(
     fake: FakeConnect, clock: FakeClock, secret: str = "s3cret", **kwargs: Any
 ) -> ConnectClient:
     kwargs.setdefault("max_attempts", 4)
+    kwargs.setdefault("rate_per_min", 0)  # the budget has its own tests
+    kwargs.setdefault("resource_id", RESOURCE)
     return ConnectClient(
         LOGIN,
         API,
@@ -263,19 +278,67 @@ async def test_other_4xx_are_not_retried(fake: FakeConnect, clock: FakeClock) ->
 
 
 @pytest.mark.anyio
-async def test_directory_follows_offset_token(fake: FakeConnect, clock: FakeClock) -> None:
+async def test_directory_follows_next_page_offset_token(
+    fake: FakeConnect, clock: FakeClock
+) -> None:
     async with make_client(fake, clock) as client:
-        contacts = await client.list_contacts()
-    assert [c.id for c in contacts] == [f"c{i}" for i in range(7)]
-    assert contacts[0].roles == ("Security Manager",)
-    assert contacts[3].email == "p3@contoso.example" and contacts[3].display_name == "Person 3"
+        users = await client.list_contacts()
+        everyone = await client.list_contacts(users_only=False)
+    assert [c.id for c in users] == [f"c{i}" for i in range(6)]  # the room is not a user
+    assert [c.id for c in everyone] == [*(f"c{i}" for i in range(6)), "r1"]
+    third = users[3]
+    assert third.email == "p3@contoso.example" and third.display_name == "Person 3"
+    assert (third.type, third.pbx_enabled, third.extension) == ("user", True, "103")
+    assert (third.messaging_enabled, third.jid) == (True, "c3@xmpp.example")
     pages = [r for r in fake.requests if r.url.path == wire.CONTACTS_PATH]
-    assert [r.url.params.get("offsetToken") for r in pages] == [None, "3", "6"]
+    assert [r.url.params.get("offsetToken") for r in pages[:3]] == [None, "3", "6"]
+    assert {r.url.params["count"] for r in pages} == {str(wire.PAGE_SIZE)}
+    # one token per scope: the directory's and messaging's are never the same request
+    assert fake.scopes_asked == ["api.service.address-book"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"contacts": [{"id": "c1", "email": "a@b.example"}], "offsetToken": None},  # the old shape
+        {"nextPageOffsetToken": None},
+        {"results": None, "nextPageOffsetToken": None},
+        {"results": {"id": "c1"}},
+        [],
+    ],
+)
+@pytest.mark.anyio
+async def test_a_page_without_results_is_a_bad_answer_not_an_empty_directory(
+    fake: FakeConnect, clock: FakeClock, body: Any
+) -> None:
+    fake.answer_next("GET", wire.CONTACTS_PATH, lambda r: httpx.Response(200, json=body))
+    async with make_client(fake, clock) as client:
+        with pytest.raises(ApiError) as err:
+            await client.list_contacts()
+    assert err.value.code == "connect_bad_response"
+    assert "results" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "is_user"),
+    [
+        ({"id": "a", "type": "user"}, True),
+        ({"id": "a", "type": "User"}, True),
+        ({"id": "a"}, True),  # no type: taken for a user (the field is undocumented)
+        ({"id": "a", "type": "sharedContact"}, False),
+        ({"id": "a", "type": "room"}, False),
+    ],
+)
+def test_only_user_contacts_are_users(raw: dict[str, Any], is_user: bool) -> None:
+    from presencectl.connect.directory import parse_contact
+
+    contact = parse_contact(raw)
+    assert contact is not None and contact.is_user is is_user
 
 
 @pytest.mark.anyio
 async def test_directory_paging_loop_is_an_error(fake: FakeConnect, clock: FakeClock) -> None:
-    page = httpx.Response(200, json={"contacts": [], "offsetToken": "same"})
+    page = httpx.Response(200, json={"results": [], "nextPageOffsetToken": "same"})
     fake.answer_next("GET", wire.CONTACTS_PATH, lambda r: page, lambda r: page)
     async with make_client(fake, clock) as client:
         with pytest.raises(ApiError, match="repeats"):
@@ -287,13 +350,31 @@ async def test_set_and_clear_our_session(fake: FakeConnect, clock: FakeClock) ->
     async with make_client(fake, clock) as client:
         await client.set_presence("u1", "onphone")
         put = next(r for r in fake.requests if r.method == "PUT")
-        assert put.url.params["resource"] == "presencectl"
+        assert put.url.params["resource"] == RESOURCE
         assert json.loads(put.content) == {"presence": "onphone"}
-        assert fake.sessions == {"u1": "onphone"}
+        assert fake.sessions == {("u1", RESOURCE): "onphone"}
         assert await client.clear_presence("u1") is True
         assert await client.clear_presence("u1") is False  # 404: already gone
         delete = next(r for r in fake.requests if r.method == "DELETE")
-        assert delete.url.params["resource"] == "presencectl"
+        assert delete.url.params["resource"] == RESOURCE
+    assert fake.scopes_asked == [wire.MESSAGING_SCOPE]
+
+
+@pytest.mark.parametrize(
+    ("answer", "cleared"),
+    [(204, True), (404, False), (400, False)],  # 400: Connect refuses non-GUID resource names
+)
+@pytest.mark.anyio
+async def test_the_legacy_session_is_cleared_by_its_old_name(
+    fake: FakeConnect, clock: FakeClock, answer: int, cleared: bool
+) -> None:
+    fake.answer_next(
+        "DELETE", wire.presence_path("u1"), lambda r: httpx.Response(answer, json={})
+    )
+    async with make_client(fake, clock) as client:
+        assert await client.clear_legacy_presence("u1") is cleared
+    delete = next(r for r in fake.requests if r.method == "DELETE")
+    assert delete.url.params["resource"] == "presencectl"
 
 
 @pytest.mark.anyio
@@ -383,5 +464,94 @@ def test_retry_after_parsing() -> None:
 
 def test_wire_helpers() -> None:
     assert wire.format_ttl(1800) == "00:30:00"
+    assert wire.format_ttl(120) == "00:02:00"
+    assert wire.format_ttl(86399) == "23:59:59"
+    assert wire.format_ttl(86400) == "1.00:00:00"  # .NET TimeSpan: days from one day on
+    assert wire.format_ttl(2 * 86400 + 3723) == "2.01:02:03"
     assert wire.subscription_body() == {"events": ["*"], "ttl": "00:30:00"}
     assert wire.presence_path("a/b") == "/messaging/v1/presence/accounts/_me/users/a%2Fb"
+
+
+@pytest.mark.anyio
+async def test_one_token_per_scope_each_cached(fake: FakeConnect, clock: FakeClock) -> None:
+    async with make_client(fake, clock) as client:
+        await client.list_contacts()
+        await client.get_presence("u1")
+        await client.list_contacts()
+        await client.set_presence("u2", "busy")
+    assert fake.scopes_asked == ["api.service.address-book", wire.MESSAGING_SCOPE]
+    assert all(len(scope.split()) == 1 for scope in fake.scopes_asked)
+
+
+@pytest.mark.anyio
+async def test_the_directory_scope_comes_from_the_profile_setting(
+    fake: FakeConnect, clock: FakeClock
+) -> None:
+    async with make_client(fake, clock, directory_scope="api.service.contacts") as client:
+        with pytest.raises(AuthError) as err:
+            await client.list_contacts()  # the fake wants api.service.address-book: 403
+    assert fake.scopes_asked == ["api.service.contacts"]
+    assert err.value.code == "connect_forbidden"
+    assert "missing scope api.service.address-book" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        ({"message": "Resource not found"}, "Resource not found"),
+        (
+            {"type": "https://tools.ietf.org/html/rfc7231#section-6.5.1",
+             "title": "One or more validation errors occurred.", "status": 400,
+             "detail": "presence is invalid"},
+            "One or more validation errors occurred.: presence is invalid",
+        ),
+        ({"title": "Bad Request", "status": 400}, "Bad Request"),
+        ({"error": "invalid_request", "error_description": "no such user"}, "no such user"),
+    ],
+)
+@pytest.mark.anyio
+async def test_error_bodies_message_and_problem_details_are_read(
+    fake: FakeConnect, clock: FakeClock, body: dict[str, Any], shown: str
+) -> None:
+    fake.answer_next("PUT", wire.presence_path("u1"), lambda r: httpx.Response(400, json=body))
+    async with make_client(fake, clock) as client:
+        with pytest.raises(ApiError) as err:
+            await client.set_presence("u1", "available")
+    assert err.value.message.endswith(shown)
+
+
+@pytest.mark.anyio
+async def test_the_budget_paces_requests_to_the_rate_per_minute(
+    fake: FakeConnect, clock: FakeClock
+) -> None:
+    fake.presence.update({f"x{i}": "available" for i in range(120)})
+    async with make_client(fake, clock, rate_per_min=60) as client:
+        assert client.budget.max_in_flight == 2
+        reads = await client.get_presences([f"x{i}" for i in range(120)], concurrency=32)
+    assert len(reads.presences) == 120
+    gets = [t for r, t in zip(fake.requests, fake.request_times, strict=True) if r.method == "GET"]
+    # never more than 60 started in any minute (sliding), on the injected clock
+    for i, start in enumerate(gets):
+        assert sum(1 for t in gets[i:] if t < start + 60.0) <= 60
+    assert client.stats.budget_wait_s > 0
+
+
+@pytest.mark.anyio
+async def test_no_budget_when_the_rate_is_zero(fake: FakeConnect, clock: FakeClock) -> None:
+    fake.presence.update({f"x{i}": "available" for i in range(100)})
+    async with make_client(fake, clock, rate_per_min=0) as client:
+        await client.get_presences([f"x{i}" for i in range(100)])
+    assert clock.sleeps == [] and client.stats.budget_wait_s == 0
+
+
+def test_the_resource_id_is_made_once_and_kept_in_the_profile() -> None:
+    from presencectl.config import load_profile, save_profile
+    from presencectl.connect.client import ensure_resource_id
+
+    save_profile(Profile(name="p", connect_client_id="client-1"))
+    first = ensure_resource_id(load_profile("p"))
+    assert wire.is_guid(first)
+    assert load_profile("p").connect_resource_id == first
+    assert ensure_resource_id(load_profile("p")) == first
+    set_secret("p", CONNECT_CLIENT_SECRET, "s3cret")
+    assert connect_client_for(load_profile("p")).resource_id == first

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -36,6 +38,9 @@ class FakeConnectServer:
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.counter = itertools.count(1)
         self.calls: list[str] = []
+        self.renew_bodies: list[Any] = []
+        self.renew_status = 200  # anything else: renewal fails
+        self.expires_in: float | None = None  # whenExpired this far ahead; None: far future
         self.hub = SignalRHub(
             "/hub/presence",
             authorize=lambda token: token in self.issued,
@@ -75,9 +80,12 @@ class FakeConnectServer:
         return JSONResponse({"access_token": token, "token_type": "Bearer", "expires_in": 3600})
 
     def _sub_body(self, sid: str) -> dict[str, Any]:
+        when = "2030-01-01T00:00:00Z"
+        if self.expires_in is not None:
+            when = datetime.fromtimestamp(time.time() + self.expires_in, UTC).isoformat()
         return {
             "id": sid,
-            "whenExpired": "2030-01-01T00:00:00Z",
+            "whenExpired": when,
             "deliveryMethod": {"uri": f"{self.base}/hub/presence?subscriptionId={sid}"},
         }
 
@@ -94,6 +102,9 @@ class FakeConnectServer:
     async def renew(self, request: Request) -> Response:
         sid = request.path_params["sid"]
         self.calls.append(f"renew {sid}")
+        self.renew_bodies.append(await request.json() if await request.body() else None)
+        if self.renew_status != 200:
+            return JSONResponse({"title": "boom"}, status_code=self.renew_status)
         if sid not in self.subscriptions:
             return JSONResponse({"error": "not found"}, status_code=404)
         return JSONResponse(self._sub_body(sid))
@@ -132,7 +143,7 @@ def fake_connect() -> Iterator[FakeConnectServer]:
 
 
 def client_for(server: FakeConnectServer) -> ConnectClient:
-    return ConnectClient(server.base, server.base, "client-1", "s3cret")
+    return ConnectClient(server.base, server.base, "client-1", "s3cret", max_attempts=1)
 
 
 async def next_event(feed: PresenceFeed, timeout: float = 2.0) -> PresenceEvent:
@@ -243,3 +254,102 @@ async def test_feed_keeps_retrying_while_connect_refuses(fake_connect: FakeConne
         finally:
             await feed.close()
     assert feed.state is FeedState.CLOSED
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"userId": "c9", "presenceState": "busy"},
+        {"unifiedUserId": "c9", "presenceState": "busy"},
+        {"id": "c9", "presenceState": "busy"},
+        {"user": {"id": "c9"}, "presenceState": "busy"},
+        {"userId": "c9", "unifiedUserId": "other", "presenceState": "busy"},  # first present wins
+        {"userId": None, "unifiedUserId": "c9", "presenceState": "busy"},
+    ],
+)
+def test_the_events_user_id_is_the_first_present_field(raw: dict[str, Any]) -> None:
+    from presencectl.connect.feed import parse_event
+
+    event = parse_event(raw)
+    assert event is not None and (event.user_id, event.presence) == ("c9", "busy")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [{"accountUser": "c9", "presenceState": "busy"}, {"userId": "c9"}, {"user": "c9"}, "text", 7],
+)
+def test_events_without_user_or_presence_do_not_parse(raw: Any) -> None:
+    from presencectl.connect.feed import parse_event
+
+    assert parse_event(raw) is None
+
+
+@pytest.mark.anyio
+async def test_unreadable_events_are_counted_warned_once_by_keys_and_make_the_feed_deaf(
+    fake_connect: FakeConnectServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = [1000.0]
+    secret_value = "a-value-that-must-not-be-logged"
+    odd = {"accountUser": secret_value, "presenceState": "busy"}
+    async with client_for(fake_connect) as client:
+        feed = PresenceFeed(client, clock=lambda: now[0], deaf_after_s=60.0)
+        async with feed:
+            assert await feed.wait_connected(5)
+            with caplog.at_level(logging.WARNING, logger="presencectl.connect.feed"):
+                for _ in range(3):
+                    await fake_connect.run_on_server(
+                        fake_connect.hub.publish("OnPresenceEvent", [odd], "sub1")
+                    )
+                deadline = time.monotonic() + 5
+                while feed.events_unparsed < 3:
+                    assert time.monotonic() < deadline
+                    await asyncio.sleep(0.02)
+            warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+            assert len(warnings) == 1
+            assert "accountUser, presenceState" in warnings[0]
+            assert secret_value not in caplog.text and "busy" not in warnings[0]
+            assert not feed.deaf
+            now[0] += 60.0  # a minute of events, none readable
+            assert feed.deaf
+            # one readable event and the feed is trusted again
+            await fake_connect.run_on_server(
+                fake_connect.hub.publish("OnPresenceEvent", [payload("c1", "away")], "sub1")
+            )
+            assert (await next_event(feed)).presence == "away"
+            assert not feed.deaf and feed.events_unparsed == 3
+
+
+@pytest.mark.anyio
+async def test_renewal_sends_an_empty_body_when_expired_says(
+    fake_connect: FakeConnectServer,
+) -> None:
+    fake_connect.expires_in = 1.0  # Connect grants one second although we ask for 30 minutes
+    async with (
+        client_for(fake_connect) as client,
+        PresenceFeed(client, ttl_s=1800, backoff_initial=0.05) as feed,
+    ):
+        assert await feed.wait_connected(5)
+        deadline = time.monotonic() + 10
+        while "renew sub1" not in fake_connect.calls:
+            assert time.monotonic() < deadline, "renewal was not scheduled from whenExpired"
+            await asyncio.sleep(0.02)
+    assert fake_connect.renew_bodies[0] == {}
+
+
+@pytest.mark.anyio
+async def test_a_failed_renewal_creates_a_new_subscription(
+    fake_connect: FakeConnectServer,
+) -> None:
+    fake_connect.renew_status = 500
+    async with client_for(fake_connect) as client:
+        feed = PresenceFeed(client, ttl_s=0.6, renew_margin_s=0.3, backoff_initial=0.05)
+        async with feed:
+            assert await feed.wait_connected(5)
+            deadline = time.monotonic() + 5
+            while not (feed.subscription and feed.subscription.id == "sub2" and feed.connected):
+                assert time.monotonic() < deadline, fake_connect.calls
+                await asyncio.sleep(0.02)
+            fake_connect.renew_status = 200
+    calls = fake_connect.calls
+    assert calls.index("renew sub1") < calls.index("create sub2")
+    assert "delete sub1" in calls  # the old one is not left behind

@@ -43,14 +43,19 @@ async def test_directory_presence_write_and_clear(sb: Any, profile: Profile) -> 
     async with connect_client_for(profile) as client:
         contacts = await client.list_contacts()
         admin = next(c for c in contacts if (c.email or "").lower() == ADMIN)
-        assert "Security Manager" in admin.roles
+        assert admin.is_user and admin.pbx_enabled and admin.jid
+        assert all(c.is_user for c in contacts)  # shared contacts and rooms are left out
+        everyone = await client.list_contacts(users_only=False)
+        assert {c.type for c in everyone if not c.is_user} == {"sharedContact", "room"}
         assert len({c.id for c in contacts}) == len(contacts)
+        ours = client.resource_id
+        assert profile.connect_resource_id == ours
 
         await client.set_presence(admin.id, "onphone")
         assert await client.get_presence(admin.id) == "onphone"
         state = sb.control.get("/_sandbox/connect/presence", params={"user": ADMIN}).json()
-        assert {"resource": "presencectl", "status": "onphone"}.items() <= next(
-            r for r in state["resources"] if r["resource"] == "presencectl"
+        assert {"resource": ours, "status": "onphone"}.items() <= next(
+            r for r in state["resources"] if r["resource"] == ours
         ).items()
 
         reads = await client.get_presences([c.id for c in contacts])
@@ -59,7 +64,7 @@ async def test_directory_presence_write_and_clear(sb: Any, profile: Profile) -> 
         assert await client.clear_presence(admin.id) is True
         assert await client.clear_presence(admin.id) is False
         state = sb.control.get("/_sandbox/connect/presence", params={"user": ADMIN}).json()
-        assert all(r["resource"] != "presencectl" for r in state["resources"])
+        assert all(r["resource"] != ours for r in state["resources"])
 
 
 @pytest.mark.anyio
@@ -79,7 +84,7 @@ async def test_feed_over_tls_delivers_a_change_within_a_second(sb: Any, profile:
         async with PresenceFeed(client) as feed:
             assert await feed.wait_connected(5), feed.last_error
             assert feed.subscription is not None
-            assert feed.subscription.uri.startswith(sb.base_url)
+            assert feed.subscription.uri.startswith(sb.base_url.replace("127.0.0.1", "localhost"))
             started = time.monotonic()
             answer = await asyncio.to_thread(
                 sb.control.post,

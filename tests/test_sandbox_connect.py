@@ -1,4 +1,5 @@
-"""The sandbox's Connect REST API and change feed (SignalR, with pysignalr) over real HTTPS."""
+"""The sandbox's Connect REST API and change feed (SignalR, with pysignalr) over real HTTPS,
+and the fault keys that switch it between the plausible answers of the real service."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ from presencectl.sandbox.world import ADMIN_EMAIL
 
 PRESENCE = "/univerge/api/messaging/v1/presence/accounts/_me/users/{id}"
 SUBSCRIPTIONS = "/univerge/api/messaging/v1/subscriptions"
+CONTACTS = "/univerge/api/address-book/v3/accounts/_me/contacts"
+TOKEN = "/univerge/login/user/connect/token"
+MESSAGING = "api.service.messaging"
+ADDRESS_BOOK = "api.service.address-book"
+OURS = "5b1f6d3e-2c4a-4e8b-9f7d-0a1b2c3d4e5f"  # a session resource: a GUID
 
 
 @pytest.fixture
@@ -31,25 +37,29 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def token(sb: Any) -> str:
+def ask_token(sb: Any, scope: str | None) -> httpx.Response:
     profile = sb.profile_info()
-    answer = sb.control.post(
-        "/univerge/login/user/connect/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": profile["connect_client_id"],
-            "client_secret": profile["connect_client_secret"],
-            "scope": "api.service.messaging api.user.address-book",
-        },
-    )
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": profile["connect_client_id"],
+        "client_secret": profile["connect_client_secret"],
+    }
+    if scope is not None:
+        form["scope"] = scope
+    answer: httpx.Response = sb.control.post(TOKEN, data=form)
+    return answer
+
+
+def token(sb: Any, scope: str = MESSAGING) -> str:
+    answer = ask_token(sb, scope)
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["token_type"] == "Bearer" and body["expires_in"] > 0
     return str(body["access_token"])
 
 
-def auth(sb: Any) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(sb)}"}
+def auth(sb: Any, scope: str = MESSAGING) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(sb, scope)}"}
 
 
 def connect_people(sb: Any) -> list[Any]:
@@ -80,37 +90,41 @@ def test_missing_or_expired_token_is_401(sb: Any) -> None:
     assert sb.control.get(url, headers=headers).status_code == 401
 
 
-def test_contacts_are_paged_with_roles() -> None:
+def test_contacts_come_in_the_sdk_shape_with_shared_contacts_and_rooms() -> None:
     with running_sandbox(users=1200, seed=2) as sandbox:
-        headers = auth(sandbox)
+        headers = auth(sandbox, ADDRESS_BOOK)
         contacts: list[dict[str, Any]] = []
         offset: str | None = None
         pages = 0
         while True:
-            params = {"offsetToken": offset} if offset else {}
-            answer = sandbox.control.get(
-                "/univerge/api/address-book/v3/accounts/_me/contacts",
-                params=params,
-                headers=headers,
-            )
+            params = {"fields": "_all", "count": "500"}
+            if offset:
+                params["offsetToken"] = offset
+            answer = sandbox.control.get(CONTACTS, params=params, headers=headers)
             assert answer.status_code == 200
             body = answer.json()
-            contacts += body["contacts"]
+            assert set(body) == {"results", "nextPageOffsetToken"}
+            contacts += body["results"]
             pages += 1
-            offset = body["offsetToken"]
+            offset = body["nextPageOffsetToken"]
             if offset is None:
                 break
         assert pages == 3
-        assert len(contacts) == len(connect_people(sandbox))
+        users = [c for c in contacts if c["type"] == "user"]
+        others = [c for c in contacts if c["type"] != "user"]
+        assert len(users) == len(connect_people(sandbox))
+        assert {c["type"] for c in others} == {"sharedContact", "room"}
         assert len({c["id"] for c in contacts}) == len(contacts)
-        admin = next(c for c in contacts if c["email"].lower() == ADMIN_EMAIL)
-        assert "Security Manager" in admin["roles"]
-        bad = sandbox.control.get(
-            "/univerge/api/address-book/v3/accounts/_me/contacts",
-            params={"offsetToken": "garbage!"},
-            headers=headers,
-        )
-        assert bad.status_code == 400
+        admin = next(c for c in users if c["email"].lower() == ADMIN_EMAIL)
+        assert not {"roles", "firstName", "lastName"} & set(admin)  # Contact.cs has none of them
+        assert admin["pbx"]["enabled"] is True and admin["pbx"]["extension"]
+        assert admin["messaging"]["enabled"] is True and admin["messaging"]["jid"]
+        # without fields=_all fewer fields come back (the SDK always asks for _all)
+        lean = sandbox.control.get(CONTACTS, params={"count": "5"}, headers=headers).json()
+        assert all(set(c) == {"id", "type", "displayName"} for c in lean["results"])
+        assert len(lean["results"]) == 5
+        for bad in ({"offsetToken": "garbage!"}, {"count": "0"}, {"count": "501"}):
+            assert sandbox.control.get(CONTACTS, params=bad, headers=headers).status_code == 400
 
 
 def test_presence_resources_aggregate(sb: Any) -> None:
@@ -124,7 +138,7 @@ def test_presence_resources_aggregate(sb: Any) -> None:
     )
     assert sb.control.get(url, headers=headers).json() == {"presence": "available"}
     put = sb.control.put(
-        url, params={"resource": "presencectl"}, json={"presence": "onphone"}, headers=headers
+        url, params={"resource": OURS}, json={"presence": "onphone"}, headers=headers
     )
     assert put.status_code == 204
     assert sb.control.get(url, headers=headers).json() == {"presence": "onphone"}
@@ -134,22 +148,27 @@ def test_presence_resources_aggregate(sb: Any) -> None:
     assert state["status"] == "onphone"
     assert {r["resource"]: r["status"] for r in state["resources"]} == {
         "app": "available",
-        "presencectl": "onphone",
+        OURS: "onphone",
     }
     bad = sb.control.put(
-        url, params={"resource": "presencectl"}, json={"presence": "Available"}, headers=headers
+        url, params={"resource": OURS}, json={"presence": "Available"}, headers=headers
     )
     assert bad.status_code == 400
     assert (
-        sb.control.delete(url, params={"resource": "presencectl"}, headers=headers).status_code
+        sb.control.delete(url, params={"resource": OURS}, headers=headers).status_code
         == 204
     )
     assert (
-        sb.control.delete(url, params={"resource": "presencectl"}, headers=headers).status_code
+        sb.control.delete(url, params={"resource": OURS}, headers=headers).status_code
         == 404
     )
     assert sb.control.get(url, headers=headers).json() == {"presence": "available"}
     assert sb.control.get(PRESENCE.format(id="nobody"), headers=headers).status_code == 404
+    for name in ("presencectl", "not-a-guid"):  # a resource is a GUID
+        refused = sb.control.put(
+            url, params={"resource": name}, json={"presence": "busy"}, headers=headers
+        )
+        assert refused.status_code == 400 and "GUID" in refused.json()["message"]
 
 
 def test_control_connect_errors(sb: Any) -> None:
@@ -176,12 +195,13 @@ def test_subscription_create_renew_delete(sb: Any) -> None:
     )
     assert created.status_code == 200
     sub = created.json()
+    hub_base = sb.base_url.replace("127.0.0.1", "localhost")  # a host name: cookies stick
     assert (
         sub["deliveryMethod"]["uri"]
-        == f"{sb.base_url}/univerge/hub/presence?subscriptionId={sub['id']}"
+        == f"{hub_base}/univerge/hub/presence?subscriptionId={sub['id']}"
     )
     assert sub["whenExpired"].endswith("Z")
-    renewed = sb.control.post(f"{SUBSCRIPTIONS}/{sub['id']}/renew", headers=headers)
+    renewed = sb.control.post(f"{SUBSCRIPTIONS}/{sub['id']}/renew", json={}, headers=headers)
     assert renewed.status_code == 200 and renewed.json()["id"] == sub["id"]
     assert sb.control.delete(f"{SUBSCRIPTIONS}/{sub['id']}", headers=headers).status_code == 204
     assert sb.control.post(f"{SUBSCRIPTIONS}/{sub['id']}/renew", headers=headers).status_code == 404
@@ -253,7 +273,7 @@ async def test_change_feed_delivers_on_presence_events(sb: Any) -> None:
         await asyncio.to_thread(
             sb.control.put,
             PRESENCE.format(id=person.connect_id),
-            params={"resource": "presencectl"},
+            params={"resource": OURS},
             json={"presence": "meeting"},
             headers=headers,
         )
@@ -285,7 +305,7 @@ def test_connect_presence_httpx_async_smoke(sb: Any) -> None:
         async with httpx.AsyncClient(base_url=sb.base_url, verify=ctx) as client:
             answer = await client.put(
                 PRESENCE.format(id=person.connect_id),
-                params={"resource": "presencectl"},
+                params={"resource": OURS},
                 json={"presence": "busy"},
                 headers={"Authorization": f"Bearer {access_token}"},
             )

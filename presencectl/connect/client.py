@@ -1,11 +1,17 @@
-"""The Univerge Blue Connect REST client: token, retries, throttling, error mapping.
+"""The Univerge Blue Connect REST client: tokens, budget, retries, throttling, error mapping.
 
 Owns the one httpx client for Connect (built by ``presencectl.transport``), the client-credentials
-token (cached until ``TOKEN_REFRESH_MARGIN_S`` before expiry, fetched once for any number of
-concurrent callers, refreshed once on a 401), and the retry policy: network errors, 429, 500,
-502, 503 and 504 are retried with ``Retry-After`` honoured (client-wide: while one request waits
-out a Retry-After, no other request is sent) or bounded exponential backoff; other 4xx never.
-Failures become the errors of ``presencectl.errors`` with stable codes.
+tokens — one per scope, as the vendor's SDK asks them: ``api.service.messaging`` for presence,
+subscriptions and the hub, the profile's ``connect_directory_scope`` for the address book — each
+cached until ``TOKEN_REFRESH_MARGIN_S`` before expiry, fetched once for any number of concurrent
+callers, refreshed once on a 401; the request budget (``connect.budget``, the profile's
+``connect_rate_per_min``); the session resource we write under (the profile's
+``connect_resource_id``, a GUID); and the retry policy: network errors, 429, 500, 502, 503 and
+504 are retried with ``Retry-After`` honoured (client-wide: while one request waits out a
+Retry-After, no other request is sent) or bounded exponential backoff; other 4xx never.
+Failures become the errors of ``presencectl.errors`` with stable codes; error bodies are read as
+``{"message"}``, OAuth ``{"error", "error_description"}`` or ASP.NET ProblemDetails
+``{"title", "detail"}``.
 
 The directory, presence and change-feed calls live in their own modules and are reachable from
 the client as methods, so the engine holds one object. Paths and names: ``connect.wire``.
@@ -25,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from presencectl.connect import wire
+from presencectl.connect.budget import RequestBudget
 from presencectl.errors import ApiError, AuthError, ConfigError, NetworkError
 from presencectl.transport import HttpSettings, build_async_client, redact, retry_after_seconds
 
@@ -55,6 +62,7 @@ class ConnectStats:
     retries: int = 0
     throttled: int = 0  # 429 answers
     throttle_wait_s: float = 0.0  # time spent waiting out Retry-After / backoff
+    budget_wait_s: float = 0.0  # time spent waiting for the request budget
 
 
 def _error_detail(response: httpx.Response) -> str:
@@ -64,13 +72,22 @@ def _error_detail(response: httpx.Response) -> str:
     except (ValueError, RecursionError):  # RecursionError: nesting deeper than json's stack
         text = response.text.strip()
         return redact(text[:200]) if text else ""
-    if isinstance(body, dict):
-        for key in ("error_description", "message", "error"):
-            value = body.get(key)
-            if isinstance(value, str) and value:
-                return redact(value[:200])
-            if isinstance(value, dict) and isinstance(value.get("message"), str):
-                return redact(value["message"][:200])
+    if not isinstance(body, dict):
+        return ""
+    for key in ("error_description", "message"):
+        value = body.get(key)
+        if isinstance(value, str) and value:
+            return redact(value[:200])
+    # ASP.NET Core ProblemDetails (RFC 7807): {"type", "title", "status", "detail"}
+    problem = [body.get(k) for k in ("title", "detail")]
+    parts = [p for p in problem if isinstance(p, str) and p]
+    if parts:
+        return redact(": ".join(parts)[:200])
+    value = body.get("error")
+    if isinstance(value, str) and value:
+        return redact(value[:200])
+    if isinstance(value, dict) and isinstance(value.get("message"), str):
+        return redact(value["message"][:200])
     return ""
 
 
@@ -90,7 +107,9 @@ class ConnectClient:
         settings: HttpSettings | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         *,
-        scope: str = wire.SCOPE,
+        directory_scope: str = wire.DIRECTORY_SCOPE,
+        resource_id: str | None = None,
+        rate_per_min: float = wire.RATE_PER_MIN,
         max_attempts: int = 5,
         backoff_base: float = 0.5,
         backoff_max: float = 30.0,
@@ -104,7 +123,8 @@ class ConnectClient:
         self.client_id = client_id
         self._client_secret = client_secret
         self.settings = settings or HttpSettings()
-        self.scope = scope
+        self.directory_scope = directory_scope
+        self.resource_id = resource_id or wire.new_resource_id()
         self.max_attempts = max(1, max_attempts)
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -112,6 +132,7 @@ class ConnectClient:
         self._sleep = sleep
         self._clock = clock
         self.stats = ConnectStats()
+        self.budget = RequestBudget(rate_per_min, clock=clock, sleep=sleep)
         # Several small connection pools instead of one large one: httpcore scans every
         # connection of a pool for every request, so per-request CPU grows with the pool size.
         # Measured against the sandbox, 10,000 reads at 32 in flight: one pool of 32 → 11.0 s,
@@ -131,9 +152,8 @@ class ConnectClient:
         ]
         self._http = self._pools[0]
         self._next_pool = itertools.cycle(self._pools).__next__
-        self._token: str | None = None
-        self._token_valid_until = 0.0
-        self._token_lock = asyncio.Lock()
+        self._tokens: dict[str, tuple[str, float]] = {}  # scope -> (token, valid until)
+        self._token_locks: dict[str, asyncio.Lock] = {}
         self._blocked_until = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -148,36 +168,39 @@ class ConnectClient:
         await self.aclose()
 
     # -- token --------------------------------------------------------------------------------
-    async def access_token(self) -> str:
-        """A valid bearer token; fetched by client credentials when the cached one nears expiry."""
-        if self._token and self._clock() < self._token_valid_until:
-            return self._token
-        async with self._token_lock:
-            if self._token and self._clock() < self._token_valid_until:
-                return self._token
-            token, lifetime = await self._fetch_token()
+    async def access_token(self, scope: str = wire.MESSAGING_SCOPE) -> str:
+        """A valid bearer token for ``scope``; fetched by client credentials when the cached one
+        nears expiry."""
+        cached = self._tokens.get(scope)
+        if cached and self._clock() < cached[1]:
+            return cached[0]
+        lock = self._token_locks.setdefault(scope, asyncio.Lock())
+        async with lock:
+            cached = self._tokens.get(scope)
+            if cached and self._clock() < cached[1]:
+                return cached[0]
+            token, lifetime = await self._fetch_token(scope)
             margin = (
                 wire.TOKEN_REFRESH_MARGIN_S
                 if lifetime > 2 * wire.TOKEN_REFRESH_MARGIN_S
                 else lifetime / 2
             )
-            self._token = token
-            self._token_valid_until = self._clock() + lifetime - margin
+            self._tokens[scope] = (token, self._clock() + lifetime - margin)
             return token
 
     def invalidate_token(self, token: str | None = None) -> None:
-        """Forget the cached token (only if it is still ``token``, when given)."""
-        if token is None or token == self._token:
-            self._token = None
-            self._token_valid_until = 0.0
+        """Forget the cached tokens (only the one that is ``token``, when given)."""
+        for scope, (cached, _) in list(self._tokens.items()):
+            if token is None or token == cached:
+                del self._tokens[scope]
 
-    async def _fetch_token(self) -> tuple[str, float]:
+    async def _fetch_token(self, scope: str) -> tuple[str, float]:
         url = self.login_url + wire.TOKEN_PATH
         form = {
             "grant_type": "client_credentials",
             "client_id": self.client_id,
             "client_secret": self._client_secret,
-            "scope": self.scope,
+            "scope": scope,
         }
         attempt = 0
         while True:
@@ -234,9 +257,14 @@ class ConnectClient:
             )
         if error == "invalid_scope":
             raise AuthError(
-                f"Connect refused the scope '{self.scope}' for client '{self.client_id}'",
-                hint="enable the messaging and address-book APIs for this client in "
-                "Control Panel > Extend API",
+                f"Connect refused the scope '{scope}' for client '{self.client_id}'"
+                + (f": {_error_detail(response)}" if _error_detail(response) else ""),
+                hint="enable this API for the client in Control Panel > Extend API"
+                + (
+                    " (the directory scope is the profile's connect_directory_scope)"
+                    if scope == self.directory_scope
+                    else ""
+                ),
                 code="connect_scope_denied",
             )
         raise ApiError(
@@ -290,15 +318,18 @@ class ConnectClient:
         params: dict[str, str] | None = None,
         json: Any = None,
         allow: Iterable[int] = (),
+        scope: str = wire.MESSAGING_SCOPE,
     ) -> httpx.Response:
-        """Send an authorised API request with retries; 2xx and ``allow`` statuses are returned,
-        anything else raised as AuthError / ApiError / NetworkError."""
+        """Send an authorised API request with a token for ``scope``, within the budget, with
+        retries; 2xx and ``allow`` statuses are returned, anything else raised as AuthError /
+        ApiError / NetworkError."""
         allowed = set(allow)
         attempt = 0
         refreshed = False
         while True:
             await self._wait_if_blocked()
-            token = await self.access_token()
+            token = await self.access_token(scope)
+            self.stats.budget_wait_s += await self.budget.acquire()
             attempt += 1
             self.stats.requests += 1
             try:
@@ -345,8 +376,8 @@ class ConnectClient:
         if status == 403:
             return AuthError(
                 f"Connect denied {where} (HTTP 403){suffix}",
-                hint="the Extend API client needs the messaging and address-book scopes, and the "
-                "account contact the Security Manager role",
+                hint="enable the API this call needs for the Extend API client in Control Panel "
+                "> Extend API (messaging; the directory: connect_directory_scope)",
                 code="connect_forbidden",
             )
         if status == 404:
@@ -358,7 +389,7 @@ class ConnectClient:
                 f"Connect kept throttling {where} after {self.max_attempts} attempts",
                 status=429,
                 code="connect_throttled",
-                hint="lower the sync's concurrency or run it less often",
+                hint="lower connect_rate_per_min in the profile or run the sync less often",
             )
         return ApiError(
             f"Connect answered HTTP {status} to {where}{suffix}",
@@ -367,10 +398,13 @@ class ConnectClient:
         )
 
     # -- the Connect operations (see directory.py, presence.py, feed.py) -----------------------
-    async def list_contacts(self) -> list[ConnectContact]:
+    async def list_contacts(self, *, users_only: bool = True) -> list[ConnectContact]:
+        """The account's user contacts (what is synced); ``users_only=False``: every contact,
+        shared contacts and rooms included."""
         from presencectl.connect.directory import list_contacts
 
-        return await list_contacts(self)
+        contacts = await list_contacts(self)
+        return [c for c in contacts if c.is_user] if users_only else contacts
 
     async def get_presence(self, user_id: str) -> str:
         from presencectl.connect.presence import get_presence
@@ -378,8 +412,10 @@ class ConnectClient:
         return await get_presence(self, user_id)
 
     async def get_presences(self, user_ids: Sequence[str], concurrency: int = 32) -> PresenceReads:
+        """Bulk read; at most ``concurrency`` in flight, and never more than fits the budget."""
         from presencectl.connect.presence import get_presences
 
+        concurrency = min(concurrency, self.budget.max_in_flight)
         return await get_presences(self, user_ids, concurrency=concurrency)
 
     async def set_presence(self, user_id: str, value: str) -> None:
@@ -391,6 +427,11 @@ class ConnectClient:
         from presencectl.connect.presence import clear_presence
 
         return await clear_presence(self, user_id)
+
+    async def clear_legacy_presence(self, user_id: str) -> bool:
+        from presencectl.connect.presence import clear_legacy_presence
+
+        return await clear_legacy_presence(self, user_id)
 
     async def create_subscription(self, ttl_s: float = wire.SUBSCRIPTION_TTL_S) -> Subscription:
         from presencectl.connect.feed import create_subscription
@@ -424,6 +465,9 @@ def connect_client_for(
             "client (Control Panel > Extend API) in the keyring",
             code="connect_secret_missing",
         )
+    kwargs.setdefault("directory_scope", profile.connect_directory_scope)
+    kwargs.setdefault("rate_per_min", profile.connect_rate_per_min)
+    kwargs.setdefault("resource_id", ensure_resource_id(profile))
     return ConnectClient(
         profile.connect_login_url,
         profile.connect_api_url,
@@ -433,3 +477,32 @@ def connect_client_for(
         transport,
         **kwargs,
     )
+
+
+def ensure_resource_id(profile: Profile) -> str:
+    """The profile's session resource (``connect_resource_id``), made on first use and saved.
+
+    Only that key is written into the stored profile, so nothing else of it is overwritten. A
+    profile that is not in the config file gets an id for this process only.
+    """
+    if profile.connect_resource_id:
+        return profile.connect_resource_id
+    from presencectl.config import config_path, read_config, write_config
+
+    path = config_path()
+    doc = read_config(path)
+    table = doc.get("profiles", {}).get(profile.name)
+    stored = table.get("connect_resource_id") if isinstance(table, dict) else None
+    if isinstance(stored, str) and wire.is_guid(stored):
+        profile.connect_resource_id = stored
+        return stored
+    profile.connect_resource_id = wire.new_resource_id()
+    if isinstance(table, dict):
+        table["connect_resource_id"] = profile.connect_resource_id
+        write_config(doc, path)
+        log.info(
+            "connect: profile '%s' writes its Connect presence as resource %s",
+            profile.name,
+            profile.connect_resource_id,
+        )
+    return profile.connect_resource_id

@@ -1,4 +1,13 @@
-"""The Connect directory: every contact of the account, following ``offsetToken`` pages."""
+"""The Connect directory: every contact of the account, page by page, in the SDK's shape.
+
+Pages are ``{"results": [...], "nextPageOffsetToken": "…"|null}`` (extend-dotnet-sdk
+``Models/V3/Contacts.cs``); a page without its ``results`` list is a bad answer, never an empty
+directory. Requests send ``fields=_all`` (the SDK always does; fewer fields come back otherwise),
+``count`` and the previous page's token as ``offsetToken``. Contacts keep ``type``, ``pbx`` and
+``messaging`` (``Contact.cs``); the account also lists shared contacts and rooms, which
+:attr:`ConnectContact.is_user` tells apart (only users are synced). Tokens: the profile's
+``connect_directory_scope``.
+"""
 
 from __future__ import annotations
 
@@ -19,59 +28,105 @@ MAX_PAGES = 10_000
 
 @dataclass(frozen=True)
 class ConnectContact:
-    """One person of the Connect account."""
+    """One contact of the Connect account (a user, a shared contact, a room, …)."""
 
     id: str
     display_name: str
     email: str | None
-    roles: tuple[str, ...] = ()
+    type: str | None = None
+    pbx_enabled: bool | None = None
+    extension: str | None = None
+    messaging_enabled: bool | None = None
+    jid: str | None = None
+
+    @property
+    def is_user(self) -> bool:
+        """A person whose presence can be synced. Contact types are undocumented: no type is
+        taken for a user; any type other than ``user`` (shared contact, room) is not."""
+        return self.type is None or self.type.strip().lower() == wire.USER_CONTACT_TYPE
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
 
 
 def parse_contact(raw: Any) -> ConnectContact | None:
     """A contact from its JSON; None (logged) when it has no id."""
-    if not isinstance(raw, dict) or not raw.get("id"):
+    if not isinstance(raw, dict) or not raw.get("id") or isinstance(raw.get("id"), (dict, list)):
         log.warning("ignoring a Connect contact without an id")
         return None
-    email = raw.get("email")
-    roles = raw.get("roles") or []
+    pbx: dict[str, Any] = raw["pbx"] if isinstance(raw.get("pbx"), dict) else {}
+    messaging: dict[str, Any] = (
+        raw["messaging"] if isinstance(raw.get("messaging"), dict) else {}
+    )
+    extension = pbx.get("extension")
     return ConnectContact(
         id=str(raw["id"]),
         display_name=str(raw.get("displayName") or ""),
-        email=email.strip() if isinstance(email, str) and email.strip() else None,
-        roles=tuple(str(r) for r in roles) if isinstance(roles, list) else (),
+        email=_text(raw.get("email")),
+        type=_text(raw.get("type")),
+        pbx_enabled=_flag(pbx.get("enabled")),
+        extension=str(extension) if isinstance(extension, (str, int)) and extension != "" else None,
+        messaging_enabled=_flag(messaging.get("enabled")),
+        jid=_text(messaging.get("jid")),
     )
 
 
+def _page(response: Any) -> tuple[list[Any], str | None]:
+    try:
+        body = response.json()
+    except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
+        raise ApiError(
+            "Connect sent a directory page that is not JSON",
+            status=response.status_code,
+            code="connect_bad_response",
+        ) from exc
+    results = body.get(wire.CONTACTS_LIST_KEY) if isinstance(body, dict) else None
+    if not isinstance(results, list):
+        keys = ", ".join(sorted(str(k) for k in body)[:10]) if isinstance(body, dict) else ""
+        raise ApiError(
+            f"Connect sent a directory page without a '{wire.CONTACTS_LIST_KEY}' list"
+            + (f" (keys: {keys})" if keys else ""),
+            status=response.status_code,
+            code="connect_bad_response",
+            hint="the address book's answer is not the shape presencectl knows; run "
+            "`presencectl connect verify` and report it",
+        )
+    token = body.get(wire.CONTACTS_NEXT_KEY)
+    return results, (str(token) if isinstance(token, (str, int)) and token != "" else None)
+
+
 async def list_contacts(client: ConnectClient) -> list[ConnectContact]:
-    """Every contact, all pages."""
+    """Every contact (users and others), all pages."""
     contacts: list[ConnectContact] = []
-    params: dict[str, str] = {}
+    base = {wire.FIELDS_PARAM: wire.FIELDS_ALL, wire.COUNT_PARAM: str(wire.PAGE_SIZE)}
+    params = dict(base)
     seen: set[str] = set()
     for _ in range(MAX_PAGES):
-        response = await client.request("GET", wire.CONTACTS_PATH, params=params or None)
-        try:
-            body = response.json()
-        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
-            raise ApiError(
-                "Connect sent a directory page that is not JSON",
-                status=response.status_code,
-                code="connect_bad_response",
-            ) from exc
-        page = body.get(wire.CONTACTS_LIST_KEY, []) if isinstance(body, dict) else []
-        for raw in page if isinstance(page, list) else []:
+        response = await client.request(
+            "GET", wire.CONTACTS_PATH, params=params, scope=client.directory_scope
+        )
+        results, token = _page(response)
+        for raw in results:
             contact = parse_contact(raw)
             if contact is not None:
                 contacts.append(contact)
-        token = body.get(wire.OFFSET_TOKEN) if isinstance(body, dict) else None
-        if not token:
+        if token is None:
+            others = sum(1 for c in contacts if not c.is_user)
+            if others:
+                log.debug("connect: %d contacts are not users (shared contacts, rooms)", others)
             return contacts
         if token in seen:
             raise ApiError(
-                "Connect's directory paging repeats itself (same offsetToken twice)",
+                "Connect's directory paging repeats itself (same nextPageOffsetToken twice)",
                 code="connect_bad_response",
             )
-        seen.add(str(token))
-        params = {wire.OFFSET_TOKEN: str(token)}
+        seen.add(token)
+        params = {**base, wire.OFFSET_PARAM: token}
     raise ApiError(
         f"Connect's directory has more than {MAX_PAGES} pages", code="connect_bad_response"
     )

@@ -1,21 +1,31 @@
 """The Connect change feed: a subscription delivered over a SignalR hub, kept alive.
 
-Owns the subscription's life (create, renew before its ttl, re-create when renewal says 404,
-delete on close) and the hub connection (``pysignalr``, bearer token in the Authorization header,
-TLS trusting the profile's CA bundle), with reconnection and bounded exponential backoff.
+Owns the subscription's life (create with a .NET TimeSpan ``ttl``; renew with body ``{}`` before
+``whenExpired`` when the answer carries it, else before the ttl; a failed renewal creates a new
+subscription; delete on close) and the hub connection (``pysignalr``, bearer token in the
+Authorization header, TLS trusting the profile's CA bundle), with reconnection and bounded
+exponential backoff.
 :class:`PresenceFeed` yields :class:`PresenceEvent` from ``OnPresenceEvent`` through ``async for``
 and/or an ``on_event`` callback, and exposes its :class:`FeedState` (and ``on_state``) so the
 engine can fall back to polling while the feed is not connected. Events raised while the feed was
 down are lost: after every reconnect (``reconnects`` grows, state returns to CONNECTED) the
 engine should read presence once.
+
+The event's user-id field is not publicly documented: the first present of
+``wire.EVENT_USER_ID_FIELDS`` is taken. An event that cannot be parsed is counted
+(``events_unparsed``) and logged once at WARNING with its keys only, never its values; when
+events keep arriving and none has parsed for ``deaf_after_s`` seconds the feed is ``deaf``, and
+the engine polls Connect again as if the feed were down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import enum
 import inspect
+import itertools
 import logging
 import random
 import ssl
@@ -42,6 +52,28 @@ class Subscription:
     uri: str
     when_expired: str | None = None
     renewed_at: float = field(default_factory=time.monotonic)
+    expires_in_s: float | None = None  # from whenExpired, at the time of the answer
+
+
+def parse_when(text: Any) -> float | None:
+    """An ISO 8601 instant (``…Z`` or with an offset; no offset = UTC) as epoch seconds."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    raw = text.strip()
+    if raw.endswith(("Z", "z")):
+        raw = raw[:-1] + "+00:00"
+    # .NET writes 7 fractional digits; fromisoformat takes at most 6 before Python 3.11's fix
+    head, dot, rest = raw.partition(".")
+    if dot:
+        digits = "".join(itertools.takewhile(str.isdigit, rest))
+        raw = f"{head}.{digits[:6]}{rest[len(digits):]}"
+    try:
+        when = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
 
 
 @dataclass(frozen=True)
@@ -63,7 +95,10 @@ class FeedState(enum.StrEnum):
 
 
 def _parse_subscription(
-    client: ConnectClient, body: Any, previous: Subscription | None = None
+    client: ConnectClient,
+    body: Any,
+    previous: Subscription | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> Subscription:
     if not isinstance(body, dict):
         body = {}
@@ -76,30 +111,48 @@ def _parse_subscription(
             "Connect answered a subscription request without id or deliveryMethod.uri",
             code="connect_bad_response",
         )
+    when_expired = body.get(wire.SUBSCRIPTION_EXPIRES)
+    expires_at = parse_when(when_expired)
     return Subscription(
         id=str(sub_id),
         uri=urljoin(client.api_url + "/", uri),
-        when_expired=body.get("whenExpired") or (previous.when_expired if previous else None),
+        when_expired=str(when_expired) if expires_at is not None else None,
+        expires_in_s=None if expires_at is None else expires_at - wall_clock(),
     )
 
 
 async def create_subscription(
-    client: ConnectClient, ttl_s: float = wire.SUBSCRIPTION_TTL_S
+    client: ConnectClient,
+    ttl_s: float = wire.SUBSCRIPTION_TTL_S,
+    wall_clock: Callable[[], float] = time.time,
 ) -> Subscription:
     response = await client.request(
         "POST", wire.SUBSCRIPTIONS_ALL_PATH, json=wire.subscription_body(ttl_s)
     )
-    return _parse_subscription(client, response.json() if response.content else {})
+    body: Any = {}
+    if response.content:
+        with contextlib.suppress(ValueError, RecursionError):
+            body = response.json()
+    return _parse_subscription(client, body, wall_clock=wall_clock)
 
 
-async def renew_subscription(client: ConnectClient, subscription: Subscription) -> Subscription:
-    """Extend the subscription's life; ApiError(status=404) when Connect no longer knows it."""
-    response = await client.request("POST", wire.subscription_renew_path(subscription.id))
+async def renew_subscription(
+    client: ConnectClient,
+    subscription: Subscription,
+    wall_clock: Callable[[], float] = time.time,
+) -> Subscription:
+    """Extend the subscription's life (body ``{}``, as the SDK renews voice subscriptions);
+    ApiError(status=404) when Connect no longer knows it."""
+    response = await client.request(
+        "POST",
+        wire.subscription_renew_path(subscription.id),
+        json=dict(wire.SUBSCRIPTION_RENEW_BODY),
+    )
     body: Any = {}
     if response.content:
         with contextlib.suppress(ValueError):
             body = response.json()
-    return _parse_subscription(client, body, subscription)
+    return _parse_subscription(client, body, subscription, wall_clock)
 
 
 async def delete_subscription(client: ConnectClient, subscription_id: str) -> bool:
@@ -108,20 +161,38 @@ async def delete_subscription(client: ConnectClient, subscription_id: str) -> bo
     return response.status_code != 404
 
 
+def event_user_id(raw: dict[str, Any]) -> str | None:
+    """The first present of ``userId``, ``unifiedUserId``, ``id``, ``user.id`` (a nested
+    object's ``id``): no public source names the field."""
+    for name in wire.EVENT_USER_ID_FIELDS:
+        head, dot, tail = name.partition(".")
+        value = raw.get(head)
+        if dot:
+            value = value.get(tail) if isinstance(value, dict) else None
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+            return str(value)
+    return None
+
+
 def parse_event(raw: Any) -> PresenceEvent | None:
-    """An ``OnPresenceEvent`` argument → PresenceEvent; None (logged) when it is not one."""
+    """An ``OnPresenceEvent`` argument → PresenceEvent; None when it is not one."""
     if not isinstance(raw, dict):
-        log.debug("connect feed: ignoring a non-object event argument")
         return None
-    user_id = raw.get(wire.EVENT_USER_ID)
+    user_id = event_user_id(raw)
     presence = raw.get(wire.EVENT_PRESENCE)
     if presence is None:
         presence = raw.get(wire.PRESENCE_FIELD)
-    if not user_id or not isinstance(presence, str) or not presence:
-        log.debug("connect feed: ignoring an event without userId/presenceState")
+    if user_id is None or not isinstance(presence, str) or not presence:
         return None
     when = raw.get(wire.EVENT_WHEN_RAISED)
-    return PresenceEvent(str(user_id), presence, str(when) if when is not None else None)
+    return PresenceEvent(user_id, presence, str(when) if when is not None else None)
+
+
+def event_keys(raw: Any) -> str:
+    """What an unparseable event looked like, without a single value: its keys, or its type."""
+    if isinstance(raw, dict):
+        return "keys " + (", ".join(sorted(str(k) for k in raw)[:20]) or "(none)")
+    return f"a {type(raw).__name__}, not an object"
 
 
 EventCallback = Callable[[PresenceEvent], Any]
@@ -150,6 +221,8 @@ class PresenceFeed:
         connection_timeout: int = 10,
         queue_size: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        deaf_after_s: float = 60.0,
     ) -> None:
         self.client = client
         self.on_event = on_event
@@ -164,6 +237,8 @@ class PresenceFeed:
         self.signalr_ping_interval = signalr_ping_interval
         self.connection_timeout = connection_timeout
         self._clock = clock
+        self._wall_clock = wall_clock
+        self.deaf_after_s = deaf_after_s
         self._queue: asyncio.Queue[PresenceEvent | None] = asyncio.Queue(maxsize=queue_size)
         self._state = FeedState.IDLE
         self._state_changed = asyncio.Event()
@@ -173,6 +248,10 @@ class PresenceFeed:
         self.reconnects = 0
         self.events_received = 0
         self.events_dropped = 0
+        self.events_unparsed = 0
+        self._unparsed_warned = False
+        self._last_parsed: float | None = None
+        self._first_unparsed: float | None = None  # since the last parsed event
         self.last_error: BaseException | None = None
         self._callbacks: set[asyncio.Future[Any]] = set()
 
@@ -184,6 +263,27 @@ class PresenceFeed:
     @property
     def connected(self) -> bool:
         return self._state is FeedState.CONNECTED
+
+    @property
+    def deaf(self) -> bool:
+        """Events arrive but none has parsed for ``deaf_after_s``: the feed cannot be trusted."""
+        if self._first_unparsed is None:
+            return False
+        return self._clock() - self._first_unparsed >= self.deaf_after_s
+
+    def _unparsed(self, raw: Any) -> None:
+        self.events_unparsed += 1
+        if self._first_unparsed is None:
+            self._first_unparsed = self._clock()
+        if not self._unparsed_warned:
+            self._unparsed_warned = True
+            log.warning(
+                "connect feed: an OnPresenceEvent presencectl cannot read (%s); expected a user "
+                "id in one of %s and %s. Such events are counted, not logged again",
+                event_keys(raw),
+                ", ".join(wire.EVENT_USER_ID_FIELDS),
+                wire.EVENT_PRESENCE,
+            )
 
     def _set_state(self, state: FeedState) -> None:
         if state is self._state:
@@ -268,28 +368,42 @@ class PresenceFeed:
         return self._ssl
 
     def _renew_due(self) -> float:
-        if self.subscription is None:
+        """From the answer's ``whenExpired`` when it carried one (and it is sooner than our
+        ttl), else from our ttl."""
+        sub = self.subscription
+        if sub is None:
             return self._clock()
-        return self.subscription.renewed_at + self.ttl_s - self.renew_margin_s
+        lifetime = self.ttl_s
+        if sub.expires_in_s is not None and 0 < sub.expires_in_s < lifetime:
+            # Connect may grant less than we asked; it never gets more of our trust than the
+            # ttl, so a server clock ahead of ours (or one behind it) cannot starve renewal.
+            lifetime = sub.expires_in_s
+        margin = min(self.renew_margin_s, max(0.0, lifetime) / 5)
+        return sub.renewed_at + lifetime - margin
 
     async def _ensure_subscription(self) -> bool:
         """Create or renew as needed; True when the subscription (and its URI) changed."""
         if self.subscription is None:
-            self.subscription = await create_subscription(self.client, self.ttl_s)
+            self.subscription = await create_subscription(
+                self.client, self.ttl_s, self._wall_clock
+            )
             self.subscription.renewed_at = self._clock()
             log.info("connect feed: subscription %s created", self.subscription.id)
             return True
         if self._clock() < self._renew_due():
             return False
         try:
-            renewed = await renew_subscription(self.client, self.subscription)
+            renewed = await renew_subscription(self.client, self.subscription, self._wall_clock)
         except ApiError as exc:
-            if exc.status != 404:
-                raise
+            old = self.subscription.id
             log.info(
-                "connect feed: subscription %s is gone; creating a new one", self.subscription.id
+                "connect feed: renewing subscription %s failed (%s); creating a new one",
+                old,
+                exc.code,
             )
             self.subscription = None
+            if exc.status != 404:
+                await delete_subscription_quietly(self.client, old)
             return await self._ensure_subscription()
         renewed.renewed_at = self._clock()
         changed = renewed.uri != self.subscription.uri or renewed.id != self.subscription.id
@@ -325,7 +439,7 @@ class PresenceFeed:
         from pysignalr.client import SignalRClient
 
         assert self.subscription is not None
-        token = await self.client.access_token()
+        token = await self.client.access_token(wire.MESSAGING_SCOPE)
         uri = self.subscription.uri
         hub = SignalRClient(
             uri,
@@ -377,7 +491,10 @@ class PresenceFeed:
             for raw in arguments if isinstance(arguments, list) else [arguments]:
                 event = parse_event(raw)
                 if event is None:
+                    self._unparsed(raw)
                     continue
+                self._first_unparsed = None
+                self._last_parsed = self._clock()
                 self.events_received += 1
                 if self._queue.full():
                     with contextlib.suppress(asyncio.QueueEmpty):

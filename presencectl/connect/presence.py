@@ -1,5 +1,6 @@
-"""Connect presence: read a user's aggregate, write and clear our own session (resource
-``wire.RESOURCE``), and bulk reads with bounded concurrency.
+"""Connect presence: read a user's aggregate, write and clear our own session (the client's
+``resource_id``, a GUID per profile), clear the session older versions held under
+``wire.LEGACY_RESOURCE``, and bulk reads with bounded concurrency.
 
 Values are returned exactly as Connect sends them: deciding what an unknown value means is the
 mapping layer's job, not the adapter's.
@@ -88,7 +89,7 @@ async def set_presence(client: ConnectClient, user_id: str, value: str) -> None:
     await client.request(
         "PUT",
         wire.presence_path(user_id),
-        params={"resource": wire.RESOURCE},
+        params={wire.RESOURCE_PARAM: client.resource_id},
         json={wire.PRESENCE_FIELD: value},
     )
 
@@ -96,6 +97,22 @@ async def set_presence(client: ConnectClient, user_id: str, value: str) -> None:
 async def clear_presence(client: ConnectClient, user_id: str) -> bool:
     """Remove our session from the user; False when there was none (404)."""
     response = await client.request(
-        "DELETE", wire.presence_path(user_id), params={"resource": wire.RESOURCE}, allow=(404,)
+        "DELETE",
+        wire.presence_path(user_id),
+        params={wire.RESOURCE_PARAM: client.resource_id},
+        allow=(404,),
     )
     return response.status_code != 404
+
+
+async def clear_legacy_presence(client: ConnectClient, user_id: str) -> bool:
+    """Remove the session versions before the GUID resource held (``presencectl``); False when
+    there was none, or when Connect refuses a resource name that is not a GUID (400: then it
+    never held one)."""
+    response = await client.request(
+        "DELETE",
+        wire.presence_path(user_id),
+        params={wire.RESOURCE_PARAM: wire.LEGACY_RESOURCE},
+        allow=(400, 404),
+    )
+    return 200 <= response.status_code < 300

@@ -1,40 +1,65 @@
 """Everything presencectl knows about the Univerge Blue Connect wire, in one place.
 
-Paths, the OAuth scope, the session resource we write under, the change-feed subscription body,
-the hub target and the field names of its payload. The presence endpoints are not publicly
-documented (FACTS.md "Univerge Blue"): when the vendor's real shapes turn out different, this is
-the module to correct. Nothing here does I/O.
+Paths, OAuth scopes (one per token), the directory's page shape, the session resource we write
+under, the change-feed subscription body, the hub target and the field names of its payload.
+Each element names its public source, or says it is unverified (FACTS.md "Univerge Blue"; the
+presence endpoints are not publicly documented): when the vendor's real shapes turn out
+different, this is the module to correct. Nothing here does I/O.
 """
 
 from __future__ import annotations
 
+import re
+import uuid
 from urllib.parse import quote
 
-# OAuth2 client credentials at {login}/user/connect/token (EXTEND API).
+# OAuth2 client credentials at {login}/user/connect/token (EXTEND API). One scope per token,
+# only api.service.* scopes with client credentials: api.user.* scopes belong to user sign-in
+# (extend-dotnet-sdk ClientCredentialsTokenProvider.cs, AuthorizationRouterTokenProvider.cs).
 TOKEN_PATH = "/user/connect/token"
-SCOPE = "api.service.messaging api.user.address-book"
+# presence, subscriptions and the hub (ips_extend_monitoring asks this scope)
+MESSAGING_SCOPE = "api.service.messaging"
+DIRECTORY_SCOPE = "api.service.address-book"  # default of connect_directory_scope (unverified)
+USER_SCOPE_PREFIX = "api.user."
 TOKEN_REFRESH_MARGIN_S = 60.0
 
-# Address book (directory), paged by offsetToken.
+# Address book (extend-dotnet-sdk Models/V3/Contacts.cs, Contact.cs; AddressBookClient.cs sends
+# fields=_all). The service-token path and the request's paging parameters are unverified.
 CONTACTS_PATH = "/address-book/v3/accounts/_me/contacts"
-CONTACTS_LIST_KEY = "contacts"
-OFFSET_TOKEN = "offsetToken"
+CONTACTS_LIST_KEY = "results"
+CONTACTS_NEXT_KEY = "nextPageOffsetToken"
+OFFSET_PARAM = "offsetToken"
+COUNT_PARAM = "count"
+FIELDS_PARAM = "fields"
+FIELDS_ALL = "_all"
+PAGE_SIZE = 500
+# Contact.type values are undocumented: "user" is the plausible name for a person; a contact
+# without a type is taken for a user (tolerant), any other type (shared contact, room) is not.
+USER_CONTACT_TYPE = "user"
 
-# Presence: per user, sessions ("resources") aggregated by the service.
+# Presence: per user, sessions ("resources") aggregated by the service (ips_extend_monitoring).
 PRESENCE_PATH = "/messaging/v1/presence/accounts/_me/users/{user_id}"
 PRESENCE_FIELD = "presence"
-RESOURCE = "presencectl"  # the session we own on every user
+RESOURCE_PARAM = "resource"
+LEGACY_RESOURCE = "presencectl"  # what versions before the GUID wrote under; `disable` clears it
 
-# Change feed: a subscription delivered over a SignalR hub.
+# Change feed: a subscription delivered over a SignalR hub (ips_extend_monitoring; renew and
+# delete are public for voice subscriptions only: extend-dotnet-sdk NotificationHub.cs).
 SUBSCRIPTIONS_ALL_PATH = "/messaging/v1/subscriptions/accounts/_me/users/_all"
 SUBSCRIPTION_PATH = "/messaging/v1/subscriptions/{subscription_id}"
 SUBSCRIPTION_RENEW_PATH = SUBSCRIPTION_PATH + "/renew"
+SUBSCRIPTION_RENEW_BODY: dict[str, object] = {}
 SUBSCRIPTION_EVENTS = ["*"]
 SUBSCRIPTION_TTL_S = 30 * 60
+SUBSCRIPTION_EXPIRES = "whenExpired"
 HUB_TARGET = "OnPresenceEvent"
-EVENT_USER_ID = "userId"
+# No public source names the event's user-id field: the first present of these is taken.
+EVENT_USER_ID_FIELDS = ("userId", "unifiedUserId", "id", "user.id")
 EVENT_PRESENCE = "presenceState"
 EVENT_WHEN_RAISED = "whenRaised"
+
+# Rate limit: about 250 requests/minute per client (a third-party report; unverified).
+RATE_PER_MIN = 250
 
 # Wire values of the Connect statuses (ARCHITECTURE.md §4), highest aggregate first.
 STATUSES = (
@@ -69,10 +94,29 @@ def subscription_renew_path(subscription_id: str) -> str:
 
 
 def format_ttl(seconds: float) -> str:
-    """A .NET TimeSpan string, as the subscription body wants: 1800 → "00:30:00"."""
+    """A .NET TimeSpan string: 1800 → "00:30:00"; from one day on "d.hh:mm:ss" (90000 →
+    "1.01:00:00"), as TimeSpan's invariant format writes it."""
     total = max(0, int(seconds))
-    return f"{total // 3600:02d}:{total % 3600 // 60:02d}:{total % 60:02d}"
+    days, rest = divmod(total, 86400)
+    clock = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}.{clock}" if days else clock
 
 
 def subscription_body(ttl_s: float = SUBSCRIPTION_TTL_S) -> dict[str, object]:
     return {"events": list(SUBSCRIPTION_EVENTS), "ttl": format_ttl(ttl_s)}
+
+
+def new_resource_id() -> str:
+    """A fresh session resource (a GUID, as ips_extend_monitoring writes under)."""
+    return str(uuid.uuid4())
+
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def is_guid(text: str) -> bool:
+    return bool(_GUID.match(text))
+
+
+def is_user_scope(scope: str) -> bool:
+    return scope.strip().lower().startswith(USER_SCOPE_PREFIX)

@@ -211,19 +211,15 @@ async def check_prerequisites(
             )
         else:
             contact_email = str(_field(contact, "email"))
-            roles = {str(r).lower() for r in (_field(contact, "roles") or [])}
-            if SECURITY_MANAGER.lower() in roles:
-                report(Step("Security Manager", OK, f"{contact_email} holds the role"))
-            else:
-                report(
-                    Step(
-                        "Security Manager",
-                        FAILED,
-                        f"{contact_email} does not hold the Security Manager role",
-                        remedy="assign the Security Manager role to the account contact in "
-                        "Control Panel",
-                    )
+            # Connect's contacts carry no roles (extend-dotnet-sdk Contact.cs): information only.
+            report(
+                Step(
+                    "Security Manager",
+                    OK,
+                    f"{contact_email} is a Connect contact; the role cannot be seen through the "
+                    "API: confirm it in Control Panel",
                 )
+            )
     if contact_email and admin_email:
         if contact_email.lower() == admin_email.lower():
             report(Step("Same email", OK, f"{admin_email} in Azure and Connect"))

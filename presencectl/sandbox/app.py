@@ -64,9 +64,17 @@ def make_hub(world: World) -> Any:
 
     def authorize(token: str) -> bool:
         claims = world.verify_bearer(f"Bearer {token}")
-        return claims is not None and claims.kind == "connect"
+        return (
+            claims is not None
+            and claims.kind == "connect"
+            and "api.service.messaging" in claims.scp
+        )
 
-    return signalr.SignalRHub(path=HUB_PATH, authorize=authorize)
+    return signalr.SignalRHub(
+        path=HUB_PATH,
+        authorize=authorize,
+        affinity_cookie=lambda: world.faults.hub_affinity_cookie,
+    )
 
 
 def build_routes(world: World, hub: Any) -> list[BaseRoute]:

@@ -1,25 +1,43 @@
 """The sandbox's Univerge Blue Connect REST API (ARCHITECTURE.md §3 table) and its change feed.
 
+Written from the public sources (FACTS.md "Univerge Blue"), never from presencectl's client.
 Owns ``connect_routes(world, hub)``:
-- ``POST /univerge/login/user/connect/token`` (client_credentials form; wrong client or secret
-  → ``400 {"error": "invalid_client"}``; tokens expire on the world's clock);
-- ``GET /univerge/api/address-book/v3/accounts/_me/contacts?offsetToken=T`` (pages of 500);
+- ``POST /univerge/login/user/connect/token`` (client_credentials form with exactly one scope,
+  ``api.service.messaging`` or ``api.service.address-book``; an ``api.user.*`` scope, several
+  scopes or an unknown one → ``400 {"error": "invalid_scope"}``; wrong client or secret →
+  ``400 {"error": "invalid_client"}``; tokens expire on the world's clock);
+- ``GET /univerge/api/address-book/v3/accounts/_me/contacts?fields=_all&count=N&offsetToken=T``
+  → ``{"results": [...], "nextPageOffsetToken": "…"|null}`` (extend-dotnet-sdk
+  ``Models/V3/Contacts.cs``, ``Contact.cs``): users, shared contacts and rooms; no roles; without
+  ``fields=_all`` only ``id``, ``type`` and ``displayName`` come back;
 - ``GET|PUT|DELETE /univerge/api/messaging/v1/presence/accounts/_me/users/{id}[?resource=R]``
-  (PUT ``{"presence": v}`` → 204, unknown value → 400; DELETE → 204, 404 without such resource);
+  (PUT ``{"presence": v}`` → 204, unknown value → 400; DELETE → 204, 404 without such resource;
+  a resource that is not a GUID → 400);
 - subscriptions: ``POST …/subscriptions/accounts/_me/users/_all`` ``{"events", "ttl"}``,
   ``POST …/subscriptions/{id}/renew``, ``DELETE …/subscriptions/{id}``.
 
-Every change of a user's aggregate (from these routes or from the control API, via
-``world.events`` ``connect.presence``) is published as ``OnPresenceEvent`` ``{"userId",
-"presenceState", "whenRaised"}`` through the SignalR hub to each live subscription. Missing or
-expired tokens get 401. Presence and directory requests pass the fault injector.
+Every route checks the token's scope (403 naming the missing one): the directory needs
+``api.service.address-book``, everything else ``api.service.messaging``. Error bodies are
+``{"error", "message"}``. Every change of a user's aggregate (from these routes or from the control
+API, via ``world.events`` ``connect.presence``) is published as ``OnPresenceEvent``
+``{<user id field>, "presenceState", "whenRaised"}`` through the SignalR hub to each live
+subscription. Missing or expired tokens get 401. Presence and directory requests pass the fault
+injector. The Connect unknowns are fault keys (``world.Faults``): ``feed_user_field`` (the
+event's user-id field), ``connect_write_delay_s`` (a PUT shows only after that delay),
+``connect_aggregation`` (``rank`` | ``last_writer``), ``connect_lenient_values`` (unknown values
+accepted and shown as given) and ``connect_throttle_per_min`` (429 + ``Retry-After`` past that
+many requests per minute per client); ``hub_affinity_cookie`` is served by the hub.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import collections
 import json
 import logging
+import math
+import random
 import re
 import uuid
 from dataclasses import dataclass
@@ -43,11 +61,22 @@ log = logging.getLogger(__name__)
 LOGIN = "/univerge/login"
 API = "/univerge/api"
 HUB_PATH = "/univerge/hub/presence"
-PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 500
 DEFAULT_RESOURCE = "default"
 DEFAULT_TTL = 30 * 60.0
 MAX_TTL = 24 * 3600.0
-CONNECT_SCOPES = ("api.service.messaging", "api.user.address-book")
+MESSAGING = "api.service.messaging"
+ADDRESS_BOOK = "api.service.address-book"
+SERVICE_SCOPES = (MESSAGING, ADDRESS_BOOK)
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+# Contacts that are not users: the account's shared contacts and rooms (Contact.type; the exact
+# type names are not documented).
+OTHER_CONTACTS = (
+    ("sharedContact", "Front Desk", "front-desk"),
+    ("sharedContact", "Support Line", "support-line"),
+    ("room", "Board Room", "board-room"),
+)
 _TTL = re.compile(r"^(?:(?P<d>\d+)\.)?(?P<h>\d{1,2}):(?P<m>\d{2}):(?P<s>\d{2})(?:\.\d+)?$")
 
 
@@ -113,9 +142,18 @@ class ConnectFeed:
     async def _on_event(self, kind: str, payload: dict[str, Any]) -> None:
         if kind != "connect.presence" or self.hub is None:
             return
+        wire_payload = event_payload(payload, self.world.faults.feed_user_field)
         for sub in self.live():
             self.events_published += 1
-            await self.hub.publish("OnPresenceEvent", [payload], subscription_id=sub.id)
+            await self.hub.publish("OnPresenceEvent", [wire_payload], subscription_id=sub.id)
+
+
+def event_payload(change: dict[str, Any], user_field: str) -> dict[str, Any]:
+    """The hub's event for a change, the user id under ``user_field`` (``user.id``: nested)."""
+    payload = {k: v for k, v in change.items() if k != "userId"}
+    head, dot, tail = user_field.partition(".")
+    payload[head] = {tail: change.get("userId")} if dot else change.get("userId")
+    return payload
 
 
 def _feed(world: World, hub: Any) -> ConnectFeed:
@@ -125,22 +163,72 @@ def _feed(world: World, hub: Any) -> ConnectFeed:
     return feed
 
 
-def _claims(world: World, request: Request) -> Claims:
+def _claims(world: World, request: Request, scope: str) -> Claims:
     claims = world.verify_bearer(request.headers.get("authorization"))
     if claims is None or claims.kind != "connect":
         raise ConnectError(
             401, "invalid_token", "The access token is missing, invalid or expired.",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
+    if scope not in claims.scp:
+        raise ConnectError(
+            403, "insufficient_scope", f"The access token lacks the scope '{scope}'.",
+            headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+        )
+    _throttle(world, claims.appid)
     return claims
 
 
-async def _guard(world: World, request: Request) -> Claims:
+def _throttle(world: World, client_id: str) -> None:
+    """``connect_throttle_per_min``: past that many requests in the last minute → 429."""
+    limit = world.faults.connect_throttle_per_min
+    if limit <= 0:
+        return
+    now = world.clock.now()
+    window = world.throttle_state.setdefault(("connect", client_id), collections.deque())
+    blocked_until = world.throttle_state.get(("connect-retry-after", client_id), 0.0)
+    if now < blocked_until:
+        world.stats.in_retry_after_window += 1
+    while window and window[0] <= now - 60.0:
+        window.popleft()
+    if len(window) >= limit:
+        wait = max(1, math.ceil(window[0] + 60.0 - now))
+        world.throttle_state[("connect-retry-after", client_id)] = now + wait
+        world.stats.throttled += 1
+        raise ConnectError(
+            429, "too_many_requests", f"Rate limit of {limit} requests per minute exceeded.",
+            headers={"Retry-After": str(wait)},
+        )
+    window.append(now)
+
+
+async def _guard(world: World, request: Request, scope: str = MESSAGING) -> Claims:
     try:
         await inject_faults(world, request)
     except GraphError as exc:
         raise ConnectError(exc.status, "server_error", exc.message, exc.headers) from exc
-    return _claims(world, request)
+    return _claims(world, request, scope)
+
+
+def other_contacts(world: World) -> list[dict[str, Any]]:
+    """The account's shared contacts and rooms (deterministic for the world's seed)."""
+    rng = random.Random(f"connect-others-{world.seed}")
+    out: list[dict[str, Any]] = []
+    for kind, name, local in OTHER_CONTACTS:
+        contact_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        room = kind == "room"
+        out.append(
+            {
+                "id": contact_id,
+                "type": kind,
+                "displayName": name,
+                "email": f"{local}@{world.domain}",
+                "phoneNumbers": [{"type": "work", "number": f"+1555010{len(out)}"}],
+                "pbx": {"enabled": room, "extension": "1999" if room else None},
+                "messaging": {"jid": None, "enabled": False},
+            }
+        )
+    return out
 
 
 def _connect_person(world: World, user_id: str) -> Person:
@@ -185,7 +273,21 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
             return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)
         if client_id != world.connect_client_id or client_secret != world.connect_client_secret:
             return JSONResponse({"error": "invalid_client"}, status_code=400)
-        requested = str(form.get("scope") or " ".join(CONNECT_SCOPES)).split()
+        requested = str(form.get("scope") or "").split()
+        refusal = None
+        if len(requested) != 1:
+            refusal = "Exactly one scope must be requested."
+        elif requested[0].lower().startswith("api.user."):
+            refusal = (
+                f"The scope '{requested[0]}' needs a user sign-in; client credentials take "
+                "api.service.* scopes."
+            )
+        elif requested[0] not in SERVICE_SCOPES:
+            refusal = f"The scope '{requested[0]}' is not allowed for this client."
+        if refusal:
+            return JSONResponse(
+                {"error": "invalid_scope", "error_description": refusal}, status_code=400
+            )
         access_token, claims = world.issue_token(
             kind="connect", appid=client_id, scp=requested, aud="api.univerge.blue"
         )
@@ -201,21 +303,37 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
 
     async def contacts(request: Request) -> Response:
         try:
-            await _guard(world, request)
+            await _guard(world, request, ADDRESS_BOOK)
+            params = request.query_params
             offset = 0
-            raw = request.query_params.get("offsetToken")
+            raw = params.get("offsetToken")
             if raw:
                 decoded = _decode_offset(raw)
                 if decoded is None:
                     raise ConnectError(400, "invalid_request", "Invalid offsetToken.")
                 offset = decoded
-            people = [p for p in world.people if p.connect_id is not None]
-            page = people[offset : offset + PAGE_SIZE]
-            following = offset + PAGE_SIZE
+            try:
+                count = int(params.get("count", DEFAULT_PAGE_SIZE))
+            except ValueError:
+                count = -1
+            if not 1 <= count <= MAX_PAGE_SIZE:
+                raise ConnectError(
+                    400, "invalid_request", f"count must be between 1 and {MAX_PAGE_SIZE}."
+                )
+            every = "_all" in params.get("fields", "").split(",")
+            users = [p for p in world.people if p.connect_id is not None]
+            total = len(users) + len(OTHER_CONTACTS)
+            page = [p.connect_contact() for p in users[offset : offset + count]]
+            if offset + count > len(users):
+                start = max(0, offset - len(users))
+                page += other_contacts(world)[start : start + count - len(page)]
+            if not every:
+                page = [{k: c.get(k) for k in ("id", "type", "displayName")} for c in page]
+            following = offset + count
             return JSONResponse(
                 {
-                    "contacts": [p.connect_contact() for p in page],
-                    "offsetToken": _encode_offset(following) if following < len(people) else None,
+                    "results": page,
+                    "nextPageOffsetToken": _encode_offset(following) if following < total else None,
                 }
             )
         except ConnectError as exc:
@@ -223,12 +341,48 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
         except DroppedConnection:
             return Response(status_code=500)
 
+    pending: dict[tuple[str, str], int] = {}  # (user id, resource) → writes not yet visible
+    tasks: set[asyncio.Task[None]] = set()
+
+    def state_of(person: Person) -> Any:
+        return person.connect.aggregate_with(world.faults.connect_aggregation)
+
+    async def apply_write(person: Person, resource: str, value: str | None) -> None:
+        state = state_of(person)
+        if value is None:
+            changed = bool(state.clear(resource))
+        else:
+            changed = state.set(resource, value, world.clock.now(), lenient=True)
+        if changed:
+            await publish_connect_change(world, person)
+
+    async def apply_later(person: Person, resource: str, value: str | None, delay: float) -> None:
+        key = (str(person.connect_id), resource)
+        try:
+            await asyncio.sleep(delay)
+            await apply_write(person, resource, value)
+        finally:
+            pending[key] -= 1
+            if not pending[key]:
+                del pending[key]
+
+    def schedule(person: Person, resource: str, value: str | None, delay: float) -> None:
+        key = (str(person.connect_id), resource)
+        pending[key] = pending.get(key, 0) + 1
+        task = asyncio.ensure_future(apply_later(person, resource, value, delay))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
     async def presence(request: Request) -> Response:
         try:
             await _guard(world, request)
             person = _connect_person(world, request.path_params["user_id"])
             resource = request.query_params.get("resource")
-            state = person.connect
+            if resource is not None and not _GUID.match(resource):
+                raise ConnectError(
+                    400, "invalid_request", f"The resource '{resource}' is not a GUID."
+                )
+            state = state_of(person)
             if request.method == "GET":
                 if resource:
                     found = state.resources.get(resource)
@@ -236,34 +390,46 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
                         raise ConnectError(404, "not_found", f"No resource '{resource}'.")
                     return JSONResponse({"presence": found.status})
                 return JSONResponse({"presence": state.status})
+            name = resource or DEFAULT_RESOURCE
+            delay = world.faults.connect_write_delay_s
             if request.method == "PUT":
                 try:
                     body = json.loads(await request.body() or b"null")
                 except ValueError as exc:
                     raise ConnectError(400, "invalid_request", "The body is not JSON.") from exc
                 value = body.get("presence") if isinstance(body, dict) else None
-                if not isinstance(value, str) or value not in CONNECT_STATUSES:
+                known = isinstance(value, str) and value in CONNECT_STATUSES
+                lenient = world.faults.connect_lenient_values and isinstance(value, str) and value
+                if not known and not lenient:
                     raise ConnectError(
                         400, "invalid_presence",
                         f"Unknown presence value {value!r}.",
                     )
-                changed = state.set(resource or DEFAULT_RESOURCE, value, world.clock.now())
                 world.stats.writes += 1
-            else:
-                result = state.clear(resource or DEFAULT_RESOURCE)
-                if result is None:
-                    raise ConnectError(
-                        404, "not_found", f"No presence resource '{resource or DEFAULT_RESOURCE}'."
-                    )
-                changed = result
+                if delay > 0:
+                    schedule(person, name, str(value), delay)
+                else:
+                    await apply_write(person, name, str(value))
+                return Response(status_code=204)
+            # DELETE: behind a write still on its way, the delete waits its turn
+            if (str(person.connect_id), name) in pending:
                 world.stats.writes += 1
-            if changed:
-                await publish_connect_change(world, person)
+                schedule(person, name, None, delay)
+                return Response(status_code=204)
+            if name not in state.resources:
+                raise ConnectError(404, "not_found", f"No presence resource '{name}'.")
+            world.stats.writes += 1
+            await apply_write(person, name, None)
             return Response(status_code=204)
         except ConnectError as exc:
             return exc.response()
         except DroppedConnection:
             return Response(status_code=500)
+
+    def hub_base() -> str:
+        # The hub is named by host name, not an IP literal: cookies (the hub's sticky-session
+        # cookie) are not kept for IP hosts by cookie jars that follow RFC 6265 (aiohttp's).
+        return world.base_url.replace("://127.0.0.1:", "://localhost:", 1)
 
     def subscription_json(sub: ConnectSubscription) -> dict[str, Any]:
         return {
@@ -272,7 +438,7 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
             "events": ["*"],
             "deliveryMethod": {
                 "transport": "signalR",
-                "uri": f"{world.base_url}{HUB_PATH}?subscriptionId={sub.id}",
+                "uri": f"{hub_base()}{HUB_PATH}?subscriptionId={sub.id}",
             },
         }
 
@@ -296,7 +462,7 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
 
     async def subscribe(request: Request) -> Response:
         try:
-            claims = _claims(world, request)
+            claims = _claims(world, request, MESSAGING)
             body = await read_json(request)
             events = body.get("events", ["*"]) if isinstance(body, dict) else None
             if not isinstance(events, list) or not events:
@@ -319,7 +485,7 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
 
     async def renew(request: Request) -> Response:
         try:
-            claims = _claims(world, request)
+            claims = _claims(world, request, MESSAGING)
             sub = owned(request, claims)
             body = await read_json(request)
             ttl = ttl_of(body) if isinstance(body, dict) and "ttl" in body else sub.ttl
@@ -331,7 +497,7 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
 
     async def unsubscribe(request: Request) -> Response:
         try:
-            claims = _claims(world, request)
+            claims = _claims(world, request, MESSAGING)
             sub = owned(request, claims)
             del feed.subscriptions[sub.id]
             if hub is not None:

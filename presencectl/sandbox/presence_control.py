@@ -122,7 +122,7 @@ def teams_document(world: World, person: Person) -> dict[str, Any]:
 
 
 def connect_document(world: World, person: Person) -> dict[str, Any]:
-    state = person.connect
+    state = person.connect.aggregate_with(world.faults.connect_aggregation)
     return {
         "user": person.connect_email or person.email,
         "id": person.connect_id,
@@ -140,7 +140,9 @@ async def publish_connect_change(world: World, person: Person) -> None:
         "connect.presence",
         {
             "userId": person.connect_id,
-            "presenceState": person.connect.status,
+            "presenceState": person.connect.aggregate_with(
+                world.faults.connect_aggregation
+            ).status,
             "whenRaised": iso(world.clock.now()),
         },
     )
@@ -211,7 +213,8 @@ def control_routes(world: World) -> list[BaseRoute]:
                     400, "invalid_status",
                     f"'status' must be one of {', '.join(sorted(CONNECT_STATUSES))}",
                 )
-            if person.connect.set(APP_RESOURCE, status.lower(), world.clock.now()):
+            state = person.connect.aggregate_with(world.faults.connect_aggregation)
+            if state.set(APP_RESOURCE, status.lower(), world.clock.now()):
                 await publish_connect_change(world, person)
             return JSONResponse(connect_document(world, person))
         except ControlError as exc:

@@ -223,6 +223,9 @@ class Sandbox:
             connect_client_id=self.world.connect_client_id,
             connect_account_email=ADMIN_EMAIL,
             admin_email=ADMIN_EMAIL,
+            # No client-side Connect budget: the sandbox limits only when asked to
+            # (fault key connect_throttle_per_min); see docs/performance.md.
+            connect_rate_per_min=0,
         )
         save_profile(profile)
         secret_store.set_secret(

@@ -9,6 +9,10 @@ so that the real ``pysignalr`` client (and any other SignalR client) runs unchan
   sends no version, so it gets a version-0 answer and connects with ``id=connectionId``.
 - ``WebSocket {path}?id=…`` (``id`` optional: clients may skip negotiation on WebSockets); an
   unknown or already used ``id`` is refused with 404.
+- Sticky sessions (``affinity_cookie``, the fault key ``hub_affinity_cookie``): negotiate sets a
+  cookie naming the server instance, and a WebSocket that does not send it back reaches
+  "another instance", which does not know the connection id: 404, as a load-balanced ASP.NET
+  Core hub answers. (pysignalr replays negotiate cookies from 1.3.3.)
 - Auth on both: ``access_token`` query parameter or ``Authorization: Bearer``; checked by the
   ``authorize`` callable; refused with 401.
 - JSON hub protocol: records end with ``\\x1e``; handshake ``{"protocol":"json","version":1}`` →
@@ -46,9 +50,11 @@ PING = 6
 CLOSE = 7
 
 DEFAULT_PATH = "/univerge/hub/presence"
+AFFINITY_COOKIE = "ARRAffinity"
 _PENDING_TTL = 60.0  # seconds a negotiated connection id stays usable (ASP.NET: disconnect timeout)
 
 Authorize = Callable[[str], bool]
+Switch = Callable[[], bool]
 SubscriptionCheck = Callable[[str], bool]
 
 
@@ -114,12 +120,16 @@ class SignalRHub:
         authorize: Authorize | None = None,
         *,
         subscription_exists: SubscriptionCheck | None = None,
+        affinity_cookie: Switch | None = None,
         keep_alive_interval: float = 15.0,
         client_timeout: float = 30.0,
     ) -> None:
         self.path = path.rstrip("/")
         self.authorize = authorize
         self.subscription_exists = subscription_exists
+        self.affinity_cookie = affinity_cookie
+        self._affinity: dict[str, str] = {}  # connection id the client will send → cookie value
+        self.affinity_refused = 0
         self.keep_alive_interval = keep_alive_interval
         self.client_timeout = client_timeout
         self._pending: dict[
@@ -227,6 +237,7 @@ class SignalRHub:
         now = time.monotonic()
         for key in [k for k, (_, when) in self._pending.items() if now - when > _PENDING_TTL]:
             del self._pending[key]
+            self._affinity.pop(key, None)
 
     async def _negotiate(self, request: Request) -> Response:
         token = bearer_token(
@@ -259,7 +270,12 @@ class SignalRHub:
         body["availableTransports"] = [
             {"transport": "WebSockets", "transferFormats": ["Text", "Binary"]}
         ]
-        return JSONResponse(body)
+        response = JSONResponse(body)
+        if self.affinity_cookie is not None and self.affinity_cookie():
+            instance = secrets.token_hex(16)
+            self._affinity[body.get("connectionToken", connection_id)] = instance
+            response.set_cookie(AFFINITY_COOKIE, instance, path="/", secure=True, httponly=True)
+        return response
 
     # -- websocket ----------------------------------------------------------------------------
     async def _deny(self, websocket: WebSocket, status: int, text: str) -> None:
@@ -283,11 +299,20 @@ class SignalRHub:
         client_id = params.get("id")
         if client_id is not None:
             self._purge_pending()
+            expected = self._affinity.pop(client_id, None)
+            if expected is not None and websocket.cookies.get(AFFINITY_COOKIE) != expected:
+                self.affinity_refused += 1
+                await self._deny(websocket, 404, "No Connection with that ID")
+                return
             pending = self._pending.pop(client_id, None)
             if pending is None:
                 await self._deny(websocket, 404, "No Connection with that ID")
                 return
             connection_id = pending[0]
+        elif self.affinity_cookie is not None and self.affinity_cookie():
+            self.affinity_refused += 1  # no negotiate, no cookie: some other instance
+            await self._deny(websocket, 404, "No Connection with that ID")
+            return
         else:
             connection_id = secrets.token_urlsafe(16)
 

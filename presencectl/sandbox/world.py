@@ -253,14 +253,18 @@ class Person:
         }
 
     def connect_contact(self) -> dict[str, Any]:
-        """The Connect address-book contact."""
+        """The Connect address-book contact of a user (extend-dotnet-sdk Models/V3/Contact.cs:
+        no roles, no first or last name; Control Panel roles are not visible through the API)."""
+        extension = str(1000 + int((self.connect_id or "0")[:4], 16) % 9000)
         return {
             "id": self.connect_id,
+            "type": "user",
             "displayName": self.display_name,
-            "firstName": self.given_name,
-            "lastName": self.surname,
+            "title": self.job_title,
             "email": self.connect_email,
-            "roles": sorted(r for r in self.roles if r != GLOBAL_ADMIN),
+            "phoneNumbers": [],
+            "pbx": {"enabled": True, "extension": extension},
+            "messaging": {"jid": f"{self.connect_id}@messaging.{DOMAIN}", "enabled": True},
         }
 
 

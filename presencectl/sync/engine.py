@@ -633,6 +633,7 @@ class SyncEngine:
                     result.cycles == 0
                     or feed is None
                     or not feed.connected
+                    or self._feed_deaf(feed)
                     or self._feed_reconnected(feed)
                 )
                 await self.cycle(result, read_connect=poll_connect)
@@ -740,6 +741,31 @@ class SyncEngine:
             )
         return feed
 
+    async def _clear_legacy_connect(self, user_ids: Sequence[str]) -> int:
+        return await _clear_legacy(self.connect, user_ids, self.options.connect_concurrency)
+
+    def _feed_deaf(self, feed: Any) -> bool:
+        """Events arrive but none can be read: poll Connect as if the feed were down, say why
+        (once, and in the state for ``status``), and keep the count of unreadable events."""
+        unparsed = getattr(feed, "events_unparsed", 0)
+        if unparsed != getattr(feed, "_stored_unparsed", 0):
+            feed._stored_unparsed = unparsed
+            self.store.set_meta("connect_feed_unparsed", str(unparsed))
+        deaf = bool(getattr(feed, "deaf", False))
+        if deaf != getattr(feed, "_reported_deaf", False):
+            feed._reported_deaf = deaf
+            note = (
+                f"the Connect feed delivers events presencectl cannot read ({unparsed} so far): "
+                "polling Connect with Teams instead"
+                if deaf
+                else None
+            )
+            if note:
+                log.warning("%s", note)
+                self._emit("feed", state="deaf")
+            self.store.set_meta("connect_feed_note", note)
+        return deaf
+
     def _feed_reconnected(self, feed: Any) -> bool:
         seen = getattr(feed, "_seen_reconnects", 0)
         if feed.reconnects != seen:
@@ -811,6 +837,9 @@ class SyncEngine:
             if on_progress is not None:
                 on_progress(done, total)
         self.store.append_audit(audit)
+        result.connect_cleared += await self._clear_legacy_connect(
+            [user_id for _, side, user_id in targets if side is Side.CONNECT]
+        )
         for sub in self.store.subscriptions():
             with contextlib.suppress(PresencectlError):
                 await self.connect.delete_subscription(sub.id)
@@ -819,6 +848,21 @@ class SyncEngine:
         if result.failed == 0:
             self.store.clear_sync_state()
         return result
+
+
+async def _clear_legacy(connect: ConnectClient, user_ids: Sequence[str], limit: int) -> int:
+    """Best effort: clear the sessions versions before the GUID resource held on Connect."""
+    gate = asyncio.Semaphore(max(1, limit))
+
+    async def one(user_id: str) -> bool:
+        async with gate:
+            try:
+                return await connect.clear_legacy_presence(user_id)
+            except PresencectlError as exc:
+                log.debug("connect: legacy session of %s not cleared: %s", user_id, exc.code)
+                return False
+
+    return sum(await asyncio.gather(*(one(u) for u in dict.fromkeys(user_ids))))
 
 
 def _default_matcher() -> Callable[[Sequence[Any], Sequence[Any]], Any]:
@@ -1022,6 +1066,8 @@ def state_summary(profile_name: str) -> dict[str, Any]:
             "sessions_teams": sessions["teams"],
             "sessions_connect": sessions["connect"],
             "subscriptions": len(store.subscriptions()),
+            "connect_feed_unparsed": int(store.get_meta("connect_feed_unparsed") or 0),
+            "connect_feed_note": store.get_meta("connect_feed_note"),
             "last_run": None
             if last is None
             else {
