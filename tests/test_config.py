@@ -207,3 +207,34 @@ def test_config_show_lists_settings_and_profiles(cli: Any) -> None:
 def test_config_path_is_bare_for_scripts(cli: Any) -> None:
     result = cli("config", "path")
     assert result.stdout == f"{config.config_path()}\n"
+
+
+@pytest.mark.parametrize(
+    "scope",
+    ["api.user.address-book", "API.User.Address-Book", "api.service.messaging api.service.x", " "],
+)
+def test_the_directory_scope_is_one_service_scope(tmp_path: Path, scope: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[profiles.p]\nconnect_directory_scope = "{scope}"\n')
+    with pytest.raises(ConfigError) as err:
+        config.load_profile("p", path=path)
+    assert "connect_directory_scope" in err.value.message
+    assert "api.user" in (err.value.hint or "")
+
+
+def test_connect_rate_and_resource_keys(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[profiles.p]\nconnect_rate_per_min = 100\nconnect_directory_scope = "api.service.x"\n'
+        'connect_resource_id = "0f8fad5b-d9cb-469f-a165-70867728950e"\n'
+    )
+    profile = config.load_profile("p", path=path)
+    assert profile.connect_rate_per_min == 100
+    assert profile.connect_directory_scope == "api.service.x"
+    assert profile.connect_resource_id == "0f8fad5b-d9cb-469f-a165-70867728950e"
+    assert config.Profile().connect_rate_per_min == 250
+    assert config.Profile().connect_directory_scope == "api.service.address-book"
+    for bad in ('"250"', "-1", "true", "2.5"):
+        path.write_text(f"[profiles.p]\nconnect_rate_per_min = {bad}\n")
+        with pytest.raises(ConfigError, match="connect_rate_per_min"):
+            config.load_profile("p", path=path)

@@ -127,12 +127,15 @@ def integrity(db: Path) -> str:
 
 
 def our_sessions(sb: Served, people: list[str], session_id: str) -> int:
+    from presencectl.config import load_profile
+
+    resource = load_profile("sandbox").connect_resource_id  # made by the first run that wrote
     count = 0
     for email in people:
         teams = sb.control.get("/_sandbox/teams/presence", params={"user": email}).json()
         count += sum(1 for s in teams["sessions"] if s["session_id"] == session_id)
         connect = sb.control.get("/_sandbox/connect/presence", params={"user": email}).json()
-        count += sum(1 for r in connect["resources"] if r["resource"] == "presencectl")
+        count += sum(1 for r in connect["resources"] if r["resource"] == resource)
     return count
 
 

@@ -276,20 +276,16 @@ def test_account_contact_email_differs_from_the_admin(sbx: Any, cli: Any) -> Non
     assert "identical" in check["remedy"]
 
 
-def test_account_contact_without_security_manager(sbx: Any, cli: Any) -> None:
-    other = next(
-        p
-        for p in sbx.world.people
-        if p.connect_id and "Security Manager" not in p.roles and p.connect_email
-    )
-    profile = load_profile("sandbox")
-    profile.connect_account_email = other.connect_email.upper()
-    save_profile(profile)
+def test_the_security_manager_role_is_to_be_confirmed_in_control_panel(
+    sbx: Any, cli: Any
+) -> None:
+    """Connect's contacts carry no roles (extend-dotnet-sdk Contact.cs): the role cannot be
+    checked through the API, so the check says so and does not fail on it."""
     result = doctor_json(cli)
-    assert result.exit_code == 3
     check = checks_of(result)["Account contact"]
-    assert check["code"] == "prerequisite_security_manager"
-    assert "Security Manager" in check["detail"] and "Control Panel" in check["remedy"]
+    assert check["status"] == "ok", check
+    assert "cannot be seen through the API" in check["detail"]
+    assert "Control Panel" in check["detail"]
 
 
 @pytest.mark.parametrize(

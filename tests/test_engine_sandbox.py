@@ -26,8 +26,10 @@ class Org:
     def __init__(self, sb: Any, cli: Any) -> None:
         self.sb = sb
         self.cli = cli
+        from presencectl.connect.client import ensure_resource_id
+
         info = sb.profile_info()
-        sb.write_profile("sandbox")
+        self.resource = ensure_resource_id(sb.write_profile("sandbox"))  # our Connect session
         run = cli("--profile", "sandbox", "setup-azure", "--no-input")
         assert run.exit_code == 0, run.stderr
         sb.control.post(
@@ -95,7 +97,7 @@ class Org:
                 count += len(self.teams_shows(p.email)["sessions"])
             if p.connect_id:
                 resources = self.connect_shows(p.email)["resources"]
-                count += sum(1 for r in resources if r["resource"] == "presencectl")
+                count += sum(1 for r in resources if r["resource"] == self.resource)
         return count
 
 
@@ -170,7 +172,7 @@ def test_every_teams_row_reaches_connect(org: Org) -> None:
     assert result.exit_code == 0, result.stdout
     for person, (availability, activity, _, expected) in zip(people, TEAMS_TO_CONNECT, strict=True):
         shown = org.connect_shows(person.email)
-        ours = [r["status"] for r in shown["resources"] if r["resource"] == "presencectl"]
+        ours = [r["status"] for r in shown["resources"] if r["resource"] == org.resource]
         if expected is None:  # unaltered: no session of ours, Connect shows the user's own
             assert ours == [], (availability, activity, shown)
             assert shown["status"] == "offline"
@@ -225,7 +227,7 @@ def test_every_connect_row_reaches_teams(org: Org) -> None:
                 assert org.teams_pair(person.email) == expected
             # one-way: Connect untouched
             resources = org.connect_shows(person.email)["resources"]
-            assert all(r["resource"] != "presencectl" for r in resources)
+            assert all(r["resource"] != org.resource for r in resources)
 
 
 # -- the echo rule ---------------------------------------------------------------------------------
@@ -433,7 +435,7 @@ def test_no_loop_in_fifty_watch_cycles_of_random_changes(org: Org) -> None:
     for person in people:
         teams_own = org.sb.world.person_by_email(person.email).teams
         connect_shown = org.connect_shows(person.email)
-        connect_own = [r for r in connect_shown["resources"] if r["resource"] != "presencectl"]
+        connect_own = [r for r in connect_shown["resources"] if r["resource"] != org.resource]
         teams_sessions = org.teams_shows(person.email)["sessions"]
         if teams_sessions:
             target = mapping.connect_to_teams(connect_own[0]["status"])

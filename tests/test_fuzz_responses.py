@@ -301,7 +301,9 @@ def contact_pages(draw: st.DrawFn) -> tuple[list[bytes], set[str]]:
                 "email": draw(st.one_of(st.emails(), json_value)),
             }
             if kind == "odd_fields":
-                contact["roles"] = draw(json_value)
+                contact["type"] = draw(json_value)
+                contact["pbx"] = draw(json_value)
+                contact["messaging"] = draw(json_value)
                 contact["email"] = draw(json_value)
             if kind == "no_id":
                 contact[draw(st.sampled_from(["id", "skip"]))] = draw(
@@ -316,7 +318,7 @@ def contact_pages(draw: st.DrawFn) -> tuple[list[bytes], set[str]]:
         last = page == n_pages - 1
         pages.append(
             json.dumps(
-                {"contacts": contacts, "offsetToken": None if last else f"p{page + 1}"}
+                {"results": contacts, "nextPageOffsetToken": None if last else f"p{page + 1}"}
             ).encode()
         )
     return pages, good
@@ -335,14 +337,16 @@ def test_connect_directory_keeps_good_contacts(
 
     async def go() -> Any:
         async with connect_client(handler) as client:
-            return await client.list_contacts()
+            return await client.list_contacts(users_only=False)
 
     contacts = run(go())
     assert {c.id for c in contacts} == good
     for c in contacts:
         assert c.email is None or isinstance(c.email, str)
         assert isinstance(c.display_name, str)
-        assert all(isinstance(r, str) for r in c.roles)
+        assert c.type is None or isinstance(c.type, str)
+        assert c.pbx_enabled in (None, True, False) and c.messaging_enabled in (None, True, False)
+        assert c.extension is None or isinstance(c.extension, str)
 
 
 @FUZZ
@@ -350,9 +354,10 @@ def test_connect_directory_keeps_good_contacts(
     body=st.one_of(
         st.binary(max_size=200),
         json_value.map(lambda v: json.dumps(v).encode()),
-        st.just(b'{"contacts": [{"id": "k1", "email": "a@b"}], "offsetTo'),
-        st.just(json.dumps({"contacts": "nope", "offsetToken": 5}).encode()),
-        st.just(b'{"contacts": ' + b"[" * 100_000),
+        st.just(b'{"results": [{"id": "k1", "email": "a@b"}], "nextPageOffsetTo'),
+        st.just(json.dumps({"results": "nope", "nextPageOffsetToken": 5}).encode()),
+        st.just(json.dumps({"results": [], "nextPageOffsetToken": 5}).encode()),
+        st.just(b'{"results": ' + b"[" * 100_000),
     )
 )
 def test_connect_directory_malformed_page_never_raises_unhandled(body: bytes) -> None:
@@ -362,7 +367,7 @@ def test_connect_directory_malformed_page_never_raises_unhandled(body: bytes) ->
         nonlocal calls
         calls += 1
         if calls > 3:  # a page that points at itself must not loop forever
-            return httpx.Response(200, json={"contacts": [], "offsetToken": None})
+            return httpx.Response(200, json={"results": [], "nextPageOffsetToken": None})
         return httpx.Response(200, content=body)
 
     async def go() -> Any:
@@ -383,7 +388,11 @@ def test_connect_directory_malformed_page_never_raises_unhandled(body: bytes) ->
 @given(raw=json_value)
 @example(raw={"userId": "c1", "presenceState": "onphone", "whenRaised": {"a": 1}})
 @example(raw={"userId": ["c1"], "presenceState": "x" * 100_000})
+@example(raw={"user": {"id": {"deep": 1}}, "unifiedUserId": True, "presenceState": "busy"})
 def test_feed_event_parser_never_raises(raw: Any) -> None:
+    from presencectl.connect.feed import event_keys
+
+    assert isinstance(event_keys(raw), str)
     event = parse_event(raw)
     if event is not None:
         assert isinstance(event.user_id, str) and isinstance(event.presence, str)

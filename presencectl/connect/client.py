@@ -482,8 +482,10 @@ def connect_client_for(
 def ensure_resource_id(profile: Profile) -> str:
     """The profile's session resource (``connect_resource_id``), made on first use and saved.
 
-    Only that key is written into the stored profile, so nothing else of it is overwritten. A
-    profile that is not in the config file gets an id for this process only.
+    Made from the Connect client id and the profile name (a name-based GUID), so two processes
+    that start at once (a watch and a one-shot) make the same one and no session is orphaned.
+    Only that key is written into the stored profile, so nothing else of it is overwritten; a
+    profile that is not in the config file is not written.
     """
     if profile.connect_resource_id:
         return profile.connect_resource_id
@@ -496,7 +498,9 @@ def ensure_resource_id(profile: Profile) -> str:
     if isinstance(stored, str) and wire.is_guid(stored):
         profile.connect_resource_id = stored
         return stored
-    profile.connect_resource_id = wire.new_resource_id()
+    profile.connect_resource_id = wire.resource_id_for(
+        profile.connect_api_url, profile.connect_client_id or "", profile.name
+    )
     if isinstance(table, dict):
         table["connect_resource_id"] = profile.connect_resource_id
         write_config(doc, path)

@@ -93,8 +93,8 @@ def _page(response: Any) -> tuple[list[Any], str | None]:
             + (f" (keys: {keys})" if keys else ""),
             status=response.status_code,
             code="connect_bad_response",
-            hint="the address book's answer is not the shape presencectl knows; run "
-            "`presencectl connect verify` and report it",
+            hint="the address book answered in a shape presencectl does not know (the SDK's "
+            "Contacts page); report it with the keys above",
         )
     token = body.get(wire.CONTACTS_NEXT_KEY)
     return results, (str(token) if isinstance(token, (str, int)) and token != "" else None)

@@ -111,6 +111,11 @@ def new_resource_id() -> str:
     return str(uuid.uuid4())
 
 
+def resource_id_for(api_url: str, client_id: str, profile: str) -> str:
+    """The session resource of one profile: a GUID made from what names it (RFC 4122 v5)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"presencectl:{api_url}|{client_id}|{profile}"))
+
+
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 

@@ -1,0 +1,228 @@
+"""The engine end to end against each plausible Connect: the echo rule, disable and watch hold
+whether Connect ranks sessions (``rank``) or shows the last writer (``last_writer``), and when a
+write shows only seconds later (``connect_write_delay_s``); plus the legacy resource on disable,
+an unreadable feed, and a run that keeps within a Connect rate limit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.test_engine_sandbox import ADMIN, Org, _engine_watch
+
+pytestmark = pytest.mark.timeout(180)
+
+CONNECTS = [
+    pytest.param(("rank", 0.0), id="rank"),
+    pytest.param(("last_writer", 0.0), id="last_writer"),
+    pytest.param(("rank", 2.0), id="rank-write-delay-2s"),
+    pytest.param(("last_writer", 2.0), id="last_writer-write-delay-2s"),
+]
+
+
+class UnknownOrg(Org):
+    """An Org whose Connect aggregates by ``mode`` and shows writes ``delay`` seconds late."""
+
+    delay = 0.0
+
+    def configure(self, mode: str, delay: float) -> None:
+        self.delay = delay
+        answer = self.sb.control.post(
+            "/_sandbox/faults",
+            json={"connect_aggregation": mode, "connect_write_delay_s": delay},
+        )
+        answer.raise_for_status()
+
+    def settle(self) -> None:
+        """Wait until Connect shows every write made so far (the delay, and a little)."""
+        if self.delay:
+            time.sleep(self.delay + 0.5)
+
+    def sync_twice(self) -> list[Any]:
+        """A sync, another before its writes can show, then the wait: no churn, no loop."""
+        first = self.sync().json()
+        second = self.sync().json()
+        self.settle()
+        return [first, second]
+
+
+@pytest.fixture(params=CONNECTS)
+def org(request: pytest.FixtureRequest, cli: Any) -> Iterator[UnknownOrg]:
+    from presencectl.sandbox import running_sandbox
+
+    mode, delay = request.param
+    with running_sandbox(users=30, seed=3, auto_approve=ADMIN) as sb:
+        built = UnknownOrg(sb, cli)
+        built.configure(mode, delay)
+        yield built
+
+
+def test_agent_call_echo_does_not_overwrite_connect(org: UnknownOrg) -> None:
+    assert org.run("enable").exit_code == 0
+    alice = org.people[0].email
+    org.teams(alice, "Available", "Available")
+    org.connect(alice, "agent_available")
+    org.sync_twice()
+    org.connect(alice, "agent_onphone")
+    org.sync_twice()
+    assert org.teams_pair(alice) == "Busy/InACall"
+    for _ in range(3):  # Teams showing our InACall must not write onphone over agent_onphone
+        org.sync_twice()
+        assert org.connect_shows(alice)["status"] == "agent_onphone"
+        assert all(r["status"] != "onphone" for r in org.connect_shows(alice)["resources"])
+    org.connect(alice, "agent_available")  # the agent call ends: Teams follows
+    org.sync_twice()
+    org.sync_twice()
+    assert org.teams_pair(alice) == "Available/Available"
+    assert org.connect_shows(alice)["status"] in ("agent_available", "available")
+
+
+def test_teams_call_reaches_connect_and_ends(org: UnknownOrg) -> None:
+    assert org.run("enable").exit_code == 0
+    bob = org.people[1].email
+    org.teams(bob, "Available", "Available")
+    org.connect(bob, "available")
+    org.sync_twice()
+    org.teams(bob, "Busy", "InACall")
+    org.sync_twice()
+    assert org.connect_shows(bob)["status"] == "onphone"
+    org.sync_twice()
+    assert org.teams_pair(bob) == "Busy/InACall"  # no echo back as a Teams session on top
+    org.teams(bob, "Available", "Available")  # the call ends: Connect follows
+    org.sync_twice()
+    org.sync_twice()
+    assert org.connect_shows(bob)["status"] == "available"
+    assert org.teams_pair(bob) == "Available/Available"
+    # quiet now: nothing more to write on either side
+    writes = org.sb.world.stats.writes
+    org.sync_twice()
+    assert org.sb.world.stats.writes == writes
+
+
+def test_disable_leaves_no_session_anywhere(org: UnknownOrg) -> None:
+    assert org.run("enable").exit_code == 0
+    for i, person in enumerate(org.people[:6]):
+        org.connect(person.email, "onphone" if i % 2 else "available")
+        org.teams(person.email, "Busy" if i % 3 else "Away", "InACall" if i % 3 else "Away")
+    org.sync_twice()
+    assert org.our_sessions() > 0
+    result = org.run("-o", "json", "disable", "--yes")
+    assert result.exit_code == 0, result.stderr
+    org.settle()
+    assert org.our_sessions() == 0
+
+
+def test_watch_follows_connect_changes_through_the_feed(org: UnknownOrg) -> None:
+    assert org.run("enable", "--direction", "connect-to-teams").exit_code == 0
+    gina, hank = org.people[6].email, org.people[7].email
+    for person in (gina, hank):
+        org.teams(person, "Available", "Available")
+    org.connect(gina, "onphone")
+    seen: list[str] = []
+
+    def after(cycle: int) -> None:
+        if cycle == 2:
+            org.connect(hank, "meeting")
+        if cycle == 4:
+            org.connect(gina, "available")
+        seen.append(f"{org.teams_pair(gina)} {org.teams_pair(hank)}")
+        time.sleep(0.05)
+
+    _engine_watch(org, max_cycles=7, interval=0.2, after_cycle=after)
+    assert seen[0].startswith("Busy/InACall")
+    assert seen[-1] == "Available/Available Busy/InACall", seen
+
+
+def test_disable_clears_the_session_held_under_the_old_name(cli: Any) -> None:
+    """Versions before the GUID wrote as resource ``presencectl``. This sandbox refuses names
+    that are not GUIDs (so it never holds one): disable's extra DELETE must not fail the run."""
+    from presencectl.sandbox import running_sandbox
+
+    with running_sandbox(users=12, seed=3, auto_approve=ADMIN) as sb:
+        org = Org(sb, cli)
+        assert org.run("enable").exit_code == 0
+        org.connect(org.people[0].email, "available")
+        org.teams(org.people[0].email, "Busy", "InACall")  # we hold a Connect session: onphone
+        org.sync()
+        assert org.our_sessions() == 1
+        before = sb.world.stats.requests.get("connect.presence.delete", 0)
+        result = org.run("-o", "json", "disable", "--yes")
+        assert result.exit_code == 0, result.stderr
+        assert result.json()["failed"] == 0
+        assert org.our_sessions() == 0
+        deletes = sb.world.stats.requests.get("connect.presence.delete", 0) - before
+        assert deletes == 2  # ours, and the legacy name (refused: this Connect never held it)
+
+
+def test_status_counts_unreadable_feed_events_and_says_why_connect_is_polled(
+    cli: Any,
+) -> None:
+    from presencectl.sandbox import running_sandbox
+
+    with running_sandbox(users=12, seed=3, auto_approve=ADMIN) as sb:
+        org = Org(sb, cli)
+        assert org.run("enable", "--direction", "connect-to-teams").exit_code == 0
+        sb.control.post("/_sandbox/faults", json={"feed_user_field": "user.id"})
+        person = org.people[0].email
+        org.teams(person, "Available", "Available")
+
+        def after(cycle: int) -> None:
+            if cycle == 1:
+                org.connect(person, "onphone")  # an event in the shape we read (user.id)
+            time.sleep(0.05)
+
+        _engine_watch(org, max_cycles=4, interval=0.2, after_cycle=after)
+        assert org.teams_pair(person) == "Busy/InACall"
+        status = org.run("-o", "json", "status").json()
+        assert status["connect_feed_unparsed"] == 0
+
+        # A field no one can guess: events arrive, none parse; counted, and Connect is polled.
+        from presencectl.connect import feed as feed_module
+
+        sb.world.faults.feed_user_field = "userId"
+        original = feed_module.wire.EVENT_USER_ID_FIELDS
+        feed_module.wire.EVENT_USER_ID_FIELDS = ("unifiedUserId",)  # type: ignore[misc]
+        try:
+            real_init = feed_module.PresenceFeed.__init__
+
+            def quick(self: Any, *args: Any, **kwargs: Any) -> None:
+                kwargs["deaf_after_s"] = 0.0
+                real_init(self, *args, **kwargs)
+
+            feed_module.PresenceFeed.__init__ = quick  # type: ignore[method-assign]
+
+            def flip(cycle: int) -> None:
+                org.connect(person, "available" if cycle % 2 else "meeting")
+                time.sleep(0.1)
+
+            _engine_watch(org, max_cycles=5, interval=0.2, after_cycle=flip)
+        finally:
+            feed_module.PresenceFeed.__init__ = real_init  # type: ignore[method-assign]
+            feed_module.wire.EVENT_USER_ID_FIELDS = original  # type: ignore[misc]
+        status = org.run("-o", "json", "status").json()
+        assert status["connect_feed_unparsed"] >= 1
+        assert "polling Connect" in status["connect_feed_note"]
+        # polled: the last change reached Teams although no event could be read
+        assert org.teams_pair(person) in ("Busy/InACall", "Available/Available")
+
+
+def test_a_sync_within_a_connect_rate_limit_is_never_throttled(cli: Any) -> None:
+    """Connect limits the client to N requests a minute; a budget of N keeps every request
+    inside it (no 429), the run completes, and it says how long it waited."""
+    from presencectl.config import load_profile, save_profile
+    from presencectl.sandbox import running_sandbox
+
+    with running_sandbox(users=30, seed=3, auto_approve=ADMIN) as sb:
+        org = Org(sb, cli)
+        profile = load_profile("sandbox")
+        profile.connect_rate_per_min = 60
+        save_profile(profile)
+        sb.control.post("/_sandbox/faults", json={"connect_throttle_per_min": 60})
+        assert org.run("enable", "--direction", "connect-to-teams").exit_code == 0
+        result = org.sync()
+        assert result.exit_code == 0, result.stdout
+        assert sb.world.stats.throttled == 0
+        assert sb.world.stats.in_retry_after_window == 0
