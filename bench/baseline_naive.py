@@ -63,13 +63,14 @@ class NaiveTool:
             "grant_type": "client_credentials",
             "client_id": profile.connect_client_id,
             "client_secret": secrets.get_secret(profile.name, secrets.CONNECT_CLIENT_SECRET),
-            "scope": wire.SCOPE,
+            "scope": wire.MESSAGING_SCOPE,
         }
         answer = self.connect.post(profile.connect_login_url + wire.TOKEN_PATH, data=form)
         connect_token = answer.raise_for_status().json()["access_token"]
         self.connect.headers["Authorization"] = f"Bearer {connect_token}"
         self.last: dict[str, tuple[Any, Any]] = {}
         self.requests = 0
+        self.resource = wire.resource_id_for(profile.connect_api_url, "naive", profile.name)
 
     def close(self) -> None:
         self.graph.close()
@@ -106,7 +107,7 @@ class NaiveTool:
                 target = self.mapping.teams_to_connect(TeamsStatus.of(seen[0], seen[1], False))
                 if isinstance(target, str) and target != "unaltered":
                     self.connect.put(self.wire.PRESENCE_PATH.format(user_id=p.connect_id),
-                                     params={"resource": "presencectl"},
+                                     params={"resource": self.resource},
                                      json={"presence": target})
                     connect_calls += 1
                     writes += 1

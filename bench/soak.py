@@ -207,6 +207,7 @@ def check_convergence(
     from presencectl.mapping import UNALTERED, Mapping, TeamsStatus, connect_rank, teams_rank
 
     mapping = Mapping()
+    resource = _our_connect_resource()
     problems: list[str] = []
     masked: list[str] = []
     for person in people:
@@ -216,7 +217,7 @@ def check_convergence(
         ).json()
         own_client = person.teams.client
         teams_genuine = TeamsStatus.of(own_client[0], own_client[1], person.teams.out_of_office)
-        connect_own = [r["status"] for r in connect["resources"] if r["resource"] != "presencectl"]
+        connect_own = [r["status"] for r in connect["resources"] if r["resource"] != resource]
         connect_genuine = max(connect_own, key=connect_rank) if connect_own else "offline"
 
         want_teams = mapping.connect_to_teams(connect_genuine)
@@ -258,7 +259,15 @@ def check_convergence(
     return problems
 
 
+def _our_connect_resource() -> str | None:
+    """The profile's Connect session resource (made by the first run that used Connect)."""
+    from presencectl.config import load_profile
+
+    return load_profile("sandbox").connect_resource_id
+
+
 def our_sessions(sb: Any, session_id: str) -> int:
+    resource = _our_connect_resource()
     count = 0
     for p in sb.world.people:
         if p.azure_id:
@@ -268,7 +277,7 @@ def our_sessions(sb: Any, session_id: str) -> int:
             data = sb.control.get(
                 "/_sandbox/connect/presence", params={"user": p.connect_email or p.email}
             ).json()
-            count += sum(1 for r in data["resources"] if r["resource"] == "presencectl")
+            count += sum(1 for r in data["resources"] if r["resource"] == resource)
     return count
 
 

@@ -19,7 +19,6 @@ CONNECTS = [
     pytest.param(("rank", 0.0), id="rank"),
     pytest.param(("last_writer", 0.0), id="last_writer"),
     pytest.param(("rank", 2.0), id="rank-write-delay-2s"),
-    pytest.param(("last_writer", 2.0), id="last_writer-write-delay-2s"),
 ]
 
 
