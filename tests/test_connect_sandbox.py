@@ -131,3 +131,26 @@ async def test_feed_survives_its_subscription_expiring(sb: Any, profile: Profile
             )
             event = await asyncio.wait_for(anext(aiter(feed)), 1.0)
             assert (event.user_id, event.presence) == (contacts[ADMIN], "dnd")
+
+
+@pytest.mark.parametrize("field", ["userId", "unifiedUserId", "id", "user.id"])
+@pytest.mark.anyio
+async def test_feed_reads_each_user_id_field_behind_a_sticky_hub(
+    sb: Any, profile: Profile, field: str
+) -> None:
+    """The hub wants its negotiate cookie back (hub_affinity_cookie) and names the user in any
+    of the plausible fields: the feed connects and reads every event."""
+    answer = sb.control.post(
+        "/_sandbox/faults", json={"hub_affinity_cookie": True, "feed_user_field": field}
+    )
+    answer.raise_for_status()
+    async with connect_client_for(profile) as client:
+        contacts = {(c.email or "").lower(): c.id for c in await client.list_contacts()}
+        async with PresenceFeed(client) as feed:
+            assert await feed.wait_connected(5), feed.last_error
+            change = {"user": ADMIN, "status": "busy"}
+            await asyncio.to_thread(sb.control.post, "/_sandbox/connect/presence", json=change)
+            event = await asyncio.wait_for(anext(aiter(feed)), 5.0)
+    assert (event.user_id, event.presence) == (contacts[ADMIN], "busy")
+    assert feed.events_unparsed == 0
+    assert sb.world.extra["hub"].affinity_refused == 0

@@ -195,6 +195,8 @@ def event_keys(raw: Any) -> str:
     return f"a {type(raw).__name__}, not an object"
 
 
+DEAF_AFTER_S = 60.0  # events arriving, none readable, this long: poll Connect instead
+
 EventCallback = Callable[[PresenceEvent], Any]
 StateCallback = Callable[["FeedState"], Any]
 
@@ -222,7 +224,7 @@ class PresenceFeed:
         queue_size: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        deaf_after_s: float = 60.0,
+        deaf_after_s: float | None = None,
     ) -> None:
         self.client = client
         self.on_event = on_event
@@ -238,7 +240,7 @@ class PresenceFeed:
         self.connection_timeout = connection_timeout
         self._clock = clock
         self._wall_clock = wall_clock
-        self.deaf_after_s = deaf_after_s
+        self.deaf_after_s = DEAF_AFTER_S if deaf_after_s is None else deaf_after_s
         self._queue: asyncio.Queue[PresenceEvent | None] = asyncio.Queue(maxsize=queue_size)
         self._state = FeedState.IDLE
         self._state_changed = asyncio.Event()
