@@ -135,6 +135,34 @@ def test_watch_follows_connect_changes_through_the_feed(org: UnknownOrg) -> None
     assert seen[-1] == "Available/Available Busy/InACall", seen
 
 
+def test_watch_both_ways_a_late_connect_echo_changes_nothing(org: UnknownOrg) -> None:
+    """Teams → Connect in watch mode; Connect shows (and the feed reports) our write only after
+    the write delay: that late event is our echo, never a reason to write Teams back."""
+    assert org.run("enable").exit_code == 0
+    ivy = org.people[8].email
+    org.teams(ivy, "Available", "Available")
+    org.connect(ivy, "available")
+    seen: list[tuple[str, str]] = []
+
+    def after(cycle: int) -> None:
+        if cycle == 1:
+            org.teams(ivy, "Busy", "InACall")  # a Teams call: Connect should show onphone
+        seen.append((org.teams_pair(ivy), org.connect_shows(ivy)["status"]))
+        time.sleep(0.05)
+
+    cycles = 8 + int(org.delay / 0.3) * 2  # long enough for the late write to show
+    _engine_watch(org, max_cycles=cycles, interval=0.3, after_cycle=after)
+    org.settle()
+    if org.delay:  # the write was late indeed: Teams in a call while Connect still showed before
+        assert ("Busy/InACall", "available") in seen[1:], seen
+    assert org.connect_shows(ivy)["status"] == "onphone"
+    assert org.teams_pair(ivy) == "Busy/InACall"
+    assert org.teams_shows(ivy)["sessions"] == []  # no session of ours echoed back onto Teams
+    writes = org.sb.world.stats.writes
+    _engine_watch(org, max_cycles=3, interval=0.2)
+    assert org.sb.world.stats.writes == writes  # settled: nothing more to write
+
+
 def test_disable_clears_the_session_held_under_the_old_name(cli: Any) -> None:
     """Versions before the GUID wrote as resource ``presencectl``. This sandbox refuses names
     that are not GUIDs (so it never holds one): disable's extra DELETE must not fail the run."""
