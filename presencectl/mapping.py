@@ -12,6 +12,8 @@ Owns:
 - ``Mapping``: defaults + a profile's overrides, the two lookups the planner uses, and the rows
   ``mapping show`` prints. ``validate_overrides`` checks an override table (``ConfigError`` naming
   the key and listing the valid values).
+- ``REFUSED_CONNECT_TARGETS``: Connect values an override may not write (agent states, the DND
+  group), each with the reason the refusal gives.
 
 Lookup order Teams → Connect: override for the exact pair, override ``*/Activity``, override
 ``Availability/*``, then the same three levels in the default table (exact seed/extension rows,
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CONNECT_TO_TEAMS_ROWS",
+    "REFUSED_CONNECT_TARGETS",
     "SET_PRESENCE_PAIRS",
     "TEAMS_TO_CONNECT_ROWS",
     "UNALTERED",
@@ -370,8 +373,28 @@ CONNECT_TO_TEAMS_ROWS: Final[tuple[MappingRow, ...]] = (
 OVERRIDE_TABLES: Final = ("teams_to_connect", "connect_to_teams")
 
 
+# Values an override may never write to Connect until `presencectl connect verify` has shown
+# how the account treats them: agent states belong to the contact center (a write could fake an
+# agent's state), and the vendor's KB 44189 says DND, Out sick, On vacation and Off work put ALL
+# the user's devices in Do not disturb — a mapping mistake would silence real phones.
+REFUSED_CONNECT_TARGETS: Final[dict[str, str]] = {
+    **{
+        s.value: "agent states belong to the contact center (Engage); writing one could fake an "
+        "agent's state"
+        for s in ConnectStatus
+        if s.value.startswith("agent_")
+    },
+    **{
+        v: "the vendor's KB 44189 says DND, Out sick, On vacation and Off work put all of the "
+        "user's devices in Do not disturb"
+        for v in ("dnd", "out_sick", "on_vacation", "off_work")
+    },
+}
+
+
 def _valid_connect_targets() -> str:
-    return ", ".join([*(s.value for s in ConnectStatus), "unaltered"])
+    writable = [s.value for s in ConnectStatus if s.value not in REFUSED_CONNECT_TARGETS]
+    return ", ".join([*writable, "unaltered"])
 
 
 def _valid_teams_targets() -> str:
@@ -408,6 +431,13 @@ def _parse_connect_target(key: str, value: object, where: str) -> ConnectTarget:
         if value.strip().lower() == "unaltered":
             return UNALTERED
         status = ConnectStatus.parse(value)
+        if status is not None and status.value in REFUSED_CONNECT_TARGETS:
+            raise ConfigError(
+                f"{where}: key '{key}' = {value!r} would write {status.value} to Connect, which "
+                f"presencectl refuses: {REFUSED_CONNECT_TARGETS[status.value]}",
+                hint="valid values: " + _valid_connect_targets(),
+                code="mapping_refused",
+            )
         if status is not None:
             return status.value
     raise ConfigError(

@@ -177,9 +177,22 @@ def _connect_name_ok(value: str) -> bool:
     return value.strip().lower().replace("-", "_") in CONNECT_NAMES
 
 
+# Never written to Connect (agent states; the DND group, which silences every device: KB 44189).
+REFUSED_TARGETS = frozenset(
+    ["agent_available", "agent_onphone", "agent_busy", "dnd", "out_sick", "on_vacation",
+     "off_work", "agent available", "agent on call", "agent busy", "do not disturb",
+     "agent_on_call", "do_not_disturb", "out sick", "on vacation", "off work"]
+)  # fmt: skip
+
+
 def _connect_target_ok(value: Any) -> bool:
     return isinstance(value, str) and (
-        value.strip().lower() == "unaltered" or _connect_name_ok(value)
+        value.strip().lower() == "unaltered"
+        or (
+            _connect_name_ok(value)
+            and value.strip().lower().replace("-", "_") not in REFUSED_TARGETS
+            and value.strip().lower() not in REFUSED_TARGETS
+        )
     )
 
 
@@ -281,6 +294,8 @@ def test_fuzzed_profile_table_is_accepted_or_named(cli: Any, table: dict[str, An
 @example(mapping={"connect_to_teams": {"no_such_status": "unaltered"}})
 @example(mapping={"teams_to_connect": {"Busy/InAMeeting": "in_a_room"}})
 @example(mapping={"teams_to_connect": {"*/*": "busy"}})
+@example(mapping={"teams_to_connect": {"Busy/InAMeeting": "Agent-Busy"}})  # refused: agent state
+@example(mapping={"teams_to_connect": {"Busy/Busy": "Do not disturb"}})  # refused: DND group
 @example(mapping={"connect_to_teams": {"onphone": 3}})
 def test_fuzzed_mapping_overrides_in_config(cli: Any, mapping: dict[str, Any]) -> None:
     write_doc({"profiles": {"fz": {"tenant_id": "t", "mapping": mapping}}})

@@ -14,6 +14,7 @@ from presencectl.errors import ConfigError
 from presencectl.mapping import (
     ACTIVITIES,
     AVAILABILITIES,
+    TEAMS_TO_CONNECT_ROWS,
     UNALTERED,
     ConnectStatus,
     Mapping,
@@ -190,7 +191,7 @@ def test_overrides_change_single_rows_case_insensitively() -> None:
             "teams_to_connect": {
                 "busy/inameeting": "onphone",
                 "Away/*": "away",
-                "*/OutOfOffice": "dnd",
+                "*/OutOfOffice": "away",
             },
             "connect_to_teams": {"on_break": "away/away", "onphone": "Busy/InAConferenceCall",
                                  "available": "unaltered"},
@@ -198,7 +199,7 @@ def test_overrides_change_single_rows_case_insensitively() -> None:
     )  # fmt: skip
     assert m.teams_to_connect(TeamsStatus.parse("Busy/InAMeeting")) == "onphone"
     assert m.teams_to_connect(TeamsStatus.parse("Away/Away")) == "away"
-    assert m.teams_to_connect(TeamsStatus.parse("Busy/OutOfOffice")) == "dnd"
+    assert m.teams_to_connect(TeamsStatus.parse("Busy/OutOfOffice")) == "away"
     assert m.teams_to_connect(TeamsStatus.parse("Busy/InACall")) == "onphone"  # untouched
     assert _result(m.connect_to_teams("on_break")) == "Away/Away"
     assert _result(m.connect_to_teams("onphone")) == "Busy/InAConferenceCall"
@@ -211,7 +212,7 @@ def test_overrides_change_single_rows_case_insensitively() -> None:
 @pytest.mark.parametrize(
     ("overrides", "key_named", "lists"),
     [
-        ({"teams_to_connect": {"Busy/InACall": "ringing"}}, "'Busy/InACall'", "agent_onphone"),
+        ({"teams_to_connect": {"Busy/InACall": "ringing"}}, "'Busy/InACall'", "screen_sharing"),
         ({"teams_to_connect": {"Busy": "busy"}}, "'Busy'", "Availability/Activity"),
         ({"teams_to_connect": {"Bussy/InACall": "busy"}}, "'Bussy/InACall'", "DoNotDisturb"),
         ({"teams_to_connect": {"Busy/Calling": "busy"}}, "'Busy/Calling'", "InAConferenceCall"),
@@ -232,6 +233,35 @@ def test_invalid_overrides_name_the_key_and_list_valid_values(overrides, key_nam
     assert key_named in err.message
     assert "config.toml: [profiles.x].mapping" in err.message
     assert lists in err.message + err.hint
+
+
+REFUSED = ["agent_available", "agent_onphone", "agent_busy", "dnd", "out_sick", "on_vacation",
+           "off_work"]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", [*REFUSED, "Do not disturb", "Agent on call", "OUT_SICK"])
+def test_overrides_that_would_write_agent_or_dnd_states_are_refused(value) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_overrides({"teams_to_connect": {"Busy/InAMeeting": value}}, where="f: [mapping]")
+    err = info.value
+    assert (err.exit_code, err.code) == (3, "mapping_refused")
+    assert "'Busy/InAMeeting'" in err.message and "refuses" in err.message
+    reason = "contact center" if "agent" in value.lower() else "KB 44189"
+    assert reason in err.message
+    valid = err.hint.removeprefix("valid values: ").split(", ")
+    assert not set(valid) & set(REFUSED)
+    assert {"available", "busy", "onphone", "meeting", "on_break", "unaltered"} <= set(valid)
+
+
+def test_connect_to_teams_overrides_may_still_read_agent_and_dnd_states() -> None:
+    # Reading those states from Connect changes nothing there: only writes to Connect are refused.
+    m = Mapping({"connect_to_teams": {"dnd": "DoNotDisturb/Presenting", "agent_busy": "Away/Away"}})
+    assert _result(m.connect_to_teams("dnd")) == "DoNotDisturb/Presenting"
+    assert _result(m.connect_to_teams("agent_busy")) == "Away/Away"
+
+
+def test_no_default_row_writes_a_refused_value() -> None:
+    assert not {r.target for r in TEAMS_TO_CONNECT_ROWS} & set(REFUSED)
 
 
 # -- the CLI -----------------------------------------------------------------------------------
@@ -301,8 +331,14 @@ def test_mapping_check_ok_and_errors(cli, tmp_path: Path) -> None:
     result = cli("-o", "json", "mapping", "check", str(bad))
     assert result.exit_code == 3
     error = result.json()["error"]
-    assert "'Busy/InACall'" in error["message"] and "agent_onphone" in error["hint"]
+    assert "'Busy/InACall'" in error["message"] and "screen_sharing" in error["hint"]
     assert cli("mapping", "check", str(tmp_path / "missing.toml")).exit_code == 3
+    refused = tmp_path / "refused.toml"
+    refused.write_text('[mapping.teams_to_connect]\n"DoNotDisturb/DoNotDisturb" = "dnd"\n')
+    result = cli("-o", "json", "mapping", "check", str(refused))
+    assert result.exit_code == 3
+    error = result.json()["error"]
+    assert error["code"] == "mapping_refused" and "all of the user's devices" in error["message"]
     broken = tmp_path / "broken.toml"
     broken.write_text("[mapping\n")
     assert cli("mapping", "check", str(broken)).exit_code == 3
