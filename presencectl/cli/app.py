@@ -18,6 +18,7 @@ import typer
 
 from presencectl import __version__
 from presencectl.cli import config_cmd, demo, doctor, identity, mapping, sandbox, sync
+from presencectl.cli import connect as connect_cmd
 from presencectl.cli.context import AppContext, env_output_default
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def root(
 
 for module in (identity, sync, mapping, doctor, sandbox, demo, config_cmd):
     module.register(app)
+connect_cmd.register(app)
 
 
 def main() -> None:
