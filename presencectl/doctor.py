@@ -41,14 +41,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
-STATUSES = (OK, WARN, FAIL, SKIP)
-_SEVERITY = {SKIP: 0, OK: 1, WARN: 2, FAIL: 3}
+INFO = "info"  # a step only the admin can confirm (in Control Panel): never a failure
+STATUSES = (OK, WARN, FAIL, SKIP, INFO)
+_SEVERITY = {SKIP: 0, INFO: 0, OK: 1, WARN: 2, FAIL: 3}
 
 SECRET_WARN_DAYS = 30
 SKEW_WARN_S = 60.0
 SKEW_FAIL_S = 300.0
 REACH_TIMEOUT_S = 10.0
-SECURITY_MANAGER = "Security Manager"
 TEAMS_TO_CONNECT = ("both", "teams-to-connect")
 PORTAL_SECRETS = (
     "Entra admin center > App registrations > the presencectl app > Certificates & secrets"
@@ -62,6 +62,8 @@ DOCTOR_CODES = (
     "client_secret_expired",
     "client_secret_expiry_unknown",
     "admin_email_unknown",
+    "admin_not_in_connect",
+    "confirm_in_control_panel",
     "matching_conflicts",
     "matching_unmatched",
     "matching_none",
@@ -81,6 +83,7 @@ CONSENT = "Consent"
 SYNC_USER = "Sync user"
 CONNECT_TOKEN = "Connect token"
 ACCOUNT_CONTACT = "Account contact"
+SECURITY_MANAGER_STEP = "Security Manager"
 MATCHING = "Matching"
 
 
@@ -103,9 +106,9 @@ class DoctorReport:
 
     @property
     def worst(self) -> str:
-        """``fail`` > ``warn`` > ``ok``; a report of skips only is ``ok``."""
+        """``fail`` > ``warn`` > ``ok``; a report of skips (and infos) only is ``ok``."""
         worst = max((c.status for c in self.checks), key=_SEVERITY.__getitem__, default=OK)
-        return OK if worst == SKIP else worst
+        return OK if worst in (SKIP, INFO) else worst
 
     @property
     def exit_code(self) -> int:
@@ -144,6 +147,10 @@ def fail(name: str, detail: str, remedy: str, code: str, exit_code: int) -> Chec
 
 def skip(name: str, detail: str) -> Check:
     return Check(name, SKIP, detail)
+
+
+def info(name: str, detail: str, remedy: str, code: str = "") -> Check:
+    return Check(name, INFO, detail, remedy, code)
 
 
 def network_remedy(text: str) -> str:
@@ -277,6 +284,7 @@ class Doctor:
         await self._run(SYNC_USER, self.check_sync_user)
         await self._run(CONNECT_TOKEN, self.check_connect_token)
         await self._run(ACCOUNT_CONTACT, self.check_account_contact)
+        await self._run(SECURITY_MANAGER_STEP, self.check_security_manager)
         await self._run(MATCHING, self.check_matching)
         return self.report
 
@@ -609,58 +617,46 @@ class Doctor:
         return ok(CONNECT_TOKEN, f"Extend API client {self.profile.connect_client_id} signed in")
 
     async def check_account_contact(self) -> Check:
+        """The Azure admin is a Connect user with the same email (the vendor's own sync expects
+        it; presencectl does not need it): a warning with a remedy, never a failure."""
         p = self.profile
         assert p is not None
         down = self._unreachable(REACH_CONNECT_LOGIN, REACH_CONNECT_API)
         if down:
             return skip(ACCOUNT_CONTACT, f"skipped: {down[6:]} is unreachable")
-        wanted = p.connect_account_email or p.admin_email
-        if not wanted:
-            return fail(
-                ACCOUNT_CONTACT,
-                "the profile names no Connect account contact (connect_account_email)",
-                "run `presencectl setup-azure --connect-account-email <Control Panel account "
-                "contact>`",
-                "config_missing",
-                ExitCode.CONFIG,
-            )
         async with self._connect() as client:
             self.contacts = list(await client.list_contacts())
-        contact = next(
-            (c for c in self.contacts if (c.email or "").lower() == wanted.lower()), None
-        )
-        if contact is None:
-            return fail(
-                ACCOUNT_CONTACT,
-                f"no Connect contact with the email {wanted}",
-                "set connect_account_email to the Control Panel account contact's email "
-                "(`presencectl setup-azure --connect-account-email …`)",
-                "prerequisite_security_manager",
-                ExitCode.CONFIG,
-            )
-        email = contact.email or wanted
-        # Connect's contacts carry no roles (extend-dotnet-sdk Contact.cs): the Security Manager
-        # role cannot be seen through the API, only confirmed in Control Panel.
-        role_note = f"the {SECURITY_MANAGER} role cannot be seen through the API: confirm it in "
-        role_note += "Control Panel"
         if not p.admin_email:
             return warn(
                 ACCOUNT_CONTACT,
-                f"{email} is a Connect contact ({role_note}); the Azure admin's email is not "
-                "recorded",
-                "run `presencectl setup-azure`: it checks that both emails are identical",
+                f"{len(self.contacts)} Connect contacts; the Azure admin's email is not recorded",
+                "run `presencectl setup-azure`: it records the admin and checks they are a "
+                "Connect user",
                 "admin_email_unknown",
             )
-        if p.admin_email.lower() != email.lower():
-            return fail(
-                ACCOUNT_CONTACT,
-                f"the Connect account contact is {email} but the Azure admin is {p.admin_email}",
-                "the vendor requires identical emails: make the Connect account contact the "
-                "Azure admin's address (or run setup-azure as the matching admin)",
-                "prerequisite_email_mismatch",
-                ExitCode.CONFIG,
-            )
-        return ok(ACCOUNT_CONTACT, f"{email}, same email as the Azure admin; {role_note}")
+        admin = p.admin_email.lower()
+        if any((c.email or "").lower() == admin for c in self.contacts):
+            return ok(ACCOUNT_CONTACT, f"the Azure admin {p.admin_email} is a Connect user")
+        return warn(
+            ACCOUNT_CONTACT,
+            f"the Azure admin {p.admin_email} is not a Connect user",
+            "the vendor's own sync expects the Azure admin to be a Connect user with the same "
+            "email: add them as a user in Control Panel (presencectl itself syncs without it)",
+            "admin_not_in_connect",
+        )
+
+    async def check_security_manager(self) -> Check:
+        """Not visible through the API (contacts carry no roles): a step to confirm."""
+        p = self.profile
+        assert p is not None
+        who = p.connect_account_email or p.admin_email or "the Account Contact"
+        return info(
+            SECURITY_MANAGER_STEP,
+            f"confirm in Control Panel that {who} holds the Security Manager role (the API does "
+            "not show roles)",
+            "Control Panel > Account > Contacts; the vendor's presence-sync article asks for it",
+            "confirm_in_control_panel",
+        )
 
     # -- matching --------------------------------------------------------------------------
     async def check_matching(self) -> Check:
@@ -731,6 +727,7 @@ def run_doctor(
 __all__ = [
     "DOCTOR_CODES",
     "FAIL",
+    "INFO",
     "OK",
     "SKIP",
     "STATUSES",

@@ -76,8 +76,11 @@ def test_setup_azure_creates_everything_then_is_idempotent(
     assert results["Client secret"] == "created"
     assert results["Admin consent"] == "created"
     assert all(
-        results[k] == "ok" for k in ("Global Administrator", "Security Manager", "Same email")
+        results[k] == "ok"
+        for k in ("Global Administrator", "Extend API client", "Admin in Connect")
     )
+    # Not visible through the API: a step the admin confirms in Control Panel, never a failure.
+    assert results["Security Manager"] == "confirm"
 
     world = sbx.world
     profile = load_profile("sandbox")
@@ -88,8 +91,10 @@ def test_setup_azure_creates_everything_then_is_idempotent(
     assert world.app_roles_of(profile.client_id) == set(APP_ROLES)
     assert {"Presence.Read.All", "User.Read"} <= world.delegated_scopes_of(profile.client_id)
     assert secrets.get_secret("sandbox", secrets.CLIENT_SECRET)
-    for key in ("global_admin", "connect_security_manager", "same_email", "admin_consent"):
+    for key in ("global_admin", "admin_in_connect", "admin_consent"):
         assert key in profile.verified
+    # Nothing claims to have verified what the API cannot show.
+    assert not {"connect_security_manager", "same_email"} & set(profile.verified)
 
     counts = (
         len(world.applications),
@@ -102,7 +107,8 @@ def test_setup_azure_creates_everything_then_is_idempotent(
     assert second.exit_code == 0, second.stderr
     again = second.json()
     assert again["changed"] is False
-    assert {s["result"] for s in again["steps"]} <= {"ok", "unchanged"}
+    # "confirm" is information (the Security Manager step), never a change.
+    assert {s["result"] for s in again["steps"]} <= {"ok", "unchanged", "confirm"}
     assert "Nothing changed" in second.stderr
     assert "enter the code" not in second.stderr  # the admin's cached token was used silently
     app = world.application_by_app_id(profile.client_id)
@@ -200,37 +206,47 @@ def test_not_global_admin_is_a_failed_prerequisite(cli: Any) -> None:
     assert not sb.world.applications  # nothing created
 
 
-def test_emails_must_be_identical(cli: Any) -> None:
+def test_admin_not_a_connect_user_is_a_warning_with_a_remedy(cli: Any) -> None:
     from presencectl.sandbox import running_sandbox
 
     other = "it-admin@contoso.example"
     with running_sandbox(users=3, seed=5, auto_approve=other) as sb:
         add_user(sb, other, roles=["Global Administrator"], on=("teams",))
         sb.write_profile("sandbox")
-        result = setup(
-            cli, "-o", "json", "setup-azure", "--connect-account-email", "ADMIN@contoso.example"
-        )
-    assert result.exit_code == 3
-    err = result.json()["error"]
-    assert err["code"] == "prerequisite_email_mismatch"
-    assert other in err["message"] and ADMIN in err["message"].lower()
+        result = setup(cli, "-o", "json", "setup-azure")
+        assert sb.world.applications  # setup went on
+    assert result.exit_code == 0, result.stdout + result.stderr
+    steps = {s["step"]: s for s in result.json()["steps"]}
+    assert steps["Admin in Connect"]["result"] == "warning"
+    assert other in steps["Admin in Connect"]["detail"]
+    assert "Control Panel" in steps["Admin in Connect"]["remedy"]
+    assert "admin_in_connect" not in load_profile("sandbox").verified
 
 
-def test_the_security_manager_role_is_information_not_a_failure(cli: Any) -> None:
-    """Connect's contacts carry no roles (extend-dotnet-sdk Contact.cs): setup cannot see the
-    role, says to confirm it in Control Panel, and goes on."""
+def test_security_manager_is_a_step_to_confirm_in_control_panel(cli: Any) -> None:
     from presencectl.sandbox import running_sandbox
 
     boss = "boss@contoso.example"
     with running_sandbox(users=3, seed=6, auto_approve=boss) as sb:
-        add_user(sb, boss, roles=["Global Administrator"])
+        add_user(sb, boss, roles=["Global Administrator"])  # no Security Manager anywhere
         sb.write_profile("sandbox")
-        result = setup(cli, "-o", "json", "setup-azure", "--connect-account-email", boss)
+        result = setup(cli, "setup-azure", "--connect-account-email", boss)
     assert result.exit_code == 0, result.stderr
-    step = next(s for s in result.json()["steps"] if s["step"] == "Security Manager")
-    assert step["result"] == "ok"
-    assert "cannot be seen through the API" in step["detail"]
-    assert "Control Panel" in step["detail"]
+    assert f"? Security Manager: confirm in Control Panel that {boss}" in result.stderr
+    assert "the API does not show roles" in result.stderr
+
+
+def test_no_connect_client_yet_is_a_warning_naming_kb_63780(
+    sbx: Any, cli: Any, isolated_env: Any
+) -> None:
+    secrets.delete_secret("sandbox", secrets.CONNECT_CLIENT_SECRET)
+    result = setup(cli, "-o", "json", "setup-azure")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    steps = {s["step"]: s for s in result.json()["steps"]}
+    assert steps["Extend API client"]["result"] == "warning"
+    assert "KB 63780" in steps["Extend API client"]["remedy"]
+    assert "presencectl connect set" in steps["Extend API client"]["remedy"]
+    assert "Admin in Connect" not in steps
 
 
 def test_connect_credentials_refused(sbx: Any, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,7 @@ import typer
 
 from presencectl.cli.context import AppContext
 
-_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}
+_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim", "info": "cyan"}
 _COLUMNS = ["name", "status", "detail", "remedy"]
 _HEADERS = {"name": "Check", "status": "Status", "detail": "Detail", "remedy": "Remedy"}
 

@@ -28,6 +28,8 @@ _MARKS = {
     "failed": "✗",
     "skipped": "-",
     "waiting": "…",
+    "warning": "!",
+    "confirm": "?",
 }
 
 
@@ -58,7 +60,7 @@ def _progress(app_ctx: AppContext) -> Any:
         if app_ctx.verbosity < 0:
             return
         line = f"{_MARKS.get(step.result, '·')} {step.step}: {step.detail}"
-        if step.result == "failed" and step.remedy:
+        if step.result in ("failed", "warning", "confirm") and step.remedy:
             line += f"\n    → {step.remedy}"
         _err(line)
 
@@ -90,7 +92,8 @@ def setup_azure(
     connect_account_email: str | None = typer.Option(
         None,
         "--connect-account-email",
-        help="Email of the Connect account contact (Security Manager).",
+        help="Email of the Connect Account Contact (its Security Manager role is confirmed in "
+        "Control Panel).",
     ),
     bootstrap_client_id: str | None = typer.Option(
         None,

@@ -4,8 +4,9 @@ Owns the seed's "What to Know First" and "Enabling the Sync" steps 1–5 as code
 
 1. the admin's sign-in (:func:`presencectl.identity.tokens.admin_sign_in`, done by the caller);
 2. prerequisites — Global Administrator (``/me/transitiveMemberOf/microsoft.graph.directoryRole``),
-   the Connect account contact's Security Manager role, and identical admin / account-contact
-   emails — each reported as a :class:`Step` with a remedy;
+   the Extend API client (it reads the Connect address book), the Azure admin being a Connect
+   user (a warning), and the Account Contact's Security Manager role (a Control Panel setting the
+   API does not show: a step to confirm) — each reported as a :class:`Step` with a remedy;
 3. the app registration (create or reuse, idempotent) with the presence permissions and "Allow
    public client flows", its service principal, and a client secret (``addPassword``) stored
    through presencectl.secrets and never returned;
@@ -49,6 +50,13 @@ SECRET_RENEW_BEFORE_DAYS = 14
 SECRET_DISPLAY_NAME = "presencectl"
 LOCALHOST_REDIRECT = "http://localhost"
 SECURITY_MANAGER = "Security Manager"
+EXTEND_CLIENT = "Extend API client"
+ADMIN_IN_CONNECT = "Admin in Connect"
+EXTEND_CLIENT_REMEDY = (
+    "register an Extend API service client in Control Panel (vendor KB 63780; Account Owner or "
+    "Technical Administrator), then `presencectl connect set --client-id ID` "
+    "(docs/connect-setup.md)"
+)
 
 OK, FAILED, CREATED, UPDATED, UNCHANGED, SKIPPED = (
     "ok",
@@ -59,6 +67,9 @@ OK, FAILED, CREATED, UPDATED, UNCHANGED, SKIPPED = (
     "skipped",
 )
 WAITING = "waiting"  # progress only (never a step of the report)
+# Information, never a failure: WARNING has a remedy; CONFIRM is a step only the admin can check
+# (in Control Panel).
+WARNING, CONFIRM = "warning", "confirm"
 
 
 @dataclass
@@ -181,67 +192,76 @@ async def check_prerequisites(
         )
 
     contact_email = connect_account_email or profile.connect_account_email or ""
+    contacts: list[Any] | None = None
     try:
         contacts = await connect_contacts(profile)
     except PresencectlError as exc:
+        if exc.code in ("config_missing", "connect_secret_missing"):
+            report(
+                Step(
+                    EXTEND_CLIENT,
+                    WARNING,
+                    "no Extend API client in the profile yet",
+                    remedy=EXTEND_CLIENT_REMEDY,
+                )
+            )
+        else:
+            report(
+                Step(
+                    EXTEND_CLIENT,
+                    FAILED,
+                    exc.message,
+                    remedy=exc.hint or "check connect_client_id and the Connect client secret",
+                )
+            )
+    if contacts is not None:
         report(
             Step(
-                "Connect credentials",
-                FAILED,
-                exc.message,
-                remedy=exc.hint or "check connect_client_id and the Connect client secret",
+                EXTEND_CLIENT,
+                OK,
+                f"client {profile.connect_client_id} signed in; "
+                f"{len(contacts)} contacts in the address book",
             )
         )
-        contacts = None
-    if contacts is not None:
-        report(Step("Connect credentials", OK, f"{len(contacts)} contacts in the address book"))
-        wanted = (contact_email or admin_email).lower()
-        contact = next(
-            (c for c in contacts if str(_field(c, "email") or "").lower() == wanted), None
+        admin_contact = next(
+            (
+                c
+                for c in contacts
+                if admin_email and str(_field(c, "email") or "").lower() == admin_email.lower()
+            ),
+            None,
         )
-        if contact is None:
-            report(
-                Step(
-                    "Security Manager",
-                    FAILED,
-                    f"no Connect contact with the email {wanted}",
-                    remedy="pass --connect-account-email with the Control Panel account "
-                    "contact's email",
-                )
-            )
-        else:
-            contact_email = str(_field(contact, "email"))
-            # Connect's contacts carry no roles (extend-dotnet-sdk Contact.cs): information only.
-            report(
-                Step(
-                    "Security Manager",
-                    OK,
-                    f"{contact_email} is a Connect contact; the role cannot be seen through the "
-                    "API: confirm it in Control Panel",
-                )
-            )
-    if contact_email and admin_email:
-        if contact_email.lower() == admin_email.lower():
-            report(Step("Same email", OK, f"{admin_email} in Azure and Connect"))
+        if admin_contact is not None:
+            report(Step(ADMIN_IN_CONNECT, OK, f"{admin_email} is a Connect user"))
+            contact_email = contact_email or str(_field(admin_contact, "email"))
         else:
             report(
                 Step(
-                    "Same email",
-                    FAILED,
-                    f"the Azure admin is {admin_email} but the Connect account contact is "
-                    f"{contact_email}",
-                    remedy="sign in to Azure with the account whose email is the Connect account "
-                    "contact's (the vendor requires identical emails), or change one of them",
+                    ADMIN_IN_CONNECT,
+                    WARNING,
+                    f"{admin_email or 'the Azure admin'} is not a Connect user",
+                    remedy=f"the vendor's own sync expects the Azure admin to be a Connect user "
+                    f"with the same email: add {admin_email or 'the admin'} as a user in Control "
+                    "Panel, or run setup-azure as an admin who is one",
                 )
             )
+    # Not visible through the API (contacts carry no roles): the admin confirms it in Control Panel.
+    who = contact_email or "the Account Contact"
+    report(
+        Step(
+            SECURITY_MANAGER,
+            CONFIRM,
+            f"confirm in Control Panel that {who} holds the Security Manager role (the API does "
+            "not show roles)",
+            remedy="Control Panel > Account > Contacts: the seed's prerequisite for presence sync",
+        )
+    )
     failed = [s for s in steps if s.result == FAILED]
     if failed:
-        first = next((s for s in failed if s.step == "Same email"), failed[0])
+        first = failed[0]
         code = {
             "Global Administrator": "prerequisite_global_admin",
-            "Connect credentials": "prerequisite_connect",
-            "Security Manager": "prerequisite_security_manager",
-            "Same email": "prerequisite_email_mismatch",
+            EXTEND_CLIENT: "prerequisite_connect",
         }[first.step]
         raise ConfigError(f"prerequisite not met: {first.detail}", hint=first.remedy, code=code)
     return admin_email, contact_email, steps
@@ -721,9 +741,10 @@ async def run_setup(
         steps += prereq
         today = _today()
         profile.admin_email = admin_email
-        profile.connect_account_email = contact_email
-        for key in ("global_admin", "connect_security_manager", "same_email"):
-            profile.verified[key] = today
+        profile.connect_account_email = contact_email or None
+        profile.verified["global_admin"] = today
+        if any(s.step == ADMIN_IN_CONNECT and s.result == OK for s in prereq):
+            profile.verified["admin_in_connect"] = today
         app, app_steps = await ensure_application(
             graph,
             client_id=options.client_id or profile.client_id,
