@@ -253,7 +253,8 @@ async def check_prerequisites(
             CONFIRM,
             f"confirm in Control Panel that {who} holds the Security Manager role (the API does "
             "not show roles)",
-            remedy="Control Panel > Account > Contacts; the vendor's presence-sync article asks for it",
+            remedy="Control Panel > Account > Contacts; the vendor's presence-sync article asks "
+            "for it",
         )
     )
     failed = [s for s in steps if s.result == FAILED]
