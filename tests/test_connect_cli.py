@@ -244,6 +244,7 @@ def test_connect_verify_a_hidden_value_differs_and_still_cleans_up(
     assert rows["Round trip available"]["result"] == "differed"
     assert "may outrank it" in rows["Round trip available"]["detail"]
     assert doc["error"]["code"] == "connect_assumption_differed"
+    assert rows["Aggregation"]["result"] == "skipped"  # on a call already: nothing to learn
     assert _resources(sandbox, user) == ["app"]
     assert _live_subscriptions(sandbox) == 0
 

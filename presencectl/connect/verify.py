@@ -597,6 +597,11 @@ class Verifier:
         ``available``: with sessions ranked (the model), onphone stays."""
         settle = self.options.settle_s
         check = "Aggregation"
+        if self.before == AGGREGATION_HIGH:
+            self._skip(
+                check, f"skipped: the test user is {AGGREGATION_HIGH} already (pick an idle one)"
+            )
+            return True
         await self._put(self.probe_resource, AGGREGATION_HIGH)
         shown, took = await self._wait_for(lambda v: v == AGGREGATION_HIGH, settle)
         if took is None:
