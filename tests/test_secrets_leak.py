@@ -1,7 +1,8 @@
 """No secret leaks: the whole flow at ``-vv`` against the sandbox, every output scanned.
 
-The flow is the operator's: setup-azure (device code auto-approved), consent --check, sync-user
-set --password-stdin, sync-user validate, enable, sync, status, users, disable --yes. Every token
+The flow is the operator's: setup-azure (device code auto-approved), connect set
+--client-secret-stdin, consent --check, sync-user set --password-stdin, sync-user validate, enable,
+connect verify, sync, status, users, disable --yes. Every token
 the sandbox signs is captured by wrapping ``World.encode_jwt`` (access and id tokens of Entra and
 Connect); refresh tokens and device codes are read from the World at the end. The scan covers
 stdout, stderr, our own log records before any redaction, every file of the config dir except the
@@ -100,6 +101,8 @@ def flow(cli: Any, caplog: pytest.LogCaptureFixture) -> Iterator[tuple[Capture, 
 
         caplog.set_level(logging.DEBUG)
         run("setup-azure", "--no-input")
+        run("connect", "set", "--client-id", info["connect_client_id"], "--client-secret-stdin",
+            input=info["connect_client_secret"] + "\n")  # fmt: skip
         run("consent", "--check")
         sb.control.post(
             f"/_sandbox/users/{info['sync_user']}/password", json={"password": NEW_PASSWORD}
@@ -110,6 +113,7 @@ def flow(cli: Any, caplog: pytest.LogCaptureFixture) -> Iterator[tuple[Capture, 
         run("enable")
         person = next(p for p in sb.world.people if p.azure_id and p.connect_id
                       and p.email not in (ADMIN, info["sync_user"]))  # fmt: skip
+        run("-o", "json", "connect", "verify", "--user", person.connect_email, "--settle", "2")
         sb.control.post(
             "/_sandbox/connect/presence", json={"user": person.connect_email, "status": "onphone"}
         ).raise_for_status()
