@@ -336,3 +336,13 @@ def test_connect_verify_reports_last_writer_aggregation(
     assert rows["Aggregation"]["result"] == "differed"
     assert rows["Aggregation"]["observed"]["model"] == "last_writer"
     assert [c for c, r in rows.items() if r["result"] == "differed"] == ["Aggregation"]
+
+
+def test_connect_verify_without_a_connect_client_is_configuration(
+    cli: Any, bare_profile: Any
+) -> None:
+    result = cli("--profile", PROFILE, "-o", "json", "connect", "verify", "--user", "a@b.example")
+    assert result.exit_code == 3
+    assert result.json()["error"]["code"] == "config_missing"
+    assert "connect_client_id" in result.json()["error"]["message"]
+    assert "presencectl connect set" in result.json()["error"]["hint"]

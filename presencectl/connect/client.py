@@ -453,16 +453,16 @@ def connect_client_for(
     if not profile.connect_client_id:
         raise ConfigError(
             f"profile '{profile.name}' has no connect_client_id",
-            hint="create an Extend API client in Control Panel > Extend API and set "
-            "connect_client_id in the profile (or write a sandbox profile)",
+            hint="register an Extend API client in Control Panel (KB 63780), then run "
+            "`presencectl connect set --client-id ID` (docs/connect-setup.md)",
             code="config_missing",
         )
     secret = get_secret(profile.name, CONNECT_CLIENT_SECRET)
     if not secret:
         raise ConfigError(
             f"no Connect client secret for profile '{profile.name}'",
-            hint=f"set {ENV_VARS[CONNECT_CLIENT_SECRET]} or store the secret of the Extend API "
-            "client (Control Panel > Extend API) in the keyring",
+            hint=f"run `presencectl connect set --client-id ID`, or set "
+            f"{ENV_VARS[CONNECT_CLIENT_SECRET]} (CI)",
             code="connect_secret_missing",
         )
     kwargs.setdefault("directory_scope", profile.connect_directory_scope)
