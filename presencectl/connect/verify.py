@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -373,7 +374,9 @@ class Verifier:
             if not await self._guarded("Test user", self.check_user):
                 return self.report
             for value in self.writable_values():
-                await self._guarded(f"Round trip {value}", partial_value(self.round_trip, value))
+                await self._guarded(
+                    f"Round trip {value}", functools.partial(self.round_trip, value)
+                )
             await self._guarded("Clear a session that is gone", self.check_clear_gone)
             await self._guarded("Aggregation", self.check_aggregation)
             await self._guarded("Change feed", self.check_feed)
@@ -796,15 +799,6 @@ class Verifier:
         if self.client is not None:
             await self.client.aclose()
             self.client = None
-
-
-def partial_value(
-    step: Callable[[str], Awaitable[bool]], value: str
-) -> Callable[[], Awaitable[bool]]:
-    async def call() -> bool:
-        return await step(value)
-
-    return call
 
 
 def run_verify(
