@@ -304,14 +304,6 @@ def test_verify_cancelled_while_the_feed_is_up_removes_session_and_subscription(
 # -- the unknowns, switched in the sandbox (behaviour of issue 11's wire half) -----------------
 
 
-# Until the sandbox implements these fault keys (issue 11, the wire half), the keys are accepted
-# and ignored, so the rows show the defaults: strict xfail, to be dropped when that work lands.
-NEEDS_WIRE_HALF = pytest.mark.xfail(
-    strict=True, reason="sandbox behaviour of feed_user_field / connect_aggregation (issue 11)"
-)
-
-
-@NEEDS_WIRE_HALF
 def test_connect_verify_reports_the_feed_user_field(
     cli: Any, sandbox: Any, sandbox_profile: Any
 ) -> None:
@@ -324,7 +316,6 @@ def test_connect_verify_reports_the_feed_user_field(
     assert "'unifiedUserId'" in rows["Change feed"]["detail"]
 
 
-@NEEDS_WIRE_HALF
 def test_connect_verify_reports_last_writer_aggregation(
     cli: Any, sandbox: Any, sandbox_profile: Any
 ) -> None:

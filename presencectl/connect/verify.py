@@ -41,20 +41,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# One scope per client-credentials token (extend-dotnet-sdk ClientCredentialsTokenProvider.cs).
-# TODO(issue 11, wire half): take both from connect.wire / the profile once they live there.
-MESSAGING_SCOPE = "api.service.messaging"
-DEFAULT_DIRECTORY_SCOPE = "api.service.address-book"
-
 HELD, DIFFERED, FAILED, SKIPPED, INFO = "held", "differed", "failed", "skipped", "info"
 
 # The names a directory page may use (the SDK's Contacts.cs, and the shape the first build read).
-DIRECTORY_LIST_KEYS = ("results", "contacts")
-DIRECTORY_NEXT_KEYS = ("nextPageOffsetToken", "offsetToken")
+DIRECTORY_LIST_KEYS = (wire.CONTACTS_LIST_KEY, "contacts")
+DIRECTORY_NEXT_KEYS = (wire.CONTACTS_NEXT_KEY, "offsetToken")
 DIRECTORY_PROBE_COUNT = 5
 DIRECTORY_PROBE_PAGES = 3
 # The user-id field of a feed event: no public source names it; these are the plausible ones.
-EVENT_USER_ID_FIELDS = ("userId", "unifiedUserId", "id", "user.id")
+EVENT_USER_ID_FIELDS = wire.EVENT_USER_ID_FIELDS
 # Our session and a probe session of the verifier's own: the probe stands for "the user's own
 # state" (the API gives no other way to make one) in the aggregation check.
 AGGREGATION_HIGH = "onphone"
@@ -65,14 +60,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 
 def scopes_for(profile: Profile) -> list[tuple[str, str]]:
-    """(purpose, scope) for each token the tool asks for."""
-    directory = getattr(profile, "connect_directory_scope", None) or DEFAULT_DIRECTORY_SCOPE
-    return [("messaging", MESSAGING_SCOPE), ("directory", directory)]
-
-
-def our_resource(profile: Profile) -> str:
-    """The session name (``?resource=``) presencectl writes under for this profile."""
-    return getattr(profile, "connect_resource_id", None) or wire.RESOURCE
+    """(purpose, scope) for each token the tool asks for: one scope per token."""
+    return [("messaging", wire.MESSAGING_SCOPE), ("directory", profile.connect_directory_scope)]
 
 
 # ------------------------------------------------------------------------------------ tokens
@@ -101,27 +90,25 @@ async def tokens_per_scope(
     """Ask Connect for a token for each scope of :func:`scopes_for`, one request each."""
     from presencectl.connect.client import ConnectClient, connect_client_for
 
+    if client_id is not None and secret is not None:
+        client = ConnectClient(
+            profile.connect_login_url,
+            profile.connect_api_url,
+            client_id,
+            secret,
+            profile.http_settings(),
+            transport,
+            directory_scope=profile.connect_directory_scope,
+            max_attempts=2,
+            max_connections=4,
+        )
+    else:
+        client = connect_client_for(profile, transport, max_attempts=2, max_connections=4)
     results: list[ScopeToken] = []
-    for purpose, scope in scopes_for(profile):
-        if client_id is not None and secret is not None:
-            client = ConnectClient(
-                profile.connect_login_url,
-                profile.connect_api_url,
-                client_id,
-                secret,
-                profile.http_settings(),
-                transport,
-                scope=scope,
-                max_attempts=2,
-                max_connections=4,
-            )
-        else:
-            client = connect_client_for(
-                profile, transport, scope=scope, max_attempts=2, max_connections=4
-            )
-        async with client:
+    async with client:
+        for purpose, scope in scopes_for(profile):
             try:
-                await client.access_token()
+                await client.access_token(scope)
             except PresencectlError as exc:
                 results.append(
                     ScopeToken(
@@ -266,7 +253,7 @@ class Verifier:
         self.on_row = on_row
         self._sleep = sleep
         self._clock = clock
-        self.resource = our_resource(profile)
+        self.resource = profile.connect_resource_id or ""  # the client's, once it exists
         self.probe_resource = str(uuid.uuid4())
         self.report = VerifyReport(profile.name, options.user, self.resource, options.settle_s)
         self.client: ConnectClient | None = None
@@ -334,7 +321,7 @@ class Verifier:
         response = await self._request(
             "PUT",
             wire.presence_path(self.user_id),
-            params={"resource": resource},
+            params={wire.RESOURCE_PARAM: resource},
             json={wire.PRESENCE_FIELD: value},
         )
         return response.status_code
@@ -342,7 +329,10 @@ class Verifier:
     async def _delete(self, resource: str) -> int:
         assert self.user_id is not None
         response = await self._request(
-            "DELETE", wire.presence_path(self.user_id), params={"resource": resource}, allow=(404,)
+            "DELETE",
+            wire.presence_path(self.user_id),
+            params={wire.RESOURCE_PARAM: resource},
+            allow=(404,),
         )
         self._written.discard((self.user_id, resource))
         return response.status_code
@@ -369,6 +359,7 @@ class Verifier:
             if not await self.check_tokens():
                 return self.report
             self.client = connect_client_for(self.profile, self.transport)
+            self.resource = self.report.resource = self.client.resource_id
             if not await self._guarded("Directory", self.check_directory):
                 return self.report
             if not await self._guarded("Test user", self.check_user):
@@ -426,11 +417,15 @@ class Verifier:
         pages: list[int] = []
         list_key = next_key = None
         contact_keys: list[str] = []
-        params: dict[str, str] = {"count": str(DIRECTORY_PROBE_COUNT)}
+        assert self.client is not None
+        base = {wire.FIELDS_PARAM: wire.FIELDS_ALL, wire.COUNT_PARAM: str(DIRECTORY_PROBE_COUNT)}
+        params = dict(base)
         seen_tokens: set[str] = set()
         repeated = False
         for _ in range(DIRECTORY_PROBE_PAGES):
-            response = await self._request("GET", wire.CONTACTS_PATH, params=params)
+            response = await self._request(
+                "GET", wire.CONTACTS_PATH, params=params, scope=self.client.directory_scope
+            )
             try:
                 body = response.json()
             except ValueError as exc:
@@ -451,7 +446,7 @@ class Verifier:
                 repeated = True
                 break
             seen_tokens.add(str(token))
-            params = {"count": str(DIRECTORY_PROBE_COUNT), wire.OFFSET_TOKEN: str(token)}
+            params = {**base, wire.OFFSET_PARAM: str(token)}
         contacts = await self.client.list_contacts() if self.client else []
         self._contacts = contacts
         observed = {
@@ -462,7 +457,7 @@ class Verifier:
             "contact_keys": contact_keys,
             "contacts_read_by_client": len(contacts),
         }
-        expected = (wire.CONTACTS_LIST_KEY, wire.OFFSET_TOKEN)
+        expected = (wire.CONTACTS_LIST_KEY, wire.CONTACTS_NEXT_KEY)
         problems = []
         if list_key != expected[0]:
             problems.append(f"the list is under {list_key!r}, the client reads {expected[0]!r}")
@@ -789,7 +784,7 @@ class Verifier:
                 await self.client.request(
                     "DELETE",
                     wire.presence_path(user_id),
-                    params={"resource": resource},
+                    params={wire.RESOURCE_PARAM: resource},
                     allow=(404,),
                 )
                 self._written.discard((user_id, resource))
