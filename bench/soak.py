@@ -282,17 +282,26 @@ def our_sessions(sb: Any, session_id: str) -> int:
 
 
 def run_soak(
-    seconds: float, *, users: int = 20, seed: int = 1, throttle: int = 60,
-    error_rate: float = 0.05, drop_rate: float = 0.01, interval: float = 1.0,
+    seconds: float, *, users: int = 20, seed: int = 1, throttle: int = 8,
+    throttle_window: float = 3.0, error_rate: float = 0.05, drop_rate: float = 0.01,
+    interval: float = 1.0,
 ) -> SoakReport:  # fmt: skip
-    """Run the soak for ``seconds`` of wall time (the last quarter quiet) and check the books."""
+    """Run the soak for ``seconds`` of wall time (the last quarter quiet) and check the books.
+
+    The throttle window is short on purpose: the chaos pushes the sandbox clock 40 s forward
+    every 4 s, which empties any window of 30 s; ``throttle`` per ``throttle_window`` (default
+    8 per 3 s) is below what the watch sends while changes come, so 429s really happen.
+    """
     from presencectl.config import load_profile
     from presencectl.sandbox import running_sandbox
+    from presencectl.sandbox.throttle import seed_faults
     from presencectl.sync.state import StateStore
 
     report = SoakReport(seconds=seconds, users=users)
     rng = random.Random(seed)
-    with running_sandbox(users=users, seed=seed, throttle=throttle, token_lifetime=120,
+    seed_faults(seed)
+    with running_sandbox(users=users, seed=seed, throttle=throttle,
+                         throttle_window=throttle_window, token_lifetime=120,
                          auto_approve=ADMIN) as sb:  # fmt: skip
         people = prepare(sb)
         report.matched = len(people)

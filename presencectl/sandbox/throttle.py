@@ -307,6 +307,11 @@ def check_presence_throttle(world: World, claims: Claims, ticket: Ticket | None 
     )
 
 
+def seed_faults(seed: int) -> None:
+    """Make the fault draws (5xx, drops) repeatable, for a soak that must meet some."""
+    _fault_random.seed(seed)
+
+
 class DroppedConnection(Exception):
     """The fault injector dropped the client's connection: no answer must be sent."""
 
