@@ -295,6 +295,10 @@ def check_presence_throttle(world: World, claims: Claims, ticket: Ticket | None 
     )
     if inside_retry:
         world.stats.in_retry_after_window += 1
+        log.warning(
+            "presence request of app %s sent inside a Retry-After window (arrived %.6f, now %.6f)",
+            claims.appid, ticket.arrived if ticket is not None else now, now,
+        )
     if retry_after is None:
         return
     world.stats.throttled += 1
