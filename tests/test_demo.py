@@ -5,7 +5,6 @@ whole demo end to end against its in-process sandbox (NDJSON for CI, plain lines
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -134,9 +133,7 @@ def test_failed_writes_carry_nothing() -> None:
 def test_run_demo_core_short(isolated_env: Any) -> None:
     """The core alone, short and with a fast poll: every step, then changes carried."""
     events: list[DemoEvent] = []
-    started = time.monotonic()
     summary = run_demo(DemoOptions(users=12, duration=2.5, interval=0.5), events.append)
-    assert time.monotonic() - started < 10
     steps = [(e.data["step"], e.data["status"]) for e in events if e.type == "step"]
     assert steps[:7] == [
         ("sandbox", "ok"),
@@ -164,11 +161,9 @@ def _ndjson(stdout: str) -> list[dict[str, Any]]:
 
 # Not marked slow: issue 6 asks for exactly this run in CI (~12 s).
 def test_demo_json_runs_to_completion_both_ways(cli: Any) -> None:
-    started = time.monotonic()
+    # Its wall time (< 25 s) and Connect -> Teams median (< 1 s) are rows of bench/timings.py.
     result = cli("demo", "--duration", "10", "--users", "20", "-o", "json")
-    took = time.monotonic() - started
     assert result.exit_code == 0, result.stderr
-    assert took < 25
     events = _ndjson(result.stdout)
     validate = [e for e in events if e["event"] == "step" and e["step"] == "sync-user validate"]
     assert [v["status"] for v in validate] == ["failed", "ok"]
@@ -186,8 +181,26 @@ def test_demo_json_runs_to_completion_both_ways(cli: Any) -> None:
     assert (
         "check" in kinds and summary["in_step"] + len(summary["out_of_step"]) == summary["matched"]
     )
-    # Connect → Teams follows the change feed: well under a poll interval.
-    assert summary["connect_to_teams"]["median_s"] < 1.0
+    # Connect → Teams follows the change feed, not the poll: a Connect change reaches Teams with
+    # no poll cycle between the injection and the write.
+    assert _carried_between_polls(events) >= 1
+
+
+def _carried_between_polls(events: list[dict[str, Any]]) -> int:
+    """Connect changes written to Teams before any poll cycle ended after the injection."""
+    injected: dict[str, int] = {}  # user -> cycles seen when their Connect change was injected
+    cycles = 0
+    carried = 0
+    for e in events:
+        if e["event"] == "cycle":
+            cycles += 1
+        elif e["event"] == "inject" and e["side"] == "connect":
+            injected[e["user"].lower()] = cycles
+        elif e["event"] == "write" and e["side"] == "teams" and e["outcome"] == "ok":
+            seen = injected.pop(e["user"].lower(), None)
+            if seen is not None and seen == cycles and e["reason"].startswith("Connect "):
+                carried += 1
+    return carried
 
 
 @pytest.mark.slow

@@ -62,9 +62,8 @@ def doctor_json(cli: Any) -> Any:
 
 
 def test_healthy_profile_passes(healthy: Any, cli: Any, isolated_env: Any) -> None:
-    started = time.monotonic()
+    # How long doctor takes (< 5 s) is a row of bench/timings.py, not an assert here.
     result = doctor_json(cli)
-    elapsed = time.monotonic() - started
     assert result.exit_code == 0, result.stdout + result.stderr
     report = result.json()
     assert report["profile"] == "sandbox"
@@ -103,7 +102,6 @@ def test_healthy_profile_passes(healthy: Any, cli: Any, isolated_env: Any) -> No
     # The seeded organisation has unmatched people and a conflict: reported, a warning only.
     assert checks["Matching"]["status"] == "warn"
     assert "matched" in checks["Matching"]["detail"] and "conflict" in checks["Matching"]["detail"]
-    assert elapsed < 5.0
 
     table = run(cli, "doctor")
     assert table.exit_code == 0
@@ -240,9 +238,7 @@ def test_unreachable_endpoint_is_exit_1_with_the_proxy_hint(sbx: Any, cli: Any) 
     profile = load_profile("sandbox")
     profile.connect_api_url = f"https://127.0.0.1:{_closed_port()}/univerge/api"
     save_profile(profile)
-    started = time.monotonic()
     result = doctor_json(cli)
-    assert time.monotonic() - started < 5.0
     assert result.exit_code == 1
     checks = checks_of(result)
     reach = checks["Reach Connect API"]

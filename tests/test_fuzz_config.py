@@ -10,13 +10,11 @@ wrong, and the command must name one of them.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import string
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 import tomli_w
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
@@ -377,8 +375,6 @@ def test_mapping_show_with_bad_override_is_a_config_error(cli: Any) -> None:
     assert "Traceback" not in result.stderr
     assert result.exit_code == 3
     error = result.json()["error"]
-    if error["code"] == "not_built":
-        pytest.skip("mapping show is not built yet")
     assert "Busy/Nope" in error["message"]
 
 
@@ -388,13 +384,7 @@ def test_mapping_show_with_bad_override_is_a_config_error(cli: Any) -> None:
 def _mapping_check(cli: Any, tmp_path: Path, mapping: Any) -> Any:
     file = tmp_path / "overrides.toml"
     file.write_text(tomli_w.dumps(mapping), encoding="utf-8")
-    result = cli("-o", "json", "mapping", "check", str(file))
-    if (
-        result.exit_code == 3
-        and json.loads(result.stdout or "{}").get("error", {}).get("code") == "not_built"
-    ):
-        pytest.skip("mapping check is not built yet")
-    return result
+    return cli("-o", "json", "mapping", "check", str(file))
 
 
 @FUZZ
@@ -413,7 +403,5 @@ def test_fuzzed_mapping_check_file(cli: Any, tmp_path: Path, mapping: dict[str, 
 def test_mapping_check_missing_file_is_named(cli: Any, tmp_path: Path) -> None:
     result = cli("-o", "json", "mapping", "check", str(tmp_path / "absent.toml"))
     assert "Traceback" not in result.stderr
-    if result.exit_code == 3 and result.json()["error"]["code"] == "not_built":
-        pytest.skip("mapping check is not built yet")
     assert result.exit_code in (2, 3)
     assert "absent.toml" in result.stdout + result.stderr

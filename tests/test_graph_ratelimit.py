@@ -1,7 +1,8 @@
 """RateLimiter: the presence budget, the Retry-After pause, and the client never sending inside it.
 
 A fake Graph that throttles like the sandbox (sliding window per app, $batch members counted one
-by one, a request arriving while a Retry-After runs is a violation) runs on a FakeClock.
+by one; a request sent after a 429 answer was delivered and before its Retry-After ended is a
+violation) runs on a FakeClock.
 """
 
 from __future__ import annotations
@@ -111,13 +112,16 @@ class ThrottlingGraph:
         self.writes = 0
         self.throttled = 0
         self.violations = 0
+        self.delivered_until = 0.0  # the Retry-After of the last 429 answer delivered
+        self._sent_inside = False  # the request being answered was sent inside it
 
     def admit(self) -> int | None:
         now = self.clock()
         while self.accepted and self.accepted[0] <= now - self.window:
             self.accepted.popleft()
-        if now < self.retry_until:
+        if self._sent_inside:
             self.violations += 1
+        if now < self.retry_until:
             return max(1, math.ceil(self.retry_until - now))
         if len(self.accepted) >= self.limit:
             wait = max(1, math.ceil(self.accepted[0] + self.window - now))
@@ -135,8 +139,19 @@ class ThrottlingGraph:
         return 200, {}
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        # MockTransport answers synchronously: the request arrives when this starts, its answer
+        # is delivered when this returns.
+        self._sent_inside = self.clock() < self.delivered_until
+        throttled_before = self.throttled
+        response = self._answer(request)
+        if self.throttled > throttled_before:
+            self.delivered_until = max(self.delivered_until, self.retry_until)
+        return response
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
         self.requests += 1
         if self.requests in self.forced_429:
+            self.violations += self._sent_inside
             self.throttled += 1
             self.retry_until = self.clock() + 3
             return httpx.Response(429, headers={"Retry-After": "3"}, json={"error": {"code": "x"}})
@@ -219,3 +234,32 @@ def test_a_429_on_one_request_pauses_concurrent_batches_and_singles() -> None:
     assert server.writes == 220
     assert client.metrics.throttled == 2
     assert client.metrics.retry_after_wait_s >= 6.0
+
+
+@pytest.mark.parametrize("server_limit", [100, 60])
+def test_a_server_limit_below_the_assumed_one_is_learnt_not_fought(server_limit: int) -> None:
+    """The client assumes 150 per 10 s; the server allows less. After the first throttle episode
+    the limiter works at what the server really accepted: the writes take close to the least
+    time the server allows, few 429s after the first episode, none sent inside a Retry-After."""
+    clock = FakeClock()
+    server = ThrottlingGraph(clock, limit=server_limit, window=10.0)
+    client = _client(server, clock, limit=150, window=10.0)
+    writes = [PresenceWrite(f"u{i}", "Available", "Available") for i in range(1000)]
+
+    async def go() -> float:
+        start = clock()
+        outcomes = await set_presences_batch(client, "sess", writes)
+        assert all(o.ok for o in outcomes)
+        return clock() - start
+
+    elapsed = asyncio.run(go())  # fake clock: the schedule, not the machine
+    assert server.writes == 1000 and server.violations == 0
+    least = (math.ceil(1000 / server_limit) - 1) * 10.0
+    assert least / elapsed >= 0.85, (least, elapsed)
+    # The first window oversends what the assumption exceeds the limit by; after that, only the
+    # probes (5 % above the learnt ceiling, once a window). A limiter that kept assuming 150
+    # would meet 150 - limit refusals in every window.
+    windows = math.ceil(1000 / server_limit)
+    assert server.throttled > 0  # the limit was really hit
+    assert server.throttled <= (150 - server_limit) + math.ceil(server_limit / 20) * windows
+    assert server_limit * 0.9 <= client.limiter.ceiling < 150

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -127,13 +128,27 @@ def test_answers_once() -> None:
         socket.create_connection(("127.0.0.1", listener.port), timeout=1).close()
 
 
-def test_times_out() -> None:
+def test_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The listener's own clock, stepped by hand: the timeout is honoured exactly, whatever the
+    # machine's load (each step is one pass of the wait loop).
+    from presencectl.identity import consent_listener
+
+    now = [1000.0]
+
+    def monotonic() -> float:
+        now[0] += 0.25
+        return now[0]
+
+    monkeypatch.setattr(consent_listener, "time", SimpleNamespace(monotonic=monotonic))
     listener = ConsentListener()
-    start = time.monotonic()
+    passes = []
+    handle = listener._server.handle_request
+    monkeypatch.setattr(listener._server, "handle_request", lambda: passes.append(handle()))
     with pytest.raises(AuthError) as err:
         listener.wait(timeout=0.5)
     assert err.value.code == "consent_timeout"
-    assert time.monotonic() - start < 2
+    # Started at 1000.25, deadline 1000.75: one pass at 1000.5, then the deadline ends the wait.
+    assert now[0] == 1000.75 and len(passes) == 1
 
 
 def test_cancel_ends_the_wait() -> None:

@@ -380,7 +380,7 @@ def test_subscription_delivers_changes_with_client_state(sb: Any, receiver: Rece
     sub = created.json()
     assert sub["clientState"] == "secret-state"
     set_client(sb, people[0].email, "Busy", "InAMeeting")
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 30
     while not receiver.notifications and time.monotonic() < deadline:
         time.sleep(0.02)
     assert receiver.notifications, "no change notification arrived"
@@ -400,7 +400,7 @@ def test_subscription_delivers_changes_with_client_state(sb: Any, receiver: Rece
     url = f"/v1.0/users/{people[1].azure_id}/presence/setPresence"
     assert sb.control.post(url, json=session, headers=app_token(sb)).status_code == 200
     sb.control.post("/_sandbox/clock/advance", json={"seconds": 300})
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 30
     activities: list[str] = []
     while "AvailableInactive" not in activities and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -486,18 +486,17 @@ def test_control_teams_presence_shapes(sb: Any) -> None:
 
 
 def test_fifty_thousand_presences_by_user_id() -> None:
-    started = time.perf_counter()
+    # How long the read takes (< 30 s) is a row of bench/timings.py, not an assert here.
     with running_sandbox(users=50_000, throttle=100_000) as sandbox:
-        built = time.perf_counter() - started
         ids = [p.azure_id for p in sandbox.world.people if p.azure_id]
         now = sandbox.world.clock.now()
-        for i, person in enumerate(sandbox.world.people):  # a realistic mix, not all Offline
+        people = sandbox.world.people
+        for i, person in enumerate(people):  # a realistic mix, not all Offline
             if person.azure_id and i % 3:
                 pair = ("Busy", "InACall") if i % 3 == 1 else ("Available", "Available")
                 person.teams.set_client(*pair, None, now)
         headers = app_token(sandbox, roles=("Presence.Read.All",))
-        t0 = time.perf_counter()
-        seen = 0
+        seen: dict[str, str] = {}
         requests = 0
         with httpx.Client(
             base_url=sandbox.base_url, verify=verify_for(sandbox), timeout=60
@@ -509,12 +508,10 @@ def test_fifty_thousand_presences_by_user_id() -> None:
                     headers=headers,
                 )
                 assert answer.status_code == 200
-                seen += len(answer.json()["value"])
+                for presence in answer.json()["value"]:
+                    seen[presence["id"]] = presence["availability"]
                 requests += 1
-        elapsed = time.perf_counter() - t0
-    print(
-        f"\n50k presence read: {requests} requests, {seen} presences, {elapsed:.2f} s "
-        f"(world built in {built:.2f} s)"
-    )
-    assert seen == len(ids)
-    assert elapsed < 30
+    assert requests == -(-len(ids) // 650)
+    assert set(seen) == set(ids)  # every id answered once, none twice
+    busy = sum(1 for a in seen.values() if a == "Busy")
+    assert busy == sum(1 for i, p in enumerate(people) if p.azure_id and i % 3 == 1)

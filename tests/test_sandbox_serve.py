@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 
 def test_serve_prints_one_line_answers_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
@@ -69,23 +70,22 @@ def test_serve_refuses_a_non_loopback_host(cli: Any) -> None:
     assert result.exit_code == 2
 
 
-def test_running_sandbox_starts_fast_and_leaves_nothing_behind() -> None:
+def test_running_sandbox_serves_and_leaves_nothing_behind() -> None:
+    # How fast it starts and stops is a benchmark row (bench/timings.py), not an assert here.
     from presencectl.sandbox import running_sandbox
 
     threads_before = set(threading.enumerate())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        started = time.perf_counter()
         with running_sandbox() as sb:
-            elapsed = time.perf_counter() - started
             with httpx.Client(verify=ssl.create_default_context(cafile=sb.ca_bundle)) as c:
                 assert c.get(sb.base_url + "/_sandbox/health").status_code == 200
             ca = Path(sb.ca_bundle)
-        stopped = time.perf_counter()
-    assert elapsed < 0.5, elapsed
-    assert time.perf_counter() - stopped < 0.1
+            port = sb.port
     assert set(threading.enumerate()) == threads_before
     assert not ca.exists()
+    with socket.socket() as probe:  # the port is free again: nothing listens on it
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_idle_keep_alive_clients_do_not_hold_the_stop() -> None:
@@ -94,13 +94,18 @@ def test_idle_keep_alive_clients_do_not_hold_the_stop() -> None:
     with running_sandbox(users=3) as sb:
         lingering = httpx.Client(verify=ssl.create_default_context(cafile=sb.ca_bundle))
         lingering.get(sb.base_url + "/_sandbox/health")
-        started = time.perf_counter()
-    assert time.perf_counter() - started < 0.8
+        uvicorn_server = sb._server._server
+    # The idle connection was aborted by the stop (see SandboxServer._reap_idle), so the
+    # graceful shutdown finished on its own: it did not have to be forced, and nothing is left.
+    # (The stop's duration with such a client is a benchmark row in bench/timings.py.)
+    assert uvicorn_server.should_exit and not uvicorn_server.force_exit
+    assert not uvicorn_server.server_state.connections
+    with pytest.raises(httpx.TransportError):
+        lingering.get(sb.base_url + "/_sandbox/health")
     lingering.close()
 
 
 def test_a_port_in_use_is_a_usage_error_not_a_crash(cli: Any) -> None:
-    import socket
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

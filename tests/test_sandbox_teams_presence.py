@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from presencectl.sandbox.connect_presence import ConnectPresenceState
@@ -145,16 +143,18 @@ def test_parse_duration_rejects(text: str) -> None:
     assert parse_duration(text) is None
 
 
-def test_fifty_thousand_users_are_cheap() -> None:
-    started = time.perf_counter()
+def test_fifty_thousand_users_keep_their_sessions() -> None:
+    # How long this takes is a benchmark row (bench/timings.py), not an assert here.
     states = [TeamsPresenceState("Available", "Available", now=T0) for _ in range(50_000)]
     for i, state in enumerate(states):
         if i % 3 == 0:
             state.set_session(APP, "Busy", "InACall", 600, T0)
     reads = [s.presence(T0 + 1) for s in states]
-    elapsed = time.perf_counter() - started
     assert sum(1 for r in reads if r.availability == "Busy") == 16_667
-    assert elapsed < 2.0
+    assert sum(1 for r in reads if r.activity == "InACall") == 16_667
+    # Once the 600 s sessions expire, everyone is back to their own presence.
+    later = [s.presence(T0 + 601) for s in states]
+    assert {(r.availability, r.activity) for r in later} == {("Available", "Available")}
 
 
 # ------------------------------------------------------------------ Connect aggregation

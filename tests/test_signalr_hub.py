@@ -48,7 +48,7 @@ class HubServer:
 
     def __enter__(self) -> HubServer:
         self.thread.start()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while not self.server.started:
             if time.monotonic() > deadline:
                 raise RuntimeError("uvicorn did not start")
@@ -82,7 +82,7 @@ def hub_server() -> Iterator[HubServer]:
         yield server
 
 
-async def _wait_for(predicate: Any, timeout: float = 3.0) -> None:
+async def _wait_for(predicate: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -136,7 +136,7 @@ async def test_pysignalr_receives_published_invocations(hub_server: HubServer) -
     client.on_open(on_open)
     task = asyncio.create_task(client.run())
     try:
-        await asyncio.wait_for(opened.wait(), 3)
+        await asyncio.wait_for(opened.wait(), 30)
         payload = {"userId": "u1", "presenceState": "onphone", "whenRaised": "2025-01-01T00:00:00Z"}
         assert await hub_server.publish("OnPresenceEvent", [payload]) == 1
         assert await hub_server.publish("OnPresenceEvent", [payload], "sub-1") == 1
@@ -163,7 +163,7 @@ async def test_access_token_in_query_is_accepted(hub_server: HubServer) -> None:
     client.on_open(on_open)
     task = asyncio.create_task(client.run())
     try:
-        await asyncio.wait_for(opened.wait(), 3)
+        await asyncio.wait_for(opened.wait(), 30)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -173,7 +173,7 @@ async def test_access_token_in_query_is_accepted(hub_server: HubServer) -> None:
 async def test_pysignalr_without_token_is_refused(hub_server: HubServer) -> None:
     client = _client(f"{hub_server.http}/univerge/hub/presence")
     with pytest.raises(AuthorizationError):
-        await asyncio.wait_for(client.run(), 3)
+        await asyncio.wait_for(client.run(), 30)
 
 
 @pytest.mark.anyio
@@ -237,7 +237,7 @@ async def test_raw_protocol_handshake_pings_and_timeout() -> None:
             closing: list[dict[str, Any]] = []
             with pytest.raises(websockets.ConnectionClosed):
                 while True:
-                    closing += decode_records(str(await asyncio.wait_for(ws.recv(), 2)))
+                    closing += decode_records(str(await asyncio.wait_for(ws.recv(), 30)))
             assert closing[-1]["type"] == 7 and "timeout" in closing[-1]["error"]
 
 
@@ -259,12 +259,12 @@ async def test_disconnect_closes_the_subscription_connections(hub_server: HubSer
     client.on_close(on_close)
     task = asyncio.create_task(client.run())
     try:
-        await asyncio.wait_for(opened.wait(), 3)
+        await asyncio.wait_for(opened.wait(), 30)
         loop_future = asyncio.run_coroutine_threadsafe(
             hub_server.hub.disconnect("s9"), hub_server.hub._loop
         )  # type: ignore[arg-type]
         assert await asyncio.wrap_future(loop_future) == 1
-        await asyncio.wait_for(closed.wait(), 3)
+        await asyncio.wait_for(closed.wait(), 30)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -186,19 +186,19 @@ def test_runs_and_subscriptions(tmp_path: Path) -> None:
         assert store.subscriptions() == []
 
 
-@pytest.mark.parametrize(
-    ("count", "budget"), [(5_000, 2.0), pytest.param(50_000, 10.0, marks=pytest.mark.slow)]
-)
-def test_many_pairs_save_and_load_fast(tmp_path: Path, count: int, budget: float) -> None:
+@pytest.mark.parametrize("count", [5_000, pytest.param(50_000, marks=pytest.mark.slow)])
+def test_many_pairs_save_and_load(tmp_path: Path, count: int) -> None:
+    # How long this takes is a benchmark row (bench/timings.py), not an assert here.
     pairs = _pairs(count)
+    saved = [_full_state(p.key) for p in pairs]
     with StateStore(tmp_path / "s.db") as store:
-        start = time.perf_counter()
         store.replace_pairs(pairs, now=1.0)
-        store.save_states([_full_state(p.key) for p in pairs])
+        store.save_states(saved)
+        assert store.pair_count() == count
+    with StateStore(tmp_path / "s.db") as store:  # a fresh process would see the same
         loaded = store.load_states()
-        elapsed = time.perf_counter() - start
-        assert store.pair_count() == count and len(loaded) == count
-    assert elapsed < budget, elapsed
+    assert len(loaded) == count
+    assert loaded == {s.key: s for s in saved}
 
 
 _CRASHER = """

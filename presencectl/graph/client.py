@@ -293,7 +293,7 @@ class GraphClient:
             response: httpx.Response | None = None
             async with self._in_flight:
                 # The pause is checked here, after the wait for a slot, just before sending.
-                await self.limiter.acquire(units, scope)
+                sent_at = await self.limiter.acquire(units, scope)
                 self.metrics.requests += 1
                 try:
                     response = await self._http.send(request)
@@ -310,6 +310,11 @@ class GraphClient:
                 await self._backoff(attempt)
                 continue
             status = response.status_code
+            if units and status not in (401, 429) and status < 500:  # it passed the throttle
+                if url == "/$batch":  # the caller sees which members were refused
+                    response.extensions["presencectl_sent_at"] = sent_at
+                else:
+                    self.limiter.note_answer(sent_at, units)
             if 200 <= status < 300 or status in ok_statuses:
                 return response
             if status == 401 and not refreshed:
@@ -413,6 +418,16 @@ class GraphClient:
                 self.limiter.note_retry_after(scope, wait)
                 self.metrics.retries += len(pending)
                 continue
+            sent_at = response.extensions.get("presencectl_sent_at")
+            if sent_at is not None:  # presence members the server did not refuse
+                accepted = sum(
+                    1
+                    for req, req_scope in zip(pending, scopes, strict=True)
+                    if req_scope == PRESENCE
+                    and isinstance(member_status := (answers.get(req.id) or {}).get("status"), int)
+                    and member_status != 429
+                )
+                self.limiter.note_answer(sent_at, accepted)
             retry: list[BatchRequest] = []
             member_wait = 0.0
             for req, req_scope in zip(pending, scopes, strict=True):

@@ -15,6 +15,15 @@ Two mechanisms, both per *scope* (``"presence"`` for presence endpoints, ``"othe
 - A global pause: after any 429 with ``Retry-After``, no request of that scope (batch or not)
   leaves before the time has passed. :meth:`RateLimiter.acquire` checks the pause last, right
   before it returns, so a 429 that arrives while a caller waits for budget still holds it back.
+- Adaptation (the configured limit is an assumption, not a fact: the tenant's real ceiling may be
+  lower, or other clients of the same app share it): the budget in use, ``ceiling``, starts at
+  ``limit``. After a throttle episode (the first 429 of a pause), once the pause is over, the
+  ceiling becomes what the server really accepted from us in the window before that 429 — the
+  presence units sent in that span whose answers were not 429 (``note_answer``) — but never less
+  than half the ceiling before (multiplicative decrease, bounded). Every full window without a
+  429 it grows by 5 % (additive increase), up to ``limit``: it probes for a higher ceiling at the
+  cost of a few 429s, which the pause absorbs. Against a server whose limit is the configured
+  one, nothing changes.
 
 The clock and sleep are injectable so tests run instantly (see ``FakeClock`` in the tests).
 """
@@ -78,6 +87,7 @@ class RateLimiter:
         if limit < 1 or window <= 0:
             raise ValueError("limit must be >= 1 and window > 0")
         self.limit = limit
+        self.ceiling = limit  # the budget in use: the limit as learnt from 429s
         self.window = window
         # Requests reach the server a little after we count them: a small slack keeps our window
         # at least as long as the server's.
@@ -89,6 +99,27 @@ class RateLimiter:
         self._in_window = 0
         self._pause_until: dict[str, float] = {}
         self._lock = asyncio.Lock()
+        self._accepted: deque[tuple[float, int]] = deque()  # (sent at, units not refused)
+        self._episode_at: float | None = None  # the first 429 of a throttle episode, to learn
+        self._clean_since = clock()  # no 429 since then
+
+    # -- adaptation --------------------------------------------------------------------------
+    def note_answer(self, sent_at: float, accepted_units: int) -> None:
+        """Presence units of a request sent at ``sent_at`` that the server did not refuse."""
+        if accepted_units > 0:
+            self._accepted.append((sent_at, accepted_units))
+
+    def _adapt(self, now: float) -> None:
+        while self._accepted and self._accepted[0][0] <= now - 3 * self._span:
+            self._accepted.popleft()
+        if self._episode_at is not None:
+            at, self._episode_at = self._episode_at, None
+            observed = sum(n for t, n in self._accepted if at - self._span < t <= at)
+            self.ceiling = max(1, min(self.limit, max(observed, self.ceiling // 2)))
+            self._clean_since = now
+        elif self.ceiling < self.limit and now - self._clean_since >= self._span:
+            self.ceiling = min(self.limit, self.ceiling + max(1, self.ceiling // 20))
+            self._clean_since = now
 
     # -- the pause ---------------------------------------------------------------------------
     def note_retry_after(self, scope: str, seconds: float) -> None:
@@ -96,6 +127,10 @@ class RateLimiter:
         now = self.clock()
         until = now + max(0.0, seconds)
         previous = self._pause_until.get(scope, 0.0)
+        if scope == PRESENCE:
+            self._clean_since = now
+            if now >= previous and self._episode_at is None:
+                self._episode_at = now  # a new throttle episode: learn from it after the pause
         if until > previous:
             # Wall time paused, counted once however many requests wait through it.
             self.metrics.retry_after_wait_s += until - max(now, previous)
@@ -117,7 +152,7 @@ class RateLimiter:
     def _budget_wait(self, units: int, now: float) -> float:
         """Seconds until ``units`` more fit in the window (0 when they fit now)."""
         self._expire(now)
-        need = self._in_window + min(units, self.limit) - self.limit
+        need = self._in_window + min(units, self.ceiling) - self.ceiling
         if need <= 0:
             return 0.0
         freed = 0
@@ -127,17 +162,19 @@ class RateLimiter:
                 return max(0.0, at + self._span - now)
         return 0.0  # unreachable: the window holds more than `need`
 
-    async def acquire(self, units: int = 1, scope: str = PRESENCE) -> None:
-        """Wait until a request worth ``units`` presence requests may leave now, and count it.
+    async def acquire(self, units: int = 1, scope: str = PRESENCE) -> float:
+        """Wait until a request worth ``units`` presence requests may leave now, and count it;
+        return that moment (for :meth:`note_answer`).
 
         ``units`` is 0 for requests outside the presence budget (they still honour the pause).
         """
         if units <= 0:
             await self._wait_pause(scope)
-            return
+            return self.clock()
         async with self._lock:  # FIFO: callers leave in the order they asked
             while True:
                 await self._wait_pause(scope)
+                self._adapt(self.clock())
                 wait = self._budget_wait(units, self.clock())
                 if wait > 0:
                     await self.sleep(wait)
@@ -147,4 +184,4 @@ class RateLimiter:
                 self._sent.append((now, units))
                 self._in_window += units
                 self.metrics.presence_units += units
-                return
+                return now

@@ -111,6 +111,9 @@ def build_app(world: World, hub: Any = None) -> Starlette:
     world.extra["hub"] = hub
     app = Starlette(routes=build_routes(world, hub), exception_handlers={GraphError: _graph_error})
     app.add_middleware(RequestCounter, world=world)
+    from presencectl.sandbox.throttle import RetryAfterDelivery
+
+    app.add_middleware(RetryAfterDelivery, world=world)  # outermost: arrival and 429 delivery
     app.state.world = world
     app.state.hub = hub
     return app

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from presencectl.sandbox.errors import GraphError, bearer_claims
-from presencectl.sandbox.throttle import check_batch_throttle
+from presencectl.sandbox.throttle import TICKET, check_batch_throttle
 from presencectl.sandbox.world import World
 
 # Member URLs that pass the presence throttle (getPresencesByUserId, a user's presence actions).
@@ -38,7 +38,7 @@ def refuse_whole_batch(
         return None
     claims = bearer_claims(world, request)
     count = sum(1 for m in members if _PRESENCE.search(str(m.get("url") or "")))
-    wait = check_batch_throttle(world, claims, count)
+    wait = check_batch_throttle(world, claims, count, request.scope.get(TICKET))
     if wait is None:
         return None
     return GraphError(

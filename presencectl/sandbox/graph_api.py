@@ -48,6 +48,7 @@ from presencectl.sandbox.teams_presence import (
     parse_duration,
 )
 from presencectl.sandbox.throttle import (
+    TICKET,
     DroppedConnection,
     check_presence_throttle,
     inject_faults,
@@ -143,7 +144,7 @@ def presence_endpoint(world: World, handler: Handler, *, throttled: bool = True)
             await inject_faults(world, request, in_batch=bool(request.scope.get(BATCH_SCOPE_FLAG)))
             claims = bearer_claims(world, request)
             if throttled:
-                check_presence_throttle(world, claims, request.scope.get(BATCH_ORIGIN))
+                check_presence_throttle(world, claims, request.scope.get(TICKET))
             return await handler(request, claims)
         except GraphError as exc:
             return exc.to_response(request)
@@ -409,6 +410,7 @@ async def _dispatch_member(outer: Request, member: dict[str, Any], origin: str) 
         "server": outer.scope.get("server"),
         BATCH_SCOPE_FLAG: True,
         BATCH_ORIGIN: origin,
+        TICKET: outer.scope.get(TICKET),  # arrived with the batch; its 429s go out with it
     }
     sent_body = False
 

@@ -103,6 +103,11 @@ class SandboxServer:
             access_log=self.log_level == "debug",
             timeout_graceful_shutdown=2,
             server_header=False,
+            # Idle connections stay open past any Retry-After (Graph's front ends keep them for
+            # minutes), so a client's pool survives a throttle pause; and each is known from its
+            # TCP accept on (throttle.RetryAfterDelivery needs the ones a request is on its way on).
+            timeout_keep_alive=120,
+            http=_tracked_h11(self.world),
         )
         self._server = uvicorn.Server(config)
         started = threading.Event()
@@ -171,6 +176,24 @@ class SandboxServer:
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
+
+
+def _tracked_h11(world: World) -> type:
+    """uvicorn's h11 protocol, each connection added to ``world.extra["connections"]`` (weak)."""
+    import weakref
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    from presencectl.sandbox.throttle import CONNECTIONS
+
+    registry: weakref.WeakSet[Any] = world.extra.setdefault(CONNECTIONS, weakref.WeakSet())
+
+    class TrackedH11Protocol(H11Protocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            registry.add(self)
+
+    return TrackedH11Protocol
 
 
 def _ws_impl() -> str:
