@@ -26,6 +26,7 @@ Layout::
     connect_resource_id = "…"             # our Connect session (a GUID), made on first use
     connect_rate_per_min = 250            # Connect requests a minute, this client (0 = no budget)
     enabled_direction = "both"            # absent = sync disabled
+    notify_url = "https://sync.example.com/presencectl"  # optional: Teams change notifications
     [profiles.NAME.verified]              # what setup-azure / consent / validate proved, with dates
     [profiles.NAME.mapping.teams_to_connect]   # overrides: "Busy/InAMeeting" = "meeting"
     [profiles.NAME.mapping.connect_to_teams]   # overrides: "on_break" = "Available/Available"
@@ -75,6 +76,7 @@ class Profile:
     connect_resource_id: str | None = None
     connect_rate_per_min: int = 250
     enabled_direction: str | None = None
+    notify_url: str | None = None  # public HTTPS URL of the notification receiver (sync --watch)
     verified: dict[str, Any] = field(default_factory=dict)
     mapping: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -250,6 +252,13 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
             f"{where}: key 'connect_directory_scope' is {profile.connect_directory_scope!r}",
             hint="one api.service.* scope (default api.service.address-book): client credentials "
             "cannot use api.user.* scopes, which belong to user sign-in",
+        )
+    if profile.notify_url is not None and not (
+        _is_url(profile.notify_url, ("https", "http")) and _tls_or_loopback(profile.notify_url)
+    ):
+        raise ConfigError(
+            f"{where}: key 'notify_url' is not an https URL: {profile.notify_url!r}",
+            hint="Graph delivers notifications to public https:// URLs only",
         )
     if profile.proxy is not None and not _is_url(profile.proxy, _PROXY_SCHEMES):
         raise ConfigError(

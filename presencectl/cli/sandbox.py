@@ -47,6 +47,11 @@ def serve(
     token_lifetime: int = typer.Option(
         3600, "--token-lifetime", min=30, help="Access token lifetime, seconds."
     ),
+    allow_http_notifications: bool = typer.Option(
+        False,
+        "--allow-http-notifications",
+        help="Also accept http:// loopback notification URLs (Graph demands https).",
+    ),
 ) -> None:
     """Serve the sandbox on loopback over HTTPS until Ctrl-C.
 
@@ -89,6 +94,7 @@ def serve(
             port=port,
             token_lifetime=token_lifetime,
             log_level=log_level,
+            allow_http_notifications=allow_http_notifications,
         ) as sb:
             line: dict[str, Any] = {"base_url": sb.base_url, "ca_bundle": sb.ca_bundle}
             if write_profile:

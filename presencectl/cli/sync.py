@@ -160,11 +160,31 @@ def sync(
     ),
     max_cycles: int | None = typer.Option(None, "--max-cycles", help="Watch: stop after N."),
     duration: float | None = typer.Option(None, "--duration", help="Watch: stop after SECONDS."),
+    notify_url: str | None = typer.Option(
+        None,
+        "--notify-url",
+        help="Watch: public HTTPS URL Graph sends Teams changes to (profile key notify_url).",
+    ),
+    listen: str = typer.Option(
+        "127.0.0.1:8765", "--listen", metavar="HOST:PORT", help="Watch: where the receiver listens."
+    ),
+    listen_cert: str | None = typer.Option(
+        None, "--listen-cert", metavar="PEM", help="Watch: serve the receiver over HTTPS."
+    ),
+    listen_key: str | None = typer.Option(
+        None, "--listen-key", metavar="PEM", help="Watch: the key of --listen-cert."
+    ),
+    reconcile_interval: float = typer.Option(
+        60.0,
+        "--reconcile-interval",
+        help="Watch: seconds between full Teams polls while notifications are active.",
+    ),
 ) -> None:
     """Run one sync cycle, or keep syncing with --watch.
 
     Examples: presencectl sync · presencectl sync --dry-run -o json ·
-    presencectl sync --watch --interval 5
+    presencectl sync --watch --interval 5 ·
+    presencectl sync --watch --notify-url https://sync.example.com/presencectl
     """
     from presencectl.sync.engine import EngineOptions, check_prerequisites
 
@@ -184,6 +204,11 @@ def sync(
     check_prerequisites(profile, chosen)
     options = EngineOptions(direction=chosen, dry_run=dry_run, interval=interval)
     if watch:
+        from presencectl.sync.notify import notify_options_for
+
+        options.notify = notify_options_for(
+            profile, notify_url, listen, listen_cert, listen_key, reconcile_interval
+        )
         result = _watch(app, profile, options, max_cycles, duration)
     else:
         result = _once(app, profile, options)
@@ -325,6 +350,8 @@ def event_text(event: Any) -> str | None:
         return f"watching ({data['direction']}, every {data['interval']} s)"
     if event.type == "feed":
         return f"connect feed {data['state']}"
+    if event.type == "notifications":
+        return f"teams notifications: {data['reason']}"
     return None
 
 

@@ -1,8 +1,8 @@
 """Graph change notifications for presence (FACTS.md: delegated only, ≤650 ids, ≤60 min).
 
-Owns: the resource string, create / renew / delete, and :class:`PresenceSubscription`. The engine
-uses these, optionally, with the sync user's delegated token; receiving the notifications (the
-``validationToken`` handshake) is the engine's business.
+Owns: the resource string, create / renew / reauthorize / delete, and
+:class:`PresenceSubscription`. ``sync/notify.py`` calls these with the sync user's delegated token;
+``sync/receiver.py`` receives the notifications, ``graph/notifications.py`` reads them.
 """
 
 from __future__ import annotations
@@ -88,8 +88,13 @@ async def create_presence_subscription(
     lifetime: timedelta = MAX_LIFETIME,
     lifecycle_url: str | None = None,
     now: datetime | None = None,
+    encryption_certificate: str | None = None,
+    encryption_certificate_id: str | None = None,
 ) -> PresenceSubscription:
-    """Subscribe to presence changes of ≤ 650 users for ≤ 60 minutes."""
+    """Subscribe to presence changes of ≤ 650 users for ≤ 60 minutes.
+
+    With ``encryption_certificate`` (base64 DER, public key only) and its id the subscription
+    asks for rich notifications (``includeResourceData``: the presence arrives encrypted)."""
     if client_state is not None and len(client_state) > 128:
         raise ValueError("clientState is at most 128 characters")
     resource = presence_resource(user_ids)
@@ -103,6 +108,10 @@ async def create_presence_subscription(
         body["clientState"] = client_state
     if lifecycle_url:
         body["lifecycleNotificationUrl"] = lifecycle_url
+    if encryption_certificate:
+        body["includeResourceData"] = True
+        body["encryptionCertificate"] = encryption_certificate
+        body["encryptionCertificateId"] = encryption_certificate_id or ""
     return _parse(await client.post_json("/subscriptions", body), resource)
 
 
@@ -112,17 +121,27 @@ async def renew_subscription(
     *,
     lifetime: timedelta = MAX_LIFETIME,
     now: datetime | None = None,
+    encryption_certificate: str | None = None,
+    encryption_certificate_id: str | None = None,
 ) -> datetime:
-    """Extend a subscription; returns its new expiry."""
-    response = await client.request(
-        "PATCH",
-        f"/subscriptions/{subscription_id}",
-        json={"expirationDateTime": _iso(_expiry(lifetime, now))},
-    )
-    body = response.json() if response.content else None
-    if isinstance(body, Mapping) and body.get("expirationDateTime"):
-        return _parse_time(body["expirationDateTime"])
+    """Extend a subscription (which also reauthorizes it); returns its new expiry.
+
+    With ``encryption_certificate`` the renewal also rotates the certificate (the
+    resource-data page: "make this update part of regular subscription renewal")."""
+    body: dict[str, Any] = {"expirationDateTime": _iso(_expiry(lifetime, now))}
+    if encryption_certificate:
+        body["encryptionCertificate"] = encryption_certificate
+        body["encryptionCertificateId"] = encryption_certificate_id or ""
+    response = await client.request("PATCH", f"/subscriptions/{subscription_id}", json=body)
+    answer = response.json() if response.content else None
+    if isinstance(answer, Mapping) and answer.get("expirationDateTime"):
+        return _parse_time(answer["expirationDateTime"])
     return _expiry(lifetime, now)
+
+
+async def reauthorize_subscription(client: GraphClient, subscription_id: str) -> None:
+    """``POST /subscriptions/{id}/reauthorize`` (lifecycle-events page: resumes the flow)."""
+    await client.request("POST", f"/subscriptions/{subscription_id}/reauthorize")
 
 
 async def delete_subscription(client: GraphClient, subscription_id: str) -> bool:

@@ -179,7 +179,9 @@ def control_routes(world: World) -> list[BaseRoute]:
     async def stats(request: Request) -> Response:
         if request.method == "DELETE":
             world.stats.__init__()  # type: ignore[misc]
-        return JSONResponse(world.stats.to_dict())
+        from presencectl.sandbox.graph_notifications import notification_stats
+
+        return JSONResponse({**world.stats.to_dict(), **notification_stats(world)})
 
     async def get_user(request: Request) -> Response:
         person = world.person_by_email(request.path_params["email"])

@@ -9,9 +9,7 @@ Owns ``graph_presence_routes(world)``:
   caller's appid, expirationDuration PT5M..PT4H, 200 with no body);
 - ``POST /v1.0/$batch`` (<= 20 members, each dispatched through the whole app, so each member is
   authorised, throttled and counted on its own; inner 429s stay inside the 200 answer);
-- ``POST/GET/PATCH/DELETE /v1.0/subscriptions`` for ``/communications/presences?$filter=id in
-  (…)`` (delegated tokens only, <= 650 ids, <= 60 minutes, the validationToken handshake) and the
-  background delivery of change notifications.
+- the subscription routes of ``graph_notifications.py`` (presence change notifications).
 
 Every presence request passes `throttle.inject_faults` and `throttle.check_presence_throttle`.
 It also exposes ``control_routes`` (the presence control API of presence_control.py) for app.py.
@@ -23,12 +21,10 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import re
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -36,6 +32,7 @@ from starlette.routing import BaseRoute, Route
 
 from presencectl.sandbox.batch_envelope import batch_answer, refuse_whole_batch
 from presencectl.sandbox.errors import GraphError, bad_request, bearer_claims, require
+from presencectl.sandbox.graph_notifications import notification_routes, parse_presence_resource
 from presencectl.sandbox.presence_control import control_routes
 from presencectl.sandbox.teams_presence import (
     DEFAULT_EXPIRATION,
@@ -455,308 +452,7 @@ async def _dispatch_member(outer: Request, member: dict[str, Any], origin: str) 
 
 
 # --------------------------------------------------------------------------- subscriptions
-
-_FILTER_IDS = re.compile(r"^id\s+in\s*\((?P<ids>.*)\)\s*$", re.IGNORECASE | re.DOTALL)
-_SINGLE = re.compile(r"^/?communications/presences/(?P<id>[^/?]+)$", re.IGNORECASE)
-
-
-def parse_presence_resource(resource: str) -> list[str] | None:
-    """User ids of a presence subscription resource, or None if it is not one."""
-    single = _SINGLE.match(resource.strip())
-    if single:
-        return [single.group("id").strip("'()")]
-    path, _, query = resource.strip().partition("?")
-    if path.strip("/").lower() != "communications/presences":
-        return None
-    for part in query.split("&"):
-        key, _, value = part.partition("=")
-        if key.strip().lower() == "$filter":
-            match = _FILTER_IDS.match(value.strip())
-            if not match:
-                return None
-            ids = [item.strip().strip("'\"") for item in match.group("ids").split(",")]
-            return [i for i in ids if i]
-    return None
-
-
-@dataclass
-class PresenceSubscription:
-    """One Graph change-notification subscription on presences."""
-
-    id: str
-    resource: str
-    user_ids: list[str]
-    notification_url: str
-    client_state: str | None
-    expires_at: float
-    application_id: str
-    creator_id: str | None
-    last_seq: dict[str, int] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "@odata.context": f"{GRAPH_BASE}/$metadata#subscriptions/$entity",
-            "id": self.id,
-            "resource": self.resource,
-            "applicationId": self.application_id,
-            "changeType": "updated",
-            "clientState": self.client_state,
-            "notificationUrl": self.notification_url,
-            "lifecycleNotificationUrl": None,
-            "expirationDateTime": _iso(self.expires_at),
-            "creatorId": self.creator_id,
-            "includeResourceData": False,
-            "latestSupportedTlsVersion": "v1_2",
-            "encryptionCertificate": None,
-            "encryptionCertificateId": None,
-            "notificationQueryOptions": None,
-            "notificationUrlAppId": None,
-        }
-
-
-class PresenceNotifier:
-    """Subscriptions of one world and the delivery of their change notifications.
-
-    Delivery is driven by loop timers (every DELIVERY_POLL seconds while a subscription lives,
-    and at once on a ``teams.presence`` event), not by a long-lived task, so stopping the server
-    leaves nothing pending behind.
-    """
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.subscriptions: dict[str, PresenceSubscription] = {}
-        self.delivered = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._posts: set[asyncio.Task[None]] = set()
-        world.events.subscribe(self._on_event)
-
-    def _on_event(self, kind: str, payload: dict[str, Any]) -> None:
-        if kind == "teams.presence" and self.subscriptions and self._loop is not None:
-            self._loop.call_soon(self._deliver)
-
-    def ensure_running(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        if self._timer is None:
-            self._timer = self._loop.call_later(DELIVERY_POLL, self._tick)
-
-    def _tick(self) -> None:
-        self._timer = None
-        self._deliver()
-        if self.subscriptions and self._loop is not None and not self._loop.is_closed():
-            self._timer = self._loop.call_later(DELIVERY_POLL, self._tick)
-
-    def _deliver(self) -> None:
-        if self._loop is None or self._loop.is_closed():
-            return
-        for url, payload in self.collect():
-            task = self._loop.create_task(self._post(url, payload))
-            self._posts.add(task)
-            task.add_done_callback(self._posts.discard)
-
-    async def _post(self, url: str, payload: dict[str, Any]) -> None:
-        import httpx
-
-        try:
-            async with httpx.AsyncClient(timeout=DELIVERY_TIMEOUT) as client:
-                await client.post(url, json=payload)
-            self.delivered += len(payload["value"])
-        except Exception as exc:  # best effort, like Graph
-            log.info("presence notification to %s failed: %s", url, exc)
-
-    def snapshot(self, sub: PresenceSubscription) -> None:
-        now = self.world.clock.now()
-        for user_id in sub.user_ids:
-            person = self.world.person_by_azure_id(user_id)
-            if person is not None:
-                sub.last_seq[user_id] = person.teams.presence(now).sequence_number
-
-    def collect(self) -> list[tuple[str, dict[str, Any]]]:
-        """The notifications due now, one POST per subscription; drops expired subscriptions."""
-        now = self.world.clock.now()
-        due: list[tuple[str, dict[str, Any]]] = []
-        for sub_id, sub in list(self.subscriptions.items()):
-            if sub.expires_at <= now:
-                del self.subscriptions[sub_id]
-                continue
-            values = []
-            for user_id in sub.user_ids:
-                person = self.world.person_by_azure_id(user_id)
-                if person is None or person.azure_id is None:
-                    continue
-                presence = person.teams.presence(now)
-                if sub.last_seq.get(user_id) == presence.sequence_number:
-                    continue
-                sub.last_seq[user_id] = presence.sequence_number
-                resource = f"communications/presences('{person.azure_id}')"
-                data = presence.graph_json(person.azure_id)
-                data.pop("@odata.type", None)
-                values.append(
-                    {
-                        "subscriptionId": sub.id,
-                        "subscriptionExpirationDateTime": _iso(sub.expires_at),
-                        "clientState": sub.client_state,
-                        "changeType": "updated",
-                        "resource": resource,
-                        "tenantId": self.world.tenant_id,
-                        "resourceData": {
-                            "@odata.type": "#Microsoft.Graph.presence",
-                            "@odata.id": resource,
-                            **data,
-                        },
-                    }
-                )
-            if values:
-                due.append((sub.notification_url, {"value": values}))
-        return due
-
-
-def _notifier(world: World) -> PresenceNotifier:
-    notifier = world.extra.get("graph_presence_notifier")
-    if notifier is None:
-        notifier = world.extra["graph_presence_notifier"] = PresenceNotifier(world)
-    return notifier
-
-
-def _notification_url_ok(url: str) -> bool:
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.netloc:
-        return True
-    # Graph demands https; plain http is allowed to loopback so local receivers can test.
-    return parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
-
-
-async def _validate_notification_url(url: str) -> bool:
-    import httpx
-
-    token = (
-        "Validation: Testing client application reachability for subscription "
-        f"Request-Id: {uuid.uuid4()}"
-    )
-    separator = "&" if "?" in url else "?"
-    try:
-        async with httpx.AsyncClient(timeout=VALIDATION_TIMEOUT) as client:
-            answer = await client.post(
-                f"{url}{separator}validationToken={quote(token)}",
-                headers={"Content-Type": "text/plain; charset=utf-8"},
-            )
-    except Exception as exc:
-        log.info("validation request to %s failed: %s", url, exc)
-        return False
-    content_type = answer.headers.get("content-type", "")
-    return answer.status_code == 200 and "text/plain" in content_type and answer.text == token
-
-
-def _subscription_handlers(world: World) -> dict[str, Callable[[Request], Awaitable[Response]]]:
-
-    def claims_of(request: Request) -> Claims:
-        return bearer_claims(world, request)
-
-    def expiry(raw: Any) -> float:
-        when = _parse_iso(raw)
-        if when is None:
-            raise bad_request("Invalid or missing 'expirationDateTime'.")
-        now = world.clock.now()
-        if when <= now:
-            raise bad_request("Subscription expiration date must be in the future.")
-        if when > now + MAX_SUBSCRIPTION_MINUTES * 60 + 1:
-            raise bad_request(
-                "Subscription expiration can only be 60 minutes in the future for presence."
-            )
-        return when
-
-    def owned(request: Request, claims: Claims) -> PresenceSubscription:
-        sub = _notifier(world).subscriptions.get(request.path_params["sub_id"])
-        if sub is None or sub.expires_at <= world.clock.now() or sub.application_id != claims.appid:
-            raise GraphError(
-                404, "ResourceNotFound",
-                f"The object was not found. Subscription '{request.path_params['sub_id']}'.",
-            )
-        return sub
-
-    async def create(request: Request) -> Response:
-        try:
-            claims = claims_of(request)
-            data = await _json_object(request)
-            resource = data.get("resource")
-            if not isinstance(resource, str) or not resource:
-                raise bad_request("Invalid 'resource'.")
-            user_ids = parse_presence_resource(resource)
-            if user_ids is None:
-                raise bad_request(f"Resource '{resource}' is not supported by this sandbox.")
-            if claims.kind != "delegated":
-                raise GraphError(
-                    403, "ExtensionError",
-                    "Operation: Create; Exception: [Status Code: Forbidden; Reason: Application "
-                    "permissions are not supported for presence subscriptions.]",
-                )
-            require(claims, (), ("Presence.Read.All",), code="Forbidden")
-            if not user_ids:
-                raise bad_request("The subscription resource must name at least one id.")
-            if len(user_ids) > MAX_PRESENCE_IDS:
-                raise bad_request(
-                    f"Too many ids in the subscription resource ({len(user_ids)}); "
-                    f"at most {MAX_PRESENCE_IDS} are allowed."
-                )
-            if str(data.get("changeType", "")).lower() != "updated":
-                raise bad_request("Presence subscriptions support changeType 'updated' only.")
-            client_state = data.get("clientState")
-            if client_state is not None and (
-                not isinstance(client_state, str) or len(client_state) > MAX_CLIENT_STATE
-            ):
-                raise bad_request("clientState must be a string of at most 128 characters.")
-            when = expiry(data.get("expirationDateTime"))
-            url = data.get("notificationUrl")
-            if not isinstance(url, str) or not _notification_url_ok(url):
-                raise bad_request("The notificationUrl must be an https URL.")
-            if not await _validate_notification_url(url):
-                raise bad_request(
-                    "Subscription validation request failed. Response must exactly match "
-                    "validationToken query parameter."
-                )
-            sub = PresenceSubscription(
-                id=str(uuid.uuid4()),
-                resource=resource,
-                user_ids=user_ids,
-                notification_url=url,
-                client_state=client_state,
-                expires_at=when,
-                application_id=claims.appid,
-                creator_id=claims.oid,
-            )
-            notifier = _notifier(world)
-            notifier.snapshot(sub)
-            notifier.subscriptions[sub.id] = sub
-            notifier.ensure_running()
-            return JSONResponse(sub.to_json(), status_code=201)
-        except GraphError as exc:
-            return exc.to_response(request)
-
-    async def get(request: Request) -> Response:
-        try:
-            return JSONResponse(owned(request, claims_of(request)).to_json())
-        except GraphError as exc:
-            return exc.to_response(request)
-
-    async def patch(request: Request) -> Response:
-        try:
-            sub = owned(request, claims_of(request))
-            data = await _json_object(request)
-            sub.expires_at = expiry(data.get("expirationDateTime"))
-            return JSONResponse(sub.to_json())
-        except GraphError as exc:
-            return exc.to_response(request)
-
-    async def delete(request: Request) -> Response:
-        try:
-            sub = owned(request, claims_of(request))
-            _notifier(world).subscriptions.pop(sub.id, None)
-            return Response(status_code=204)
-        except GraphError as exc:
-            return exc.to_response(request)
-
-    return {"create": create, "get": get, "patch": patch, "delete": delete}
-
+# Presence change notifications live in graph_notifications.py (subscriptions and delivery).
 
 # --------------------------------------------------------------------------- routes
 
@@ -767,7 +463,6 @@ def graph_presence_routes(world: World) -> list[BaseRoute]:
     def wrap(name: str, throttled: bool = True) -> Callable[[Request], Awaitable[Response]]:
         return presence_endpoint(world, handlers[name], throttled=throttled)
 
-    subs = _subscription_handlers(world)
     users = "/v1.0/users/{user_id}/presence"
     return [
         Route(
@@ -793,14 +488,7 @@ def graph_presence_routes(world: World) -> list[BaseRoute]:
         Route(f"{users}/clearUserPreferredPresence", wrap("clearUserPreferredPresence"),
               methods=["POST"], name="graph.clearUserPreferredPresence"),
         Route("/v1.0/$batch", _batch_endpoint(world), methods=["POST"], name="graph.batch"),
-        Route("/v1.0/subscriptions", subs["create"], methods=["POST"],
-              name="graph.subscriptions.create"),
-        Route("/v1.0/subscriptions/{sub_id}", subs["get"], methods=["GET"],
-              name="graph.subscriptions.get"),
-        Route("/v1.0/subscriptions/{sub_id}", subs["patch"], methods=["PATCH"],
-              name="graph.subscriptions.renew"),
-        Route("/v1.0/subscriptions/{sub_id}", subs["delete"], methods=["DELETE"],
-              name="graph.subscriptions.delete"),
+        *notification_routes(world),
     ]
 
 

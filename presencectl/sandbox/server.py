@@ -48,6 +48,7 @@ class SandboxServer:
 
         self._tmpdir = tempfile.mkdtemp(prefix="presencectl-sandbox-")
         ca = trustme.CA(organization_name="presencectl sandbox")
+        self.world.extra["ca"] = ca  # POST /_sandbox/certs issues receiver certificates with it
         cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
         ca_path = Path(self._tmpdir) / "ca.pem"
         ca.cert_pem.write_to_path(str(ca_path))
@@ -154,6 +155,10 @@ class SandboxServer:
         await task
 
     def stop(self) -> None:
+        notifier = self.world.extra.get("graph_presence_notifier")
+        if notifier is not None and self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(notifier.close)
         if self._server is not None:
             self._server.should_exit = True
             if self._loop is not None and not self._loop.is_closed():
@@ -281,8 +286,12 @@ def running_sandbox(
     port: int = 0,
     token_lifetime: int = DEFAULT_TOKEN_LIFETIME,
     log_level: str = "warning",
+    allow_http_notifications: bool = False,
 ) -> Iterator[Sandbox]:
-    """Run a sandbox for the duration of the ``with`` block."""
+    """Run a sandbox for the duration of the ``with`` block.
+
+    ``allow_http_notifications``: Graph subscriptions also accept ``http://`` loopback
+    notification URLs (a documented deviation from Graph, for the demo and tests)."""
     world = World(
         users=users,
         seed=seed,
@@ -292,6 +301,7 @@ def running_sandbox(
         auto_approve=auto_approve,
         token_lifetime=token_lifetime,
     )
+    world.extra["allow_http_notifications"] = allow_http_notifications
     server = SandboxServer(world, host=host, port=port, log_level=log_level)
     server.start()
     sandbox = Sandbox(server)

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from presencectl.config import Profile
     from presencectl.connect.client import ConnectClient
     from presencectl.graph.client import GraphClient
+    from presencectl.sync.notify import NotifyOptions, TeamsNotifications
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class EngineOptions:
     available_refresh: timedelta = timedelta(minutes=4)
     echo_window: timedelta = timedelta(seconds=60)
     use_feed: bool = True  # watch: Connect change feed (False: poll Connect with Teams)
+    notify: NotifyOptions | None = None  # watch: Teams by Graph change notifications (notify.py)
 
 
 @dataclass
@@ -220,6 +222,7 @@ class SyncEngine:
         self._conflicts = 0
         self._run_id: int | None = None
         self._write_lock = asyncio.Lock()
+        self.notifications: TeamsNotifications | None = None
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -621,11 +624,13 @@ class SyncEngine:
         events: asyncio.Queue[Any] = asyncio.Queue()
         self._emit("start", direction=self.options.direction.value, interval=self.options.interval)
         feed = await self._start_feed(events) if self.options.use_feed else None
+        await self._start_notifications(events)
         outcome = "error"
         try:
             while not stop.is_set():
                 await self.refresh_directory()
                 self._fill_directory_counts(result)
+                await self._follow_directory_with_notifications()
                 await self.release_unmatched(result)
                 # Connect is read in full on the first poll, while the feed is down, and once
                 # after every reconnect (events raised meanwhile are lost); else the feed says.
@@ -654,6 +659,7 @@ class SyncEngine:
                 with contextlib.suppress(Exception):
                     await feed.close()
                 self._forget_feed(feed)
+            await self._stop_notifications()
             result.duration_s = time.monotonic() - started
             result.throttled, result.throttle_wait_s = self._throttle()
             self._finish_run(result, outcome)
@@ -684,7 +690,7 @@ class SyncEngine:
         self, events: asyncio.Queue[Any], stop: asyncio.Event, result: SyncResult
     ) -> None:
         """Until the next poll is due: handle Connect events as they come."""
-        deadline = time.monotonic() + self.options.interval
+        deadline = time.monotonic() + self._poll_interval()
         while not stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -706,6 +712,7 @@ class SyncEngine:
                 return
 
     async def _on_connect_events(self, batch: list[Any], result: SyncResult) -> None:
+        batch = await self._take_teams_notifications(batch, result)
         observations: dict[str, list[Observation]] = defaultdict(list)
         now = self.clock()
         for event in batch:
@@ -778,6 +785,84 @@ class SyncEngine:
             if sub.side == "connect":
                 self.store.delete_subscription(sub.id)
 
+    # -- Teams change notifications (sync/notify.py) --------------------------------------------
+
+    async def _start_notifications(self, events: asyncio.Queue[Any]) -> None:
+        notify = self.options.notify
+        if notify is None or self.options.dry_run or not self.options.direction.writes(
+            Side.CONNECT
+        ):
+            return
+        from presencectl.sync.notify import TeamsNotifications
+
+        self.notifications = TeamsNotifications(
+            notify,
+            graph=self.teams_reader,
+            store=self.store,
+            profile=notify.profile,
+            interval=self.options.interval,
+            wake=events,
+        )
+        await self.notifications.start([])
+        self._emit("notifications", **self.notifications.summary())
+
+    async def _follow_directory_with_notifications(self) -> None:
+        if self.notifications is not None:
+            ids = sorted(p.azure_id for p in self.pairs.values())
+            await self.notifications.sync_subscriptions(ids)
+
+    async def _stop_notifications(self) -> None:
+        if self.notifications is not None:
+            with contextlib.suppress(Exception):
+                await self.notifications.close()
+
+    def _poll_interval(self) -> float:
+        if self.notifications is not None:
+            return self.notifications.poll_interval()
+        return self.options.interval
+
+    async def _take_teams_notifications(self, batch: list[Any], result: SyncResult) -> list[Any]:
+        """Handle the Teams notifications among ``batch``; the rest are Connect events."""
+        notes = self.notifications
+        if notes is None or not any(item is notes for item in batch):
+            return batch
+        changes, full = notes.drain()
+        if full:
+            await self.cycle(result, read_connect=False)
+        elif changes:
+            now = self.clock()
+            observations: dict[str, list[Observation]] = defaultdict(list)
+            basic: list[str] = []
+            for change in changes:
+                key = self._by_azure.get(change.user_id)
+                if key is None:
+                    continue
+                if change.availability is not None and change.activity is not None:
+                    status = TeamsStatus.of(change.availability, change.activity, False)
+                    observations[key].append(Observation(Side.TEAMS, status, now))
+                else:
+                    basic.append(key)
+            if basic:  # basic notifications carry only the id: one bulk read
+                for key, obs in (await self.read_teams(basic)).items():
+                    observations[key].append(obs)
+            if observations:
+                await self.cycle(
+                    result,
+                    read_teams=False,
+                    read_connect=False,
+                    connect_observations=observations,
+                    keys=list(observations),
+                )
+        return [item for item in batch if item is not notes]
+
+    async def _delete_subscription(self, sub: SubscriptionRow) -> None:
+        if sub.side == "graph":
+            from presencectl.graph.subscriptions import delete_subscription
+
+            await delete_subscription(self.teams_reader, sub.id)
+        else:
+            await self.connect.delete_subscription(sub.id)
+
     # -- disable --------------------------------------------------------------------------------
 
     async def disable(self, on_progress: Callable[[int, int], None] | None = None) -> DisableResult:
@@ -842,7 +927,7 @@ class SyncEngine:
         )
         for sub in self.store.subscriptions():
             with contextlib.suppress(PresencectlError):
-                await self.connect.delete_subscription(sub.id)
+                await self._delete_subscription(sub)
                 result.subscriptions_deleted += 1
             self.store.delete_subscription(sub.id)
         if result.failed == 0:
