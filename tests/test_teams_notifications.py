@@ -325,3 +325,221 @@ def test_delivery_is_retried_when_the_receiver_fails(sb: Any) -> None:
         assert notifier.retried >= 2
     finally:
         flaky.close()
+
+
+# -- the watch, end to end ------------------------------------------------------------------------
+
+ADMIN = "admin@contoso.example"
+NEW_PASSWORD = "N3w-Sync-Passw0rd!"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def org(cli: Any) -> Iterator[Any]:
+    """A sandbox (http loopback notifications allowed) with a complete, enabled profile."""
+    with running_sandbox(
+        users=30, seed=3, auto_approve=ADMIN, allow_http_notifications=True
+    ) as sandbox:
+        info = sandbox.profile_info()
+        sandbox.write_profile("sandbox")
+        assert cli("--profile", "sandbox", "setup-azure", "--no-input").exit_code == 0
+        sandbox.control.post(
+            f"/_sandbox/users/{info['sync_user']}/password", json={"password": NEW_PASSWORD}
+        ).raise_for_status()
+        run = cli(
+            "--profile", "sandbox", "sync-user", "set", "--username", info["sync_user"],
+            "--password-stdin", input=NEW_PASSWORD + "\n",
+        )  # fmt: skip
+        assert run.exit_code == 0, run.stderr
+        assert cli("--profile", "sandbox", "sync-user", "validate").exit_code == 0
+        assert cli("--profile", "sandbox", "enable").exit_code == 0
+        report = cli("--profile", "sandbox", "-o", "json", "users").json()
+        matched = {r["email"] for r in report if r["status"] == "matched"}
+        sandbox.people = [  # type: ignore[attr-defined]
+            p for p in sandbox.world.people
+            if p.email in matched and p.email not in (ADMIN, info["sync_user"])
+        ]  # fmt: skip
+        yield sandbox
+
+
+def connect_session(sb: Any, email: str) -> str | None:
+    shown = sb.control.get("/_sandbox/connect/presence", params={"user": email}).json()
+    ours = [r["status"] for r in shown["resources"] if r["resource"] == "presencectl"]
+    return ours[0] if ours else None
+
+
+def watch_with_notifications(
+    sb: Any,
+    scenario: Callable[[Any], Any],
+    *,
+    rich: bool = True,
+    interval: float = 3600,
+    notify_url: str | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Run the engine's watch (Teams polled only once: interval and reconcile of an hour) while
+    ``scenario(engine)`` (a coroutine function) acts; returns the result and the status."""
+    from presencectl.config import load_profile
+    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.model import Direction
+    from presencectl.sync.notify import NotifyOptions, notifications_summary
+
+    profile = load_profile("sandbox")
+    port = free_port()
+    notify = NotifyOptions(
+        notify_url=notify_url or f"http://127.0.0.1:{port}/presencectl",
+        profile="sandbox",
+        listen=f"127.0.0.1:{port}",
+        reconcile_interval=3600,
+        rich=rich,
+    )
+    options = EngineOptions(direction=Direction.BOTH, interval=interval, notify=notify)
+
+    async def go() -> tuple[Any, dict[str, Any]]:
+        stop = asyncio.Event()
+        async with engine_for(profile, options) as engine:
+            watching = asyncio.create_task(engine.watch(stop=stop))
+            try:
+                await asyncio.wait_for(scenario(engine), 60)
+            finally:
+                stop.set()
+                result = await watching
+            summary = notifications_summary(engine.store)
+        return result, summary or {}
+
+    return asyncio.run(go())
+
+
+async def until(check: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not await asyncio.to_thread(check):
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
+def presence_reads(sb: Any) -> int:
+    return int(sb.control.get("/_sandbox/stats").json()["requests"].get(
+        "graph.getPresencesByUserId", 0))  # fmt: skip
+
+
+@pytest.mark.parametrize("rich", [True, False], ids=["rich", "basic"])
+def test_teams_change_reaches_connect_by_notification_not_by_poll(org: Any, rich: bool) -> None:
+    person = org.people[3]
+    reads: dict[str, int] = {}
+
+    async def scenario(engine: Any) -> None:
+        await until(lambda: engine.notifications is not None and engine.notifications.active)
+        assert engine.notifications.poll_interval() == 3600  # everyone covered: reconcile only
+        reads["before"] = await asyncio.to_thread(presence_reads, org)
+        await asyncio.to_thread(set_teams, org, person.email, "Busy", "InACall")
+        await until(lambda: connect_session(org, person.email) == "onphone")
+        reads["after"] = await asyncio.to_thread(presence_reads, org)
+
+    result, summary = watch_with_notifications(org, scenario, rich=rich)
+    assert result.cycles == 1  # one poll at the start: the change came by notification
+    # Rich notifications carry the presence; basic ones cost one bulk read of the notified ids.
+    assert reads["after"] - reads["before"] == (0 if rich else 1)
+    assert summary["received"] >= 1 and summary["dropped"] == 0
+    assert summary["last_notification"] is not None
+    # A clean stop deletes the subscriptions, in Graph and in the state database.
+    stats = org.control.get("/_sandbox/stats").json()
+    assert stats["subscriptions_active"] == 0 and stats["notifications_delivered"] >= 1
+    from presencectl.sync.state import StateStore
+
+    with StateStore.for_profile("sandbox") as store:
+        assert [s for s in store.subscriptions() if s.side == "graph"] == []
+
+
+def test_reauthorization_required_renews_and_status_reports(org: Any, cli: Any) -> None:
+    renewals: dict[str, int] = {}
+
+    async def scenario(engine: Any) -> None:
+        await until(lambda: engine.notifications is not None and engine.notifications.active)
+        await asyncio.to_thread(
+            org.control.post, "/_sandbox/faults", json={"lifecycle_reauthorize": True}
+        )
+
+        def renewed() -> bool:
+            stats = org.control.get("/_sandbox/stats").json()["requests"]
+            renewals["count"] = stats.get("graph.subscriptions.renew", 0)
+            return renewals["count"] >= 1
+
+        await until(renewed)
+        status = await asyncio.to_thread(cli, "--profile", "sandbox", "-o", "json", "status")
+        renewals["status"] = status.json()
+
+    watch_with_notifications(org, scenario)
+    assert renewals["count"] >= 1
+    teams = renewals["status"]["teams_notifications"]
+    assert teams["mode"] == "notifications" and teams["subscriptions"] == 1
+    assert teams["next_renewal"] is not None
+
+
+def test_unreachable_receiver_falls_back_to_polling_and_says_why(org: Any) -> None:
+    seen: dict[str, Any] = {}
+
+    async def scenario(engine: Any) -> None:
+        await until(lambda: engine.notifications is not None
+                    and "refused" in engine.notifications.reason)  # fmt: skip
+        seen["interval"] = engine.notifications.poll_interval()
+        seen["reason"] = engine.notifications.reason
+
+    # Graph is told a URL where nothing answers: the handshake fails, no subscription.
+    watch_with_notifications(
+        org, scenario, interval=7, notify_url=f"http://127.0.0.1:{free_port()}/nobody"
+    )
+    assert seen["interval"] == 7
+    assert "validation" in seen["reason"].lower()
+
+
+def test_disable_deletes_subscriptions_a_crash_left_behind(org: Any, cli: Any) -> None:
+    from presencectl.config import load_profile
+    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.model import Direction
+    from presencectl.sync.notify import NotifyOptions
+
+    profile = load_profile("sandbox")
+    port = free_port()
+    notify = NotifyOptions(
+        notify_url=f"http://127.0.0.1:{port}/", profile="sandbox", listen=f"127.0.0.1:{port}"
+    )
+
+    async def crash() -> None:
+        options = EngineOptions(direction=Direction.BOTH, notify=notify)
+        async with engine_for(profile, options) as engine:
+            await engine.refresh_directory(force=True)
+            await engine._start_notifications(asyncio.Queue())
+            await engine._follow_directory_with_notifications()
+            assert engine.notifications is not None and engine.notifications.active
+            await engine.notifications.receiver.close()  # the process dies: nothing deleted
+
+    asyncio.run(crash())
+    assert org.control.get("/_sandbox/stats").json()["subscriptions_active"] == 1
+    result = cli("--profile", "sandbox", "-o", "json", "disable", "--yes")
+    assert result.exit_code == 0, result.stderr
+    assert org.control.get("/_sandbox/stats").json()["subscriptions_active"] == 0
+
+
+def test_cli_watch_with_notify_url_and_bad_flags(org: Any, cli: Any) -> None:
+    port = free_port()
+    result = cli(
+        "--profile", "sandbox", "-o", "json", "sync", "--watch", "--interval", "0.05",
+        "--reconcile-interval", "0.1", "--max-cycles", "2", "--notify-url", f"http://127.0.0.1:{port}/", "--listen",
+        f"127.0.0.1:{port}",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    note = next(e for e in events if e["event"] == "notifications")
+    assert note["listen"] == f"http://127.0.0.1:{port}/"
+    assert org.control.get("/_sandbox/stats").json()["subscriptions_active"] == 0
+    bad = cli("--profile", "sandbox", "sync", "--watch", "--notify-url", "http://example.com/x")
+    assert bad.exit_code == 2 and "https" in bad.stderr
+    bad = cli("--profile", "sandbox", "sync", "--watch", "--notify-url", "https://example.com/",
+              "--listen", "nowhere")  # fmt: skip
+    assert bad.exit_code == 2 and "HOST:PORT" in bad.stderr

@@ -384,6 +384,7 @@ def status(ctx: typer.Context) -> None:
         app.render(data)
         return
     recent = data.pop("recent_writes", [])
+    teams_notifications = data.pop("teams_notifications", None)
     last = data.pop("last_run", None)
     if last:
         data["last_sync"] = (
@@ -395,6 +396,9 @@ def status(ctx: typer.Context) -> None:
         data["last_sync"] = "never"
     rows = [{"setting": k, "value": v} for k, v in data.items()]
     app.render(rows, columns=["setting", "value"], title="Status")
+    if teams_notifications:
+        rows = [{"setting": k, "value": v} for k, v in teams_notifications.items()]
+        app.render(rows, columns=["setting", "value"], title="Teams notifications")
     if recent:
         app.render(recent, title="Recent writes")
 

@@ -1153,6 +1153,7 @@ def state_summary(profile_name: str) -> dict[str, Any]:
             "subscriptions": len(store.subscriptions()),
             "connect_feed_unparsed": int(store.get_meta("connect_feed_unparsed") or 0),
             "connect_feed_note": store.get_meta("connect_feed_note"),
+            "teams_notifications": _notifications_summary(store),
             "last_run": None
             if last is None
             else {
@@ -1182,6 +1183,12 @@ def state_summary(profile_name: str) -> dict[str, Any]:
                 for e in store.audit_tail(10)
             ],
         }
+
+
+def _notifications_summary(store: StateStore) -> dict[str, Any] | None:
+    from presencectl.sync.notify import notifications_summary
+
+    return notifications_summary(store)
 
 
 def _iso(ts: float | None) -> str | None:
