@@ -122,6 +122,7 @@ class DemoSummary:
     sandbox_requests: int = 0
     in_step: int = 0  # people showing Available on both sides once every activity has ended
     out_of_step: list[dict[str, Any]] = field(default_factory=list)
+    teams_notifications: dict[str, Any] | None = None  # how Teams changes arrived (notify.py)
 
     def propagation(self) -> tuple[float | None, float | None]:
         samples = self.teams_to_connect.samples + self.connect_to_teams.samples
@@ -152,6 +153,7 @@ class DemoSummary:
             "sandbox_requests": self.sandbox_requests,
             "in_step": self.in_step,
             "out_of_step": self.out_of_step,
+            "teams_notifications": self.teams_notifications,
             "steps": self.completed_steps,
         }
 
@@ -270,7 +272,12 @@ def run_demo(
             raise DemoInterrupted
 
     started = time.monotonic()
-    with running_sandbox(users=options.users, seed=options.seed, auto_approve=ADMIN_EMAIL) as sb:
+    with running_sandbox(
+        users=options.users,
+        seed=options.seed,
+        auto_approve=ADMIN_EMAIL,
+        allow_http_notifications=True,  # the receiver below listens on loopback, plain http
+    ) as sb:
         step(
             "sandbox",
             f"Entra ID + Graph + Connect on {sb.base_url} ({options.users} people, tenant "
@@ -459,8 +466,9 @@ def _watch(
     tracker = PropagationTracker(summary)
     step(
         "sync --watch",
-        f"watching both sides for {options.duration:g} s (Teams polled every "
-        f"{options.interval:g} s, Connect by its change feed) while {len(people)} simulated "
+        f"watching both sides for {options.duration:g} s (Teams by Graph change notifications, "
+        f"reconciled every {options.interval:g} s; Connect by its change feed) while "
+        f"{len(people)} simulated "
         f"people make {len(plan)} changes",
         changes=len(plan),
     )
@@ -564,6 +572,7 @@ async def _watch_async(
         for change in simulate.morning(people):
             await simulate.apply(control, change)
         engine_options = EngineOptions(direction=SyncDirection.BOTH, interval=interval)
+        engine_options.notify = _loopback_notifications(profile, interval)
         async with engine_for(profile, engine_options, on_event=on_sync) as engine:
             flag_task = asyncio.ensure_future(watch_flag())
             watch_task = asyncio.ensure_future(engine.watch(stop=stop))
@@ -596,6 +605,26 @@ async def _watch_async(
                         task.cancel()
                 with contextlib.suppress(BaseException):
                     await watch_task
+                if engine.notifications is not None:
+                    tracker.summary.teams_notifications = engine.notifications.summary()
+
+
+def _loopback_notifications(profile: Profile, interval: float) -> Any:
+    """Teams changes by Graph notifications to a receiver on a free loopback port; the
+    reconciling poll keeps the demo's interval, so its cycles (and its stop) stay as they were."""
+    import socket
+
+    from presencectl.sync.notify import NotifyOptions
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return NotifyOptions(
+        notify_url=f"http://127.0.0.1:{port}/presencectl",
+        profile=profile.name,
+        listen=f"127.0.0.1:{port}",
+        reconcile_interval=interval,
+    )
 
 
 __all__ = [

@@ -184,6 +184,10 @@ def test_demo_json_runs_to_completion_both_ways(cli: Any) -> None:
     # Connect → Teams follows the change feed, not the poll: a Connect change reaches Teams with
     # no poll cycle between the injection and the write.
     assert _carried_between_polls(events) >= 1
+    # Teams → Connect follows Graph change notifications to the loopback receiver.
+    assert "notifications" in kinds
+    assert summary["teams_notifications"]["received"] > 0
+    assert summary["teams_notifications"]["dropped"] == 0
 
 
 def _carried_between_polls(events: list[dict[str, Any]]) -> int:

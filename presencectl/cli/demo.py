@@ -233,6 +233,10 @@ def demo(
             ("failed", summary.failed),
             ("watched, s", round(summary.watched_s, 1)),
         ]
+        if summary.teams_notifications:
+            notes = summary.teams_notifications
+            figures.append(("Teams notifications received", notes.get("received")))
+            figures.append(("Teams notifications dropped", notes.get("dropped")))
         app.render(
             [{"figure": name, "value": value} for name, value in figures],
             columns=["figure", "value"],

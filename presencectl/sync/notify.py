@@ -388,7 +388,9 @@ class TeamsNotifications:
         ends = [r.expires_at for r in self.subscriptions.values() if r.expires_at]
         renew_at = min(ends) - RENEW_MARGIN.total_seconds() if ends else None
         return {
-            "mode": "notifications" if self.active else "polling",
+            "mode": "stopped" if self.reason == "stopped" else (
+                "notifications" if self.active else "polling"
+            ),
             "reason": self.reason,
             "notify_url": self.options.notify_url,
             "listen": self.receiver.url if self.receiver is not None else None,
