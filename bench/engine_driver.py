@@ -94,13 +94,15 @@ def plan_timer() -> PlanTimer:
 @contextlib.asynccontextmanager
 async def engine(profile: Any, *, limit: int, window: float, direction: str = "both",
                  interval: float = 5.0, on_event: Callable[[Any], None] | None = None,
-                 use_feed: bool = True) -> AsyncIterator[Any]:
-    """``engine_for(profile)`` with one rate limiter sized to the sandbox's throttle."""
+                 use_feed: bool = True, notify: Any = None) -> AsyncIterator[Any]:
+    """``engine_for(profile)`` with one rate limiter sized to the sandbox's throttle;
+    ``notify``: a ``NotifyOptions`` (Teams by Graph change notifications)."""
     from presencectl.graph.ratelimit import RateLimiter
     from presencectl.sync.engine import EngineOptions, engine_for
     from presencectl.sync.model import Direction
 
     options = EngineOptions(direction=Direction(direction), interval=interval, use_feed=use_feed)
+    options.notify = notify
     async with engine_for(profile, options, on_event=on_event) as eng:
         limiter = RateLimiter(limit=limit, window=window)
         eng.graph.limiter = limiter

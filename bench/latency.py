@@ -12,7 +12,16 @@ every 20 ms (so figures include up to ~20 ms of polling resolution).
 
 Targets (issue 7): Connect→Teams p95 < 1 s (event-driven); Teams→Connect p95 < interval + 1 s.
 
+``--compare`` (issue 13) runs three set-ups one after the other in one run, each on a fresh sandbox
+(``--allow-http-notifications``, the receiver on loopback): polling only; Graph change
+notifications; notifications with ``notify_drop_rate`` 0.1. Teams→Connect is reported apart for
+the users a notification subscription covers (one sync user holds one subscription, at most 650
+ids) and for the rest, and each set-up counts its Graph presence reads, scaled to an hour.
+Targets: notifications p95 < 1 s; with drops, every change converges within the reconcile
+interval + 5 s.
+
     python bench/latency.py [--duration 60] [--changes 200] [--interval 5]
+    python bench/latency.py --compare --interval 30 --reconcile-interval 60
 """
 
 from __future__ import annotations
@@ -35,10 +44,10 @@ POLL_S = 0.02
 TIMEOUT_S = 30.0
 
 
-def wait_until(check: Any) -> float | None:
-    """Seconds until ``check()`` is true (polled), None after TIMEOUT_S."""
+def wait_until(check: Any, timeout: float = TIMEOUT_S) -> float | None:
+    """Seconds until ``check()`` is true (polled), None after ``timeout``."""
     start = time.perf_counter()
-    while time.perf_counter() - start < TIMEOUT_S:
+    while time.perf_counter() - start < timeout:
         if check():
             return time.perf_counter()
         time.sleep(POLL_S)
@@ -46,10 +55,24 @@ def wait_until(check: Any) -> float | None:
 
 
 def run(users: int, duration: float, changes: int, interval: float, seed: int) -> Report:
+    figures = measure(users, duration, changes, interval, seed)
+    samples, missed = figures["samples"], figures["missed"]
+    return _report(samples, missed, users, duration, changes, interval)
+
+
+def measure(users: int, duration: float, changes: int, interval: float, seed: int, *,
+            notify: bool = False, reconcile: float = 60.0, drop_rate: float = 0.0
+            ) -> dict[str, Any]:
+    """One set-up: samples per direction (Teams→Connect split by notification coverage when
+    ``notify``), misses, and the Graph presence reads / renewals of the measured window."""
     rng = random.Random(seed)
     samples: dict[str, list[float]] = {"connect->teams": [], "teams->connect": []}
     missed: dict[str, int] = {"connect->teams": 0, "teams->connect": 0}
-    with isolated_env(), SandboxProcess(users=users, seed=seed) as sb:
+    covered_emails: set[str] = set()
+    timeout = max(TIMEOUT_S, interval + reconcile + 10) if notify else TIMEOUT_S
+    extra = ("--allow-http-notifications",) if notify else ()
+    window: dict[str, Any] = {}
+    with isolated_env(), SandboxProcess(users=users, seed=seed, extra_args=extra) as sb:
         profile = engine_driver.prepare(sb)
         pairs = asyncio.run(matched_pairs(profile))
         rng.shuffle(pairs)
@@ -75,7 +98,10 @@ def run(users: int, duration: float, changes: int, interval: float, seed: int) -
                 stop = asyncio.Event()
                 loop_box["loop"], loop_box["stop"] = asyncio.get_running_loop(), stop
                 async with engine_driver.engine(profile, limit=1500, window=30.0,
-                                                interval=interval, on_event=on_event) as eng:
+                                                interval=interval, on_event=on_event,
+                                                notify=_notify(reconcile) if notify else None
+                                                ) as eng:
+                    loop_box["engine"] = eng
                     loop_box["result"] = await eng.watch(stop=stop)
 
             asyncio.run(go())
@@ -85,6 +111,18 @@ def run(users: int, duration: float, changes: int, interval: float, seed: int) -
         if not ready.wait(60):
             raise RuntimeError("the watch did not complete its first cycle")
         time.sleep(1.0)  # the feed's subscription settles
+        notes = loop_box["engine"].notifications
+        if notes is not None:
+            for _ in range(100):  # the subscriptions follow the first directory read
+                if notes.covered:
+                    break
+                time.sleep(0.1)
+            covered = notes.covered
+            covered_emails = {p.email for p in pairs if p.azure_id in covered}
+            window["notifications"] = notes.summary()
+        if drop_rate:
+            sb.faults(notify_drop_rate=drop_rate)
+        stats_before = sb.stats()["requests"]
 
         state_c = {p.email: 1 for p in group_c}  # index into C_STATES: "available" now
         state_t = {p.email: 1 for p in group_t}
@@ -103,7 +141,7 @@ def run(users: int, duration: float, changes: int, interval: float, seed: int) -
                                             params={"user": p.email}).json()
                 return (d["availability"], d["activity"]) == want
 
-            record("connect->teams", t0, wait_until(check), p.email)
+            record("connect->teams", t0, wait_until(check, timeout), p.email)
 
         def inject_t(p: Any) -> None:
             state_t[p.email] ^= 1
@@ -118,11 +156,16 @@ def run(users: int, duration: float, changes: int, interval: float, seed: int) -
                                             params={"user": p.email}).json()
                 return bool(d["status"] == want)
 
-            record("teams->connect", t0, wait_until(check), p.email)
+            direction = "teams->connect"
+            if notify:
+                direction += " (covered)" if p.email in covered_emails else " (not covered)"
+            record(direction, t0, wait_until(check, timeout), p.email)
 
         def record(direction: str, t0: float, t1: float | None, email: str) -> None:
             with lock:
                 busy.discard(email)
+                samples.setdefault(direction, [])
+                missed.setdefault(direction, 0)
                 if t1 is None:
                     missed[direction] += 1
                 else:
@@ -156,9 +199,36 @@ def run(users: int, duration: float, changes: int, interval: float, seed: int) -
                 with lock:
                     busy.add(p.email)
                 pool.submit(inject_c if side_c else inject_t, p)
+        # Every change is waited for (the pool drains) before the window closes.
+        window["seconds"] = time.perf_counter() - start
+        stats_after = sb.stats()["requests"]
+        if notes is not None:
+            window["notifications"] = notes.summary()
         loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
         thread.join(timeout=60)
+    for name in ("graph.getPresencesByUserId", "graph.subscriptions.create",
+                 "graph.subscriptions.renew", "graph.subscriptions.reauthorize"):
+        window[name] = stats_after.get(name, 0) - stats_before.get(name, 0)
+    if "teams->connect" in samples and not samples["teams->connect"] and notify:
+        samples.pop("teams->connect")
+        missed.pop("teams->connect", None)
+    return {"samples": samples, "missed": missed, "window": window, "timeout": timeout}
 
+
+def _notify(reconcile: float) -> Any:
+    import socket
+
+    from presencectl.sync.notify import NotifyOptions
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return NotifyOptions(notify_url=f"http://127.0.0.1:{port}/", profile="bench",
+                         listen=f"127.0.0.1:{port}", reconcile_interval=reconcile)
+
+
+def _report(samples: dict[str, list[float]], missed: dict[str, int], users: int,
+            duration: float, changes: int, interval: float) -> Report:
     report = Report("latency", ["direction", "changes", "p50_s", "p95_s", "max_s", "missed",
                                 "target_p95_s", "verdict"])
     targets = {"connect->teams": 1.0, "teams->connect": interval + 1.0}
@@ -188,9 +258,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--compare", action="store_true",
+                        help="polling vs notifications vs notifications with 10%% dropped")
+    parser.add_argument("--reconcile-interval", type=float, default=60.0)
     args = parser.parse_args(argv)
+    if args.compare:
+        compare(args.users, args.duration, args.changes, args.interval, args.seed,
+                args.reconcile_interval).emit()
+        return 0
     run(args.users, args.duration, args.changes, args.interval, args.seed).emit()
     return 0
+
+
+def compare(users: int, duration: float, changes: int, interval: float, seed: int,
+            reconcile: float) -> Report:
+    """The three set-ups side by side (see the module doc)."""
+    setups = [
+        ("polling", {}),
+        ("notifications", {"notify": True, "reconcile": reconcile}),
+        ("notifications, 10% dropped", {"notify": True, "reconcile": reconcile,
+                                        "drop_rate": 0.1}),
+    ]
+    report = Report("latency-notifications", [
+        "setup", "direction", "changes", "p50_s", "p95_s", "max_s", "missed",
+        "presence_reads_per_h", "renewals"])
+    results: dict[str, Any] = {}
+    for name, kwargs in setups:
+        figures = measure(users, duration, changes, interval, seed, **kwargs)
+        window = figures["window"]
+        per_hour = window["graph.getPresencesByUserId"] * 3600 / max(window["seconds"], 1e-9)
+        for direction, values in sorted(figures["samples"].items()):
+            report.add(setup=name, direction=direction, changes=len(values),
+                       p50_s=percentile(values, 50), p95_s=percentile(values, 95),
+                       max_s=max(values) if values else None,
+                       missed=figures["missed"].get(direction, 0),
+                       presence_reads_per_h=round(per_hour),
+                       renewals=window["graph.subscriptions.renew"])
+        results[name] = {"window": window, "timeout_s": figures["timeout"],
+                         "samples": {k: len(v) for k, v in figures["samples"].items()}}
+    report.notes.append(
+        f"{users} users, watch --interval {interval:g}, --reconcile-interval {reconcile:g}; "
+        f"{changes} changes over {duration:g} s per set-up; a change not seen within the wait "
+        f"(interval + reconcile + 10 s with notifications, {TIMEOUT_S:g} s without) is missed"
+    )
+    report.notes.append(
+        "polling reads presence 3600/interval x ceil(N/650) times an hour by design; "
+        "presence_reads_per_h is what the sandbox counted in the measured window, scaled"
+    )
+    report.extra["setups"] = results
+    return report
 
 
 if __name__ == "__main__":
