@@ -530,8 +530,8 @@ def test_cli_watch_with_notify_url_and_bad_flags(org: Any, cli: Any) -> None:
     port = free_port()
     result = cli(
         "--profile", "sandbox", "-o", "json", "sync", "--watch", "--interval", "0.05",
-        "--reconcile-interval", "0.1", "--max-cycles", "2", "--notify-url", f"http://127.0.0.1:{port}/", "--listen",
-        f"127.0.0.1:{port}",
+        "--reconcile-interval", "0.1", "--max-cycles", "2",
+        "--notify-url", f"http://127.0.0.1:{port}/", "--listen", f"127.0.0.1:{port}",
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
