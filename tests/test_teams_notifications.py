@@ -543,3 +543,114 @@ def test_cli_watch_with_notify_url_and_bad_flags(org: Any, cli: Any) -> None:
     bad = cli("--profile", "sandbox", "sync", "--watch", "--notify-url", "https://example.com/",
               "--listen", "nowhere")  # fmt: skip
     assert bad.exit_code == 2 and "HOST:PORT" in bad.stderr
+
+
+def test_our_own_write_notified_back_is_an_echo(org: Any) -> None:
+    """Connect agent_onphone → Teams Busy/InACall (ours); Graph notifies that change, and the
+    echo rule must not write onphone back over agent_onphone; when the call ends, Teams follows."""
+    person = org.people[5]
+
+    def teams_pair() -> str:
+        shown = org.control.get("/_sandbox/teams/presence", params={"user": person.email}).json()
+        return f"{shown['availability']}/{shown['activity']}"
+
+    set_teams(org, person.email, "Away", "Away")  # their own client: idle
+
+    async def scenario(engine: Any) -> None:
+        await until(lambda: engine.notifications is not None and engine.notifications.active)
+        received = engine.notifications.receiver.counts
+        before = received.received
+        await asyncio.to_thread(
+            org.control.post, "/_sandbox/connect/presence",
+            json={"user": person.email, "status": "agent_onphone"},
+        )  # fmt: skip
+        await until(lambda: teams_pair() == "Busy/InACall")
+        await until(lambda: received.received > before)  # Graph told us about our own write
+        await asyncio.sleep(0.5)
+        assert connect_session(org, person.email) is None  # nothing written back to Connect
+        await asyncio.to_thread(
+            org.control.post, "/_sandbox/connect/presence",
+            json={"user": person.email, "status": "available"},
+        )  # fmt: skip
+        await until(lambda: teams_pair() == "Available/Available")
+
+    watch_with_notifications(org, scenario)
+    assert connect_session(org, person.email) is None
+
+
+# -- the hand-off and the certificate, without a network ------------------------------------------
+
+
+def _notes(tmp_path: Any, **kwargs: Any) -> Any:
+    from presencectl.sync.notify import NotifyOptions, TeamsNotifications
+    from presencectl.sync.state import StateStore
+
+    store = StateStore(tmp_path / "state.db")
+    return TeamsNotifications(
+        NotifyOptions(notify_url="https://sync.example.com/", profile="p"),
+        graph=None, store=store, profile="p", interval=5.0, **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_overflow_asks_for_a_full_poll_and_never_blocks(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import presencectl.sync.notify as notify
+
+    monkeypatch.setattr(notify, "QUEUE_MAX", 2)
+    wake: asyncio.Queue[Any] = asyncio.Queue()
+    notes = _notes(tmp_path, wake=wake)
+    notes.subscriptions["s"] = object()
+    items = [{"subscriptionId": "s", "resourceData": {"id": f"u{i}"}} for i in range(5)]
+    notes._accept(items)
+    notes._accept(items[:1])
+    assert wake.qsize() == 1  # one wake-up, however many items
+    changes, full = notes.drain()
+    assert full and [c.user_id for c in changes] == ["u0", "u1"]
+    assert notes.drain() == ([], False)
+
+
+def test_untrusted_rich_notification_is_dropped_without_its_content(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert = new_encryption_certificate("p")
+    public_key, thumbprint = load_encryption_certificate(cert.graph_value())
+    content = encrypt_resource(public_key, thumbprint, cert.cert_id,
+                               {"id": "u1", "availability": "Busy", "activity": "InACall"})
+    forged = {**content, "dataSignature": base64.b64encode(b"x" * 32).decode()}
+    notes = _notes(tmp_path)
+    notes._keys[cert.cert_id] = cert.key_pem
+    notes.receiver = NotificationReceiver("127.0.0.1:0", STATE, lambda items: None)
+    notes.subscriptions["s"] = object()
+    good = {"subscriptionId": "s", "resourceData": {"id": "u1"}, "encryptedContent": content}
+    notes._accept([good, {**good, "encryptedContent": forged}])
+    with caplog.at_level("WARNING"):
+        changes, full = notes.drain()
+    assert changes == [PresenceChange("s", "u1", "Busy", "InACall")] and not full
+    assert notes.receiver.counts.dropped_untrusted == 1
+    assert "dataSignature" in caplog.text and "InACall" not in caplog.text
+
+
+def test_certificate_is_kept_in_the_secret_store_and_rotated_before_expiry(tmp_path: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from presencectl import secrets as secret_store
+    from presencectl.graph.notifications import EncryptionCertificate
+
+    notes = _notes(tmp_path)
+    notes._load_certificate()
+    first = notes.certificate
+    assert first is not None
+    stored = EncryptionCertificate.from_json(secret_store.get_secret("p", "notify_certificate"))
+    assert stored == first
+    again = _notes(tmp_path)
+    again._load_certificate()
+    assert again.certificate == first  # reused, not remade
+    old = new_encryption_certificate("p", now=datetime.now(UTC) - timedelta(days=25))
+    secret_store.set_secret("p", "notify_certificate", old.to_json())
+    rotated = _notes(tmp_path)
+    rotated._load_certificate()
+    assert rotated.certificate is not None and rotated.certificate.cert_id != old.cert_id
+    assert set(rotated._keys) == {old.cert_id, rotated.certificate.cert_id}  # old still opens
+    previous = secret_store.get_secret("p", "notify_certificate_previous")
+    assert EncryptionCertificate.from_json(previous) == old
