@@ -654,3 +654,18 @@ def test_certificate_is_kept_in_the_secret_store_and_rotated_before_expiry(tmp_p
     assert set(rotated._keys) == {old.cert_id, rotated.certificate.cert_id}  # old still opens
     previous = secret_store.get_secret("p", "notify_certificate_previous")
     assert EncryptionCertificate.from_json(previous) == old
+
+
+def test_a_busy_listen_port_means_polling_with_the_reason(tmp_path: Any) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        notes = _notes(tmp_path)
+        notes.options.listen = f"127.0.0.1:{port}"
+        asyncio.run(notes.start([]))
+    assert notes.receiver is None and not notes.active
+    assert notes.poll_interval() == 5.0
+    assert f"cannot listen on 127.0.0.1:{port}" in notes.reason

@@ -252,7 +252,9 @@ class TeamsNotifications:
         except PresencectlError as exc:
             self.signed_in = not _is_sign_in(exc)
             self.reason = f"Graph refused the subscription: {exc.message}"
-            log.warning("Teams notifications: %s", self.reason)
+            # With some subscriptions held this is the documented one-per-user limit: expected.
+            level = logging.INFO if self.subscriptions else logging.WARNING
+            log.log(level, "Teams notifications: %s", self.reason)
             return False
         self.signed_in = True
         row = SubscriptionRow(
