@@ -14,6 +14,9 @@ is treated as possibly applied; one the service refused is not.
 Watch mode polls Teams every ``interval`` seconds and reacts to each Connect feed event at once
 (the Connect→Teams write follows the event, not the next poll); while the feed is down, Connect
 is polled with Teams, and read once fully after every reconnect. Renewals are planned every poll.
+With ``options.notify`` (``sync --watch --notify-url``), Teams changes come by Graph change
+notifications (``sync/notify.py``, ``sync/receiver.py``) between polls, and Teams is polled every
+reconcile interval instead while they cover every matched user.
 ``stop`` (an ``asyncio.Event``; the CLI sets it on SIGINT/SIGTERM) ends the loop after the batch
 in flight has been written and persisted. Clock and sleep are injected: ``clock()`` gives the
 planner's ``now`` (aware UTC), ``sleep`` waits between polls.
