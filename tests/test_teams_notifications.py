@@ -669,3 +669,43 @@ def test_a_busy_listen_port_means_polling_with_the_reason(tmp_path: Any) -> None
     assert notes.receiver is None and not notes.active
     assert notes.poll_interval() == 5.0
     assert f"cannot listen on 127.0.0.1:{port}" in notes.reason
+
+
+def test_subscriptions_follow_the_directory(org: Any) -> None:
+    from presencectl.config import load_profile
+    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.model import Direction
+    from presencectl.sync.notify import NotifyOptions
+
+    profile = load_profile("sandbox")
+    port = free_port()
+    notify = NotifyOptions(
+        notify_url=f"http://127.0.0.1:{port}/", profile="sandbox", listen=f"127.0.0.1:{port}"
+    )
+    notifier = org.world.extra
+
+    def subscribed() -> list[set[str]]:
+        return [set(s.user_ids) for s in notifier["graph_presence_notifier"].live()]
+
+    async def go() -> None:
+        options = EngineOptions(direction=Direction.BOTH, notify=notify)
+        async with engine_for(profile, options) as engine:
+            await engine.refresh_directory(force=True)
+            await engine._start_notifications(asyncio.Queue())
+            await engine._follow_directory_with_notifications()
+            first = {p.azure_id for p in engine.pairs.values()}
+            assert await asyncio.to_thread(subscribed) == [first]
+            await asyncio.to_thread(
+                org.control.post, "/_sandbox/users",
+                json={"email": "new.person@contoso.example", "display_name": "New Person",
+                      "on": ["teams", "connect"]},
+            )  # fmt: skip
+            await engine.refresh_directory(force=True)
+            await engine._follow_directory_with_notifications()
+            second = {p.azure_id for p in engine.pairs.values()}
+            assert len(second) == len(first) + 1
+            assert await asyncio.to_thread(subscribed) == [second]  # still one, each user once
+            await engine._stop_notifications()
+        assert await asyncio.to_thread(subscribed) == []
+
+    asyncio.run(go())
