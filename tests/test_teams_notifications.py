@@ -709,3 +709,38 @@ def test_subscriptions_follow_the_directory(org: Any) -> None:
         assert await asyncio.to_thread(subscribed) == []
 
     asyncio.run(go())
+
+
+def test_a_subscription_gone_from_graph_is_recreated(org: Any) -> None:
+    from presencectl.config import load_profile
+    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.model import Direction
+    from presencectl.sync.notify import NotifyOptions
+
+    profile = load_profile("sandbox")
+    port = free_port()
+    notify = NotifyOptions(
+        notify_url=f"http://127.0.0.1:{port}/", profile="sandbox", listen=f"127.0.0.1:{port}"
+    )
+
+    async def go() -> None:
+        options = EngineOptions(direction=Direction.BOTH, notify=notify)
+        async with engine_for(profile, options) as engine:
+            await engine.refresh_directory(force=True)
+            await engine._start_notifications(asyncio.Queue())
+            await engine._follow_directory_with_notifications()
+            notes = engine.notifications
+            (old,) = list(notes.subscriptions)
+            # Graph forgets it (expired while we were away); Graph then asks to reauthorize.
+            notifier = org.world.extra["graph_presence_notifier"]
+            await asyncio.to_thread(notifier.remove, old)
+            notes._reauth.add(old)
+            await notes.maintain()
+            (new,) = list(notes.subscriptions)
+            assert new != old and notes.covered == notes.wanted
+            assert [s.id for s in notifier.live()] == [new]
+            recorded = [s.id for s in engine.store.subscriptions() if s.side == "graph"]
+            assert recorded == [new]
+            await engine._stop_notifications()
+
+    asyncio.run(go())
