@@ -204,8 +204,11 @@ class SyncEngine:
         sleep: Sleep = asyncio.sleep,
         on_event: EventCallback | None = None,
         matcher: Callable[[Sequence[Any], Sequence[Any]], Any] | None = None,
+        subscriber: GraphClient | None = None,
     ) -> None:
         self.graph = graph
+        # The sync user's client: owns the delegated-only Teams notification subscriptions.
+        self.subscriber = subscriber
         self.matcher = matcher
         self.teams_reader = teams_reader
         self.connect = connect
@@ -800,7 +803,7 @@ class SyncEngine:
 
         self.notifications = TeamsNotifications(
             notify,
-            graph=self.teams_reader,
+            graph=self.subscriber or self.teams_reader,
             store=self.store,
             profile=notify.profile,
             interval=self.options.interval,
@@ -862,7 +865,7 @@ class SyncEngine:
         if sub.side == "graph":
             from presencectl.graph.subscriptions import delete_subscription
 
-            await delete_subscription(self.teams_reader, sub.id)
+            await delete_subscription(self.subscriber or self.teams_reader, sub.id)
         else:
             await self.connect.delete_subscription(sub.id)
 
@@ -1088,6 +1091,7 @@ async def engine_for(
     # sync user (still required for teams-to-connect) owns the delegated-only presence
     # change-notification subscriptions instead.
     reader = graph
+    subscriber = _subscriber_client(profile, settings, limiter)
     connect = connect_client_for(profile)
     try:
         yield SyncEngine(
@@ -1102,14 +1106,30 @@ async def engine_for(
             sleep=sleep,
             on_event=on_event,
             matcher=matcher,
+            subscriber=subscriber,
         )
     finally:
         await graph.aclose()
+        if subscriber is not None:
+            await subscriber.aclose()
         if reader is not graph:
             await reader.aclose()
         await connect.aclose()
         if own_store:
             store.close()
+
+
+def _subscriber_client(profile: Profile, settings: Any, limiter: Any) -> GraphClient | None:
+    """The sync user's Graph client (Teams notification subscriptions), when one is configured;
+    it signs in only when first used."""
+    from presencectl.graph.client import GraphClient
+    from presencectl.identity.tokens import sync_user_token_provider
+
+    try:
+        provider = sync_user_token_provider(profile)
+    except ConfigError:
+        return None
+    return GraphClient(profile.graph_url, provider, settings, limiter=limiter)
 
 
 async def match_report(profile: Profile) -> list[dict[str, str]]:
