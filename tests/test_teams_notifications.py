@@ -438,6 +438,7 @@ def test_teams_change_reaches_connect_by_notification_not_by_poll(org: Any, rich
         assert engine.notifications.poll_interval() == 3600  # everyone covered: reconcile only
         (sub,) = org.world.extra["graph_presence_notifier"].live()
         assert sub.creator_id == org.world.sync_user.azure_id  # the sync user owns it
+        await until(lambda: bool(engine.states))  # the watch's first (and only) poll is done
         reads["before"] = await asyncio.to_thread(presence_reads, org)
         await asyncio.to_thread(set_teams, org, person.email, "Busy", "InACall")
         await until(lambda: connect_session(org, person.email) == "onphone")
