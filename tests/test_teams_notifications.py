@@ -348,7 +348,9 @@ def org(cli: Any) -> Iterator[Any]:
         users=30, seed=3, auto_approve=ADMIN, allow_http_notifications=True
     ) as sandbox:
         info = sandbox.profile_info()
-        sandbox.write_profile("sandbox")
+        from presencectl.connect.client import ensure_resource_id
+
+        sandbox.resource = ensure_resource_id(sandbox.write_profile("sandbox"))  # type: ignore[attr-defined]
         assert cli("--profile", "sandbox", "setup-azure", "--no-input").exit_code == 0
         sandbox.control.post(
             f"/_sandbox/users/{info['sync_user']}/password", json={"password": NEW_PASSWORD}
@@ -371,7 +373,7 @@ def org(cli: Any) -> Iterator[Any]:
 
 def connect_session(sb: Any, email: str) -> str | None:
     shown = sb.control.get("/_sandbox/connect/presence", params={"user": email}).json()
-    ours = [r["status"] for r in shown["resources"] if r["resource"] == "presencectl"]
+    ours = [r["status"] for r in shown["resources"] if r["resource"] == sb.resource]
     return ours[0] if ours else None
 
 
