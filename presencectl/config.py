@@ -296,11 +296,18 @@ def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
 
 
 def load_profile(
-    name: str | None = None, *, path: Path | None = None, must_exist: bool = True
+    name: str | None = None,
+    *,
+    path: Path | None = None,
+    must_exist: bool = True,
+    check_mapping: bool = True,
 ) -> Profile:
     """The named profile, validated.
 
     A missing profile is a ConfigError unless ``must_exist`` is False (then: a default Profile).
+    ``check_mapping=False`` loads a profile whose mapping overrides are invalid (the overrides
+    are kept as written): for the commands that must work whatever the mapping says (`disable`,
+    `status`, `config show`).
     """
     path = path or config_path()
     name = profile_name(name)
@@ -308,14 +315,39 @@ def load_profile(
     table = doc.get("profiles", {}).get(name)
     if table is None:
         if must_exist:
-            raise ConfigError(
-                f"no profile '{name}' in {path}",
-                hint="run `presencectl setup-azure` "
-                "(or `presencectl sandbox serve --write-profile NAME`)",
-                code="config_missing",
-            )
+            raise missing_profile_error(name, path, sorted(doc.get("profiles", {})))
         return Profile(name=name)
+    if not check_mapping and isinstance(table, dict) and "mapping" in table:
+        rest = {k: v for k, v in table.items() if k != "mapping"}
+        profile = _profile_from_table(name, rest, path)
+        mapping = table["mapping"]
+        profile.mapping = mapping if isinstance(mapping, dict) else {}
+        return profile
     return _profile_from_table(name, table, path)
+
+
+def profile_from_table(name: str, table: Any, path: Path) -> Profile:
+    """A profile from its TOML table, validated exactly as loading validates it."""
+    return _profile_from_table(name, table, path)
+
+
+def missing_profile_error(name: str, path: Path, existing: list[str]) -> ConfigError:
+    """"no profile NAME": lists the profiles there are (a typo is the usual cause)."""
+    if existing:
+        close = difflib.get_close_matches(name, existing, n=1)
+        guess = f"did you mean '{close[0]}'? " if close else ""
+        return ConfigError(
+            f"no profile '{name}' in {path} (profiles: {', '.join(existing)})",
+            hint=f"{guess}pass --profile NAME (or set PRESENCECTL_PROFILE); "
+            "`presencectl config profiles` lists them",
+            code="config_missing",
+        )
+    return ConfigError(
+        f"no profile '{name}' in {path}",
+        hint="there are no profiles yet: `presencectl setup-azure --tenant T` makes one for a "
+        "tenant, `presencectl sandbox serve --write-profile NAME` one for the sandbox",
+        code="config_missing",
+    )
 
 
 def list_profiles(path: Path | None = None) -> list[str]:

@@ -222,9 +222,15 @@ def test_set_reads_env_or_refuses_without_input_and_forget_removes(
     stored = run(cli, "-o", "json", "sync-user", "set", "--username", SYNC)
     assert stored.exit_code == 0, stored.stderr
     assert "from-env-123" not in stored.stdout + stored.stderr
+    assert "not stored" in stored.json()["password_stored_in"]
     monkeypatch.delenv("PRESENCECTL_SYNC_PASSWORD")
-    assert secrets.get_secret("sandbox", secrets.SYNC_PASSWORD) == "from-env-123"
+    # An environment secret is never written to disk (docs/ci.md promises it).
+    assert secrets.get_secret("sandbox", secrets.SYNC_PASSWORD) is None
+    assert "from-env-123" not in _files_text(secrets.fallback_path().parent)
     assert load_profile("sandbox").sync_username == SYNC
+    piped = run(cli, "sync-user", "set", "--username", SYNC, "--password-stdin", input="pw-1\n")
+    assert piped.exit_code == 0, piped.stderr
+    assert secrets.get_secret("sandbox", secrets.SYNC_PASSWORD) == "pw-1"
 
     forgot = run(cli, "-o", "json", "sync-user", "forget")
     assert forgot.exit_code == 0
@@ -233,6 +239,14 @@ def test_set_reads_env_or_refuses_without_input_and_forget_removes(
     assert load_profile("sandbox").sync_username is None
     after = run(cli, "-o", "json", "sync-user", "validate")
     assert after.exit_code == 3 and after.json()["error"]["code"] == "sync_user_missing"
+
+
+def _files_text(root: Any) -> str:
+    from pathlib import Path
+
+    return "".join(
+        p.read_text("utf-8", "replace") for p in Path(root).rglob("*") if p.is_file()
+    )
 
 
 def test_app_token_provider_and_missing_secret(sbx: Any) -> None:

@@ -10,7 +10,9 @@ import typer
 
 from presencectl.cli.context import AppContext
 
-config_app = typer.Typer(help="Show the configuration file and profiles.", no_args_is_help=True)
+config_app = typer.Typer(
+    help="Show and change the configuration file and profiles.", no_args_is_help=True
+)
 
 
 @config_app.command("path")
@@ -109,6 +111,57 @@ def profiles(ctx: typer.Context) -> None:
             }
         )
     app_ctx.render(rows, title=str(config_path()))
+
+
+_CHANGE_COLUMNS = ["profile", "key", "value", "previous"]
+
+
+def _key_complete(incomplete: str) -> list[str]:
+    from presencectl.config_edit import MAPPING_TABLES, settable_keys
+
+    keys = settable_keys() + [f"mapping.{t}." for t in MAPPING_TABLES]
+    return [k for k in keys if k.startswith(incomplete)]
+
+
+@config_app.command("set")
+def set_(
+    ctx: typer.Context,
+    key: str = typer.Argument(
+        ..., help="A profile key (`config show` lists them).", autocompletion=_key_complete
+    ),
+    value: str = typer.Argument(..., help="The new value."),
+) -> None:
+    """Set one key of the active profile (created when missing), validated like loading.
+
+    Secrets are refused: they go through setup-azure, sync-user set or the environment.
+
+    \b
+    Examples:
+      presencectl config set connect_client_id 3f2a…
+      presencectl --profile contoso config set proxy http://proxy.contoso.example:3128
+      presencectl config set mapping.connect_to_teams.on_break Away/Away
+    """
+    from presencectl.config_edit import set_key
+
+    app_ctx: AppContext = ctx.obj
+    change = set_key(app_ctx.profile_name, key, value)
+    app_ctx.render(change, columns=None if app_ctx.json else _CHANGE_COLUMNS)
+
+
+@config_app.command("unset")
+def unset(
+    ctx: typer.Context,
+    key: str = typer.Argument(..., help="A profile key.", autocompletion=_key_complete),
+) -> None:
+    """Remove one key of the active profile (it goes back to its default).
+
+    Example: presencectl config unset proxy
+    """
+    from presencectl.config_edit import unset_key
+
+    app_ctx: AppContext = ctx.obj
+    change = unset_key(app_ctx.profile_name, key)
+    app_ctx.render(change, columns=None if app_ctx.json else _CHANGE_COLUMNS)
 
 
 def register(app: typer.Typer) -> None:

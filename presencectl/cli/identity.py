@@ -109,20 +109,32 @@ def setup_azure(
     consent_timeout: float = typer.Option(
         600.0, "--consent-timeout", help="Seconds to wait for --consent-url."
     ),
+    rotate_secret: bool = typer.Option(
+        False,
+        "--rotate-secret",
+        help="Only make a new client secret, prove it, and revoke the previous one.",
+    ),
 ) -> None:
     """Sign in as the Azure admin, check prerequisites, create the app and grant consent.
+
+    A new client secret (missing, expiring, or --rotate-secret) is proven before the one
+    setup-azure made earlier is revoked, so a leaked secret stops working.
 
     Examples:
 
     \b
       presencectl setup-azure --tenant contoso.onmicrosoft.com
       presencectl --no-input -o json setup-azure --client-id 1b2c…
+      presencectl setup-azure --rotate-secret
     """
     from presencectl.errors import UsageError
     from presencectl.identity.setup import SetupOptions
     from presencectl.identity.setup import setup_azure as run
 
     app_ctx = _obj(ctx)
+    if rotate_secret:
+        _rotate_secret(app_ctx, device_code)
+        return
     profile = app_ctx.load_profile(must_exist=False)
     if tenant:
         profile.tenant_id = tenant
@@ -148,15 +160,77 @@ def setup_azure(
         app_ctx.render(report)
         _note(app_ctx, _setup_summary(report.changed))
         return
-    app_ctx.render(
-        [{"step": s.step, "result": s.result, "detail": s.detail} for s in report.steps],
-        title=f"setup-azure: tenant {report.tenant_id}, app {report.client_id}",
-    )
+    _render_steps(app_ctx, report)
     _note(app_ctx, _setup_summary(report.changed))
     _note(
         app_ctx,
         "Next: `presencectl consent --check`, then `presencectl sync-user set --username U`.",
     )
+
+
+def _render_steps(app_ctx: AppContext, report: Any) -> None:
+    """The steps as a table on stdout — unless stdout is the terminal that already showed each
+    step as it happened (stderr progress): then once is enough."""
+    if (
+        app_ctx.output == "table"
+        and sys.stdout.isatty()
+        and sys.stderr.isatty()
+        and app_ctx.verbosity >= 0
+    ):
+        return
+    app_ctx.render(
+        [{"step": s.step, "result": s.result, "detail": s.detail} for s in report.steps],
+        title=f"setup-azure: tenant {report.tenant_id}, app {report.client_id}",
+    )
+
+
+def _rotate_secret(app_ctx: AppContext, device_code: bool) -> None:
+    from presencectl.identity.setup import rotate_secret
+
+    report = rotate_secret(
+        app_ctx.load_profile(),
+        method="device_code" if device_code else "browser",
+        on_message=_device_message,
+        on_step=_progress(app_ctx),
+    )
+    if app_ctx.json:
+        app_ctx.render(report)
+        return
+    _render_steps(app_ctx, report)
+
+
+def logout(
+    ctx: typer.Context,
+    all_profiles: bool = typer.Option(
+        False, "--all", help="Every profile in config.toml, not only the active one."
+    ),
+) -> None:
+    """Remove the Azure admin's cached tokens (refresh token included) from this machine.
+
+    setup-azure and consent keep the admin signed in (msal's token cache in the keyring or the
+    0600 secrets file); logout ends that. The app's secret and the sync user stay.
+
+    \b
+    Examples:
+      presencectl logout
+      presencectl logout --all -o json
+    """
+    from presencectl.config import list_profiles, profile_name
+    from presencectl.identity.msal_apps import ADMIN, forget_cache
+
+    app_ctx = _obj(ctx)
+    names = list_profiles() if all_profiles else [profile_name(app_ctx.profile_name)]
+    rows = [
+        {"profile": name, "admin_token_cache": "removed" if forget_cache(name, ADMIN) else "none"}
+        for name in names
+    ]
+    app_ctx.render(rows, columns=["profile", "admin_token_cache"])
+    removed = [r["profile"] for r in rows if r["admin_token_cache"] == "removed"]
+    if removed:
+        _note(app_ctx, "Signed out: the admin's cached tokens of " + ", ".join(removed)
+              + " are removed; setup-azure and consent will ask for a sign-in again.")
+    else:
+        _note(app_ctx, "Nothing to remove: no admin tokens were cached.")
 
 
 def consent(
@@ -208,16 +282,26 @@ def consent(
     app_ctx.render({"step": step.step, "result": step.result, "detail": step.detail})
 
 
-def _read_password(app_ctx: AppContext, password_stdin: bool) -> str:
+def _read_password(app_ctx: AppContext, password_stdin: bool) -> tuple[str, bool]:
+    """(password, store it): a password from the environment is used, never stored."""
     if password_stdin:
         line = sys.stdin.readline()
-        return line.rstrip("\r\n")
+        return line.rstrip("\r\n"), True
     env = os.environ.get(SYNC_PASSWORD_ENV)
     if env:
-        return env
-    return app_ctx.prompt_secret(
+        return env, False
+    from presencectl.errors import UsageError
+
+    first = app_ctx.prompt_secret(
         "Sync user password", flag="--password-stdin", env=SYNC_PASSWORD_ENV
     )
+    # Asked twice, as passwd does: a typo would otherwise surface months later, at a sign-in.
+    again = app_ctx.prompt_secret(
+        "Sync user password (again)", flag="--password-stdin", env=SYNC_PASSWORD_ENV
+    )
+    if first != again:
+        raise UsageError("the two passwords differ; nothing was stored", hint="run it again")
+    return first, True
 
 
 @sync_user_app.command("set")
@@ -245,9 +329,10 @@ def sync_user_set(
 
     app_ctx = _obj(ctx)
     profile = app_ctx.load_profile(must_exist=False)
-    password = _read_password(app_ctx, password_stdin)
-    status = store_sync_user(profile, username, password)
-    app_ctx.render({"username": status.username, "password_stored_in": status.password_source})
+    password, store = _read_password(app_ctx, password_stdin)
+    status = store_sync_user(profile, username, password, store_password=store)
+    stored_in = status.password_source if store else "not stored (read from the environment)"
+    app_ctx.render({"username": status.username, "password_stored_in": stored_in})
     _note(app_ctx, "Next: `presencectl sync-user validate`.")
 
 
@@ -274,4 +359,5 @@ def sync_user_forget(ctx: typer.Context) -> None:
 def register(app: typer.Typer) -> None:
     app.command("setup-azure")(setup_azure)
     app.command("consent")(consent)
+    app.command("logout")(logout)
     app.add_typer(sync_user_app, name="sync-user")

@@ -483,17 +483,20 @@ async def ensure_client_secret(
     *,
     on_step: StepCallback,
     replication_wait_s: float = REPLICATION_WAIT_S,
+    force: bool = False,
 ) -> Step:
     """Keep a stored secret the app still knows and that is not about to expire; else add one."""
     now = datetime.now(UTC)
     stored = secrets.get_secret(profile.name, secrets.CLIENT_SECRET)
     key_id = str(profile.verified.get("client_secret_key_id") or "")
     creds = {str(c.get("keyId")): c for c in app.get("passwordCredentials") or []}
-    if stored and secrets.secret_source(profile.name, secrets.CLIENT_SECRET) == "env":
+    from presencectl.identity.secret_rotation import rotate_client_secret
+
+    if stored and secrets.secret_source(profile.name, secrets.CLIENT_SECRET) == "env" and not force:
         step = Step("Client secret", UNCHANGED, "taken from PRESENCECTL_CLIENT_SECRET")
         on_step(step)
         return step
-    if stored and key_id in creds:
+    if stored and key_id in creds and not force:
         end = _parse_time(creds[key_id].get("endDateTime"))
         if end is None or end - now > timedelta(days=SECRET_RENEW_BEFORE_DAYS):
             step = Step(
@@ -503,36 +506,32 @@ async def ensure_client_secret(
             )
             on_step(step)
             return step
-    end = now + timedelta(days=SECRET_LIFETIME_DAYS)
-    answer = await after_replication(
-        lambda: graph.post_json(
-            f"/applications/{app['id']}/addPassword",
-            {
-                "passwordCredential": {
-                    "displayName": SECRET_DISPLAY_NAME,
-                    "endDateTime": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                }
-            },
-        ),
-        just_created=bool(app.get("_just_created")),
-        on_step=on_step,
-        wait_s=replication_wait_s,
-    )
-    secret = (answer or {}).get("secretText")
-    if not secret:
-        raise ApiError("Graph addPassword answered without a secret", code="graph_error")
-    secrets.set_secret(profile.name, secrets.CLIENT_SECRET, secret)
-    profile.verified["client_secret_key_id"] = str(answer.get("keyId") or "")
-    profile.verified["client_secret_expires"] = str(answer.get("endDateTime") or end.isoformat())
-    # A new secret invalidates any client-credentials token cached for the old one.
-    from presencectl.identity.msal_apps import APP, forget_cache
+    def add_password(body: dict[str, Any]) -> Awaitable[Any]:
+        return after_replication(
+            lambda: graph.post_json(f"/applications/{app['id']}/addPassword", body),
+            just_created=bool(app.get("_just_created")),
+            on_step=on_step,
+            wait_s=replication_wait_s,
+        )
 
-    forget_cache(profile.name, APP)
+    rotation = await rotate_client_secret(
+        graph,
+        profile,
+        app,
+        display_name=SECRET_DISPLAY_NAME,
+        lifetime_days=SECRET_LIFETIME_DAYS,
+        add_password=add_password,
+    )
+    revoked = (
+        f"; the previous secret ({rotation.revoked_key_id}) is revoked"
+        if rotation.revoked_key_id
+        else ""
+    )
     step = Step(
         "Client secret",
         CREATED,
         f"stored in the {_secret_store(profile)}, expires "
-        f"{profile.verified['client_secret_expires']}",
+        f"{profile.verified['client_secret_expires']}{revoked}",
     )
     on_step(step)
     return step
@@ -924,6 +923,55 @@ def setup_azure(
         0, Step("Azure sign-in", OK, f"{session.username or 'admin'} in tenant {session.tenant_id}")
     )
     return report
+
+
+def rotate_secret(
+    profile: Profile, *, method: str, on_message: Callable[[Any], None], on_step: StepCallback
+) -> SetupReport:
+    """``setup-azure --rotate-secret``: a new client secret, proven, and the previous one revoked.
+
+    Nothing else of setup-azure runs (no prerequisite checks, no app changes, no consent).
+    """
+    import asyncio
+
+    from presencectl.config import save_profile
+    from presencectl.identity.tokens import admin_sign_in
+
+    if not profile.client_id:
+        raise ConfigError(
+            f"profile '{profile.name}' has no app registration to rotate a secret of",
+            hint="run `presencectl setup-azure` first",
+            code="setup_missing",
+        )
+    session = admin_sign_in(profile, method, on_message=on_message)
+    signed_in = Step(
+        "Azure sign-in", OK, f"{session.username or 'admin'} in tenant {session.tenant_id}"
+    )
+    on_step(signed_in)
+
+    async def go() -> tuple[dict[str, Any], Step]:
+        async with graph_client_for(profile, session.provider) as graph:
+            apps = await find_application(graph, app_id=profile.client_id, name="")
+            if not apps:
+                raise ConfigError(
+                    f"no app registration with client id {profile.client_id} in this tenant",
+                    hint="check client_id in the profile (`presencectl config show`)",
+                    code="app_not_found",
+                )
+            step = await ensure_client_secret(graph, profile, apps[0], on_step=on_step, force=True)
+            return apps[0], step
+
+    app, step = asyncio.run(go())
+    save_profile(profile)
+    return SetupReport(
+        tenant_id=profile.tenant_id or "",
+        client_id=profile.client_id or "",
+        app_name=str(app.get("displayName") or ""),
+        admin=session.username,
+        connect_account_email=profile.connect_account_email or "",
+        changed=True,
+        steps=[signed_in, step],
+    )
 
 
 def consent(

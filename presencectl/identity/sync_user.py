@@ -31,8 +31,14 @@ class SyncUserStatus:
     validated: str = ""
 
 
-def store_sync_user(profile: Profile, username: str, password: str) -> SyncUserStatus:
-    """Save the username in the profile and the password in the secret store."""
+def store_sync_user(
+    profile: Profile, username: str, password: str, *, store_password: bool = True
+) -> SyncUserStatus:
+    """Save the username in the profile and the password in the secret store.
+
+    ``store_password=False`` (the password came from PRESENCECTL_SYNC_PASSWORD): nothing secret
+    is written; an environment secret never reaches the disk.
+    """
     from presencectl.config import save_profile
 
     username = username.strip()
@@ -49,7 +55,8 @@ def store_sync_user(profile: Profile, username: str, password: str) -> SyncUserS
         msal_apps.forget_cache(profile.name, msal_apps.SYNC_USER)
     profile.sync_username = username
     profile.verified.pop("sync_user", None)
-    secrets.set_secret(profile.name, secrets.SYNC_PASSWORD, password)
+    if store_password:
+        secrets.set_secret(profile.name, secrets.SYNC_PASSWORD, password)
     save_profile(profile)
     return SyncUserStatus(
         username=username,
@@ -63,7 +70,7 @@ def validate_sync_user(profile: Profile) -> SyncUserStatus:
     from presencectl.graph.client import GraphClient
     from presencectl.graph.presence import get_presences
 
-    provider = SyncUserTokenProvider(profile)
+    provider = SyncUserTokenProvider(profile, silent=False)  # the stored password, every time
     provider(False)
     # Who and what from msal (id token claims, the response's scope), never from the access token.
     object_id = str(provider.last_result_claims.get("oid") or "")

@@ -165,11 +165,16 @@ class SyncUserTokenProvider:
     provider owns msal's ``http_cache`` mapping and empties it before every password attempt.
     """
 
-    def __init__(self, profile: Profile, *, password: str | None = None) -> None:
+    def __init__(
+        self, profile: Profile, *, password: str | None = None, silent: bool = True
+    ) -> None:
         self.profile = profile
         self.client_id = _require_client_id(profile)
         self.username = sync_username(profile)
         self._password = password
+        # False: always sign in with the password (`sync-user validate` must prove the stored
+        # password, not a refresh token cached from an earlier, correct one).
+        self._silent = silent
         self._cache = msal_apps.PersistentTokenCache(profile.name, msal_apps.SYNC_USER)
         self._http_cache: dict[str, Any] = {}
         self._app: Any = None
@@ -199,7 +204,7 @@ class SyncUserTokenProvider:
             app = self._app
             result: dict[str, Any] | None = None
             with msal_apps.msal_errors(self.profile.authority):
-                accounts = app.get_accounts(username=self.username)
+                accounts = app.get_accounts(username=self.username) if self._silent else []
                 if accounts:
                     result = app.acquire_token_silent_with_error(
                         list(SYNC_USER_SCOPES), accounts[0], force_refresh=force_refresh

@@ -1043,10 +1043,14 @@ def check_prerequisites(profile: Profile, direction: Direction) -> None:
             hint="run `presencectl setup-azure` first",
             code="setup_missing",
         )
-    if direction.writes(Side.TEAMS) and not profile.verified.get("admin_consent"):
+    # Consent is proven by granting it (consent, setup-azure) or, without a person, by the app's
+    # own token holding every role (`consent --check` records app_permissions): CI uses the latter.
+    consented = profile.verified.get("admin_consent") or profile.verified.get("app_permissions")
+    if direction.writes(Side.TEAMS) and not consented:
         raise ConfigError(
             "connect-to-teams needs admin consent for the presence permissions",
-            hint="run `presencectl consent` (or `presencectl setup-azure`)",
+            hint="run `presencectl consent` (or `presencectl setup-azure`); in CI "
+            "`presencectl consent --check` proves an existing consent",
             code="consent_missing",
         )
     if direction.writes(Side.CONNECT) and not profile.verified.get("sync_user"):
