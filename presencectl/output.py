@@ -188,7 +188,10 @@ def stderr_console() -> Any:
     if _stderr_console is None or _stderr_console.file is not sys.stderr:
         from rich.console import Console
 
-        _stderr_console = Console(stderr=True, highlight=False)
+        # Not a terminal (a log file, journald, CI): never hard-wrap, one message is one line.
+        _stderr_console = Console(
+            stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty()
+        )
     return _stderr_console
 
 

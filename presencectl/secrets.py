@@ -85,6 +85,11 @@ def _warn_fallback(reason: str = "no OS keyring backend is available") -> None:
     global _warned_fallback
     if os.environ.get(BACKEND_ENV) == "file":
         return
+    if all(os.environ.get(env) for env in ENV_VARS.values()):
+        # Every secret comes from the environment (CI): only msal's token caches reach the file,
+        # and a warning about where "secrets" are kept would be noise on every run.
+        log.debug("token caches are kept in %s (mode 0600)", fallback_path())
+        return
     if not _warned_fallback and not fallback_path().exists():
         _warned_fallback = True
         log.warning(
