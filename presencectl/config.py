@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from presencectl.transport import HttpSettings
 
 DEFAULT_PROFILE = "default"
+SANDBOX_DIR_PREFIX = "presencectl-sandbox-"  # the sandbox's temporary dir (its CA, its key)
 DIRECTIONS = ("both", "connect-to-teams", "teams-to-connect")
 GRAPH_CLI_CLIENT_ID = "14d82eec-204b-4c2f-b7e8-296a70dab67e"
 
@@ -95,6 +96,22 @@ class Profile:
         """The shared HTTP settings for this profile (CA bundle, proxy, msal's port fix)."""
         from presencectl.transport import HttpSettings
 
+        if (
+            self.ca_bundle
+            and Path(self.ca_bundle).parent.name.startswith(SANDBOX_DIR_PREFIX)
+            and not Path(self.ca_bundle).exists()
+        ):
+            # The sandbox's CA lives in its temporary dir, removed when the sandbox stops: say
+            # that, instead of blaming the ca_bundle key.
+            from presencectl.errors import NetworkError
+
+            raise NetworkError(
+                f"the sandbox at {self.authority_url} is not running (profile '{self.name}')",
+                hint=f"start it: `presencectl sandbox serve --write-profile {self.name} "
+                "--auto-approve admin@contoso.example` (each start makes a new CA, so the "
+                "profile is written again)",
+                code="sandbox_not_running",
+            )
         fixes: dict[str, int] = {}
         parts = urlsplit(self.authority_url)
         if parts.hostname and parts.port and parts.port != 443:

@@ -7,6 +7,7 @@ as loading validates it, so a bad value is the same ConfigError (exit 3, naming 
 hand-edited file would give. Secrets are refused with the command that stores each one;
 ``verified`` is written only by the commands that prove something. Mapping overrides are
 ``mapping.teams_to_connect.<Availability/Activity>`` and ``mapping.connect_to_teams.<status>``.
+Also owns the guard that keeps the sandbox and the demo from replacing a real tenant's profile.
 """
 
 from __future__ import annotations
@@ -180,3 +181,34 @@ def apply_mapping(profile_name: str | None, tables: dict[str, Any]) -> KeyChange
     profiles[name] = table
     config.write_config(doc, path)
     return KeyChange(name, "mapping", tables, previous, str(path))
+
+
+def _is_sandbox_table(table: Any) -> bool:
+    """A sandbox profile signs in against loopback (the sandbox serves nothing else)."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(table, dict):
+        return False
+    url = str(table.get("authority_url") or "")
+    host = (urlsplit(url).hostname or "").lower() if url else ""
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def guard_sandbox_profile(name: str, *, force: bool, command: str) -> None:
+    """Refuse to overwrite profile ``name`` with a sandbox profile unless it is one (or --force).
+
+    A real tenant's profile (tenant, app, enabled direction, verified steps) must never be
+    replaced by surprise because its name was reused.
+    """
+    path = config.config_path()
+    table = config.read_config(path).get("profiles", {}).get(name)
+    if table is None or force or _is_sandbox_table(table):
+        return
+    url = table.get("authority_url") if isinstance(table, dict) else None
+    url = url or "https://login.microsoftonline.com"
+    raise ConfigError(
+        f"profile '{name}' in {path} is not a sandbox profile "
+        f"(it signs in at {url}); {command} would replace it",
+        hint=f"pick another name (e.g. `--profile sandbox`), or pass --force to replace '{name}'",
+        code="profile_not_sandbox",
+    )

@@ -433,7 +433,7 @@ def _matched_people(profile: Profile, summary: DemoSummary, step: Callable[..., 
     step(
         "users",
         f"{len(matched)} matched by email, {unmatched} unmatched, {conflicts} conflict(s) "
-        "(never synced); `presencectl --profile sandbox users` lists them",
+        f"(never synced); `presencectl --profile {profile.name} users` lists them",
         matched=len(matched),
         unmatched=unmatched,
         conflicts=conflicts,

@@ -514,6 +514,32 @@ def validate_overrides(overrides: AbcMapping[str, Any] | None, *, where: str = "
     _parse_overrides(overrides, where)
 
 
+def override_problems(
+    overrides: AbcMapping[str, Any] | None, *, where: str = "mapping"
+) -> list[ConfigError]:
+    """Every wrong key of ``overrides`` (validate_overrides stops at the first)."""
+    if not overrides:
+        return []
+    if not isinstance(overrides, AbcMapping):
+        try:
+            _parse_overrides(overrides, where)
+        except ConfigError as exc:
+            return [exc]
+        return []
+    problems: list[ConfigError] = []
+    for table_name, table in overrides.items():
+        items = table.items() if isinstance(table, AbcMapping) else [(None, None)]
+        for key, value in items:
+            single = {table_name: table if key is None else {key: value}}
+            try:
+                _parse_overrides(single, where)
+            except ConfigError as exc:
+                problems.append(exc)
+                if key is None or table_name not in OVERRIDE_TABLES:
+                    break
+    return problems
+
+
 # --------------------------------------------------------------------------------------------
 # The Mapping object
 # --------------------------------------------------------------------------------------------

@@ -54,9 +54,7 @@ def test_validate_signs_in_with_the_stored_password_not_the_cached_token(
     assert "sync_user" not in load_profile("sandbox").verified
 
 
-def test_set_asks_twice_on_a_terminal(
-    sbx: Any, cli: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_set_asks_twice_on_a_terminal(sbx: Any, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from presencectl.cli.context import AppContext
 
     user = sbx.profile_info()["sync_user"]

@@ -332,7 +332,7 @@ def test_mapping_check_ok_and_errors(cli, tmp_path: Path) -> None:
     assert result.exit_code == 3
     error = result.json()["error"]
     assert "'Busy/InACall'" in error["message"] and "screen_sharing" in error["hint"]
-    assert cli("mapping", "check", str(tmp_path / "missing.toml")).exit_code == 3
+    assert cli("mapping", "check", str(tmp_path / "missing.toml")).exit_code == 2  # usage
     refused = tmp_path / "refused.toml"
     refused.write_text('[mapping.teams_to_connect]\n"DoNotDisturb/DoNotDisturb" = "dnd"\n')
     result = cli("-o", "json", "mapping", "check", str(refused))

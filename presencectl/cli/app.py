@@ -46,6 +46,16 @@ app = typer.Typer(
 )
 
 
+def _complete_profile(incomplete: str) -> list[str]:
+    """Shell completion of --profile: the profiles in config.toml."""
+    try:
+        from presencectl.config import list_profiles
+
+        return [name for name in list_profiles() if name.startswith(incomplete)]
+    except Exception:  # a broken config.toml must not break the shell's completion
+        return []
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"presencectl {__version__}")
@@ -60,6 +70,7 @@ def root(
         "--profile",
         envvar="PRESENCECTL_PROFILE",
         help="Profile (one tenant) to use.  [default: default]",
+        autocompletion=_complete_profile,
     ),
     output_format: OutputFormat = typer.Option(
         OutputFormat.table,

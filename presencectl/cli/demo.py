@@ -165,10 +165,14 @@ def demo(
     interval: float = typer.Option(
         5.0, "--interval", min=0.5, help="Teams poll period of the watch, seconds."
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Let the demo replace a profile that is not a sandbox one."
+    ),
 ) -> None:
     """Show the whole product on this machine, with no cloud account.
 
-    Starts a sandbox (Entra ID + Graph + Connect) in-process, writes the profile `sandbox`,
+    Starts a sandbox (Entra ID + Graph + Connect) in-process, writes the profile `sandbox`
+    (or --profile NAME; a profile that is not a sandbox one is refused unless --force),
     runs setup-azure, consent --check, sync-user set/validate and enable against it, then
     `sync --watch` while simulated people make calls and meetings on both sides, and sums up.
 
@@ -179,12 +183,17 @@ def demo(
       presencectl demo --duration 10 -o json      (NDJSON, for CI)
     """
     from presencectl.config import config_path
+    from presencectl.config_edit import guard_sandbox_profile
     from presencectl.demo import DEFAULT_PROFILE, DemoOptions, run_demo
     from presencectl.errors import PartialSyncError
 
     app = _obj(ctx)
-    options = DemoOptions(users=users, duration=duration, seed=seed, interval=interval)
-    renderer = _Renderer(app, DEFAULT_PROFILE, interval)
+    name = app.profile_name or DEFAULT_PROFILE
+    guard_sandbox_profile(name, force=force, command="demo")
+    options = DemoOptions(
+        users=users, duration=duration, seed=seed, interval=interval, profile_name=name
+    )
+    renderer = _Renderer(app, name, interval)
     stop = threading.Event()
     previous: dict[int, Any] = {}
 
@@ -244,9 +253,9 @@ def demo(
         )
         renderer.narrate(
             f"The profile '{summary.profile}' stays in {config_path()}. The sandbox stopped with "
-            "the demo; to keep playing, run `presencectl sandbox serve --write-profile sandbox "
+            f"the demo; to keep playing, run `presencectl sandbox serve --write-profile {name} "
             "--auto-approve admin@contoso.example` in another terminal, then "
-            "`presencectl --profile sandbox setup-azure` and the other commands "
+            f"`presencectl --profile {name} setup-azure` and the other commands "
             "(docs/getting-started.md walks through each)."
         )
     if summary.failed:

@@ -30,7 +30,12 @@ def _obj(ctx: typer.Context) -> AppContext:
 def show(
     ctx: typer.Context,
     direction: str = typer.Option(
-        "both", "--direction", help="both | teams-to-connect | connect-to-teams"
+        "both",
+        "--direction",
+        help="both | teams-to-connect | connect-to-teams",
+        autocompletion=lambda incomplete: [
+            d for d in ("both", "teams-to-connect", "connect-to-teams") if d.startswith(incomplete)
+        ],
     ),
 ) -> None:
     """Print the status mapping table (the seed's table, plus extensions and profile overrides).
@@ -66,23 +71,31 @@ def check(
     file: str = typer.Argument(
         ..., help="TOML file with [mapping.teams_to_connect] / [mapping.connect_to_teams]"
     ),
+    apply: bool = typer.Option(
+        False, "--apply", help="Store the checked overrides in the active profile."
+    ),
 ) -> None:
-    """Validate a mapping override file (exit 3 naming the bad key).
+    """Validate a mapping override file (exit 3 naming every bad key; no such file: exit 2).
 
     The file holds [mapping.teams_to_connect] and/or [mapping.connect_to_teams] tables, or the
-    same two tables at top level. Example: presencectl mapping check overrides.toml
+    same two tables at top level. With --apply the overrides replace the profile's.
+
+    \b
+    Examples:
+      presencectl mapping check overrides.toml
+      presencectl --profile contoso mapping check overrides.toml --apply
     """
     import tomllib
     from pathlib import Path
 
-    from presencectl.errors import ConfigError
-    from presencectl.mapping import Mapping
+    from presencectl.errors import ConfigError, UsageError
+    from presencectl.mapping import Mapping, override_problems
 
     path = Path(file)
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file", hint="pass the path of a TOML file") from None
+        raise UsageError(f"{path}: no such file", hint="pass the path of a TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}", hint="fix the syntax") from None
     except OSError as exc:
@@ -96,6 +109,12 @@ def check(
             f"{path}: no [mapping.teams_to_connect] or [mapping.connect_to_teams] table",
             hint='write e.g. [mapping.connect_to_teams] on_break = "Away/Away"',
         )
+    problems = override_problems(tables, where=where)
+    if len(problems) > 1:
+        raise ConfigError(
+            f"{len(problems)} bad keys: " + "; ".join(p.message for p in problems),
+            hint=" | ".join(dict.fromkeys(p.hint for p in problems if p.hint)),
+        )
     mapping = Mapping(tables, where=where)
     overridden = [r for r in mapping.rows() if r.origin == "override"]
     summary = {
@@ -106,6 +125,11 @@ def check(
         "connect_to_teams": len(tables.get("connect_to_teams", {}) or {}),
     }
     app = _obj(ctx)
+    if apply:
+        from presencectl.config_edit import apply_mapping
+
+        change = apply_mapping(app.profile_name, dict(tables))
+        summary["applied_to"] = change.profile
     if app.json:
         app.render(summary)
         return

@@ -41,6 +41,9 @@ def serve(
         metavar="NAME",
         help="Write a presencectl profile pointing at the sandbox.",
     ),
+    force: bool = typer.Option(
+        False, "--force", help="Let --write-profile replace a profile that is not a sandbox one."
+    ),
     auto_approve: str | None = typer.Option(
         None, "--auto-approve", metavar="EMAIL", help="Approve every device code as this user."
     ),
@@ -59,7 +62,8 @@ def serve(
 
     \b
     Examples:
-      presencectl sandbox serve --port 8765 --write-profile sandbox
+      presencectl sandbox serve --port 8765 --write-profile sandbox \\
+          --auto-approve admin@contoso.example
       curl --cacert CA https://127.0.0.1:8765/_sandbox/profile
     """
     from presencectl.sandbox.server import running_sandbox
@@ -71,6 +75,10 @@ def serve(
         )
     if host == "localhost":
         host = "127.0.0.1"
+    if write_profile:
+        from presencectl.config_edit import guard_sandbox_profile
+
+        guard_sandbox_profile(write_profile, force=force, command="sandbox serve --write-profile")
     app_ctx: Any = ctx.obj
     verbosity = getattr(app_ctx, "verbosity", 0)
     log_level = "debug" if verbosity >= 2 else "info" if verbosity >= 1 else "warning"

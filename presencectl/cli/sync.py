@@ -14,6 +14,12 @@ from presencectl.cli.context import AppContext
 from presencectl.errors import PartialSyncError, UsageError
 
 DIRECTION_HELP = "both | connect-to-teams | teams-to-connect"
+DIRECTIONS = ("both", "connect-to-teams", "teams-to-connect")
+
+
+def complete_direction(incomplete: str) -> list[str]:
+    """Shell completion of --direction."""
+    return [d for d in DIRECTIONS if d.startswith(incomplete)]
 
 
 def _obj(ctx: typer.Context) -> AppContext:
@@ -38,7 +44,9 @@ def _direction(value: str | None, profile: Any) -> Any:
 
 def enable(
     ctx: typer.Context,
-    direction: str = typer.Option("both", "--direction", help=DIRECTION_HELP),
+    direction: str = typer.Option(
+        "both", "--direction", help=DIRECTION_HELP, autocompletion=complete_direction
+    ),
 ) -> None:
     """Turn the sync on for one direction or both (checks the prerequisites first).
 
@@ -78,7 +86,8 @@ def disable(
     from presencectl.sync.model import Direction
 
     app = _obj(ctx)
-    profile = app.load_profile()
+    # The off switch never depends on the mapping: a bad override must not keep sessions alive.
+    profile = app.load_profile(check_mapping=False)
     if not yes and not app.confirm(
         "Disable presence sync? Every presence session presencectl holds in Teams and Connect "
         "will be cleared."
@@ -87,8 +96,10 @@ def disable(
     progress = _Progress(app, "clearing sessions")
 
     async def go() -> Any:
+        import dataclasses
+
         options = EngineOptions(direction=Direction.BOTH)
-        async with engine_for(profile, options) as engine:
+        async with engine_for(dataclasses.replace(profile, mapping={}), options) as engine:
             return await engine.disable(on_progress=progress.update)
 
     import asyncio
@@ -156,7 +167,10 @@ def sync(
     interval: float = typer.Option(5.0, "--interval", help="Watch: seconds between Teams polls."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing."),
     direction: str | None = typer.Option(
-        None, "--direction", help=f"{DIRECTION_HELP} (default: the enabled direction)"
+        None,
+        "--direction",
+        help=f"{DIRECTION_HELP} (default: the enabled direction)",
+        autocompletion=complete_direction,
     ),
     max_cycles: int | None = typer.Option(None, "--max-cycles", help="Watch: stop after N."),
     duration: float | None = typer.Option(None, "--duration", help="Watch: stop after SECONDS."),
@@ -360,31 +374,69 @@ def _plain_line(event: Any) -> str | None:
     return None if text is None else f"{event.at.strftime('%H:%M:%S')} {text}"
 
 
-def status(ctx: typer.Context) -> None:
+_STATUS_SECTIONS = ("status", "health", "notifications", "recent")
+
+
+def _starting(values: tuple[str, ...], incomplete: str) -> list[str]:
+    return [value for value in values if value.startswith(incomplete)]
+
+
+def status(
+    ctx: typer.Context,
+    section: str | None = typer.Option(
+        None,
+        "--section",
+        help="Only this table: status | health | notifications | recent (writes). -o csv "
+        "prints one table: "
+        "status unless --section says otherwise.",
+        autocompletion=lambda incomplete: _starting(_STATUS_SECTIONS, incomplete),
+    ),
+) -> None:
     """Show what is configured and enabled, the last sync, sessions held and health.
 
-    Example: presencectl status -o json
+    Health: the last cycle's age, failing users, throttling, the Connect feed, subscriptions and
+    the next write that keeps a session alive — from the state, no network.
+
+    Examples: presencectl status -o json · presencectl status -o csv --section health
     """
+    from presencectl.sync import health
     from presencectl.sync.engine import state_summary
 
     app = _obj(ctx)
-    profile = app.load_profile()
+    if section is not None and section not in _STATUS_SECTIONS:
+        raise UsageError(
+            f"unknown section '{section}'", hint="use one of: " + ", ".join(_STATUS_SECTIONS)
+        )
+    # status must work whatever the mapping says: a bad override is shown, not fatal.
+    profile = app.load_profile(check_mapping=False)
+    mapping_error = _mapping_error(profile)
     summary = state_summary(profile.name)
+    report = _health(profile.name)
     data: dict[str, Any] = {
         "profile": profile.name,
         "tenant": profile.tenant_id,
         "app_client_id": profile.client_id,
-        "consent": profile.verified.get("admin_consent"),
+        "consent": profile.verified.get("admin_consent") or profile.verified.get("app_permissions"),
         "sync_user": profile.sync_username,
         "sync_user_validated": profile.verified.get("sync_user"),
         "enabled_direction": profile.enabled_direction or "disabled",
         **summary,
     }
+    if mapping_error:
+        data["mapping_error"] = mapping_error
+    if report is not None:
+        # Honest: the next write that keeps a session alive (an Available refresh comes every
+        # 4 minutes), not the expiry an hour away.
+        data["next_session_expiry"] = data.get("next_renewal")
+        upcoming = report.get("next_session_write")
+        data["next_renewal"] = upcoming["at"] if upcoming else None
+        data["health"] = report
     if app.json:
-        app.render(data)
+        app.render(data if section is None else _json_section(data, section))
         return
     recent = data.pop("recent_writes", [])
     teams_notifications = data.pop("teams_notifications", None)
+    data.pop("health", None)
     last = data.pop("last_run", None)
     if last:
         data["last_sync"] = (
@@ -394,13 +446,76 @@ def status(ctx: typer.Context) -> None:
         )
     else:
         data["last_sync"] = "never"
-    rows = [{"setting": k, "value": v} for k, v in data.items()]
-    app.render(rows, columns=["setting", "value"], title="Status")
+    tables: list[tuple[str, list[dict[str, Any]], list[str]]] = [
+        (
+            "status",
+            [{"setting": k, "value": v} for k, v in data.items()],
+            ["setting", "value"],
+        ),
+    ]
+    if report is not None:
+        tables.append(
+            (
+                "health",
+                [{"check": k, "value": v} for k, v in health.health_lines(report)],
+                ["check", "value"],
+            )
+        )
     if teams_notifications:
-        rows = [{"setting": k, "value": v} for k, v in teams_notifications.items()]
-        app.render(rows, columns=["setting", "value"], title="Teams notifications")
+        tables.append(
+            (
+                "notifications",
+                [{"setting": k, "value": v} for k, v in teams_notifications.items()],
+                ["setting", "value"],
+            )
+        )
     if recent:
-        app.render(recent, title="Recent writes")
+        tables.append(("recent", recent, list(recent[0])))
+    if section is None and app.output == "csv":
+        section = "status"  # CSV: one table per stream; --section picks another
+    titles = {
+        "status": "Status",
+        "health": "Health",
+        "notifications": "Teams notifications",
+        "recent": "Recent writes",
+    }
+    for name, rows, columns in tables:
+        if section is None or name == section:
+            app.render(rows, columns=columns, title=titles[name])
+
+
+def _mapping_error(profile: Any) -> str | None:
+    from presencectl.errors import ConfigError
+    from presencectl.mapping import validate_overrides
+
+    try:
+        validate_overrides(profile.mapping, where="mapping")
+    except ConfigError as exc:
+        return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+    return None
+
+
+def _health(profile_name: str) -> dict[str, Any] | None:
+    from presencectl.sync import health
+    from presencectl.sync.state import StateStore, database_path
+
+    path = database_path(profile_name)
+    if not path.exists():
+        return None
+    with StateStore(path) as store:
+        return health.health_report(store)
+
+
+def _json_section(data: dict[str, Any], section: str) -> Any:
+    if section == "health":
+        return data.get("health") or {}
+    if section == "recent":
+        return data.get("recent_writes") or []
+    if section == "notifications":
+        return data.get("teams_notifications") or {}
+    return {
+        k: v for k, v in data.items() if k not in ("health", "recent_writes", "teams_notifications")
+    }
 
 
 def users(

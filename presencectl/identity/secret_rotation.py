@@ -129,5 +129,6 @@ async def rotate_client_secret(
             "POST", f"/applications/{app['id']}/removePassword", json={"keyId": previous}
         )
         revoked = previous
-    return Rotation(key_id=key_id, expires=profile.verified["client_secret_expires"],
-                    revoked_key_id=revoked)
+    return Rotation(
+        key_id=key_id, expires=profile.verified["client_secret_expires"], revoked_key_id=revoked
+    )

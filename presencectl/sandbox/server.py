@@ -46,7 +46,9 @@ class SandboxServer:
     def _make_certs(self) -> tuple[str, str]:
         import trustme
 
-        self._tmpdir = tempfile.mkdtemp(prefix="presencectl-sandbox-")
+        from presencectl.config import SANDBOX_DIR_PREFIX
+
+        self._tmpdir = tempfile.mkdtemp(prefix=SANDBOX_DIR_PREFIX)
         ca = trustme.CA(organization_name="presencectl sandbox")
         self.world.extra["ca"] = ca  # POST /_sandbox/certs issues receiver certificates with it
         cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
@@ -77,6 +79,7 @@ class SandboxServer:
             sock.bind((self.host, self.port))
         except OSError as exc:
             sock.close()
+            self.stop()  # no temporary dir (with server.key) left behind
             from presencectl.errors import UsageError
 
             raise UsageError(

@@ -673,6 +673,14 @@ class SyncEngine:
         return result
 
     def _emit_cycle(self, result: SyncResult) -> None:
+        if not self.options.dry_run:  # what `status` shows as health (sync/health.py)
+            from presencectl.sync import health
+
+            health.record_cycle(
+                self.store,
+                throttled=self._throttle()[0],
+                feed_state=getattr(self, "_feed_state", None),
+            )
         renewals = sorted(
             (s.expires_at, self._user(k))
             for k, st in self.states.items()
@@ -738,6 +746,7 @@ class SyncEngine:
         from presencectl.connect.feed import PresenceFeed
 
         def on_state(state: Any) -> None:
+            self._feed_state = str(state)
             self._emit("feed", state=str(state))
 
         feed = PresenceFeed(self.connect, on_event=events.put_nowait, on_state=on_state)

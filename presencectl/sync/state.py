@@ -326,6 +326,14 @@ class StateStore:
         with self.transaction() as db:
             _set_meta(db, key, value)
 
+    def meta_items(self, prefix: str) -> list[tuple[str, str]]:
+        """Every (key, value) of the meta table whose key starts with ``prefix``."""
+        rows = self._db.execute(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix),
+        )
+        return [(str(k), str(v)) for k, v in rows]
+
     # -- pairs ----------------------------------------------------------------------------------
 
     def replace_pairs(self, pairs: Sequence[UserPair], now: float) -> list[str]:
