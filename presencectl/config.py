@@ -334,11 +334,10 @@ def load_profile(
         if must_exist:
             raise missing_profile_error(name, path, sorted(doc.get("profiles", {})))
         return Profile(name=name)
-    if not check_mapping and isinstance(table, dict) and "mapping" in table:
+    if not check_mapping and isinstance(table, dict) and isinstance(table.get("mapping"), dict):
         rest = {k: v for k, v in table.items() if k != "mapping"}
         profile = _profile_from_table(name, rest, path)
-        mapping = table["mapping"]
-        profile.mapping = mapping if isinstance(mapping, dict) else {}
+        profile.mapping = table["mapping"]
         return profile
     return _profile_from_table(name, table, path)
 

@@ -528,16 +528,28 @@ def override_problems(
         return []
     problems: list[ConfigError] = []
     for table_name, table in overrides.items():
-        items = table.items() if isinstance(table, AbcMapping) else [(None, None)]
-        for key, value in items:
-            single = {table_name: table if key is None else {key: value}}
+        try:  # the table itself: a known name, a table
+            _parse_overrides({table_name: {} if isinstance(table, AbcMapping) else table}, where)
+        except ConfigError as exc:
+            problems.append(exc)
+            continue
+        for key, value in table.items():
             try:
-                _parse_overrides(single, where)
+                _parse_overrides({table_name: {key: value}}, where)
             except ConfigError as exc:
                 problems.append(exc)
-                if key is None or table_name not in OVERRIDE_TABLES:
-                    break
     return problems
+
+
+def override_problem_text(overrides: AbcMapping[str, Any] | None) -> str | None:
+    """None when the overrides are valid; else what is wrong, in one line (for status, config
+    show: commands that must work whatever the mapping says)."""
+    problems = override_problems(overrides)
+    if not problems:
+        return None
+    first = problems[0]
+    text = f"{first.message} ({first.hint})" if first.hint else first.message
+    return text + (f" and {len(problems) - 1} more" if len(problems) > 1 else "")
 
 
 # --------------------------------------------------------------------------------------------

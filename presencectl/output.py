@@ -221,6 +221,7 @@ def setup_logging(verbosity: int) -> None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
+    handler.addFilter(_LibraryFilter(verbosity))
     _log_handler = handler
     handler.setLevel(level)
     root.addHandler(handler)
@@ -228,6 +229,26 @@ def setup_logging(verbosity: int) -> None:
     # Third-party chatter stays quiet unless -vvv.
     for noisy in ("httpx", "httpcore", "msal", "uvicorn", "pysignalr", "websockets", "hpack", "h2"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbosity >= 3 else logging.WARNING)
+
+
+class _LibraryFilter(logging.Filter):
+    """Other libraries' records: warnings and errors only, unless -vvv (docs/ci.md).
+
+    At the default verbosity pysignalr's warnings (a dropped feed connection it retries) are
+    noise too: the sync says what matters about the feed itself.
+    """
+
+    def __init__(self, verbosity: int) -> None:
+        super().__init__()
+        self.verbosity = verbosity
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if name == "presencectl" or name.startswith("presencectl.") or self.verbosity >= 3:
+            return True
+        if (name == "pysignalr" or name.startswith("pysignalr.")) and self.verbosity < 1:
+            return record.levelno >= logging.ERROR
+        return record.levelno >= logging.WARNING
 
 
 def iter_lines(rows: Iterable[Mapping[str, Any]]) -> Iterable[str]:

@@ -78,7 +78,8 @@ def test_no_command_shows_help_and_exits_2(cli: Any) -> None:
 def test_usage_errors_exit_2(cli: Any, argv: tuple[str, ...]) -> None:
     result = cli(*argv)
     assert result.exit_code == 2
-    assert "Error:" in result.stderr and "Traceback" not in result.stderr
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+    assert "Error:" not in result.stderr  # one prefix for every error
     assert result.stdout == ""
 
 

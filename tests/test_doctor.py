@@ -138,7 +138,9 @@ def test_unknown_profile_and_invalid_config(sbx: Any, cli: Any) -> None:
     missing = cli("--profile", "other", "-o", "json", "doctor")
     assert missing.exit_code == 3
     assert checks_of(missing)["Config"]["code"] == "config_missing"
-    assert "setup-azure" in checks_of(missing)["Config"]["remedy"]
+    # A typo is the usual cause: the profiles there are, not a second app registration.
+    assert "sandbox" in checks_of(missing)["Config"]["detail"]
+    assert "config profiles" in checks_of(missing)["Config"]["remedy"]
 
     from presencectl.config import config_path
 

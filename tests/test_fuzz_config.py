@@ -297,12 +297,18 @@ def test_fuzzed_profile_table_is_accepted_or_named(cli: Any, table: dict[str, An
 @example(mapping={"connect_to_teams": {"onphone": 3}})
 def test_fuzzed_mapping_overrides_in_config(cli: Any, mapping: dict[str, Any]) -> None:
     write_doc({"profiles": {"fz": {"tenant_id": "t", "mapping": mapping}}})
-    result = cli("--profile", "fz", "-o", "json", "config", "show")
+    result = cli("--profile", "fz", "-o", "json", "mapping", "show")
+    # config show must work whatever the mapping says (it is how the admin sees what to fix),
+    # and names the problem instead (issue 15).
+    shown = cli("--profile", "fz", "-o", "json", "config", "show")
+    assert shown.exit_code == 0, shown.stdout + shown.stderr
     bad = mapping_bad_keys(mapping)
     if bad:
         assert_clean_config_error(result, bad)
+        assert shown.json()["mapping_error"]
     else:
         assert result.exit_code == 0, result.stdout + result.stderr
+        assert "mapping_error" not in shown.json()
 
 
 @FUZZ
@@ -363,7 +369,7 @@ def test_unknown_key_suggests_the_right_one(cli: Any) -> None:
 
 def test_unknown_mapping_status_lists_the_valid_values(cli: Any) -> None:
     write_doc({"profiles": {"fz": {"mapping": {"connect_to_teams": {"lunch": "unaltered"}}}}})
-    result = cli("--profile", "fz", "-o", "json", "config", "show")
+    result = cli("--profile", "fz", "-o", "json", "mapping", "show")
     assert result.exit_code == 3
     error = result.json()["error"]
     assert "'lunch'" in error["message"] and "agent_onphone" in error["hint"]

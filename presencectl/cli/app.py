@@ -271,19 +271,25 @@ def _framework_exit(exc: Exception) -> int | None:
     show = getattr(exc, "show", None)
     if not isinstance(exit_code, int) or not callable(show):
         return None
-    show()  # usage line + "Error: …" on stderr, as every click program does
-    if _current_format() == "json":
-        hint = "see `presencectl --help`"
-        ctx = getattr(exc, "ctx", None)
-        if ctx is not None:
-            hint = f"see `{ctx.command_path} --help`"
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        if type(exc).__name__ == "NoArgsIsHelpError":
-            message = "a command is required"
-        err = UsageError(message, hint=hint)
-        from presencectl import output
+    from presencectl import output
 
-        output.render_error_json(err)
+    hint = "see `presencectl --help`"
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        hint = f"see `{ctx.command_path} --help`"
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        show()  # the help itself
+        message = "a command is required"
+        if _current_format() == "json":
+            output.render_error_json(UsageError(message, hint=hint))
+        return exit_code
+    # One error format for every error: the usage line, then our "error:" and "hint:" lines
+    # (click's own "Error:" would be the one capitalised prefix of the tool).
+    usage = ctx.get_usage() if ctx is not None and hasattr(ctx, "get_usage") else ""
+    if usage:
+        sys.stderr.write(usage + "\n")
+    output.render_error(UsageError(message, hint=hint), _current_format())
     return exit_code
 
 

@@ -59,22 +59,34 @@ def show(ctx: typer.Context) -> None:
         settings[f.name] = getattr(profile, f.name)
     env_username = os.environ.get("PRESENCECTL_SYNC_USERNAME")
     secrets = {name: describe_source(profile.name, name) for name in NAMED_SECRETS}
+    from presencectl.mapping import override_problem_text
+
+    mapping_error = override_problem_text(profile.mapping)
     if app_ctx.output == "json":
-        app_ctx.render(
-            {
-                "profile": profile.name,
-                "config_file": str(config_path()),
-                "settings": settings,
-                "sync_username_env": env_username,
-                "secrets": secrets,
-            }
-        )
+        document: dict[str, Any] = {
+            "profile": profile.name,
+            "config_file": str(config_path()),
+            "settings": settings,
+            "sync_username_env": env_username,
+            "secrets": secrets,
+        }
+        if mapping_error:
+            document["mapping_error"] = mapping_error
+        app_ctx.render(document)
         return
+    if mapping_error:
+        app_ctx.status(f"warning: the mapping overrides are invalid: {mapping_error}")
     rows: list[dict[str, Any]] = []
     for key, value in settings.items():
         origin = "default" if value == getattr(defaults, key) and value not in (None, {}) else ""
         if value is None or value == {}:
             value, origin = "", "not set"
+        if isinstance(value, dict):  # one row per entry: a readable width, not one JSON blob
+            rows.extend(
+                {"key": f"{key}.{name}", "value": entry, "origin": ""}
+                for name, entry in _flatten(value)
+            )
+            continue
         rows.append({"key": key, "value": value, "origin": origin})
     if env_username:
         rows.append(
@@ -86,6 +98,17 @@ def show(ctx: typer.Context) -> None:
         columns=["key", "value", "origin"],
         title=f"profile {profile.name} ({config_path()})",
     )
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for name, value in table.items():
+        full = f"{prefix}{name}"
+        if isinstance(value, dict):
+            out.extend(_flatten(value, full + "."))
+        else:
+            out.append((full, value))
+    return out
 
 
 @config_app.command("profiles")

@@ -73,6 +73,8 @@ def doctor(ctx: typer.Context) -> None:
         app_ctx.render(data)
     elif app_ctx.output == "table" and sys.stdout.isatty():
         _coloured_table(data["checks"], f"presencectl doctor — profile {report.profile}")
+    elif app_ctx.output == "csv":  # for scripts: the stable code too
+        app_ctx.render(data["checks"], columns=[*_COLUMNS, "code"])
     else:
         app_ctx.render(data["checks"], columns=_COLUMNS, headers=_HEADERS)
     if app_ctx.output != "json" and app_ctx.verbosity >= 0:

@@ -120,9 +120,10 @@ def disable(
     }
     error = None
     if result.failed:
+        where = "in \"failures\"" if app.json else "listed above"
         error = PartialSyncError(
             f"{result.failed} session(s) could not be cleared",
-            hint="run `presencectl disable --yes` again; the failures are listed above",
+            hint=f"run `presencectl disable --yes` again; the failures are {where}",
         )
     if app.json:
         data["failures"] = result.failures
@@ -130,6 +131,10 @@ def disable(
             data["error"] = error.to_dict()
             error.in_document = True
     app.render(data)
+    if result.failures and app.output in ("table", "md"):
+        app.render(
+            result.failures, columns=["user", "side", "error"], title="Could not be cleared"
+        )
     if error is not None:
         raise error
 
@@ -215,6 +220,11 @@ def sync(
         )
     if interval <= 0:
         raise UsageError("--interval must be positive", hint="e.g. --interval 5")
+    if watch and app.output in ("csv", "md"):
+        raise UsageError(
+            f"sync --watch streams events; -o {app.output} has no stream form",
+            hint="use -o json (one JSON object per line) or -o table (plain lines when piped)",
+        )
     check_prerequisites(profile, chosen)
     options = EngineOptions(direction=chosen, dry_run=dry_run, interval=interval)
     if watch:
@@ -266,7 +276,20 @@ def _once(app: AppContext, profile: Any, options: Any) -> Any:
         else:
             app.status("Nothing to do: both sides already agree.")
         return result
+    if app.output == "csv":  # one table per stream: one row per write (failures included)
+        app.render(
+            [_action_row(a) for a in result.actions],
+            columns=["user", "side", "kind", "from", "to", "outcome", "reason", "error"],
+        )
+        return result
     app.render(result.summary(), title="Sync")
+    written = [_action_row(a) for a in result.actions]
+    if written:  # who was written, not only how many
+        app.render(
+            written,
+            columns=["user", "side", "kind", "from", "to", "outcome", "reason"],
+            title="Writes",
+        )
     if result.failures:
         app.render(result.failures, title="Failures")
     return result
@@ -351,9 +374,12 @@ def event_text(event: Any) -> str | None:
     """One line for a sync event (plain output and the live view); None: not worth a line."""
     data = event.data
     if event.type == "write":
-        to = "our session cleared" if data["to"] is None else data["to"]
-        text = f"{data['side']:<7} {data['user']}: {data['from']} -> {to}"
-        text += f" ({data['reason']}) {data['outcome']}"
+        # What we change is *our* session on that side; "from" is what the side showed, which
+        # may stay (a user's own DND outranks our Available): never "dnd -> available".
+        to = "cleared" if data["to"] is None else data["to"]
+        shown = data["from"] if data["from"] is not None else "nothing of the user's"
+        text = f"{data['side']:<7} {data['user']}: our session -> {to}"
+        text += f" ({data['side']} showed {shown}; {data['reason']}) {data['outcome']}"
         return text + (f": {data['error']}" if data.get("error") else "")
     if event.type == "change":
         # None: that side shows our own session, so the user's own state there is hidden.
@@ -409,7 +435,9 @@ def status(
         )
     # status must work whatever the mapping says: a bad override is shown, not fatal.
     profile = app.load_profile(check_mapping=False)
-    mapping_error = _mapping_error(profile)
+    from presencectl.mapping import override_problem_text
+
+    mapping_error = override_problem_text(profile.mapping)
     summary = state_summary(profile.name)
     report = _health(profile.name)
     data: dict[str, Any] = {
@@ -484,17 +512,6 @@ def status(
             app.render(rows, columns=columns, title=titles[name])
 
 
-def _mapping_error(profile: Any) -> str | None:
-    from presencectl.errors import ConfigError
-    from presencectl.mapping import validate_overrides
-
-    try:
-        validate_overrides(profile.mapping, where="mapping")
-    except ConfigError as exc:
-        return f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-    return None
-
-
 def _health(profile_name: str) -> dict[str, Any] | None:
     from presencectl.sync import health
     from presencectl.sync.state import StateStore, database_path
@@ -533,9 +550,22 @@ def users(
     import asyncio
 
     rows = asyncio.run(match_report(profile))
+    sync_user = (profile.sync_username or "").lower()
+    for row in rows:
+        if sync_user and row["email"].lower() == sync_user and row["status"] != "matched":
+            # The dedicated sync user is an Azure account by design, not a person to sync.
+            row["status"] = "sync_user"
+            row["detail"] = "the dedicated sync user (signs in for presence reads; not synced)"
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
     if unmatched:
-        rows = [r for r in rows if r["status"] != "matched"]
+        rows = [r for r in rows if r["status"] not in ("matched", "sync_user")]
     app.render(rows, columns=["email", "status", "azure_id", "connect_id", "detail"])
+    app.status(
+        f"{len(rows)} shown: "
+        + ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in sorted(counts.items()))
+    )
 
 
 def register(app: typer.Typer) -> None:

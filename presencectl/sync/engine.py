@@ -896,6 +896,7 @@ class SyncEngine:
                 targets.append((pair.key, Side.CONNECT, pair.connect_id))
         total = len(targets)
         done = 0
+        emails = {p.key: p.email for p in self.store.pairs()}  # failures name people, not ids
         cleared: list[tuple[str, Side]] = []
         audit: list[AuditEntry] = []
         chunk = 200
@@ -918,8 +919,14 @@ class SyncEngine:
                     result.connect_cleared += 1
                 else:
                     result.failed += 1
+                    email = self.pairs[key].email if key in self.pairs else emails.get(key)
                     result.failures.append(
-                        {"user": user_id, "side": side.value, "error": outcome.error or "failed"}
+                        {
+                            "user": email or user_id,
+                            "user_id": user_id,
+                            "side": side.value,
+                            "error": outcome.error or "failed",
+                        }
                     )
                 if outcome.ok:
                     cleared.append((key, side))
