@@ -128,3 +128,17 @@ def test_rotate_secret_refuses_a_secret_from_the_environment(
     assert refused.json()["error"]["code"] == "client_secret_from_env"
     app = sbx.world.application_by_app_id(load_profile("sandbox").client_id)
     assert len(app["passwordCredentials"]) == 1
+
+
+def test_setup_azure_replacing_a_lost_secret_revokes_the_old_one(sbx: Any, cli: Any) -> None:
+    profile = load_profile("sandbox")
+    old = secrets.get_secret("sandbox", secrets.CLIENT_SECRET)
+    assert old
+    secrets.delete_secret("sandbox", secrets.CLIENT_SECRET)  # lost: setup must make a new one
+    again = run(cli, "-o", "json", "setup-azure")
+    assert again.exit_code == 0, again.stderr
+    step = next(s for s in again.json()["steps"] if s["step"] == "Client secret")
+    assert step["result"] == "created" and "revoked" in step["detail"]
+    assert not sbx.world.client_secret_ok(profile.client_id, old)
+    app = sbx.world.application_by_app_id(profile.client_id)
+    assert len(app["passwordCredentials"]) == 1
