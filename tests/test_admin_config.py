@@ -178,3 +178,21 @@ def test_invalid_mapping_override_does_not_block_status_config_show_or_disable(
     assert status.exit_code == 0, status.stderr
     assert "on_break" in status.json()["mapping_error"]
     assert secrets.get_secret("default", secrets.CLIENT_SECRET) is None
+
+
+def test_config_show_is_readable_in_a_terminal_width(cli: Any) -> None:
+    save_profile(
+        Profile(
+            name="default",
+            tenant_id="contoso.example",
+            verified={"admin_consent": "2026-01-01", "sync_user": "2026-01-01T00:00:00Z",
+                      "client_secret_key_id": "f0b0b335-1d71-4883-8f98-567911bfdca6"},
+            mapping={"connect_to_teams": {"on_break": "Away/Away"}},
+        )
+    )  # fmt: skip
+    shown = cli("config", "show")
+    assert shown.exit_code == 0, shown.stderr
+    lines = shown.stdout.splitlines()[1:]  # the title names the file's path
+    assert max(len(line) for line in lines) <= 100, shown.stdout
+    assert any(line.startswith("verified.admin_consent") for line in lines)
+    assert any(line.startswith("mapping.connect_to_teams.on_break") for line in lines)

@@ -198,3 +198,34 @@ def test_disable_works_with_an_invalid_mapping_override(org: Org) -> None:
     profile = load_profile("sandbox", check_mapping=False)
     assert profile.enabled_direction is None
     assert profile.mapping == {"connect_to_teams": {"nope": "x"}}  # kept for the admin to fix
+
+
+def test_disable_failures_name_people_and_the_hint_fits_the_format(org: Org) -> None:
+    person = org.people[0].email
+    org.teams(person, "Busy", "InACall")  # a Connect session of ours for this person
+    assert org.run("enable").exit_code == 0
+    assert org.sync().exit_code == 0
+    org.sb.control.post("/_sandbox/faults", json={"drop_rate": 1.0}).raise_for_status()
+    as_json = org.run("-o", "json", "disable", "--yes")
+    assert as_json.exit_code == 5, as_json.stdout + as_json.stderr
+    data = as_json.json()
+    assert [f["user"] for f in data["failures"]] == [person]  # an email, not a GUID
+    assert "listed above" not in data["error"]["hint"] and '"failures"' in data["error"]["hint"]
+    plain = org.run("disable", "--yes")
+    assert plain.exit_code == 5
+    assert "Could not be cleared" in plain.stdout and person in plain.stdout
+    assert "listed above" in plain.stderr
+
+
+def test_health_shows_facts_other_parts_record(tmp_path: Any) -> None:
+    from presencectl.sync import health
+    from presencectl.sync.state import StateStore
+
+    with StateStore(tmp_path / "s.db") as store:
+        assert health.health_report(store)["last_cycle_at"] is None
+        health.record(store, {"notifications": "2 subscriptions, last notification 3 s ago"})
+        report = health.health_report(store)
+        assert report["notifications"] == "2 subscriptions, last notification 3 s ago"
+        assert ("notifications", "2 subscriptions, last notification 3 s ago") in (
+            health.health_lines(report)
+        )
