@@ -1,9 +1,10 @@
 """docs/ci.md's pipeline script, extracted from the page and run as written against the sandbox.
 
 The administrator's one-time part (setup-azure, the sync user's first-login change) happens first,
-in another config dir; then the script runs twice in a fresh "runner" with the config and state
-dirs kept between the runs, every secret from the environment and no OS keyring — as a CI
-runner has it.
+in another config dir; then the script runs twice in a fresh "runner": a new config dir each run
+(holding only the sandbox's endpoints and CA, as a runner image would hold a proxy or another
+cloud's URLs), the state dir kept between the runs, every secret from the environment and no OS
+keyring — as the GitHub Actions job of the page has it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +58,12 @@ def _run(script: Path, workdir: Path, env: dict[str, str]) -> subprocess.Complet
     )
 
 
+def _files_text(*roots: Path) -> str:
+    return "".join(
+        p.read_text("utf-8", "replace") for root in roots for p in root.rglob("*") if p.is_file()
+    )
+
+
 def _doc(workdir: Path, name: str) -> Any:
     return json.loads((workdir / name).read_text("utf-8"))
 
@@ -79,10 +87,9 @@ def test_the_documented_pipeline_runs_as_written(
 
         # The runner: its config dir holds only what the script does not set (the sandbox's
         # endpoints and CA, as a proxy or another cloud's URLs would be).
-        config_dir, state_dir, workdir = tmp_path / "ci", tmp_path / "ci" / "state", tmp_path / "w"
+        config_dir, state_dir, workdir = tmp_path / "ci", tmp_path / "state", tmp_path / "w"
         workdir.mkdir()
-        config_dir.mkdir()
-        (config_dir / "config.toml").write_text(
+        endpoints = (
             "[profiles.default]\n"
             f'authority_url = "{admin.authority_url}"\n'
             f'graph_url = "{admin.graph_url}"\n'
@@ -90,6 +97,12 @@ def test_the_documented_pipeline_runs_as_written(
             f'connect_login_url = "{admin.connect_login_url}"\n'
             f'connect_api_url = "{admin.connect_api_url}"\n'
         )
+
+        def fresh_runner() -> None:
+            shutil.rmtree(config_dir, ignore_errors=True)
+            config_dir.mkdir()
+            (config_dir / "config.toml").write_text(endpoints)
+
         env = _runner_env(
             tmp_path,
             {
@@ -117,6 +130,7 @@ def test_the_documented_pipeline_runs_as_written(
             "/_sandbox/connect/presence", json={"user": person.email, "status": "onphone"}
         ).raise_for_status()
 
+        fresh_runner()
         first = _run(script, workdir, env)
         assert first.returncode == 0, first.stdout + first.stderr
         assert _doc(workdir, "doctor.json")["worst"] in ("ok", "warn")
@@ -126,7 +140,9 @@ def test_the_documented_pipeline_runs_as_written(
         shown = sb.control.get("/_sandbox/teams/presence", params={"user": person.email}).json()
         assert (shown["availability"], shown["activity"]) == ("Busy", "InACall")
 
+        written = _files_text(config_dir, workdir)
         # The second run starts from the kept state: the call is already mirrored.
+        fresh_runner()
         second = _run(script, workdir, env)
         assert second.returncode == 0, second.stdout + second.stderr
         two = _doc(workdir, "sync.json")
@@ -141,11 +157,6 @@ def test_the_documented_pipeline_runs_as_written(
         assert any(
             "Engage" in line and line.endswith("sync first.") for line in first.stderr.splitlines()
         ), first.stderr
-        written = "".join(
-            p.read_text("utf-8", "replace")
-            for root in (config_dir, workdir)
-            for p in root.rglob("*")
-            if p.is_file() and p.suffix != ".db" and "-wal" not in p.name
-        )
+        written += _files_text(config_dir, workdir, state_dir)
         for secret in (client_secret, SYNC_PASSWORD, sb.world.connect_client_secret):
             assert secret not in written
