@@ -106,7 +106,8 @@ class Profile:
             from presencectl.errors import NetworkError
 
             raise NetworkError(
-                f"the sandbox at {self.authority_url} is not running (profile '{self.name}')",
+                f"the sandbox at {self.authority_url} is not running (the one profile "
+                f"'{self.name}' was written for: its CA {self.ca_bundle} went with it)",
                 hint=f"start it: `presencectl sandbox serve --write-profile {self.name} "
                 "--auto-approve admin@contoso.example` (each start makes a new CA, so the "
                 "profile is written again)",
