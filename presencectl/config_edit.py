@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -58,8 +59,8 @@ def _field_type(key: str) -> str:
 
 def _convert(key: str, text: str) -> Any:
     """The TOML value for ``text``, by the field's declared type (str unless it says otherwise)."""
-    kind = _field_type(key).replace(" ", "")
-    kinds = set(kind.split("|")) - {"None"}
+    # "int | None", "Optional[int]", "float": the scalar types the annotation names.
+    kinds = set(re.findall(r"[A-Za-z_]+", _field_type(key))) - {"None", "Optional", "Union"}
     if kinds == {"bool"}:
         lowered = text.strip().lower()
         if lowered in ("true", "yes", "on", "1"):

@@ -196,3 +196,26 @@ def test_config_show_is_readable_in_a_terminal_width(cli: Any) -> None:
     assert max(len(line) for line in lines) <= 100, shown.stdout
     assert any(line.startswith("verified.admin_consent") for line in lines)
     assert any(line.startswith("mapping.connect_to_teams.on_break") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("annotation", "text", "expected"),
+    [
+        ("int | None", "120", 120),
+        ("Optional[int]", "7", 7),
+        ("float", "2.5", 2.5),
+        ("bool", "yes", True),
+        ("str | None", "120", "120"),
+    ],
+)
+def test_config_set_converts_by_the_declared_type(
+    monkeypatch: pytest.MonkeyPatch, annotation: str, text: str, expected: Any
+) -> None:
+    """A key another issue adds to Profile (e.g. an int rate) is settable without a change here."""
+    from presencectl import config_edit
+
+    monkeypatch.setattr(config_edit, "_field_type", lambda key: annotation)
+    assert config_edit._convert("some_new_key", text) == expected
+    if expected != text and not isinstance(expected, bool):
+        with pytest.raises(Exception, match="some_new_key"):
+            config_edit._convert("some_new_key", "not-a-number")
