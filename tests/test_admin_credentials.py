@@ -142,3 +142,23 @@ def test_setup_azure_replacing_a_lost_secret_revokes_the_old_one(sbx: Any, cli: 
     assert not sbx.world.client_secret_ok(profile.client_id, old)
     app = sbx.world.application_by_app_id(profile.client_id)
     assert len(app["passwordCredentials"]) == 1
+
+
+def test_an_unproven_new_secret_is_retried_then_refused_and_nothing_revoked(sbx: Any) -> None:
+    import asyncio
+
+    from presencectl.errors import AuthError
+    from presencectl.identity.secret_rotation import PROOF_DELAYS_S, prove_secret
+
+    waited: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    profile = load_profile("sandbox")
+    with pytest.raises(AuthError) as caught:
+        asyncio.run(
+            prove_secret(profile, profile.client_id or "", "not-the-secret", sleep=fake_sleep)
+        )
+    assert caught.value.code == "client_secret_unproven"
+    assert waited == [d for d in PROOF_DELAYS_S if d]  # every attempt made, none for real
