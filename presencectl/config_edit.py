@@ -123,6 +123,8 @@ def _edit(profile_name: str | None, key: str, value: Any, *, remove: bool) -> Ke
     parts = _check_key(key)
     doc = config.read_config(path)
     profiles = doc.setdefault("profiles", {})
+    if remove and name not in profiles:
+        raise config.missing_profile_error(name, path, sorted(profiles))
     table = copy.deepcopy(profiles.get(name, {}))
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [profiles.{name}] must be a table", hint="fix the file")

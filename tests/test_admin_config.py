@@ -39,6 +39,8 @@ def test_config_set_creates_validates_and_unset_restores_the_default(cli: Any) -
     assert cli("config", "unset", "proxy").exit_code == 0
     assert load_profile().proxy is None
     assert "proxy" not in config_path().read_text()
+    assert cli("--profile", "nope", "config", "unset", "proxy").exit_code == 3
+    assert "nope" not in config_path().read_text()  # unset never creates a profile
 
 
 @pytest.mark.parametrize(
