@@ -216,6 +216,7 @@ class SyncUserTokenProvider:
             raise classify(
                 result, who=self.username, tenant=self.profile.tenant_id or "", flow="password"
             )
+        self._silent = True  # the password is proven; later calls may use what it got
         self.last_result_claims = dict(result.get("id_token_claims") or {})
         self.last_scopes = granted_scopes(result, SYNC_USER_SCOPES)
         return access_token_from_msal(result)
