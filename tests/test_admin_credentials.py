@@ -162,3 +162,9 @@ def test_an_unproven_new_secret_is_retried_then_refused_and_nothing_revoked(sbx:
         )
     assert caught.value.code == "client_secret_unproven"
     assert waited == [d for d in PROOF_DELAYS_S if d]  # every attempt made, none for real
+
+
+def test_rotate_secret_alone(sbx: Any, cli: Any) -> None:
+    mixed = run(cli, "-o", "json", "setup-azure", "--rotate-secret", "--tenant", "other.example")
+    assert mixed.exit_code == 2
+    assert "--tenant" in mixed.json()["error"]["message"]

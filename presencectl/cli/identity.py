@@ -133,6 +133,21 @@ def setup_azure(
 
     app_ctx = _obj(ctx)
     if rotate_secret:
+        extra = [
+            flag
+            for flag, given in (
+                ("--tenant", tenant), ("--client-id", client_id),
+                ("--connect-account-email", connect_account_email),
+                ("--bootstrap-client-id", bootstrap_client_id), ("--consent-url", consent_url),
+            )
+            if given
+        ]  # fmt: skip
+        if extra:
+            raise UsageError(
+                f"--rotate-secret does only the secret; {', '.join(extra)} would be ignored",
+                hint="run `presencectl setup-azure --rotate-secret` alone (the profile says "
+                "which tenant and app)",
+            )
         _rotate_secret(app_ctx, device_code)
         return
     profile = app_ctx.load_profile(must_exist=False)
