@@ -168,3 +168,31 @@ def test_rotate_secret_alone(sbx: Any, cli: Any) -> None:
     mixed = run(cli, "-o", "json", "setup-azure", "--rotate-secret", "--tenant", "other.example")
     assert mixed.exit_code == 2
     assert "--tenant" in mixed.json()["error"]["message"]
+
+
+def test_consent_check_without_an_admin_proves_by_use_and_satisfies_the_gate(
+    sbx: Any, cli: Any
+) -> None:
+    from presencectl.config import save_profile
+
+    assert run(cli, "logout").exit_code == 0  # no admin here, as in CI
+    profile = load_profile("sandbox")
+    profile.verified.pop("admin_consent", None)
+    save_profile(profile)
+    proven = run(cli, "-o", "json", "consent", "--check")
+    assert proven.exit_code == 0, proven.stderr
+    assert "enter the code" not in proven.stderr  # no device code: nobody would answer it
+    assert "--as-app" in proven.stderr
+    assert {c["permission"] for c in proven.json()} == {
+        "User.Read.All", "Presence.Read.All or Presence.ReadWrite.All",
+    }  # fmt: skip
+    assert load_profile("sandbox").verified.get("app_permissions")
+
+    world = sbx.world
+    sp = world.service_principal_by_app_id(profile.client_id)
+    for key in [k for k, a in world.app_role_assignments.items() if a["principalId"] == sp["id"]]:
+        del world.app_role_assignments[key]
+    refused = run(cli, "-o", "json", "consent", "--check", "--as-app")
+    assert refused.exit_code == 4
+    assert refused.json()["error"]["code"] == "consent_missing"
+    assert "User.Read.All" in refused.json()["error"]["message"]

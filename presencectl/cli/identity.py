@@ -248,6 +248,14 @@ def logout(
         _note(app_ctx, "Nothing to remove: no admin tokens were cached.")
 
 
+def _admin_cached(profile_name: str) -> bool:
+    """True when an admin sign-in is cached for the profile (consent --check can use it)."""
+    from presencectl import secrets
+    from presencectl.identity.msal_apps import ADMIN, cache_secret_name
+
+    return bool(secrets.get_secret(profile_name, cache_secret_name(ADMIN)))
+
+
 def consent(
     ctx: typer.Context,
     check: bool = typer.Option(
@@ -264,6 +272,12 @@ def consent(
     consent_timeout: float = typer.Option(
         600.0, "--consent-timeout", help="Seconds to wait for --consent-url."
     ),
+    as_app: bool = typer.Option(
+        False,
+        "--as-app",
+        help="With --check: no admin sign-in; prove the permissions by using them with the "
+        "app's token (what CI runs; the default under --no-input when no admin is signed in).",
+    ),
 ) -> None:
     """Grant (or with --check verify) the presence permissions of the app.
 
@@ -272,11 +286,22 @@ def consent(
     \b
       presencectl consent
       presencectl consent --check -o json
+      presencectl --no-input consent --check --as-app     (a pipeline: no admin)
     """
     from presencectl.identity import setup
 
     app_ctx = _obj(ctx)
     profile = app_ctx.load_profile()
+    if check and (as_app or (not app_ctx.interactive and not _admin_cached(profile.name))):
+        from presencectl.identity.app_proof import prove_app_permissions
+
+        if not as_app:
+            _note(app_ctx, "No admin is signed in here and prompting is off: proving the app's "
+                  "permissions by using them (--as-app).")
+        proven = prove_app_permissions(profile)
+        app_ctx.render(proven, title="App permissions (proven by using them)")
+        _note(app_ctx, "Writing presence (Presence.ReadWrite.All) is proven by the first sync.")
+        return
     if check:
         checks = setup.check_app_permissions(
             profile,
