@@ -28,8 +28,8 @@ SECRET_KEYS = {
     "sync_password": "`presencectl sync-user set --username U` stores it; "
     "CI passes it as PRESENCECTL_SYNC_PASSWORD",
     "password": "`presencectl sync-user set --username U` stores the sync user's password",
-    "connect_client_secret": "`presencectl setup-azure` asks for it and stores it "
-    "(docs/connect-setup.md); CI passes it as PRESENCECTL_CONNECT_CLIENT_SECRET",
+    "connect_client_secret": "`presencectl connect set` stores it (docs/connect-setup.md); "
+    "CI passes it as PRESENCECTL_CONNECT_CLIENT_SECRET",
 }
 _WRITTEN_BY_COMMANDS = {"verified": "setup-azure, consent and sync-user validate record it"}
 _TABLE_KEYS = ("verified", "mapping")
