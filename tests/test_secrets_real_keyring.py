@@ -95,9 +95,7 @@ def test_the_environment_still_wins_over_a_real_backend(
     assert secrets.secret_source("prod", secrets.CLIENT_SECRET) == "env"
 
 
-def test_the_cli_stores_the_sync_password_in_the_real_backend(
-    file_keyring: Path, cli: Any
-) -> None:
+def test_the_cli_stores_the_sync_password_in_the_real_backend(file_keyring: Path, cli: Any) -> None:
     from presencectl import config
 
     config.save_profile(config.Profile(name="prod", tenant_id="contoso.example"))
