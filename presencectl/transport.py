@@ -143,7 +143,7 @@ async def _alog_response(response: httpx.Response) -> None:
     _log_response(response)
 
 
-def _client_kwargs(settings: HttpSettings, base_url: str, http2: bool) -> dict[str, Any]:
+def _client_kwargs(settings: HttpSettings, base_url: str) -> dict[str, Any]:
     import httpx
 
     kwargs: dict[str, Any] = {
@@ -151,7 +151,10 @@ def _client_kwargs(settings: HttpSettings, base_url: str, http2: bool) -> dict[s
         "timeout": httpx.Timeout(settings.timeout, connect=min(10.0, settings.timeout)),
         "headers": {"User-Agent": settings.user_agent},
         "verify": settings.ssl_context(),
-        "http2": http2,
+        # HTTP/1.1 only: Graph's presence path is bound by its throttle (50 requests/s), which a
+        # pool of kept-alive connections already saturates; HTTP/2 would be a path no test
+        # speaks (the sandbox is HTTP/1.1) for no measured gain (docs/performance.md).
+        "http2": False,
         "follow_redirects": False,
         # A profile without a proxy key still honours HTTPS_PROXY / NO_PROXY, as curl does.
         "trust_env": True,
@@ -161,26 +164,17 @@ def _client_kwargs(settings: HttpSettings, base_url: str, http2: bool) -> dict[s
     return kwargs
 
 
-def _http2_available() -> bool:
-    try:
-        import h2  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def build_client(
     settings: HttpSettings,
     *,
     base_url: str = "",
     transport: httpx.BaseTransport | None = None,
-    http2: bool = False,
     limits: httpx.Limits | None = None,
 ) -> httpx.Client:
     """A synchronous httpx client with the profile's TLS, proxy, timeout and logging."""
     import httpx
 
-    kwargs = _client_kwargs(settings, base_url, http2 and _http2_available())
+    kwargs = _client_kwargs(settings, base_url)
     if transport is not None:
         kwargs["transport"] = transport
     if limits is not None:
@@ -194,13 +188,12 @@ def build_async_client(
     *,
     base_url: str = "",
     transport: httpx.AsyncBaseTransport | None = None,
-    http2: bool = False,
     limits: httpx.Limits | None = None,
 ) -> httpx.AsyncClient:
     """An asyncio httpx client with the profile's TLS, proxy, timeout and logging."""
     import httpx
 
-    kwargs = _client_kwargs(settings, base_url, http2 and _http2_available())
+    kwargs = _client_kwargs(settings, base_url)
     if transport is not None:
         kwargs["transport"] = transport
     if limits is not None:
