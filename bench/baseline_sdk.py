@@ -89,6 +89,7 @@ class SdkSync:
         self.last: dict[str, tuple[str | None, str | None, str | None]] = {}
         self.failed_writes = 0
         self.writes = 0
+        self.transport_retries = 0
 
     # -- clients (one set per pass, as a script run by cron would have) ------------------------
     async def __aenter__(self) -> SdkSync:
@@ -164,12 +165,28 @@ class SdkSync:
                 out[presence.id] = (presence.availability, presence.activity)
         return out
 
+    async def _connect_call(self, method: str, url: str, **kwargs: Any) -> Any:
+        """One Connect request; a dropped connection is tried again (up to 3 times), as any
+        script that has met a server closing a kept-alive connection ends up doing."""
+        import httpx
+
+        for attempt in range(3):
+            try:
+                return await self.connect.request(method, url, **kwargs)
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+                self.transport_retries += 1
+        raise AssertionError("unreachable")
+
     async def read_connect(self, ids: list[str]) -> dict[str, str | None]:
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
         async def one(user_id: str) -> tuple[str, str | None]:
             async with gate:
-                answer = await self.connect.get(self.wire.PRESENCE_PATH.format(user_id=user_id))
+                answer = await self._connect_call(
+                    "GET", self.wire.PRESENCE_PATH.format(user_id=user_id)
+                )
                 return user_id, answer.raise_for_status().json().get("presence")
 
         return dict(await asyncio.gather(*(one(i) for i in ids)))
@@ -271,8 +288,8 @@ class SdkSync:
 
         async def one(user_id: str, value: str) -> None:
             async with gate:
-                answer = await self.connect.put(
-                    self.wire.PRESENCE_PATH.format(user_id=user_id),
+                answer = await self._connect_call(
+                    "PUT", self.wire.PRESENCE_PATH.format(user_id=user_id),
                     params={"resource": self.wire.RESOURCE}, json={"presence": value},
                 )  # fmt: skip
                 if answer.is_success:
@@ -367,7 +384,8 @@ def measure_one(users: int, seed: int, rows_wanted: list[str]) -> list[dict[str,
             cpu = time.process_time() - c0
             label = "msgraph-sdk, $batch" if batch else "msgraph-sdk, per user"
             record(label, wall, cpu, changed,
-                   {"written": peer.writes, "failed": peer.failed_writes, **counts})
+                   {"written": peer.writes, "failed": peer.failed_writes,
+                    "transport_retries": peer.transport_retries, **counts})
             # The peer's sessions stay; presencectl's next converge run sees them as any
             # other writer's and settles before its own timed pass.
     return rows
@@ -377,7 +395,7 @@ def run(sizes: list[int], seed: int, tools: list[str]) -> Report:
     report = Report(
         "baseline_sdk",
         ["users", "tool", "changed", "wall_s", "cpu_s", "graph_requests", "connect_requests",
-         "throttled_429", "written", "failed", "wall_vs_presencectl"],
+         "throttled_429", "written", "failed", "transport_retries", "wall_vs_presencectl"],
     )
     report.notes.append(
         "one sandbox process per size (its CPU is not in cpu_s); each row: learn (untimed), "
