@@ -97,10 +97,23 @@ class HttpSettings:
     msal_port_fixes: dict[str, int] = field(default_factory=dict)
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The system's trust store, plus ``ca_bundle`` when the profile names one."""
+        """The system's trust store, plus ``ca_bundle`` when the profile names one.
+
+        Built once per process and CA file (its path, size and mtime): loading the system store
+        costs ~25 ms of CPU, and a one-shot sync builds ten clients (bench/cycle.py profile)."""
+        path = Path(self.ca_bundle).expanduser() if self.ca_bundle else None
+        key: tuple[str, int, int] | None = None
+        if path is not None:
+            try:
+                st = path.stat()
+                key = (str(path), st.st_size, st.st_mtime_ns)
+            except OSError:
+                key = None  # load_verify_locations below reports it
+        cached = _SSL_CONTEXTS.get(key) if (key is not None or path is None) else None
+        if cached is not None:
+            return cached
         ctx = ssl.create_default_context()
-        if self.ca_bundle:
-            path = Path(self.ca_bundle).expanduser()
+        if path is not None:
             try:
                 ctx.load_verify_locations(cafile=str(path))
             except (OSError, ssl.SSLError) as exc:
@@ -110,7 +123,12 @@ class HttpSettings:
                     "(`presencectl config path` shows the file)",
                     code="ca_bundle_invalid",
                 ) from exc
+        if key is not None or path is None:
+            _SSL_CONTEXTS[key] = ctx
         return ctx
+
+
+_SSL_CONTEXTS: dict[tuple[str, int, int] | None, ssl.SSLContext] = {}
 
 
 def _log_request(request: httpx.Request) -> None:
