@@ -155,7 +155,9 @@ class SdkSync:
 
         async def chunk(part: list[str]) -> list[Any]:
             body = GetPresencesByUserIdPostRequestBody(ids=part)
-            answer = await self.graph.communications.get_presences_by_user_id.post(body)
+            answer = await self._graph_call(
+                lambda: self.graph.communications.get_presences_by_user_id.post(body)
+            )
             return list(answer.value or []) if answer is not None else []
 
         parts = [ids[i : i + READ_CHUNK] for i in range(0, len(ids), READ_CHUNK)]
@@ -164,6 +166,20 @@ class SdkSync:
             for presence in answers:
                 out[presence.id] = (presence.availability, presence.activity)
         return out
+
+    async def _graph_call(self, call: Any) -> Any:
+        """One SDK call; the SDK's RetryHandler retries 429/503/504 but not a connection the
+        server dropped, so a script adds this (up to 3 tries), as for Connect below."""
+        import httpx
+
+        for attempt in range(3):
+            try:
+                return await call()
+            except httpx.TransportError:
+                if attempt == 2:
+                    raise
+                self.transport_retries += 1
+        raise AssertionError("unreachable")
 
     async def _connect_call(self, method: str, url: str, **kwargs: Any) -> Any:
         """One Connect request; a dropped connection is tried again (up to 3 times), as any
@@ -241,8 +257,10 @@ class SdkSync:
         async def one(user_id: str, target: Any) -> None:
             async with gate:
                 try:
-                    await self.graph.users.by_user_id(user_id).presence.set_presence.post(
-                        self._body(target)
+                    await self._graph_call(
+                        lambda: self.graph.users.by_user_id(user_id).presence.set_presence.post(
+                            self._body(target)
+                        )
                     )
                     self.writes += 1
                 except Exception:  # the SDK raised after its own retries (ODataError, …)
@@ -263,7 +281,7 @@ class SdkSync:
                 info = self.graph.users.by_user_id(user_id).presence.set_presence \
                     .to_post_request_information(self._body(target))
                 collection.add_batch_request_item(BatchRequestItem(info, id=rid))
-            answer = await self.graph.batch.post(collection)
+            answer = await self._graph_call(lambda c=collection: self.graph.batch.post(c))
             retry: dict[str, tuple[str, Any]] = {}
             wait = 0.0
             for content in answer._responses:  # BatchResponseContentCollection: one per batch
