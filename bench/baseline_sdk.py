@@ -65,9 +65,19 @@ READ_CHUNK = 650
 GRAPH_WRITE_CONCURRENCY = 16
 CONNECT_CONCURRENCY = 32
 BATCH_ROUNDS = 6
+# httpx keeps idle connections 5 s, as long as the sandbox's server (uvicorn) keeps them: reused
+# at the last moment they fail with "Server disconnected" — what any script meets against a
+# server with a short keep-alive. The peer keeps them 2 s and tries a failed call 5 times.
+TRIES = 5
 TEAMS_CHANGES = [("Busy", "InACall"), ("DoNotDisturb", "Presenting"), ("Available", "Available"),
                  ("BeRightBack", "BeRightBack"), ("Busy", "InAConferenceCall")]
 CONNECT_CHANGES = ["onphone", "available", "meeting", "dnd", "agent_onphone", "busy"]
+
+
+def _keepalive() -> Any:
+    import httpx
+
+    return httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=2.0)
 
 
 def sdk_available() -> bool:
@@ -120,7 +130,7 @@ class SdkSync:
         # The SDK's default client (kiota: http2=True, its timeouts) with our CA and base URL.
         http = httpx.AsyncClient(
             http2=True, verify=tls, base_url=p.graph_url,
-            timeout=httpx.Timeout(100.0, connect=30.0),
+            timeout=httpx.Timeout(100.0, connect=30.0), limits=_keepalive(),
         )  # fmt: skip
         adapter = GraphRequestAdapter(auth, GraphClientFactory.create_with_default_middleware(
             client=http))  # fmt: skip
@@ -129,7 +139,8 @@ class SdkSync:
         self._graph_http = http
         self.connect = httpx.AsyncClient(
             verify=tls, base_url=p.connect_api_url,
-            limits=httpx.Limits(max_connections=CONNECT_CONCURRENCY), timeout=60.0,
+            limits=httpx.Limits(max_connections=CONNECT_CONCURRENCY, keepalive_expiry=2.0),
+            timeout=60.0,
         )  # fmt: skip
         self.wire = wire
         answer = await self.connect.post(
@@ -169,28 +180,28 @@ class SdkSync:
 
     async def _graph_call(self, call: Any) -> Any:
         """One SDK call; the SDK's RetryHandler retries 429/503/504 but not a connection the
-        server dropped, so a script adds this (up to 3 tries), as for Connect below."""
+        server dropped, so a script adds this (up to 5 tries), as for Connect below."""
         import httpx
 
-        for attempt in range(3):
+        for attempt in range(TRIES):
             try:
                 return await call()
             except httpx.TransportError:
-                if attempt == 2:
+                if attempt == TRIES - 1:
                     raise
                 self.transport_retries += 1
         raise AssertionError("unreachable")
 
     async def _connect_call(self, method: str, url: str, **kwargs: Any) -> Any:
-        """One Connect request; a dropped connection is tried again (up to 3 times), as any
+        """One Connect request; a dropped connection is tried again (up to 5 times), as any
         script that has met a server closing a kept-alive connection ends up doing."""
         import httpx
 
-        for attempt in range(3):
+        for attempt in range(TRIES):
             try:
                 return await self.connect.request(method, url, **kwargs)
             except httpx.TransportError:
-                if attempt == 2:
+                if attempt == TRIES - 1:
                     raise
                 self.transport_retries += 1
         raise AssertionError("unreachable")
