@@ -82,6 +82,9 @@ def sandbox_admin(cli: Any) -> Iterator[Any]:
 
 
 def _install(monkeypatch: pytest.MonkeyPatch, browser: FakeBrowser) -> None:
+    """This host has a display and a browser (else presencectl falls back to a device code)."""
+    monkeypatch.setenv("DISPLAY", ":0")
+    monkeypatch.setattr(webbrowser, "get", lambda using=None: browser)
     monkeypatch.setattr(webbrowser, "open", browser.open)
 
 
