@@ -163,7 +163,10 @@ def test_each_client_tunnels_on_its_own(org: Org, proxy: ConnectProxy) -> None:
     _set_proxy(proxy.url)
     profile = load_profile("sandbox")
     provider = app_token_provider(profile)
-    provider()  # msal: client credentials at the token endpoint
+    try:
+        provider()  # msal: client credentials at the token endpoint
+    finally:
+        provider._app.http_client.close()  # this process goes on: close msal's connection
     after_msal = proxy.total()
     assert after_msal >= 1
 
