@@ -143,11 +143,13 @@ class SdkSync:
             timeout=60.0,
         )  # fmt: skip
         self.wire = wire
+        # The peer's own session GUID at Connect (not presencectl's), as the naive baseline does.
+        self.resource = wire.resource_id_for(p.connect_api_url, "sdk-peer", p.name)
         answer = await self.connect.post(
             p.connect_login_url + wire.TOKEN_PATH,
             data={"grant_type": "client_credentials", "client_id": p.connect_client_id,
                   "client_secret": secrets.get_secret(p.name, secrets.CONNECT_CLIENT_SECRET),
-                  "scope": wire.SCOPE},
+                  "scope": wire.MESSAGING_SCOPE},
         )  # fmt: skip
         self.connect.headers["Authorization"] = "Bearer " + answer.raise_for_status().json()[
             "access_token"]  # fmt: skip
@@ -319,7 +321,7 @@ class SdkSync:
             async with gate:
                 answer = await self._connect_call(
                     "PUT", self.wire.PRESENCE_PATH.format(user_id=user_id),
-                    params={"resource": self.wire.RESOURCE}, json={"presence": value},
+                    params={"resource": self.resource}, json={"presence": value},
                 )  # fmt: skip
                 if answer.is_success:
                     self.writes += 1
