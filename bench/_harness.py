@@ -205,6 +205,15 @@ class SandboxProcess:
             return None
         return None
 
+    def server_cpu_s(self) -> float | None:
+        """CPU time (user + system) the sandbox process has used so far (Linux /proc)."""
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks = os.sysconf("SC_CLK_TCK")
+            return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        except (OSError, ValueError, IndexError):
+            return None
+
     # -- the app registration, the real way ----------------------------------------------------
     def setup_azure(self) -> Any:
         """``presencectl --profile bench --no-input setup-azure`` (device code auto-approved):

@@ -96,6 +96,28 @@ def measure_one(users: int, seed: int, watch_cycles: int) -> dict[str, Any]:
         progress("one-shot after the changes")
         after = engine_driver.one_shot(profile, limit=THROTTLE[0], window=THROTTLE[1])
         record(f"one-shot, {changed} changed (10%+10%)", after, sb.stats())
+        # The same two runs as `presencectl sync` processes: the CPU time of presencectl alone
+        # (user + system of that process; the sandbox runs in its own), wall time beside it.
+        for name, change_seed in (("steady", None), ("changed", seed + 1)):
+            if change_seed is not None:
+                change_ten_percent(sb, pairs, random.Random(change_seed))
+            sb.control.post("/_sandbox/clock/advance", json={"seconds": THROTTLE[1] + 1}) \
+                .raise_for_status()  # an empty throttle window, as for the runs above
+            sb.reset_stats()
+            progress(f"presencectl sync process, {name}")
+            proc = engine_driver.cli_one_shot()
+            stats = sb.stats()
+            rows.append({
+                "users": users, "run": f"presencectl sync process, {name}",
+                "wall_s": proc["elapsed"], "cpu_s": proc["cpu_s"],
+                "cpu_user_s": proc["cpu_user_s"], "cpu_sys_s": proc["cpu_sys_s"],
+                "written": proc["written"], "graph_requests": graph_requests(stats),
+                "connect_requests": sum(v for k, v in stats["requests"].items()
+                                        if k.startswith("connect.")),
+                "presence_reads": stats["requests"].get("graph.getPresencesByUserId", 0),
+                "throttled": stats["throttled"], "endpoints": endpoint_counts(stats),
+            })
+        server_cpu = sb.server_cpu_s()
         sb.reset_stats()
         progress("watch cycles")
         watch = engine_driver.watch_cycles(profile, limit=THROTTLE[0], window=THROTTLE[1],
@@ -121,14 +143,15 @@ def measure_one(users: int, seed: int, watch_cycles: int) -> dict[str, Any]:
         latency = sb.probe_latency_ms()
     for row in rows:
         row["peak_rss_mb"] = peak_rss_mb()
-    return {"rows": rows, "server_rss_mb": server_rss, "sandbox_latency": latency}
+    return {"rows": rows, "server_rss_mb": server_rss, "sandbox_latency": latency,
+            "sandbox_cpu_s_total": server_cpu}
 
 
 def run(sizes: list[int], seed: int, watch_cycles: int) -> Report:
     report = Report(
         "cycle",
-        ["users", "run", "matched", "wall_s", "plan_cpu_ms", "written", "graph_requests",
-         "presence_reads", "connect_requests", "throttled", "peak_rss_mb"],
+        ["users", "run", "matched", "wall_s", "cpu_s", "plan_cpu_ms", "written",
+         "graph_requests", "presence_reads", "connect_requests", "throttled", "peak_rss_mb"],
     )
     report.notes.append(
         "requests are counted by the sandbox (graph_requests counts each $batch member, as "
@@ -162,8 +185,16 @@ def figures(per_size: dict[int, Any]) -> dict[str, Any]:
     for n, data in per_size.items():
         steady = next(r for r in data["rows"] if r["run"] == "one-shot, steady")
         watch = next(r for r in data["rows"] if r["run"].startswith("watch"))
-        changed = next(r for r in data["rows"] if "changed" in r["run"])
+        changed = next(r for r in data["rows"] if r["run"].startswith("one-shot,")
+                       and "changed" in r["run"])
+        proc = {r["run"].rsplit(", ", 1)[1]: r for r in data["rows"]
+                if r["run"].startswith("presencectl sync process")}
         out[str(n)] = {
+            "process_cpu_s_steady": proc.get("steady", {}).get("cpu_s"),
+            "process_cpu_s_changed": proc.get("changed", {}).get("cpu_s"),
+            "process_wall_s_steady": proc.get("steady", {}).get("wall_s"),
+            "process_wall_s_changed": proc.get("changed", {}).get("wall_s"),
+            "sandbox_cpu_s_total": data.get("sandbox_cpu_s_total"),
             "one_shot_steady_s": steady["wall_s"],
             "one_shot_changed_s": changed["wall_s"],
             "watch_cycle_s": watch["wall_s"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -144,16 +145,48 @@ def one_shot(profile: Any, *, limit: int, window: float, direction: str = "both"
     return asyncio.run(go())
 
 
+def cli_one_shot() -> dict[str, Any]:
+    """``presencectl sync -o json`` as its own process, as cron runs it: wall time and the CPU
+    time (user + system) of that process alone, imports, sign-in and everything included."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "presencectl", "--profile", PROFILE, "--no-input", "-o", "json",
+         "sync"],
+        capture_output=True, text=True, env=os.environ.copy(), timeout=900, check=False,
+    )
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode not in (0, 5):
+        raise RuntimeError(f"presencectl sync: exit {out.returncode}: {out.stderr[-2000:]}")
+    summary = json.loads(out.stdout)
+    return {
+        "elapsed": wall,
+        "cpu_user_s": after.ru_utime - before.ru_utime,
+        "cpu_sys_s": after.ru_stime - before.ru_stime,
+        "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+        "written": summary.get("written"),
+        "failed": summary.get("failed"),
+        "exit": out.returncode,
+    }
+
+
 def watch_cycles(profile: Any, *, limit: int, window: float, cycles: int = 4,
-                 direction: str = "both") -> dict[str, Any]:
+                 direction: str = "both",
+                 after_first: Callable[[], None] | None = None) -> dict[str, Any]:
     """Steady-state watch cycles (Teams poll + plan + writes; Connect by its feed), back to back
     (interval ~0): wall per cycle measured between consecutive cycle ends; the first cycle, which
-    lists both directories and reads Connect fully, is reported apart."""
+    lists both directories and reads Connect fully, is reported apart (``after_first`` runs
+    right after it, e.g. to reset the sandbox's counters)."""
     timer = plan_timer()
     ends: list[float] = []
     plan_cpu: list[float] = []
 
     def after(n: int) -> None:
+        if n == 1 and after_first is not None:
+            after_first()
         ends.append(time.perf_counter())
         plan_cpu.append(timer.cpu_s)
         timer.reset()

@@ -340,6 +340,12 @@ class PresenceFeed:
             finally:
                 self.subscription = None
         self._set_state(FeedState.CLOSED)
+        if self._queue.full():
+            # The end marker must get in, or a consumer of events() waits forever: like an
+            # overflow, the oldest event makes room.
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self._queue.get_nowait()
+                self.events_dropped += 1
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait(None)
 

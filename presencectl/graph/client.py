@@ -192,7 +192,6 @@ class GraphClient:
             settings or HttpSettings(),
             base_url=self.graph_url,
             transport=transport,
-            http2=True,
             limits=httpx.Limits(max_connections=max(4, max_in_flight), max_keepalive_connections=8),
         )
 

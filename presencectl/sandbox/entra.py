@@ -381,7 +381,9 @@ class EntraEndpoints:
         person = self.signing_in_user(request)
         state = q.get("state")
         if person is None or {"disabled", "locked"} & person.flags:
-            return _redirect(
+            # The error comes back the way the answer was asked for (msal refuses a query answer
+            # to a form_post request and would wait for its timeout).
+            return (_form_post if q.get("response_mode") == "form_post" else _redirect)(
                 redirect_uri,
                 {
                     "error": "access_denied",

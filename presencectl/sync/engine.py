@@ -870,13 +870,13 @@ class SyncEngine:
                 )
         return [item for item in batch if item is not notes]
 
-    async def _delete_subscription(self, sub: SubscriptionRow) -> None:
+    async def _delete_subscription(self, sub: SubscriptionRow) -> bool:
+        """Delete it at its service; False when the service no longer had it (404)."""
         if sub.side == "graph":
             from presencectl.graph.subscriptions import delete_subscription
 
-            await delete_subscription(self.subscriber or self.teams_reader, sub.id)
-        else:
-            await self.connect.delete_subscription(sub.id)
+            return await delete_subscription(self.subscriber or self.teams_reader, sub.id)
+        return await self.connect.delete_subscription(sub.id)
 
     # -- disable --------------------------------------------------------------------------------
 
@@ -949,8 +949,8 @@ class SyncEngine:
         )
         for sub in self.store.subscriptions():
             with contextlib.suppress(PresencectlError):
-                await self._delete_subscription(sub)
-                result.subscriptions_deleted += 1
+                if await self._delete_subscription(sub):  # False: the service had none
+                    result.subscriptions_deleted += 1
             self.store.delete_subscription(sub.id)
         if result.failed == 0:
             self.store.clear_sync_state()
