@@ -43,6 +43,7 @@ from presencectl.errors import AuthError, ConfigError, PresencectlError
 from presencectl.mapping import Mapping as StatusMapping
 from presencectl.mapping import TeamsStatus
 from presencectl.sync import plan as planner
+from presencectl.sync.adopt import adopt_pairs
 from presencectl.sync.model import (
     Action,
     ActionKind,
@@ -130,6 +131,7 @@ class SyncResult:
     throttled: int = 0
     throttle_wait_s: float = 0.0
     duration_s: float = 0.0
+    adopted: int = 0  # pairs met with no state: any session of ours cleared before reading
     actions: list[ActionReport] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
 
@@ -146,6 +148,7 @@ class SyncResult:
             "cleared": self.cleared,
             "skipped": self.skipped,
             "failed": self.failed,
+            "adopted": self.adopted,
             "throttled": self.throttled,
             "throttle_wait_s": round(self.throttle_wait_s, 3),
             "duration_s": round(self.duration_s, 3),
@@ -319,6 +322,8 @@ class SyncEngine:
     ) -> None:
         """Read (as asked), plan and write for ``keys`` (default: every matched pair)."""
         wanted = list(self.pairs) if keys is None else [k for k in keys if k in self.pairs]
+        if not self.options.dry_run:
+            wanted = await adopt_pairs(self, wanted, result)
         observations: dict[str, list[Observation]] = defaultdict(list)
         read_failures: dict[str, str] = {}
         jobs: list[Awaitable[Any]] = []
