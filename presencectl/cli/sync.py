@@ -94,7 +94,8 @@ def disable(
     import asyncio
 
     try:
-        result = asyncio.run(go())
+        with _instance_lock(profile):
+            result = asyncio.run(go())
     finally:
         progress.close()
     profile.enabled_direction = None
@@ -121,6 +122,18 @@ def disable(
     app.render(data)
     if error is not None:
         raise error
+
+
+def _instance_lock(profile: Any, *, skip: bool = False) -> Any:
+    """The profile's one-instance lock (``already_running``, exit 3, if another one holds it)."""
+    import contextlib
+    import shlex
+
+    from presencectl.sync.lock import profile_lock
+
+    if skip:
+        return contextlib.nullcontext()
+    return profile_lock(profile.name, "presencectl " + shlex.join(sys.argv[1:]))
 
 
 class _Progress:
@@ -153,12 +166,14 @@ class _Progress:
 def sync(
     ctx: typer.Context,
     watch: bool = typer.Option(False, "--watch", help="Keep syncing until interrupted."),
-    interval: float = typer.Option(5.0, "--interval", help="Watch: seconds between Teams polls."),
+    interval: float = typer.Option(
+        5.0, "--interval", min=0.5, help="Watch: seconds between Teams polls."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing."),
     direction: str | None = typer.Option(
         None, "--direction", help=f"{DIRECTION_HELP} (default: the enabled direction)"
     ),
-    max_cycles: int | None = typer.Option(None, "--max-cycles", help="Watch: stop after N."),
+    max_cycles: int | None = typer.Option(None, "--max-cycles", min=1, help="Watch: stop after N."),
     duration: float | None = typer.Option(None, "--duration", help="Watch: stop after SECONDS."),
     notify_url: str | None = typer.Option(
         None,
@@ -199,8 +214,6 @@ def sync(
             hint="run `presencectl enable` (or pass --direction)",
             code="sync_not_enabled",
         )
-    if interval <= 0:
-        raise UsageError("--interval must be positive", hint="e.g. --interval 5")
     check_prerequisites(profile, chosen)
     options = EngineOptions(direction=chosen, dry_run=dry_run, interval=interval)
     if watch:
@@ -209,9 +222,11 @@ def sync(
         options.notify = notify_options_for(
             profile, notify_url, listen, listen_cert, listen_key, reconcile_interval
         )
-        result = _watch(app, profile, options, max_cycles, duration)
-    else:
-        result = _once(app, profile, options)
+    with _instance_lock(profile, skip=dry_run):  # a dry run writes nothing: no lock needed
+        if watch:
+            result = _watch(app, profile, options, max_cycles, duration)
+        else:
+            result = _once(app, profile, options)
     if result.failed:
         error = _partial(result)
         error.in_document = app.json and not watch
