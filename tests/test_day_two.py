@@ -160,3 +160,110 @@ def test_intervals_below_the_floor_are_usage_errors(cli: Any, args: list[str]) -
     result = cli("-o", "json", "sync", *args)
     assert result.exit_code == 2, result.stdout + result.stderr
     assert result.json()["error"]["code"] == "usage"
+
+
+# -- signals ---------------------------------------------------------------------------------------
+
+
+def _sandbox_writes(org: Org) -> int:
+    return int(org.sb.world.stats.writes)
+
+
+def _audit_ok_since(after_id: int) -> int:
+    import sqlite3
+
+    from presencectl.sync.state import database_path
+
+    with sqlite3.connect(database_path("sandbox")) as db:
+        row = db.execute(
+            "SELECT count(*) FROM audit WHERE id > ? AND outcome = 'ok'", (after_id,)
+        ).fetchone()
+    return int(row[0])
+
+
+def _last_audit_id() -> int:
+    import sqlite3
+
+    from presencectl.sync.state import database_path
+
+    with sqlite3.connect(database_path("sandbox")) as db:
+        return int(db.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()[0])
+
+
+def _integrity() -> str:
+    import sqlite3
+
+    from presencectl.sync.state import database_path
+
+    with sqlite3.connect(database_path("sandbox")) as db:
+        return str(db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _calls_everywhere(org: Org) -> None:
+    """Six Connect calls (→ Teams writes, one $batch) and six Teams calls (→ Connect writes)."""
+    for person in org.people[:6]:
+        org.connect(person.email, "onphone")
+        org.teams(person.email, "Available", "Available")
+    for person in org.people[6:12]:
+        org.teams(person.email, "Busy", "InACall")
+        org.connect(person.email, "available")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_batch_finishes_it_records_it_and_exits_130(
+    org: Org, children: Callable[..., Child], sig: signal.Signals
+) -> None:
+    assert run("sync").returncode == 0  # adopt every pair first: the next run has state
+    _calls_everywhere(org)
+    org.sb.control.post("/_sandbox/faults", json={"latency_ms": 800}).raise_for_status()
+    baseline, audit_before = _sandbox_writes(org), _last_audit_id()
+
+    once = children("once", "-o", "json", "sync")
+    wait_for(lambda: _sandbox_writes(org) > baseline, "the first write to land")
+    once.proc.send_signal(sig)  # the Teams $batch (six members, 0.8 s each) is still in flight
+    assert once.wait() == 130, once.stderr()
+    org.sb.control.post("/_sandbox/faults", json={"latency_ms": 0}).raise_for_status()
+
+    document = json.loads(once.stdout())  # one JSON document
+    assert document["interrupted"] is True
+    assert document["error"]["code"] == "interrupted"
+    landed = _sandbox_writes(org) - baseline
+    assert landed >= 12  # the batch in flight was finished, not dropped
+    assert document["written"] + document["cleared"] == landed
+    assert _audit_ok_since(audit_before) == landed  # every write that landed has its audit row
+    last = json.loads(run("-o", "json", "status").stdout)["last_run"]
+    assert last["outcome"] == "interrupted" and last["written"] == document["written"]
+    assert "Traceback" not in once.stderr()
+
+    again = json.loads(run("-o", "json", "sync").stdout)  # nothing lost, nothing repeated
+    assert again["written"] == 0 and again["failed"] == 0
+
+
+def test_a_second_signal_aborts_at_once_and_the_database_stays_consistent(
+    org: Org, children: Callable[..., Child]
+) -> None:
+    assert run("sync").returncode == 0
+    _calls_everywhere(org)
+    org.sb.control.post("/_sandbox/faults", json={"latency_ms": 1500}).raise_for_status()
+    baseline = _sandbox_writes(org)
+
+    once = children("once", "sync")
+    wait_for(lambda: _sandbox_writes(org) > baseline, "the first write to land")
+    once.proc.send_signal(signal.SIGINT)
+    wait_for(lambda: "again to abort" in once.stderr(), "the first signal's note")
+    once.proc.send_signal(signal.SIGINT)
+    assert once.wait() == 130
+    assert "Traceback" not in once.stderr()
+    org.sb.control.post("/_sandbox/faults", json={"latency_ms": 0}).raise_for_status()
+    assert _integrity() == "ok"
+
+    resumed = run("-o", "json", "sync")  # the intent saved before sending is honoured
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    settled = json.loads(run("-o", "json", "sync").stdout)
+    assert settled["written"] == 0 and settled["cleared"] == 0
+    for person in org.people[:6]:
+        assert org.teams_pair(person.email) == "Busy/InACall"
+    for person in org.people[6:12]:
+        assert org.connect_shows(person.email)["status"] == "onphone"
+    assert run("disable", "--yes").returncode == 0
+    assert org.our_sessions() == 0  # the state knew every session, the aborted batch's too

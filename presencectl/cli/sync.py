@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from presencectl.cli.context import AppContext
-from presencectl.errors import PartialSyncError, UsageError
+from presencectl.errors import ExitCode, PartialSyncError, PresencectlError, UsageError
 
 DIRECTION_HELP = "both | connect-to-teams | teams-to-connect"
 
@@ -86,20 +86,21 @@ def disable(
         raise typer.Abort()
     progress = _Progress(app, "clearing sessions")
 
-    async def go() -> Any:
+    async def go(stop: Any) -> Any:
         options = EngineOptions(direction=Direction.BOTH)
         async with engine_for(profile, options) as engine:
-            return await engine.disable(on_progress=progress.update)
+            return await engine.disable(on_progress=progress.update, stop=stop)
 
-    import asyncio
+    from presencectl.cli.signals import run_stoppable
 
     try:
         with _instance_lock(profile):
-            result = asyncio.run(go())
+            result = run_stoppable(go, on_first=_stopping_note(app))
     finally:
         progress.close()
-    profile.enabled_direction = None
-    save_profile(profile)
+    if not result.interrupted:  # interrupted: still enabled, sessions left to clear
+        profile.enabled_direction = None
+        save_profile(profile)
     data = {
         "teams_cleared": result.teams_cleared,
         "connect_cleared": result.connect_cleared,
@@ -107,13 +108,16 @@ def disable(
         "subscriptions_deleted": result.subscriptions_deleted,
         "failed": result.failed,
         "source": result.source,
+        "interrupted": result.interrupted,
     }
-    error = None
+    error: PresencectlError | None = None
     if result.failed:
         error = PartialSyncError(
             f"{result.failed} session(s) could not be cleared",
             hint="run `presencectl disable --yes` again; the failures are listed above",
         )
+    if result.interrupted:
+        error = _interrupted("disable")
     if app.json:
         data["failures"] = result.failures
         if error is not None:
@@ -122,6 +126,22 @@ def disable(
     app.render(data)
     if error is not None:
         raise error
+
+
+def _interrupted(command: str) -> PresencectlError:
+    return PresencectlError(
+        "interrupted: the writes in flight were finished and recorded, no new ones started",
+        hint=f"run `presencectl {command}` again to finish",
+        code="interrupted",
+        exit_code=ExitCode.INTERRUPTED,
+    )
+
+
+def _stopping_note(app: AppContext) -> Any:
+    def note(signal_name: str) -> None:
+        app.status(f"{signal_name}: stopping after the writes in flight (again to abort at once)…")
+
+    return note
 
 
 def _instance_lock(profile: Any, *, skip: bool = False) -> Any:
@@ -227,6 +247,10 @@ def sync(
             result = _watch(app, profile, options, max_cycles, duration)
         else:
             result = _once(app, profile, options)
+    if result.interrupted and not watch:  # a watch is meant to be stopped: see _watch_exit
+        error = _interrupted("sync")
+        error.in_document = app.json
+        raise error
     if result.failed:
         error = _partial(result)
         error.in_document = app.json and not watch
@@ -243,13 +267,13 @@ def _partial(result: Any) -> PartialSyncError:
 def _once(app: AppContext, profile: Any, options: Any) -> Any:
     from presencectl.sync.engine import engine_for
 
-    async def go() -> Any:
+    async def go(stop: Any) -> Any:
         async with engine_for(profile, options) as engine:
-            return await engine.run_once()
+            return await engine.run_once(stop=stop)
 
-    import asyncio
+    from presencectl.cli.signals import run_stoppable
 
-    result = asyncio.run(go())
+    result = run_stoppable(go, on_first=_stopping_note(app))
     if app.json:
         document = {
             **result.summary(),
@@ -258,6 +282,8 @@ def _once(app: AppContext, profile: Any, options: Any) -> Any:
         }
         if result.failed:  # one document: the exit-5 error rides along (see errors.in_document)
             document["error"] = _partial(result).to_dict()
+        if result.interrupted:  # exit 130 wins over 5
+            document["error"] = _interrupted("sync").to_dict()
         app.render(document)
         return result
     if options.dry_run:
@@ -294,10 +320,8 @@ def _watch(
     max_cycles: int | None,
     duration: float | None,
 ) -> Any:
-    import asyncio
-    import signal
-
     from presencectl import output
+    from presencectl.cli.signals import run_stoppable
     from presencectl.sync.engine import engine_for
 
     live: Any = None
@@ -318,28 +342,15 @@ def _watch(
                 sys.stdout.write(line + "\n")
                 sys.stdout.flush()
 
-    async def go() -> Any:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass  # not the main thread, or Windows: Ctrl-C still ends the run
-        try:
-            async with engine_for(profile, options, on_event=on_event) as engine:
-                return await engine.watch(stop=stop, max_cycles=max_cycles, duration=duration)
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+    async def go(stop: Any) -> Any:
+        async with engine_for(profile, options, on_event=on_event) as engine:
+            return await engine.watch(stop=stop, max_cycles=max_cycles, duration=duration)
 
     if live is not None:
         with live:
-            result = asyncio.run(go())
+            result = run_stoppable(go, on_first=_stopping_note(app))
     else:
-        result = asyncio.run(go())
+        result = run_stoppable(go, on_first=_stopping_note(app))
     if not app.json:
         app.status(
             f"Stopped after {result.cycles} cycle(s): {result.written} written, "

@@ -132,6 +132,7 @@ class SyncResult:
     throttle_wait_s: float = 0.0
     duration_s: float = 0.0
     adopted: int = 0  # pairs met with no state: any session of ours cleared before reading
+    interrupted: bool = False  # stopped by SIGINT/SIGTERM (after the batch in flight)
     actions: list[ActionReport] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
 
@@ -149,6 +150,7 @@ class SyncResult:
             "skipped": self.skipped,
             "failed": self.failed,
             "adopted": self.adopted,
+            "interrupted": self.interrupted,
             "throttled": self.throttled,
             "throttle_wait_s": round(self.throttle_wait_s, 3),
             "duration_s": round(self.duration_s, 3),
@@ -174,6 +176,7 @@ class DisableResult:
     already_gone: int = 0
     failed: int = 0
     subscriptions_deleted: int = 0
+    interrupted: bool = False  # stopped by SIGINT/SIGTERM: the rest is still to clear
     source: str = "state"  # state | directory (the state was gone: every matched user swept)
     failures: list[dict[str, str]] = field(default_factory=list)
 
@@ -232,6 +235,7 @@ class SyncEngine:
         self._run_id: int | None = None
         self._write_lock = asyncio.Lock()
         self.notifications: TeamsNotifications | None = None
+        self._stop: asyncio.Event | None = None  # set: plan no more writes (SIGINT/SIGTERM)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -371,6 +375,8 @@ class SyncEngine:
                     teams=encode_value(observed.genuine_teams),
                     connect=encode_value(observed.genuine_connect),
                 )
+        if self._stopping():
+            return  # stopped before writing: nothing planned here is sent, nothing persisted
         acted = {a.key for a in plan.actions}
         result.skipped += sum(1 for k in wanted if k not in acted)
         if self.options.dry_run:
@@ -595,19 +601,30 @@ class SyncEngine:
         result.unmatched = self._unmatched
         result.conflicts = self._conflicts
 
-    async def run_once(self) -> SyncResult:
-        """One full cycle: directory, both sides read, plan, write, persist."""
+    def _stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    async def run_once(self, stop: asyncio.Event | None = None) -> SyncResult:
+        """One full cycle: directory, both sides read, plan, write, persist.
+
+        ``stop`` set (SIGINT/SIGTERM): the writes already sent are finished and persisted, no
+        new ones start, and the result says ``interrupted``."""
         started = time.monotonic()
         result = self._new_result()
+        self._stop = stop
         self._start_run("once")
         outcome = "error"
         try:
             await self.refresh_directory(force=True)
             self._fill_directory_counts(result)
-            await self.release_unmatched(result)
-            await self.cycle(result)
-            result.cycles = 1
+            if not self._stopping():
+                await self.release_unmatched(result)
+            if not self._stopping():
+                await self.cycle(result)
+                result.cycles = 1
+            result.interrupted = self._stopping()
             outcome = "partial" if result.failed else "ok"
+            outcome = "interrupted" if result.interrupted else outcome
         finally:
             result.duration_s = time.monotonic() - started
             result.throttled, result.throttle_wait_s = self._throttle()
@@ -628,6 +645,7 @@ class SyncEngine:
         (of the injected clock); the batch in flight is always written and persisted first.
         """
         stop = stop or asyncio.Event()
+        self._stop = stop
         started = time.monotonic()
         started_at = self.clock()
         result = self._new_result()
@@ -664,6 +682,7 @@ class SyncEngine:
                 if duration is not None and (self.clock() - started_at).total_seconds() >= duration:
                     break
                 await self._wait_for_events(events, stop, result)
+            result.interrupted = stop.is_set()
             outcome = "partial" if result.failed else "ok"
         finally:
             if feed is not None:
@@ -876,11 +895,16 @@ class SyncEngine:
 
     # -- disable --------------------------------------------------------------------------------
 
-    async def disable(self, on_progress: Callable[[int, int], None] | None = None) -> DisableResult:
+    async def disable(
+        self,
+        on_progress: Callable[[int, int], None] | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> DisableResult:
         """Clear every session we hold on both sides and delete our subscriptions.
 
         From the state database; when it holds nothing (state lost), from the directory: our
-        session is cleared for every matched user on both sides (404 = nothing to clear)."""
+        session is cleared for every matched user on both sides (404 = nothing to clear).
+        ``stop`` set: the chunk in flight is finished and persisted, the rest left (interrupted)."""
         result = DisableResult()
         held: list[HeldSession] = self.store.sessions()
         targets: list[tuple[str, Side, str]] = [(h.key, h.side, h.user_id) for h in held]
@@ -896,6 +920,9 @@ class SyncEngine:
         audit: list[AuditEntry] = []
         chunk = 200
         for start in range(0, total, chunk):
+            if stop is not None and stop.is_set():
+                result.interrupted = True
+                break
             part = targets[start : start + chunk]
             actions = [
                 Action(
@@ -929,10 +956,12 @@ class SyncEngine:
                     )  # fmt: skip
             done += len(part)
             self.store.forget_sessions(cleared)
-            cleared = []
+            self.store.append_audit(audit)  # per chunk: an abort keeps what was done so far
+            cleared, audit = [], []
             if on_progress is not None:
                 on_progress(done, total)
-        self.store.append_audit(audit)
+        if result.interrupted:
+            return result  # sessions are still held: keep what disable needs to finish later
         result.connect_cleared += await self._clear_legacy_connect(
             [user_id for _, side, user_id in targets if side is Side.CONNECT]
         )
