@@ -267,3 +267,73 @@ def test_a_second_signal_aborts_at_once_and_the_database_stays_consistent(
         assert org.connect_shows(person.email)["status"] == "onphone"
     assert run("disable", "--yes").returncode == 0
     assert org.our_sessions() == 0  # the state knew every session, the aborted batch's too
+
+
+# -- exit codes of a long run ----------------------------------------------------------------------
+
+
+class _RefusingConnect:
+    """A person's Connect presence that refuses every write (the rest is the real one)."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def set(self, *args: Any, **kwargs: Any) -> Any:
+        from presencectl.sandbox.connect_api import ConnectError
+
+        raise ConnectError(400, "invalid_request", "refused by the test")
+
+
+def _refuse_connect_writes(org: Org, email: str) -> Callable[[], None]:
+    """Connect refuses (400) every write to one person until the returned undo is called."""
+    person = org.sb.world.person_by_email(email)
+    real = person.connect
+    person._connect = _RefusingConnect(real)
+
+    def undo() -> None:
+        person._connect = real
+
+    return undo
+
+
+def _writes_for(child: Child, email: str, outcome: str) -> int:
+    return sum(
+        1
+        for e in child.events()
+        if e.get("event") == "write" and e.get("user") == email and e.get("outcome") == outcome
+    )
+
+
+def test_a_stopped_watch_exits_0_once_its_failures_healed_and_5_while_one_still_fails(
+    org: Org, children: Callable[..., Child]
+) -> None:
+    assert run("sync").returncode == 0
+    healed, stuck = org.people[0].email, org.people[1].email
+
+    undo = _refuse_connect_writes(org, healed)
+    watch = children("healed", "-o", "json", "sync", "--watch", "--interval", "0.5")
+    wait_for(lambda: cycles(watch) >= 1, "the first cycle")
+    org.teams(healed, "Busy", "InACall")
+    wait_for(lambda: _writes_for(watch, healed, "failed") >= 1, "a failed write")
+    undo()
+    wait_for(lambda: _writes_for(watch, healed, "ok") >= 1, "the retried write")
+    watch.proc.send_signal(signal.SIGTERM)
+    assert watch.wait() == 0, watch.stderr()  # an hour-old failure since healed is no failure
+    stop = watch.events()[-1]
+    assert stop["event"] == "stop" and stop["failed"] == 0 and stop["interrupted"] is True
+    assert org.connect_shows(healed)["status"] == "onphone"
+
+    _refuse_connect_writes(org, stuck)
+    watch = children("stuck", "-o", "json", "sync", "--watch", "--interval", "0.5")
+    wait_for(lambda: cycles(watch) >= 1, "the first cycle")
+    org.teams(stuck, "Busy", "InACall")
+    wait_for(lambda: _writes_for(watch, stuck, "failed") >= 2, "the write failing, retried")
+    watch.proc.send_signal(signal.SIGINT)
+    assert watch.wait() == 5, watch.stderr()
+    lines = watch.events()
+    stop = next(e for e in lines if e.get("event") == "stop")
+    assert stop["failed"] == 1 and [f["user"] for f in stop["failures"]] == [stuck]
+    assert lines[-1]["error"]["code"] == "partial_sync" and stuck in lines[-1]["error"]["message"]

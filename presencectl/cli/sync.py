@@ -258,8 +258,11 @@ def sync(
 
 
 def _partial(result: Any) -> PartialSyncError:
+    users = sorted({f["user"] for f in result.failures})
+    named = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+    failing = f" (failing: {named})" if named else ""
     return PartialSyncError(
-        f"{result.failed} user(s) failed; the rest synced",
+        f"{result.failed} user(s) failed; the rest synced{failing}",
         hint="see the failures above; run again, or with -v for details",
     )
 
@@ -356,6 +359,8 @@ def _watch(
             f"Stopped after {result.cycles} cycle(s): {result.written} written, "
             f"{result.cleared} cleared, {result.failed} failed."
         )
+        if result.failures:  # users whose latest write still fails (healed ones are not)
+            app.render(result.failures, title="Still failing")
     return result
 
 

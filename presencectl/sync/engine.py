@@ -236,6 +236,10 @@ class SyncEngine:
         self._write_lock = asyncio.Lock()
         self.notifications: TeamsNotifications | None = None
         self._stop: asyncio.Event | None = None  # set: plan no more writes (SIGINT/SIGTERM)
+        # (pair key, side) → its latest failure, until a later cycle handles that pair cleanly:
+        # what `failed` and the exit code of a long run report (a failure since healed is not).
+        self._failing: dict[tuple[str, str], dict[str, str]] = {}
+        self._failed_now: set[tuple[str, str]] = set()
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -325,6 +329,7 @@ class SyncEngine:
         keys: Sequence[str] | None = None,
     ) -> None:
         """Read (as asked), plan and write for ``keys`` (default: every matched pair)."""
+        self._failed_now = set()
         wanted = list(self.pairs) if keys is None else [k for k in keys if k in self.pairs]
         if not self.options.dry_run:
             wanted = await adopt_pairs(self, wanted, result)
@@ -384,6 +389,7 @@ class SyncEngine:
                 result.actions.append(self._report(action, "planned"))
             return
         await self._execute(plan.actions, plan.new_states, plan.observed_states, result, now)
+        self._settle_failures(wanted, result)
 
     async def _execute(
         self,
@@ -539,6 +545,20 @@ class SyncEngine:
     def _fail(self, result: SyncResult, key: str, side: str, error: str) -> None:
         result.failed += 1
         result.failures.append({"user": self._user(key), "side": side, "error": error})
+        self._failing[(key, side)] = result.failures[-1]
+        self._failed_now.add((key, side))
+
+    def _settle_failures(
+        self, handled: Iterable[str], result: SyncResult, failed: set[tuple[str, str]] | None = None
+    ) -> None:
+        """Pairs handled without failure are no longer failing; ``failed`` counts what still is."""
+        failed = self._failed_now if failed is None else failed
+        for key in handled:
+            for side in ("teams", "connect"):
+                if (key, side) not in failed:
+                    self._failing.pop((key, side), None)
+        result.failed = len(self._failing)
+        result.failures = list(self._failing.values())
 
     def _throttle(self) -> tuple[int, float]:
         metrics = self.graph.metrics  # one limiter shared with the reader
@@ -576,6 +596,7 @@ class SyncEngine:
         forget -= set(keep)
         for key in forget:
             self.states.pop(key, None)
+        self._settle_failures(forget, result, failed=set())
         self.store.save_states([], audit=audit, forget=sorted(forget))
 
     # -- runs -----------------------------------------------------------------------------------
@@ -693,7 +714,7 @@ class SyncEngine:
             result.duration_s = time.monotonic() - started
             result.throttled, result.throttle_wait_s = self._throttle()
             self._finish_run(result, outcome)
-            self._emit("stop", **result.summary())
+            self._emit("stop", **result.summary(), failures=result.failures)
         return result
 
     def _emit_cycle(self, result: SyncResult) -> None:
