@@ -337,3 +337,31 @@ def test_a_stopped_watch_exits_0_once_its_failures_healed_and_5_while_one_still_
     stop = next(e for e in lines if e.get("event") == "stop")
     assert stop["failed"] == 1 and [f["user"] for f in stop["failures"]] == [stuck]
     assert lines[-1]["error"]["code"] == "partial_sync" and stuck in lines[-1]["error"]["message"]
+
+
+# -- a closed pipe ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["json", "table"])
+def test_a_watch_whose_reader_leaves_stops_quietly_with_exit_0(
+    org: Org, tmp_path: Path, fmt: str
+) -> None:
+    """``presencectl sync --watch -o json | head -1``."""
+    err_path = tmp_path / "watch.err"
+    with err_path.open("w") as err:
+        proc = subprocess.Popen(
+            command("-o", fmt, "sync", "--watch", "--interval", "0.5"),
+            stdout=subprocess.PIPE, stderr=err, text=True, env=os.environ.copy(),
+        )  # fmt: skip
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.strip()  # `head -1` got its line…
+        proc.stdout.close()  # …and left
+        code = proc.wait(120)
+    stderr = err_path.read_text()
+    assert code == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    from presencectl.sync.lock import lock_path, read_holder
+
+    assert read_holder(lock_path("sandbox")).pid == proc.pid  # it ran under the lock…
+    assert run("sync").returncode == 0  # …and released it on its way out

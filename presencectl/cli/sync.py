@@ -324,14 +324,16 @@ def _watch(
     duration: float | None,
 ) -> Any:
     from presencectl import output
+    from presencectl.cli.pipe import ClosedPipeGuard
     from presencectl.cli.signals import run_stoppable
     from presencectl.sync.engine import engine_for
 
+    pipe = ClosedPipeGuard()  # the reader of stdout may leave (`| head -1`): stop quietly
     live: Any = None
     if app.json:
 
         def on_event(event: Any) -> None:
-            output.emit_event(event.to_dict())
+            pipe.write(output.emit_event, event.to_dict())
     elif app.output == "table" and sys.stdout.isatty():
         from presencectl.cli.live import LiveView
 
@@ -339,13 +341,17 @@ def _watch(
         on_event = live.on_event
     else:
 
+        def write_line(line: str) -> None:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
         def on_event(event: Any) -> None:
             line = _plain_line(event)
             if line:
-                sys.stdout.write(line + "\n")
-                sys.stdout.flush()
+                pipe.write(write_line, line)
 
     async def go(stop: Any) -> Any:
+        pipe.stop = stop
         async with engine_for(profile, options, on_event=on_event) as engine:
             return await engine.watch(stop=stop, max_cycles=max_cycles, duration=duration)
 
@@ -354,6 +360,8 @@ def _watch(
             result = run_stoppable(go, on_first=_stopping_note(app))
     else:
         result = run_stoppable(go, on_first=_stopping_note(app))
+    if pipe.closed:
+        raise typer.Exit(0)  # like `yes | head`: the reader left, nothing went wrong
     if not app.json:
         app.status(
             f"Stopped after {result.cycles} cycle(s): {result.written} written, "
