@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -63,6 +64,7 @@ from presencectl.sync.state import (
     SubscriptionRow,
     side_user_id,
 )
+from presencectl.sync.state_health import state_unavailable
 
 if TYPE_CHECKING:
     from presencectl.config import Profile
@@ -1163,6 +1165,8 @@ async def engine_for(
             matcher=matcher,
             subscriber=subscriber,
         )
+    except sqlite3.Error as exc:  # writes are caught in StateStore.transaction; reads here
+        raise state_unavailable(store.path, exc, "read") from exc
     finally:
         await graph.aclose()
         if subscriber is not None:
@@ -1218,6 +1222,13 @@ def state_summary(profile_name: str) -> dict[str, Any]:
     path = database_path(profile_name)
     if not path.exists():
         return {"state_db": str(path), "exists": False}
+    try:
+        return _state_summary(path)
+    except sqlite3.Error as exc:
+        raise state_unavailable(path, exc, "read") from exc
+
+
+def _state_summary(path: Any) -> dict[str, Any]:
     with StateStore(path) as store:
         last = store.last_run()
         sessions = store.session_count()

@@ -76,10 +76,11 @@ def profile_lock(profile_name: str, command: str, directory: Path | None = None)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
+        from presencectl.sync.state_health import remedy
+
         raise ConfigError(
             f"cannot create the lock file {path}: {exc.strerror or exc}",
-            hint="make the state dir writable by this user, or point PRESENCECTL_STATE_DIR "
-            "at a directory that is",
+            hint=remedy(path, exc),
             code="state_unavailable",
         ) from exc
     try:
