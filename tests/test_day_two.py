@@ -365,3 +365,68 @@ def test_a_watch_whose_reader_leaves_stops_quietly_with_exit_0(
 
     assert read_holder(lock_path("sandbox")).pid == proc.pid  # it ran under the lock…
     assert run("sync").returncode == 0  # …and released it on its way out
+
+
+# -- the watch survives the world ------------------------------------------------------------------
+
+
+def _faults(org: Org, **values: Any) -> None:
+    org.sb.control.post("/_sandbox/faults", json=values).raise_for_status()
+
+
+def _events_of(child: Child, kind: str) -> list[dict[str, Any]]:
+    return [e for e in child.events() if e.get("event") == kind]
+
+
+def test_the_sandbox_outage_drops_every_connection_but_the_control_api(org: Org) -> None:
+    import ssl
+
+    import httpx
+
+    tls = ssl.create_default_context(cafile=org.sb.ca_bundle)
+    _faults(org, outage_s=3600)
+    with httpx.Client(verify=tls, timeout=10) as client:
+        with pytest.raises(httpx.TransportError):
+            client.get(
+                f"{org.sb.base_url}/{org.sb.world.tenant_id}/v2.0/.well-known/openid-configuration"
+            )
+        with pytest.raises(httpx.TransportError):
+            client.get(f"{org.sb.base_url}/v1.0/users")
+    assert org.sb.control.get("/_sandbox/health").json() == {"status": "ok"}
+    _faults(org, outage_s=0)  # ends it at once
+    with httpx.Client(verify=tls, timeout=10) as client:
+        metadata = (
+            f"{org.sb.base_url}/{org.sb.world.tenant_id}/v2.0/.well-known/openid-configuration"
+        )
+        assert client.get(metadata).status_code == 200
+
+
+def test_a_watch_waits_out_an_outage_and_reconciles_in_full(
+    org: Org, children: Callable[..., Child]
+) -> None:
+    assert run("sync").returncode == 0
+    caller, agent = org.people[0].email, org.people[1].email
+    watch = children("watch", "-o", "json", "sync", "--watch", "--interval", "0.5")
+    wait_for(lambda: cycles(watch) >= 1, "the first cycle")
+
+    _faults(org, outage_s=3600)  # every connection to Entra, Graph and Connect dropped
+    org.teams(caller, "Busy", "InACall")  # changes nobody can see during the outage
+    org.connect(agent, "onphone")
+    outage = wait_for(lambda: _events_of(watch, "outage"), "the watch to notice", timeout=180)[0]
+    assert "unreachable since" in outage["message"] and "retrying in" in outage["message"]
+    status = json.loads(run("-o", "json", "status").stdout)
+    assert "unreachable since" in (status["outage"] or "")
+    wait_for(lambda: len(_events_of(watch, "outage")) >= 2, "a second try", timeout=180)
+    assert watch.proc.poll() is None  # still running
+
+    _faults(org, outage_s=0)  # the network returns
+    recovered = wait_for(lambda: _events_of(watch, "recovered"), "recovery", timeout=180)[0]
+    assert recovered["down_s"] > 0
+    wait_for(lambda: org.connect_shows(caller)["status"] == "onphone", "Teams → Connect")
+    wait_for(lambda: org.teams_pair(agent) == "Busy/InACall", "Connect → Teams")
+    assert watch.proc.poll() is None
+    assert json.loads(run("-o", "json", "status").stdout)["outage"] is None
+
+    watch.proc.send_signal(signal.SIGTERM)
+    assert watch.wait() == 0, watch.stderr()  # the failures of the outage have healed
+    assert "Traceback" not in watch.stderr()

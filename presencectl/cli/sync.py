@@ -391,6 +391,11 @@ def event_text(event: Any) -> str | None:
         return f"connect feed {data['state']}"
     if event.type == "notifications":
         return f"teams notifications: {data['reason']}"
+    if event.type == "outage":
+        return f"{data['message']} ({data['error']})"
+    if event.type == "recovered":
+        down = data["down_s"]
+        return f"{data['service']} reachable again after {down:.0f} s: reconciling in full"
     return None
 
 

@@ -56,6 +56,7 @@ from presencectl.sync.model import (
     UserPair,
     encode_value,
 )
+from presencectl.sync.resilience import Backoff, Outage, is_transient, service_of
 from presencectl.sync.state import (
     AuditEntry,
     HeldSession,
@@ -77,6 +78,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
 EventCallback = Callable[["SyncEvent"], None]
+OUTAGE_META = "outage"  # state meta key: the outage a watch is waiting out (status shows it)
 
 
 def utc_now() -> datetime:
@@ -242,6 +244,8 @@ class SyncEngine:
         # what `failed` and the exit code of a long run report (a failure since healed is not).
         self._failing: dict[tuple[str, str], dict[str, str]] = {}
         self._failed_now: set[tuple[str, str]] = set()
+        self._outage: Outage | None = None  # watch: a service we are waiting for
+        self._backoff = Backoff()
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -673,6 +677,7 @@ class SyncEngine:
         started_at = self.clock()
         result = self._new_result()
         self._start_run("watch")
+        self._set_outage_meta(None)  # left by a watch that was killed while waiting
         events: asyncio.Queue[Any] = asyncio.Queue()
         self._emit("start", direction=self.options.direction.value, interval=self.options.interval)
         feed = await self._start_feed(events) if self.options.use_feed else None
@@ -680,10 +685,16 @@ class SyncEngine:
         outcome = "error"
         try:
             while not stop.is_set():
-                await self.refresh_directory()
+                if duration is not None and self._outage and self._elapsed(started_at) >= duration:
+                    break  # the duration ran out while a service was down
+                # A failure a retry can fix is waited out, then the poll starts over (_survive).
+                if not await self._survive(self.refresh_directory(), stop):
+                    continue
                 self._fill_directory_counts(result)
-                await self._follow_directory_with_notifications()
-                await self.release_unmatched(result)
+                if not await self._survive(self._follow_directory_with_notifications(), stop):
+                    continue
+                if not await self._survive(self.release_unmatched(result), stop):
+                    continue
                 # Connect is read in full on the first poll, while the feed is down, and once
                 # after every reconnect (events raised meanwhile are lost); else the feed says.
                 poll_connect = (
@@ -692,8 +703,11 @@ class SyncEngine:
                     or not feed.connected
                     or self._feed_deaf(feed)
                     or self._feed_reconnected(feed)
+                    or self._outage is not None  # and after an outage
                 )
-                await self.cycle(result, read_connect=poll_connect)
+                if not await self._survive(self.cycle(result, read_connect=poll_connect), stop):
+                    continue
+                self._recovered()
                 result.cycles += 1
                 self._emit_cycle(result)
                 if after_cycle is not None:
@@ -704,7 +718,7 @@ class SyncEngine:
                     break
                 if duration is not None and (self.clock() - started_at).total_seconds() >= duration:
                     break
-                await self._wait_for_events(events, stop, result)
+                await self._survive(self._wait_for_events(events, stop, result), stop)
             result.interrupted = stop.is_set()
             outcome = "partial" if result.failed else "ok"
         finally:
@@ -715,9 +729,69 @@ class SyncEngine:
             await self._stop_notifications()
             result.duration_s = time.monotonic() - started
             result.throttled, result.throttle_wait_s = self._throttle()
+            self._set_outage_meta(None)  # a stopped watch is not waiting for anything
             self._finish_run(result, outcome)
             self._emit("stop", **result.summary(), failures=result.failures)
         return result
+
+    # -- weathering outages (sync/resilience.py) --------------------------------------------------
+
+    def _elapsed(self, since: datetime) -> float:
+        return (self.clock() - since).total_seconds()
+
+    async def _survive(self, step: Awaitable[Any], stop: asyncio.Event) -> bool:
+        """Run one step of a watch; False when it failed in a way a retry can fix and the
+        failure was waited out (anything else is raised)."""
+        try:
+            await step
+        except Exception as exc:
+            await self._weather(exc, stop)
+            return False
+        return True
+
+    async def _weather(self, exc: Exception, stop: asyncio.Event) -> None:
+        """Wait out a failure a retry can fix (re-raise any other); the next cycle reconciles
+        in full: directories listed again, Connect read in full."""
+        if not is_transient(exc):
+            raise exc
+        delay = self._backoff.next_delay()
+        text = _why(exc) if isinstance(exc, PresencectlError) else f"{type(exc).__name__}: {exc}"
+        if self._outage is None:
+            self._outage = Outage(service_of(exc), self.clock(), text)
+        self._outage.service, self._outage.error = service_of(exc), text
+        self._outage.retry_in_s, self._outage.attempts = delay, self._backoff.attempts
+        self._directory_at = None
+        log.warning("%s (%s)", self._outage.message(), text)
+        self._emit("outage", **self._outage.to_dict())
+        self._set_outage_meta(self._outage)
+        await self._pause(delay, stop)
+
+    def _recovered(self) -> None:
+        if self._outage is None:
+            return
+        down = self._elapsed(self._outage.since)
+        log.warning("%s reachable again after %.0f s; reconciled in full", self._outage.service,
+                    down)  # fmt: skip
+        self._emit("recovered", service=self._outage.service, down_s=round(down, 1),
+                   attempts=self._outage.attempts)  # fmt: skip
+        self._outage = None
+        self._backoff.reset()
+        self._set_outage_meta(None)
+
+    def _set_outage_meta(self, outage: Outage | None) -> None:
+        if self.options.dry_run:
+            return
+        import json
+
+        self.store.set_meta(OUTAGE_META, None if outage is None else json.dumps(outage.to_dict()))
+
+    async def _pause(self, seconds: float, stop: asyncio.Event) -> None:
+        """``sleep(seconds)``, cut short by ``stop``."""
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        stopper = asyncio.ensure_future(stop.wait())
+        _, pending = await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
 
     def _emit_cycle(self, result: SyncResult) -> None:
         renewals = sorted(
@@ -1258,6 +1332,7 @@ def _state_summary(path: Any) -> dict[str, Any]:
                 "failed": last.counts.failed,
             },
             "next_renewal": _iso(renewals[0].expires_at) if renewals else None,
+            "outage": _outage_text(store.get_meta(OUTAGE_META)),
             "recent_writes": [
                 {
                     "at": _iso(e.at),
@@ -1278,6 +1353,18 @@ def _notifications_summary(store: StateStore) -> dict[str, Any] | None:
     from presencectl.sync.notify import notifications_summary
 
     return notifications_summary(store)
+
+
+def _outage_text(meta: str | None) -> str | None:
+    """What ``status`` says about a watch waiting for a service ("Graph unreachable since …")."""
+    import json
+
+    if not meta:
+        return None
+    try:
+        return str(json.loads(meta)["message"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _iso(ts: float | None) -> str | None:
