@@ -15,6 +15,7 @@ dead network path cuts a long-lived connection only when something tries to use 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,6 +49,17 @@ def _abort(receive: Receive) -> bool:
     return True
 
 
+async def _abort_and_settle(receive: Receive) -> None:
+    """Drop the connection and let uvicorn see it gone before anything else is sent."""
+    if not _abort(receive):
+        return
+    owner = getattr(receive, "__self__", None)
+    for _ in range(5):
+        await asyncio.sleep(0)
+        if getattr(owner, "disconnected", False):
+            break
+
+
 class OutageMiddleware:
     """Drops every connection to the emulated services while the outage lasts."""
 
@@ -63,12 +75,14 @@ class OutageMiddleware:
             return
         if active(self.world):
             self.world.stats.faults_injected += 1
-            if not _abort(receive):  # no socket to drop: the nearest thing
-                if scope["type"] == "http":
-                    await send({"type": "http.response.start", "status": 503, "headers": []})
-                    await send({"type": "http.response.body", "body": b""})
-                else:
-                    await send({"type": "websocket.close", "code": 1011})
+            await _abort_and_settle(receive)
+            # Never sent when the connection is gone (uvicorn drops it; answering keeps it from
+            # logging an app that "returned without starting response"); in-memory ASGI gets it.
+            if scope["type"] == "http":
+                await send({"type": "http.response.start", "status": 503, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await send({"type": "websocket.close", "code": 1011})
             return
         if scope["type"] == "websocket":
             send = self._cut_when_out(receive, send)
