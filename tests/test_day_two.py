@@ -430,3 +430,31 @@ def test_a_watch_waits_out_an_outage_and_reconciles_in_full(
     watch.proc.send_signal(signal.SIGTERM)
     assert watch.wait() == 0, watch.stderr()  # the failures of the outage have healed
     assert "Traceback" not in watch.stderr()
+
+
+def test_an_interrupted_disable_keeps_what_it_needs_to_finish(org: Org) -> None:
+    """The stop comes before the first chunk: nothing is cleared, the state still knows every
+    session, the profile stays enabled; run again, and everything is cleared."""
+    import asyncio
+
+    from presencectl.config import load_profile
+    from presencectl.sync.engine import EngineOptions, engine_for
+
+    _calls_everywhere(org)
+    assert run("sync").returncode == 0
+    held = org.our_sessions()
+    assert held > 0
+
+    async def interrupted() -> Any:
+        stop = asyncio.Event()
+        stop.set()
+        async with engine_for(load_profile("sandbox"), EngineOptions()) as engine:
+            return await engine.disable(stop=stop)
+
+    result = asyncio.run(interrupted())
+    assert result.interrupted and result.teams_cleared + result.connect_cleared == 0
+    assert org.our_sessions() == held
+    finished = run("-o", "json", "disable", "--yes")
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert json.loads(finished.stdout)["interrupted"] is False
+    assert org.our_sessions() == 0

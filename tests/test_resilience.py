@@ -63,3 +63,28 @@ def test_backoff_doubles_with_jitter_up_to_its_cap_and_resets() -> None:
     assert max(delays) <= 60.0 and len(set(delays)) == len(delays)
     backoff.reset()
     assert backoff.next_delay() <= 2.0
+
+
+def test_the_live_view_and_plain_lines_say_what_is_down_and_when_it_came_back() -> None:
+    from datetime import UTC, datetime
+
+    from presencectl.cli.live import LiveView
+    from presencectl.cli.sync import event_text
+    from presencectl.sync.engine import EngineOptions, SyncEvent
+    from presencectl.sync.resilience import Outage
+
+    since = datetime(2026, 11, 30, 10, 2, tzinfo=UTC)
+    outage = Outage("Graph", since, "network_error: refused", retry_in_s=20.0, attempts=3)
+    assert outage.message() == (
+        f"Graph unreachable since {since.astimezone().strftime('%H:%M')}, retrying in 20 s"
+    )
+    down = SyncEvent("outage", since, outage.to_dict())
+    assert event_text(down) == outage.message() + " (network_error: refused)"
+    back = SyncEvent("recovered", since, {"service": "Graph", "down_s": 31.2, "attempts": 3})
+    assert event_text(back) == "Graph reachable again after 31 s: reconciling in full"
+
+    view = LiveView("p", EngineOptions())
+    view.on_event(down)
+    assert view.outage == outage.message()
+    view.on_event(back)
+    assert view.outage is None
