@@ -458,3 +458,43 @@ def test_an_interrupted_disable_keeps_what_it_needs_to_finish(org: Org) -> None:
     assert finished.returncode == 0, finished.stdout + finished.stderr
     assert json.loads(finished.stdout)["interrupted"] is False
     assert org.our_sessions() == 0
+
+
+def test_a_stop_ends_a_big_write_plan_after_the_chunk_in_flight(
+    org: Org, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes go out (and are persisted) a chunk of pairs at a time, so a stop waits for one
+    chunk, not for the whole plan; the next run writes the rest, nothing twice."""
+    import asyncio
+
+    from presencectl.config import load_profile
+    from presencectl.sync import engine as engine_module
+    from presencectl.sync.engine import EngineOptions, engine_for
+
+    assert run("sync").returncode == 0
+    _calls_everywhere(org)  # twelve pairs to write
+    monkeypatch.setattr(engine_module, "WRITE_CHUNK_PAIRS", 3)
+
+    async def once(stop_on_first_write: bool) -> Any:
+        stop = asyncio.Event()
+
+        def on_event(event: Any) -> None:
+            if stop_on_first_write and event.type == "write":
+                stop.set()
+
+        profile = load_profile("sandbox")
+        async with engine_for(profile, EngineOptions(), on_event=on_event) as engine:
+            return await engine.run_once(stop=stop)
+
+    first = asyncio.run(once(True))
+    assert first.interrupted
+    first_users = {a.user for a in first.actions}
+    assert len(first_users) == 3  # one chunk
+    second = asyncio.run(once(False))
+    assert not second.interrupted
+    assert {a.user for a in second.actions}.isdisjoint(first_users)  # nothing twice
+    assert len(first_users) + len({a.user for a in second.actions}) == 12
+    for person in org.people[:6]:
+        assert org.teams_pair(person.email) == "Busy/InACall"
+    for person in org.people[6:12]:
+        assert org.connect_shows(person.email)["status"] == "onphone"

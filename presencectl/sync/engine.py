@@ -52,6 +52,7 @@ from presencectl.sync.model import (
     Direction,
     Observation,
     PairState,
+    PlanResult,
     Side,
     UserPair,
     encode_value,
@@ -79,6 +80,7 @@ Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
 EventCallback = Callable[["SyncEvent"], None]
 OUTAGE_META = "outage"  # state meta key: the outage a watch is waiting out (status shows it)
+WRITE_CHUNK_PAIRS = 500  # pairs written (and persisted) per step: a stop waits for one step
 
 
 def utc_now() -> datetime:
@@ -394,8 +396,35 @@ class SyncEngine:
             for action in plan.actions:
                 result.actions.append(self._report(action, "planned"))
             return
-        await self._execute(plan.actions, plan.new_states, plan.observed_states, result, now)
-        self._settle_failures(wanted, result)
+        handled = await self._execute_in_chunks(plan, result, now)
+        self._settle_failures(handled, result)
+
+    async def _execute_in_chunks(
+        self, plan: PlanResult, result: SyncResult, now: datetime
+    ) -> list[str]:
+        """Write the plan ``WRITE_CHUNK_PAIRS`` pairs at a time, each chunk persisted before the
+        next starts, so that a stop (SIGINT/SIGTERM) ends the run after the chunk in flight.
+        Returns the keys handled (all, unless stopped)."""
+        by_key: dict[str, list[Action]] = {}
+        for action in plan.actions:
+            by_key.setdefault(action.key, []).append(action)
+        if len(by_key) <= WRITE_CHUNK_PAIRS:
+            await self._execute(plan.actions, plan.new_states, plan.observed_states, result, now)
+            return list(plan.observed_states)
+        keys = list(by_key)
+        handled = [k for k in plan.observed_states if k not in by_key]  # nothing to write
+        observed = {k: plan.observed_states[k] for k in handled}
+        for start in range(0, len(keys), WRITE_CHUNK_PAIRS):
+            if start and self._stopping():
+                result.interrupted = True
+                break
+            part = keys[start : start + WRITE_CHUNK_PAIRS]
+            observed.update((k, plan.observed_states[k]) for k in part)
+            actions = [a for k in part for a in by_key[k]]
+            await self._execute(actions, plan.new_states, observed, result, now)
+            handled.extend(part)
+            observed = {}
+        return handled
 
     async def _execute(
         self,
