@@ -79,3 +79,39 @@ def test_dry_run_adopts_nothing(org: Org) -> None:
     assert result.exit_code == 0, result.stderr
     assert result.json()["adopted"] == 0
     assert org.sb.world.stats.writes == 0
+
+
+def test_a_stop_during_adoption_leaves_the_rest_for_the_next_run(
+    org: Org, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from presencectl.config import load_profile
+    from presencectl.sync import engine as engine_module
+    from presencectl.sync.engine import EngineOptions, engine_for
+
+    assert org.run("enable").exit_code == 0
+    monkeypatch.setattr(engine_module, "WRITE_CHUNK_PAIRS", 5)
+
+    async def once(stop_after_first_send: bool) -> Any:
+        stop = asyncio.Event()
+        async with engine_for(load_profile("sandbox"), EngineOptions()) as engine:
+            send = engine._send
+
+            async def sending(actions: Any) -> Any:
+                outcomes = await send(actions)
+                if stop_after_first_send:
+                    stop.set()
+                return outcomes
+
+            engine._send = sending  # type: ignore[method-assign]
+            return await engine.run_once(stop=stop)
+
+    first = asyncio.run(once(True))
+    assert first.interrupted and first.adopted == 5 and first.failed == 0
+    # Stopped before reading, the five have no state yet: adopted again (their clears are
+    # idempotent: 404 = none), with the rest.
+    second = asyncio.run(once(False))
+    assert second.adopted == second.matched and second.failed == 0
+    third = asyncio.run(once(False))
+    assert third.adopted == 0

@@ -37,25 +37,43 @@ REASON = "no state for this pair: clear any session of ours before reading"
 
 
 async def adopt_pairs(engine: SyncEngine, keys: Sequence[str], result: SyncResult) -> list[str]:
-    """Clear our sessions on every pair of ``keys`` with no state; return the keys safe to plan."""
+    """Clear our sessions on every pair of ``keys`` with no state; return the keys safe to plan.
+
+    ``WRITE_CHUNK_PAIRS`` pairs at a time, each chunk's audit saved before the next: a stop
+    (SIGINT/SIGTERM) leaves the rest for the next run, held back like a failure but not one."""
     fresh = [k for k in keys if k not in engine.states]
     if not fresh:
         return list(keys)
+    from presencectl.sync.engine import WRITE_CHUNK_PAIRS
+
+    held_back: set[str] = set()
+    for start in range(0, len(fresh), WRITE_CHUNK_PAIRS):
+        if start and engine._stopping():
+            held_back.update(fresh[start:])
+            break
+        held_back |= await _adopt_chunk(engine, fresh[start : start + WRITE_CHUNK_PAIRS], result)
+    adopted = len(fresh) - len(held_back)
+    result.adopted += adopted
+    log.info("adopted %d pair(s) with no state, %d held back", adopted, len(held_back))
+    return [k for k in keys if k not in held_back]
+
+
+async def _adopt_chunk(engine: SyncEngine, keys: Sequence[str], result: SyncResult) -> set[str]:
+    """Clear one chunk; the keys whose clear failed."""
     direction = engine.options.direction
     written = [s for s in (Side.TEAMS, Side.CONNECT) if direction.writes(s)]
     others = [s for s in (Side.TEAMS, Side.CONNECT) if not direction.writes(s)]
     outcomes: dict[tuple[str, Side], _Outcome] = {}
-    await _clear(engine, fresh, written, outcomes, tolerate_auth=False)
-    await _clear(engine, fresh, others, outcomes, tolerate_auth=True)
-
-    held_back: set[str] = set()
+    await _clear(engine, keys, written, outcomes, tolerate_auth=False)
+    await _clear(engine, keys, others, outcomes, tolerate_auth=True)
+    failed: set[str] = set()
     audit: list[AuditEntry] = []
     at = engine.clock().timestamp()
     for (key, side), outcome in outcomes.items():
         if outcome.ok and not outcome.gone:
             result.cleared += 1
         elif not outcome.ok:
-            held_back.add(key)
+            failed.add(key)
             engine._fail(result, key, side.value, f"adopting failed: {outcome.error or 'failed'}")
         if not (outcome.ok and outcome.gone):
             audit.append(
@@ -65,12 +83,9 @@ async def adopt_pairs(engine: SyncEngine, keys: Sequence[str], result: SyncResul
                     error=outcome.error,
                 )
             )  # fmt: skip
-    result.adopted += len(fresh) - len(held_back)
     if audit:
         engine.store.append_audit(audit)
-    log.info("adopted %d pair(s) with no state, %d held back", len(fresh) - len(held_back),
-             len(held_back))  # fmt: skip
-    return [k for k in keys if k not in held_back]
+    return failed
 
 
 async def _clear(
