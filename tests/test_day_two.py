@@ -281,6 +281,9 @@ class _RefusingConnect:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
 
+    def aggregate_with(self, *args: Any, **kwargs: Any) -> Any:  # the view writes go through
+        return _RefusingConnect(self._real.aggregate_with(*args, **kwargs))
+
     def set(self, *args: Any, **kwargs: Any) -> Any:
         from presencectl.sandbox.connect_api import ConnectError
 
