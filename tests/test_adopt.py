@@ -3,6 +3,7 @@ users' states (issue: two stateless `sync` runs left people "In a call" for good
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ def org(cli: Any) -> Iterator[Org]:
 
     with running_sandbox(users=30, seed=3, auto_approve=ADMIN) as sb:
         yield Org(sb, cli)
+    gc.collect()  # msal's HTTP sessions of the in-process CLI: collected here, not later
 
 
 def _fresh_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, n: int) -> None:

@@ -9,6 +9,7 @@ every wait is for a condition, with a generous timeout.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -34,6 +35,9 @@ def org(cli: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Org]:
         o = Org(sb, cli)
         assert o.run("enable").exit_code == 0
         yield o
+    # The in-process CLI leaves msal's HTTP sessions to the collector; collect them here, not
+    # inside a later test that turns warnings into errors (tests/test_sandbox_serve.py).
+    gc.collect()
 
 
 def command(*args: str) -> list[str]:

@@ -4,6 +4,7 @@ doctor — never an "unexpected DatabaseError"."""
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,9 @@ def org(cli: Any) -> Iterator[Org]:
         o = Org(sb, cli)
         assert o.run("enable").exit_code == 0
         yield o
+    # The in-process CLI leaves msal's HTTP sessions to the collector; collect them here, not
+    # inside a later test that turns warnings into errors (tests/test_sandbox_serve.py).
+    gc.collect()
 
 
 def _refused(result: Any, path: Path | str) -> dict[str, str]:
