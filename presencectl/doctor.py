@@ -85,6 +85,7 @@ CONNECT_TOKEN = "Connect token"
 ACCOUNT_CONTACT = "Account contact"
 SECURITY_MANAGER_STEP = "Security Manager"
 MATCHING = "Matching"
+STATE = "State database"
 
 
 @dataclass
@@ -267,6 +268,7 @@ class Doctor:
     async def run(self) -> DoctorReport:
         config = await self._run(CONFIG, self.check_config)
         await self._run(KEYRING, self.check_keyring)
+        await self._run(STATE, self.check_state)
         if config.status == FAIL or self.profile is None:
             for name in ("Secrets", "Reachability", APP, SYNC_USER, CONNECT_TOKEN, MATCHING):
                 self._add(skip(name, "skipped: no valid profile"))
@@ -341,6 +343,18 @@ class Doctor:
 
         backend = keyring.get_keyring()
         return ok(KEYRING, f"{type(backend).__module__}.{type(backend).__name__}")
+
+    async def check_state(self) -> Check:
+        """The profile's state database opens read-only, passes quick_check, is writable."""
+        from presencectl.config import profile_name
+        from presencectl.sync.state import SCHEMA_VERSION, database_path
+        from presencectl.sync.state_health import inspect
+
+        path = database_path(profile_name(self.profile_name))
+        problem, remedy = inspect(path, SCHEMA_VERSION)
+        if problem is not None:
+            return fail(STATE, problem, remedy, "state_unavailable", ExitCode.CONFIG)
+        return ok(STATE, str(path) if path.exists() else f"{path} (the first sync creates it)")
 
     async def secret_checks(self) -> list[Check]:
         from presencectl import secrets

@@ -359,13 +359,13 @@ def test_watch_emits_ndjson_and_stops_after_max_cycles(org: Org) -> None:
     gina = org.people[6].email
     org.teams(gina, "Available", "Available")
     org.connect(gina, "onphone")
-    result = org.run("-o", "json", "sync", "--watch", "--interval", "0.05", "--max-cycles", "3")
+    result = org.run("-o", "json", "sync", "--watch", "--interval", "0.5", "--max-cycles", "3")
     assert result.exit_code == 0, result.stderr
     events = [__import__("json").loads(line) for line in result.stdout.splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "stop" and kinds.count("cycle") == 3
     assert any(e["event"] == "write" and e["user"] == gina for e in events)
-    plain = org.run("sync", "--watch", "--interval", "0.05", "--max-cycles", "1")
+    plain = org.run("sync", "--watch", "--interval", "0.5", "--max-cycles", "1")
     assert plain.exit_code == 0 and "watching" in plain.stdout
 
 

@@ -20,6 +20,7 @@ class LiveView:
         self.write_times: deque[float] = deque(maxlen=10_000)
         self.last_cycle: dict[str, Any] = {}
         self.feed_state = "—"
+        self.outage: str | None = None  # "Graph unreachable since 10:02, retrying in 20 s"
         self._live: Any = None
 
     def __enter__(self) -> LiveView:
@@ -48,6 +49,10 @@ class LiveView:
             self.last_cycle = data
         elif event.type == "feed":
             self.feed_state = str(data.get("state"))
+        elif event.type == "outage":
+            self.outage = str(data.get("message"))
+        elif event.type == "recovered":
+            self.outage = None
         if self._live is not None:
             self._live.update(self._render())
 
@@ -88,6 +93,8 @@ class LiveView:
             f"throttled {c.get('throttled', 0)} ({c.get('throttle_wait_s', 0)} s waited)",
             "",
         )
+        if self.outage:
+            head.add_row(f"[bold red]{self.outage}[/]", "", "", "")
         recent = Table(title="Recent changes", show_header=False, expand=True)
         recent.add_column("at", width=8)
         recent.add_column("what")

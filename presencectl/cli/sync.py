@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from presencectl.cli.context import AppContext
-from presencectl.errors import PartialSyncError, UsageError
+from presencectl.errors import ExitCode, PartialSyncError, PresencectlError, UsageError
 
 DIRECTION_HELP = "both | connect-to-teams | teams-to-connect"
 DIRECTIONS = ("both", "connect-to-teams", "teams-to-connect")
@@ -95,21 +95,24 @@ def disable(
         raise typer.Abort()
     progress = _Progress(app, "clearing sessions")
 
-    async def go() -> Any:
+    async def go(stop: Any) -> Any:
         import dataclasses
 
         options = EngineOptions(direction=Direction.BOTH)
+        # The off switch never depends on the mapping: disable clears sessions, it maps nothing.
         async with engine_for(dataclasses.replace(profile, mapping={}), options) as engine:
-            return await engine.disable(on_progress=progress.update)
+            return await engine.disable(on_progress=progress.update, stop=stop)
 
-    import asyncio
+    from presencectl.cli.signals import run_stoppable
 
     try:
-        result = asyncio.run(go())
+        with _instance_lock(profile):
+            result = run_stoppable(go, on_first=_stopping_note(app))
     finally:
         progress.close()
-    profile.enabled_direction = None
-    save_profile(profile)
+    if not result.interrupted:  # interrupted: still enabled, sessions left to clear
+        profile.enabled_direction = None
+        save_profile(profile)
     data = {
         "teams_cleared": result.teams_cleared,
         "connect_cleared": result.connect_cleared,
@@ -117,14 +120,17 @@ def disable(
         "subscriptions_deleted": result.subscriptions_deleted,
         "failed": result.failed,
         "source": result.source,
+        "interrupted": result.interrupted,
     }
-    error = None
+    error: PresencectlError | None = None
     if result.failed:
         where = "in \"failures\"" if app.json else "listed above"
         error = PartialSyncError(
             f"{result.failed} session(s) could not be cleared",
             hint=f"run `presencectl disable --yes` again; the failures are {where}",
         )
+    if result.interrupted:
+        error = _interrupted("disable")
     if app.json:
         data["failures"] = result.failures
         if error is not None:
@@ -137,6 +143,34 @@ def disable(
         )
     if error is not None:
         raise error
+
+
+def _interrupted(command: str) -> PresencectlError:
+    return PresencectlError(
+        "interrupted: the writes in flight were finished and recorded, no new ones started",
+        hint=f"run `presencectl {command}` again to finish",
+        code="interrupted",
+        exit_code=ExitCode.INTERRUPTED,
+    )
+
+
+def _stopping_note(app: AppContext) -> Any:
+    def note(signal_name: str) -> None:
+        app.status(f"{signal_name}: stopping after the writes in flight (again to abort at once)…")
+
+    return note
+
+
+def _instance_lock(profile: Any, *, skip: bool = False) -> Any:
+    """The profile's one-instance lock (``already_running``, exit 3, if another one holds it)."""
+    import contextlib
+    import shlex
+
+    from presencectl.sync.lock import profile_lock
+
+    if skip:
+        return contextlib.nullcontext()
+    return profile_lock(profile.name, "presencectl " + shlex.join(sys.argv[1:]))
 
 
 class _Progress:
@@ -169,7 +203,9 @@ class _Progress:
 def sync(
     ctx: typer.Context,
     watch: bool = typer.Option(False, "--watch", help="Keep syncing until interrupted."),
-    interval: float = typer.Option(5.0, "--interval", help="Watch: seconds between Teams polls."),
+    interval: float = typer.Option(
+        5.0, "--interval", min=0.5, help="Watch: seconds between Teams polls."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing."),
     direction: str | None = typer.Option(
         None,
@@ -177,7 +213,7 @@ def sync(
         help=f"{DIRECTION_HELP} (default: the enabled direction)",
         autocompletion=complete_direction,
     ),
-    max_cycles: int | None = typer.Option(None, "--max-cycles", help="Watch: stop after N."),
+    max_cycles: int | None = typer.Option(None, "--max-cycles", min=1, help="Watch: stop after N."),
     duration: float | None = typer.Option(None, "--duration", help="Watch: stop after SECONDS."),
     notify_url: str | None = typer.Option(
         None,
@@ -218,8 +254,6 @@ def sync(
             hint="run `presencectl enable` (or pass --direction)",
             code="sync_not_enabled",
         )
-    if interval <= 0:
-        raise UsageError("--interval must be positive", hint="e.g. --interval 5")
     if watch and app.output in ("csv", "md"):
         raise UsageError(
             f"sync --watch streams events; -o {app.output} has no stream form",
@@ -233,9 +267,15 @@ def sync(
         options.notify = notify_options_for(
             profile, notify_url, listen, listen_cert, listen_key, reconcile_interval
         )
-        result = _watch(app, profile, options, max_cycles, duration)
-    else:
-        result = _once(app, profile, options)
+    with _instance_lock(profile, skip=dry_run):  # a dry run writes nothing: no lock needed
+        if watch:
+            result = _watch(app, profile, options, max_cycles, duration)
+        else:
+            result = _once(app, profile, options)
+    if result.interrupted and not watch:  # a watch is meant to be stopped: see _watch_exit
+        error = _interrupted("sync")
+        error.in_document = app.json
+        raise error
     if result.failed:
         error = _partial(result)
         error.in_document = app.json and not watch
@@ -243,8 +283,11 @@ def sync(
 
 
 def _partial(result: Any) -> PartialSyncError:
+    users = sorted({f["user"] for f in result.failures})
+    named = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+    failing = f" (failing: {named})" if named else ""
     return PartialSyncError(
-        f"{result.failed} user(s) failed; the rest synced",
+        f"{result.failed} user(s) failed; the rest synced{failing}",
         hint="see the failures above; run again, or with -v for details",
     )
 
@@ -252,13 +295,13 @@ def _partial(result: Any) -> PartialSyncError:
 def _once(app: AppContext, profile: Any, options: Any) -> Any:
     from presencectl.sync.engine import engine_for
 
-    async def go() -> Any:
+    async def go(stop: Any) -> Any:
         async with engine_for(profile, options) as engine:
-            return await engine.run_once()
+            return await engine.run_once(stop=stop)
 
-    import asyncio
+    from presencectl.cli.signals import run_stoppable
 
-    result = asyncio.run(go())
+    result = run_stoppable(go, on_first=_stopping_note(app))
     if app.json:
         document = {
             **result.summary(),
@@ -267,6 +310,8 @@ def _once(app: AppContext, profile: Any, options: Any) -> Any:
         }
         if result.failed:  # one document: the exit-5 error rides along (see errors.in_document)
             document["error"] = _partial(result).to_dict()
+        if result.interrupted:  # exit 130 wins over 5
+            document["error"] = _interrupted("sync").to_dict()
         app.render(document)
         return result
     if options.dry_run:
@@ -316,17 +361,17 @@ def _watch(
     max_cycles: int | None,
     duration: float | None,
 ) -> Any:
-    import asyncio
-    import signal
-
     from presencectl import output
+    from presencectl.cli.pipe import ClosedPipeGuard
+    from presencectl.cli.signals import run_stoppable
     from presencectl.sync.engine import engine_for
 
+    pipe = ClosedPipeGuard()  # the reader of stdout may leave (`| head -1`): stop quietly
     live: Any = None
     if app.json:
 
         def on_event(event: Any) -> None:
-            output.emit_event(event.to_dict())
+            pipe.write(output.emit_event, event.to_dict())
     elif app.output == "table" and sys.stdout.isatty():
         from presencectl.cli.live import LiveView
 
@@ -334,39 +379,34 @@ def _watch(
         on_event = live.on_event
     else:
 
+        def write_line(line: str) -> None:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
         def on_event(event: Any) -> None:
             line = _plain_line(event)
             if line:
-                sys.stdout.write(line + "\n")
-                sys.stdout.flush()
+                pipe.write(write_line, line)
 
-    async def go() -> Any:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        installed = []
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError, ValueError):
-                pass  # not the main thread, or Windows: Ctrl-C still ends the run
-        try:
-            async with engine_for(profile, options, on_event=on_event) as engine:
-                return await engine.watch(stop=stop, max_cycles=max_cycles, duration=duration)
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+    async def go(stop: Any) -> Any:
+        pipe.stop = stop
+        async with engine_for(profile, options, on_event=on_event) as engine:
+            return await engine.watch(stop=stop, max_cycles=max_cycles, duration=duration)
 
     if live is not None:
         with live:
-            result = asyncio.run(go())
+            result = run_stoppable(go, on_first=_stopping_note(app))
     else:
-        result = asyncio.run(go())
+        result = run_stoppable(go, on_first=_stopping_note(app))
+    if pipe.closed:
+        raise typer.Exit(0)  # like `yes | head`: the reader left, nothing went wrong
     if not app.json:
         app.status(
             f"Stopped after {result.cycles} cycle(s): {result.written} written, "
             f"{result.cleared} cleared, {result.failed} failed."
         )
+        if result.failures:  # users whose latest write still fails (healed ones are not)
+            app.render(result.failures, title="Still failing")
     return result
 
 
@@ -392,6 +432,11 @@ def event_text(event: Any) -> str | None:
         return f"connect feed {data['state']}"
     if event.type == "notifications":
         return f"teams notifications: {data['reason']}"
+    if event.type == "outage":
+        return f"{data['message']} ({data['error']})"
+    if event.type == "recovered":
+        down = data["down_s"]
+        return f"{data['service']} reachable again after {down:.0f} s: reconciling in full"
     return None
 
 

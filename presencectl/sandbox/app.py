@@ -114,6 +114,10 @@ def build_app(world: World, hub: Any = None) -> Starlette:
     from presencectl.sandbox.throttle import RetryAfterDelivery
 
     app.add_middleware(RetryAfterDelivery, world=world)  # outermost: arrival and 429 delivery
+
+    from presencectl.sandbox.outage import OutageMiddleware
+
+    app.add_middleware(OutageMiddleware, world=world)  # outside even that: the outage_s fault
     app.state.world = world
     app.state.hub = hub
     return app

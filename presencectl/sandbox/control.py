@@ -174,6 +174,10 @@ def control_routes(world: World) -> list[BaseRoute]:
                 world.faults.update(data)
             except (TypeError, ValueError) as exc:
                 return control_error(400, "invalid_faults", str(exc))
+            if data.get("outage_s") is not None:
+                from presencectl.sandbox.outage import arm
+
+                arm(world)  # the outage runs from now
         return JSONResponse(world.faults.to_dict())
 
     async def stats(request: Request) -> Response:

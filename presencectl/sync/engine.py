@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -43,6 +44,7 @@ from presencectl.errors import AuthError, ConfigError, PresencectlError
 from presencectl.mapping import Mapping as StatusMapping
 from presencectl.mapping import TeamsStatus
 from presencectl.sync import plan as planner
+from presencectl.sync.adopt import adopt_pairs
 from presencectl.sync.model import (
     Action,
     ActionKind,
@@ -50,10 +52,12 @@ from presencectl.sync.model import (
     Direction,
     Observation,
     PairState,
+    PlanResult,
     Side,
     UserPair,
     encode_value,
 )
+from presencectl.sync.resilience import Backoff, Outage, is_transient, service_of
 from presencectl.sync.state import (
     AuditEntry,
     HeldSession,
@@ -62,6 +66,7 @@ from presencectl.sync.state import (
     SubscriptionRow,
     side_user_id,
 )
+from presencectl.sync.state_health import state_unavailable
 
 if TYPE_CHECKING:
     from presencectl.config import Profile
@@ -74,6 +79,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
 EventCallback = Callable[["SyncEvent"], None]
+OUTAGE_META = "outage"  # state meta key: the outage a watch is waiting out (status shows it)
+WRITE_CHUNK_PAIRS = 500  # pairs written (and persisted) per step: a stop waits for one step
 
 
 def utc_now() -> datetime:
@@ -130,6 +137,8 @@ class SyncResult:
     throttled: int = 0
     throttle_wait_s: float = 0.0
     duration_s: float = 0.0
+    adopted: int = 0  # pairs met with no state: any session of ours cleared before reading
+    interrupted: bool = False  # stopped by SIGINT/SIGTERM (after the batch in flight)
     actions: list[ActionReport] = field(default_factory=list)
     failures: list[dict[str, str]] = field(default_factory=list)
 
@@ -146,6 +155,8 @@ class SyncResult:
             "cleared": self.cleared,
             "skipped": self.skipped,
             "failed": self.failed,
+            "adopted": self.adopted,
+            "interrupted": self.interrupted,
             "throttled": self.throttled,
             "throttle_wait_s": round(self.throttle_wait_s, 3),
             "duration_s": round(self.duration_s, 3),
@@ -171,6 +182,7 @@ class DisableResult:
     already_gone: int = 0
     failed: int = 0
     subscriptions_deleted: int = 0
+    interrupted: bool = False  # stopped by SIGINT/SIGTERM: the rest is still to clear
     source: str = "state"  # state | directory (the state was gone: every matched user swept)
     failures: list[dict[str, str]] = field(default_factory=list)
 
@@ -229,6 +241,13 @@ class SyncEngine:
         self._run_id: int | None = None
         self._write_lock = asyncio.Lock()
         self.notifications: TeamsNotifications | None = None
+        self._stop: asyncio.Event | None = None  # set: plan no more writes (SIGINT/SIGTERM)
+        # (pair key, side) → its latest failure, until a later cycle handles that pair cleanly:
+        # what `failed` and the exit code of a long run report (a failure since healed is not).
+        self._failing: dict[tuple[str, str], dict[str, str]] = {}
+        self._failed_now: set[tuple[str, str]] = set()
+        self._outage: Outage | None = None  # watch: a service we are waiting for
+        self._backoff = Backoff()
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -318,7 +337,10 @@ class SyncEngine:
         keys: Sequence[str] | None = None,
     ) -> None:
         """Read (as asked), plan and write for ``keys`` (default: every matched pair)."""
+        self._failed_now = set()
         wanted = list(self.pairs) if keys is None else [k for k in keys if k in self.pairs]
+        if not self.options.dry_run:
+            wanted = await adopt_pairs(self, wanted, result)
         observations: dict[str, list[Observation]] = defaultdict(list)
         read_failures: dict[str, str] = {}
         jobs: list[Awaitable[Any]] = []
@@ -366,13 +388,43 @@ class SyncEngine:
                     teams=encode_value(observed.genuine_teams),
                     connect=encode_value(observed.genuine_connect),
                 )
+        if self._stopping():
+            return  # stopped before writing: nothing planned here is sent, nothing persisted
         acted = {a.key for a in plan.actions}
         result.skipped += sum(1 for k in wanted if k not in acted)
         if self.options.dry_run:
             for action in plan.actions:
                 result.actions.append(self._report(action, "planned"))
             return
-        await self._execute(plan.actions, plan.new_states, plan.observed_states, result, now)
+        handled = await self._execute_in_chunks(plan, result, now)
+        self._settle_failures(handled, result)
+
+    async def _execute_in_chunks(
+        self, plan: PlanResult, result: SyncResult, now: datetime
+    ) -> list[str]:
+        """Write the plan ``WRITE_CHUNK_PAIRS`` pairs at a time, each chunk persisted before the
+        next starts, so that a stop (SIGINT/SIGTERM) ends the run after the chunk in flight.
+        Returns the keys handled (all, unless stopped)."""
+        by_key: dict[str, list[Action]] = {}
+        for action in plan.actions:
+            by_key.setdefault(action.key, []).append(action)
+        if len(by_key) <= WRITE_CHUNK_PAIRS:
+            await self._execute(plan.actions, plan.new_states, plan.observed_states, result, now)
+            return list(plan.observed_states)
+        keys = list(by_key)
+        handled = [k for k in plan.observed_states if k not in by_key]  # nothing to write
+        observed = {k: plan.observed_states[k] for k in handled}
+        for start in range(0, len(keys), WRITE_CHUNK_PAIRS):
+            if start and self._stopping():
+                result.interrupted = True
+                break
+            part = keys[start : start + WRITE_CHUNK_PAIRS]
+            observed.update((k, plan.observed_states[k]) for k in part)
+            actions = [a for k in part for a in by_key[k]]
+            await self._execute(actions, plan.new_states, observed, result, now)
+            handled.extend(part)
+            observed = {}
+        return handled
 
     async def _execute(
         self,
@@ -528,6 +580,20 @@ class SyncEngine:
     def _fail(self, result: SyncResult, key: str, side: str, error: str) -> None:
         result.failed += 1
         result.failures.append({"user": self._user(key), "side": side, "error": error})
+        self._failing[(key, side)] = result.failures[-1]
+        self._failed_now.add((key, side))
+
+    def _settle_failures(
+        self, handled: Iterable[str], result: SyncResult, failed: set[tuple[str, str]] | None = None
+    ) -> None:
+        """Pairs handled without failure are no longer failing; ``failed`` counts what still is."""
+        failed = self._failed_now if failed is None else failed
+        for key in handled:
+            for side in ("teams", "connect"):
+                if (key, side) not in failed:
+                    self._failing.pop((key, side), None)
+        result.failed = len(self._failing)
+        result.failures = list(self._failing.values())
 
     def _throttle(self) -> tuple[int, float]:
         metrics = self.graph.metrics  # one limiter shared with the reader
@@ -565,6 +631,7 @@ class SyncEngine:
         forget -= set(keep)
         for key in forget:
             self.states.pop(key, None)
+        self._settle_failures(forget, result, failed=set())
         self.store.save_states([], audit=audit, forget=sorted(forget))
 
     # -- runs -----------------------------------------------------------------------------------
@@ -590,19 +657,30 @@ class SyncEngine:
         result.unmatched = self._unmatched
         result.conflicts = self._conflicts
 
-    async def run_once(self) -> SyncResult:
-        """One full cycle: directory, both sides read, plan, write, persist."""
+    def _stopping(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    async def run_once(self, stop: asyncio.Event | None = None) -> SyncResult:
+        """One full cycle: directory, both sides read, plan, write, persist.
+
+        ``stop`` set (SIGINT/SIGTERM): the writes already sent are finished and persisted, no
+        new ones start, and the result says ``interrupted``."""
         started = time.monotonic()
         result = self._new_result()
+        self._stop = stop
         self._start_run("once")
         outcome = "error"
         try:
             await self.refresh_directory(force=True)
             self._fill_directory_counts(result)
-            await self.release_unmatched(result)
-            await self.cycle(result)
-            result.cycles = 1
+            if not self._stopping():
+                await self.release_unmatched(result)
+            if not self._stopping():
+                await self.cycle(result)
+                result.cycles = 1
+            result.interrupted = self._stopping()
             outcome = "partial" if result.failed else "ok"
+            outcome = "interrupted" if result.interrupted else outcome
         finally:
             result.duration_s = time.monotonic() - started
             result.throttled, result.throttle_wait_s = self._throttle()
@@ -623,10 +701,12 @@ class SyncEngine:
         (of the injected clock); the batch in flight is always written and persisted first.
         """
         stop = stop or asyncio.Event()
+        self._stop = stop
         started = time.monotonic()
         started_at = self.clock()
         result = self._new_result()
         self._start_run("watch")
+        self._set_outage_meta(None)  # left by a watch that was killed while waiting
         events: asyncio.Queue[Any] = asyncio.Queue()
         self._emit("start", direction=self.options.direction.value, interval=self.options.interval)
         feed = await self._start_feed(events) if self.options.use_feed else None
@@ -634,10 +714,16 @@ class SyncEngine:
         outcome = "error"
         try:
             while not stop.is_set():
-                await self.refresh_directory()
+                if duration is not None and self._outage and self._elapsed(started_at) >= duration:
+                    break  # the duration ran out while a service was down
+                # A failure a retry can fix is waited out, then the poll starts over (_survive).
+                if not await self._survive(self.refresh_directory(), stop):
+                    continue
                 self._fill_directory_counts(result)
-                await self._follow_directory_with_notifications()
-                await self.release_unmatched(result)
+                if not await self._survive(self._follow_directory_with_notifications(), stop):
+                    continue
+                if not await self._survive(self.release_unmatched(result), stop):
+                    continue
                 # Connect is read in full on the first poll, while the feed is down, and once
                 # after every reconnect (events raised meanwhile are lost); else the feed says.
                 poll_connect = (
@@ -646,8 +732,11 @@ class SyncEngine:
                     or not feed.connected
                     or self._feed_deaf(feed)
                     or self._feed_reconnected(feed)
+                    or self._outage is not None  # and after an outage
                 )
-                await self.cycle(result, read_connect=poll_connect)
+                if not await self._survive(self.cycle(result, read_connect=poll_connect), stop):
+                    continue
+                self._recovered()
                 result.cycles += 1
                 self._emit_cycle(result)
                 if after_cycle is not None:
@@ -658,7 +747,8 @@ class SyncEngine:
                     break
                 if duration is not None and (self.clock() - started_at).total_seconds() >= duration:
                     break
-                await self._wait_for_events(events, stop, result)
+                await self._survive(self._wait_for_events(events, stop, result), stop)
+            result.interrupted = stop.is_set()
             outcome = "partial" if result.failed else "ok"
         finally:
             if feed is not None:
@@ -668,9 +758,69 @@ class SyncEngine:
             await self._stop_notifications()
             result.duration_s = time.monotonic() - started
             result.throttled, result.throttle_wait_s = self._throttle()
+            self._set_outage_meta(None)  # a stopped watch is not waiting for anything
             self._finish_run(result, outcome)
-            self._emit("stop", **result.summary())
+            self._emit("stop", **result.summary(), failures=result.failures)
         return result
+
+    # -- weathering outages (sync/resilience.py) --------------------------------------------------
+
+    def _elapsed(self, since: datetime) -> float:
+        return (self.clock() - since).total_seconds()
+
+    async def _survive(self, step: Awaitable[Any], stop: asyncio.Event) -> bool:
+        """Run one step of a watch; False when it failed in a way a retry can fix and the
+        failure was waited out (anything else is raised)."""
+        try:
+            await step
+        except Exception as exc:
+            await self._weather(exc, stop)
+            return False
+        return True
+
+    async def _weather(self, exc: Exception, stop: asyncio.Event) -> None:
+        """Wait out a failure a retry can fix (re-raise any other); the next cycle reconciles
+        in full: directories listed again, Connect read in full."""
+        if not is_transient(exc):
+            raise exc
+        delay = self._backoff.next_delay()
+        text = _why(exc) if isinstance(exc, PresencectlError) else f"{type(exc).__name__}: {exc}"
+        if self._outage is None:
+            self._outage = Outage(service_of(exc), self.clock(), text)
+        self._outage.service, self._outage.error = service_of(exc), text
+        self._outage.retry_in_s, self._outage.attempts = delay, self._backoff.attempts
+        self._directory_at = None
+        log.warning("%s (%s)", self._outage.message(), text)
+        self._emit("outage", **self._outage.to_dict())
+        self._set_outage_meta(self._outage)
+        await self._pause(delay, stop)
+
+    def _recovered(self) -> None:
+        if self._outage is None:
+            return
+        down = self._elapsed(self._outage.since)
+        log.warning("%s reachable again after %.0f s; reconciled in full", self._outage.service,
+                    down)  # fmt: skip
+        self._emit("recovered", service=self._outage.service, down_s=round(down, 1),
+                   attempts=self._outage.attempts)  # fmt: skip
+        self._outage = None
+        self._backoff.reset()
+        self._set_outage_meta(None)
+
+    def _set_outage_meta(self, outage: Outage | None) -> None:
+        if self.options.dry_run:
+            return
+        import json
+
+        self.store.set_meta(OUTAGE_META, None if outage is None else json.dumps(outage.to_dict()))
+
+    async def _pause(self, seconds: float, stop: asyncio.Event) -> None:
+        """``sleep(seconds)``, cut short by ``stop``."""
+        sleeper = asyncio.ensure_future(self.sleep(seconds))
+        stopper = asyncio.ensure_future(stop.wait())
+        _, pending = await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
 
     def _emit_cycle(self, result: SyncResult) -> None:
         if not self.options.dry_run:  # what `status` shows as health (sync/health.py)
@@ -880,11 +1030,16 @@ class SyncEngine:
 
     # -- disable --------------------------------------------------------------------------------
 
-    async def disable(self, on_progress: Callable[[int, int], None] | None = None) -> DisableResult:
+    async def disable(
+        self,
+        on_progress: Callable[[int, int], None] | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> DisableResult:
         """Clear every session we hold on both sides and delete our subscriptions.
 
         From the state database; when it holds nothing (state lost), from the directory: our
-        session is cleared for every matched user on both sides (404 = nothing to clear)."""
+        session is cleared for every matched user on both sides (404 = nothing to clear).
+        ``stop`` set: the chunk in flight is finished and persisted, the rest left (interrupted)."""
         result = DisableResult()
         held: list[HeldSession] = self.store.sessions()
         targets: list[tuple[str, Side, str]] = [(h.key, h.side, h.user_id) for h in held]
@@ -901,6 +1056,9 @@ class SyncEngine:
         audit: list[AuditEntry] = []
         chunk = 200
         for start in range(0, total, chunk):
+            if stop is not None and stop.is_set():
+                result.interrupted = True
+                break
             part = targets[start : start + chunk]
             actions = [
                 Action(
@@ -940,10 +1098,12 @@ class SyncEngine:
                     )  # fmt: skip
             done += len(part)
             self.store.forget_sessions(cleared)
-            cleared = []
+            self.store.append_audit(audit)  # per chunk: an abort keeps what was done so far
+            cleared, audit = [], []
             if on_progress is not None:
                 on_progress(done, total)
-        self.store.append_audit(audit)
+        if result.interrupted:
+            return result  # sessions are still held: keep what disable needs to finish later
         result.connect_cleared += await self._clear_legacy_connect(
             [user_id for _, side, user_id in targets if side is Side.CONNECT]
         )
@@ -1128,6 +1288,8 @@ async def engine_for(
             matcher=matcher,
             subscriber=subscriber,
         )
+    except sqlite3.Error as exc:  # writes are caught in StateStore.transaction; reads here
+        raise state_unavailable(store.path, exc, "read") from exc
     finally:
         await graph.aclose()
         if subscriber is not None:
@@ -1183,6 +1345,13 @@ def state_summary(profile_name: str) -> dict[str, Any]:
     path = database_path(profile_name)
     if not path.exists():
         return {"state_db": str(path), "exists": False}
+    try:
+        return _state_summary(path)
+    except sqlite3.Error as exc:
+        raise state_unavailable(path, exc, "read") from exc
+
+
+def _state_summary(path: Any) -> dict[str, Any]:
     with StateStore(path) as store:
         last = store.last_run()
         sessions = store.session_count()
@@ -1212,6 +1381,7 @@ def state_summary(profile_name: str) -> dict[str, Any]:
                 "failed": last.counts.failed,
             },
             "next_renewal": _iso(renewals[0].expires_at) if renewals else None,
+            "outage": _outage_text(store.get_meta(OUTAGE_META)),
             "recent_writes": [
                 {
                     "at": _iso(e.at),
@@ -1232,6 +1402,18 @@ def _notifications_summary(store: StateStore) -> dict[str, Any] | None:
     from presencectl.sync.notify import notifications_summary
 
     return notifications_summary(store)
+
+
+def _outage_text(meta: str | None) -> str | None:
+    """What ``status`` says about a watch waiting for a service ("Graph unreachable since …")."""
+    import json
+
+    if not meta:
+        return None
+    try:
+        return str(json.loads(meta)["message"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _iso(ts: float | None) -> str | None:

@@ -42,6 +42,7 @@ from presencectl.sync.model import (
     decode_value,
     encode_value,
 )
+from presencectl.sync.state_health import state_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -249,18 +250,19 @@ class StateStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        try:
+            self._open(path)
+        except (OSError, sqlite3.Error) as exc:  # damaged, not a directory, read-only, full
+            with suppress(Exception):
+                self._db.close()
+            raise state_unavailable(path, exc, "open") from exc
+
+    def _open(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with suppress(OSError):  # a shared dir we do not own: leave it
             os.chmod(path.parent, 0o700)
         new = not path.exists()
-        try:
-            self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise ConfigError(
-                f"cannot open the state database {path}: {exc}",
-                hint="check the permissions of the state dir (PRESENCECTL_STATE_DIR overrides it)",
-                code="state_unavailable",
-            ) from exc
+        self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
         if new:
             with suppress(OSError):
                 os.chmod(path, 0o600)
@@ -286,15 +288,23 @@ class StateStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic unit: everything inside commits together or not at all."""
-        self._db.execute("BEGIN IMMEDIATE")
+        """One atomic unit: everything inside commits together or not at all.
+
+        A failure of SQLite itself (disk full, read-only, damaged) is ``state_unavailable``."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        else:
-            self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                with suppress(sqlite3.Error):  # a failed statement may have rolled back already
+                    self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise state_unavailable(self.path, exc, "write") from exc
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
