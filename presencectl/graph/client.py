@@ -366,8 +366,17 @@ class GraphClient:
         chunks = [list(requests[i : i + BATCH_MAX]) for i in range(0, len(requests), BATCH_MAX)]
         gate = asyncio.Semaphore(self.batch_concurrency)
 
+        serial = asyncio.Lock()
+
         async def run(chunk: list[BatchRequest]) -> dict[str, BatchResult]:
             async with gate:
+                if any(endpoint_scope(r.url) == PRESENCE for r in chunk):
+                    # Presence batches go one at a time: a batch already on the wire when a 429
+                    # arrives cannot be called back, so with several in flight each would land
+                    # inside that Retry-After. One batch of 20 members a round trip still
+                    # outpaces Graph's presence limit (1,500 per 30 s), so little is lost.
+                    async with serial:
+                        return await self._batch_chunk(chunk)
                 return await self._batch_chunk(chunk)
 
         merged: dict[str, BatchResult] = {}
