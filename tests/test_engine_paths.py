@@ -142,6 +142,7 @@ def test_a_user_who_stops_matching_has_our_sessions_cleared(org: Org) -> None:
 
 
 def test_a_whole_batch_failing_fails_its_writes_and_a_later_run_writes_them(org: Org) -> None:
+    _run(org)  # adopted first: the fault below is for the writes, not the first run's clears
     people = [p.email for p in org.people[:3]]
     for email in people:
         org.connect(email, "onphone")
@@ -167,6 +168,7 @@ def test_a_whole_batch_failing_fails_its_writes_and_a_later_run_writes_them(org:
 
 
 def test_a_failed_member_reports_its_status_and_the_others_are_written(org: Org) -> None:
+    _run(org)  # adopted first: the fault below is for the writes, not the first run's clears
     refused, fine = org.people[0].email, org.people[1].email
     org.connect(refused, "onphone")
     org.connect(fine, "onphone")

@@ -534,8 +534,8 @@ def test_disable_deletes_subscriptions_a_crash_left_behind(org: Any, cli: Any) -
 def test_cli_watch_with_notify_url_and_bad_flags(org: Any, cli: Any) -> None:
     port = free_port()
     result = cli(
-        "--profile", "sandbox", "-o", "json", "sync", "--watch", "--interval", "0.05",
-        "--reconcile-interval", "0.1", "--max-cycles", "2",
+        "--profile", "sandbox", "-o", "json", "sync", "--watch", "--interval", "0.5",
+        "--reconcile-interval", "1", "--max-cycles", "2",
         "--notify-url", f"http://127.0.0.1:{port}/", "--listen", f"127.0.0.1:{port}",
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
