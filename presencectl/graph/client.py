@@ -185,6 +185,8 @@ class GraphClient:
         self.limiter = limiter or RateLimiter()
         self.retry = retry or RetryPolicy()
         self.batch_concurrency = max(1, batch_concurrency)
+        # One presence $batch on the wire at a time, across every caller (see batch()).
+        self._presence_batches = asyncio.Lock()
         self._tokens = TokenCache(token_provider, now=now)
         self._rng = rng or random.Random()
         self._in_flight = asyncio.Semaphore(max(1, max_in_flight))
@@ -365,8 +367,7 @@ class GraphClient:
             raise ValueError("batch request ids must be unique")
         chunks = [list(requests[i : i + BATCH_MAX]) for i in range(0, len(requests), BATCH_MAX)]
         gate = asyncio.Semaphore(self.batch_concurrency)
-
-        serial = asyncio.Lock()
+        serial = self._presence_batches
 
         async def run(chunk: list[BatchRequest]) -> dict[str, BatchResult]:
             async with gate:
