@@ -87,18 +87,6 @@ def _iso(epoch: float) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def _parse_iso(text: Any) -> float | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
-
-
 async def _json_object(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw.strip():
