@@ -7,7 +7,10 @@ The sandbox runs in-process (``running_sandbox``) with 5 % 5xx, 1 % dropped conn
 pushed forward so they expire every ~2 sandbox minutes), and a Connect hub that drops every feed
 connection now and then. A chaos thread makes random genuine changes on both sides (each
 person's own Teams client and own Connect app) while the watch runs in the main thread through
-the real CLI (``presencectl -o json sync --watch``). The last quarter of the run is quiet. Then:
+the real CLI (``presencectl -o json sync --watch``). The end of the run is quiet: the last quarter,
+and never less than the profile's echo window plus five polls, because that is how long the sync
+may rightly wait before it trusts a side that shows the value one of our writes replaced (the
+echo rule, presencectl/sync/plan.py; ``echo_window_s`` in the profile, default 60 s). Then:
 
 - the conditions really happened: faults injected, 429s sent (the throttle, 8 presence requests
   per 3 s by default, is below what the watch sends while changes come), feed connections dropped;
@@ -62,6 +65,7 @@ class SoakReport:
     genuine_changes: int = 0
     hub_disconnects: int = 0
     clock_jumps_s: float = 0.0
+    quiet_s: float = 0.0  # the quiet end of the run (no genuine change), seconds
     requests: int = 0
     throttled_429: int = 0
     faults_injected: int = 0
@@ -293,9 +297,10 @@ def our_sessions(sb: Any, session_id: str) -> int:
 def run_soak(
     seconds: float, *, users: int = 20, seed: int = 1, throttle: int = 8,
     throttle_window: float = 3.0, error_rate: float = 0.05, drop_rate: float = 0.01,
-    interval: float = 1.0,
+    interval: float = 1.0, echo_window_s: int | None = None,
 ) -> SoakReport:  # fmt: skip
-    """Run the soak for ``seconds`` of wall time (the last quarter quiet) and check the books.
+    """Run the soak for ``seconds`` of wall time (the end quiet: see the module docstring) and
+    check the books. ``echo_window_s`` sets the profile's echo window (None: its default, 60 s).
 
     The throttle window is short on purpose: the chaos pushes the sandbox clock 40 s forward
     every 4 s, which empties any window of 30 s; ``throttle`` per ``throttle_window`` (default
@@ -313,13 +318,23 @@ def run_soak(
                          throttle_window=throttle_window, token_lifetime=120,
                          auto_approve=ADMIN) as sb:  # fmt: skip
         people = prepare(sb)
+        if echo_window_s is not None:
+            _must(_cli("config", "set", "echo_window_s", str(echo_window_s)), "config set")
+        echo = load_profile("sandbox").echo_window_s
+        quiet = max(seconds / 4, echo + 5 * interval)
+        if quiet > seconds * 0.75:
+            raise ValueError(
+                f"a {seconds:.0f} s soak has no room for chaos before a quiet end of {quiet:.0f} s "
+                f"(echo window {echo} s): run longer or with a shorter echo_window_s"
+            )
+        report.quiet_s = quiet
         report.matched = len(people)
         session_id = load_profile("sandbox").client_id or ""
         faults = {"error_rate": error_rate, "drop_rate": drop_rate}
         sb.control.post("/_sandbox/faults", json=faults).raise_for_status()
         report.faults_5xx_and_drops = faults
         start = time.monotonic()
-        chaos = Chaos(sb, people, start + seconds * 0.75, report, rng)
+        chaos = Chaos(sb, people, start + seconds - quiet, report, rng)
         chaos.start()
         code, out, err = _cli("-o", "json", "sync", "--watch", "--interval", str(interval),
                               "--duration", str(seconds))  # fmt: skip
@@ -332,6 +347,8 @@ def run_soak(
         sb.control.post("/_sandbox/faults", json={"error_rate": 0, "drop_rate": 0})
         report.mismatches = check_convergence(sb, people, session_id, report.masked)
         if report.mismatches and os.environ.get("SOAK_DEBUG"):
+            for m in report.mismatches:
+                print("MISMATCH", m, file=sys.stderr)
             with StateStore.for_profile("sandbox") as store:
                 for e in store.audit_tail(60):
                     print("AUDIT", e, file=sys.stderr)
@@ -367,13 +384,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--echo-window", type=int, default=None,
+                        help="the profile's echo_window_s (default: the profile's, 60 s)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="presencectl-soak-"))
     os.environ["PRESENCECTL_CONFIG_DIR"] = str(home / "config")
     os.environ["PRESENCECTL_STATE_DIR"] = str(home / "state")
     os.environ["PRESENCECTL_SECRETS_BACKEND"] = "file"
-    report = run_soak(args.minutes * 60, users=args.users, seed=args.seed)
+    report = run_soak(
+        args.minutes * 60, users=args.users, seed=args.seed, echo_window_s=args.echo_window
+    )
     data = {**asdict(report), "ok": report.ok}
     text = json.dumps(data, indent=2)
     print(text)

@@ -25,6 +25,7 @@ Layout::
     connect_directory_scope = "api.service.address-book"   # one api.service.* scope, no api.user.*
     connect_resource_id = "…"             # our Connect session (a GUID), made on first use
     connect_rate_per_min = 250            # Connect requests a minute, this client (0 = no budget)
+    echo_window_s = 60                    # how long a write of ours may take to show (2–600 s)
     enabled_direction = "both"            # absent = sync disabled
     notify_url = "https://sync.example.com/presencectl"  # optional: Teams change notifications
     [profiles.NAME.verified]              # what setup-azure / consent / validate proved, with dates
@@ -76,6 +77,10 @@ class Profile:
     connect_directory_scope: str = "api.service.address-book"
     connect_resource_id: str | None = None
     connect_rate_per_min: int = 250
+    # How long a write of ours may take to show on a side (the echo rule's window, sync/plan.py).
+    # While it runs, the side showing the value our write replaced is read as our echo, not as
+    # the user's doing; no public source gives either service's propagation delay, hence 60 s.
+    echo_window_s: int = 60
     enabled_direction: str | None = None
     notify_url: str | None = None  # public HTTPS URL of the notification receiver (sync --watch)
     verified: dict[str, Any] = field(default_factory=dict)
@@ -134,7 +139,8 @@ class Profile:
 
 _KNOWN_KEYS = {f.name for f in fields(Profile)} - {"name"}
 _TOP_LEVEL_KEYS = ("profiles",)
-_INT_KEYS = ("connect_rate_per_min",)
+_INT_KEYS = ("connect_rate_per_min", "echo_window_s")
+ECHO_WINDOW_RANGE = (2, 600)
 _URL_KEYS = ("authority_url", "graph_url", "connect_login_url", "connect_api_url")
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
@@ -248,6 +254,13 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
                 hint=f"write it as {f.name} = \"…\"",
             )
         setattr(profile, f.name, value)
+    low, high = ECHO_WINDOW_RANGE
+    if not low <= profile.echo_window_s <= high:
+        raise ConfigError(
+            f"{where}: key 'echo_window_s' is {profile.echo_window_s}",
+            hint=f"allowed: {low} to {high} seconds (default 60): how long a write of ours may "
+            "take to show on Teams or Connect",
+        )
     if profile.enabled_direction is not None and profile.enabled_direction not in DIRECTIONS:
         raise ConfigError(
             f"{where}: key 'enabled_direction' is '{profile.enabled_direction}'",

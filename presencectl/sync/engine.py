@@ -36,7 +36,7 @@ import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +81,7 @@ Sleep = Callable[[float], Awaitable[None]]
 EventCallback = Callable[["SyncEvent"], None]
 OUTAGE_META = "outage"  # state meta key: the outage a watch is waiting out (status shows it)
 WRITE_CHUNK_PAIRS = 500  # pairs written (and persisted) per step: a stop waits for one step
+DEFAULT_ECHO_WINDOW = timedelta(seconds=60)  # a profile without echo_window_s
 
 
 def utc_now() -> datetime:
@@ -99,7 +100,7 @@ class EngineOptions:
     teams_session_ttl: timedelta = timedelta(hours=1)
     renew_margin: timedelta = timedelta(minutes=5)
     available_refresh: timedelta = timedelta(minutes=4)
-    echo_window: timedelta = timedelta(seconds=60)
+    echo_window: timedelta | None = None  # None: the profile's echo_window_s (default 60 s)
     use_feed: bool = True  # watch: Connect change feed (False: poll Connect with Teams)
     notify: NotifyOptions | None = None  # watch: Teams by Graph change notifications (notify.py)
 
@@ -378,7 +379,7 @@ class SyncEngine:
             teams_session_ttl=self.options.teams_session_ttl,
             renew_margin=self.options.renew_margin,
             available_refresh=self.options.available_refresh,
-            echo_window=self.options.echo_window,
+            echo_window=self.options.echo_window or DEFAULT_ECHO_WINDOW,
         )
         for key, observed in plan.observed_states.items():
             if (observed.genuine_teams, observed.genuine_connect) != before.get(key):
@@ -1262,6 +1263,8 @@ async def engine_for(
             code="setup_missing",
         )
     settings = profile.http_settings()
+    if options.echo_window is None:
+        options = replace(options, echo_window=timedelta(seconds=profile.echo_window_s))
     limiter = RateLimiter()
     own_store = store is None
     store = store or StateStore.for_profile(profile.name)
