@@ -236,3 +236,28 @@ def test_user_change_after_we_cleared_a_masked_session_is_genuine() -> None:
     assert [(a.side, a.kind, a.value) for a in r2.actions] == [
         (Side.TEAMS, ActionKind.SET, T("Available/Available"))
     ]
+
+
+def test_a_reading_taken_for_an_echo_is_read_again_when_the_window_ends() -> None:
+    """Found by the soak: our Connect session `meeting` replaced by `available`, then the user's
+    own `meeting`. Inside the echo window that reading is our write not landed yet; once the
+    window ends, the same reading (no new one: the feed is quiet) is the user's own."""
+    m = Mapping()
+    r1 = plan({}, {KEY: _obs("DoNotDisturb/Presenting", "offline", T0)}, m, "both", T0)
+    assert [(a.side, a.value) for a in r1.actions] == [(Side.CONNECT, "meeting")]
+    t1 = T0 + timedelta(seconds=2)
+    r2 = plan({KEY: r1.new_states[KEY]}, {KEY: _obs("Available/Available", "meeting", t1)}, m,
+              "both", t1)  # fmt: skip
+    assert [(a.side, a.value) for a in r2.actions] == [(Side.CONNECT, "available")]
+    t2 = t1 + timedelta(seconds=1)  # the user's own `meeting`, while `available` is pending
+    r3 = plan({KEY: r2.new_states[KEY]}, {KEY: _obs(None, "meeting", t2)}, m, "both", t2,
+              echo_window=timedelta(seconds=5))  # fmt: skip
+    assert r3.actions == [] and r3.new_states[KEY].genuine_connect is None  # unknown
+    t3 = t1 + timedelta(seconds=6)  # the window has passed; nothing new was read
+    r4 = plan({KEY: r3.new_states[KEY]}, {}, m, "both", t3, echo_window=timedelta(seconds=5))
+    assert r4.new_states[KEY].genuine_connect == "meeting"
+    # Mirrored to Teams; our Connect `available` goes (Teams will show our own session).
+    assert [(a.side, a.kind, a.value) for a in r4.actions] == [
+        (Side.TEAMS, ActionKind.SET, T("Busy/InACall")),
+        (Side.CONNECT, ActionKind.CLEAR, None),
+    ]

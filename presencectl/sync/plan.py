@@ -293,6 +293,11 @@ class _SideWork:
             kept = tuple(p for p in pending if p.written_at > horizon)
             if len(kept) != len(pending):
                 self.pending, self.changed = kept, True
+                if last is not None:
+                    # Level-triggered: the last reading may have been taken for the echo of a
+                    # write that has now outlived the echo window. Read it again without that
+                    # write, or a side nobody changes again (a quiet feed) keeps a stale state.
+                    self.observe(last)
 
     def observe(self, obs: Observation) -> None:
         last = self.last
