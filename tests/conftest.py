@@ -44,10 +44,15 @@ class MemoryKeyring(KeyringBackend):
         del self.store[(service, username)]
 
 
+# How long the reliability tests run (.ci/run sets them): settings of the test run, not of the
+# product, so the isolation below keeps them.
+TEST_LENGTH_KNOBS = frozenset({"PRESENCECTL_SOAK_MINUTES", "PRESENCECTL_CRASH_KILLS"})
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MemoryKeyring]:
     for name in list(os.environ):
-        if name.startswith("PRESENCECTL_"):
+        if name.startswith("PRESENCECTL_") and name not in TEST_LENGTH_KNOBS:
             monkeypatch.delenv(name)
     monkeypatch.setenv("PRESENCECTL_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("PRESENCECTL_STATE_DIR", str(tmp_path / "state"))
