@@ -1,6 +1,7 @@
 """The one exception family of presencectl, and the exit codes it maps to.
 
-Core packages raise these; only the CLI's main catches them (see output.py). Every error has a
+Core packages raise these; only ``cli/app.py:run`` catches them, and ``output.render_error``
+prints them. Every error has a
 stable snake_case ``code`` (a contract: scripts and docs/troubleshooting.md rely on it), a
 ``message`` that says what happened, a ``hint`` that says what to do next, and an ``exit_code``.
 Messages and hints never contain secrets.
@@ -12,7 +13,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Exit codes of ARCHITECTURE.md §2, documented in docs/ci.md."""
+    """Exit codes, documented in docs/ci.md (one table)."""
 
     OK = 0
     ERROR = 1  # unexpected, or an API error

@@ -1,4 +1,4 @@
-"""Both sides' status models and the mapping between them (ARCHITECTURE.md §4, the seed's table).
+"""Both sides' status models and the mapping between them (docs/mapping.md, the seed's table).
 
 Owns:
 
@@ -121,7 +121,7 @@ _CONNECT_BY_NAME: Final[dict[str, ConnectStatus]] = {
     **{label.lower(): s for s, label in _CONNECT_LABELS.items()},
 }
 
-# Connect aggregates a user's sessions, highest first (ARCHITECTURE.md §3); ties: most recent.
+# Connect aggregates a user's sessions, highest first (docs/architecture.md); ties: most recent.
 _CONNECT_TIERS: Final = (
     ("offline",),
     ("agent_available", "available"),
@@ -161,8 +161,8 @@ ACTIVITIES: Final = (
 _AVAILABILITY_CANON: Final[dict[str, str]] = {a.lower(): a for a in AVAILABILITIES}
 _ACTIVITY_CANON: Final[dict[str, str]] = {a.lower(): a for a in ACTIVITIES}
 
-# Teams aggregates sessions DoNotDisturb > Busy > Available > Away (FACTS.md); used by the planner
-# to tell "the side shows less than our session would force".
+# Teams aggregates sessions DoNotDisturb > Busy > Available > Away (docs/verification.md); used
+# by the planner to tell "the side shows less than our session would force".
 _TEAMS_RANK: Final[dict[str, int]] = {
     "PresenceUnknown": 0, "Offline": 1, "Away": 2, "BeRightBack": 2,
     "AvailableIdle": 3, "Available": 3, "BusyIdle": 4, "Busy": 4, "DoNotDisturb": 5,

@@ -3,7 +3,7 @@
 Whatever the operator writes in config.toml (or in a mapping file), presencectl answers with exit
 3 and a message that names the offending key — never exit 1 ("unexpected") and never a
 traceback. The oracle below is written independently of ``presencectl.config`` and
-``presencectl.mapping`` from ARCHITECTURE.md §4 and the config layout: it decides which keys are
+``presencectl.mapping`` from docs/mapping.md and the config layout: it decides which keys are
 wrong, and the command must name one of them.
 """
 

@@ -22,7 +22,7 @@ from presencectl.mapping import (
     validate_overrides,
 )
 
-# The seed's Teams → Connect table as ARCHITECTURE.md §4 reads it: (label, pair, OOF, Connect).
+# The seed's Teams → Connect table as docs/mapping.md reads it: (label, pair, OOF, Connect).
 SEED_T2C = [
     ("Available", "Available/Available", False, "available"),
     ("Busy", "Busy/Busy", False, "busy"),

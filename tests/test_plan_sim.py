@@ -1,6 +1,6 @@
 """The planner against a simulated world: both sides aggregate the user's own state with ours.
 
-Scenarios of ARCHITECTURE.md §5 (the echo rule), every seed row both ways end to end, upkeep,
+Scenarios of the echo rule (sync/plan.py), every seed row both ways end to end, upkeep,
 one-way directions, and hypothesis properties: no loop, convergence, no phantom session.
 """
 
@@ -43,7 +43,7 @@ T = TeamsStatus.parse
 @dataclass
 class World:
     """One person on both sides. Teams: a preferred presence beats sessions, otherwise the higher
-    availability wins (ties: most recent). Connect: the tiers of §3 (ties: most recent)."""
+    availability wins (ties: most recent). Connect: mapping.py's tiers (ties: most recent)."""
 
     teams_user: TeamsStatus = field(default_factory=lambda: T("Available/Available"))
     teams_preferred: bool = False
@@ -143,7 +143,7 @@ def _writes(actions: list[Action], side: Side) -> list[Action]:
 
 
 # --------------------------------------------------------------------------------------------
-# The two scenarios §5 and issue 5 name
+# The two scenarios the echo rule (docs/architecture.md) and issue 5 name
 # --------------------------------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """The Connect request budget: at most N requests started in any minute, per client.
 
-A third party reports about 250 requests per minute per Extend API client (unverified, FACTS.md
-"Univerge Blue"). The budget is a token bucket whose burst plus one minute of refill never
+A third party reports about 250 requests per minute per Extend API client (unverified,
+docs/verification.md). The budget is a token bucket whose burst plus one minute of refill never
 exceeds N, so a server that counts requests in any sliding 60 s window never sees more than N.
 ``per_minute <= 0`` switches the budget off. Clock and sleep are injected for tests.
 """

@@ -2,9 +2,9 @@
 
 Paths, OAuth scopes (one per token), the directory's page shape, the session resource we write
 under, the change-feed subscription body, the hub target and the field names of its payload.
-Each element names its public source, or says it is unverified (FACTS.md "Univerge Blue"; the
-presence endpoints are not publicly documented): when the vendor's real shapes turn out
-different, this is the module to correct. Nothing here does I/O.
+Each element names its public source, or says it is unverified (docs/verification.md has a row
+for each; the presence endpoints are not publicly documented): when the vendor's real shapes
+turn out different, this is the module to correct. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ EVENT_WHEN_RAISED = "whenRaised"
 # Rate limit: about 250 requests/minute per client (a third-party report; unverified).
 RATE_PER_MIN = 250
 
-# Wire values of the Connect statuses (ARCHITECTURE.md §4), highest aggregate first.
+# Wire values of the Connect statuses (docs/mapping.md), highest aggregate first.
 STATUSES = (
     "agent_onphone",
     "onphone",

@@ -1,10 +1,10 @@
 """The Microsoft Graph client: one httpx connection pool, retries, throttling, paging and $batch.
 
-Owns: :class:`GraphClient` (HTTP/2 where available, keep-alive, the profile's TLS/proxy/timeouts
+Owns: :class:`GraphClient` (HTTP/1.1, keep-alive, the profile's TLS/proxy/timeouts
 through :mod:`presencectl.transport`), the retry policy, the translation of Graph error bodies
 into :mod:`presencectl.errors`, and ``$batch`` (chunks of 20, failed members retried alone).
 
-Retry rules (STYLE.md 3): network errors, 5xx and 429 are retried with bounded exponential
+Retry rules: network errors, 5xx and 429 are retried with bounded exponential
 backoff and jitter; a ``Retry-After`` is honoured — for a 429 by pausing every request of that
 scope in the shared :class:`~presencectl.graph.ratelimit.RateLimiter`; no other 4xx is retried.
 A 401 forces one token refresh and one more try. Tokens never reach a log or an error text.

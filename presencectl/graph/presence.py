@@ -1,8 +1,9 @@
 """Teams presence through Graph: bulk reads, our session's writes and clears, single and batched.
 
 Owns: :class:`TeamsPresenceRead` (what getPresencesByUserId says about one user), bulk reads in
-chunks of 650 ids (FACTS.md), ``setPresence`` / ``clearPresence`` for our own session (sessionId =
-our app's client id), and their ``$batch`` forms with a per-user :class:`WriteOutcome`.
+chunks of 650 ids (docs/verification.md), ``setPresence`` / ``clearPresence`` for our own
+session (sessionId = our app's client id), and their ``$batch`` forms with a per-user
+:class:`WriteOutcome`.
 
 Graph's presence values come in PascalCase and camelCase and sometimes outside the documented
 enums: they are kept as Graph sent them (the mapping compares case-insensitively); a record

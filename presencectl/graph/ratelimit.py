@@ -6,7 +6,7 @@ engine reports and the benchmarks print.
 
 Two mechanisms, both per *scope* (``"presence"`` for presence endpoints, ``"other"`` for the rest):
 
-- A budget for presence requests sized for the documented ceiling (FACTS.md: 1,500 requests per
+- A budget for presence requests sized for Microsoft's documented ceiling (1,500 requests per
   30 s per app per tenant, configurable), counting ``$batch`` members one by one. It is kept as a
   sliding window (no more than ``limit`` units in any ``window`` seconds) rather than a classic
   token bucket: a bucket of capacity N refilled at N/window lets 2N through in one window after an
@@ -25,7 +25,8 @@ Two mechanisms, both per *scope* (``"presence"`` for presence endpoints, ``"othe
   cost of a few 429s, which the pause absorbs. Against a server whose limit is the configured
   one, nothing changes.
 
-The clock and sleep are injectable so tests run instantly (see ``FakeClock`` in the tests).
+The clock and sleep are injectable so tests run instantly (tests/test_graph_client.py). The
+sources of the figures: docs/verification.md.
 """
 
 from __future__ import annotations

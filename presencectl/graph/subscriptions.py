@@ -1,7 +1,10 @@
-"""Graph change notifications for presence (FACTS.md: delegated only, ≤650 ids, ≤60 min).
+"""Graph change notifications for presence: delegated only, ≤650 ids, ≤60 min.
+
+Sources: docs/verification.md.
 
 Owns: the resource string, create / renew / reauthorize / delete, and
-:class:`PresenceSubscription`. ``sync/notify.py`` calls these with the sync user's delegated token;
+:class:`PresenceSubscription`. ``sync/notify.py`` creates, renews, reauthorizes and deletes them
+with the sync user's delegated token; ``disable`` (sync/engine.py) deletes those still recorded;
 ``sync/receiver.py`` receives the notifications, ``graph/notifications.py`` reads them.
 """
 

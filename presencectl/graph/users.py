@@ -2,7 +2,7 @@
 
 Owns: :class:`DirectoryUser`, :func:`list_users` (``/users`` with the fields matching needs,
 ``$top=999``, every page) and :func:`smtp_addresses` (mail, userPrincipalName and the SMTP
-proxyAddresses, lowercased — ARCHITECTURE.md §5 matching).
+proxyAddresses, lowercased — the matching of docs/architecture.md).
 """
 
 from __future__ import annotations

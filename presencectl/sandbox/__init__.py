@@ -1,4 +1,4 @@
-"""The local Entra ID + Microsoft Graph + Univerge Blue Connect stand-in (ARCHITECTURE.md §7).
+"""The local Entra ID + Microsoft Graph + Univerge Blue Connect stand-in (docs/architecture.md).
 
 ``running_sandbox(...)`` runs one in-process for tests, demo and bench; ``presencectl sandbox
 serve`` runs one from the command line. Heavy modules load lazily.

@@ -1,6 +1,6 @@
-"""The sandbox's Univerge Blue Connect REST API (ARCHITECTURE.md §3 table) and its change feed.
+"""The sandbox's Univerge Blue Connect REST API (docs/architecture.md) and its change feed.
 
-Written from the public sources (FACTS.md "Univerge Blue"), never from presencectl's client.
+Written from the public sources (docs/verification.md names each), never from presencectl's client.
 Owns ``connect_routes(world, hub)``:
 - ``POST /univerge/login/user/connect/token`` (client_credentials form with exactly one scope,
   ``api.service.messaging`` or ``api.service.address-book``; an ``api.user.*`` scope, several

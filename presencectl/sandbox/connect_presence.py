@@ -3,7 +3,7 @@
 Owns `ConnectPresenceState`. A user's presence is the aggregate of their "resources" (sessions):
 the user's own Connect app is resource ``app``, integrations write their own (a GUID each, as
 the public monitoring code writes; the presence routes refuse other names). Aggregation follows
-ARCHITECTURE.md §3, highest first:
+docs/architecture.md ("Univerge Blue Connect"), highest first:
 ``agent_onphone, onphone > meeting, screen_sharing > dnd, out_sick, on_vacation, off_work >
 busy, agent_busy > on_break > away > agent_available, available > offline``; ties go to the most
 recently updated resource; no resource at all reads ``offline``.

@@ -1,4 +1,4 @@
-"""The sandbox control API (``/_sandbox/...``, ARCHITECTURE.md §7) except presence.
+"""The sandbox control API (``/_sandbox/...``, docs/architecture.md) except presence.
 
 Owns: health, profile, users (add, password change), device-code approval, clock, faults and
 stats. The presence control endpoints (``/_sandbox/teams/*``, ``/_sandbox/connect/*``) come from

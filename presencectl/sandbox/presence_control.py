@@ -1,4 +1,4 @@
-"""The presence part of the sandbox control API (ARCHITECTURE.md §7).
+"""The presence part of the sandbox control API (docs/architecture.md, "The sandbox").
 
 Owns ``control_routes(world)``:
 - ``POST /_sandbox/teams/presence`` ``{"user", "availability", "activity", "out_of_office"}``:

@@ -3,7 +3,7 @@
 Owns `TeamsPresenceState`: the user's own Teams client (availability, activity, out of office),
 application sessions by sessionId (setPresence / clearPresence) with expiry and the Available
 fade, and the user's preferred presence. Aggregation (learn.microsoft.com presence-setpresence,
-presence-setuserpreferredpresence; FACTS.md):
+presence-setuserpreferredpresence; docs/verification.md):
 
 - sessions that expired are gone; an Available app session not refreshed for 5 minutes reads
   Available/AvailableInactive, after 10 minutes Away/Away;

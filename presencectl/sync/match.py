@@ -1,4 +1,6 @@
-"""Email matching of Azure users and Connect contacts (ARCHITECTURE.md §5, the seed's prerequisite).
+"""Email matching of Azure users and Connect contacts (the seed's prerequisite).
+
+See docs/architecture.md, "One sync cycle".
 
 Owns ``match_users`` and its ``MatchReport``: case-insensitive email; on the Azure side a user
 answers to its ``mail``, its ``userPrincipalName`` and every SMTP ``proxyAddresses`` entry

@@ -5,9 +5,9 @@ No I/O and no clock: ``now`` is given, so a test runs a hundred watch cycles ins
 How a cycle decides, per pair
 =============================
 
-1. **Observations → genuine state** (the echo rule of ARCHITECTURE.md §5). Each side shows an
-   *aggregate* of the user's own state and our session there (Teams: DoNotDisturb > Busy >
-   Available > Away, a preferred presence beats every session; Connect: the tiers of §3, ties to
+1. **Observations → genuine state** (the echo rule; docs/architecture.md sums it up). Each side
+   shows an *aggregate* of the user's own state and our session there (Teams: DoNotDisturb > Busy >
+   Available > Away, a preferred presence beats every session; Connect: mapping.py's tiers, ties to
    the most recent). An observation is **ours** ("explained") when it equals
 
    - the value of our live session on that side, or
