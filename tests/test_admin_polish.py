@@ -72,7 +72,7 @@ def test_completion_offers_profiles_and_directions(
 def test_write_events_say_it_is_our_session(cli: Any) -> None:
     from datetime import UTC, datetime
 
-    from presencectl.cli.sync import event_text
+    from presencectl.cli.events import event_text
     from presencectl.sync.engine import SyncEvent
 
     event = SyncEvent(

@@ -68,8 +68,8 @@ def test_backoff_doubles_with_jitter_up_to_its_cap_and_resets() -> None:
 def test_the_live_view_and_plain_lines_say_what_is_down_and_when_it_came_back() -> None:
     from datetime import UTC, datetime
 
+    from presencectl.cli.events import event_text
     from presencectl.cli.live import LiveView
-    from presencectl.cli.sync import event_text
     from presencectl.sync.engine import EngineOptions, SyncEvent
     from presencectl.sync.resilience import Outage
 

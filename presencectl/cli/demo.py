@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from presencectl.cli.context import AppContext
+from presencectl.cli.events import plain_line
 
 _MARKS = {"ok": "✓", "created": "+", "updated": "~", "unchanged": "=", "failed": "✗"}
 
@@ -107,8 +108,6 @@ class _Renderer:
                 _out(f"{at} {text}")
 
     def _sync(self, event: Any) -> None:
-        from presencectl.cli.sync import _plain_line
-
         if self.live_capable:
             if event.type == "start" and self.live is None:
                 from presencectl.cli.live import LiveView
@@ -121,7 +120,7 @@ class _Renderer:
             if event.type == "stop":
                 self.close()
             return
-        line = _plain_line(event.sync)
+        line = plain_line(event.sync)
         if line:
             _out(line)
 

@@ -8,6 +8,7 @@ from collections import deque
 from typing import Any
 
 from presencectl import output
+from presencectl.cli.events import event_text
 
 
 class LiveView:
@@ -40,8 +41,6 @@ class LiveView:
         data = event.data
         at = event.at.strftime("%H:%M:%S")
         if event.type in ("write", "change"):
-            from presencectl.cli.sync import event_text
-
             if event.type == "write":
                 self.write_times.append(time.monotonic())
             self.changes.appendleft((at, event_text(event) or ""))

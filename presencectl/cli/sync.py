@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from presencectl.cli.context import AppContext
+from presencectl.cli.events import action_row, plain_line
 from presencectl.errors import ExitCode, PartialSyncError, PresencectlError, UsageError
 
 DIRECTION_HELP = "both | connect-to-teams | teams-to-connect"
@@ -305,7 +306,7 @@ def _once(app: AppContext, profile: Any, options: Any) -> Any:
     if app.json:
         document = {
             **result.summary(),
-            "actions": [_action_row(a) for a in result.actions],
+            "actions": [action_row(a) for a in result.actions],
             "failures": result.failures,
         }
         if result.failed:  # one document: the exit-5 error rides along (see errors.in_document)
@@ -315,7 +316,7 @@ def _once(app: AppContext, profile: Any, options: Any) -> Any:
         app.render(document)
         return result
     if options.dry_run:
-        rows = [_action_row(a) for a in result.actions]
+        rows = [action_row(a) for a in result.actions]
         if rows:
             app.render(rows, columns=["user", "side", "from", "to", "reason"], title="Plan")
         else:
@@ -323,12 +324,12 @@ def _once(app: AppContext, profile: Any, options: Any) -> Any:
         return result
     if app.output == "csv":  # one table per stream: one row per write (failures included)
         app.render(
-            [_action_row(a) for a in result.actions],
+            [action_row(a) for a in result.actions],
             columns=["user", "side", "kind", "from", "to", "outcome", "reason", "error"],
         )
         return result
     app.render(result.summary(), title="Sync")
-    written = [_action_row(a) for a in result.actions]
+    written = [action_row(a) for a in result.actions]
     if written:  # who was written, not only how many
         app.render(
             written,
@@ -338,20 +339,6 @@ def _once(app: AppContext, profile: Any, options: Any) -> Any:
     if result.failures:
         app.render(result.failures, title="Failures")
     return result
-
-
-def _action_row(action: Any) -> dict[str, Any]:
-    return {
-        "user": action.user,
-        "side": action.side,
-        "kind": action.kind,
-        "from": action.from_value,
-        "to": action.to_value,
-        "reason": action.reason,
-        "purpose": action.purpose,
-        "outcome": action.outcome,
-        **({"error": action.error} if action.error else {}),
-    }
 
 
 def _watch(
@@ -384,7 +371,7 @@ def _watch(
             sys.stdout.flush()
 
         def on_event(event: Any) -> None:
-            line = _plain_line(event)
+            line = plain_line(event)
             if line:
                 pipe.write(write_line, line)
 
@@ -408,41 +395,6 @@ def _watch(
         if result.failures:  # users whose latest write still fails (healed ones are not)
             app.render(result.failures, title="Still failing")
     return result
-
-
-def event_text(event: Any) -> str | None:
-    """One line for a sync event (plain output and the live view); None: not worth a line."""
-    data = event.data
-    if event.type == "write":
-        # What we change is *our* session on that side; "from" is what the side showed, which
-        # may stay (a user's own DND outranks our Available): never "dnd -> available".
-        to = "cleared" if data["to"] is None else data["to"]
-        shown = data["from"] if data["from"] is not None else "nothing of the user's"
-        text = f"{data['side']:<7} {data['user']}: our session -> {to}"
-        text += f" ({data['side']} showed {shown}; {data['reason']}) {data['outcome']}"
-        return text + (f": {data['error']}" if data.get("error") else "")
-    if event.type == "change":
-        # None: that side shows our own session, so the user's own state there is hidden.
-        teams = data["teams"] if data["teams"] is not None else "(ours)"
-        connect = data["connect"] if data["connect"] is not None else "(ours)"
-        return f"change  {data['user']}: teams={teams} connect={connect}"
-    if event.type == "start":
-        return f"watching ({data['direction']}, every {data['interval']} s)"
-    if event.type == "feed":
-        return f"connect feed {data['state']}"
-    if event.type == "notifications":
-        return f"teams notifications: {data['reason']}"
-    if event.type == "outage":
-        return f"{data['message']} ({data['error']})"
-    if event.type == "recovered":
-        down = data["down_s"]
-        return f"{data['service']} reachable again after {down:.0f} s: reconciling in full"
-    return None
-
-
-def _plain_line(event: Any) -> str | None:
-    text = event_text(event)
-    return None if text is None else f"{event.at.strftime('%H:%M:%S')} {text}"
 
 
 _STATUS_SECTIONS = ("status", "health", "notifications", "recent")
