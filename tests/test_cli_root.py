@@ -209,15 +209,6 @@ def test_abort_exits_130(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli("config", "path").exit_code == 130
 
 
-def test_not_built_commands_exit_3_with_one_line() -> None:
-    from presencectl.cli._stub import not_built
-    from presencectl.errors import NotBuiltError
-
-    with pytest.raises(NotBuiltError) as caught:
-        not_built("frobnicate")
-    assert caught.value.exit_code == 3 and "not built yet" in caught.value.message
-
-
 def test_no_input_names_the_flag_and_env_var() -> None:
     ctx = AppContext(no_input=True)
     assert not ctx.interactive

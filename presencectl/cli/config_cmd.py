@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from presencectl.cli.context import AppContext
+from presencectl.cli.context import app_context
 
 config_app = typer.Typer(
     help="Show and change the configuration file and profiles.", no_args_is_help=True
@@ -24,7 +24,7 @@ def path(ctx: typer.Context) -> None:
     from presencectl.config import config_dir, config_path, state_dir
     from presencectl.secrets import fallback_path
 
-    app_ctx: AppContext = ctx.obj
+    app_ctx = app_context(ctx)
     file = config_path()
     if app_ctx.output == "table":
         typer.echo(str(file))  # bare, for $(...) in scripts
@@ -49,7 +49,7 @@ def show(ctx: typer.Context) -> None:
     from presencectl.config import Profile, config_path
     from presencectl.secrets import NAMED_SECRETS, describe_source
 
-    app_ctx: AppContext = ctx.obj
+    app_ctx = app_context(ctx)
     profile = app_ctx.load_profile(check_mapping=False)  # shows a bad mapping, to be fixed
     defaults = Profile()
     settings: dict[str, Any] = {}
@@ -119,7 +119,7 @@ def profiles(ctx: typer.Context) -> None:
     """
     from presencectl.config import config_path, list_profiles, load_profile, profile_name
 
-    app_ctx: AppContext = ctx.obj
+    app_ctx = app_context(ctx)
     active = profile_name(app_ctx.profile_name)
     rows = []
     for name in list_profiles():
@@ -166,7 +166,7 @@ def set_(
     """
     from presencectl.config_edit import set_key
 
-    app_ctx: AppContext = ctx.obj
+    app_ctx = app_context(ctx)
     change = set_key(app_ctx.profile_name, key, value)
     app_ctx.render(change, columns=None if app_ctx.json else _CHANGE_COLUMNS)
 
@@ -182,7 +182,7 @@ def unset(
     """
     from presencectl.config_edit import unset_key
 
-    app_ctx: AppContext = ctx.obj
+    app_ctx = app_context(ctx)
     change = unset_key(app_ctx.profile_name, key)
     app_ctx.render(change, columns=None if app_ctx.json else _CHANGE_COLUMNS)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from presencectl.cli.context import AppContext
+from presencectl.cli.context import AppContext, app_context
 
 connect_app = typer.Typer(
     help="Give presencectl the Connect Extend API client, and verify the Connect API on your "
@@ -25,11 +25,6 @@ SECRET_ENV = "PRESENCECTL_CONNECT_CLIENT_SECRET"
 _TOKEN_COLUMNS = ["purpose", "scope", "result", "detail"]
 _VERIFY_COLUMNS = ["check", "result", "detail"]
 _MARKS = {"held": "✓", "differed": "✗", "failed": "✗", "skipped": "-", "info": "·"}
-
-
-def _obj(ctx: typer.Context) -> AppContext:
-    obj = ctx.find_object(AppContext)
-    return obj if obj is not None else AppContext()
 
 
 def _note(app_ctx: AppContext, message: str) -> None:
@@ -89,7 +84,7 @@ def connect_set(
     from presencectl.connect.verify import check_tokens
     from presencectl.errors import AuthError, UsageError
 
-    app_ctx = _obj(ctx)
+    app_ctx = app_context(ctx)
     client_id = client_id.strip()
     if not client_id:
         raise UsageError("--client-id is empty", hint="pass the client id from Control Panel")
@@ -167,7 +162,7 @@ def connect_verify(
     from presencectl.connect.verify import VerifyOptions, run_verify
     from presencectl.errors import ExitCode, PresencectlError, UsageError
 
-    app_ctx = _obj(ctx)
+    app_ctx = app_context(ctx)
     if settle <= 0:
         raise UsageError("--settle must be positive", hint="e.g. --settle 15")
     if "@" not in user:

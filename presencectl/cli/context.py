@@ -11,6 +11,8 @@ from presencectl import output
 from presencectl.errors import UsageError
 
 if TYPE_CHECKING:
+    import typer
+
     from presencectl.config import Profile
 
 
@@ -64,6 +66,11 @@ class AppContext:
         import getpass
 
         return getpass.getpass(f"{what}: ", stream=sys.stderr)
+
+
+def app_context(ctx: typer.Context) -> AppContext:
+    """The run's :class:`AppContext` (the global options), for any command or group."""
+    return ctx.ensure_object(AppContext)
 
 
 def env_output_default() -> str:

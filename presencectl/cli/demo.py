@@ -8,22 +8,16 @@ The closing summary is data: it goes to stdout in the chosen format.
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from typing import Any
 
 import typer
 
-from presencectl.cli.context import AppContext
+from presencectl.cli.context import AppContext, app_context
 from presencectl.cli.events import plain_line
+from presencectl.cli.signals import stop_on_signals
 
 _MARKS = {"ok": "✓", "created": "+", "updated": "~", "unchanged": "=", "failed": "✗"}
-
-
-def _obj(ctx: typer.Context) -> AppContext:
-    obj = ctx.find_object(AppContext)
-    return obj if obj is not None else AppContext()
 
 
 def _err(line: str) -> None:
@@ -186,33 +180,25 @@ def demo(
     from presencectl.demo import DEFAULT_PROFILE, DemoOptions, run_demo
     from presencectl.errors import PartialSyncError
 
-    app = _obj(ctx)
+    app = app_context(ctx)
     name = app.profile_name or DEFAULT_PROFILE
     guard_sandbox_profile(name, force=force, command="demo")
     options = DemoOptions(
         users=users, duration=duration, seed=seed, interval=interval, profile_name=name
     )
     renderer = _Renderer(app, name, interval)
-    stop = threading.Event()
-    previous: dict[int, Any] = {}
 
-    def on_signal(signum: int, frame: Any) -> None:
-        if stop.is_set():  # a second Ctrl-C: stop waiting
-            raise KeyboardInterrupt
-        stop.set()
+    def on_first(signal_name: str) -> None:  # a second Ctrl-C: stop waiting (exit 130)
         renderer.narrate("stopping: finishing the writes in flight…")
 
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     renderer.narrate(
         f"presencectl demo: {users} simulated people, {duration:g} s of sync (Ctrl-C ends it)"
     )
     try:
-        summary = run_demo(options, renderer, stop=stop)
+        with stop_on_signals(on_first) as stop:
+            summary = run_demo(options, renderer, stop=stop)
     finally:
         renderer.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if not app.json:
         median, worst = summary.propagation()
         app.render(

@@ -13,16 +13,11 @@ from typing import Any
 
 import typer
 
-from presencectl.cli.context import AppContext
+from presencectl.cli.context import app_context
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim", "info": "cyan"}
 _COLUMNS = ["name", "status", "detail", "remedy"]
 _HEADERS = {"name": "Check", "status": "Status", "detail": "Detail", "remedy": "Remedy"}
-
-
-def _obj(ctx: typer.Context) -> AppContext:
-    obj = ctx.find_object(AppContext)
-    return obj if obj is not None else AppContext()
 
 
 def _coloured_table(checks: list[dict[str, Any]], title: str) -> None:
@@ -60,7 +55,7 @@ def doctor(ctx: typer.Context) -> None:
     """
     from presencectl.doctor import run_doctor
 
-    app_ctx = _obj(ctx)
+    app_ctx = app_context(ctx)
     progress = app_ctx.output == "table" and sys.stderr.isatty() and app_ctx.verbosity >= 0
 
     def on_check(check: Any) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from presencectl.cli.context import AppContext
+from presencectl.cli.context import AppContext, app_context
 
 sync_user_app = typer.Typer(
     help="Store, validate or forget the dedicated Azure sync user.", no_args_is_help=True
@@ -31,11 +31,6 @@ _MARKS = {
     "warning": "!",
     "confirm": "?",
 }
-
-
-def _obj(ctx: typer.Context) -> AppContext:
-    obj = ctx.find_object(AppContext)
-    return obj if obj is not None else AppContext()
 
 
 def _err(message: str) -> None:
@@ -131,7 +126,7 @@ def setup_azure(
     from presencectl.identity.setup import SetupOptions
     from presencectl.identity.setup import setup_azure as run
 
-    app_ctx = _obj(ctx)
+    app_ctx = app_context(ctx)
     if rotate_secret:
         extra = [
             flag
@@ -233,7 +228,7 @@ def logout(
     from presencectl.config import list_profiles, profile_name
     from presencectl.identity.msal_apps import ADMIN, forget_cache
 
-    app_ctx = _obj(ctx)
+    app_ctx = app_context(ctx)
     names = list_profiles() if all_profiles else [profile_name(app_ctx.profile_name)]
     rows = [
         {"profile": name, "admin_token_cache": "removed" if forget_cache(name, ADMIN) else "none"}
@@ -290,7 +285,7 @@ def consent(
     """
     from presencectl.identity import setup
 
-    app_ctx = _obj(ctx)
+    app_ctx = app_context(ctx)
     profile = app_ctx.load_profile()
     if check and (as_app or (not app_ctx.interactive and not _admin_cached(profile.name))):
         from presencectl.identity.app_proof import prove_app_permissions
@@ -367,7 +362,7 @@ def sync_user_set(
     """
     from presencectl.identity.sync_user import store_sync_user
 
-    app_ctx = _obj(ctx)
+    app_ctx = app_context(ctx)
     profile = app_ctx.load_profile(must_exist=False)
     password, store = _read_password(app_ctx, password_stdin)
     status = store_sync_user(profile, username, password, store_password=store)
@@ -381,7 +376,7 @@ def sync_user_validate(ctx: typer.Context) -> None:
     """Sign in as the sync user and prove it can read presence."""
     from presencectl.identity.sync_user import validate_sync_user
 
-    app_ctx = _obj(ctx)
+    app_ctx = app_context(ctx)
     status = validate_sync_user(app_ctx.load_profile())
     app_ctx.render(status, title="Sync user signed in and read its own presence")
 
@@ -391,7 +386,7 @@ def sync_user_forget(ctx: typer.Context) -> None:
     """Remove the stored sync user credentials."""
     from presencectl.identity.sync_user import forget_sync_user
 
-    app_ctx = _obj(ctx)
+    app_ctx = app_context(ctx)
     removed = forget_sync_user(app_ctx.load_profile())
     app_ctx.render({"removed_" + k: v for k, v in removed.items()})
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from presencectl.cli.context import AppContext
+from presencectl.cli.context import app_context
 
 mapping_app = typer.Typer(help="Show or check the status mapping.", no_args_is_help=True)
 
@@ -19,11 +19,6 @@ _HEADERS = {
     "origin": "Origin",
     "note": "Note",
 }
-
-
-def _obj(ctx: typer.Context) -> AppContext:
-    obj = ctx.find_object(AppContext)
-    return obj if obj is not None else AppContext()
 
 
 @mapping_app.command("show")
@@ -51,7 +46,7 @@ def show(
         raise UsageError(
             f"--direction is '{direction}'", hint="use one of: " + ", ".join(DIRECTIONS)
         )
-    app = _obj(ctx)
+    app = app_context(ctx)
     profile = app.load_profile(must_exist=False)
     mapping = Mapping.from_profile(profile)
     rows = [asdict(row) for row in mapping.rows(direction)]
@@ -124,7 +119,7 @@ def check(
         "teams_to_connect": len(tables.get("teams_to_connect", {}) or {}),
         "connect_to_teams": len(tables.get("connect_to_teams", {}) or {}),
     }
-    app = _obj(ctx)
+    app = app_context(ctx)
     if apply:
         from presencectl.config_edit import apply_mapping
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 from typing import Any
 
 import typer
 
+from presencectl.cli.context import app_context
+from presencectl.cli.signals import stop_on_signals
 from presencectl.errors import UsageError
 
 sandbox_app = typer.Typer(
@@ -79,19 +79,12 @@ def serve(
         from presencectl.config_edit import guard_sandbox_profile
 
         guard_sandbox_profile(write_profile, force=force, command="sandbox serve --write-profile")
-    app_ctx: Any = ctx.obj
-    verbosity = getattr(app_ctx, "verbosity", 0)
+    app_ctx = app_context(ctx)
+    verbosity = app_ctx.verbosity
     log_level = "debug" if verbosity >= 2 else "info" if verbosity >= 1 else "warning"
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with running_sandbox(
+    with (
+        stop_on_signals() as stop,
+        running_sandbox(
             users=users,
             seed=seed,
             throttle=throttle,
@@ -103,22 +96,17 @@ def serve(
             token_lifetime=token_lifetime,
             log_level=log_level,
             allow_http_notifications=allow_http_notifications,
-        ) as sb:
-            line: dict[str, Any] = {"base_url": sb.base_url, "ca_bundle": sb.ca_bundle}
-            if write_profile:
-                sb.write_profile(write_profile)
-                line["profile"] = write_profile
-            sys.stdout.write(json.dumps(line) + "\n")
-            sys.stdout.flush()
-            if app_ctx is not None:
-                app_ctx.status(
-                    f"sandbox on {sb.base_url} (tenant {sb.world.tenant_id}); Ctrl-C stops it"
-                )
-            while not stop.wait(0.2):
-                pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        ) as sb,
+    ):
+        line: dict[str, Any] = {"base_url": sb.base_url, "ca_bundle": sb.ca_bundle}
+        if write_profile:
+            sb.write_profile(write_profile)
+            line["profile"] = write_profile
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
+        app_ctx.status(f"sandbox on {sb.base_url} (tenant {sb.world.tenant_id}); Ctrl-C stops it")
+        while not stop.wait(0.2):
+            pass
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from presencectl.cli.context import AppContext
+from presencectl.cli.context import AppContext, app_context
 from presencectl.cli.events import action_row, plain_line
 from presencectl.errors import ExitCode, PartialSyncError, PresencectlError, UsageError
 
@@ -21,12 +21,6 @@ DIRECTIONS = ("both", "connect-to-teams", "teams-to-connect")
 def complete_direction(incomplete: str) -> list[str]:
     """Shell completion of --direction."""
     return [d for d in DIRECTIONS if d.startswith(incomplete)]
-
-
-def _obj(ctx: typer.Context) -> AppContext:
-    obj = ctx.find_object(AppContext)
-    assert obj is not None
-    return obj
 
 
 def _direction(value: str | None, profile: Any) -> Any:
@@ -56,7 +50,7 @@ def enable(
     from presencectl.config import save_profile
     from presencectl.sync.engine import check_prerequisites
 
-    app = _obj(ctx)
+    app = app_context(ctx)
     profile = app.load_profile()
     chosen = _direction(direction, profile)
     check_prerequisites(profile, chosen)
@@ -86,7 +80,7 @@ def disable(
     from presencectl.sync.engine import EngineOptions, engine_for
     from presencectl.sync.model import Direction
 
-    app = _obj(ctx)
+    app = app_context(ctx)
     # The off switch never depends on the mapping: a bad override must not keep sessions alive.
     profile = app.load_profile(check_mapping=False)
     if not yes and not app.confirm(
@@ -244,7 +238,7 @@ def sync(
     """
     from presencectl.sync.engine import EngineOptions, check_prerequisites
 
-    app = _obj(ctx)
+    app = app_context(ctx)
     profile = app.load_profile()
     chosen = _direction(direction, profile)
     if chosen is None:
@@ -425,7 +419,7 @@ def status(
     from presencectl.sync import health
     from presencectl.sync.engine import state_summary
 
-    app = _obj(ctx)
+    app = app_context(ctx)
     if section is not None and section not in _STATUS_SECTIONS:
         raise UsageError(
             f"unknown section '{section}'", hint="use one of: " + ", ".join(_STATUS_SECTIONS)
@@ -542,7 +536,7 @@ def users(
     """
     from presencectl.sync.engine import match_report
 
-    app = _obj(ctx)
+    app = app_context(ctx)
     profile = app.load_profile()
     import asyncio
 
