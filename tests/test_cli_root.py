@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from typing import Any
 
 import pytest
 import typer
 
 from presencectl import __version__, config
-from presencectl.cli.app import hoist_global_options, root_command
-from presencectl.cli.context import AppContext
+from presencectl.cli.app import run
+from presencectl.cli.context import AppContext, app_context
+from presencectl.cli.options import OutputOption, VerboseOption
 from presencectl.errors import UsageError
 
 COMMANDS = (
@@ -104,6 +107,7 @@ def test_usage_error_with_json_prints_the_error_object(cli: Any, where: str) -> 
         ("config", "path", "--output=json"),
         ("config", "path", "-ojson", "-vv"),
         ("config", "path", "-q", "--no-input", "--output", "JSON"),
+        ("-o", "csv", "config", "path", "-o", "json"),  # after the command wins
     ],
 )
 def test_global_options_anywhere(cli: Any, argv: tuple[str, ...]) -> None:
@@ -119,44 +123,119 @@ def test_profile_option_after_the_command(cli: Any) -> None:
     assert result.json()["profile"] == "contoso"
 
 
-def _small_app() -> Any:
+def _options(*argv: str) -> AppContext:
+    """The global options that `presencectl ARGV` runs with."""
+    seen = AppContext()
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = run(list(argv), seen)
+    assert code == 0, err.getvalue()
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("argv", "profile", "output", "verbosity"),
+    [
+        (("config", "path", "-o", "json"), None, "json", 0),
+        (("-v", "config", "path", "-q", "--profile", "p"), "p", "table", 0),  # counts add up
+        (("-vv", "config", "-q", "path", "-v"), None, "table", 2),  # group level too
+        (("--profile", "a", "config", "path", "--profile", "b"), "b", "table", 0),
+        (("-ojson", "config", "path"), None, "json", 0),
+    ],
+)
+def test_global_options_merge_before_and_after_the_command(
+    argv: tuple[str, ...], profile: str | None, output: str, verbosity: int
+) -> None:
+    seen = _options(*argv)
+    assert (seen.profile_name, seen.output, seen.verbosity) == (profile, output, verbosity)
+
+
+def test_environment_is_a_default_the_command_line_beats_on_either_side(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PRESENCECTL_OUTPUT", "csv")
+    monkeypatch.setenv("PRESENCECTL_PROFILE", "from-env")
+    assert (_options("config", "path").output, _options("config", "path").profile_name) == (
+        "csv",
+        "from-env",
+    )
+    assert _options("-o", "json", "config", "path").output == "json"  # not undone by the env
+    assert _options("config", "path", "-o", "json").output == "json"
+    assert _options("config", "path", "--profile", "p").profile_name == "p"
+
+
+def test_every_command_and_group_takes_the_global_options() -> None:
+    from presencectl.cli.app import root_command
+
+    wanted = {"--profile", "-o", "--output", "-v", "--verbose", "-q", "--quiet", "--no-input"}
+
+    def walk(command: Any, path: str) -> Any:
+        yield path, command
+        for name, sub in (getattr(command, "commands", None) or {}).items():
+            yield from walk(sub, f"{path} {name}")
+
+    for path, command in walk(root_command(), "presencectl"):
+        names = {name for param in command.params for name in param.opts}
+        assert wanted <= names, (path, wanted - names)
+
+
+def test_after_double_dash_nothing_is_a_global_option(cli: Any) -> None:
+    result = cli("config", "path", "--", "-o", "json")
+    assert result.exit_code == 2 and result.stdout == ""  # `path` takes no arguments
+
+
+def _small_app() -> typer.Typer:
     small = typer.Typer()
+    seen: dict[str, Any] = {}
 
     @small.callback()
-    def root(output: str = typer.Option("table", "-o", "--output")) -> None:
+    def root(
+        ctx: typer.Context, output: OutputOption = "table", verbose: VerboseOption = 0
+    ) -> None:
         """root"""
 
     @small.command("export")
     def export(
+        ctx: typer.Context,
         out: str = typer.Option("-", "-o", "--out-file"),
         name: str = typer.Option("", "--name"),
+        _verbose: VerboseOption = 0,
     ) -> None:
-        """a command whose own -o means something else"""
+        """a command whose own -o means something else: it does not take OutputOption"""
+        seen.update(out=out, name=name, context=app_context(ctx))
 
     @small.command("list")
-    def list_() -> None:
-        """a command without options"""
+    def list_(
+        ctx: typer.Context,
+        args: list[str] = typer.Argument(None),
+        _output: OutputOption = "table",
+    ) -> None:
+        """a command that takes the alias"""
+        seen.update(args=args or [], context=app_context(ctx))
 
-    return typer.main.get_command(small)
+    small.seen = seen  # type: ignore[attr-defined]
+    return small
 
 
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["list", "-o", "json"], ["-o", "json", "list"]),
-        (["-v", "list", "-q", "--profile", "p"], ["-v", "-q", "--profile", "p", "list"]),
-        (["export", "-o", "file.csv"], ["export", "-o", "file.csv"]),  # the command's own -o
-        (["export", "--name", "-v", "-vv"], ["-vv", "export", "--name", "-v"]),  # a value stays
-        (["list", "--", "-o", "json"], ["list", "--", "-o", "json"]),
+        (["list", "-o", "json"], {"output": "json", "args": []}),
+        (["-o", "csv", "list", "-o", "json"], {"output": "json", "args": []}),
+        (["export", "-o", "file.csv"], {"output": "table", "out": "file.csv"}),  # its own -o
+        (["-o", "md", "export", "-o", "f"], {"output": "md", "out": "f"}),
+        (["export", "--name", "-v", "-vv"], {"verbosity": 2, "name": "-v"}),  # a value stays
+        (["list", "--", "-o", "json"], {"output": "table", "args": ["-o", "json"]}),
     ],
 )
-def test_hoist_global_options(argv: list[str], expected: list[str]) -> None:
-    assert hoist_global_options(argv, _small_app()) == expected
-
-
-def test_real_tree_nested_command_is_found() -> None:
-    hoisted = hoist_global_options(["config", "show", "-o", "json"], root_command())
-    assert hoisted == ["-o", "json", "config", "show"]
+def test_a_command_takes_the_aliases_it_means(argv: list[str], expected: dict[str, Any]) -> None:
+    small = _small_app()
+    command = typer.main.get_command(small)
+    command.main(args=argv, standalone_mode=False, obj=AppContext())
+    seen = small.seen  # type: ignore[attr-defined]
+    context = seen.pop("context")
+    got = {**seen, "output": context.output, "verbosity": context.verbosity}
+    assert {key: got[key] for key in expected} == expected
 
 
 def test_config_error_exit_3_with_json_error(cli: Any) -> None:
@@ -222,8 +301,10 @@ def test_no_input_names_the_flag_and_env_var() -> None:
     )
 
 
-def test_stdin_not_a_terminal_implies_no_input(cli: Any) -> None:
-    from presencectl.cli import app
-
-    cli("config", "path")
-    assert app._last_context is not None and app._last_context.no_input
+def test_stdin_not_a_terminal_implies_no_input() -> None:
+    old_stdin = sys.stdin
+    sys.stdin = io.StringIO("")
+    try:
+        assert _options("config", "path").no_input
+    finally:
+        sys.stdin = old_stdin

@@ -9,14 +9,31 @@ from typing import Any
 import typer
 
 from presencectl.cli.context import app_context
+from presencectl.cli.options import (
+    NoInputOption,
+    OutputFormat,
+    OutputOption,
+    ProfileOption,
+    QuietOption,
+    VerboseOption,
+    group_options,
+)
 
 config_app = typer.Typer(
     help="Show and change the configuration file and profiles.", no_args_is_help=True
 )
+config_app.callback()(group_options)
 
 
 @config_app.command("path")
-def path(ctx: typer.Context) -> None:
+def path(
+    ctx: typer.Context,
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
+) -> None:
     """Print the path of config.toml.
 
     Example: `$EDITOR "$(presencectl config path)"`; with -o json also the state and secrets paths.
@@ -41,7 +58,14 @@ def path(ctx: typer.Context) -> None:
 
 
 @config_app.command("show")
-def show(ctx: typer.Context) -> None:
+def show(
+    ctx: typer.Context,
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
+) -> None:
     """Show the active profile's settings; secrets only as "set (keyring|env|file)" or "not set".
 
     Example: `presencectl --profile contoso config show -o json`
@@ -112,7 +136,14 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 
 @config_app.command("profiles")
-def profiles(ctx: typer.Context) -> None:
+def profiles(
+    ctx: typer.Context,
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
+) -> None:
     """List the profiles in config.toml; the active one is marked.
 
     Example: `presencectl config profiles -o json`
@@ -153,6 +184,11 @@ def set_(
         ..., help="A profile key (`config show` lists them).", autocompletion=_key_complete
     ),
     value: str = typer.Argument(..., help="The new value."),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Set one key of the active profile (created when missing), validated like loading.
 
@@ -175,6 +211,11 @@ def set_(
 def unset(
     ctx: typer.Context,
     key: str = typer.Argument(..., help="A profile key.", autocompletion=_key_complete),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Remove one key of the active profile (it goes back to its default).
 

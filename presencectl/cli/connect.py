@@ -14,12 +14,22 @@ from typing import Any
 import typer
 
 from presencectl.cli.context import AppContext, app_context
+from presencectl.cli.options import (
+    NoInputOption,
+    OutputFormat,
+    OutputOption,
+    ProfileOption,
+    QuietOption,
+    VerboseOption,
+    group_options,
+)
 
 connect_app = typer.Typer(
     help="Give presencectl the Connect Extend API client, and verify the Connect API on your "
     "account.",
     no_args_is_help=True,
 )
+connect_app.callback()(group_options)
 
 SECRET_ENV = "PRESENCECTL_CONNECT_CLIENT_SECRET"
 _TOKEN_COLUMNS = ["purpose", "scope", "result", "detail"]
@@ -66,6 +76,11 @@ def connect_set(
     client_secret_stdin: bool = typer.Option(
         False, "--client-secret-stdin", help="Read the client secret from stdin (one line)."
     ),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Store the Extend API client (id in the profile, secret in the keyring) and get a token
     for each scope.
@@ -145,6 +160,11 @@ def connect_verify(
     settle: float = typer.Option(
         15.0, "--settle", help="Seconds to wait for a write to show in Connect."
     ),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Check each unverified assumption about the Connect API on your account.
 

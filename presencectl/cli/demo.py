@@ -15,6 +15,14 @@ import typer
 
 from presencectl.cli.context import AppContext, app_context
 from presencectl.cli.events import plain_line
+from presencectl.cli.options import (
+    NoInputOption,
+    OutputFormat,
+    OutputOption,
+    ProfileOption,
+    QuietOption,
+    VerboseOption,
+)
 from presencectl.cli.signals import stop_on_signals
 
 _MARKS = {"ok": "✓", "created": "+", "updated": "~", "unchanged": "=", "failed": "✗"}
@@ -161,6 +169,11 @@ def demo(
     force: bool = typer.Option(
         False, "--force", help="Let the demo replace a profile that is not a sandbox one."
     ),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Show the whole product on this machine, with no cloud account.
 

@@ -14,6 +14,14 @@ from typing import Any
 import typer
 
 from presencectl.cli.context import app_context
+from presencectl.cli.options import (
+    NoInputOption,
+    OutputFormat,
+    OutputOption,
+    ProfileOption,
+    QuietOption,
+    VerboseOption,
+)
 
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim", "info": "cyan"}
 _COLUMNS = ["name", "status", "detail", "remedy"]
@@ -39,7 +47,14 @@ def _coloured_table(checks: list[dict[str, Any]], title: str) -> None:
     Console(file=sys.stdout).print(table)
 
 
-def doctor(ctx: typer.Context) -> None:
+def doctor(
+    ctx: typer.Context,
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
+) -> None:
     """Check everything a sync needs, each with a one-line remedy.
 
     Config and profile, keyring, secrets, reachability, clock skew, the Azure app and its

@@ -14,10 +14,20 @@ from typing import Any
 import typer
 
 from presencectl.cli.context import AppContext, app_context
+from presencectl.cli.options import (
+    NoInputOption,
+    OutputFormat,
+    OutputOption,
+    ProfileOption,
+    QuietOption,
+    VerboseOption,
+    group_options,
+)
 
 sync_user_app = typer.Typer(
     help="Store, validate or forget the dedicated Azure sync user.", no_args_is_help=True
 )
+sync_user_app.callback()(group_options)
 
 SYNC_PASSWORD_ENV = "PRESENCECTL_SYNC_PASSWORD"
 _MARKS = {
@@ -109,6 +119,11 @@ def setup_azure(
         "--rotate-secret",
         help="Only make a new client secret, prove it, and revoke the previous one.",
     ),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Sign in as the Azure admin, check prerequisites, create the app and grant consent.
 
@@ -214,6 +229,11 @@ def logout(
     all_profiles: bool = typer.Option(
         False, "--all", help="Every profile in config.toml, not only the active one."
     ),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Remove the Azure admin's cached tokens (refresh token included) from this machine.
 
@@ -273,6 +293,11 @@ def consent(
         help="With --check: no admin sign-in; prove the permissions by using them with the "
         "app's token (what CI runs; the default under --no-input when no admin is signed in).",
     ),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Grant (or with --check verify) the presence permissions of the app.
 
@@ -351,6 +376,11 @@ def sync_user_set(
     password_stdin: bool = typer.Option(
         False, "--password-stdin", help="Read the password from stdin."
     ),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Store the sync user's name and password (hidden prompt, stdin or PRESENCECTL_SYNC_PASSWORD).
 
@@ -372,7 +402,14 @@ def sync_user_set(
 
 
 @sync_user_app.command("validate")
-def sync_user_validate(ctx: typer.Context) -> None:
+def sync_user_validate(
+    ctx: typer.Context,
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
+) -> None:
     """Sign in as the sync user and prove it can read presence."""
     from presencectl.identity.sync_user import validate_sync_user
 
@@ -382,7 +419,14 @@ def sync_user_validate(ctx: typer.Context) -> None:
 
 
 @sync_user_app.command("forget")
-def sync_user_forget(ctx: typer.Context) -> None:
+def sync_user_forget(
+    ctx: typer.Context,
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
+) -> None:
     """Remove the stored sync user credentials."""
     from presencectl.identity.sync_user import forget_sync_user
 

@@ -5,8 +5,18 @@ from __future__ import annotations
 import typer
 
 from presencectl.cli.context import app_context
+from presencectl.cli.options import (
+    NoInputOption,
+    OutputFormat,
+    OutputOption,
+    ProfileOption,
+    QuietOption,
+    VerboseOption,
+    group_options,
+)
 
 mapping_app = typer.Typer(help="Show or check the status mapping.", no_args_is_help=True)
+mapping_app.callback()(group_options)
 
 DIRECTIONS = ("both", "teams-to-connect", "connect-to-teams")
 _COLUMNS = ["direction", "source_label", "source", "target_label", "target", "origin", "note"]
@@ -32,6 +42,11 @@ def show(
             d for d in ("both", "teams-to-connect", "connect-to-teams") if d.startswith(incomplete)
         ],
     ),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Print the status mapping table (the seed's table, plus extensions and profile overrides).
 
@@ -69,6 +84,11 @@ def check(
     apply: bool = typer.Option(
         False, "--apply", help="Store the checked overrides in the active profile."
     ),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Validate a mapping override file (exit 3 naming every bad key; no such file: exit 2).
 

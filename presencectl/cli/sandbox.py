@@ -9,12 +9,22 @@ from typing import Any
 import typer
 
 from presencectl.cli.context import app_context
+from presencectl.cli.options import (
+    NoInputOption,
+    OutputFormat,
+    OutputOption,
+    ProfileOption,
+    QuietOption,
+    VerboseOption,
+    group_options,
+)
 from presencectl.cli.signals import stop_on_signals
 from presencectl.errors import UsageError
 
 sandbox_app = typer.Typer(
     help="Run the local sandbox (Entra ID, Graph and Connect).", no_args_is_help=True
 )
+sandbox_app.callback()(group_options)
 
 
 @sandbox_app.command("serve")
@@ -55,6 +65,11 @@ def serve(
         "--allow-http-notifications",
         help="Also accept http:// loopback notification URLs (Graph demands https).",
     ),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Serve the sandbox on loopback over HTTPS until Ctrl-C.
 

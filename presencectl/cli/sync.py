@@ -12,6 +12,14 @@ import typer
 
 from presencectl.cli.context import AppContext, app_context
 from presencectl.cli.events import action_row, plain_line
+from presencectl.cli.options import (
+    NoInputOption,
+    OutputFormat,
+    OutputOption,
+    ProfileOption,
+    QuietOption,
+    VerboseOption,
+)
 from presencectl.errors import ExitCode, PartialSyncError, PresencectlError, UsageError
 
 DIRECTION_HELP = "both | connect-to-teams | teams-to-connect"
@@ -42,6 +50,11 @@ def enable(
     direction: str = typer.Option(
         "both", "--direction", help=DIRECTION_HELP, autocompletion=complete_direction
     ),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Turn the sync on for one direction or both (checks the prerequisites first).
 
@@ -71,6 +84,11 @@ def enable(
 def disable(
     ctx: typer.Context,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Turn the sync off and clear every session presencectl holds on both sides.
 
@@ -229,6 +247,11 @@ def sync(
         "--reconcile-interval",
         help="Watch: seconds between full Teams polls while notifications are active.",
     ),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Run one sync cycle, or keep syncing with --watch.
 
@@ -408,6 +431,11 @@ def status(
         "status unless --section says otherwise.",
         autocompletion=lambda incomplete: _starting(_STATUS_SECTIONS, incomplete),
     ),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Show what is configured and enabled, the last sync, sessions held and health.
 
@@ -529,6 +557,11 @@ def _json_section(data: dict[str, Any], section: str) -> Any:
 def users(
     ctx: typer.Context,
     unmatched: bool = typer.Option(False, "--unmatched", help="Only users that are not synced."),
+    _profile: ProfileOption = None,
+    _output: OutputOption = OutputFormat.table,
+    _verbose: VerboseOption = 0,
+    _quiet: QuietOption = 0,
+    _no_input: NoInputOption = False,
 ) -> None:
     """Show how users are matched by email across Teams and Connect.
 
