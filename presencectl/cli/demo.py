@@ -23,7 +23,6 @@ from presencectl.cli.options import (
     QuietOption,
     VerboseOption,
 )
-from presencectl.cli.signals import stop_on_signals
 
 _MARKS = {"ok": "✓", "created": "+", "updated": "~", "unchanged": "=", "failed": "✗"}
 
@@ -188,6 +187,7 @@ def demo(
       presencectl demo --users 50 --duration 30
       presencectl demo --duration 10 -o json      (NDJSON, for CI)
     """
+    from presencectl.cli.signals import stop_on_signals
     from presencectl.config import config_path
     from presencectl.config_edit import guard_sandbox_profile
     from presencectl.demo import DEFAULT_PROFILE, DemoOptions, run_demo

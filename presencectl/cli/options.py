@@ -21,8 +21,6 @@ take that alias (a test checks that every command of the tree takes them all).
 boundary, when a usage error stopped click before it reached the options after the command.
 """
 
-from __future__ import annotations
-
 import sys
 from collections.abc import Sequence
 from enum import StrEnum

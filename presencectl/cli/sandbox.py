@@ -18,7 +18,6 @@ from presencectl.cli.options import (
     VerboseOption,
     group_options,
 )
-from presencectl.cli.signals import stop_on_signals
 from presencectl.errors import UsageError
 
 sandbox_app = typer.Typer(
@@ -81,6 +80,7 @@ def serve(
           --auto-approve admin@contoso.example
       curl --cacert CA https://127.0.0.1:8765/_sandbox/profile
     """
+    from presencectl.cli.signals import stop_on_signals
     from presencectl.sandbox.server import running_sandbox
 
     if host not in ("127.0.0.1", "localhost", "::1"):
