@@ -7,10 +7,13 @@ The sandbox runs in-process (``running_sandbox``) with 5 % 5xx, 1 % dropped conn
 pushed forward so they expire every ~2 sandbox minutes), and a Connect hub that drops every feed
 connection now and then. A chaos thread makes random genuine changes on both sides (each
 person's own Teams client and own Connect app) while the watch runs in the main thread through
-the real CLI (``presencectl -o json sync --watch``). The end of the run is quiet: the last quarter,
-and never less than the profile's echo window plus five polls, because that is how long the sync
-may rightly wait before it trusts a side that shows the value one of our writes replaced (the
-echo rule, presencectl/sync/plan.py; ``echo_window_s`` in the profile, default 60 s). Then:
+the real CLI (``presencectl -o json sync --watch``). The chaos lasts three quarters of
+``seconds``; then the run is quiet until the sync has settled: no write of ours has reached the
+sandbox for the echo window plus five polls (the echo window, ``echo_window_s`` in the profile,
+default 60 s, is how long the sync may rightly take a side showing the value one of our writes
+replaced for that write not landed yet: presencectl/sync/plan.py). The soak then stops the watch
+with SIGINT, as an admin would; a sync still writing after ``settle_cap`` seconds of quiet has
+not settled, a failure. Then:
 
 - the conditions really happened: faults injected, 429s sent (the throttle, 8 presence requests
   per 3 s by default, is below what the watch sends while changes come), feed connections dropped;
@@ -35,6 +38,7 @@ import io
 import json
 import os
 import random
+import signal
 import sys
 import tempfile
 import threading
@@ -65,7 +69,8 @@ class SoakReport:
     genuine_changes: int = 0
     hub_disconnects: int = 0
     clock_jumps_s: float = 0.0
-    quiet_s: float = 0.0  # the quiet end of the run (no genuine change), seconds
+    quiet_s: float = 0.0  # from the last genuine change to the stop (the sync settled), seconds
+    settled: bool = False  # no write of ours for the echo window + 5 polls before the stop
     requests: int = 0
     throttled_429: int = 0
     faults_injected: int = 0
@@ -95,6 +100,7 @@ class SoakReport:
             and not self.mismatches
             and self.audit_ok <= self.sandbox_writes
             and self.sessions_left_after_disable == 0
+            and self.settled
         )
 
 
@@ -140,10 +146,11 @@ def prepare(sb: Any) -> list[Any]:
 
 
 class Chaos(threading.Thread):
-    """Random genuine changes, hub drops and clock jumps until ``quiet_at`` (monotonic)."""
+    """Random genuine changes, hub drops and clock jumps until ``quiet_at`` (monotonic); then
+    the stop of the watch once the sync has settled."""
 
     def __init__(self, sb: Any, people: list[Any], quiet_at: float, report: SoakReport,
-                 rng: random.Random) -> None:  # fmt: skip
+                 rng: random.Random, settle_s: float, watch_ends_at: float) -> None:  # fmt: skip
         super().__init__(name="soak-chaos", daemon=True)
         self.sb, self.people, self.quiet_at, self.report, self.rng = (
             sb,
@@ -152,7 +159,26 @@ class Chaos(threading.Thread):
             report,
             rng,
         )
+        self.settle_s, self.watch_ends_at = settle_s, watch_ends_at
         self.stop = threading.Event()
+
+    def _stop_when_settled(self) -> None:
+        """After the chaos: SIGINT the watch once no write of ours has reached the sandbox for
+        ``settle_s`` — never within 5 s of the watch's own end (``--duration``), so the signal
+        cannot outlive the watch's handlers."""
+        quiet_from = time.monotonic()
+        writes, since = self.sb.world.stats.writes, quiet_from
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if self.sb.world.stats.writes != writes:
+                writes, since = self.sb.world.stats.writes, now
+            elif now - since >= self.settle_s:
+                if now < self.watch_ends_at - 5:
+                    self.report.settled = True
+                    self.report.quiet_s = round(now - quiet_from, 1)
+                    os.kill(os.getpid(), signal.SIGINT)
+                return
+            self.stop.wait(0.2)
 
     def _disconnect_hub(self) -> None:
         hub = self.sb.world.extra.get("hub")
@@ -198,6 +224,7 @@ class Chaos(threading.Thread):
                     self.report.clock_jumps_s += 40
                     next_jump = now + 4
                 self.stop.wait(self.rng.uniform(0.05, 0.4))
+            self._stop_when_settled()
         except Exception as exc:  # a chaos failure is a soak failure, reported
             self.report.errors.append(f"chaos: {type(exc).__name__}: {exc}")
         finally:
@@ -297,10 +324,12 @@ def our_sessions(sb: Any, session_id: str) -> int:
 def run_soak(
     seconds: float, *, users: int = 20, seed: int = 1, throttle: int = 8,
     throttle_window: float = 3.0, error_rate: float = 0.05, drop_rate: float = 0.01,
-    interval: float = 1.0, echo_window_s: int | None = None,
+    interval: float = 1.0, echo_window_s: int | None = None, settle_cap: float | None = None,
 ) -> SoakReport:  # fmt: skip
-    """Run the soak for ``seconds`` of wall time (the end quiet: see the module docstring) and
-    check the books. ``echo_window_s`` sets the profile's echo window (None: its default, 60 s).
+    """Run the soak: ``seconds`` × 3/4 of chaos, then quiet until the sync settles (the module
+    docstring), and check the books. ``echo_window_s`` sets the profile's echo window (None: its
+    default, 60 s); ``settle_cap``: the longest quiet end (default: three echo windows, five
+    polls and 30 s).
 
     The throttle window is short on purpose: the chaos pushes the sandbox clock 40 s forward
     every 4 s, which empties any window of 30 s; ``throttle`` per ``throttle_window`` (default
@@ -321,29 +350,40 @@ def run_soak(
         if echo_window_s is not None:
             _must(_cli("config", "set", "echo_window_s", str(echo_window_s)), "config set")
         echo = load_profile("sandbox").echo_window_s
-        quiet = max(seconds / 4, echo + 5 * interval)
-        if quiet > seconds * 0.75:
-            raise ValueError(
-                f"a {seconds:.0f} s soak has no room for chaos before a quiet end of {quiet:.0f} s "
-                f"(echo window {echo} s): run longer or with a shorter echo_window_s"
-            )
-        report.quiet_s = quiet
+        chaos_s = seconds * 0.75
+        settle_s = echo + 5 * interval
+        # A write made as the chaos ends may be taken for an echo until its window ends, and the
+        # write that then follows needs a window of its own: three windows bound it generously.
+        settle_cap = settle_cap if settle_cap is not None else 3 * echo + 5 * interval + 30
         report.matched = len(people)
         session_id = load_profile("sandbox").client_id or ""
         faults = {"error_rate": error_rate, "drop_rate": drop_rate}
         sb.control.post("/_sandbox/faults", json=faults).raise_for_status()
         report.faults_5xx_and_drops = faults
         start = time.monotonic()
-        chaos = Chaos(sb, people, start + seconds - quiet, report, rng)
+        duration = chaos_s + settle_cap
+        chaos = Chaos(sb, people, start + chaos_s, report, rng, settle_s, start + duration)
         chaos.start()
-        code, out, err = _cli("-o", "json", "sync", "--watch", "--interval", str(interval),
-                              "--duration", str(seconds))  # fmt: skip
+        try:
+            code, out, err = _cli("-o", "json", "sync", "--watch", "--interval", str(interval),
+                                  "--duration", str(duration))  # fmt: skip
+        except KeyboardInterrupt:  # the settle signal came after the watch had ended by itself
+            code, out, err = -1, "", "the watch ended before the soak stopped it"
+            report.errors.append(err)
         chaos.stop.set()
         chaos.join(10)
+        if not report.settled:
+            report.errors.append(
+                f"the sync did not settle: writes still came {settle_cap:.0f} s after the chaos"
+            )
         report.exit_code = code
         if "Traceback" in err or '"unexpected"' in out or "error: unexpected" in err:
             report.errors.append("unhandled exception: " + err[-2000:])
         report.cycles = sum(1 for line in out.splitlines() if '"cycle"' in line)
+        if os.environ.get("SOAK_DEBUG"):
+            for line in out.splitlines():
+                if '"write"' not in line and '"change"' not in line:
+                    print("EVENT", line[:400], file=sys.stderr)
         sb.control.post("/_sandbox/faults", json={"error_rate": 0, "drop_rate": 0})
         report.mismatches = check_convergence(sb, people, session_id, report.masked)
         if report.mismatches and os.environ.get("SOAK_DEBUG"):
@@ -352,6 +392,11 @@ def run_soak(
             with StateStore.for_profile("sandbox") as store:
                 for e in store.audit_tail(60):
                     print("AUDIT", e, file=sys.stderr)
+                wrong = {m.split(":")[0] for m in report.mismatches}
+                by_email = {p.email: p for p in people}
+                for key, st in store.load_states().items():
+                    if any(by_email[w].azure_id in key for w in wrong if w in by_email):
+                        print("STATE", st, file=sys.stderr)
             print(err[-6000:], file=sys.stderr)
             code2, out2, _err2 = _cli("-o", "json", "sync")
             print(

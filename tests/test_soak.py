@@ -5,8 +5,9 @@ both sides. The short version runs with the fast suite; ``pytest -m soak`` runs 
 
 Each run first asserts that the faults really happened — 5xx/drops injected, 429s sent, feed
 connections dropped, genuine changes made — and only then that they were handled: no request
-sent inside a Retry-After window, both sides converged, every audited write reached the sandbox,
-nothing of ours left after ``disable``."""
+sent inside a Retry-After window, the sync settled once the chaos stopped (no write of ours for
+the echo window plus five polls) and both sides then agree with the mapping, every audited write
+reached the sandbox, nothing of ours left after ``disable``."""
 
 from __future__ import annotations
 
@@ -39,10 +40,11 @@ def _run(seconds: float, **kwargs: Any) -> Any:
 
 
 def test_short_soak() -> None:
-    """20 s of chaos and quiet, 4 presence requests per 3 s: what every test run can afford.
+    """15 s of chaos, then quiet until the sync settles; 4 presence requests per 3 s: what every
+    test run can afford.
 
     The sandbox shows a write at once, so a 5 s echo window is ample there (the profile's
-    ``echo_window_s``); the default 60 s would leave no room for chaos before the quiet end."""
+    ``echo_window_s``); with the default 60 s, settling alone would take over a minute."""
     _run(20, users=14, seed=2, throttle=4, echo_window_s=5)
 
 
