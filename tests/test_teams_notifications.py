@@ -23,7 +23,7 @@ from presencectl.graph.notifications import (
 )
 from presencectl.sandbox import running_sandbox
 from presencectl.sandbox.graph_notifications import encrypt_resource, load_encryption_certificate
-from presencectl.sandbox.world import Person
+from presencectl.sandbox.people import Person
 from presencectl.sync.receiver import NotificationReceiver
 
 pytestmark = pytest.mark.timeout(120)

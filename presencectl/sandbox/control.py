@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from presencectl.sandbox.world import (
+from presencectl.sandbox.people import (
     ADMIN_EMAIL,
     DOMAIN,
     FLAGS,
@@ -24,8 +24,8 @@ from presencectl.sandbox.world import (
     SECURITY_MANAGER,
     SYNC_EMAIL,
     Person,
-    World,
 )
+from presencectl.sandbox.world import World
 
 SIDES = ("teams", "connect")
 ROLES = (GLOBAL_ADMIN, SECURITY_MANAGER)

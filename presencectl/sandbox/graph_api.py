@@ -52,7 +52,8 @@ from presencectl.sandbox.throttle import (
 )
 
 if TYPE_CHECKING:
-    from presencectl.sandbox.world import Claims, Person, World
+    from presencectl.sandbox.people import Person
+    from presencectl.sandbox.world import Claims, World
 
 log = logging.getLogger(__name__)
 
