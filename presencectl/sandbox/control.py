@@ -2,7 +2,7 @@
 
 Owns: health, profile, users (add, password change), device-code approval, clock, faults and
 stats. The presence control endpoints (``/_sandbox/teams/*``, ``/_sandbox/connect/*``) come from
-the presence modules' own ``control_routes(world)`` (see app.py). JSON in and out; errors are
+``presence_control.control_routes(world)`` (see app.py). JSON in and out; errors are
 ``{"error": {"code", "message"}}`` with 400/404.
 """
 

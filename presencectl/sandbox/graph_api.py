@@ -12,7 +12,6 @@ Owns ``graph_presence_routes(world)``:
 - the subscription routes of ``graph_notifications.py`` (presence change notifications).
 
 Every presence request passes `throttle.inject_faults` and `throttle.check_presence_throttle`.
-It also exposes ``control_routes`` (the presence control API of presence_control.py) for app.py.
 """
 
 from __future__ import annotations
@@ -32,8 +31,7 @@ from starlette.routing import BaseRoute, Route
 
 from presencectl.sandbox.batch_envelope import batch_answer, refuse_whole_batch
 from presencectl.sandbox.errors import GraphError, bad_request, bearer_claims, require
-from presencectl.sandbox.graph_notifications import notification_routes, parse_presence_resource
-from presencectl.sandbox.presence_control import control_routes
+from presencectl.sandbox.graph_notifications import notification_routes
 from presencectl.sandbox.teams_presence import (
     DEFAULT_EXPIRATION,
     MAX_EXPIRATION,
@@ -481,4 +479,4 @@ def graph_presence_routes(world: World) -> list[BaseRoute]:
     ]
 
 
-__all__ = ["control_routes", "graph_presence_routes", "parse_presence_resource"]
+__all__ = ["graph_presence_routes"]
