@@ -1,13 +1,20 @@
-"""Test doubles for code that uses the Graph client: a clock whose sleep returns at once.
+"""Test doubles shared by the tests (they live here, not in the package).
 
-Owns: :class:`FakeClock`. Pass ``clock=fake, sleep=fake.sleep`` to
-:class:`~presencectl.graph.ratelimit.RateLimiter` (and ``now=fake`` to the client) and a run that
-would wait minutes for budget or Retry-After finishes instantly, with the waits still measured.
+- :class:`FakeClock`: time that moves only when someone sleeps. Pass ``clock=fake,
+  sleep=fake.sleep`` to :class:`~presencectl.graph.ratelimit.RateLimiter` (and ``now=fake`` to the
+  Graph client) and a run that would wait minutes for budget or Retry-After finishes instantly,
+  with the waits still measured.
+- :func:`fresh_secrets_process`: ``presencectl.secrets`` as a new process finds it — the one-time
+  keyring fallback warning not given yet, the keyring not known to have failed.
 """
 
 from __future__ import annotations
 
 import asyncio
+
+import pytest
+
+from presencectl import secrets
 
 
 class FakeClock:
@@ -27,3 +34,10 @@ class FakeClock:
         self.advance(seconds)
         self.slept += max(0.0, seconds)
         await asyncio.sleep(0)  # still let other tasks run, as a real sleep would
+
+
+def fresh_secrets_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget what presencectl.secrets remembers per process (both flags must still exist:
+    monkeypatch raises if one was renamed, so this cannot silently stop resetting)."""
+    monkeypatch.setattr(secrets, "_warned_fallback", False)
+    monkeypatch.setattr(secrets, "_keyring_failed", False)

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import FakeClock
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +30,6 @@ from presencectl.errors import PresencectlError
 from presencectl.graph.client import GraphClient, RetryPolicy
 from presencectl.graph.presence import get_presences
 from presencectl.graph.ratelimit import RateLimiter
-from presencectl.graph.testing import FakeClock
 from presencectl.graph.tokens import AccessToken
 from presencectl.mapping import UNALTERED, Mapping, TeamsStatus
 
