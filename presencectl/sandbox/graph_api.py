@@ -30,7 +30,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from presencectl.sandbox.batch_envelope import batch_answer, refuse_whole_batch
-from presencectl.sandbox.errors import GraphError, bad_request, bearer_claims, require
+from presencectl.sandbox.errors import (
+    GraphError,
+    bad_request,
+    bearer_claims,
+    read_json_object,
+    require,
+)
 from presencectl.sandbox.graph_notifications import notification_routes
 from presencectl.sandbox.teams_presence import (
     DEFAULT_EXPIRATION,
@@ -84,20 +90,6 @@ def _now_iso(world: World, offset: float = 0.0) -> str:
 def _iso(epoch: float) -> str:
     moment = dt.datetime.fromtimestamp(epoch, tz=dt.UTC)
     return moment.isoformat().replace("+00:00", "Z")
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        raise bad_request("Empty Payload. JSON content expected.")
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise bad_request("Unable to read JSON request payload. Please ensure Content-Type "
-                          "header is set and payload is of valid JSON format.") from exc
-    if not isinstance(data, dict):
-        raise bad_request("Invalid request body: a JSON object is expected.")
-    return data
 
 
 class _TruncatedResponse(Response):
@@ -163,7 +155,7 @@ def _presence_handlers(world: World) -> dict[str, Handler]:
 
     async def get_presences_by_user_id(request: Request, claims: Claims) -> Response:
         require(claims, READ_ROLES, READ_SCOPES, code="Forbidden")
-        data = await _json_object(request)
+        data = await read_json_object(request)
         ids = data.get("ids")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise bad_request("Invalid request: 'ids' must be an array of user ids.")
@@ -203,7 +195,7 @@ def _presence_handlers(world: World) -> dict[str, Handler]:
 
     async def set_presence(request: Request, claims: Claims) -> Response:
         person = _writable_person(world, request, claims)
-        data = await _json_object(request)
+        data = await read_json_object(request)
         session_id = data.get("sessionId")
         if not isinstance(session_id, str) or not session_id:
             raise bad_request("Required parameter 'sessionId' is missing.")
@@ -229,7 +221,7 @@ def _presence_handlers(world: World) -> dict[str, Handler]:
 
     async def clear_presence(request: Request, claims: Claims) -> Response:
         person = _writable_person(world, request, claims)
-        data = await _json_object(request)
+        data = await read_json_object(request)
         session_id = data.get("sessionId")
         if not isinstance(session_id, str) or not session_id:
             raise bad_request("Required parameter 'sessionId' is missing.")
@@ -243,7 +235,7 @@ def _presence_handlers(world: World) -> dict[str, Handler]:
 
     async def set_preferred(request: Request, claims: Claims) -> Response:
         person = _writable_person(world, request, claims)
-        data = await _json_object(request)
+        data = await read_json_object(request)
         pair = (data.get("availability"), data.get("activity"))
         if pair not in PREFERRED_PAIRS:
             raise bad_request(
@@ -318,7 +310,7 @@ def _batch_endpoint(world: World) -> Callable[[Request], Awaitable[Response]]:
     async def batch(request: Request) -> Response:
         try:
             bearer_claims(world, request)  # the batch itself needs a valid token
-            data = await _json_object(request)
+            data = await read_json_object(request)
             members = data.get("requests")
             if not isinstance(members, list) or not members:
                 raise bad_request("Invalid batch payload format: 'requests' is required.")
