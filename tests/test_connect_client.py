@@ -267,6 +267,46 @@ async def test_5xx_and_network_errors_are_retried_with_bounded_backoff(
 
 
 @pytest.mark.anyio
+async def test_the_token_request_follows_the_same_retry_policy(
+    fake: FakeConnect, clock: FakeClock
+) -> None:
+    fake.answer_next(
+        "POST",
+        wire.TOKEN_PATH,
+        lambda r: httpx.Response(503),
+        lambda r: httpx.Response(429, headers={"Retry-After": "7"}),
+    )
+    async with make_client(fake, clock, max_attempts=3) as client:
+        assert await get_presence(client, "u1") == "available"
+        assert 7.0 in clock.sleeps
+        assert (client.stats.token_requests, client.stats.retries) == (3, 2)
+        assert client.stats.throttled == 1
+        client.invalidate_token()
+        fake.answer_next("POST", wire.TOKEN_PATH, *[lambda r: httpx.Response(502)] * 3)
+        with pytest.raises(ApiError) as err:
+            await get_presence(client, "u1")
+        assert err.value.status == 502 and client.stats.token_requests == 6
+
+
+@pytest.mark.anyio
+async def test_a_stale_token_resent_is_not_a_failed_attempt(
+    fake: FakeConnect, clock: FakeClock
+) -> None:
+    fake.answer_next(
+        "GET",
+        wire.presence_path("u2"),
+        lambda r: httpx.Response(503),
+        lambda r: httpx.Response(401, json={"error": "invalid_token"}),
+        lambda r: httpx.Response(503),
+    )
+    async with make_client(fake, clock, max_attempts=3) as client:
+        # 503 (attempt 1), 401 (stale token: a new one, sent again), 503 (attempt 2), 200
+        # (attempt 3): within three attempts only if the resend is not counted.
+        assert await get_presence(client, "u2") == "onphone"
+        assert fake.tokens_issued == 2
+
+
+@pytest.mark.anyio
 async def test_other_4xx_are_not_retried(fake: FakeConnect, clock: FakeClock) -> None:
     fake.answer_next(
         "PUT",
