@@ -271,12 +271,13 @@ async def matched_pairs(profile: Any) -> list[Pair]:
     """People on both sides: Graph directory x Connect address book, by email (the bench's own
     simple match; the product's matcher is presencectl.sync.match)."""
     from presencectl.connect import connect_client_for
+    from presencectl.connect.directory import list_contacts
     from presencectl.graph.users import list_users, smtp_addresses
 
     async with graph_client(profile, limit=10**6, window=30.0) as graph:
         users = await list_users(graph)
     async with connect_client_for(profile) as connect:
-        contacts = await connect.list_contacts()
+        contacts = await list_contacts(connect)
     by_email: dict[str, str] = {}
     for user in users:
         for address in smtp_addresses(user):

@@ -74,7 +74,7 @@ def sandbox_start_stop(runs: int) -> dict[str, float]:
 def connect_feed_latency(changes: int) -> list[float]:
     from presencectl.connect import PresenceFeed, connect_client_for
     from presencectl.sandbox import running_sandbox
-    from presencectl.sandbox.world import ADMIN_EMAIL
+    from presencectl.sandbox.people import ADMIN_EMAIL
 
     async def go(sb: Any, profile: Any) -> list[float]:
         out = []

@@ -258,7 +258,7 @@ def run_demo(
 ) -> DemoSummary:
     """Run the whole demo; ``stop`` (set on Ctrl-C by the CLI) ends it early, summary included."""
     from presencectl.sandbox import running_sandbox
-    from presencectl.sandbox.world import ADMIN_EMAIL
+    from presencectl.sandbox.people import ADMIN_EMAIL
 
     stop = stop or threading.Event()
     summary = DemoSummary(profile=options.profile_name, users=options.users)

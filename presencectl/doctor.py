@@ -633,13 +633,15 @@ class Doctor:
     async def check_account_contact(self) -> Check:
         """The Azure admin is a Connect user with the same email (the vendor's own sync expects
         it; presencectl does not need it): a warning with a remedy, never a failure."""
+        from presencectl.connect.directory import list_contacts
+
         p = self.profile
         assert p is not None
         down = self._unreachable(REACH_CONNECT_LOGIN, REACH_CONNECT_API)
         if down:
             return skip(ACCOUNT_CONTACT, f"skipped: {down[6:]} is unreachable")
         async with self._connect() as client:
-            self.contacts = list(await client.list_contacts())
+            self.contacts = list(await list_contacts(client))
         if not p.admin_email:
             return warn(
                 ACCOUNT_CONTACT,

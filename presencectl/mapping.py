@@ -616,10 +616,6 @@ class Mapping:
         name = getattr(profile, "name", "?")
         return cls(overrides or None, where=f"[profiles.{name}.mapping]")
 
-    @property
-    def has_overrides(self) -> bool:
-        return bool(self._overrides.teams_to_connect or self._overrides.connect_to_teams)
-
     # -- lookups -------------------------------------------------------------------------
 
     def teams_to_connect(self, status: TeamsStatus) -> ConnectTarget:

@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import date, datetime
 from enum import Enum
@@ -249,8 +249,3 @@ class _LibraryFilter(logging.Filter):
         if (name == "pysignalr" or name.startswith("pysignalr.")) and self.verbosity < 1:
             return record.levelno >= logging.ERROR
         return record.levelno >= logging.WARNING
-
-
-def iter_lines(rows: Iterable[Mapping[str, Any]]) -> Iterable[str]:
-    for row in rows:
-        yield json.dumps(to_jsonable(row), ensure_ascii=False)

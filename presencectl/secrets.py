@@ -235,10 +235,3 @@ def describe_source(profile: str, name: str) -> str:
     """``"set (keyring)"``, ``"set (env)"``, ``"set (file)"`` or ``"not set"`` — never the value."""
     source = secret_source(profile, name)
     return f"set ({source})" if source else "not set"
-
-
-def reset_for_tests() -> None:
-    """Forget the per-process state (the fallback warning, a failed keyring)."""
-    global _warned_fallback, _keyring_failed
-    _warned_fallback = False
-    _keyring_failed = False

@@ -59,9 +59,9 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Me
     backend = MemoryKeyring()
     previous = keyring.get_keyring()
     keyring.set_keyring(backend)
-    from presencectl import secrets
+    from fakes import fresh_secrets_process
 
-    secrets.reset_for_tests()  # the one-time fallback warning and a failed keyring are per test
+    fresh_secrets_process(monkeypatch)  # the one-time fallback warning, a failed keyring: per test
     yield backend
     keyring.set_keyring(previous)
 

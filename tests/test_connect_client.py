@@ -14,6 +14,14 @@ import pytest
 
 from presencectl.config import Profile
 from presencectl.connect import ConnectClient, connect_client_for, wire
+from presencectl.connect.directory import list_contacts
+from presencectl.connect.presence import (
+    clear_legacy_presence,
+    clear_presence,
+    get_presence,
+    get_presences,
+    set_presence,
+)
 from presencectl.errors import ApiError, AuthError, ConfigError, ExitCode, NetworkError
 from presencectl.secrets import CONNECT_CLIENT_SECRET, set_secret
 
@@ -164,14 +172,14 @@ async def test_token_is_cached_until_a_minute_before_expiry(
     fake: FakeConnect, clock: FakeClock
 ) -> None:
     async with make_client(fake, clock) as client:
-        assert await client.get_presence("u1") == "available"
-        assert await client.get_presence("u2") == "onphone"
+        assert await get_presence(client, "u1") == "available"
+        assert await get_presence(client, "u2") == "onphone"
         assert fake.tokens_issued == 1
         clock.now += 3600 - 61
-        await client.get_presence("u1")
+        await get_presence(client, "u1")
         assert fake.tokens_issued == 1
         clock.now += 2  # now inside the last minute of the token's life
-        await client.get_presence("u1")
+        await get_presence(client, "u1")
         assert fake.tokens_issued == 2
         assert client.stats.token_requests == 2
 
@@ -181,7 +189,7 @@ async def test_concurrent_callers_share_one_token_request(
     fake: FakeConnect, clock: FakeClock
 ) -> None:
     async with make_client(fake, clock) as client:
-        reads = await client.get_presences(["u1", "u2"] * 20, concurrency=16)
+        reads = await get_presences(client, ["u1", "u2"] * 20, concurrency=16)
     assert fake.tokens_issued == 1
     assert reads.presences == {"u1": "available", "u2": "onphone"}
     assert fake.count("GET", "/u1") == 1  # duplicates read once
@@ -192,9 +200,9 @@ async def test_a_revoked_token_is_refreshed_once_on_401(
     fake: FakeConnect, clock: FakeClock
 ) -> None:
     async with make_client(fake, clock) as client:
-        await client.get_presence("u1")
+        await get_presence(client, "u1")
         fake.valid_tokens.clear()  # the service forgot our token before it expired
-        assert await client.get_presence("u2") == "onphone"
+        assert await get_presence(client, "u2") == "onphone"
         assert fake.tokens_issued == 2
         # A token that is refused even when fresh is an auth failure, not a loop.
         fake.answer_next(
@@ -203,7 +211,7 @@ async def test_a_revoked_token_is_refreshed_once_on_401(
             *[lambda r: httpx.Response(401, json={"error": "invalid_token"})] * 2,
         )
         with pytest.raises(AuthError) as err:
-            await client.get_presence("u1")
+            await get_presence(client, "u1")
         assert err.value.code == "connect_unauthorized"
         assert fake.tokens_issued == 3
 
@@ -215,7 +223,7 @@ async def test_429_waits_retry_after_and_blocks_every_request(
     throttled = httpx.Response(429, headers={"Retry-After": "7"}, json={"error": "throttled"})
     fake.answer_next("GET", wire.presence_path("u1"), lambda r: throttled)
     async with make_client(fake, clock) as client:
-        reads = await client.get_presences(["u1", "u2", "u3"], concurrency=3)
+        reads = await get_presences(client, ["u1", "u2", "u3"], concurrency=3)
     assert reads.presences == {"u1": "available", "u2": "onphone", "u3": "agent_meh"}
     assert 7.0 in clock.sleeps
     assert client.stats.throttled == 1
@@ -244,18 +252,58 @@ async def test_5xx_and_network_errors_are_retried_with_bounded_backoff(
         lambda r: httpx.Response(502),
     )
     async with make_client(fake, clock, backoff_base=0.5, backoff_max=1.0) as client:
-        assert await client.get_presence("u1") == "available"
+        assert await get_presence(client, "u1") == "available"
         assert len(clock.sleeps) == 3
         assert all(0.25 <= s <= 1.0 for s in clock.sleeps)
         fake.answer_next("GET", wire.presence_path("u2"), *[lambda r: httpx.Response(504)] * 4)
         with pytest.raises(ApiError) as err:
-            await client.get_presence("u2")
+            await get_presence(client, "u2")
         assert err.value.status == 504
         fake.answer_next("GET", wire.presence_path("u2"), *[unreachable] * 4)
         with pytest.raises(NetworkError) as net:
-            await client.get_presence("u2")
+            await get_presence(client, "u2")
         assert net.value.code == "connect_unreachable"
         assert net.value.exit_code == ExitCode.ERROR
+
+
+@pytest.mark.anyio
+async def test_the_token_request_follows_the_same_retry_policy(
+    fake: FakeConnect, clock: FakeClock
+) -> None:
+    fake.answer_next(
+        "POST",
+        wire.TOKEN_PATH,
+        lambda r: httpx.Response(503),
+        lambda r: httpx.Response(429, headers={"Retry-After": "7"}),
+    )
+    async with make_client(fake, clock, max_attempts=3) as client:
+        assert await get_presence(client, "u1") == "available"
+        assert 7.0 in clock.sleeps
+        assert (client.stats.token_requests, client.stats.retries) == (3, 2)
+        assert client.stats.throttled == 1
+        client.invalidate_token()
+        fake.answer_next("POST", wire.TOKEN_PATH, *[lambda r: httpx.Response(502)] * 3)
+        with pytest.raises(ApiError) as err:
+            await get_presence(client, "u1")
+        assert err.value.status == 502 and client.stats.token_requests == 6
+
+
+@pytest.mark.anyio
+async def test_a_stale_token_resent_is_not_a_failed_attempt(
+    fake: FakeConnect, clock: FakeClock
+) -> None:
+    fake.answer_next(
+        "GET",
+        wire.presence_path("u2"),
+        lambda r: httpx.Response(503),
+        lambda r: httpx.Response(401, json={"error": "invalid_token"}),
+        lambda r: httpx.Response(503),
+    )
+    async with make_client(fake, clock, max_attempts=3) as client:
+        # 503 (attempt 1), 401 (stale token: a new one, sent again), 503 (attempt 2), 200
+        # (attempt 3): within three attempts only if the resend is not counted.
+        assert await get_presence(client, "u2") == "onphone"
+        assert fake.tokens_issued == 2
 
 
 @pytest.mark.anyio
@@ -268,10 +316,10 @@ async def test_other_4xx_are_not_retried(fake: FakeConnect, clock: FakeClock) ->
     fake.answer_next("GET", wire.presence_path("u1"), lambda r: httpx.Response(403))
     async with make_client(fake, clock) as client:
         with pytest.raises(ApiError) as err:
-            await client.set_presence("u1", "available")
+            await set_presence(client, "u1", "available")
         assert err.value.status == 400 and "bad presence" in err.value.message
         with pytest.raises(AuthError) as denied:
-            await client.get_presence("u1")
+            await get_presence(client, "u1")
         assert denied.value.code == "connect_forbidden"
     assert fake.count("PUT") == 1
     assert clock.sleeps == []
@@ -282,8 +330,8 @@ async def test_directory_follows_next_page_offset_token(
     fake: FakeConnect, clock: FakeClock
 ) -> None:
     async with make_client(fake, clock) as client:
-        users = await client.list_contacts()
-        everyone = await client.list_contacts(users_only=False)
+        users = await list_contacts(client)
+        everyone = await list_contacts(client, users_only=False)
     assert [c.id for c in users] == [f"c{i}" for i in range(6)]  # the room is not a user
     assert [c.id for c in everyone] == [*(f"c{i}" for i in range(6)), "r1"]
     third = users[3]
@@ -314,7 +362,7 @@ async def test_a_page_without_results_is_a_bad_answer_not_an_empty_directory(
     fake.answer_next("GET", wire.CONTACTS_PATH, lambda r: httpx.Response(200, json=body))
     async with make_client(fake, clock) as client:
         with pytest.raises(ApiError) as err:
-            await client.list_contacts()
+            await list_contacts(client)
     assert err.value.code == "connect_bad_response"
     assert "results" in err.value.message
 
@@ -342,19 +390,19 @@ async def test_directory_paging_loop_is_an_error(fake: FakeConnect, clock: FakeC
     fake.answer_next("GET", wire.CONTACTS_PATH, lambda r: page, lambda r: page)
     async with make_client(fake, clock) as client:
         with pytest.raises(ApiError, match="repeats"):
-            await client.list_contacts()
+            await list_contacts(client)
 
 
 @pytest.mark.anyio
 async def test_set_and_clear_our_session(fake: FakeConnect, clock: FakeClock) -> None:
     async with make_client(fake, clock) as client:
-        await client.set_presence("u1", "onphone")
+        await set_presence(client, "u1", "onphone")
         put = next(r for r in fake.requests if r.method == "PUT")
         assert put.url.params["resource"] == RESOURCE
         assert json.loads(put.content) == {"presence": "onphone"}
         assert fake.sessions == {("u1", RESOURCE): "onphone"}
-        assert await client.clear_presence("u1") is True
-        assert await client.clear_presence("u1") is False  # 404: already gone
+        assert await clear_presence(client, "u1") is True
+        assert await clear_presence(client, "u1") is False  # 404: already gone
         delete = next(r for r in fake.requests if r.method == "DELETE")
         assert delete.url.params["resource"] == RESOURCE
     assert fake.scopes_asked == [wire.MESSAGING_SCOPE]
@@ -372,7 +420,7 @@ async def test_the_legacy_session_is_cleared_by_its_old_name(
         "DELETE", wire.presence_path("u1"), lambda r: httpx.Response(answer, json={})
     )
     async with make_client(fake, clock) as client:
-        assert await client.clear_legacy_presence("u1") is cleared
+        assert await clear_legacy_presence(client, "u1") is cleared
     delete = next(r for r in fake.requests if r.method == "DELETE")
     assert delete.url.params["resource"] == "presencectl"
 
@@ -383,7 +431,7 @@ async def test_bulk_read_reports_failures_and_keeps_unknown_values(
 ) -> None:
     fake.answer_next("GET", wire.presence_path("u2"), *[lambda r: httpx.Response(500)] * 2)
     async with make_client(fake, clock, max_attempts=2) as client:
-        reads = await client.get_presences(["u1", "u2", "u3", "ghost"])
+        reads = await get_presences(client, ["u1", "u2", "u3", "ghost"])
     assert reads.presences == {"u1": "available", "u3": "agent_meh"}
     assert set(reads.failures) == {"u2", "ghost"}
     assert reads.failures["ghost"].code == "connect_not_found"
@@ -393,7 +441,7 @@ async def test_bulk_read_reports_failures_and_keeps_unknown_values(
 async def test_bulk_read_stops_on_auth_failure(fake: FakeConnect, clock: FakeClock) -> None:
     async with make_client(fake, clock, secret="wrong") as client:
         with pytest.raises(AuthError):
-            await client.get_presences([f"u{i}" for i in range(50)], concurrency=4)
+            await get_presences(client, [f"u{i}" for i in range(50)], concurrency=4)
     assert fake.count("GET") == 0
 
 
@@ -401,7 +449,7 @@ async def test_bulk_read_stops_on_auth_failure(fake: FakeConnect, clock: FakeClo
 async def test_invalid_client_is_an_exit_4_auth_error(fake: FakeConnect, clock: FakeClock) -> None:
     async with make_client(fake, clock, secret="wrong") as client:
         with pytest.raises(AuthError) as err:
-            await client.get_presence("u1")
+            await get_presence(client, "u1")
     assert err.value.code == "connect_auth_failed"
     assert err.value.exit_code == ExitCode.AUTH == 4
     assert "Extend API" in err.value.hint
@@ -437,7 +485,7 @@ async def test_profile_factory_reads_the_secret(
         profile, transport=httpx.MockTransport(fake.handler), sleep=clock.sleep, clock=clock
     )
     async with client:
-        assert await client.get_presence("u2") == "onphone"
+        assert await get_presence(client, "u2") == "onphone"
 
     monkeypatch.setenv("PRESENCECTL_CONNECT_CLIENT_SECRET", "from-env")
     client = connect_client_for(profile, transport=httpx.MockTransport(fake.handler))
@@ -475,10 +523,10 @@ def test_wire_helpers() -> None:
 @pytest.mark.anyio
 async def test_one_token_per_scope_each_cached(fake: FakeConnect, clock: FakeClock) -> None:
     async with make_client(fake, clock) as client:
-        await client.list_contacts()
-        await client.get_presence("u1")
-        await client.list_contacts()
-        await client.set_presence("u2", "busy")
+        await list_contacts(client)
+        await get_presence(client, "u1")
+        await list_contacts(client)
+        await set_presence(client, "u2", "busy")
     assert fake.scopes_asked == ["api.service.address-book", wire.MESSAGING_SCOPE]
     assert all(len(scope.split()) == 1 for scope in fake.scopes_asked)
 
@@ -489,7 +537,7 @@ async def test_the_directory_scope_comes_from_the_profile_setting(
 ) -> None:
     async with make_client(fake, clock, directory_scope="api.service.contacts") as client:
         with pytest.raises(AuthError) as err:
-            await client.list_contacts()  # the fake wants api.service.address-book: 403
+            await list_contacts(client)  # the fake wants api.service.address-book: 403
     assert fake.scopes_asked == ["api.service.contacts"]
     assert err.value.code == "connect_forbidden"
     assert "missing scope api.service.address-book" in err.value.message
@@ -516,7 +564,7 @@ async def test_error_bodies_message_and_problem_details_are_read(
     fake.answer_next("PUT", wire.presence_path("u1"), lambda r: httpx.Response(400, json=body))
     async with make_client(fake, clock) as client:
         with pytest.raises(ApiError) as err:
-            await client.set_presence("u1", "available")
+            await set_presence(client, "u1", "available")
     assert err.value.message.endswith(shown)
 
 
@@ -527,7 +575,7 @@ async def test_the_budget_paces_requests_to_the_rate_per_minute(
     fake.presence.update({f"x{i}": "available" for i in range(120)})
     async with make_client(fake, clock, rate_per_min=60) as client:
         assert client.budget.max_in_flight == 2
-        reads = await client.get_presences([f"x{i}" for i in range(120)], concurrency=32)
+        reads = await get_presences(client, [f"x{i}" for i in range(120)], concurrency=32)
     assert len(reads.presences) == 120
     gets = [t for r, t in zip(fake.requests, fake.request_times, strict=True) if r.method == "GET"]
     # never more than 60 started in any minute (sliding), on the injected clock
@@ -540,7 +588,7 @@ async def test_the_budget_paces_requests_to_the_rate_per_minute(
 async def test_no_budget_when_the_rate_is_zero(fake: FakeConnect, clock: FakeClock) -> None:
     fake.presence.update({f"x{i}": "available" for i in range(100)})
     async with make_client(fake, clock, rate_per_min=0) as client:
-        await client.get_presences([f"x{i}" for i in range(100)])
+        await get_presences(client, [f"x{i}" for i in range(100)])
     assert clock.sleeps == [] and client.stats.budget_wait_s == 0
 
 

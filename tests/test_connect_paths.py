@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from presencectl.connect import ConnectClient, PresenceFeed
+from presencectl.connect.presence import get_presence
 from presencectl.errors import ExitCode, NetworkError
 
 SECRET = "very-s3cret-value"
@@ -37,7 +38,7 @@ def test_token_request_refused_on_the_network_is_retried_then_a_clear_error() ->
         )  # fmt: skip
         async with client:
             with pytest.raises(NetworkError) as caught:
-                await client.get_presence("u1")
+                await get_presence(client, "u1")
             return caught.value, client.stats.token_requests
 
     error, attempts = asyncio.run(go())
@@ -68,7 +69,7 @@ def test_a_token_request_lost_once_on_the_network_succeeds_on_retry() -> None:
             "https://login.example", "https://api.example", "client-1", SECRET,
             transport=httpx.MockTransport(handler), sleep=_no_sleep,
         ) as client:  # fmt: skip
-            return await client.get_presence("u1")
+            return await get_presence(client, "u1")
 
     assert asyncio.run(go()) == "onphone"
     assert calls["token"] == 2

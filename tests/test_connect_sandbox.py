@@ -13,6 +13,8 @@ import pytest
 
 from presencectl.config import Profile
 from presencectl.connect import PresenceFeed, connect_client_for
+from presencectl.connect.directory import list_contacts
+from presencectl.connect.presence import clear_presence, get_presence, get_presences, set_presence
 from presencectl.errors import AuthError
 from presencectl.secrets import CONNECT_CLIENT_SECRET, set_secret
 
@@ -40,28 +42,28 @@ def profile(sb: Any) -> Profile:
 @pytest.mark.anyio
 async def test_directory_presence_write_and_clear(sb: Any, profile: Profile) -> None:
     async with connect_client_for(profile) as client:
-        contacts = await client.list_contacts()
+        contacts = await list_contacts(client)
         admin = next(c for c in contacts if (c.email or "").lower() == ADMIN)
         assert admin.is_user and admin.pbx_enabled and admin.jid
         assert all(c.is_user for c in contacts)  # shared contacts and rooms are left out
-        everyone = await client.list_contacts(users_only=False)
+        everyone = await list_contacts(client, users_only=False)
         assert {c.type for c in everyone if not c.is_user} == {"sharedContact", "room"}
         assert len({c.id for c in contacts}) == len(contacts)
         ours = client.resource_id
         assert profile.connect_resource_id == ours
 
-        await client.set_presence(admin.id, "onphone")
-        assert await client.get_presence(admin.id) == "onphone"
+        await set_presence(client, admin.id, "onphone")
+        assert await get_presence(client, admin.id) == "onphone"
         state = sb.control.get("/_sandbox/connect/presence", params={"user": ADMIN}).json()
         assert {"resource": ours, "status": "onphone"}.items() <= next(
             r for r in state["resources"] if r["resource"] == ours
         ).items()
 
-        reads = await client.get_presences([c.id for c in contacts])
+        reads = await get_presences(client, [c.id for c in contacts])
         assert set(reads.presences) == {c.id for c in contacts} and not reads.failures
 
-        assert await client.clear_presence(admin.id) is True
-        assert await client.clear_presence(admin.id) is False
+        assert await clear_presence(client, admin.id) is True
+        assert await clear_presence(client, admin.id) is False
         state = sb.control.get("/_sandbox/connect/presence", params={"user": ADMIN}).json()
         assert all(r["resource"] != ours for r in state["resources"])
 
@@ -71,7 +73,7 @@ async def test_wrong_secret_is_connect_auth_failed(profile: Profile) -> None:
     set_secret(profile.name, CONNECT_CLIENT_SECRET, "not-the-secret")
     async with connect_client_for(profile) as client:
         with pytest.raises(AuthError) as err:
-            await client.list_contacts()
+            await list_contacts(client)
     assert err.value.code == "connect_auth_failed"
     assert err.value.exit_code == 4
 
@@ -79,7 +81,7 @@ async def test_wrong_secret_is_connect_auth_failed(profile: Profile) -> None:
 @pytest.mark.anyio
 async def test_feed_over_tls_delivers_a_change(sb: Any, profile: Profile) -> None:
     async with connect_client_for(profile) as client:
-        contacts = {(c.email or "").lower(): c.id for c in await client.list_contacts()}
+        contacts = {(c.email or "").lower(): c.id for c in await list_contacts(client)}
         async with PresenceFeed(client) as feed:
             assert await feed.wait_connected(30), feed.last_error
             assert feed.subscription is not None
@@ -107,7 +109,7 @@ async def test_feed_survives_its_subscription_expiring(sb: Any, profile: Profile
     from presencectl.connect.feed import renew_subscription
 
     async with connect_client_for(profile) as client:
-        contacts = {(c.email or "").lower(): c.id for c in await client.list_contacts()}
+        contacts = {(c.email or "").lower(): c.id for c in await list_contacts(client)}
         async with PresenceFeed(
             client, ttl_s=2.0, renew_margin_s=1.5, backoff_initial=0.05
         ) as feed:
@@ -143,7 +145,7 @@ async def test_feed_reads_each_user_id_field_behind_a_sticky_hub(
     )
     answer.raise_for_status()
     async with connect_client_for(profile) as client:
-        contacts = {(c.email or "").lower(): c.id for c in await client.list_contacts()}
+        contacts = {(c.email or "").lower(): c.id for c in await list_contacts(client)}
         async with PresenceFeed(client) as feed:
             assert await feed.wait_connected(30), feed.last_error
             change = {"user": ADMIN, "status": "busy"}

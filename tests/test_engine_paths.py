@@ -193,11 +193,12 @@ def _subscription_left_by_a_killed_watch(org: Org) -> str:
 
     from presencectl.config import load_profile
     from presencectl.connect.client import connect_client_for
+    from presencectl.connect.feed import create_subscription
     from presencectl.sync.state import StateStore, SubscriptionRow
 
     async def create() -> str:
         async with connect_client_for(load_profile("sandbox")) as client:
-            return (await client.create_subscription()).id
+            return (await create_subscription(client)).id
 
     sub_id = asyncio.run(create())
     StateStore.for_profile("sandbox").save_subscription(

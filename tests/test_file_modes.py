@@ -83,13 +83,14 @@ def test_a_wrong_ca_fails_against_the_sandbox(sandbox: Any, wrong_ca: str) -> No
 
 def test_a_wrong_ca_fails_for_the_connect_client(sandbox: Any, wrong_ca: str) -> None:
     from presencectl.connect import connect_client_for
+    from presencectl.connect.directory import list_contacts
 
     profile = sandbox.write_profile("sandbox")
     profile.ca_bundle = wrong_ca
 
     async def go() -> Any:
         async with connect_client_for(profile, max_attempts=1) as client:
-            return await client.list_contacts()
+            return await list_contacts(client)
 
     with pytest.raises(NetworkError):
         asyncio.run(go())

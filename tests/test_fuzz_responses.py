@@ -18,16 +18,18 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import FakeClock
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from presencectl.connect import ConnectClient
+from presencectl.connect import presence as connect_presence
+from presencectl.connect.directory import list_contacts
 from presencectl.connect.feed import parse_event
 from presencectl.errors import PresencectlError
 from presencectl.graph.client import GraphClient, RetryPolicy
 from presencectl.graph.presence import get_presences
 from presencectl.graph.ratelimit import RateLimiter
-from presencectl.graph.testing import FakeClock
 from presencectl.graph.tokens import AccessToken
 from presencectl.mapping import UNALTERED, Mapping, TeamsStatus
 
@@ -271,7 +273,7 @@ def test_connect_bad_presence_answers_are_failures_not_crashes(
 
     async def go() -> Any:
         async with connect_client(handler) as client:
-            return await client.get_presences(list(by_user))
+            return await connect_presence.get_presences(client, list(by_user))
 
     reads = run(go())
     good = {u for u, (kind, _) in by_user.items() if kind == "good"}
@@ -337,7 +339,7 @@ def test_connect_directory_keeps_good_contacts(
 
     async def go() -> Any:
         async with connect_client(handler) as client:
-            return await client.list_contacts(users_only=False)
+            return await list_contacts(client, users_only=False)
 
     contacts = run(go())
     assert {c.id for c in contacts} == good
@@ -372,7 +374,7 @@ def test_connect_directory_malformed_page_never_raises_unhandled(body: bytes) ->
 
     async def go() -> Any:
         async with connect_client(handler) as client:
-            return await client.list_contacts()
+            return await list_contacts(client)
 
     try:
         contacts = run(go())

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import FakeClock
 
 from presencectl.errors import ApiError, AuthError, NetworkError
 from presencectl.graph.client import (
@@ -24,7 +25,6 @@ from presencectl.graph.client import (
     retry_after_seconds,
 )
 from presencectl.graph.ratelimit import RateLimiter
-from presencectl.graph.testing import FakeClock
 from presencectl.graph.tokens import AccessToken
 
 GRAPH = "https://graph.test/v1.0"

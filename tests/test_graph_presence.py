@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import FakeClock
 
 from presencectl.errors import AuthError
 from presencectl.graph.client import GraphClient
@@ -32,7 +33,6 @@ from presencectl.graph.subscriptions import (
     presence_resource,
     renew_subscription,
 )
-from presencectl.graph.testing import FakeClock
 from presencectl.graph.tokens import AccessToken
 from presencectl.graph.users import DirectoryUser, list_users, smtp_addresses
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import FakeClock
 
 from presencectl.graph.client import GraphClient
 from presencectl.graph.presence import PresenceWrite, set_presence, set_presences_batch
 from presencectl.graph.ratelimit import OTHER, PRESENCE, RateLimiter, endpoint_scope
-from presencectl.graph.testing import FakeClock
 from presencectl.graph.tokens import AccessToken
 
 

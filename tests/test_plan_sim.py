@@ -58,6 +58,7 @@ class World:
     connect_session: tuple[str, datetime] | None = None
     state: PairState = field(default_factory=lambda: PairState(KEY))
     in_flight: list[Action] = field(default_factory=list)
+    fast_path: bool = True  # the planner's steady-state fast path
     log: list[list[Action]] = field(default_factory=list)
 
     def set_teams(self, text: str, *, preferred: bool = False, oof: bool = False) -> None:
@@ -113,6 +114,7 @@ class World:
         result = plan(
             {KEY: self.state}, {KEY: obs}, self.mapping, self.direction, self.now,
             teams_session_ttl=timedelta(hours=1), renew_margin=timedelta(minutes=5),
+            fast_path=self.fast_path,
         )  # fmt: skip
         self.state = result.new_states[KEY]
         if self.lag:
@@ -492,23 +494,17 @@ def test_the_steady_state_fast_path_changes_no_decision(changes, direction, lag)
     """Two identical worlds, one planned with the fast path and one without: the same actions
     every cycle, through changes, echoes, lagging writes, renewals and Available refreshes
     (steps of 5 s up to 55 min), and a long quiet tail."""
-    import presencectl.sync.plan as planner
-
-    fast, full = World(direction=direction, lag=lag), World(direction=direction, lag=lag)
-    try:
-        for (kind, value, preferred, oof), seconds in [*changes, *[(("tick", "", 0, 0), 60)] * 70]:
-            for w in (fast, full):
-                if kind == "teams":
-                    w.set_teams(value, preferred=preferred, oof=oof)
-                elif kind == "connect":
-                    w.set_connect(value)
-            planner.FAST_PATH = True
-            got = fast.cycle(timedelta(seconds=seconds))
-            planner.FAST_PATH = False
-            want = full.cycle(timedelta(seconds=seconds))
-            assert [a.describe() for a in got] == [a.describe() for a in want]
-    finally:
-        planner.FAST_PATH = True
+    fast = World(direction=direction, lag=lag)
+    full = World(direction=direction, lag=lag, fast_path=False)
+    for (kind, value, preferred, oof), seconds in [*changes, *[(("tick", "", 0, 0), 60)] * 70]:
+        for w in (fast, full):
+            if kind == "teams":
+                w.set_teams(value, preferred=preferred, oof=oof)
+            elif kind == "connect":
+                w.set_connect(value)
+        got = fast.cycle(timedelta(seconds=seconds))
+        want = full.cycle(timedelta(seconds=seconds))
+        assert [a.describe() for a in got] == [a.describe() for a in want]
 
 
 def test_the_fast_path_is_taken_in_steady_state() -> None:

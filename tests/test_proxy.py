@@ -156,6 +156,7 @@ def test_each_client_tunnels_on_its_own(org: Org, proxy: ConnectProxy) -> None:
 
     from presencectl.config import load_profile
     from presencectl.connect.client import connect_client_for
+    from presencectl.connect.directory import list_contacts
     from presencectl.graph.client import GraphClient
     from presencectl.graph.users import list_users
     from presencectl.identity.tokens import app_token_provider
@@ -180,7 +181,7 @@ def test_each_client_tunnels_on_its_own(org: Org, proxy: ConnectProxy) -> None:
 
     async def connect() -> int:
         async with connect_client_for(profile) as client:
-            return len(await client.list_contacts())
+            return len(await list_contacts(client))
 
     assert asyncio.run(connect()) > 0
     assert proxy.total() > after_graph

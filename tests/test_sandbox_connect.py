@@ -15,7 +15,7 @@ from pysignalr.client import SignalRClient
 
 from presencectl.sandbox import running_sandbox
 from presencectl.sandbox.connect_api import parse_ttl
-from presencectl.sandbox.world import ADMIN_EMAIL
+from presencectl.sandbox.people import ADMIN_EMAIL
 
 PRESENCE = "/univerge/api/messaging/v1/presence/accounts/_me/users/{id}"
 SUBSCRIPTIONS = "/univerge/api/messaging/v1/subscriptions"

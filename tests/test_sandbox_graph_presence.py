@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from presencectl.sandbox import running_sandbox
-from presencectl.sandbox.world import ADMIN_EMAIL, Person
+from presencectl.sandbox.people import ADMIN_EMAIL, Person
 
 APP_ID = "6f1c0d1e-0000-4000-8000-00000000a11e"
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import keyring
 import pytest
+from fakes import fresh_secrets_process
 from keyring.backends import fail, null
 
 from presencectl import config, secrets
@@ -177,11 +178,13 @@ def test_no_secret_in_config_show(cli: Any, fmt: str, monkeypatch: pytest.Monkey
         }
 
 
-def test_fallback_warning_is_shown_once_not_on_every_run(caplog: pytest.LogCaptureFixture) -> None:
+def test_fallback_warning_is_shown_once_not_on_every_run(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     keyring.set_keyring(fail.Keyring())
     caplog.set_level(logging.WARNING)
     secrets.set_secret("p", secrets.CLIENT_SECRET, "s1")
-    secrets.reset_for_tests()  # a later process: the file exists now, doctor reports it instead
+    fresh_secrets_process(monkeypatch)  # a later process: the file exists, doctor reports it
     secrets.set_secret("p", secrets.SYNC_PASSWORD, "s2")
     assert len([r for r in caplog.records if "keyring" in r.getMessage()]) == 1
 

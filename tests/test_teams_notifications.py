@@ -23,7 +23,7 @@ from presencectl.graph.notifications import (
 )
 from presencectl.sandbox import running_sandbox
 from presencectl.sandbox.graph_notifications import encrypt_resource, load_encryption_certificate
-from presencectl.sandbox.world import Person
+from presencectl.sandbox.people import Person
 from presencectl.sync.receiver import NotificationReceiver
 
 pytestmark = pytest.mark.timeout(120)
@@ -210,6 +210,25 @@ def test_rich_notifications_are_encrypted_with_our_certificate(
     bare = body_for(sb, receiver.url, [other.azure_id], includeResourceData=True)
     answer = sb.control.post("/v1.0/subscriptions", json=bare, headers=user_token(sb, other))
     assert answer.status_code == 400 and "encryptionCertificate" in answer.text
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"", "Empty Payload. JSON content expected."),
+        (b"{not json", "Unable to read JSON request payload."),
+        (b"[]", "Invalid request body: a JSON object is expected."),
+    ],
+)
+def test_a_subscription_body_that_is_no_json_object_gets_graphs_answer(
+    sb: Any, body: bytes, message: str
+) -> None:
+    """The same words as every other Graph endpoint of the sandbox (one reader, errors.py)."""
+    headers = {**user_token(sb, sb.world.sync_user), "Content-Type": "application/json"}
+    answer = sb.control.post("/v1.0/subscriptions", content=body, headers=headers)
+    error = answer.json()["error"]
+    assert answer.status_code == 400 and error["code"] == "BadRequest"
+    assert error["message"].startswith(message)
 
 
 def test_subscription_limits(sb: Any, receiver: Running) -> None:

@@ -13,8 +13,9 @@ Failures become the errors of ``presencectl.errors`` with stable codes; error bo
 ``{"message"}``, OAuth ``{"error", "error_description"}`` or ASP.NET ProblemDetails
 ``{"title", "detail"}``.
 
-The directory, presence and change-feed calls live in their own modules and are reachable from
-the client as methods, so the engine holds one object. Paths and names: ``connect.wire``.
+The client holds transport and tokens only: the operations on Connect are functions that take
+it, in ``connect.directory`` (contacts), ``connect.presence`` (read, write, clear our session)
+and ``connect.feed`` (subscriptions and the change feed). Paths and names: ``connect.wire``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,9 +38,6 @@ from presencectl.transport import HttpSettings, build_async_client, redact, retr
 
 if TYPE_CHECKING:
     from presencectl.config import Profile
-    from presencectl.connect.directory import ConnectContact
-    from presencectl.connect.feed import Subscription
-    from presencectl.connect.presence import PresenceReads
 
 log = logging.getLogger(__name__)
 
@@ -202,26 +200,20 @@ class ConnectClient:
             "client_secret": self._client_secret,
             "scope": scope,
         }
-        attempt = 0
-        while True:
-            attempt += 1
+
+        async def post() -> httpx.Response:
             self.stats.token_requests += 1
-            try:
-                response = await self._http.post(url, data=form)
-            except httpx.TransportError as exc:
-                if attempt >= self.max_attempts:
-                    raise NetworkError(
-                        f"cannot reach the Connect sign-in service at {self.login_url}: "
-                        f"{type(exc).__name__}",
-                        hint="check the network, the proxy setting and connect_login_url",
-                        code="connect_unreachable",
-                    ) from exc
-                await self._backoff(attempt, None)
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.max_attempts:
-                await self._backoff(attempt, response)
-                continue
-            break
+            return await self._http.post(url, data=form)
+
+        def unreachable(exc: httpx.TransportError) -> NetworkError:
+            return NetworkError(
+                f"cannot reach the Connect sign-in service at {self.login_url}: "
+                f"{type(exc).__name__}",
+                hint="check the network, the proxy setting and connect_login_url",
+                code="connect_unreachable",
+            )
+
+        response = await self._with_retries(post, unreachable)
         if response.status_code == 200:
             try:
                 body = response.json()
@@ -323,44 +315,72 @@ class ConnectClient:
         """Send an authorised API request with a token for ``scope``, within the budget, with
         retries; 2xx and ``allow`` statuses are returned, anything else raised as AuthError /
         ApiError / NetworkError."""
-        allowed = set(allow)
-        attempt = 0
+        allowed = frozenset(allow)
         refreshed = False
-        while True:
+
+        async def send() -> httpx.Response | None:
+            nonlocal refreshed
             await self._wait_if_blocked()
             token = await self.access_token(scope)
             self.stats.budget_wait_s += await self.budget.acquire()
-            attempt += 1
             self.stats.requests += 1
+            response = await self._next_pool().request(
+                method,
+                path,
+                params=params,
+                json=json,
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            if response.status_code == 401 and not refreshed:
+                refreshed = True
+                self.invalidate_token(token)
+                return None  # once: the token went stale; send again with a fresh one
+            return response
+
+        def unreachable(exc: httpx.TransportError) -> NetworkError:
+            return NetworkError(
+                f"cannot reach Connect at {self.api_url}: {type(exc).__name__}",
+                hint="check the network, the proxy setting and connect_api_url",
+                code="connect_unreachable",
+            )
+
+        response = await self._with_retries(send, unreachable, allowed)
+        if 200 <= response.status_code < 300 or response.status_code in allowed:
+            return response
+        raise self._error_for(method, path, response)
+
+    async def _with_retries(
+        self,
+        send: Callable[[], Awaitable[httpx.Response | None]],
+        unreachable: Callable[[httpx.TransportError], NetworkError],
+        allowed: frozenset[int] = frozenset(),
+    ) -> httpx.Response:
+        """The one retry loop of the client (token requests and API requests alike).
+
+        ``send`` makes one attempt; it answers None when it must simply be repeated (a stale
+        token replaced), which does not count as a failed attempt. Network errors and
+        ``RETRY_STATUSES`` (unless ``allowed``) are retried up to ``max_attempts`` with
+        ``Retry-After`` honoured or backoff; the last answer is returned whatever its status,
+        and the last network error raised as ``unreachable(exc)``.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                response = await self._next_pool().request(
-                    method,
-                    path,
-                    params=params,
-                    json=json,
-                    headers={"Authorization": f"Bearer {token}"},
-                )
+                response = await send()
             except httpx.TransportError as exc:
                 if attempt >= self.max_attempts:
-                    raise NetworkError(
-                        f"cannot reach Connect at {self.api_url}: {type(exc).__name__}",
-                        hint="check the network, the proxy setting and connect_api_url",
-                        code="connect_unreachable",
-                    ) from exc
+                    raise unreachable(exc) from exc
                 await self._backoff(attempt, None)
                 continue
-            status = response.status_code
-            if status == 401 and not refreshed:
-                refreshed = True
-                attempt -= 1  # a stale token is not a failed attempt
-                self.invalidate_token(token)
+            if response is None:
+                attempt -= 1
                 continue
+            status = response.status_code
             if status in RETRY_STATUSES and status not in allowed and attempt < self.max_attempts:
                 await self._backoff(attempt, response)
                 continue
-            if 200 <= status < 300 or status in allowed:
-                return response
-            raise self._error_for(method, path, response)
+            return response
 
     def _error_for(self, method: str, path: str, response: httpx.Response) -> Exception:
         status = response.status_code
@@ -396,52 +416,6 @@ class ConnectClient:
             status=status,
             code="connect_api_error",
         )
-
-    # -- the Connect operations (see directory.py, presence.py, feed.py) -----------------------
-    async def list_contacts(self, *, users_only: bool = True) -> list[ConnectContact]:
-        """The account's user contacts (what is synced); ``users_only=False``: every contact,
-        shared contacts and rooms included."""
-        from presencectl.connect.directory import list_contacts
-
-        contacts = await list_contacts(self)
-        return [c for c in contacts if c.is_user] if users_only else contacts
-
-    async def get_presence(self, user_id: str) -> str:
-        from presencectl.connect.presence import get_presence
-
-        return await get_presence(self, user_id)
-
-    async def get_presences(self, user_ids: Sequence[str], concurrency: int = 32) -> PresenceReads:
-        """Bulk read; at most ``concurrency`` in flight, and never more than fits the budget."""
-        from presencectl.connect.presence import get_presences
-
-        concurrency = min(concurrency, self.budget.max_in_flight)
-        return await get_presences(self, user_ids, concurrency=concurrency)
-
-    async def set_presence(self, user_id: str, value: str) -> None:
-        from presencectl.connect.presence import set_presence
-
-        await set_presence(self, user_id, value)
-
-    async def clear_presence(self, user_id: str) -> bool:
-        from presencectl.connect.presence import clear_presence
-
-        return await clear_presence(self, user_id)
-
-    async def clear_legacy_presence(self, user_id: str) -> bool:
-        from presencectl.connect.presence import clear_legacy_presence
-
-        return await clear_legacy_presence(self, user_id)
-
-    async def create_subscription(self, ttl_s: float = wire.SUBSCRIPTION_TTL_S) -> Subscription:
-        from presencectl.connect.feed import create_subscription
-
-        return await create_subscription(self, ttl_s)
-
-    async def delete_subscription(self, subscription_id: str) -> bool:
-        from presencectl.connect.feed import delete_subscription
-
-        return await delete_subscription(self, subscription_id)
 
 
 def connect_client_for(

@@ -100,8 +100,9 @@ def _page(response: Any) -> tuple[list[Any], str | None]:
     return results, (str(token) if isinstance(token, (str, int)) and token != "" else None)
 
 
-async def list_contacts(client: ConnectClient) -> list[ConnectContact]:
-    """Every contact (users and others), all pages."""
+async def list_contacts(client: ConnectClient, *, users_only: bool = True) -> list[ConnectContact]:
+    """The account's user contacts (what is synced), all pages; ``users_only=False``: every
+    contact, shared contacts and rooms included."""
     contacts: list[ConnectContact] = []
     base = {wire.FIELDS_PARAM: wire.FIELDS_ALL, wire.COUNT_PARAM: str(wire.PAGE_SIZE)}
     params = dict(base)
@@ -116,10 +117,13 @@ async def list_contacts(client: ConnectClient) -> list[ConnectContact]:
             if contact is not None:
                 contacts.append(contact)
         if token is None:
-            others = sum(1 for c in contacts if not c.is_user)
-            if others:
-                log.debug("connect: %d contacts are not users (shared contacts, rooms)", others)
-            return contacts
+            users = [c for c in contacts if c.is_user]
+            if len(users) < len(contacts):
+                log.debug(
+                    "connect: %d contacts are not users (shared contacts, rooms)",
+                    len(contacts) - len(users),
+                )
+            return users if users_only else contacts
         if token in seen:
             raise ApiError(
                 "Connect's directory paging repeats itself (same nextPageOffsetToken twice)",

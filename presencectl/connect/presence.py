@@ -55,11 +55,13 @@ async def get_presence(client: ConnectClient, user_id: str) -> str:
 async def get_presences(
     client: ConnectClient, user_ids: Sequence[str], concurrency: int = 32
 ) -> PresenceReads:
-    """Read many users at once, at most ``concurrency`` requests in flight.
+    """Read many users at once, at most ``concurrency`` requests in flight, and never more than
+    the client's request budget lets through at once.
 
     A user whose read fails is reported in ``failures``; an AuthError (the whole account is
     refused) aborts the read and is raised.
     """
+    concurrency = min(concurrency, client.budget.max_in_flight)
     result = PresenceReads()
     fatal: list[AuthError] = []
     # ``concurrency`` workers share one iterator: as many tasks as requests in flight, not one

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from presencectl.connect import wire
+from presencectl.connect.directory import list_contacts
 from presencectl.connect.feed import PresenceFeed
 from presencectl.errors import ExitCode, PresencectlError
 
@@ -447,7 +448,7 @@ class Verifier:
                 break
             seen_tokens.add(str(token))
             params = {**base, wire.OFFSET_PARAM: str(token)}
-        contacts = await self.client.list_contacts() if self.client else []
+        contacts = await list_contacts(self.client) if self.client else []
         self._contacts = contacts
         observed = {
             "list_key": list_key,

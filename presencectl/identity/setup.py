@@ -154,9 +154,10 @@ def _field(item: Any, name: str) -> Any:
 async def connect_contacts(profile: Profile) -> list[Any]:
     """The Connect address book, through the Connect adapter."""
     from presencectl.connect import connect_client_for
+    from presencectl.connect.directory import list_contacts
 
     async with connect_client_for(profile) as client:
-        return list(await client.list_contacts())
+        return list(await list_contacts(client))
 
 
 async def check_prerequisites(

@@ -1,15 +1,14 @@
 """Assembly of the sandbox's one Starlette app: Entra, Graph, Connect, SignalR hub, control API.
 
 Owns the route table, the Graph error handler and the per-endpoint request counter
-(``world.stats``, keyed by route name). Routes of the other sandbox modules are picked up when
-their modules exist: ``graph_api.graph_presence_routes(world)``, ``connect_api.connect_routes(world,
-hub)``, and their ``control_routes(world)`` for the ``/_sandbox/teams/*`` and
-``/_sandbox/connect/*`` control endpoints.
+(``world.stats``, keyed by route name). The routes come from the other sandbox modules:
+``entra``, ``directory_api``, ``control`` (the control API), ``graph_api.graph_presence_routes``,
+``presence_control.control_routes`` (the ``/_sandbox/teams/*`` and ``/_sandbox/connect/*``
+presence control endpoints), ``connect_api.connect_routes`` and the SignalR hub's own routes.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
 
@@ -17,9 +16,18 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from presencectl.sandbox import (
+    connect_api,
+    control,
+    directory_api,
+    entra,
+    graph_api,
+    presence_control,
+)
 from presencectl.sandbox.errors import GraphError
+from presencectl.sandbox.signalr import SignalRHub
 from presencectl.sandbox.world import World
 
 log = logging.getLogger(__name__)
@@ -46,21 +54,8 @@ class RequestCounter:
             self.world.stats.count(name)
 
 
-def _optional(module: str) -> Any:
-    try:
-        return importlib.import_module(f"presencectl.sandbox.{module}")
-    except ImportError as exc:
-        if exc.name != f"presencectl.sandbox.{module}":
-            raise
-        log.debug("sandbox module %s not built yet", module)
-        return None
-
-
-def make_hub(world: World) -> Any:
-    """S2's SignalR hub authorising Connect tokens of this world, or None if not built."""
-    signalr = _optional("signalr")
-    if signalr is None:
-        return None
+def make_hub(world: World) -> SignalRHub:
+    """The SignalR hub, authorising Connect tokens of this world."""
 
     def authorize(token: str) -> bool:
         claims = world.verify_bearer(f"Bearer {token}")
@@ -70,7 +65,7 @@ def make_hub(world: World) -> Any:
             and "api.service.messaging" in claims.scp
         )
 
-    return signalr.SignalRHub(
+    return SignalRHub(
         path=HUB_PATH,
         authorize=authorize,
         affinity_cookie=lambda: world.faults.hub_affinity_cookie,
@@ -78,22 +73,13 @@ def make_hub(world: World) -> Any:
 
 
 def build_routes(world: World, hub: Any) -> list[BaseRoute]:
-    from presencectl.sandbox import control, directory_api, entra
-
     routes: list[BaseRoute] = []
     routes += entra.entra_routes(world)
     routes += directory_api.directory_routes(world)
     routes += control.control_routes(world)
-    graph_api = _optional("graph_api")
-    if graph_api is not None:
-        routes += graph_api.graph_presence_routes(world)
-        if hasattr(graph_api, "control_routes"):
-            routes += graph_api.control_routes(world)
-    connect_api = _optional("connect_api")
-    if connect_api is not None:
-        routes += connect_api.connect_routes(world, hub)
-        if hasattr(connect_api, "control_routes"):
-            routes += connect_api.control_routes(world)
+    routes += graph_api.graph_presence_routes(world)
+    routes += presence_control.control_routes(world)
+    routes += connect_api.connect_routes(world, hub)
     if hub is not None:
         routes += hub.routes()
     return routes
@@ -105,7 +91,7 @@ async def _graph_error(request: Request, exc: Exception) -> Response:
 
 
 def build_app(world: World, hub: Any = None) -> Starlette:
-    """The ASGI app serving ``world`` (the hub defaults to a new SignalR hub, if built)."""
+    """The ASGI app serving ``world`` (the hub defaults to a new SignalR hub)."""
     if hub is None:
         hub = make_hub(world)
     world.extra["hub"] = hub
@@ -123,4 +109,4 @@ def build_app(world: World, hub: Any = None) -> Starlette:
     return app
 
 
-__all__ = ["HUB_PATH", "Message", "build_app", "make_hub"]
+__all__ = ["HUB_PATH", "build_app", "make_hub"]

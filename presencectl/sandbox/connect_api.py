@@ -54,7 +54,8 @@ from presencectl.sandbox.presence_control import iso, publish_connect_change
 from presencectl.sandbox.throttle import DroppedConnection, inject_faults
 
 if TYPE_CHECKING:
-    from presencectl.sandbox.world import Claims, Person, World
+    from presencectl.sandbox.people import Person
+    from presencectl.sandbox.world import Claims, World
 
 log = logging.getLogger(__name__)
 

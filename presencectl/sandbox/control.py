@@ -2,7 +2,7 @@
 
 Owns: health, profile, users (add, password change), device-code approval, clock, faults and
 stats. The presence control endpoints (``/_sandbox/teams/*``, ``/_sandbox/connect/*``) come from
-the presence modules' own ``control_routes(world)`` (see app.py). JSON in and out; errors are
+``presence_control.control_routes(world)`` (see app.py). JSON in and out; errors are
 ``{"error": {"code", "message"}}`` with 400/404.
 """
 
@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from presencectl.sandbox.world import (
+from presencectl.sandbox.people import (
     ADMIN_EMAIL,
     DOMAIN,
     FLAGS,
@@ -24,8 +24,8 @@ from presencectl.sandbox.world import (
     SECURITY_MANAGER,
     SYNC_EMAIL,
     Person,
-    World,
 )
+from presencectl.sandbox.world import World
 
 SIDES = ("teams", "connect")
 ROLES = (GLOBAL_ADMIN, SECURITY_MANAGER)

@@ -34,7 +34,8 @@ from presencectl.sandbox.app_rules import (
 from presencectl.sandbox.entra import add_app_role_assignment, add_permission_grant
 from presencectl.sandbox.errors import GraphError, bad_request, bearer_claims, not_found, require
 from presencectl.sandbox.microsoft_ids import GLOBAL_ADMIN_ROLE_TEMPLATE_ID
-from presencectl.sandbox.world import GLOBAL_ADMIN, Claims, Person, World
+from presencectl.sandbox.people import GLOBAL_ADMIN, Person
+from presencectl.sandbox.world import Claims, World
 
 MAX_TOP = 999
 DEFAULT_PAGE = 100

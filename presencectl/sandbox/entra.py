@@ -38,13 +38,11 @@ from starlette.routing import BaseRoute, Route
 
 from presencectl.sandbox.errors import entra_error
 from presencectl.sandbox.microsoft_ids import GRAPH_APP_ID, GRAPH_RESOURCE
+from presencectl.sandbox.people import ADMIN_EMAIL, GLOBAL_ADMIN, Person
 from presencectl.sandbox.world import (
-    ADMIN_EMAIL,
     BOOTSTRAP_CLIENT_ID,
-    GLOBAL_ADMIN,
     GRAPH_SCOPES,
     OIDC_SCOPES,
-    Person,
     World,
     b64url_json,
 )

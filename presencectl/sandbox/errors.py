@@ -4,12 +4,14 @@ Owns: the Graph error body (``{"error": {"code", "message", "innerError": {"date
 "client-request-id"}}}``), the Entra ID token error body (``error, error_description,
 error_codes, timestamp, trace_id, correlation_id[, suberror]``), the ``GraphError`` exception every
 Graph route may raise (the app turns it into a response), and the permission checks
-(``bearer_claims``, ``require``) shared by every Graph endpoint of the sandbox.
+(``bearer_claims``, ``require``) and the request-body reader (``read_json_object``) shared by
+every Graph endpoint of the sandbox.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -87,6 +89,26 @@ def bad_request(message: str, code: str = "BadRequest") -> GraphError:
 
 def not_found(message: str, code: str = "Request_ResourceNotFound") -> GraphError:
     return GraphError(404, code, message)
+
+
+async def read_json_object(request: Request) -> dict[str, Any]:
+    """The JSON object a Graph request sends; 400 as Graph words it otherwise: an empty body is
+    "Empty Payload. JSON content expected.", a body that is not JSON "Unable to read JSON request
+    payload. …" (both seen from Graph in microsoftgraph/microsoft-graph-docs-contrib issues
+    #7083 and #6337), and JSON that is not an object is refused too."""
+    raw = await request.body()
+    if not raw.strip():
+        raise bad_request("Empty Payload. JSON content expected.")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise bad_request(
+            "Unable to read JSON request payload. Please ensure Content-Type header is set and "
+            "payload is of valid JSON format."
+        ) from exc
+    if not isinstance(data, dict):
+        raise bad_request("Invalid request body: a JSON object is expected.")
+    return data
 
 
 def bearer_claims(world: World, request: Request | Mapping[str, str]) -> Claims:

@@ -12,7 +12,6 @@ Owns ``graph_presence_routes(world)``:
 - the subscription routes of ``graph_notifications.py`` (presence change notifications).
 
 Every presence request passes `throttle.inject_faults` and `throttle.check_presence_throttle`.
-It also exposes ``control_routes`` (the presence control API of presence_control.py) for app.py.
 """
 
 from __future__ import annotations
@@ -31,9 +30,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from presencectl.sandbox.batch_envelope import batch_answer, refuse_whole_batch
-from presencectl.sandbox.errors import GraphError, bad_request, bearer_claims, require
-from presencectl.sandbox.graph_notifications import notification_routes, parse_presence_resource
-from presencectl.sandbox.presence_control import control_routes
+from presencectl.sandbox.errors import (
+    GraphError,
+    bad_request,
+    bearer_claims,
+    read_json_object,
+    require,
+)
+from presencectl.sandbox.graph_notifications import notification_routes
 from presencectl.sandbox.teams_presence import (
     DEFAULT_EXPIRATION,
     MAX_EXPIRATION,
@@ -52,7 +56,8 @@ from presencectl.sandbox.throttle import (
 )
 
 if TYPE_CHECKING:
-    from presencectl.sandbox.world import Claims, Person, World
+    from presencectl.sandbox.people import Person
+    from presencectl.sandbox.world import Claims, World
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +90,6 @@ def _now_iso(world: World, offset: float = 0.0) -> str:
 def _iso(epoch: float) -> str:
     moment = dt.datetime.fromtimestamp(epoch, tz=dt.UTC)
     return moment.isoformat().replace("+00:00", "Z")
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        raise bad_request("Empty Payload. JSON content expected.")
-    try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise bad_request("Unable to read JSON request payload. Please ensure Content-Type "
-                          "header is set and payload is of valid JSON format.") from exc
-    if not isinstance(data, dict):
-        raise bad_request("Invalid request body: a JSON object is expected.")
-    return data
 
 
 class _TruncatedResponse(Response):
@@ -164,7 +155,7 @@ def _presence_handlers(world: World) -> dict[str, Handler]:
 
     async def get_presences_by_user_id(request: Request, claims: Claims) -> Response:
         require(claims, READ_ROLES, READ_SCOPES, code="Forbidden")
-        data = await _json_object(request)
+        data = await read_json_object(request)
         ids = data.get("ids")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise bad_request("Invalid request: 'ids' must be an array of user ids.")
@@ -204,7 +195,7 @@ def _presence_handlers(world: World) -> dict[str, Handler]:
 
     async def set_presence(request: Request, claims: Claims) -> Response:
         person = _writable_person(world, request, claims)
-        data = await _json_object(request)
+        data = await read_json_object(request)
         session_id = data.get("sessionId")
         if not isinstance(session_id, str) or not session_id:
             raise bad_request("Required parameter 'sessionId' is missing.")
@@ -230,7 +221,7 @@ def _presence_handlers(world: World) -> dict[str, Handler]:
 
     async def clear_presence(request: Request, claims: Claims) -> Response:
         person = _writable_person(world, request, claims)
-        data = await _json_object(request)
+        data = await read_json_object(request)
         session_id = data.get("sessionId")
         if not isinstance(session_id, str) or not session_id:
             raise bad_request("Required parameter 'sessionId' is missing.")
@@ -244,7 +235,7 @@ def _presence_handlers(world: World) -> dict[str, Handler]:
 
     async def set_preferred(request: Request, claims: Claims) -> Response:
         person = _writable_person(world, request, claims)
-        data = await _json_object(request)
+        data = await read_json_object(request)
         pair = (data.get("availability"), data.get("activity"))
         if pair not in PREFERRED_PAIRS:
             raise bad_request(
@@ -319,7 +310,7 @@ def _batch_endpoint(world: World) -> Callable[[Request], Awaitable[Response]]:
     async def batch(request: Request) -> Response:
         try:
             bearer_claims(world, request)  # the batch itself needs a valid token
-            data = await _json_object(request)
+            data = await read_json_object(request)
             members = data.get("requests")
             if not isinstance(members, list) or not members:
                 raise bad_request("Invalid batch payload format: 'requests' is required.")
@@ -480,4 +471,4 @@ def graph_presence_routes(world: World) -> list[BaseRoute]:
     ]
 
 
-__all__ = ["control_routes", "graph_presence_routes", "parse_presence_resource"]
+__all__ = ["graph_presence_routes"]

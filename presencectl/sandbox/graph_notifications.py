@@ -54,7 +54,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from presencectl.sandbox.errors import GraphError, bad_request, bearer_claims, require
+from presencectl.sandbox.errors import (
+    GraphError,
+    bad_request,
+    bearer_claims,
+    read_json_object,
+    require,
+)
 
 if TYPE_CHECKING:
     from presencectl.sandbox.world import Claims, World
@@ -104,17 +110,6 @@ def _parse_iso(text: Any) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return moment.timestamp()
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        data = json.loads(raw) if raw.strip() else None
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        raise bad_request("Invalid request body: a JSON object is expected.")
-    return data
 
 
 def parse_presence_resource(resource: str) -> list[str] | None:
@@ -506,7 +501,7 @@ def _handlers(world: World) -> dict[str, Callable[[Request], Awaitable[Response]
 
     async def create(request: Request) -> Response:
         claims = bearer_claims(world, request)
-        data = await _json_object(request)
+        data = await read_json_object(request)
         resource = data.get("resource")
         if not isinstance(resource, str) or not resource:
             raise bad_request("Invalid 'resource'.")
@@ -603,7 +598,7 @@ def _handlers(world: World) -> dict[str, Callable[[Request], Awaitable[Response]
 
     async def patch(request: Request) -> Response:
         sub = owned(request, bearer_claims(world, request))
-        data = await _json_object(request)
+        data = await read_json_object(request)
         sub.expires_at = expiry(data.get("expirationDateTime"))
         if isinstance(data.get("encryptionCertificate"), str):
             try:

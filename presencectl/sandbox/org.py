@@ -20,7 +20,7 @@ import random
 import uuid
 from dataclasses import dataclass
 
-from presencectl.sandbox.world import (
+from presencectl.sandbox.people import (
     ADMIN_EMAIL,
     DOMAIN,
     GLOBAL_ADMIN,

@@ -31,7 +31,8 @@ from presencectl.sandbox.connect_presence import APP_RESOURCE, CONNECT_STATUSES
 from presencectl.sandbox.teams_presence import AVAILABILITIES, PREFERRED_PAIRS
 
 if TYPE_CHECKING:
-    from presencectl.sandbox.world import Person, World
+    from presencectl.sandbox.people import Person
+    from presencectl.sandbox.world import World
 
 _AVAILABILITY_BY_KEY = {a.lower(): a for a in AVAILABILITIES}
 _PREFERRED_BY_KEY = {(a.lower(), b.lower()): (a, b) for a, b in PREFERRED_PAIRS}

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from presencectl.sandbox.world import ADMIN_EMAIL, DEFAULT_TOKEN_LIFETIME, World
+from presencectl.sandbox.people import ADMIN_EMAIL
+from presencectl.sandbox.world import DEFAULT_TOKEN_LIFETIME, World
 
 log = logging.getLogger(__name__)
 

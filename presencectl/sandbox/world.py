@@ -2,7 +2,9 @@
 
 Owns the one ``World`` every sandbox route reads and writes (Entra, Graph, Connect, control API,
 SignalR). All lookups are dict-based (O(1)) so a world of 50,000 people stays fast. The world runs
-inside the server's event loop; tests may read it from their own thread.
+inside the server's event loop; tests may read it from their own thread. Who a person is
+(``Person``, the domain, the admin and sync accounts) lives in ``people.py``; ``org.py`` builds
+the people.
 
 Presence state lives on each ``Person`` (``person.teams`` / ``person.connect``) and is created on
 first access from the presence modules (``TeamsPresenceState()`` / ``ConnectPresenceState()``,
@@ -24,24 +26,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from presencectl.sandbox import org
 from presencectl.sandbox.microsoft_ids import GRAPH_APP_ID, GRAPH_APP_ROLE_IDS, GRAPH_SCOPE_IDS
+from presencectl.sandbox.people import ADMIN_EMAIL, DOMAIN, SYNC_EMAIL, Person
 
 log = logging.getLogger(__name__)
 
-DOMAIN = "contoso.example"
-ADMIN_EMAIL = f"admin@{DOMAIN}"
-SYNC_EMAIL = f"presence-sync@{DOMAIN}"
 BOOTSTRAP_CLIENT_ID = "14d82eec-204b-4c2f-b7e8-296a70dab67e"  # Microsoft Graph Command Line Tools
-GLOBAL_ADMIN = "Global Administrator"
-SECURITY_MANAGER = "Security Manager"
-FLAGS = (
-    "must_change_password",
-    "mfa_required",
-    "locked",
-    "disabled",
-    "federated",
-    "device_code_blocked",  # a Conditional Access policy blocks device code flow for this user
-)
 DEFAULT_TOKEN_LIFETIME = 3600
 DEVICE_CODE_LIFETIME = 900
 REFRESH_TOKEN_LIFETIME = 90 * 24 * 3600
@@ -186,88 +177,6 @@ class Events:
                 log.exception("sandbox event listener failed for %s", kind)
 
 
-# --------------------------------------------------------------------------- people
-
-
-@dataclass(slots=True, eq=False)
-class Person:
-    """One person of the simulated organisation, on the Azure side, the Connect side, or both."""
-
-    email: str
-    display_name: str
-    azure_id: str | None = None
-    upn: str | None = None
-    mail: str | None = None
-    proxy_addresses: list[str] = field(default_factory=list)
-    connect_id: str | None = None
-    connect_email: str | None = None
-    password: str = ""
-    flags: set[str] = field(default_factory=set)
-    roles: set[str] = field(default_factory=set)
-    given_name: str = ""
-    surname: str = ""
-    job_title: str | None = None
-    _teams: Any = None
-    _connect: Any = None
-
-    @property
-    def in_azure(self) -> bool:
-        return self.azure_id is not None
-
-    @property
-    def in_connect(self) -> bool:
-        return self.connect_id is not None
-
-    @property
-    def teams(self) -> Any:
-        if self._teams is None:
-            from presencectl.sandbox.teams_presence import TeamsPresenceState
-
-            self._teams = TeamsPresenceState()
-        return self._teams
-
-    @property
-    def connect(self) -> Any:
-        if self._connect is None:
-            from presencectl.sandbox.connect_presence import ConnectPresenceState
-
-            self._connect = ConnectPresenceState()
-        return self._connect
-
-    def graph_user(self) -> dict[str, Any]:
-        """The Graph ``user`` resource (default property set plus proxyAddresses)."""
-        return {
-            "id": self.azure_id,
-            "displayName": self.display_name,
-            "givenName": self.given_name or None,
-            "surname": self.surname or None,
-            "jobTitle": self.job_title,
-            "mail": self.mail,
-            "userPrincipalName": self.upn,
-            "proxyAddresses": list(self.proxy_addresses),
-            "accountEnabled": "disabled" not in self.flags,
-            "businessPhones": [],
-            "mobilePhone": None,
-            "officeLocation": None,
-            "preferredLanguage": "en-US",
-        }
-
-    def connect_contact(self) -> dict[str, Any]:
-        """The Connect address-book contact of a user (extend-dotnet-sdk Models/V3/Contact.cs:
-        no roles, no first or last name; Control Panel roles are not visible through the API)."""
-        extension = str(1000 + int((self.connect_id or "0")[:4], 16) % 9000)
-        return {
-            "id": self.connect_id,
-            "type": "user",
-            "displayName": self.display_name,
-            "title": self.job_title,
-            "email": self.connect_email,
-            "phoneNumbers": [],
-            "pbx": {"enabled": True, "extension": extension},
-            "messaging": {"jid": f"{self.connect_id}@messaging.{DOMAIN}", "enabled": True},
-        }
-
-
 # --------------------------------------------------------------------------- tokens
 
 
@@ -366,8 +275,6 @@ class World:
         auto_approve: str | None = None,
         token_lifetime: int = DEFAULT_TOKEN_LIFETIME,
     ) -> None:
-        from presencectl.sandbox import org
-
         self.seed = seed
         self.clock = Clock()
         self.stats = Stats()

@@ -40,6 +40,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from presencectl.connect import feed as connect_feed
+from presencectl.connect import presence as connect_presence
+from presencectl.connect.directory import list_contacts
 from presencectl.errors import AuthError, ConfigError, PresencectlError
 from presencectl.mapping import Mapping as StatusMapping
 from presencectl.mapping import TeamsStatus
@@ -273,7 +276,7 @@ class SyncEngine:
         from presencectl.graph.users import list_users
 
         azure_users, contacts = await asyncio.gather(
-            list_users(self.graph), self.connect.list_contacts()
+            list_users(self.graph), list_contacts(self.connect)
         )
         report = (self.matcher or _default_matcher())(azure_users, contacts)
         self.pairs = {p.key: p for p in report.pairs}
@@ -312,7 +315,9 @@ class SyncEngine:
         self, keys: Iterable[str]
     ) -> tuple[dict[str, Observation], dict[str, str]]:
         ids = [self.pairs[k].connect_id for k in keys if k in self.pairs]
-        reads = await self.connect.get_presences(ids, concurrency=self.options.connect_concurrency)
+        reads = await connect_presence.get_presences(
+            self.connect, ids, self.options.connect_concurrency
+        )
         now = self.clock()
         out = {
             self._by_connect[u]: Observation(Side.CONNECT, v, now)
@@ -545,10 +550,12 @@ class SyncEngine:
             async with gate:
                 try:
                     if action.kind is ActionKind.SET:
-                        await self.connect.set_presence(user_id, str(action.value))
+                        await connect_presence.set_presence(
+                            self.connect, user_id, str(action.value)
+                        )
                         outcomes[i] = _Outcome(True)
                     else:
-                        existed = await self.connect.clear_presence(user_id)
+                        existed = await connect_presence.clear_presence(self.connect, user_id)
                         outcomes[i] = _Outcome(True, gone=not existed)
                 except AuthError:
                     raise
@@ -1027,7 +1034,7 @@ class SyncEngine:
             from presencectl.graph.subscriptions import delete_subscription
 
             return await delete_subscription(self.subscriber or self.teams_reader, sub.id)
-        return await self.connect.delete_subscription(sub.id)
+        return await connect_feed.delete_subscription(self.connect, sub.id)
 
     # -- disable --------------------------------------------------------------------------------
 
@@ -1125,7 +1132,7 @@ async def _clear_legacy(connect: ConnectClient, user_ids: Sequence[str], limit: 
     async def one(user_id: str) -> bool:
         async with gate:
             try:
-                return await connect.clear_legacy_presence(user_id)
+                return await connect_presence.clear_legacy_presence(connect, user_id)
             except PresencectlError as exc:
                 log.debug("connect: legacy session of %s not cleared: %s", user_id, exc.code)
                 return False
@@ -1337,7 +1344,7 @@ async def match_report(profile: Profile) -> list[dict[str, str]]:
         ) as graph,
         connect_client_for(profile) as connect,
     ):
-        azure_users, contacts = await asyncio.gather(list_users(graph), connect.list_contacts())
+        azure_users, contacts = await asyncio.gather(list_users(graph), list_contacts(connect))
     return match_users(azure_users, contacts).rows()
 
 

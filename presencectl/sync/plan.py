@@ -131,12 +131,15 @@ def plan(
     available_refresh: timedelta = timedelta(minutes=4),
     echo_window: timedelta = timedelta(seconds=60),
     connect_session_ttl: timedelta | None = None,
+    fast_path: bool = True,
 ) -> PlanResult:
     """Decide one cycle for every pair in ``states`` or ``observations`` (keyed by pair key).
 
     ``observations[key]`` lists what was read for that pair since the last cycle (either side,
     any order, several per side allowed: a change feed's burst). A pair with no new observation
     is still planned (renewals, level-triggered reconciliation on its last known values).
+    ``fast_path``: skip a pair still settled (see ``_still_settled``); it changes no decision,
+    only the work (a test plans with it off to prove so).
     """
     settings = PlanSettings(
         teams_session_ttl, renew_margin, available_refresh, echo_window, connect_session_ttl
@@ -151,7 +154,7 @@ def plan(
         state = states.get(key) or PairState(key)
         pair_observations = observations.get(key, empty)
         if (
-            FAST_PATH
+            fast_path
             and state.settled == context
             and _still_settled(state, pair_observations, now, settings)
         ):
@@ -169,10 +172,6 @@ def plan(
             observed = observed.mark_settled(context)
         new_states[key] = observed
     return PlanResult(actions, new_states, observed_states)
-
-
-# The steady-state fast path (see _still_settled). Tests switch it off to prove it changes nothing.
-FAST_PATH = True
 
 
 def _still_settled(

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -709,7 +708,3 @@ def _update_run(db: sqlite3.Connection, run_id: int, counts: RunCounts) -> None:
             run_id,
         ),
     )
-
-
-def now_epoch() -> float:
-    return time.time()
