@@ -21,49 +21,88 @@ says nothing). The run's ``adopted`` counts the pairs adopted this way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
 
 from presencectl.errors import AuthError
 from presencectl.sync.model import Action, ActionKind, ActionPurpose, Side
 from presencectl.sync.state import AuditEntry, side_user_id
-
-if TYPE_CHECKING:
-    from presencectl.sync.engine import SyncEngine, SyncResult, _Outcome
 
 log = logging.getLogger(__name__)
 
 REASON = "no state for this pair: clear any session of ours before reading"
 
 
-async def adopt_pairs(engine: SyncEngine, keys: Sequence[str], result: SyncResult) -> list[str]:
+class Outcome(Protocol):
+    """What the engine says of one write it sent."""
+
+    ok: bool
+    gone: bool
+    error: str | None
+
+
+class Result(Protocol):
+    """The run's counts adoption adds to."""
+
+    adopted: int
+    cleared: int
+
+
+class Engine(Protocol):
+    """What adoption uses of the engine (sync/engine.py's ``SyncEngine``): its write path, its
+    failure book-keeping, and what it knows of the pairs. Described here, not imported, so that
+    the engine can import this module."""
+
+    @property
+    def states(self) -> Mapping[str, Any]: ...
+
+    @property
+    def options(self) -> Any: ...
+
+    @property
+    def store(self) -> Any: ...
+
+    @property
+    def clock(self) -> Callable[[], datetime]: ...
+
+    async def _send(self, actions: Sequence[Action]) -> Sequence[Outcome]: ...
+
+    def _fail(self, result: Any, key: str, side: str, error: str) -> None: ...
+
+    def _stopping(self) -> bool: ...
+
+    def _user(self, key: str) -> str: ...
+
+
+async def adopt_pairs(
+    engine: Engine, keys: Sequence[str], result: Result, *, chunk: int
+) -> list[str]:
     """Clear our sessions on every pair of ``keys`` with no state; return the keys safe to plan.
 
-    ``WRITE_CHUNK_PAIRS`` pairs at a time, each chunk's audit saved before the next: a stop
-    (SIGINT/SIGTERM) leaves the rest for the next run, held back like a failure but not one."""
+    ``chunk`` pairs at a time, each chunk's audit saved before the next: a stop (SIGINT/SIGTERM)
+    leaves the rest for the next run, held back like a failure but not one."""
     fresh = [k for k in keys if k not in engine.states]
     if not fresh:
         return list(keys)
-    from presencectl.sync.engine import WRITE_CHUNK_PAIRS
-
     held_back: set[str] = set()
-    for start in range(0, len(fresh), WRITE_CHUNK_PAIRS):
+    for start in range(0, len(fresh), chunk):
         if start and engine._stopping():
             held_back.update(fresh[start:])
             break
-        held_back |= await _adopt_chunk(engine, fresh[start : start + WRITE_CHUNK_PAIRS], result)
+        held_back |= await _adopt_chunk(engine, fresh[start : start + chunk], result)
     adopted = len(fresh) - len(held_back)
     result.adopted += adopted
     log.info("adopted %d pair(s) with no state, %d held back", adopted, len(held_back))
     return [k for k in keys if k not in held_back]
 
 
-async def _adopt_chunk(engine: SyncEngine, keys: Sequence[str], result: SyncResult) -> set[str]:
+async def _adopt_chunk(engine: Engine, keys: Sequence[str], result: Result) -> set[str]:
     """Clear one chunk; the keys whose clear failed."""
     direction = engine.options.direction
     written = [s for s in (Side.TEAMS, Side.CONNECT) if direction.writes(s)]
     others = [s for s in (Side.TEAMS, Side.CONNECT) if not direction.writes(s)]
-    outcomes: dict[tuple[str, Side], _Outcome] = {}
+    outcomes: dict[tuple[str, Side], Outcome] = {}
     await _clear(engine, keys, written, outcomes, tolerate_auth=False)
     await _clear(engine, keys, others, outcomes, tolerate_auth=True)
     failed: set[str] = set()
@@ -89,10 +128,10 @@ async def _adopt_chunk(engine: SyncEngine, keys: Sequence[str], result: SyncResu
 
 
 async def _clear(
-    engine: SyncEngine,
+    engine: Engine,
     keys: Sequence[str],
     sides: Sequence[Side],
-    outcomes: dict[tuple[str, Side], _Outcome],
+    outcomes: dict[tuple[str, Side], Outcome],
     *,
     tolerate_auth: bool,
 ) -> None:

@@ -346,7 +346,7 @@ class SyncEngine:
         self._failed_now = set()
         wanted = list(self.pairs) if keys is None else [k for k in keys if k in self.pairs]
         if not self.options.dry_run:
-            wanted = await adopt_pairs(self, wanted, result)
+            wanted = await adopt_pairs(self, wanted, result, chunk=WRITE_CHUNK_PAIRS)
         observations: dict[str, list[Observation]] = defaultdict(list)
         read_failures: dict[str, str] = {}
         jobs: list[Awaitable[Any]] = []
