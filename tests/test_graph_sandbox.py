@@ -296,3 +296,33 @@ def test_a_batch_throttled_as_a_whole_loses_no_write_and_repeats_none(
         assert [s["session_id"] for s in teams["sessions"]] == [tokens.client_id]
         assert (teams["availability"], teams["activity"]) == ("Available", "Available")
     assert stats["in_retry_after_window"] == 0
+
+
+def test_concurrent_chunked_reads_never_send_inside_a_retry_after(graph_sandbox: Any) -> None:
+    """getPresencesByUserId chunks read side by side (as the engine reads 10,000 users) meet a
+    server whose limit is far below the client's: once a 429 has reached the client, no other
+    chunk may leave before its Retry-After is over, and every user is read in the end."""
+    sb = graph_sandbox
+    tokens = MsalAppToken(sb)
+    sb.control.post(
+        "/_sandbox/faults", json={"throttle_per_30s": 3, "throttle_window": 1.0}
+    ).raise_for_status()
+    sb.control.delete("/_sandbox/stats")
+    ids = _ids(sb)[:16]
+
+    async def go() -> dict[str, Any]:
+        async with GraphClient(
+            sb.base_url + "/v1.0",
+            tokens,
+            tokens.settings,
+            limiter=RateLimiter(limit=1500, window=30.0),  # far above: the sandbox throttles
+        ) as client:
+            # One id a chunk, four chunks at a time: 16 reads against 3 a second.
+            return await get_presences(client, ids, chunk_size=1, concurrency=4)
+
+    read = asyncio.run(go())
+    stats = sb.control.get("/_sandbox/stats").json()
+    assert set(read) == set(ids)
+    assert stats["throttled"] >= 1  # the sandbox did throttle: the next line can fail
+    assert stats["requests"]["graph.getPresencesByUserId"] == len(ids) + stats["throttled"]
+    assert stats["in_retry_after_window"] == 0
