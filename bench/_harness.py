@@ -335,6 +335,22 @@ def graph_requests(stats: dict[str, Any]) -> int:
     )
 
 
+def presence_requests(stats: dict[str, Any]) -> int:
+    """Presence requests the sandbox throttles (reads and writes, each ``$batch`` member one by
+    one), counting those it answered 429: its routes named ``graph.*Presence*``."""
+    reqs: dict[str, int] = stats.get("requests", {})
+    return sum(n for k, n in reqs.items() if k.startswith("graph.") and "presence" in k.lower())
+
+
+def throttle_minimum_s(accepted: int, limit: int, window: float) -> float:
+    """The throttle-bound minimum wall time of ``accepted`` presence requests against a server
+    that accepts ``limit`` per ``window`` seconds: requests / limit x window (its rate). From an
+    empty window a sliding-window server lets the first ``limit`` through at once, so a run that
+    needs fewer than ``limit`` is not bound by the throttle, and one that needs a few windows can
+    finish a little under this figure."""
+    return accepted / limit * window
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or ""
     with contextlib.suppress(OSError):

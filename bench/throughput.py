@@ -36,7 +36,15 @@ import time
 from typing import Any
 
 import engine_driver
-from _harness import Report, SandboxProcess, graph_client, isolated_env, matched_pairs
+from _harness import (
+    Report,
+    SandboxProcess,
+    graph_client,
+    isolated_env,
+    matched_pairs,
+    presence_requests,
+    throttle_minimum_s,
+)
 
 
 def ideal_seconds(units: int, limit: int, window: float) -> float:
@@ -75,6 +83,9 @@ def row(name: str, result: dict[str, Any], stats: dict[str, Any], users: int, li
     ceiling = limit / window
     elapsed = result["elapsed"]
     sent = stats["requests"].get("graph.setPresence", 0)
+    # Measured, not assumed: every presence request the sandbox accepted (reads too), at the
+    # limit it enforced.
+    minimum = throttle_minimum_s(presence_requests(stats) - stats["throttled"], limit, window)
     return {
         "path": name,
         "writes": result["ok"],
@@ -82,6 +93,8 @@ def row(name: str, result: dict[str, Any], stats: dict[str, Any], users: int, li
         "writes_per_s": result["ok"] / elapsed if elapsed else math.nan,
         "of_ceiling": (result["ok"] / elapsed) / ceiling if elapsed else math.nan,
         "efficiency": ideal_seconds(users, limit, window) / elapsed if elapsed else math.nan,
+        "throttle_min_s": minimum,
+        "wall_vs_throttle_min": elapsed / minimum if minimum else math.nan,
         "throttled_429": stats["throttled"],
         "throttled_share": stats["throttled"] / sent if sent else 0.0,
         "in_retry_after": stats["in_retry_after_window"],
@@ -95,6 +108,7 @@ def run(users: int, limit: int, window: float, *, engine: bool = True) -> Report
     report = Report(
         "throughput",
         ["path", "writes", "wall_s", "writes_per_s", "of_ceiling", "efficiency",
+         "throttle_min_s", "wall_vs_throttle_min",
          "throttled_429", "throttled_share", "in_retry_after", "wait_s", "http_requests",
          "failed"],
     )
@@ -132,6 +146,12 @@ def run(users: int, limit: int, window: float, *, engine: bool = True) -> Report
         "of_ceiling": best["of_ceiling"],
         "efficiency": best["efficiency"],
         "throttled_share": best["throttled_share"],
+        # Every row here is write-heavy (each user one write): wall / throttle-bound minimum.
+        "vs_throttle_min": {
+            r["path"]: {"wall_s": r["wall_s"], "throttle_min_s": r["throttle_min_s"],
+                        "ratio": r["wall_vs_throttle_min"]}
+            for r in report.rows
+        },
     }
     return report
 
@@ -178,6 +198,8 @@ def unknown_limit(report: Report, users: int, server_limit: int, window: float,
             "users": n, "server": {"limit": server_limit, "window_s": window},
             "client": {"limit": client_limit, "window_s": window},
             "efficiency": out["efficiency"], "in_retry_after": out["in_retry_after"],
+            "throttle_min_s": out["throttle_min_s"],
+            "wall_vs_throttle_min": out["wall_vs_throttle_min"],
             "throttled_429": out["throttled_429"], "lost_writes": lost,
             "sandbox_writes": stats["writes"],
         }
