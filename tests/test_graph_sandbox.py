@@ -298,10 +298,15 @@ def test_a_batch_throttled_as_a_whole_loses_no_write_and_repeats_none(
     assert stats["in_retry_after_window"] == 0
 
 
-def test_concurrent_chunked_reads_never_send_inside_a_retry_after(graph_sandbox: Any) -> None:
+@pytest.mark.parametrize("clients", [1, 2])
+def test_concurrent_chunked_reads_never_send_inside_a_retry_after(
+    graph_sandbox: Any, clients: int
+) -> None:
     """getPresencesByUserId chunks read side by side (as the engine reads 10,000 users) meet a
     server whose limit is far below the client's: once a 429 has reached the client, no other
-    chunk may leave before its Retry-After is over, and every user is read in the end."""
+    chunk may leave before its Retry-After is over, and every user is read in the end. With two
+    clients sharing one limiter (the engine's app-token writer and delegated reader), the same
+    holds across them."""
     sb = graph_sandbox
     tokens = MsalAppToken(sb)
     sb.control.post(
@@ -309,20 +314,27 @@ def test_concurrent_chunked_reads_never_send_inside_a_retry_after(graph_sandbox:
     ).raise_for_status()
     sb.control.delete("/_sandbox/stats")
     ids = _ids(sb)[:16]
+    halves = [ids[i::clients] for i in range(clients)]
 
-    async def go() -> dict[str, Any]:
-        async with GraphClient(
-            sb.base_url + "/v1.0",
-            tokens,
-            tokens.settings,
-            limiter=RateLimiter(limit=1500, window=30.0),  # far above: the sandbox throttles
-        ) as client:
-            # One id a chunk, four chunks at a time: 16 reads against 3 a second.
-            return await get_presences(client, ids, chunk_size=1, concurrency=4)
+    async def go() -> list[dict[str, Any]]:
+        limiter = RateLimiter(limit=1500, window=30.0)  # far above: the sandbox throttles
+        graphs = [
+            GraphClient(sb.base_url + "/v1.0", tokens, tokens.settings, limiter=limiter)
+            for _ in range(clients)
+        ]
+        try:
+            # One id a chunk, four chunks at a time per client: 16 reads against 3 a second.
+            return await asyncio.gather(
+                *(get_presences(g, part, chunk_size=1, concurrency=4)
+                  for g, part in zip(graphs, halves, strict=True))
+            )  # fmt: skip
+        finally:
+            for g in graphs:
+                await g.aclose()
 
-    read = asyncio.run(go())
+    read = {user for part in asyncio.run(go()) for user in part}
     stats = sb.control.get("/_sandbox/stats").json()
-    assert set(read) == set(ids)
+    assert read == set(ids)
     assert stats["throttled"] >= 1  # the sandbox did throttle: the next line can fail
     assert stats["requests"]["graph.getPresencesByUserId"] == len(ids) + stats["throttled"]
     assert stats["in_retry_after_window"] == 0

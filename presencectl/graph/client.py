@@ -185,9 +185,6 @@ class GraphClient:
         self.limiter = limiter or RateLimiter()
         self.retry = retry or RetryPolicy()
         self.batch_concurrency = max(1, batch_concurrency)
-        # One presence request (a $batch with presence members, or a single presence request) on
-        # the wire at a time, across every caller (see request() and batch()).
-        self._presence_on_wire = asyncio.Lock()
         self._tokens = TokenCache(token_provider, now=now)
         self._rng = rng or random.Random()
         self._in_flight = asyncio.Semaphore(max(1, max_in_flight))
@@ -236,7 +233,7 @@ class GraphClient:
         # leaves after a 429 has reached us, but before its reader has set the pause, would land
         # inside that Retry-After (tests/test_graph_sandbox.py saw it with 4 chunked reads in
         # flight). Reads are 650 ids each, so a 10,000-user cycle is 16 round trips in a row.
-        async with self._presence_on_wire:
+        async with self.limiter.presence_on_wire:
             return await self._send(
                 method, path, json=json, params=params, headers=headers, units=1, scope=scope,
                 ok_statuses=ok_statuses,
@@ -371,7 +368,7 @@ class GraphClient:
             raise ValueError("batch request ids must be unique")
         chunks = [list(requests[i : i + BATCH_MAX]) for i in range(0, len(requests), BATCH_MAX)]
         gate = asyncio.Semaphore(self.batch_concurrency)
-        serial = self._presence_on_wire
+        serial = self.limiter.presence_on_wire  # shared by the clients sharing the limiter
 
         async def run(chunk: list[BatchRequest]) -> dict[str, BatchResult]:
             async with gate:

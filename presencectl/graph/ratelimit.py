@@ -15,6 +15,8 @@ Two mechanisms, both per *scope* (``"presence"`` for presence endpoints, ``"othe
 - A global pause: after any 429 with ``Retry-After``, no request of that scope (batch or not)
   leaves before the time has passed. :meth:`RateLimiter.acquire` checks the pause last, right
   before it returns, so a 429 that arrives while a caller waits for budget still holds it back.
+  Presence requests go one at a time (``presence_on_wire``, taken by every client sharing the
+  limiter), so none is already on its way when a 429 arrives.
 - Adaptation (the configured limit is an assumption, not a fact: the tenant's real ceiling may be
   lower, or other clients of the same app share it): the budget in use, ``ceiling``, starts at
   ``limit``. After a throttle episode (the first 429 of a pause), once the pause is over, the
@@ -100,6 +102,10 @@ class RateLimiter:
         self._in_window = 0
         self._pause_until: dict[str, float] = {}
         self._lock = asyncio.Lock()
+        # One presence request (single, or a $batch with presence members) on the wire at a time
+        # for every client sharing this limiter: a request already sent when a 429 reaches us
+        # cannot be called back, so one sent beside it would land inside that Retry-After.
+        self.presence_on_wire = asyncio.Lock()
         self._accepted: deque[tuple[float, int]] = deque()  # (sent at, units not refused)
         self._episode_at: float | None = None  # the first 429 of a throttle episode, to learn
         self._clean_since = clock()  # no 429 since then
