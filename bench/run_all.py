@@ -3,6 +3,7 @@
     python bench/run_all.py            # the full run (cycle at 1,000 / 10,000 / 50,000 users)
     python bench/run_all.py --quick    # under five minutes on 2 cores (no 50,000-user cycle)
     python bench/run_all.py --smoke    # tiny sizes: proves the scripts run (tests use it)
+    python bench/run_all.py --report   # no run: the targets from bench/results/ as they are
 
 Each benchmark runs as its own process and writes bench/results/<name>.json; this script reads
 those files, prints the targets table and writes it to bench/results/summary.json (and, with
@@ -204,7 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--smoke", action="store_true")
     parser.add_argument("--only", help="comma-separated benchmark names")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
+    parser.add_argument("--report", action="store_true",
+                        help="run nothing: print the targets from the results already there")
     args = parser.parse_args(argv)
+    if args.report:
+        rows = targets()
+        print(format_table(["target", "measured", "goal", "verdict", "source"], rows))
+        if args.markdown:
+            print("\n" + markdown(rows))
+        return 0
     plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
     names = args.only.split(",") if args.only else list(plan)
     failures = []

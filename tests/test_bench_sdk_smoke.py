@@ -36,3 +36,7 @@ def test_sdk_peer_and_presencectl_run_side_by_side(tmp_path: Path) -> None:
         assert row["failed"] == 0, tool
         assert row["written"] >= 1, tool
         assert row["cpu_s"] > 0 and row["wall_s"] > 0, tool
+        # The throttle-bound minimum comes from the sandbox's own count of presence requests.
+        assert 1 <= row["presence_accepted"] <= row["graph_requests"], tool
+        assert row["throttle_min_s"] == row["presence_accepted"] / 1500 * 30, tool
+        assert row["throttle_bound"] is False, tool  # 40 users need far less than one window

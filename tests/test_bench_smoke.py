@@ -65,3 +65,6 @@ def test_every_benchmark_runs_and_reports_its_figures(tmp_path: Path) -> None:
     assert measured["limit below the client's: lost writes"] is not None
     assert measured["running_sandbox stop (median, s)"] is not None
     assert any(k.startswith("Graph presence reads per cycle") for k in measured)
+    # Each write-heavy row's wall time against its throttle-bound minimum, measured per row.
+    ratios = [v for k, v in measured.items() if k.startswith("write-heavy:")]
+    assert len(ratios) == 4 and all(isinstance(v, float) and v > 0 for v in ratios), ratios
