@@ -229,10 +229,11 @@ class GraphClient:
                 method, path, json=json, params=params, headers=headers, units=0, scope=scope,
                 ok_statuses=ok_statuses,
             )  # fmt: skip
-        # Presence requests go one at a time, as presence batches do (batch()): a request that
-        # leaves after a 429 has reached us, but before its reader has set the pause, would land
-        # inside that Retry-After (tests/test_graph_sandbox.py saw it with 4 chunked reads in
-        # flight). Reads are 650 ids each, so a 10,000-user cycle is 16 round trips in a row.
+        # Presence requests go one at a time, as presence batches do (batch()), across every
+        # client sharing the limiter: a request that leaves after a 429 has reached us, but
+        # before its reader has set the pause, would land inside that Retry-After
+        # (tests/test_graph_sandbox.py saw it with 4 chunked reads in flight). Reads are 650 ids
+        # each, so a 10,000-user cycle is 16 round trips in a row.
         async with self.limiter.presence_on_wire:
             return await self._send(
                 method, path, json=json, params=params, headers=headers, units=1, scope=scope,

@@ -103,7 +103,9 @@ async def get_presences(
     chunk_size: int = PRESENCE_IDS_MAX,
     concurrency: int = 4,
 ) -> dict[str, TeamsPresenceRead]:
-    """Presence of every user in ``ids``: ceil(n / 650) requests, run concurrently (bounded)."""
+    """Presence of every user in ``ids``: ceil(n / 650) requests. ``concurrency`` chunks are
+    prepared and parsed side by side, but the client sends one presence request at a time
+    (``RateLimiter.presence_on_wire``: none may be on its way when a 429 arrives)."""
     wanted = _unique(ids)
     size = max(1, min(chunk_size, PRESENCE_IDS_MAX))
     chunks = [wanted[i : i + size] for i in range(0, len(wanted), size)]
