@@ -5,6 +5,10 @@ every request of Entra ID, Graph and Connect — the SignalR hub included — fa
 the sandbox clock from that moment (setting it again re-arms it; 0 ends it at once). The control
 API (``/_sandbox/…``) keeps answering, so that a test can drive the outage.
 
+``outage_target`` narrows it to one side, as when only one provider's network path is down:
+``"connect"`` refuses Connect alone (its sign-in, API and hub, everything under ``/univerge/``),
+``"microsoft"`` refuses Entra ID and Graph alone; ``"all"`` (the default) refuses both.
+
 What "unreachable" looks like: the TCP connection is dropped without an answer (uvicorn's
 transport aborted), which a client sees as a connection reset or a closed connection — the
 closest a server in the same process can come to a refused connection or a dead network path.
@@ -26,6 +30,7 @@ log = logging.getLogger(__name__)
 
 ARMED_AT = "outage_armed_at"  # world.extra: sandbox-clock time the outage was set
 CONTROL_PREFIX = "/_sandbox/"
+CONNECT_PREFIX = "/univerge/"  # Connect's sign-in, API and hub (sandbox/control.py's profile)
 
 
 def arm(world: World) -> None:
@@ -33,10 +38,19 @@ def arm(world: World) -> None:
     world.extra[ARMED_AT] = world.clock.now()
 
 
-def active(world: World) -> bool:
+def active(world: World, path: str | None = None) -> bool:
+    """Whether the outage refuses a request for ``path`` now (any request, without a path)."""
     seconds = float(world.faults.outage_s)
     armed = world.extra.get(ARMED_AT)
-    return seconds > 0 and armed is not None and world.clock.now() < float(armed) + seconds
+    if not (seconds > 0 and armed is not None and world.clock.now() < float(armed) + seconds):
+        return False
+    return path is None or _targets(world.faults.outage_target, path)
+
+
+def _targets(target: str, path: str) -> bool:
+    if target == "all":
+        return True
+    return path.startswith(CONNECT_PREFIX) is (target == "connect")
 
 
 def _abort(receive: Receive) -> bool:
@@ -73,7 +87,8 @@ class OutageMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        if active(self.world):
+        path = str(scope.get("path", ""))
+        if active(self.world, path):
             self.world.stats.faults_injected += 1
             await _abort_and_settle(receive)
             # Never sent when the connection is gone (uvicorn drops it; answering keeps it from
@@ -85,14 +100,14 @@ class OutageMiddleware:
                 await send({"type": "websocket.close", "code": 1011})
             return
         if scope["type"] == "websocket":
-            send = self._cut_when_out(receive, send)
+            send = self._cut_when_out(receive, send, path)
         await self.app(scope, receive, send)
 
-    def _cut_when_out(self, receive: Receive, send: Send) -> Send:
+    def _cut_when_out(self, receive: Receive, send: Send, path: str) -> Send:
         world = self.world
 
         async def guarded(message: Message) -> None:
-            if active(world) and message.get("type") == "websocket.send":
+            if active(world, path) and message.get("type") == "websocket.send":
                 world.stats.faults_injected += 1
                 _abort(receive)
                 raise ConnectionResetError("sandbox outage: the connection is gone")

@@ -101,6 +101,7 @@ class Faults:
     latency_ms: int = 0
     drop_rate: float = 0.0
     outage_s: float = 0.0  # every request refused for that many seconds from when it is set
+    outage_target: str = "all"  # whose requests outage_s refuses: all, connect or microsoft
     # Entra ID / Graph behaviours
     replication_lag_s: float = 0.0
     batch_envelope_status: int = 0
@@ -119,6 +120,7 @@ class Faults:
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "feed_user_field": ("userId", "unifiedUserId", "id", "user.id"),
         "connect_aggregation": ("rank", "last_writer"),
+        "outage_target": ("all", "connect", "microsoft"),
     }
 
     def to_dict(self) -> dict[str, Any]:
