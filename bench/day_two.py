@@ -12,7 +12,8 @@ it), presencectl as child processes — as cron, CI and systemd run it.
    (fault ``outage_s``) while a Teams call and a Connect call start. Timed from the moment the
    outage is set: when the watch reports it (``outage`` event), when it reports ``recovered``, and
    when both calls have reached the other side; then SIGTERM and the exit code (0 expected: the
-   outage's failures have healed).
+   outage's failures have healed). Run once with every service down (``outage_target`` all) and
+   once with Connect alone down (``connect``: the watch must back off from Connect too).
 
     python bench/day_two.py [--users 1000] [--outage 30] [--interval 5]
 """
@@ -76,7 +77,12 @@ def adoption(sb: SandboxProcess, people: list[str], report: Report, base: Path) 
 
 
 def outage(
-    sb: SandboxProcess, people: list[str], seconds: float, interval: float, report: Report
+    sb: SandboxProcess,
+    people: list[str],
+    seconds: float,
+    interval: float,
+    report: Report,
+    target: str = "all",
 ) -> None:
     caller, agent = people[2], people[3]
     for email in (caller, agent):
@@ -98,7 +104,7 @@ def outage(
 
         _wait(lambda: events("cycle"), "the first cycle")
         t0 = time.perf_counter()
-        sb.faults(outage_s=seconds)
+        sb.faults(outage_s=seconds, outage_target=target)
         sb.set_teams(caller, "Busy", "InACall")
         sb.set_connect(agent, "onphone")
         detected = _wait(lambda: events("outage"), "the outage to be noticed") - t0
@@ -116,7 +122,9 @@ def outage(
         retries = len(events("outage"))
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(120)
+    sb.faults(outage_target="all")
     report.add(
+        target=target,
         outage_s=seconds,
         interval_s=interval,
         noticed_s=detected,
@@ -125,7 +133,7 @@ def outage(
         outage_reports=retries,
         exit_code=code,
     )
-    progress(f"outage {seconds:g} s: recovered {recovered - seconds:.1f} s after the return")
+    progress(f"outage {seconds:g} s ({target}): recovered {recovered - seconds:.1f} s after the return")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     survived = Report(
         "day_two_outage",
-        ["outage_s", "interval_s", "noticed_s", "recovered_after_return_s",
+        ["target", "outage_s", "interval_s", "noticed_s", "recovered_after_return_s",
          "converged_after_return_s", "outage_reports", "exit_code"],
     )  # fmt: skip
     with isolated_env() as base, SandboxProcess(users=args.users, seed=args.seed) as sb:
@@ -151,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         people = [r["email"] for r in rows if r["status"] == "matched" and r["email"] not in skip]
         adoption(sb, people, adopted, base)
         outage(sb, people, args.outage, args.interval, survived)
+        outage(sb, people, args.outage, args.interval, survived, target="connect")
     adopted.notes.append(
         "stateless: every matched pair's session cleared on both sides before reading "
         "(404 = none); cleared counts the sessions of ours that were really there"

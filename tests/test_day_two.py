@@ -445,6 +445,104 @@ def test_a_watch_waits_out_an_outage_and_reconciles_in_full(
     assert "Traceback" not in watch.stderr()
 
 
+def _at_least(n: int, events: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    return events if len(events) >= n else None
+
+
+def _connect_reads(org: Org) -> int:
+    stats = org.sb.control.get("/_sandbox/stats").json()
+    return int(stats["requests"].get("connect.presence.get", 0))
+
+
+def test_the_connect_outage_drops_connect_alone(org: Org) -> None:
+    import ssl
+
+    import httpx
+
+    tls = ssl.create_default_context(cafile=org.sb.ca_bundle)
+    _faults(org, outage_s=3600, outage_target="connect")
+    profile = org.sb.control.get("/_sandbox/profile").json()
+    with httpx.Client(verify=tls, timeout=10) as client:
+        with pytest.raises(httpx.TransportError):
+            client.post(f"{profile['connect_login_url']}/user/connect/token", data={})
+        metadata = (
+            f"{org.sb.base_url}/{org.sb.world.tenant_id}/v2.0/.well-known/openid-configuration"
+        )
+        assert client.get(metadata).status_code == 200  # Microsoft's side still answers
+    _faults(org, outage_target="microsoft")
+    with httpx.Client(verify=tls, timeout=10) as client:
+        with pytest.raises(httpx.TransportError):
+            client.get(metadata)
+        answer = client.post(f"{profile['connect_login_url']}/user/connect/token", data={})
+        assert answer.status_code == 400  # Connect answers again (a form without a client)
+    _faults(org, outage_s=0, outage_target="all")
+
+
+def test_a_watch_backs_off_while_connect_is_down_and_reconciles_when_it_returns(
+    org: Org, children: Callable[..., Child]
+) -> None:
+    """Connect alone unreachable while the watch runs: the watch stops polling it every cycle,
+    backs off (the same capped exponential backoff as for Graph), says so in the stream and in
+    ``status``, and reconciles in full when Connect returns."""
+    assert run("sync").returncode == 0
+    caller, agent = org.people[0].email, org.people[1].email
+    watch = children("watch", "-o", "json", "sync", "--watch", "--interval", "0.5")
+    wait_for(lambda: cycles(watch) >= 1, "the first cycle")
+
+    _faults(org, outage_s=3600, outage_target="connect")  # Graph and Entra stay reachable
+    org.teams(caller, "Busy", "InACall")  # a change Connect cannot be told of meanwhile
+    org.connect(agent, "onphone")  # a change whose feed event is lost with the connection
+    first = wait_for(lambda: _events_of(watch, "outage"), "the watch to notice", timeout=180)[0]
+    assert first["service"] == "Connect", first
+    assert first["message"].startswith("Connect unreachable since ")
+    assert "retrying in" in first["message"] and first["retry_at"]
+    polls_when_noticed = cycles(watch)
+    status = json.loads(run("-o", "json", "status").stdout)
+    assert (status["outage"] or "").startswith("Connect unreachable since"), status["outage"]
+    outages = wait_for(lambda: _at_least(3, _events_of(watch, "outage")), "more tries", 180)
+    assert [o["attempts"] for o in outages[:3]] == [1, 2, 3]
+    assert all(o["service"] == "Connect" for o in outages)
+    # Backing off, not polling: no cycle completed while Connect was down (each try is one
+    # failed poll), and the waits grow (equal jitter: never under half the doubled step).
+    assert cycles(watch) == polls_when_noticed
+    assert outages[2]["retry_in_s"] >= 4.0 > outages[0]["retry_in_s"] / 2
+    assert watch.proc.poll() is None
+
+    _faults(org, outage_s=0)  # Connect returns
+    recovered = wait_for(lambda: _events_of(watch, "recovered"), "recovery", timeout=180)[0]
+    assert recovered["service"] == "Connect" and recovered["down_s"] > 0
+    wait_for(lambda: org.connect_shows(caller)["status"] == "onphone", "Teams → Connect")
+    wait_for(lambda: org.teams_pair(agent) == "Busy/InACall", "Connect → Teams (read in full)")
+    assert json.loads(run("-o", "json", "status").stdout)["outage"] is None
+
+    watch.proc.send_signal(signal.SIGTERM)
+    assert watch.wait() == 0, watch.stderr()
+    assert "Traceback" not in watch.stderr()
+    _faults(org, outage_target="all")
+
+
+def test_a_watch_started_while_connect_is_down_waits_for_it(
+    org: Org, children: Callable[..., Child]
+) -> None:
+    assert run("sync").returncode == 0
+    agent = org.people[1].email
+    _faults(org, outage_s=3600, outage_target="connect")
+    org.connect(agent, "onphone")
+    watch = children("watch", "-o", "json", "sync", "--watch", "--interval", "0.5")
+    outages = wait_for(lambda: _at_least(2, _events_of(watch, "outage")), "two tries", 180)
+    assert all(o["service"] == "Connect" for o in outages), outages
+    assert cycles(watch) == 0 and watch.proc.poll() is None
+    reads_while_down = _connect_reads(org)
+
+    _faults(org, outage_s=0)
+    wait_for(lambda: _events_of(watch, "recovered"), "recovery", timeout=180)
+    wait_for(lambda: org.teams_pair(agent) == "Busy/InACall", "Connect → Teams")
+    assert _connect_reads(org) > reads_while_down  # read in full once it answered
+    watch.proc.send_signal(signal.SIGTERM)
+    assert watch.wait() == 0, watch.stderr()
+    _faults(org, outage_target="all")
+
+
 def test_an_interrupted_disable_keeps_what_it_needs_to_finish(org: Org) -> None:
     """The stop comes before the first chunk: nothing is cleared, the state still knows every
     session, the profile stays enabled; run again, and everything is cleared."""

@@ -22,13 +22,18 @@ class LiveView:
         self.last_cycle: dict[str, Any] = {}
         self.feed_state = "—"
         self.outage: str | None = None  # "Graph unreachable since 10:02, retrying in 20 s"
+        self._outage_data: dict[str, Any] | None = None  # the event, to count down its retry
         self._live: Any = None
 
     def __enter__(self) -> LiveView:
         from rich.live import Live
 
         self._live = Live(
-            self._render(), console=output.stderr_console(), refresh_per_second=4, transient=False
+            self._render(),
+            console=output.stderr_console(),
+            refresh_per_second=4,
+            transient=False,
+            get_renderable=self._render,  # redrawn on each refresh: the outage line counts down
         )
         self._live.__enter__()
         return self
@@ -50,8 +55,10 @@ class LiveView:
             self.feed_state = str(data.get("state"))
         elif event.type == "outage":
             self.outage = str(data.get("message"))
+            self._outage_data = dict(data)
         elif event.type == "recovered":
             self.outage = None
+            self._outage_data = None
         if self._live is not None:
             self._live.update(self._render())
 
@@ -63,6 +70,16 @@ class LiveView:
         self.changes.appendleft((at, text))
         if self._live is not None:
             self._live.update(self._render())
+
+    def _outage_now(self) -> str | None:
+        """The outage line, its "retrying in N s" counted at this redraw."""
+        from datetime import UTC, datetime
+
+        from presencectl.sync.resilience import outage_text
+
+        if self._outage_data is None:
+            return self.outage
+        return outage_text(self._outage_data, datetime.now(UTC)) or self.outage
 
     def _writes_per_minute(self) -> int:
         horizon = time.monotonic() - 60
@@ -93,7 +110,7 @@ class LiveView:
             "",
         )
         if self.outage:
-            head.add_row(f"[bold red]{self.outage}[/]", "", "", "")
+            head.add_row(f"[bold red]{self._outage_now()}[/]", "", "", "")
         recent = Table(title="Recent changes", show_header=False, expand=True)
         recent.add_column("at", width=8)
         recent.add_column("what")

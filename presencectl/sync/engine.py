@@ -60,7 +60,14 @@ from presencectl.sync.model import (
     UserPair,
     encode_value,
 )
-from presencectl.sync.resilience import Backoff, Outage, is_transient, service_of
+from presencectl.sync.resilience import (
+    Backoff,
+    Outage,
+    is_transient,
+    outage_text,
+    service_down,
+    service_of,
+)
 from presencectl.sync.state import (
     AuditEntry,
     HeldSession,
@@ -252,6 +259,7 @@ class SyncEngine:
         self._failed_now: set[tuple[str, str]] = set()
         self._outage: Outage | None = None  # watch: a service we are waiting for
         self._backoff = Backoff()
+        self._watching = False  # a watch waits out a service that is down (sync/resilience.py)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -318,6 +326,9 @@ class SyncEngine:
         reads = await connect_presence.get_presences(
             self.connect, ids, self.options.connect_concurrency
         )
+        down = service_down(len(reads.presences), reads.failures) if self._watching else None
+        if down is not None:
+            raise down  # Connect is down, not these users: the watch waits it out (_weather)
         now = self.clock()
         out = {
             self._by_connect[u]: Observation(Side.CONNECT, v, now)
@@ -715,6 +726,7 @@ class SyncEngine:
         result = self._new_result()
         self._start_run("watch")
         self._set_outage_meta(None)  # left by a watch that was killed while waiting
+        self._watching = True
         events: asyncio.Queue[Any] = asyncio.Queue()
         self._emit("start", direction=self.options.direction.value, interval=self.options.interval)
         feed = await self._start_feed(events) if self.options.use_feed else None
@@ -796,7 +808,7 @@ class SyncEngine:
         if self._outage is None:
             self._outage = Outage(service_of(exc), self.clock(), text)
         self._outage.service, self._outage.error = service_of(exc), text
-        self._outage.retry_in_s, self._outage.attempts = delay, self._backoff.attempts
+        self._outage.retry(self.clock(), delay, self._backoff.attempts)
         self._directory_at = None
         log.warning("%s (%s)", self._outage.message(), text)
         self._emit("outage", **self._outage.to_dict())
@@ -1414,16 +1426,18 @@ def _notifications_summary(store: StateStore) -> dict[str, Any] | None:
     return notifications_summary(store)
 
 
-def _outage_text(meta: str | None) -> str | None:
-    """What ``status`` says about a watch waiting for a service ("Graph unreachable since …")."""
+def _outage_text(meta: str | None, now: datetime | None = None) -> str | None:
+    """What ``status`` says about a watch waiting for a service ("Graph unreachable since …,
+    retrying in 12 s"), the seconds counted at ``now`` (read time), not when it was stored."""
     import json
 
     if not meta:
         return None
     try:
-        return str(json.loads(meta)["message"])
-    except (ValueError, KeyError, TypeError):
+        stored = json.loads(meta)
+    except ValueError:
         return None
+    return outage_text(stored, now or utc_now()) if isinstance(stored, dict) else None
 
 
 def _iso(ts: float | None) -> str | None:
