@@ -88,20 +88,73 @@ def test_a_database_in_a_non_directory_fails_to_open_clearly(tmp_path: Path) -> 
     assert caught.value.code == "state_unavailable" and str(blocker) in caught.value.message
 
 
-@pytest.mark.skipif(
-    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes through file modes"
-)
-def test_a_read_only_state_dir_is_refused(org: Org) -> None:
+def test_a_read_only_state_dir_is_refused(org: Org, cli: Any, tmp_path: Path) -> None:
+    """A state dir its user cannot write. File modes do not bind root (CI runs as root), so as
+    root the sync runs as a child process that gave up the capabilities letting root write
+    through them: the kernel refuses it exactly as it refuses any service user."""
     assert org.sync().exit_code == 0
     path = database_path("sandbox")
+    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    run = _without_root_overrides(tmp_path) if as_root else cli
     os.chmod(path, 0o400)
     os.chmod(path.parent, 0o500)
     try:
-        error = _refused(org.run("-o", "json", "sync"), path.parent)
+        error = _refused(run("-o", "json", "sync"), path.parent)
         assert "writable" in error["hint"]
     finally:
         os.chmod(path.parent, 0o700)
         os.chmod(path, 0o600)
+
+
+# Linux capabilities (linux/capability.h) that let root ignore file modes and ownership, and
+# prctl's PR_CAPBSET_DROP: once dropped from the bounding set, the next exec cannot have them.
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER = 1, 2, 3
+_PR_CAPBSET_DROP = 24
+
+
+def _without_root_overrides(tmp_path: Path) -> Any:
+    """A ``cli``-like runner: ``presencectl ARGS…`` as a child process of root that file modes
+    bind (the capabilities above dropped before exec), its secrets in the environment as CI
+    passes them (the test keyring lives in this process only)."""
+    import ctypes
+    import subprocess
+    import sys
+
+    from conftest import CliResult
+
+    from presencectl import secrets
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def drop() -> None:  # in the child, between fork and exec
+        for cap in (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER):
+            if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+    env = {**os.environ, "PRESENCECTL_SECRETS_BACKEND": "file"}
+    for name, var in secrets.ENV_VARS.items():
+        value = secrets.get_secret("sandbox", name)
+        if value:
+            env[var] = value
+
+    def spawn(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *argv], capture_output=True, text=True, env=env,
+            preexec_fn=drop, timeout=120,
+        )  # fmt: skip
+
+    # The child really is bound by file modes: it cannot create a file in a 0500 directory.
+    guarded = tmp_path / "guarded"
+    guarded.mkdir(mode=0o500)
+    probe = spawn("-c", f"open({str(guarded / 'x')!r}, 'w')")
+    assert probe.returncode != 0 and "PermissionError" in probe.stderr, probe.stderr
+    guarded.chmod(0o700)
+
+    def invoke(*args: str) -> Any:
+        done = spawn("-m", "presencectl", "--profile", "sandbox", "--no-input", *args)
+        return CliResult(done.returncode, done.stdout, done.stderr)
+
+    return invoke
 
 
 def test_a_full_disk_while_writing_is_state_unavailable(tmp_path: Path) -> None:
