@@ -100,7 +100,7 @@ def profile_lock(profile_name: str, command: str, directory: Path | None = None)
 
 
 def _try_lock(fd: int) -> bool:
-    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+    if sys.platform == "win32":  # tests/test_lock_windows.py: a fake msvcrt; not run on Windows
         import msvcrt
 
         os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
