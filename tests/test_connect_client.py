@@ -438,6 +438,26 @@ async def test_bulk_read_reports_failures_and_keeps_unknown_values(
 
 
 @pytest.mark.anyio
+async def test_bulk_read_asks_no_further_once_connect_is_unreachable(
+    fake: FakeConnect, clock: FakeClock
+) -> None:
+    """Connect down: one user's read spends the retries, the others fail with the same error
+    without a request of their own (no retries, no budget spent on a service that is gone)."""
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    users = [f"u{i}" for i in range(50)]
+    for user in users:
+        fake.answer_next("GET", wire.presence_path(user), *[refused] * 3)
+    async with make_client(fake, clock, max_attempts=3) as client:
+        reads = await client.get_presences(users, concurrency=1)
+    assert reads.presences == {}
+    assert set(reads.failures) == set(users)
+    assert {e.code for e in reads.failures.values()} == {"connect_unreachable"}
+    assert fake.count("GET") == 3  # the first user's three attempts, nobody else's
+
+
+@pytest.mark.anyio
 async def test_bulk_read_stops_on_auth_failure(fake: FakeConnect, clock: FakeClock) -> None:
     async with make_client(fake, clock, secret="wrong") as client:
         with pytest.raises(AuthError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from presencectl.connect import wire
-from presencectl.errors import ApiError, AuthError, PresencectlError
+from presencectl.errors import ApiError, AuthError, NetworkError, PresencectlError
 
 if TYPE_CHECKING:
     from presencectl.connect.client import ConnectClient
@@ -59,11 +59,15 @@ async def get_presences(
     the client's request budget lets through at once.
 
     A user whose read fails is reported in ``failures``; an AuthError (the whole account is
-    refused) aborts the read and is raised.
+    refused) aborts the read and is raised. Once a read finds Connect unreachable (its retries
+    spent), the users not yet read fail with that same error without a request: asking again
+    for each would spend the client's retries and the request budget on a service that is not
+    there (a watch then waits it out, sync/resilience.py).
     """
     concurrency = min(concurrency, client.budget.max_in_flight)
     result = PresenceReads()
     fatal: list[AuthError] = []
+    unreachable: list[NetworkError] = []
     # ``concurrency`` workers share one iterator: as many tasks as requests in flight, not one
     # task per user (50,000 waiting tasks cost ~70 MB of peak RSS; bench/cycle.py at 50,000).
     pending = iter(dict.fromkeys(user_ids))
@@ -72,10 +76,16 @@ async def get_presences(
         for user_id in pending:
             if fatal:
                 return
+            if unreachable:
+                result.failures[user_id] = unreachable[0]
+                continue
             try:
                 result.presences[user_id] = await get_presence(client, user_id)
             except AuthError as exc:
                 fatal.append(exc)
+            except NetworkError as exc:
+                unreachable.append(exc)
+                result.failures[user_id] = exc
             except PresencectlError as exc:
                 log.debug("connect: presence of %s failed: %s", user_id, exc.code)
                 result.failures[user_id] = exc
