@@ -476,6 +476,8 @@ def test_the_connect_outage_drops_connect_alone(org: Org) -> None:
         answer = client.post(f"{profile['connect_login_url']}/user/connect/token", data={})
         assert answer.status_code == 400  # Connect answers again (a form without a client)
     _faults(org, outage_s=0, outage_target="all")
+    bad = org.sb.control.post("/_sandbox/faults", json={"outage_target": "graph"})
+    assert bad.status_code == 400 and "all, connect, microsoft" in bad.json()["error"]["message"]
 
 
 def test_a_watch_backs_off_while_connect_is_down_and_reconciles_when_it_returns(
