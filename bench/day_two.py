@@ -133,7 +133,8 @@ def outage(
         outage_reports=retries,
         exit_code=code,
     )
-    progress(f"outage {seconds:g} s ({target}): recovered {recovered - seconds:.1f} s after the return")
+    back = recovered - seconds
+    progress(f"outage {seconds:g} s ({target}): recovered {back:.1f} s after the return")
 
 
 def main(argv: list[str] | None = None) -> int:
