@@ -450,7 +450,7 @@ async def test_bulk_read_asks_no_further_once_connect_is_unreachable(
     for user in users:
         fake.answer_next("GET", wire.presence_path(user), *[refused] * 3)
     async with make_client(fake, clock, max_attempts=3) as client:
-        reads = await client.get_presences(users, concurrency=1)
+        reads = await get_presences(client, users, concurrency=1)
     assert reads.presences == {}
     assert set(reads.failures) == set(users)
     assert {e.code for e in reads.failures.values()} == {"connect_unreachable"}
