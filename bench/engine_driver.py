@@ -99,8 +99,9 @@ async def engine(profile: Any, *, limit: int, window: float, direction: str = "b
     """``engine_for(profile)`` with one rate limiter sized to the sandbox's throttle;
     ``notify``: a ``NotifyOptions`` (Teams by Graph change notifications)."""
     from presencectl.graph.ratelimit import RateLimiter
-    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.engine import EngineOptions
     from presencectl.sync.model import Direction
+    from presencectl.sync.service import engine_for
 
     options = EngineOptions(direction=Direction(direction), interval=interval, use_feed=use_feed)
     options.notify = notify

@@ -312,8 +312,8 @@ def _prepare(
     from presencectl.config import config_path, save_profile
     from presencectl.identity import setup
     from presencectl.identity.sync_user import store_sync_user, validate_sync_user
-    from presencectl.sync.engine import check_prerequisites
     from presencectl.sync.model import Direction as SyncDirection
+    from presencectl.sync.service import check_sync_prerequisites
 
     _forget_previous_run(options.profile_name)
     profile: Profile = sb.write_profile(options.profile_name)
@@ -402,7 +402,7 @@ def _prepare(
     )
     check_stop()
 
-    check_prerequisites(profile, SyncDirection.BOTH)
+    check_sync_prerequisites(profile, SyncDirection.BOTH)
     profile.enabled_direction = SyncDirection.BOTH.value
     save_profile(profile)
     step("enable", "both directions: Connect → Teams and Teams → Connect")
@@ -423,7 +423,7 @@ def _forget_previous_run(profile_name: str) -> None:
 
 
 def _matched_people(profile: Profile, summary: DemoSummary, step: Callable[..., None]) -> list[str]:
-    from presencectl.sync.engine import match_report
+    from presencectl.sync.service import match_report
 
     rows = asyncio.run(match_report(profile))
     matched = [r["email"] for r in rows if r["status"] == "matched"]
@@ -526,8 +526,9 @@ async def _watch_async(
     stop_flag: threading.Event,
 ) -> SyncResult:
     from presencectl.sandbox import simulate
-    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.engine import EngineOptions
     from presencectl.sync.model import Direction as SyncDirection
+    from presencectl.sync.service import engine_for
     from presencectl.transport import build_async_client
 
     stop = asyncio.Event()

@@ -90,7 +90,8 @@ def test_a_stop_during_adoption_leaves_the_rest_for_the_next_run(
 
     from presencectl.config import load_profile
     from presencectl.sync import engine as engine_module
-    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.engine import EngineOptions
+    from presencectl.sync.service import engine_for
 
     assert org.run("enable").exit_code == 0
     monkeypatch.setattr(engine_module, "WRITE_CHUNK_PAIRS", 5)

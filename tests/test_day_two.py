@@ -551,7 +551,8 @@ def test_an_interrupted_disable_keeps_what_it_needs_to_finish(org: Org) -> None:
     import asyncio
 
     from presencectl.config import load_profile
-    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.engine import EngineOptions
+    from presencectl.sync.service import engine_for
 
     _calls_everywhere(org)
     assert run("sync").returncode == 0
@@ -582,7 +583,8 @@ def test_a_stop_ends_a_big_write_plan_after_the_chunk_in_flight(
 
     from presencectl.config import load_profile
     from presencectl.sync import engine as engine_module
-    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.engine import EngineOptions
+    from presencectl.sync.service import engine_for
 
     assert run("sync").returncode == 0
     _calls_everywhere(org)  # twelve pairs to write

@@ -72,8 +72,9 @@ def _run(
     matcher: Callable[[Sequence[Any], Sequence[Any]], Any] | None = None,
 ) -> Any:
     from presencectl.config import load_profile
-    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.engine import EngineOptions
     from presencectl.sync.model import Direction
+    from presencectl.sync.service import engine_for
 
     profile = load_profile("sandbox")
     clock = org.sb.world.clock

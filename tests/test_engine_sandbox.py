@@ -380,8 +380,9 @@ def _engine_watch(org: Org, **kwargs: Any) -> Any:
 def _engine_run(org: Org, *, once: bool, **kwargs: Any) -> Any:
     """The engine in-process with the sandbox's clock (the CLI cannot take a clock)."""
     from presencectl.config import load_profile
-    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.engine import EngineOptions
     from presencectl.sync.model import Direction
+    from presencectl.sync.service import engine_for
 
     profile = load_profile("sandbox")
     clock = org.sb.world.clock

@@ -110,8 +110,8 @@ def test_status_counts_down_to_the_next_try_at_read_time() -> None:
     import json
     from datetime import UTC, datetime, timedelta
 
-    from presencectl.sync.engine import _outage_text
     from presencectl.sync.resilience import Outage, outage_text
+    from presencectl.sync.service import outage_summary
 
     since = datetime(2026, 11, 30, 10, 2, tzinfo=UTC)
     outage = Outage("Connect", since, "connect_unreachable: refused")
@@ -128,13 +128,13 @@ def test_status_counts_down_to_the_next_try_at_read_time() -> None:
         (3600, "retrying now"),
     ]:
         now = written + timedelta(seconds=later)
-        assert _outage_text(stored, now) == head + said
+        assert outage_summary(stored, now) == head + said
         assert outage_text(outage.to_dict(), now) == head + said
         assert outage.message(now) == head + said
     assert outage.message() == head + "retrying in 20 s"  # the event's words, at write time
     legacy = {k: v for k, v in outage.to_dict().items() if k != "retry_at"}
     assert outage_text(legacy, written + timedelta(seconds=60)) == outage.message()
-    assert _outage_text("not json", written) is None and _outage_text(None, written) is None
+    assert outage_summary("not json", written) is None and outage_summary(None, written) is None
 
 
 def test_status_of_a_stored_outage_is_counted_when_status_runs(
@@ -145,8 +145,9 @@ def test_status_of_a_stored_outage_is_counted_when_status_runs(
     import json
     from datetime import UTC, datetime, timedelta
 
-    from presencectl.sync.engine import OUTAGE_META, state_summary
+    from presencectl.sync.engine import OUTAGE_META
     from presencectl.sync.resilience import Outage
+    from presencectl.sync.service import state_summary
     from presencectl.sync.state import StateStore, database_path
 
     monkeypatch.setenv("PRESENCECTL_STATE_DIR", str(tmp_path))

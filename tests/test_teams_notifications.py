@@ -407,9 +407,10 @@ def watch_with_notifications(
     """Run the engine's watch (Teams polled only once: interval and reconcile of an hour) while
     ``scenario(engine)`` (a coroutine function) acts; returns the result and the status."""
     from presencectl.config import load_profile
-    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.engine import EngineOptions
     from presencectl.sync.model import Direction
     from presencectl.sync.notify import NotifyOptions, notifications_summary
+    from presencectl.sync.service import engine_for
 
     profile = load_profile("sandbox")
     port = free_port()
@@ -524,9 +525,10 @@ def test_unreachable_receiver_falls_back_to_polling_and_says_why(org: Any) -> No
 
 def test_disable_deletes_subscriptions_a_crash_left_behind(org: Any, cli: Any) -> None:
     from presencectl.config import load_profile
-    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.engine import EngineOptions
     from presencectl.sync.model import Direction
     from presencectl.sync.notify import NotifyOptions
+    from presencectl.sync.service import engine_for
 
     profile = load_profile("sandbox")
     port = free_port()
@@ -697,9 +699,10 @@ def test_a_busy_listen_port_means_polling_with_the_reason(tmp_path: Any) -> None
 
 def test_subscriptions_follow_the_directory(org: Any) -> None:
     from presencectl.config import load_profile
-    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.engine import EngineOptions
     from presencectl.sync.model import Direction
     from presencectl.sync.notify import NotifyOptions
+    from presencectl.sync.service import engine_for
 
     profile = load_profile("sandbox")
     port = free_port()
@@ -737,9 +740,10 @@ def test_subscriptions_follow_the_directory(org: Any) -> None:
 
 def test_a_subscription_gone_from_graph_is_recreated(org: Any) -> None:
     from presencectl.config import load_profile
-    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.engine import EngineOptions
     from presencectl.sync.model import Direction
     from presencectl.sync.notify import NotifyOptions
+    from presencectl.sync.service import engine_for
 
     profile = load_profile("sandbox")
     port = free_port()

@@ -1,10 +1,11 @@
-"""The words of a sync: one line per engine event and one row per write, for every renderer.
+"""The words of a sync: one line per engine event, for every renderer.
 
 Owns :func:`event_text` (what an event says: the live view's "Recent changes" and the plain
-lines), :func:`plain_line` (that text behind a ``HH:MM:SS`` stamp: ``sync --watch`` and the demo
-when stdout is not a terminal) and :func:`action_row` (one write as a row: ``sync -o json``'s
-``actions``, the dry-run plan, the csv and table "Writes"). ``cli/sync.py``, ``cli/live.py`` and
-``cli/demo.py`` import these; this module imports none of them, so none imports another.
+lines) and :func:`plain_line` (that text behind a ``HH:MM:SS`` stamp: ``sync --watch`` and the
+demo when stdout is not a terminal). One write as a row (``sync -o json``'s ``actions``, the
+dry-run plan, the csv and table "Writes", the watch's ``write`` event) is the engine's
+``ActionReport.as_row``. ``cli/sync.py``, ``cli/live.py`` and ``cli/demo.py`` import this
+module; it imports none of them, so none imports another.
 """
 
 from __future__ import annotations
@@ -48,19 +49,4 @@ def plain_line(event: Any) -> str | None:
     return None if text is None else f"{event.at.strftime('%H:%M:%S')} {text}"
 
 
-def action_row(action: Any) -> dict[str, Any]:
-    """One planned or sent write (an ``ActionReport``) as a row; ``error`` only when it failed."""
-    return {
-        "user": action.user,
-        "side": action.side,
-        "kind": action.kind,
-        "from": action.from_value,
-        "to": action.to_value,
-        "reason": action.reason,
-        "purpose": action.purpose,
-        "outcome": action.outcome,
-        **({"error": action.error} if action.error else {}),
-    }
-
-
-__all__ = ["action_row", "event_text", "plain_line"]
+__all__ = ["event_text", "plain_line"]

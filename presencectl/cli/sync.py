@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from presencectl.cli.context import AppContext, app_context
-from presencectl.cli.events import action_row, plain_line
+from presencectl.cli.events import plain_line
 from presencectl.cli.options import (
     NoInputOption,
     OutputFormat,
@@ -61,12 +61,12 @@ def enable(
     Examples: presencectl enable · presencectl enable --direction connect-to-teams
     """
     from presencectl.config import save_profile
-    from presencectl.sync.engine import check_prerequisites
+    from presencectl.sync.service import check_sync_prerequisites
 
     app = app_context(ctx)
     profile = app.load_profile()
     chosen = _direction(direction, profile)
-    check_prerequisites(profile, chosen)
+    check_sync_prerequisites(profile, chosen)
     previous = profile.enabled_direction
     profile.enabled_direction = chosen.value
     save_profile(profile)
@@ -95,8 +95,9 @@ def disable(
     Example: presencectl disable --yes
     """
     from presencectl.config import save_profile
-    from presencectl.sync.engine import EngineOptions, engine_for
+    from presencectl.sync.engine import EngineOptions
     from presencectl.sync.model import Direction
+    from presencectl.sync.service import engine_for
 
     app = app_context(ctx)
     # The off switch never depends on the mapping: a bad override must not keep sessions alive.
@@ -259,7 +260,8 @@ def sync(
     presencectl sync --watch --interval 5 ·
     presencectl sync --watch --notify-url https://sync.example.com/presencectl
     """
-    from presencectl.sync.engine import EngineOptions, check_prerequisites
+    from presencectl.sync.engine import EngineOptions
+    from presencectl.sync.service import check_sync_prerequisites
 
     app = app_context(ctx)
     profile = app.load_profile()
@@ -277,7 +279,7 @@ def sync(
             f"sync --watch streams events; -o {app.output} has no stream form",
             hint="use -o json (one JSON object per line) or -o table (plain lines when piped)",
         )
-    check_prerequisites(profile, chosen)
+    check_sync_prerequisites(profile, chosen)
     options = EngineOptions(direction=chosen, dry_run=dry_run, interval=interval)
     if watch:
         from presencectl.sync.notify import notify_options_for
@@ -311,7 +313,7 @@ def _partial(result: Any) -> PartialSyncError:
 
 
 def _once(app: AppContext, profile: Any, options: Any) -> Any:
-    from presencectl.sync.engine import engine_for
+    from presencectl.sync.service import engine_for
 
     async def go(stop: Any) -> Any:
         async with engine_for(profile, options) as engine:
@@ -323,7 +325,7 @@ def _once(app: AppContext, profile: Any, options: Any) -> Any:
     if app.json:
         document = {
             **result.summary(),
-            "actions": [action_row(a) for a in result.actions],
+            "actions": [a.as_row() for a in result.actions],
             "failures": result.failures,
         }
         if result.failed:  # one document: the exit-5 error rides along (see errors.in_document)
@@ -333,7 +335,7 @@ def _once(app: AppContext, profile: Any, options: Any) -> Any:
         app.render(document)
         return result
     if options.dry_run:
-        rows = [action_row(a) for a in result.actions]
+        rows = [a.as_row() for a in result.actions]
         if rows:
             app.render(rows, columns=["user", "side", "from", "to", "reason"], title="Plan")
         else:
@@ -341,12 +343,12 @@ def _once(app: AppContext, profile: Any, options: Any) -> Any:
         return result
     if app.output == "csv":  # one table per stream: one row per write (failures included)
         app.render(
-            [action_row(a) for a in result.actions],
+            [a.as_row() for a in result.actions],
             columns=["user", "side", "kind", "from", "to", "outcome", "reason", "error"],
         )
         return result
     app.render(result.summary(), title="Sync")
-    written = [action_row(a) for a in result.actions]
+    written = [a.as_row() for a in result.actions]
     if written:  # who was written, not only how many
         app.render(
             written,
@@ -368,7 +370,7 @@ def _watch(
     from presencectl import output
     from presencectl.cli.pipe import ClosedPipeGuard
     from presencectl.cli.signals import run_stoppable
-    from presencectl.sync.engine import engine_for
+    from presencectl.sync.service import engine_for
 
     pipe = ClosedPipeGuard()  # the reader of stdout may leave (`| head -1`): stop quietly
     live: Any = None
@@ -445,7 +447,7 @@ def status(
     Examples: presencectl status -o json · presencectl status -o csv --section health
     """
     from presencectl.sync import health
-    from presencectl.sync.engine import state_summary
+    from presencectl.sync.service import state_summary
 
     app = app_context(ctx)
     if section is not None and section not in _STATUS_SECTIONS:
@@ -567,7 +569,7 @@ def users(
 
     Examples: presencectl users · presencectl users --unmatched -o csv
     """
-    from presencectl.sync.engine import match_report
+    from presencectl.sync.service import match_report
 
     app = app_context(ctx)
     profile = app.load_profile()

@@ -21,9 +21,9 @@ reconcile interval instead while they cover every matched user.
 in flight has been written and persisted. Clock and sleep are injected: ``clock()`` gives the
 planner's ``now`` (aware UTC), ``sleep`` waits between polls.
 
-Tokens: Graph writes and the directory use the app token; Teams presence is read with the sync
-user's delegated token when the direction includes teams-to-connect (the seed's dedicated sync
-user), else with the app token. Both Graph clients share one rate limiter (the limit is per app
+Tokens (the engine is wired by ``sync/service.py``'s ``engine_for``): Graph reads, writes and
+the directory use the app token; the sync user's delegated token owns the Teams change-notification
+subscriptions (delegated only). Both Graph clients share one rate limiter (the limit is per app
 and tenant).
 """
 
@@ -32,18 +32,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from presencectl.connect import feed as connect_feed
 from presencectl.connect import presence as connect_presence
 from presencectl.connect.directory import list_contacts
-from presencectl.errors import AuthError, ConfigError, PresencectlError
+from presencectl.errors import AuthError, PresencectlError
 from presencectl.mapping import Mapping as StatusMapping
 from presencectl.mapping import TeamsStatus
 from presencectl.sync import plan as planner
@@ -64,7 +63,6 @@ from presencectl.sync.resilience import (
     Backoff,
     Outage,
     is_transient,
-    outage_text,
     service_down,
     service_of,
 )
@@ -76,10 +74,8 @@ from presencectl.sync.state import (
     SubscriptionRow,
     side_user_id,
 )
-from presencectl.sync.state_health import state_unavailable
 
 if TYPE_CHECKING:
-    from presencectl.config import Profile
     from presencectl.connect.client import ConnectClient
     from presencectl.graph.client import GraphClient
     from presencectl.sync.notify import NotifyOptions, TeamsNotifications
@@ -128,6 +124,21 @@ class ActionReport:
     purpose: str
     outcome: str  # planned | ok | gone | failed
     error: str | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        """The write as one row (``sync -o json``'s actions, the watch's ``write`` event);
+        ``error`` only when it failed."""
+        return {
+            "user": self.user,
+            "side": self.side,
+            "kind": self.kind,
+            "from": self.from_value,
+            "to": self.to_value,
+            "reason": self.reason,
+            "purpose": self.purpose,
+            "outcome": self.outcome,
+            **({"error": self.error} if self.error else {}),
+        }
 
 
 @dataclass
@@ -488,7 +499,7 @@ class SyncEngine:
                         error=outcome.error,
                     )
                 )
-                self._emit("write", **_report_dict(report))
+                self._emit("write", **report.as_row())
             # The planner hands back the very same object for a pair it found settled (its
             # steady-state fast path): nothing about it changed, so nothing to write. At 10,000
             # users that spares rewriting every pair's rows every watch cycle.
@@ -1215,235 +1226,6 @@ def _counts(result: SyncResult) -> RunCounts:
     )
 
 
-def _report_dict(report: ActionReport) -> dict[str, Any]:
-    return {
-        "user": report.user,
-        "side": report.side,
-        "kind": report.kind,
-        "from": report.from_value,
-        "to": report.to_value,
-        "reason": report.reason,
-        "outcome": report.outcome,
-        **({"error": report.error} if report.error else {}),
-    }
-
-
-# -- building an engine from a profile -----------------------------------------------------------
-
-
-def check_prerequisites(profile: Profile, direction: Direction) -> None:
-    """Raise ConfigError unless the profile can sync in ``direction`` (seed prerequisites)."""
-    if not profile.client_id:
-        raise ConfigError(
-            f"profile '{profile.name}' has no app registration",
-            hint="run `presencectl setup-azure` first",
-            code="setup_missing",
-        )
-    # Consent is proven by granting it (consent, setup-azure) or, without a person, by the app's
-    # own token holding every role (`consent --check` records app_permissions): CI uses the latter.
-    consented = profile.verified.get("admin_consent") or profile.verified.get("app_permissions")
-    if direction.writes(Side.TEAMS) and not consented:
-        raise ConfigError(
-            "connect-to-teams needs admin consent for the presence permissions",
-            hint="run `presencectl consent` (or `presencectl setup-azure`); in CI "
-            "`presencectl consent --check` proves an existing consent",
-            code="consent_missing",
-        )
-    if direction.writes(Side.CONNECT) and not profile.verified.get("sync_user"):
-        raise ConfigError(
-            "teams-to-connect needs a validated sync user",
-            hint="run `presencectl sync-user set --username U`,"
-            " then `presencectl sync-user validate`",
-            code="sync_user_missing",
-        )
-
-
-@contextlib.asynccontextmanager
-async def engine_for(
-    profile: Profile,
-    options: EngineOptions,
-    *,
-    clock: Clock = utc_now,
-    sleep: Sleep = asyncio.sleep,
-    on_event: EventCallback | None = None,
-    store: StateStore | None = None,
-    matcher: Callable[[Sequence[Any], Sequence[Any]], Any] | None = None,
-) -> Any:
-    """An engine wired to the profile's services (app + sync user tokens, Connect client)."""
-    from presencectl.connect.client import connect_client_for
-    from presencectl.graph.client import GraphClient
-    from presencectl.graph.ratelimit import RateLimiter
-    from presencectl.identity.tokens import app_token_provider
-
-    if not profile.client_id:
-        raise ConfigError(
-            f"profile '{profile.name}' has no app registration",
-            hint="run `presencectl setup-azure` first",
-            code="setup_missing",
-        )
-    settings = profile.http_settings()
-    if options.echo_window is None:
-        options = replace(options, echo_window=timedelta(seconds=profile.echo_window_s))
-    limiter = RateLimiter()
-    own_store = store is None
-    store = store or StateStore.for_profile(profile.name)
-    graph = GraphClient(profile.graph_url, app_token_provider(profile), settings, limiter=limiter)
-    # Presence is read with the app token in every direction: getPresencesByUserId accepts
-    # application Presence.Read.All or Presence.ReadWrite.All (which setup-azure grants). The
-    # sync user (still required for teams-to-connect) owns the delegated-only presence
-    # change-notification subscriptions instead.
-    reader = graph
-    subscriber = _subscriber_client(profile, settings, limiter)
-    connect = connect_client_for(profile)
-    try:
-        yield SyncEngine(
-            graph=graph,
-            teams_reader=reader,
-            connect=connect,
-            session_id=profile.client_id,
-            store=store,
-            mapping=StatusMapping.from_profile(profile),
-            options=options,
-            clock=clock,
-            sleep=sleep,
-            on_event=on_event,
-            matcher=matcher,
-            subscriber=subscriber,
-        )
-    except sqlite3.Error as exc:  # writes are caught in StateStore.transaction; reads here
-        raise state_unavailable(store.path, exc, "read") from exc
-    finally:
-        await graph.aclose()
-        if subscriber is not None:
-            await subscriber.aclose()
-        if reader is not graph:
-            await reader.aclose()
-        await connect.aclose()
-        if own_store:
-            store.close()
-
-
-def _subscriber_client(profile: Profile, settings: Any, limiter: Any) -> GraphClient | None:
-    """The sync user's Graph client (Teams notification subscriptions), when one is configured;
-    it signs in only when first used."""
-    from presencectl.graph.client import GraphClient
-    from presencectl.identity.tokens import sync_user_token_provider
-
-    try:
-        provider = sync_user_token_provider(profile)
-    except ConfigError:
-        return None
-    return GraphClient(profile.graph_url, provider, settings, limiter=limiter)
-
-
-async def match_report(profile: Profile) -> list[dict[str, str]]:
-    """The email matching report of both directories (``presencectl users``)."""
-    from presencectl.connect.client import connect_client_for
-    from presencectl.graph.client import GraphClient
-    from presencectl.graph.users import list_users
-    from presencectl.identity.tokens import app_token_provider
-    from presencectl.sync.match import match_users
-
-    if not profile.client_id:
-        raise ConfigError(
-            f"profile '{profile.name}' has no app registration",
-            hint="run `presencectl setup-azure` first",
-            code="setup_missing",
-        )
-    async with (
-        GraphClient(
-            profile.graph_url, app_token_provider(profile), profile.http_settings()
-        ) as graph,
-        connect_client_for(profile) as connect,
-    ):
-        azure_users, contacts = await asyncio.gather(list_users(graph), list_contacts(connect))
-    return match_users(azure_users, contacts).rows()
-
-
-def state_summary(profile_name: str) -> dict[str, Any]:
-    """What ``status`` shows from the state database (no network)."""
-    from presencectl.sync.state import database_path
-
-    path = database_path(profile_name)
-    if not path.exists():
-        return {"state_db": str(path), "exists": False}
-    try:
-        return _state_summary(path)
-    except sqlite3.Error as exc:
-        raise state_unavailable(path, exc, "read") from exc
-
-
-def _state_summary(path: Any) -> dict[str, Any]:
-    with StateStore(path) as store:
-        last = store.last_run()
-        sessions = store.session_count()
-        renewals = store.next_expiries(3)
-        return {
-            "state_db": str(path),
-            "exists": True,
-            "pairs": store.pair_count(),
-            "sessions_teams": sessions["teams"],
-            "sessions_connect": sessions["connect"],
-            "subscriptions": len(store.subscriptions()),
-            "connect_feed_unparsed": int(store.get_meta("connect_feed_unparsed") or 0),
-            "connect_feed_note": store.get_meta("connect_feed_note"),
-            "teams_notifications": _notifications_summary(store),
-            "last_run": None
-            if last is None
-            else {
-                "mode": last.mode,
-                "direction": last.direction,
-                "started": _iso(last.started_at),
-                "finished": _iso(last.finished_at),
-                "outcome": last.outcome,
-                "cycles": last.counts.cycles,
-                "matched": last.counts.matched,
-                "written": last.counts.written,
-                "cleared": last.counts.cleared,
-                "failed": last.counts.failed,
-            },
-            "next_renewal": _iso(renewals[0].expires_at) if renewals else None,
-            "outage": _outage_text(store.get_meta(OUTAGE_META)),
-            "recent_writes": [
-                {
-                    "at": _iso(e.at),
-                    "user": e.user or e.user_id,
-                    "side": e.side,
-                    "action": e.action,
-                    "from": e.from_value,
-                    "to": e.to_value,
-                    "outcome": e.outcome,
-                    "reason": e.reason,
-                }
-                for e in store.audit_tail(10)
-            ],
-        }
-
-
-def _notifications_summary(store: StateStore) -> dict[str, Any] | None:
-    from presencectl.sync.notify import notifications_summary
-
-    return notifications_summary(store)
-
-
-def _outage_text(meta: str | None, now: datetime | None = None) -> str | None:
-    """What ``status`` says about a watch waiting for a service ("Graph unreachable since …,
-    retrying in 12 s"), the seconds counted at ``now`` (read time), not when it was stored."""
-    import json
-
-    if not meta:
-        return None
-    try:
-        stored = json.loads(meta)
-    except ValueError:
-        return None
-    return outage_text(stored, now or utc_now()) if isinstance(stored, dict) else None
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
 __all__ = [
     "ActionReport",
     "DisableResult",
@@ -1451,8 +1233,4 @@ __all__ = [
     "SyncEngine",
     "SyncEvent",
     "SyncResult",
-    "check_prerequisites",
-    "engine_for",
-    "match_report",
-    "state_summary",
 ]
