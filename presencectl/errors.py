@@ -65,10 +65,6 @@ class ConfigError(PresencectlError):
     exit_code = ExitCode.CONFIG
 
 
-class NotBuiltError(ConfigError):
-    code = "not_built"
-
-
 class AuthError(PresencectlError):
     """Sign-in, consent or permission failure (exit 4)."""
 
