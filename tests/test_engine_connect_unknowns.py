@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from tests.test_engine_sandbox import ADMIN, Org, _engine_watch
+from tests.test_engine_sandbox import (
+    ADMIN,
+    Org,
+    _engine_watch,
+    agent_call_echo_does_not_overwrite_connect,
+    teams_call_reaches_connect_and_ends,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,6 +53,9 @@ class UnknownOrg(Org):
         self.settle()
         return [first, second]
 
+    def step(self) -> Any:
+        return self.sync_twice()
+
 
 @pytest.fixture(params=CONNECTS)
 def org(request: pytest.FixtureRequest, cli: Any) -> Iterator[UnknownOrg]:
@@ -60,41 +69,11 @@ def org(request: pytest.FixtureRequest, cli: Any) -> Iterator[UnknownOrg]:
 
 
 def test_agent_call_echo_does_not_overwrite_connect(org: UnknownOrg) -> None:
-    assert org.run("enable").exit_code == 0
-    alice = org.people[0].email
-    org.teams(alice, "Available", "Available")
-    org.connect(alice, "agent_available")
-    org.sync_twice()
-    org.connect(alice, "agent_onphone")
-    org.sync_twice()
-    assert org.teams_pair(alice) == "Busy/InACall"
-    for _ in range(3):  # Teams showing our InACall must not write onphone over agent_onphone
-        org.sync_twice()
-        assert org.connect_shows(alice)["status"] == "agent_onphone"
-        assert all(r["status"] != "onphone" for r in org.connect_shows(alice)["resources"])
-    org.connect(alice, "agent_available")  # the agent call ends: Teams follows
-    org.sync_twice()
-    org.sync_twice()
-    assert org.teams_pair(alice) == "Available/Available"
-    assert org.connect_shows(alice)["status"] in ("agent_available", "available")
+    agent_call_echo_does_not_overwrite_connect(org)
 
 
 def test_teams_call_reaches_connect_and_ends(org: UnknownOrg) -> None:
-    assert org.run("enable").exit_code == 0
-    bob = org.people[1].email
-    org.teams(bob, "Available", "Available")
-    org.connect(bob, "available")
-    org.sync_twice()
-    org.teams(bob, "Busy", "InACall")
-    org.sync_twice()
-    assert org.connect_shows(bob)["status"] == "onphone"
-    org.sync_twice()
-    assert org.teams_pair(bob) == "Busy/InACall"  # no echo back as a Teams session on top
-    org.teams(bob, "Available", "Available")  # the call ends: Connect follows
-    org.sync_twice()
-    org.sync_twice()
-    assert org.connect_shows(bob)["status"] == "available"
-    assert org.teams_pair(bob) == "Available/Available"
+    teams_call_reaches_connect_and_ends(org)
     # quiet now: nothing more to write on either side
     writes = org.sb.world.stats.writes
     org.sync_twice()
