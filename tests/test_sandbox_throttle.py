@@ -45,6 +45,24 @@ def test_window_admits_limit_then_refuses_until_oldest_leaves() -> None:
     assert window.admit("other", 110.0, 3, 30.0) == (None, False)
 
 
+def test_retry_after_is_when_a_request_fits_again_after_the_limit_was_lowered() -> None:
+    """A window holding more than a lowered limit: Retry-After waits until all but limit - 1
+    have left (the oldest leaving alone would free nothing), for one request and for a batch."""
+    window = SlidingWindow()
+    for i in range(10):  # accepted under a high limit, one a second
+        assert window.admit("app", float(i), 100, 30.0)[0] is None
+    wait, _ = window.admit("app", 10.0, 3, 30.0)  # the limit is now 3
+    # 10 in the window: 8 must leave, the 8th (sent at 7 s) leaves at 37 s: 27 s from 10 s.
+    assert wait == 27
+    assert window.admit("app", 37.5, 3, 30.0)[0] is None
+    batch = SlidingWindow()
+    for i in range(10):
+        assert batch.admit("app", float(i), 100, 30.0)[0] is None
+    wait, _ = batch.refuse_all("app", 10.0, 5, 30.0, count=2)
+    # 2 more under a limit of 5: 7 of the 10 must leave; the 7th (at 6 s) leaves at 36 s.
+    assert wait == 26
+
+
 def test_only_a_request_sent_after_the_429_was_delivered_is_held_against_the_client() -> None:
     window = SlidingWindow()
     for i in range(3):

@@ -121,7 +121,9 @@ class SlidingWindow:
         if now < client.retry_until:
             return max(1, math.ceil(client.retry_until - now)), sent_inside
         if limit > 0 and len(accepted) >= limit:
-            wait = max(1, math.ceil(accepted[0] + window - now))
+            # When one more fits: once all but limit - 1 of those in the window have left (the
+            # window can hold more than the limit when the limit was lowered meanwhile).
+            wait = max(1, math.ceil(accepted[len(accepted) - limit] + window - now))
             client.retry_until = now + wait
             refusal = Refusal(client.retry_until)
             refusals.append(refusal)
@@ -156,8 +158,11 @@ class SlidingWindow:
             accepted.popleft()
         if limit <= 0 or len(accepted) + count <= limit:
             return None, sent_inside
-        oldest = accepted[0] if accepted else now
-        wait = max(1, math.ceil(oldest + window - now))
+        # When ``count`` more fit: once the first ``len + count - limit`` have left the window
+        # (all of them, for a batch larger than the limit).
+        leaving = min(len(accepted) + count - limit, len(accepted))
+        last_to_leave = accepted[leaving - 1] if leaving > 0 else now
+        wait = max(1, math.ceil(last_to_leave + window - now))
         client.retry_until = now + wait
         refusal = Refusal(client.retry_until)
         client.refusals.append(refusal)
