@@ -523,21 +523,26 @@ def test_unreachable_receiver_falls_back_to_polling_and_says_why(org: Any) -> No
     assert "validation" in seen["reason"].lower()
 
 
-def test_disable_deletes_subscriptions_a_crash_left_behind(org: Any, cli: Any) -> None:
+def _loopback_options() -> tuple[Any, Any]:
+    """The sandbox profile, and engine options with Teams notifications to a loopback receiver."""
     from presencectl.config import load_profile
     from presencectl.sync.engine import EngineOptions
     from presencectl.sync.model import Direction
     from presencectl.sync.notify import NotifyOptions
-    from presencectl.sync.service import engine_for
 
-    profile = load_profile("sandbox")
     port = free_port()
     notify = NotifyOptions(
         notify_url=f"http://127.0.0.1:{port}/", profile="sandbox", listen=f"127.0.0.1:{port}"
     )
+    return load_profile("sandbox"), EngineOptions(direction=Direction.BOTH, notify=notify)
+
+
+def test_disable_deletes_subscriptions_a_crash_left_behind(org: Any, cli: Any) -> None:
+    from presencectl.sync.service import engine_for
+
+    profile, options = _loopback_options()
 
     async def crash() -> None:
-        options = EngineOptions(direction=Direction.BOTH, notify=notify)
         async with engine_for(profile, options) as engine:
             await engine.refresh_directory(force=True)
             await engine._start_notifications(asyncio.Queue())
@@ -698,24 +703,15 @@ def test_a_busy_listen_port_means_polling_with_the_reason(tmp_path: Any) -> None
 
 
 def test_subscriptions_follow_the_directory(org: Any) -> None:
-    from presencectl.config import load_profile
-    from presencectl.sync.engine import EngineOptions
-    from presencectl.sync.model import Direction
-    from presencectl.sync.notify import NotifyOptions
     from presencectl.sync.service import engine_for
 
-    profile = load_profile("sandbox")
-    port = free_port()
-    notify = NotifyOptions(
-        notify_url=f"http://127.0.0.1:{port}/", profile="sandbox", listen=f"127.0.0.1:{port}"
-    )
+    profile, options = _loopback_options()
     notifier = org.world.extra
 
     def subscribed() -> list[set[str]]:
         return [set(s.user_ids) for s in notifier["graph_presence_notifier"].live()]
 
     async def go() -> None:
-        options = EngineOptions(direction=Direction.BOTH, notify=notify)
         async with engine_for(profile, options) as engine:
             await engine.refresh_directory(force=True)
             await engine._start_notifications(asyncio.Queue())
@@ -739,20 +735,11 @@ def test_subscriptions_follow_the_directory(org: Any) -> None:
 
 
 def test_a_subscription_gone_from_graph_is_recreated(org: Any) -> None:
-    from presencectl.config import load_profile
-    from presencectl.sync.engine import EngineOptions
-    from presencectl.sync.model import Direction
-    from presencectl.sync.notify import NotifyOptions
     from presencectl.sync.service import engine_for
 
-    profile = load_profile("sandbox")
-    port = free_port()
-    notify = NotifyOptions(
-        notify_url=f"http://127.0.0.1:{port}/", profile="sandbox", listen=f"127.0.0.1:{port}"
-    )
+    profile, options = _loopback_options()
 
     async def go() -> None:
-        options = EngineOptions(direction=Direction.BOTH, notify=notify)
         async with engine_for(profile, options) as engine:
             await engine.refresh_directory(force=True)
             await engine._start_notifications(asyncio.Queue())
