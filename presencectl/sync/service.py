@@ -41,14 +41,20 @@ if TYPE_CHECKING:
     from presencectl.graph.client import GraphClient
 
 
-def check_sync_prerequisites(profile: Profile, direction: Direction) -> None:
-    """Raise ConfigError unless the profile can sync in ``direction`` (seed prerequisites)."""
+def _app_client_id(profile: Profile) -> str:
+    """The profile's app registration (our client id, and the Teams sessionId we write under)."""
     if not profile.client_id:
         raise ConfigError(
             f"profile '{profile.name}' has no app registration",
             hint="run `presencectl setup-azure` first",
             code="setup_missing",
         )
+    return profile.client_id
+
+
+def check_sync_prerequisites(profile: Profile, direction: Direction) -> None:
+    """Raise ConfigError unless the profile can sync in ``direction`` (seed prerequisites)."""
+    _app_client_id(profile)
     # Consent is proven by granting it (consent, setup-azure) or, without a person, by the app's
     # own token holding every role (`consent --check` records app_permissions): CI uses the latter.
     consented = profile.verified.get("admin_consent") or profile.verified.get("app_permissions")
@@ -85,12 +91,7 @@ async def engine_for(
     from presencectl.graph.ratelimit import RateLimiter
     from presencectl.identity.tokens import app_token_provider
 
-    if not profile.client_id:
-        raise ConfigError(
-            f"profile '{profile.name}' has no app registration",
-            hint="run `presencectl setup-azure` first",
-            code="setup_missing",
-        )
+    session_id = _app_client_id(profile)
     settings = profile.http_settings()
     if options.echo_window is None:
         options = replace(options, echo_window=timedelta(seconds=profile.echo_window_s))
@@ -110,7 +111,7 @@ async def engine_for(
             graph=graph,
             teams_reader=reader,
             connect=connect,
-            session_id=profile.client_id,
+            session_id=session_id,
             store=store,
             mapping=StatusMapping.from_profile(profile),
             options=options,
@@ -154,12 +155,7 @@ async def match_report(profile: Profile) -> list[dict[str, str]]:
     from presencectl.identity.tokens import app_token_provider
     from presencectl.sync.match import match_users
 
-    if not profile.client_id:
-        raise ConfigError(
-            f"profile '{profile.name}' has no app registration",
-            hint="run `presencectl setup-azure` first",
-            code="setup_missing",
-        )
+    _app_client_id(profile)
     async with (
         GraphClient(
             profile.graph_url, app_token_provider(profile), profile.http_settings()
