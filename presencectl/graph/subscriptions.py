@@ -2,10 +2,12 @@
 
 Sources: docs/verification.md.
 
-Owns: the resource string, create / renew / reauthorize / delete, and
-:class:`PresenceSubscription`. ``sync/notify.py`` creates, renews, reauthorizes and deletes them
-with the sync user's delegated token; ``disable`` (sync/engine.py) deletes those still recorded;
-``sync/receiver.py`` receives the notifications, ``graph/notifications.py`` reads them.
+Owns: the resource string, create / renew / reauthorize / delete / list, and
+:class:`PresenceSubscription`. ``sync/notify.py`` creates, renews, reauthorizes, lists and deletes
+them with each pool member's delegated token (a delegated ``GET /subscriptions`` lists what this
+app created for the signed-in user: how leftovers of a lost state are found); ``disable``
+(sync/engine.py) deletes those still recorded; ``sync/receiver.py`` receives the
+notifications, ``graph/notifications.py`` reads them.
 """
 
 from __future__ import annotations
@@ -145,6 +147,28 @@ async def renew_subscription(
 async def reauthorize_subscription(client: GraphClient, subscription_id: str) -> None:
     """``POST /subscriptions/{id}/reauthorize`` (lifecycle-events page: resumes the flow)."""
     await client.request("POST", f"/subscriptions/{subscription_id}/reauthorize")
+
+
+def is_presence_resource(resource: str) -> bool:
+    """A presence subscription's resource (``/communications/presences…``, with or without the
+    leading slash, as Graph echoes what was sent)."""
+    return resource.lstrip("/").lower().startswith("communications/presences")
+
+
+async def list_subscriptions(client: GraphClient) -> list[PresenceSubscription]:
+    """``GET /subscriptions``, every page (subscription-list.md: with a delegated token, the
+    subscriptions **this app** created for the signed-in user; ``clientState`` comes back null)."""
+    found: list[PresenceSubscription] = []
+    async for item in client.paged("/subscriptions"):
+        if isinstance(item.get("id"), str) and item.get("expirationDateTime"):
+            found.append(_parse(item))
+    return found
+
+
+def is_conflict(exc: Exception) -> bool:
+    """Graph's answer to a second presence subscription by the same user and app: 409 Conflict
+    (docs/verification.md: ``ExtensionError`` … "A subscripton already exists")."""
+    return isinstance(exc, ApiError) and exc.status == 409
 
 
 async def delete_subscription(client: GraphClient, subscription_id: str) -> bool:

@@ -239,10 +239,13 @@ class SyncEngine:
         on_event: EventCallback | None = None,
         matcher: Callable[[Sequence[Any], Sequence[Any]], Any] | None = None,
         subscriber: GraphClient | None = None,
+        subscribers: Mapping[str, GraphClient] | None = None,
     ) -> None:
         self.graph = graph
-        # The sync user's client: owns the delegated-only Teams notification subscriptions.
+        # The sync user's client: owns the delegated-only Teams notification subscriptions; with a
+        # pool of sync users, ``subscribers`` (username → client) and one subscription each.
         self.subscriber = subscriber
+        self.subscribers: dict[str, GraphClient] = dict(subscribers or {})
         self.matcher = matcher
         self.teams_reader = teams_reader
         self.connect = connect
@@ -994,6 +997,7 @@ class SyncEngine:
         self.notifications = TeamsNotifications(
             notify,
             graph=self.subscriber or self.teams_reader,
+            members=self.subscribers or None,
             store=self.store,
             profile=notify.profile,
             interval=self.options.interval,
@@ -1056,7 +1060,10 @@ class SyncEngine:
         if sub.side == "graph":
             from presencectl.graph.subscriptions import delete_subscription
 
-            return await delete_subscription(self.subscriber or self.teams_reader, sub.id)
+            client = self.subscribers.get(sub.owner or "") or next(
+                iter(self.subscribers.values()), self.subscriber or self.teams_reader
+            )
+            return await delete_subscription(client, sub.id)
         return await connect_feed.delete_subscription(self.connect, sub.id)
 
     # -- disable --------------------------------------------------------------------------------

@@ -143,6 +143,11 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE settled (key TEXT PRIMARY KEY, context TEXT NOT NULL);
     """,
+    # 2 -> 3: which sync user of the pool owns a Graph presence subscription (NULL: a database
+    # from before the pool, whose one sync user owned them all).
+    """
+    ALTER TABLE subscriptions ADD COLUMN owner TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -188,6 +193,7 @@ class SubscriptionRow:
     expires_at: float | None = None
     resource: str | None = None
     detail: dict[str, Any] | None = None
+    owner: str | None = None  # the sync user whose token created it (Graph side)
 
 
 @dataclass
@@ -562,8 +568,8 @@ class StateStore:
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO subscriptions"
-                " (id, side, resource, created_at, expires_at, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " (id, side, resource, created_at, expires_at, detail, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     sub.id,
                     sub.side,
@@ -571,17 +577,18 @@ class StateStore:
                     sub.created_at,
                     sub.expires_at,
                     json.dumps(sub.detail) if sub.detail else None,
+                    sub.owner,
                 ),
             )
 
     def subscriptions(self) -> list[SubscriptionRow]:
         rows = self._db.execute(
-            "SELECT id, side, created_at, expires_at, resource, detail FROM subscriptions"
+            "SELECT id, side, created_at, expires_at, resource, detail, owner FROM subscriptions"
             " ORDER BY created_at"
         )
         return [
-            SubscriptionRow(i, s, c, e, r, json.loads(d) if d else None)
-            for i, s, c, e, r, d in rows
+            SubscriptionRow(i, s, c, e, r, json.loads(d) if d else None, o)
+            for i, s, c, e, r, d, o in rows
         ]
 
     def delete_subscription(self, sub_id: str) -> None:
