@@ -86,6 +86,7 @@ ACCOUNT_CONTACT = "Account contact"
 SECURITY_MANAGER_STEP = "Security Manager"
 MATCHING = "Matching"
 STATE = "State database"
+NOTIFICATIONS = "Teams notifications"
 
 
 @dataclass
@@ -288,6 +289,7 @@ class Doctor:
         await self._run(ACCOUNT_CONTACT, self.check_account_contact)
         await self._run(SECURITY_MANAGER_STEP, self.check_security_manager)
         await self._run(MATCHING, self.check_matching)
+        await self._run(NOTIFICATIONS, self.check_notifications)
         return self.report
 
     # -- config, keyring, secrets ----------------------------------------------------------
@@ -675,6 +677,26 @@ class Doctor:
         )
 
     # -- matching --------------------------------------------------------------------------
+    async def check_notifications(self) -> Check:
+        import contextlib
+        import json
+        import sqlite3
+
+        from presencectl.config import profile_name
+        from presencectl.sync.notify import META_KEY
+        from presencectl.sync.state import database_path
+
+        path = database_path(profile_name(self.profile_name))
+        if not path.exists():
+            return skip(NOTIFICATIONS, "no state database yet")
+        try:  # read-only: the doctor never migrates or writes the state
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+                row = db.execute("SELECT value FROM meta WHERE key = ?", (META_KEY,)).fetchone()
+            summary = json.loads(row[0]) if row and row[0] else None
+        except (sqlite3.Error, ValueError):
+            return skip(NOTIFICATIONS, "the state database could not be read (see above)")
+        return notifications_check(summary if isinstance(summary, dict) else None)
+
     async def check_matching(self) -> Check:
         if self.app_provider is None:
             return skip(MATCHING, "skipped: no app token (see the Azure app check)")
@@ -691,6 +713,30 @@ class Doctor:
         async with self._graph() as graph:
             users = await list_users(graph)
         return matching_check(sync_match, users, self.contacts)
+
+
+def notifications_check(summary: dict[str, Any] | None) -> Check:
+    """What the last watch with ``--notify-url`` recorded: coverage by the pool of sync users,
+    the members that failed and why (state database, no network)."""
+    if not summary:
+        return skip(NOTIFICATIONS, "no watch with Teams notifications recorded")
+    coverage = str(summary.get("coverage") or "")
+    failed = [m for m in summary.get("sync_users") or [] if m.get("state") == "failed"]
+    if failed:
+        who = "; ".join(f"{m['username']}: {m.get('reason') or 'failed'}" for m in failed)
+        return warn(
+            NOTIFICATIONS, f"{coverage}; failed: {who}",
+            f"run `presencectl sync-user validate --username {failed[0]['username']}`",
+            "sync_user_failed",
+        )  # fmt: skip
+    polled = int(summary.get("users_polled") or 0)
+    if polled and summary.get("mode") != "stopped":
+        return warn(
+            NOTIFICATIONS, f"{coverage}; {polled:,} polled",
+            "add sync users: each covers at most 650 people (`presencectl sync-user add`)",
+            "notifications_partial",
+        )  # fmt: skip
+    return ok(NOTIFICATIONS, coverage or str(summary.get("reason") or ""))
 
 
 def matching_check(sync_match: Any, users: list[Any], contacts: list[Any]) -> Check:

@@ -159,9 +159,22 @@ RecentWrite = TypedDict(
 )
 
 
+class PoolMemberCoverage(TypedDict):
+    """One sync user of the pool in a watch with notifications: ``active`` (holds a
+    subscription), ``idle`` (a spare: the pool is larger than needed), ``pending`` (its
+    subscription not made yet) or ``failed`` (``reason`` says why; its people moved or polled)."""
+
+    username: str
+    state: Literal["active", "idle", "pending", "failed"]
+    people: int
+    subscription: str | None
+    reason: str | None
+
+
 class TeamsNotifications(TypedDict):
     """How Teams changes arrive in a watch with ``--notify-url`` (``status --section
-    notifications``); ``users_covered`` ≤ 650 per sync user."""
+    notifications``); ``users_covered`` ≤ 650 per sync user of the pool; ``coverage`` reads
+    "1,993 of 1,993 people by notifications, 4 sync users"."""
 
     mode: Literal["notifications", "polling", "stopped"]
     reason: str | None
@@ -170,6 +183,10 @@ class TeamsNotifications(TypedDict):
     subscriptions: int
     users_covered: int
     users_matched: int
+    users_polled: int
+    coverage: str
+    sync_users: list[PoolMemberCoverage]
+    leftovers_removed: int
     next_renewal: str | None
     received: int
     dropped: int
@@ -310,6 +327,7 @@ __all__ = [
     "LastRun",
     "MappingShowRow",
     "NextSessionWrite",
+    "PoolMemberCoverage",
     "RecentWrite",
     "StatusDocument",
     "SyncDocument",

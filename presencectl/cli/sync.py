@@ -511,13 +511,17 @@ def status(
             )
         )
     if teams_notifications:
-        tables.append(
-            (
-                "notifications",
-                [{"setting": k, "value": v} for k, v in teams_notifications.items()],
-                ["setting", "value"],
-            )
-        )
+        members = teams_notifications.pop("sync_users", None) or []
+        rows = [{"setting": k, "value": v} for k, v in teams_notifications.items()]
+        rows += [  # one line per member of the pool: who covers how many, who failed and why
+            {
+                "setting": f"sync user {m['username']}",
+                "value": f"{m['state']}, {m['people']:,} people"
+                + (f": {m['reason']}" if m.get("reason") else ""),
+            }
+            for m in members
+        ]
+        tables.append(("notifications", rows, ["setting", "value"]))
     if recent:
         tables.append(("recent", recent, list(recent[0])))
     if section is None and app.output == "csv":

@@ -172,6 +172,7 @@ class TeamsNotifications:
         if delete:
             for sub_id in list(self.subscriptions):
                 await self._delete(sub_id)
+            self.covered = {i for row in self.subscriptions.values() for i in self._ids_of(row)}
         if self.receiver is not None:
             await self.receiver.close()
         self.reason = "stopped"
@@ -265,11 +266,18 @@ class TeamsNotifications:
                 del self.failed[member]
         while True:
             usable = [m for m in self.members if m not in self.failed]
-            for member in self.failed:  # a failed member's subscription is no use to anyone
+            # A failed member's subscription is deleted when its token still allows; else it
+            # delivers until it ends (nobody can renew it) and its people stay on it till then.
+            stranded: set[str] = set()
+            for member in self.failed:
                 row = self._member_sub(member)
-                if row is not None:
-                    await self._delete(row.id)
-            plan = assign_people(self.wanted, usable, self.assignment)
+                if row is None:
+                    continue
+                if (row.expires_at or 0.0) <= time.time():
+                    self._forget(row.id)
+                elif not await self._delete(row.id):
+                    stranded.update(self._ids_of(row))
+            plan = assign_people(self.wanted - stranded, usable, self.assignment)
             self.assignment, self.unplaced = plan.by_member, plan.unplaced
             replan = False
             for member in usable:
@@ -330,11 +338,22 @@ class TeamsNotifications:
         self.reason = why if len(self.members) == 1 else f"{member}: {why}"
         log.warning("Teams notifications: sync user %s: %s", member, why)
 
-    async def _delete(self, sub_id: str) -> None:
+    async def _delete(self, sub_id: str) -> bool:
+        """Delete it at Graph (404: already gone) and forget it; False, and kept, when Graph
+        could not be asked (its member cannot sign in): it lives on until it ends."""
         row = self.subscriptions.get(sub_id)
         client = self._client_of(row.owner if row else None)
-        with contextlib.suppress(PresencectlError):
+        try:
             await delete_subscription(client, sub_id)
+        except PresencectlError as exc:
+            if row is not None and row.owner in self.failed:
+                log.info("the subscription of failed %s stays until it ends: %s",
+                         row.owner, exc.message)  # fmt: skip
+                return False
+        self._forget(sub_id)
+        return True
+
+    def _forget(self, sub_id: str) -> None:
         self.subscriptions.pop(sub_id, None)
         self.store.delete_subscription(sub_id)
 
@@ -399,6 +418,9 @@ class TeamsNotifications:
                 continue
             self._reauth.discard(sub_id)
             member = row.owner or next(iter(self.members))
+            if member in self.failed:  # it cannot renew; it ends, then the plan moves its people
+                replan = replan or ends <= time.time()
+                continue
             try:
                 cert = self.certificate if rotated else None
                 expires = await renew_subscription(
@@ -452,11 +474,9 @@ class TeamsNotifications:
             f"{members} {noun}"
         )
         idle = [m for m in self.members if m not in self.failed and not self.assignment.get(m)]
-        if idle:
-            text += f" ({len(idle)} idle)"
-        if self.failed:
-            text += f" ({len(self.failed)} failed)"
-        return text
+        parts = [f"{len(idle)} idle"] if idle else []
+        parts += [f"{len(self.failed)} failed"] if self.failed else []
+        return text + (f" ({', '.join(parts)})" if parts else "")
 
     def _update_reason(self) -> None:
         if not self.subscriptions:
