@@ -17,7 +17,8 @@ Layout::
     client_id = "…"                        # our app registration
     bootstrap_client_id = "…"              # public client used before our app exists
     admin_email = "…"
-    sync_username = "…"
+    sync_username = "…"                    # the sync user (the first of the pool)
+    sync_user_sign_in = "password"         # how it signs in: password | device_code | browser
     connect_login_url = "https://login.univerge.blue"
     connect_api_url = "https://api.univerge.blue"
     connect_client_id = "…"
@@ -28,6 +29,8 @@ Layout::
     echo_window_s = 60                    # how long a write of ours may take to show (2–600 s)
     enabled_direction = "both"            # absent = sync disabled
     notify_url = "https://sync.example.com/presencectl"  # optional: Teams change notifications
+    [[profiles.NAME.sync_users]]          # further sync users, in the order added
+    username = "…"; sign_in = "device_code"; validated_at = "…"
     [profiles.NAME.verified]              # what setup-azure / consent / validate proved, with dates
     [profiles.NAME.mapping.teams_to_connect]   # overrides: "Busy/InAMeeting" = "meeting"
     [profiles.NAME.mapping.connect_to_teams]   # overrides: "on_break" = "Available/Available"
@@ -70,6 +73,9 @@ class Profile:
     bootstrap_client_id: str = GRAPH_CLI_CLIENT_ID
     admin_email: str | None = None
     sync_username: str | None = None
+    # The pool of sync users (identity/sync_pool.py): how the first signs in, and the others.
+    sync_user_sign_in: str = "password"
+    sync_users: list[dict[str, str]] = field(default_factory=list)
     connect_login_url: str = "https://login.univerge.blue"
     connect_api_url: str = "https://api.univerge.blue"
     connect_client_id: str | None = None
@@ -131,7 +137,7 @@ class Profile:
             if f.name == "name":
                 continue
             value = getattr(self, f.name)
-            if value is None or value == {} or value == f.default:
+            if value is None or value == {} or value == [] or value == f.default:
                 continue
             out[f.name] = value
         return out
@@ -242,6 +248,8 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
                     f"{where}: key '{f.name}' must be a table, not {_toml_type(value)}",
                     hint=f"write it as [profiles.{name}.{f.name}]",
                 )
+        elif f.name == "sync_users":
+            value = _sync_users(value, where)
         elif f.name in _INT_KEYS:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(
@@ -260,6 +268,16 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
             f"{where}: key 'echo_window_s' is {profile.echo_window_s}",
             hint=f"allowed: {low} to {high} seconds (default 60): how long a write of ours may "
             "take to show on Teams or Connect",
+        )
+    if profile.sync_user_sign_in not in SIGN_IN_KINDS:
+        raise ConfigError(
+            f"{where}: key 'sync_user_sign_in' is '{profile.sync_user_sign_in}'",
+            hint="allowed: " + ", ".join(SIGN_IN_KINDS),
+        )
+    if profile.sync_users and not profile.sync_username:
+        raise ConfigError(
+            f"{where}: sync_users without sync_username (the first sync user)",
+            hint="set sync_username to the first of them, or run `presencectl sync-user add`",
         )
     if profile.enabled_direction is not None and profile.enabled_direction not in DIRECTIONS:
         raise ConfigError(
@@ -301,6 +319,33 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
 
         validate_overrides(profile.mapping, where=f"{where}.mapping")
     return profile
+
+
+SIGN_IN_KINDS = ("password", "device_code", "browser")
+
+
+def _sync_users(value: Any, where: str) -> list[dict[str, str]]:
+    """The further sync users: an array of tables with a username and a known sign-in kind."""
+    hint = 'write each as [[…sync_users]] with username = "name@tenant", sign_in = "device_code"'
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: key 'sync_users' must be an array of tables", hint=hint)
+    rows: list[dict[str, str]] = []
+    for i, row in enumerate(value):
+        here = f"{where}: sync_users[{i}]"
+        if not isinstance(row, dict) or not all(isinstance(v, str) for v in row.values()):
+            raise ConfigError(f"{here} must be a table of strings", hint=hint)
+        unknown = sorted(set(row) - {"username", "sign_in", "validated_at"})
+        if unknown:
+            raise _unknown_key_error(here, unknown, ["sign_in", "username", "validated_at"])
+        if "@" not in row.get("username", ""):
+            raise ConfigError(f"{here}: 'username' is not a user principal name", hint=hint)
+        if row.get("sign_in", "password") not in SIGN_IN_KINDS:
+            raise ConfigError(
+                f"{here}: 'sign_in' is {row.get('sign_in')!r}",
+                hint="allowed: " + ", ".join(SIGN_IN_KINDS),
+            )
+        rows.append(dict(row))
+    return rows
 
 
 def _tls_or_loopback(url: str) -> bool:

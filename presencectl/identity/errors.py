@@ -54,6 +54,13 @@ class MfaRequired(SignInError):
     code = "mfa_required"
 
 
+class SyncUserReauthRequired(SignInError):
+    """A device-code or browser sync user whose refresh token no longer works: the person must
+    sign in again (revoked sessions, a sign-in frequency policy, expiry by inactivity)."""
+
+    code = "sync_user_reauth_required"
+
+
 class ConditionalAccessBlocked(SignInError):
     code = "conditional_access_blocked"
 
@@ -105,6 +112,14 @@ class SignInDeclined(SignInError):
 # flows: device code flow" answers), 530032 BlockedByConditionalAccessOnSecurityPolicy,
 # 530035 BlockedBySecurityDefaults, 50131 ConditionalAccessFailed.
 DEVICE_CODE_POLICY_CODES = frozenset({53003, 530032, 530035, 50131})
+
+
+# A refresh token refused for one of these asks for a new interactive sign-in (entra-docs
+# reference-error-codes): 50173 FreshTokenNeeded (grant revoked, e.g. sessions revoked or the
+# password reset), 70043 / 70044 sign-in frequency (Conditional Access), 70008 ExpiredOrRevoked-
+# Grant, 700082 refresh token expired by inactivity, 50133 session invalid after a password change,
+# 50076 / 50079 / 50074 MFA asked again, 70000 InvalidGrant (the token itself unknown).
+REAUTH_CODES = frozenset({50173, 70043, 70044, 70008, 700082, 50133, 50076, 50079, 50074, 70000})
 
 
 def _codes(result: Mapping[str, Any]) -> tuple[int, ...]:
@@ -191,9 +206,13 @@ def classify(
             MfaRequired,
             f"Azure login error: {who} must use multi-factor authentication, which a password "
             f"sign-in cannot do{tag}.",
-            "Exclude the dedicated sync user from MFA: add it to the exclusions of the Conditional "
-            "Access policy that requires MFA (or turn per-user MFA off for it). See "
-            "docs/azure-setup.md.",
+            f"Sign {who} in by device code instead (MFA once, no password kept): `presencectl "
+            f"sync-user sign-in --username {who} --device-code`. Or exclude it from the "
+            "Conditional Access policy that requires MFA (Entra ID P1). Security defaults "
+            "cannot exclude an account. See docs/azure-setup.md."
+            if flow == "password"
+            else "Complete the MFA prompt in an interactive sign-in (`--device-code` or "
+            "`--browser`). See docs/azure-setup.md.",
         )
     if flow == "admin" and code_set & DEVICE_CODE_POLICY_CODES:
         return make(
@@ -271,6 +290,31 @@ def classify(
         f"Azure login error for {who}: {error or 'unknown error'}{tag}.",
         "Look the code up at https://login.microsoftonline.com/error?code=<number> and run with "
         "-vv for details.",
+    )
+
+
+def needs_reauth(error: SignInError) -> bool:
+    """True when a refused refresh token means the person must sign in again."""
+    return bool(set(error.aad_codes) & REAUTH_CODES) or type(error) is SignInError
+
+
+def reauth_required(
+    who: str, sign_in: str, *, codes: tuple[int, ...] = (), never: bool = False
+) -> SyncUserReauthRequired:
+    """The error of a device-code or browser sync user that must sign in again."""
+    flag = "--browser" if sign_in == "browser" else "--device-code"
+    clean = tuple(int(c) for c in codes if str(c).isdigit())
+    tag = f" ({_aadsts(clean)})" if clean else ""
+    why = (
+        "has no stored sign-in on this machine"
+        if never
+        else f"must sign in again: its refresh token was refused{tag}"
+    )
+    return SyncUserReauthRequired(
+        f"the sync user {who} {why}",
+        hint=f"run `presencectl sync-user sign-in --username {who} {flag}` and sign in as {who} "
+        "(revoked sessions, a sign-in frequency policy or long inactivity end a refresh token)",
+        aad_codes=clean,
     )
 
 

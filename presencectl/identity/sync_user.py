@@ -1,8 +1,11 @@
-"""The dedicated sync user (seed: "Create Sync User"): store, validate, forget.
+"""The dedicated sync users (seed: "Create Sync User"): store, validate, forget — one or a pool.
 
-Owns the sync user's username in the profile and its password in presencectl.secrets, and the
-proof that the stored credentials work: a username/password sign-in through msal followed by a
-``getPresencesByUserId`` on the sync user itself (the delegated Presence.Read.All the sync needs).
+Owns the proof that a sync user's stored credential works: a sign-in that cannot be served from
+an access-token cache (a password sign-in, or a refresh-token redemption for a device-code or
+browser member) followed by a ``getPresencesByUserId`` on the user itself (the delegated
+Presence.Read.All the sync needs); ``sync-user set`` (a pool of exactly this one) and ``forget``.
+The pool itself — :class:`PoolMember`, :func:`pool_members`, where each member's secrets live —
+is identity/sync_pool.py, re-exported here.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ from typing import TYPE_CHECKING
 
 from presencectl import secrets
 from presencectl.errors import ApiError, UsageError
-from presencectl.identity import msal_apps
+from presencectl.identity import msal_apps, sync_pool
+from presencectl.identity.sync_pool import PoolMember, pool_members
 from presencectl.identity.tokens import SyncUserTokenProvider
+
+__all__ = ["PoolMember", "SyncUserStatus", "pool_members", "store_sync_user", "validate_sync_user"]
 
 if TYPE_CHECKING:
     from presencectl.config import Profile
@@ -51,9 +57,7 @@ def store_sync_user(
             "the password is empty",
             hint="pass it on stdin with --password-stdin, or set PRESENCECTL_SYNC_PASSWORD",
         )
-    if profile.sync_username and profile.sync_username.lower() != username.lower():
-        msal_apps.forget_cache(profile.name, msal_apps.SYNC_USER)
-    profile.sync_username = username
+    sync_pool.keep_only(profile, username)  # a pool of exactly this one
     profile.verified.pop("sync_user", None)
     if store_password:
         secrets.set_secret(profile.name, secrets.SYNC_PASSWORD, password)
@@ -64,13 +68,17 @@ def store_sync_user(
     )
 
 
-def validate_sync_user(profile: Profile) -> SyncUserStatus:
-    """Sign the sync user in and read its own presence; record the success in the profile."""
+def validate_sync_user(profile: Profile, username: str | None = None) -> SyncUserStatus:
+    """Sign a sync user in (None: the first) and read its own presence; record the success.
+
+    The sign-in proves the stored credential: never an access token from the cache.
+    """
     from presencectl.config import save_profile
     from presencectl.graph.client import GraphClient
     from presencectl.graph.presence import get_presences
 
-    provider = SyncUserTokenProvider(profile, silent=False)  # the stored password, every time
+    # The stored password, or the refresh token redeemed, every time.
+    provider = SyncUserTokenProvider(profile, username=username, silent=False)
     provider(False)
     # Who and what from msal (id token claims, the response's scope), never from the access token.
     object_id = str(provider.last_result_claims.get("oid") or "")
@@ -94,28 +102,39 @@ def validate_sync_user(profile: Profile) -> SyncUserStatus:
     presence = asyncio.run(read())
     scopes = " ".join(provider.last_scopes)
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    profile.verified["sync_user"] = now
+    sync_pool.set_member(profile, provider.username, validated_at=now)
     save_profile(profile)
     return SyncUserStatus(
         username=provider.username,
         object_id=object_id,
         presence=presence,
         scopes=scopes,
-        password_source=secrets.secret_source(profile.name, secrets.SYNC_PASSWORD) or "",
+        password_source=_password_source(profile, provider.username, provider.sign_in),
         validated=now,
     )
 
 
+def _password_source(profile: Profile, username: str, sign_in: str) -> str:
+    if sign_in != sync_pool.PASSWORD:
+        return f"none ({sign_in.replace('_', ' ')} sign-in: refresh token in the secret store)"
+    name = sync_pool.password_secret(profile, username)
+    return secrets.secret_source(profile.name, name) or ""
+
+
 def forget_sync_user(profile: Profile) -> dict[str, bool]:
-    """Remove the stored password, the sync user's token cache and its name from the profile."""
+    """Remove every sync user: passwords, token caches and names (the whole pool)."""
     from presencectl.config import save_profile
 
+    for member in pool_members(profile)[1:]:
+        sync_pool.forget_secrets(profile, member.username)
     removed = {
         "password": secrets.delete_secret(profile.name, secrets.SYNC_PASSWORD),
         "token_cache": msal_apps.forget_cache(profile.name, msal_apps.SYNC_USER),
         "username": profile.sync_username is not None,
     }
     profile.sync_username = None
+    profile.sync_user_sign_in = sync_pool.PASSWORD
+    profile.sync_users = []
     profile.verified.pop("sync_user", None)
     save_profile(profile)
     return removed
