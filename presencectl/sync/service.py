@@ -148,7 +148,7 @@ def _subscriber_clients(
     clients: dict[str, GraphClient] = {}
     for username in _pool_usernames(profile):
         try:
-            provider = sync_user_token_provider(profile)
+            provider = sync_user_token_provider(profile, username)
         except ConfigError:
             continue
         clients[username] = GraphClient(profile.graph_url, provider, settings, limiter=limiter)
@@ -156,13 +156,10 @@ def _subscriber_clients(
 
 
 def _pool_usernames(profile: Profile) -> list[str]:
-    """The pool's members (identity/sync_user.py); no pool configured: the one sync user."""
-    from presencectl.identity.tokens import sync_username
+    """The pool's members in the order added (identity/sync_user.py); [] without a sync user."""
+    from presencectl.identity.sync_user import pool_members
 
-    try:
-        return [sync_username(profile)]
-    except ConfigError:
-        return []
+    return [member.username for member in pool_members(profile)]
 
 
 async def match_report(profile: Profile) -> list[dict[str, str]]:
