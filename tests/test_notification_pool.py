@@ -384,3 +384,98 @@ def test_doctor_names_the_failed_member_and_the_polled_people() -> None:
     assert notifications_check(whole).status == OK
     assert notifications_check(whole).detail == whole["coverage"]
     assert notifications_check(None).status == SKIP and FAIL != SKIP
+
+
+# -- a killed watch, its state lost: covered again within 90 s ----------------------------------
+
+
+@pytest.mark.slow
+def test_a_killed_watch_with_its_state_deleted_covers_everyone_again(
+    cli: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Two sync users, 713 matched people (two subscriptions needed). SIGKILL: Graph keeps both
+    subscriptions (nobody deleted them). The state directory is deleted. The watch started again
+    lists each member's subscriptions, deletes the leftovers and covers everyone with exactly one
+    live subscription per member within 90 s."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from test_engine_sandbox import ADMIN, Org
+
+    from presencectl import secrets
+    from presencectl.config import load_profile, save_profile
+    from presencectl.identity import sync_pool
+
+    monkeypatch.setenv("PRESENCECTL_SECRETS_BACKEND", "file")  # the children see the secrets
+    with running_sandbox(
+        users=720, seed=3, auto_approve=ADMIN, allow_http_notifications=True
+    ) as sb:
+        org = Org(sb, cli)
+        assert org.run("enable").exit_code == 0
+        second = org.people[-1]
+        profile = load_profile("sandbox")
+        sync_pool.add_member(profile, second.upn, sync_pool.PASSWORD)
+        secrets.set_secret(
+            profile.name, sync_pool.password_secret(profile, second.upn), second.password
+        )
+        save_profile(profile)
+        members = {sb.world.sync_user.azure_id, second.azure_id}
+        from presencectl.sandbox.graph_notifications import notifier
+
+        def live() -> list[Any]:
+            return list(notifier(sb.world).live())
+
+        def covered_by_each_member() -> set[str] | None:
+            subs = live()
+            if sorted(s.creator_id for s in subs) != sorted(members):
+                return None
+            return {i for s in subs for i in s.user_ids}
+
+        def start(name: str) -> subprocess.Popen[str]:
+            port = free_port()
+            out = (tmp_path / f"{name}.out").open("w")
+            return subprocess.Popen(
+                [sys.executable, "-m", "presencectl", "--profile", "sandbox", "--no-input",
+                 "-o", "json", "sync", "--watch", "--interval", "60",
+                 "--notify-url", f"http://127.0.0.1:{port}/", "--listen", f"127.0.0.1:{port}"],
+                stdout=out, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
+            )  # fmt: skip
+
+        def wait(check: Any, seconds: float) -> Any:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                value = check()
+                if value:
+                    return value
+                time.sleep(0.1)
+            log = "".join(p.read_text()[-3000:] for p in tmp_path.glob("*.out"))
+            raise AssertionError(f"not covered in {seconds} s; live: {live()}\n{log}")
+
+        first = start("first")
+        try:
+            everyone = wait(covered_by_each_member, 120)
+            assert len(everyone) >= 700  # more than one member's 650
+            before = {s.id for s in live()}
+            first.kill()  # SIGKILL: nothing deleted, nothing saved
+            first.wait(30)
+            assert {s.id for s in live()} == before  # Graph keeps them until they expire
+            shutil.rmtree(os.environ["PRESENCECTL_STATE_DIR"])
+            started = time.monotonic()
+            again = start("again")
+            try:
+                def recovered() -> bool:
+                    now = {s.id for s in live()}
+                    return not (now & before) and covered_by_each_member() == everyone
+
+                wait(recovered, 90)
+                took = time.monotonic() - started
+                assert len(live()) == 2 and took < 90
+            finally:
+                again.terminate()
+                again.wait(60)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait(30)
