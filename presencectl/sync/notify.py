@@ -10,8 +10,11 @@ Owns :class:`TeamsNotifications`, which ``SyncEngine.watch`` starts when the pro
   delegated-only and Microsoft allows one per user per application, of at most 650 ids), created
   with that member's delegated token. ``sync/subscription_pool.py`` says who goes where (stable,
   balanced, idle members as spares); a member that fails (sign-in, 403, any refusal) is set aside
-  for ``FAILED_RETRY`` seconds and its people move to the others where room exists, else they are
-  polled (``status`` says who failed and why). Graph's 409 to a create (a subscription of this app
+  (a sign-in or permission failure for ``FAILED_RETRY`` seconds, so that a password is not
+  hammered; any other refusal until the next ``MAINTAIN_EVERY`` tick); its subscription is
+  deleted, or, when its token no longer allows, delivers until it ends with its people on it;
+  then its people move to the others where room exists, else they are polled (``status`` says
+  who failed and why). Graph's 409 to a create (a subscription of this app
   and member we no longer know: lost state, a kill between the POST and the save) and every start
   list ``GET /subscriptions`` as the member and delete the presence ones we do not hold, then
   create ours: adopting is not possible, as Graph never returns ``clientState`` and ours is new
@@ -79,7 +82,7 @@ CERT_PREVIOUS_SECRET = "notify_certificate_previous"
 META_KEY = "teams_notifications"
 SIDE = "graph"
 SOLE_MEMBER = "sync user"  # the member's name when the engine hands over one client, no pool
-FAILED_RETRY = 300.0  # seconds before a failed member is tried again (a password is not hammered)
+FAILED_RETRY = 300.0  # seconds before a member whose sign-in failed is tried again
 
 
 @dataclass
@@ -127,7 +130,8 @@ class TeamsNotifications:
         self.signed_in = True
         self.assignment: dict[str, list[str]] = {}  # member → the people it should cover
         self.unplaced: list[str] = []  # people no usable member has room for: polled
-        self.failed: dict[str, tuple[str, float]] = {}  # member → (why, when: monotonic)
+        # member → (why, monotonic time from which it may be tried again)
+        self.failed: dict[str, tuple[str, float]] = {}
         self.certificate: EncryptionCertificate | None = None
         self._keys: dict[str, str] = {}
         self._woken = False
@@ -261,8 +265,8 @@ class TeamsNotifications:
             self._save()
             return
         now = time.monotonic()
-        for member, (_, when) in list(self.failed.items()):
-            if now - when >= FAILED_RETRY:
+        for member, (_, retry_at) in list(self.failed.items()):
+            if now >= retry_at:
                 del self.failed[member]
         while True:
             usable = [m for m in self.members if m not in self.failed]
@@ -332,7 +336,8 @@ class TeamsNotifications:
         return True
 
     def _fail(self, member: str, why: str, exc: PresencectlError | None = None) -> None:
-        self.failed[member] = (why, time.monotonic())
+        pause = FAILED_RETRY if exc is not None and _is_sign_in(exc) else MAINTAIN_EVERY
+        self.failed[member] = (why, time.monotonic() + pause)
         if exc is not None and _is_sign_in(exc):
             self.signed_in = any(m not in self.failed for m in self.members)
         self.reason = why if len(self.members) == 1 else f"{member}: {why}"
@@ -448,7 +453,7 @@ class TeamsNotifications:
             )  # fmt: skip
             self.subscriptions[sub_id] = row
             self.store.save_subscription(row)
-        retry_due = any(time.monotonic() - t >= FAILED_RETRY for _, t in self.failed.values())
+        retry_due = any(time.monotonic() >= t for _, t in self.failed.values())
         if replan or retry_due or (self.wanted and not self.subscriptions):
             await self._rebalance()
         else:
