@@ -5,6 +5,7 @@ sync/subscription_pool.py): who covers whom, failed members, leftovers of a lost
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -472,6 +473,22 @@ def test_a_killed_watch_with_its_state_deleted_covers_everyone_again(
                 wait(recovered, 90)
                 took = time.monotonic() - started
                 assert len(live()) == 2 and took < 90
+
+                def status(*args: str) -> str:
+                    return subprocess.run(
+                        [sys.executable, "-m", "presencectl", "--profile", "sandbox", *args,
+                         "status", "--section", "notifications"],
+                        capture_output=True, text=True, timeout=60, env=os.environ.copy(),
+                    ).stdout  # fmt: skip
+
+                def reported() -> bool:
+                    return bool(json.loads(status("-o", "json") or "{}").get("coverage") == (
+                        f"{len(everyone):,} of {len(everyone):,} people by notifications, "
+                        "2 sync users"
+                    ))  # fmt: skip
+
+                wait(reported, 30)
+                assert f"sync user {second.upn}" in status("-o", "csv")
             finally:
                 again.terminate()
                 again.wait(60)
