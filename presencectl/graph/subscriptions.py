@@ -6,7 +6,7 @@ Owns: the resource string, create / renew / reauthorize / delete / list, and
 :class:`PresenceSubscription`. ``sync/notify.py`` creates, renews, reauthorizes, lists and deletes
 them with each pool member's delegated token (a delegated ``GET /subscriptions`` lists what this
 app created for the signed-in user: how leftovers of a lost state are found); ``disable``
-(sync/engine.py) deletes those still recorded; ``sync/receiver.py`` receives the
+(sync/disable.py) deletes those still recorded; ``sync/receiver.py`` receives the
 notifications, ``graph/notifications.py`` reads them.
 """
 
