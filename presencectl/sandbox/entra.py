@@ -594,6 +594,8 @@ class EntraEndpoints:
         grant = world.refresh_tokens.get(form.get("refresh_token", ""))
         if grant is None or grant.client_id != client_id or grant.exp <= world.clock.now():
             return entra_error("invalid_grant", 70000)
+        if grant.revoked:
+            return entra_error("invalid_grant", grant.revoked)
         person = world.person_by_azure_id(grant.oid)
         if person is None:
             return entra_error("invalid_grant", 50034, user=grant.oid, tenant=world.domain)
