@@ -274,3 +274,32 @@ def test_list_shows_whom_each_member_covers_from_the_state(sbx: Any, cli: Any) -
     db.commit()
     db.close()
     assert [r["people_covered"] for r in pool(cli)] == [650, 120]
+
+
+def doctor_rows(cli: Any) -> dict[str, dict[str, Any]]:
+    result = run(cli, "-o", "json", "doctor")
+    return {c["name"]: c for c in result.json()["checks"]}
+
+
+def test_doctor_proves_a_stored_wrong_password_not_the_cached_token(sbx: Any, cli: Any) -> None:
+    """issue 24 #4: a cached token used to make doctor say "signed in" for a wrong password."""
+    assert run(cli, "sync-user", "validate").exit_code == 0  # tokens now cached
+    assert doctor_rows(cli)["Sync user"]["status"] == "ok"
+    secrets.set_secret("sandbox", secrets.SYNC_PASSWORD, "a-wrong-password-1")
+    row = doctor_rows(cli)["Sync user"]
+    assert row["status"] == "fail" and "AADSTS50126" in row["detail"], row
+
+
+def test_doctor_has_a_row_per_member_and_redeems_refresh_tokens(sbx: Any, cli: Any) -> None:
+    assert run(cli, "sync-user", "add", "--username", POOL_MFA, "--device-code").exit_code == 0
+    rows = doctor_rows(cli)
+    first, second = rows[f"Sync user {SYNC}"], rows[f"Sync user {POOL_MFA}"]
+    assert first["status"] == "ok" and "password" in first["detail"]
+    assert second["status"] == "ok" and "refresh token" in second["detail"]
+    stats = sbx.world.stats.requests
+    before = stats["entra_token"]
+    doctor_rows(cli)
+    assert stats["entra_token"] >= before + 2  # neither member was served from the cache
+    sbx.control.post(f"/_sandbox/users/{POOL_MFA}/revoke", json={"reason": "revoked"})
+    row = doctor_rows(cli)[f"Sync user {POOL_MFA}"]
+    assert row["status"] == "fail" and "AADSTS50173" in row["detail"], row
