@@ -303,3 +303,28 @@ def test_doctor_has_a_row_per_member_and_redeems_refresh_tokens(sbx: Any, cli: A
     sbx.control.post(f"/_sandbox/users/{POOL_MFA}/revoke", json={"reason": "revoked"})
     row = doctor_rows(cli)[f"Sync user {POOL_MFA}"]
     assert row["status"] == "fail" and "AADSTS50173" in row["detail"], row
+
+
+def test_a_browser_member_needs_a_mobile_and_desktop_redirect(
+    sbx: Any, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """msal's browser sign-in through our app: refused while the only localhost redirect is the
+    Web platform's (Entra's 7000218), then working once one is under Mobile and desktop."""
+    from tests.test_admin_sign_in import FakeBrowser, _use
+
+    monkeypatch.setenv("DISPLAY", ":0")
+    browser = FakeBrowser(sbx)
+    _use(monkeypatch, browser)
+    refused = run(cli, "-o", "json", "sync-user", "add", "--username", POOL_MFA, "--browser")
+    assert refused.exit_code == 4, refused.stderr
+    error = refused.json()["error"]
+    assert "AADSTS7000218" in error["message"] and "--device-code" in error["hint"]
+    assert [r["username"] for r in pool(cli)] == [SYNC]
+
+    app = sbx.world.application_by_app_id(load_profile("sandbox").client_id or "")
+    app["publicClient"] = {"redirectUris": ["http://localhost:8400"]}
+    added = run(cli, "-o", "json", "sync-user", "add", "--username", POOL_MFA, "--browser")
+    assert added.exit_code == 0, added.stderr
+    assert added.json()["sign_in"] == "browser" and len(browser.opened) == 2
+    assert f"login_hint={POOL_MFA.replace('@', '%40')}" in browser.opened[-1]
+    assert [r["sign_in"] for r in pool(cli)] == ["password", "browser"]

@@ -475,6 +475,17 @@ def sync_user_interactive_sign_in(
             app, profile, method, SYNC_USER_SCOPES, username, on_message, timeout, username
         )
         if "access_token" not in result:
+            if method == "browser" and 7000218 in (result.get("error_codes") or ()):
+                raise SignInError(
+                    f"Azure login error: the browser sign-in of {username} came back, but the app "
+                    "registration has no 'Mobile and desktop applications' redirect URI, so Entra "
+                    "treats it as a web app that must send a secret (AADSTS7000218)",
+                    hint="use `--device-code` (nothing to register), or add http://localhost:8400 "
+                    "under App registrations > the app > Authentication > Mobile and desktop "
+                    "applications (http://localhost itself is taken by the Web platform, for "
+                    "consent)",
+                    aad_codes=(7000218,),
+                )
             raise classify(result, who=username, tenant=profile.tenant_id or "", flow="password")
         claims = dict(result.get("id_token_claims") or {})
         signed_in = str(claims.get("preferred_username") or claims.get("upn") or "")
