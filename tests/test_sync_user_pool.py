@@ -328,3 +328,27 @@ def test_a_browser_member_needs_a_mobile_and_desktop_redirect(
     assert added.json()["sign_in"] == "browser" and len(browser.opened) == 2
     assert f"login_hint={POOL_MFA.replace('@', '%40')}" in browser.opened[-1]
     assert [r["sign_in"] for r in pool(cli)] == ["password", "browser"]
+
+
+def test_validate_proves_every_member_and_exits_with_the_first_failure(
+    sbx: Any, cli: Any
+) -> None:
+    assert run(cli, "sync-user", "add", "--username", POOL_MFA, "--device-code").exit_code == 0
+    sbx.control.post(f"/_sandbox/users/{POOL_MFA}/revoke", json={"reason": "sign_in_frequency"})
+    result = run(cli, "-o", "json", "sync-user", "validate")
+    assert result.exit_code == 4
+    rows = {r["username"]: r for r in result.json()}
+    assert rows[SYNC]["result"] == "ok"
+    assert rows[POOL_MFA]["result"] == "failed"
+    assert rows[POOL_MFA]["code"] == "sync_user_reauth_required"
+    assert "AADSTS70043" in rows[POOL_MFA]["detail"]
+
+
+def test_set_makes_the_pool_exactly_that_one_again(sbx: Any, cli: Any) -> None:
+    assert run(cli, "sync-user", "add", "--username", POOL_MFA, "--device-code").exit_code == 0
+    again = run(cli, "sync-user", "set", "--username", SYNC, "--password-stdin",
+                input=sbx.passwords[SYNC] + "\n")  # fmt: skip
+    assert again.exit_code == 0, again.stderr
+    assert POOL_MFA in again.stderr  # said who left the pool
+    assert [r["username"] for r in pool(cli)] == [SYNC]
+    assert secrets.get_secret("sandbox", f"token_cache:sync_user:{POOL_MFA}") is None

@@ -391,14 +391,18 @@ def sync_user_set(
       presencectl sync-user set --username presence-sync@contoso.onmicrosoft.com
       printf '%s\\n' "$PW" | presencectl sync-user set --username U --password-stdin
     """
-    from presencectl.identity.sync_user import store_sync_user
+    from presencectl.identity.sync_user import pool_members, store_sync_user
 
     app_ctx = app_context(ctx)
     profile = app_ctx.load_profile(must_exist=False)
     password, store = _read_password(app_ctx, password_stdin)
+    before = [m.username for m in pool_members(profile)]
     status = store_sync_user(profile, username, password, store_password=store)
+    left = [u for u in before if u.lower() != status.username.lower()]
     stored_in = status.password_source if store else "not stored (read from the environment)"
     app_ctx.render({"username": status.username, "password_stored_in": stored_in})
+    if left:
+        _note(app_ctx, f"The pool is this one sync user again: {', '.join(left)} left it.")
     _note(app_ctx, "Next: `presencectl sync-user validate`.")
 
 
