@@ -284,7 +284,8 @@ class Doctor:
         await self._run(APP, self.check_app)
         await self._run(SECRET_EXPIRY, self.check_secret_expiry)
         await self._run(CONSENT, self.check_consent)
-        await self._run(SYNC_USER, self.check_sync_user)
+        for check in await self.sync_user_checks():
+            self._add(check)
         await self._run(CONNECT_TOKEN, self.check_connect_token)
         await self._run(ACCOUNT_CONTACT, self.check_account_contact)
         await self._run(SECURITY_MANAGER_STEP, self.check_security_manager)
@@ -381,6 +382,10 @@ class Doctor:
             title = f"Secret {name}"
             if name == secrets.SYNC_PASSWORD and not self._sync_user_relevant():
                 out.append(skip(title, "no sync user configured and Teams→Connect not enabled"))
+                continue
+            if name == secrets.SYNC_PASSWORD and profile.sync_user_sign_in != "password":
+                how = profile.sync_user_sign_in.replace("_", " ")
+                out.append(skip(title, f"not needed: the sync user signs in by {how}"))
                 continue
 
             async def check(name: str = name, title: str = title) -> Check:
@@ -587,18 +592,40 @@ class Doctor:
             "(`presencectl consent --check` lists every grant)",
         )
 
-    async def check_sync_user(self) -> Check:
+    async def sync_user_checks(self) -> list[Check]:
+        """One row per sync user of the pool ("Sync user" for a pool of one)."""
+        from presencectl.identity.sync_pool import pool_members
+
+        p = self.profile
+        assert p is not None
+        members = pool_members(p) if self._sync_user_relevant() else []
+        if len(members) <= 1:
+            return [await guarded(SYNC_USER, self.check_sync_user)]
+        out = []
+        for member in members:
+            name = f"{SYNC_USER} {member.username}"
+
+            async def check(username: str = member.username, name: str = name) -> Check:
+                return await self.check_sync_user(username, name)
+
+            out.append(await guarded(name, check))
+        return out
+
+    async def check_sync_user(self, username: str | None = None, name: str = SYNC_USER) -> Check:
+        """The stored credential proven the way a sync needs it: never from an access-token
+        cache — a password member signs in with its password (a fresh ROPC), a device-code or
+        browser member redeems its refresh token; a refusal fails with its AADSTS code."""
         from presencectl.graph.permissions import DELEGATED_SCOPES
-        from presencectl.identity.tokens import sync_user_token_provider
+        from presencectl.identity.tokens import SyncUserTokenProvider
 
         p = self.profile
         assert p is not None
         if not self._sync_user_relevant():
-            return skip(SYNC_USER, "no sync user configured and Teams→Connect not enabled")
+            return skip(name, "no sync user configured and Teams→Connect not enabled")
         down = self._unreachable(REACH_ENTRA)
         if down:
-            return skip(SYNC_USER, f"skipped: {down[6:]} is unreachable")
-        provider = sync_user_token_provider(p)
+            return skip(name, f"skipped: {down[6:]} is unreachable")
+        provider = SyncUserTokenProvider(p, username=username, silent=False)
         await asyncio.to_thread(provider, False)
         # msal's id token claims and the response's scope, never the access token's claims.
         claims = provider.last_result_claims
@@ -607,14 +634,18 @@ class Doctor:
         missing = [s for s in needed if scopes and s not in scopes]
         if missing:
             return fail(
-                SYNC_USER,
+                name,
                 f"{provider.username} signed in, but the token lacks " + ", ".join(missing),
                 "run `presencectl consent` as a Global Administrator",
                 "consent_missing",
                 ExitCode.AUTH,
             )
         who = claims.get("preferred_username") or provider.username
-        return ok(SYNC_USER, f"{who} signed in (delegated {', '.join(sorted(scopes)) or 'token'})")
+        how = "password" if provider.sign_in == "password" else "refresh token"
+        return ok(
+            name,
+            f"{who} signed in by its {how} (delegated {', '.join(sorted(scopes)) or 'token'})",
+        )
 
     # -- Connect ---------------------------------------------------------------------------
     def _connect(self) -> Any:

@@ -61,6 +61,12 @@ class SyncUserReauthRequired(SignInError):
     code = "sync_user_reauth_required"
 
 
+class SyncUserMismatch(SignInError):
+    """An interactive sync-user sign-in made with another account than the member's."""
+
+    code = "sync_user_mismatch"
+
+
 class ConditionalAccessBlocked(SignInError):
     code = "conditional_access_blocked"
 

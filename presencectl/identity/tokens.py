@@ -41,6 +41,7 @@ from presencectl.identity import msal_apps, sync_pool
 from presencectl.identity.errors import (
     SignInError,
     SignInTimeout,
+    SyncUserMismatch,
     classify,
     federated_error,
     needs_reauth,
@@ -407,6 +408,104 @@ def _browser_sign_in(
         ) from exc
 
 
+def _interactive_sign_in(
+    app: Any,
+    profile: Profile,
+    method: str,
+    scopes: Sequence[str],
+    login_hint: str | None,
+    on_message: Callable[[DeviceCodePrompt | str], None],
+    timeout: float,
+    who: str,
+) -> dict[str, Any]:
+    """A device-code or browser sign-in through ``app`` (inside ``msal_errors``). A browser
+    sign-in on a host that cannot open one falls back to a device code (one line through
+    ``on_message``)."""
+    if method == "browser":
+        why = browser_unavailable()
+        if why:
+            on_message(
+                f"Cannot open a browser here ({why}); signing in with a device code instead."
+            )
+            method = "device_code"
+    if method != "device_code":
+        return _browser_sign_in(app, scopes, login_hint, timeout)
+    flow = app.initiate_device_flow(scopes=list(scopes))
+    if "user_code" not in flow:
+        raise classify(flow, who=who, tenant=profile.tenant_id or "", flow="admin")
+    on_message(
+        DeviceCodePrompt(
+            message=str(
+                flow.get("message")
+                or f"Go to {flow.get('verification_uri')} and enter {flow['user_code']}"
+            ),
+            user_code=str(flow["user_code"]),
+            verification_uri=str(flow.get("verification_uri") or ""),
+            expires_in=int(flow.get("expires_in") or 900),
+        )
+    )
+    return dict(app.acquire_token_by_device_flow(flow))
+
+
+def sync_user_interactive_sign_in(
+    profile: Profile,
+    username: str,
+    method: str,
+    *,
+    on_message: Callable[[DeviceCodePrompt | str], None],
+    timeout: float = SIGN_IN_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Sign a pool member in by device code or browser through our app (MFA as Entra asks); its
+    refresh token goes to the member's msal cache in the secret store, no password anywhere.
+
+    The person may sign in with another account on the sign-in page: that sign-in is refused
+    (``sync_user_mismatch``) and nothing of it is kept.
+    """
+    if method not in METHODS:
+        raise UsageError(
+            f"unknown sign-in method {method!r}", hint="use --device-code or --browser"
+        )
+    client_id = _require_client_id(profile)
+    cache = msal_apps.PersistentTokenCache(
+        profile.name, sync_pool.cache_identity(profile, username)
+    )
+    app = msal_apps.public_app(profile, client_id, cache)
+    with msal_apps.msal_errors(profile.authority):
+        result = _interactive_sign_in(
+            app, profile, method, SYNC_USER_SCOPES, username, on_message, timeout, username
+        )
+        if "access_token" not in result:
+            if method == "browser" and 7000218 in (result.get("error_codes") or ()):
+                raise SignInError(
+                    f"Azure login error: the browser sign-in of {username} came back, but the app "
+                    "registration has no 'Mobile and desktop applications' redirect URI, so Entra "
+                    "treats it as a web app that must send a secret (AADSTS7000218)",
+                    hint="use `--device-code` (nothing to register), or add http://localhost:8400 "
+                    "under App registrations > the app > Authentication > Mobile and desktop "
+                    "applications (http://localhost itself is taken by the Web platform, for "
+                    "consent)",
+                    aad_codes=(7000218,),
+                )
+            raise classify(result, who=username, tenant=profile.tenant_id or "", flow="password")
+        claims = dict(result.get("id_token_claims") or {})
+        signed_in = str(claims.get("preferred_username") or claims.get("upn") or "")
+        for account in app.get_accounts():  # only the member's own account stays
+            if str(account.get("username") or "").lower() != username.lower():
+                app.remove_account(account)
+        if signed_in.lower() != username.lower():
+            cache.save()
+            flag = "--browser" if method == "browser" else "--device-code"
+            raise SyncUserMismatch(
+                f"the sign-in was made as {signed_in or 'another account'}, not as {username}; "
+                "nothing was kept",
+                hint=f"run it again and sign in as {username} on the sign-in page "
+                f"(`presencectl sync-user sign-in --username {username} {flag}`; in a browser "
+                "with another account signed in, use a private window)",
+            )
+    cache.save()
+    return result
+
+
 class AdminTokenProvider:
     """Silent refresh of the admin's token (msal cache, refresh token) for Graph calls."""
 
@@ -472,34 +571,9 @@ def admin_sign_in(
             if result and "access_token" in result:
                 log.info("admin signed in silently from the token cache")
         if not result or "access_token" not in result:
-            if method == "browser":
-                why = browser_unavailable()
-                if why:
-                    on_message(
-                        f"Cannot open a browser here ({why}); signing in with a device "
-                        "code instead."
-                    )
-                    method = "device_code"
-            if method == "device_code":
-                flow = app.initiate_device_flow(scopes=list(scopes))
-                if "user_code" not in flow:
-                    raise classify(
-                        flow, who="the Azure admin", tenant=profile.tenant_id or "", flow="admin"
-                    )
-                on_message(
-                    DeviceCodePrompt(
-                        message=str(
-                            flow.get("message")
-                            or f"Go to {flow.get('verification_uri')} and enter {flow['user_code']}"
-                        ),
-                        user_code=str(flow["user_code"]),
-                        verification_uri=str(flow.get("verification_uri") or ""),
-                        expires_in=int(flow.get("expires_in") or 900),
-                    )
-                )
-                result = app.acquire_token_by_device_flow(flow)
-            else:
-                result = _browser_sign_in(app, scopes, login_hint, timeout)
+            result = _interactive_sign_in(
+                app, profile, method, scopes, login_hint, on_message, timeout, "the Azure admin"
+            )
     cache.save()
     if result and 65001 in (result.get("error_codes") or []):
         # The bootstrap client asks for directory-writing scopes that only a Global Administrator

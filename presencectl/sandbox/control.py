@@ -1,9 +1,9 @@
 """The sandbox control API (``/_sandbox/...``, docs/architecture.md) except presence.
 
-Owns: health, profile, users (add, password change), device-code approval, clock, faults and
-stats. The presence control endpoints (``/_sandbox/teams/*``, ``/_sandbox/connect/*``) come from
-``presence_control.control_routes(world)`` (see app.py). JSON in and out; errors are
-``{"error": {"code", "message"}}`` with 400/404.
+Owns: health, profile, users (add, password change, sessions revoked), device-code approval,
+clock, faults and stats. The presence control endpoints (``/_sandbox/teams/*``,
+``/_sandbox/connect/*``) come from ``presence_control.control_routes(world)`` (see app.py).
+JSON in and out; errors are ``{"error": {"code", "message"}}`` with 400/404.
 """
 
 from __future__ import annotations
@@ -134,6 +134,23 @@ def control_routes(world: World) -> list[BaseRoute]:
         person.flags.discard("must_change_password")
         return JSONResponse(person_document(person))
 
+    async def revoke_sessions(request: Request) -> Response:
+        """What an admin's "Revoke sessions" (Graph revokeSignInSessions) or a sign-in frequency
+        policy does to a user's refresh tokens: each is refused from now on, invalid_grant with
+        AADSTS50173 (revoked) or AADSTS70043 (sign_in_frequency)."""
+        person = world.person_by_email(request.path_params["email"])
+        if person is None or person.azure_id is None:
+            return control_error(404, "not_found", "no such Azure user")
+        data = await json_body(request)
+        if isinstance(data, JSONResponse):
+            return data
+        reason = str(data.get("reason") or "revoked")
+        codes = {"revoked": 50173, "sign_in_frequency": 70043}
+        if reason not in codes:
+            return control_error(400, "invalid_reason", "'reason' is revoked or sign_in_frequency")
+        count = world.revoke_sessions(person.azure_id, codes[reason])
+        return JSONResponse({"user": person.upn, "revoked": count, "aadsts": codes[reason]})
+
     async def approve_device_code(request: Request) -> Response:
         data = await json_body(request)
         if isinstance(data, JSONResponse):
@@ -203,6 +220,12 @@ def control_routes(world: World) -> list[BaseRoute]:
             change_password,
             methods=["POST"],
             name="sandbox_password",
+        ),
+        Route(
+            "/_sandbox/users/{email}/revoke",
+            revoke_sessions,
+            methods=["POST"],
+            name="sandbox_revoke_sessions",
         ),
         Route(
             "/_sandbox/devicecode/approve",

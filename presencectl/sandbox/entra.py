@@ -594,6 +594,8 @@ class EntraEndpoints:
         grant = world.refresh_tokens.get(form.get("refresh_token", ""))
         if grant is None or grant.client_id != client_id or grant.exp <= world.clock.now():
             return entra_error("invalid_grant", 70000)
+        if grant.revoked:
+            return entra_error("invalid_grant", grant.revoked)
         person = world.person_by_azure_id(grant.oid)
         if person is None:
             return entra_error("invalid_grant", 50034, user=grant.oid, tenant=world.domain)
@@ -674,6 +676,19 @@ class EntraEndpoints:
             error = self.client_secret_error(client_id, form.get("client_secret"))
             if error is not None:
                 return error
+        if (
+            kind == "app"
+            and not form.get("client_secret")
+            and not redirect_uri_registered(
+                code.redirect_uri,
+                list(((app or {}).get("publicClient") or {}).get("redirectUris") or []),
+            )
+        ):
+            # A redirect URI registered on the "Web" platform makes the redemption a confidential
+            # client's: without a secret Entra answers 7000218 (msal-dotnet issue 1391, msal-java
+            # issue 818: a public client's browser sign-in needs its URI under "Mobile and
+            # desktop applications").
+            return entra_error("invalid_client", 7000218, status=401)
         person = world.person_by_azure_id(code.oid)
         if person is None:
             return entra_error("invalid_grant", 70000)

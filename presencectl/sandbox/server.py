@@ -14,7 +14,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -285,7 +285,7 @@ def running_sandbox(
     throttle: int = 1500,
     throttle_window: float = 30.0,
     fault_rate: float = 0.0,
-    auto_approve: str | None = None,
+    auto_approve: str | Sequence[str] | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
     token_lifetime: int = DEFAULT_TOKEN_LIFETIME,

@@ -245,6 +245,9 @@ class RefreshGrant:
     scopes: set[str]
     resource: str
     exp: float
+    # Set when the control API revokes the user's sessions: the AADSTS code a redemption gets
+    # (50173 grant revoked, 70043 sign-in frequency).
+    revoked: int = 0
 
 
 @dataclass
@@ -274,7 +277,7 @@ class World:
         throttle: int = 1500,
         throttle_window: float = 30.0,
         fault_rate: float = 0.0,
-        auto_approve: str | None = None,
+        auto_approve: str | Iterable[str] | None = None,
         token_lifetime: int = DEFAULT_TOKEN_LIFETIME,
     ) -> None:
         self.seed = seed
@@ -284,7 +287,13 @@ class World:
             error_rate=fault_rate, throttle_per_30s=throttle, throttle_window=throttle_window
         )
         self.events = Events()
-        self.auto_approve = auto_approve
+        # Accounts whose sign-ins are approved at once (device code and browser); the first is
+        # also who signs in where a browser would without any hint.
+        self.auto_approve_all: tuple[str, ...] = (
+            (auto_approve,) if isinstance(auto_approve, str) else tuple(auto_approve or ())
+        )
+        self.auto_approve = self.auto_approve_all[0] if self.auto_approve_all else None
+        self._device_approvals: dict[tuple[str, str], int] = {}
         self.token_lifetime = token_lifetime
         self.domain = DOMAIN
         self.base_url = ""  # set by the server once the port is known
@@ -614,11 +623,51 @@ class World:
             scopes=scopes,
             expires_at=self.clock.now() + DEVICE_CODE_LIFETIME,
         )
-        if self.auto_approve:
-            code.approved_by = self.auto_approve
+        approver = self.device_code_approver(client_id)
+        if approver:
+            code.approved_by = approver
         self.device_codes[code.device_code] = code
         self._device_by_user_code[user_code] = code
         return code
+
+    def device_code_approver(self, client_id: str) -> str | None:
+        """Which ``--auto-approve`` account approves a new device code of ``client_id``.
+
+        A device code names no account (the person picks one on the sign-in page), so with
+        several accounts the sandbox plays the one whose sign-in is due: for an admin tool (a
+        client that is not an app registration here) the first Global Administrator listed; for
+        an app registration (a sync user signing in) the first listed account that is not a
+        Global Administrator and holds no live refresh token of this client (its sign-in is due:
+        never made, revoked or expired); when all hold one, the one that approved a code of this
+        client longest ago."""
+        from presencectl.sandbox.people import GLOBAL_ADMIN
+
+        listed = [p for e in self.auto_approve_all if (p := self.person_by_email(e)) is not None]
+        if len(self.auto_approve_all) <= 1 or not listed:
+            return self.auto_approve
+        admins = [p for p in listed if GLOBAL_ADMIN in p.roles]
+        if self.application_by_app_id(client_id) is None:
+            return (admins or listed)[0].email
+        others = [p for p in listed if GLOBAL_ADMIN not in p.roles] or listed
+        now = self.clock.now()
+        signed_in = {
+            g.oid
+            for g in self.refresh_tokens.values()
+            if g.client_id == client_id and not g.revoked and g.exp > now
+        }
+        due = [p for p in others if p.azure_id not in signed_in]
+        chosen = due[0] if due else min(
+            others, key=lambda p: self._device_approvals.get((client_id, p.email.lower()), -1)
+        )
+        self._device_approvals[(client_id, chosen.email.lower())] = len(self.device_codes) + 1
+        return chosen.email
+
+    def revoke_sessions(self, oid: str, code: int) -> int:
+        """Every refresh token of the user refused from now on with ``code``; how many."""
+        grants = [g for g in self.refresh_tokens.values() if g.oid == oid and not g.revoked]
+        for grant in grants:
+            grant.revoked = code
+        return len(grants)
 
     def device_code_by_user_code(self, user_code: str) -> DeviceCode | None:
         return self._device_by_user_code.get(user_code.strip().upper().replace("-", ""))
