@@ -21,9 +21,11 @@ Targets: notifications p95 < 1 s; with drops, every change converges within the 
 interval + 5 s.
 
 ``--sync-users N`` (issue 20) runs the notifications set-up alone with a pool of N sync users
-(the profile's sync user and N - 1 more, signed in by password), each owning one subscription of
-at most 650 people: Teams → Connect split by coverage as in ``--compare``, and the pool's
-coverage line. Target: p95 < 1 s for every covered person.
+(the profile's sync user; one more account under MFA — the sandbox's ``mfa_required`` flag —
+added by ``sync-user add --device-code``, approved by the sandbox's ``--auto-approve``; the rest
+added by ``sync-user add --password-stdin``), each owning one subscription of at most 650
+people: Teams → Connect split by coverage as in ``--compare``, and the pool's coverage line.
+Target: p95 < 1 s for every covered person.
 
     python bench/latency.py [--duration 60] [--changes 200] [--interval 5]
     python bench/latency.py --compare --interval 30 --reconcile-interval 60
@@ -77,7 +79,9 @@ def measure(users: int, duration: float, changes: int, interval: float, seed: in
     covered_emails: set[str] = set()
     # A change waits at most a poll (or, with notifications, a reconcile poll) plus margin.
     timeout = max(TIMEOUT_S, interval + (reconcile if notify else 0) + 10)
-    extra = ("--allow-http-notifications",) if notify else ()
+    extra: tuple[str, ...] = ("--allow-http-notifications",) if notify else ()
+    if sync_users > 1:
+        extra += ("--auto-approve", MFA_MEMBER)
     window: dict[str, Any] = {}
     with isolated_env(), SandboxProcess(users=users, seed=seed, extra_args=extra) as sb:
         profile = engine_driver.prepare(sb)
@@ -86,7 +90,10 @@ def measure(users: int, duration: float, changes: int, interval: float, seed: in
         group = max(4, min(len(pairs) // 2, changes))
         group_c, group_t = pairs[:group], pairs[group : 2 * group]
         if sync_users > 1:
-            window["pool"] = _add_sync_users(sb, profile, pairs[2 * group:], sync_users - 1)
+            window["pool"] = _add_sync_users(sb, pairs[2 * group:], sync_users - 1)
+            from presencectl.config import load_profile
+
+            profile = load_profile(engine_driver.PROFILE)  # the pool, as the CLI saved it
         for p in group_c:
             sb.set_teams(p.email, "Away", "Away")
             sb.set_connect(p.email, "available")
@@ -225,27 +232,30 @@ def measure(users: int, duration: float, changes: int, interval: float, seed: in
     return {"samples": samples, "missed": missed, "window": window, "timeout": timeout}
 
 
-def _add_sync_users(sb: Any, profile: Any, spare: list[Any], count: int) -> list[str]:
-    """``count`` more pool members (password sign-in) from people outside the measured groups."""
+MFA_MEMBER = "sync-mfa@contoso.example"
+
+
+def _add_sync_users(sb: Any, spare: list[Any], count: int) -> list[str]:
+    """``count`` more pool members through the CLI: one account under MFA by device code, the
+    rest people outside the measured groups by password."""
     import secrets as token_source
 
-    from presencectl import secrets
-    from presencectl.config import save_profile
-    from presencectl.identity import sync_pool
-
-    if len(spare) < count:
+    response = sb.control.post("/_sandbox/users", json={
+        "email": MFA_MEMBER, "display_name": "presencectl sync (MFA)", "on": ["teams"],
+        "password": "Mfa-" + token_source.token_urlsafe(12) + "1!", "flags": ["mfa_required"]})
+    response.raise_for_status()
+    engine_driver.cli("sync-user", "add", "--username", MFA_MEMBER, "--device-code")
+    added = [MFA_MEMBER]
+    if len(spare) < count - 1:
         raise SystemExit(f"--sync-users: only {len(spare)} people outside the measured groups")
-    added = []
-    for person in spare[-count:]:
+    for person in spare[len(spare) - (count - 1):] if count > 1 else []:
         password = "Pool-" + token_source.token_urlsafe(12) + "1!"
         sb.control.post(
             f"/_sandbox/users/{person.email}/password", json={"password": password}
         ).raise_for_status()
-        sync_pool.add_member(profile, person.email, sync_pool.PASSWORD)
-        secrets.set_secret(profile.name, sync_pool.password_secret(profile, person.email),
-                           password)
+        engine_driver.cli("sync-user", "add", "--username", person.email, "--password-stdin",
+                          stdin=password + "\n")
         added.append(person.email)
-    save_profile(profile)
     return added
 
 
@@ -327,9 +337,9 @@ def pool(users: int, duration: float, changes: int, interval: float, seed: int,
                    verdict="PASS" if values and p95 < target else "MISS")
     notes = window.get("notifications") or {}
     report.notes.append(
-        f"{users} users, {sync_users} sync users (all by password: the device-code sign-in is "
-        f"not in this bench), watch --interval {interval:g}, --reconcile-interval {reconcile:g}; "
-        f"{changes} changes over {duration:g} s"
+        f"{users} users, {sync_users} sync users (one under MFA signed in by device code, "
+        f"the others by password), watch --interval {interval:g}, --reconcile-interval "
+        f"{reconcile:g}; {changes} changes over {duration:g} s"
     )
     report.notes.append(f"coverage: {notes.get('coverage')}")
     report.extra["sync_users"] = notes.get("sync_users")
