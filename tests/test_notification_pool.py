@@ -496,3 +496,48 @@ def test_a_killed_watch_with_its_state_deleted_covers_everyone_again(
             if first.poll() is None:
                 first.kill()
                 first.wait(30)
+
+
+def test_disable_after_a_lost_state_deletes_what_graph_still_lists(
+    cli: Any, tmp_path: Any
+) -> None:
+    """A crash left a subscription and the state directory is gone: `disable` finds it by
+    listing the sync user's subscriptions at Graph."""
+    import os
+    import shutil
+
+    from test_engine_sandbox import ADMIN, Org
+
+    from presencectl.config import load_profile
+    from presencectl.sync.engine import EngineOptions
+    from presencectl.sync.model import Direction
+    from presencectl.sync.notify import NotifyOptions
+    from presencectl.sync.service import engine_for
+
+    with running_sandbox(users=30, seed=3, auto_approve=ADMIN, allow_http_notifications=True) as sb:
+        org = Org(sb, cli)
+        assert org.run("enable").exit_code == 0
+        port = free_port()
+        notify = NotifyOptions(
+            notify_url=f"http://127.0.0.1:{port}/", profile="sandbox", listen=f"127.0.0.1:{port}"
+        )
+        options = EngineOptions(direction=Direction.BOTH, notify=notify)
+
+        async def crash() -> None:
+            async with engine_for(load_profile("sandbox"), options) as engine:
+                await engine.refresh_directory(force=True)
+                await engine._start_notifications(asyncio.Queue())
+                await engine._follow_directory_with_notifications()
+                assert engine.notifications is not None and engine.notifications.active
+                await engine.notifications.receiver.close()  # the process dies
+
+        asyncio.run(crash())
+        def stats() -> dict[str, Any]:
+            return dict(org.sb.control.get("/_sandbox/stats").json())
+
+        assert stats()["subscriptions_active"] == 1
+        shutil.rmtree(os.environ["PRESENCECTL_STATE_DIR"])
+        result = org.run("-o", "json", "disable", "--yes")
+        assert result.exit_code == 0, result.stderr
+        assert stats()["subscriptions_active"] == 0
+        assert result.json()["subscriptions_deleted"] == 1
