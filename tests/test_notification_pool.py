@@ -261,6 +261,9 @@ def test_a_failed_member_hands_its_people_to_an_idle_one_and_says_why(
                     "50 of 50 people by notifications, 4 sync users (1 idle, 1 failed)"
                 )
                 assert states()[second]["people"] == 17 and notes.unplaced == []
+                asked = providers[second].calls
+                await notes.sync_subscriptions(people)  # the directory refreshed meanwhile
+                assert providers[second].calls == asked  # the refused sign-in is not re-tried
                 # It ends (Graph drops it): its people go where room exists.
                 from dataclasses import replace
 

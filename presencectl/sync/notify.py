@@ -138,6 +138,7 @@ class TeamsNotifications:
         self._overflow = False
         self._reauth: set[str] = set()
         self.leftovers_removed = 0  # subscriptions a lost state left in Graph, deleted here
+        self._undeletable: set[str] = set()  # a failed member's subscription it could not delete
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -268,6 +269,9 @@ class TeamsNotifications:
         for member, (_, retry_at) in list(self.failed.items()):
             if now >= retry_at:
                 del self.failed[member]
+                row = self._member_sub(member)
+                if row is not None:
+                    self._undeletable.discard(row.id)
         while True:
             usable = [m for m in self.members if m not in self.failed]
             # A failed member's subscription is deleted when its token still allows; else it
@@ -279,7 +283,11 @@ class TeamsNotifications:
                     continue
                 if (row.expires_at or 0.0) <= time.time():
                     self._forget(row.id)
-                elif not await self._delete(row.id):
+                    self._undeletable.discard(row.id)
+                elif row.id in self._undeletable or not await self._delete(row.id):
+                    # Asked once per failure: every try of a refused password is one more
+                    # towards the account's lockout.
+                    self._undeletable.add(row.id)
                     stranded.update(self._ids_of(row))
             plan = assign_people(self.wanted - stranded, usable, self.assignment)
             self.assignment, self.unplaced = plan.by_member, plan.unplaced
