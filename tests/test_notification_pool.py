@@ -544,3 +544,57 @@ def test_disable_after_a_lost_state_deletes_what_graph_still_lists(
         assert result.exit_code == 0, result.stderr
         assert stats()["subscriptions_active"] == 0
         assert result.json()["subscriptions_deleted"] == 1
+
+
+def test_the_engine_gives_each_member_of_the_profiles_pool_its_subscription(
+    cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """engine_for → one Graph client per member of the profile's pool (identity/sync_pool.py):
+    the seed's sync user by password, an MFA-only account by device code, one spare; with the
+    cap at 10 (650 in miniature) the 25 matched people need all three."""
+    from test_engine_sandbox import ADMIN, Org
+
+    import presencectl.sync.notify as notify
+    from presencectl.config import load_profile
+    from presencectl.sandbox.graph_notifications import notifier
+    from presencectl.sync.engine import EngineOptions
+    from presencectl.sync.model import Direction
+    from presencectl.sync.notify import NotifyOptions
+    from presencectl.sync.service import engine_for
+
+    mfa, spare = "sync-mfa@contoso.example", "sync-b@contoso.example"
+    monkeypatch.setattr(notify, "assign_people", _capped(10))
+    with running_sandbox(
+        users=30, seed=3, auto_approve=[ADMIN, mfa], allow_http_notifications=True
+    ) as sb:
+        org = Org(sb, cli)
+        for email, flags in ((mfa, ["mfa_required"]), (spare, [])):
+            added = sb.control.post("/_sandbox/users", json={
+                "email": email, "display_name": email, "on": ["teams"],
+                "password": "Pw-Pool-9!x", "flags": flags})  # fmt: skip
+            assert added.status_code in (200, 201), added.text
+        assert org.run("sync-user", "add", "--username", mfa, "--device-code").exit_code == 0
+        add = cli("--profile", "sandbox", "sync-user", "add", "--username", spare,
+                  "--password-stdin", input="Pw-Pool-9!x\n")  # fmt: skip
+        assert add.exit_code == 0, add.stderr
+        port = free_port()
+        options = EngineOptions(direction=Direction.BOTH, notify=NotifyOptions(
+            notify_url=f"http://127.0.0.1:{port}/", profile="sandbox", listen=f"127.0.0.1:{port}"))
+
+        async def go() -> None:
+            async with engine_for(load_profile("sandbox"), options) as engine:
+                assert list(engine.subscribers) == [sb.world.sync_user.email, mfa, spare]
+                await engine.refresh_directory(force=True)
+                await engine._start_notifications(asyncio.Queue())
+                await engine._follow_directory_with_notifications()
+                notes = engine.notifications
+                live = await asyncio.to_thread(lambda: list(notifier(sb.world).live()))
+                creators = {s.creator_id for s in live}
+                by_email = {p.email: p.azure_id for p in sb.world.people if p.azure_id}
+                assert creators == {by_email[sb.world.sync_user.email], by_email[mfa],
+                                    by_email[spare]}  # fmt: skip
+                assert notes.covered == {p.azure_id for p in engine.pairs.values()}
+                assert notes.summary()["coverage"].endswith("people by notifications, 3 sync users")
+                await engine._stop_notifications()
+
+        asyncio.run(go())
