@@ -352,3 +352,66 @@ def test_set_makes_the_pool_exactly_that_one_again(sbx: Any, cli: Any) -> None:
     assert POOL_MFA in again.stderr  # said who left the pool
     assert [r["username"] for r in pool(cli)] == [SYNC]
     assert secrets.get_secret("sandbox", f"token_cache:sync_user:{POOL_MFA}") is None
+
+
+def test_create_makes_unlicensed_accounts_and_delete_removes_them(sbx: Any, cli: Any) -> None:
+    world = sbx.world
+    people = len(world.people)
+    asked = run(cli, "sync-user", "add", "--create", "--count", "2")
+    assert asked.exit_code == 2 and "--yes" in asked.stderr  # a confirmation, refused by --no-input
+    assert len(world.people) == people
+
+    made = run(cli, "-o", "json", "sync-user", "add", "--create", "--count", "2", "--yes")
+    assert made.exit_code == 0, made.stderr
+    names = [r["username"] for r in made.json()]
+    assert names == ["presencectl-sync-1@contoso.example", "presencectl-sync-2@contoso.example"]
+    assert "User.ReadWrite.All" in made.stderr  # the permission it needs, explained
+    for name in names:
+        person = world.person_by_email(name)
+        assert person is not None and person.display_name.startswith("presencectl sync ")
+        assert "must_change_password" not in person.flags
+        stored = secrets.get_secret("sandbox", f"sync_password:{name}")
+        assert stored == person.password and len(stored) == 32
+        assert stored not in made.stdout + made.stderr + config_path().read_text()
+    assert [r["username"] for r in pool(cli)] == [SYNC, *names]
+
+    gone = run(cli, "-o", "json", "sync-user", "remove", "--username", names[1], "--delete",
+               "--yes")  # fmt: skip
+    assert gone.exit_code == 0, gone.stderr
+    assert world.person_by_email(names[1]) is None
+    assert [r["username"] for r in pool(cli)] == [SYNC, names[0]]
+    again = run(cli, "-o", "json", "sync-user", "add", "--create", "--yes")
+    assert [r["username"] for r in again.json()] == [names[1]]  # the free number is used again
+
+
+def test_the_sandbox_creates_users_as_graph_documents_it(sandbox: Any) -> None:
+    from tests.sandbox_helpers import ADMIN_SCOPES as SCOPES
+    from tests.sandbox_helpers import client, ropc
+
+    write = (*SCOPES, "https://graph.microsoft.com/User.ReadWrite.All")
+    admin = sandbox.world.admin
+    token = ropc(sandbox, admin.email, admin.password, write).json()["access_token"]
+    reader = ropc(sandbox, admin.email, admin.password).json()["access_token"]
+    body = {
+        "accountEnabled": True,
+        "displayName": "x",
+        "mailNickname": "x",
+        "userPrincipalName": "x@contoso.example",
+        "passwordProfile": {"forceChangePasswordNextSignIn": True, "password": "Aa1!aaaa"},
+    }
+    with client(sandbox, reader) as c:
+        assert c.post("/v1.0/users", json=body).status_code == 403  # no User.ReadWrite.All
+    with client(sandbox, token) as c:
+        weak = c.post("/v1.0/users", json={**body, "passwordProfile": {"password": "aaaaaaaa"}})
+        assert weak.status_code == 400 and "complexity" in weak.json()["error"]["message"]
+        other = c.post("/v1.0/users", json={**body, "userPrincipalName": "x@elsewhere.example"})
+        assert other.status_code == 400 and "verified domain" in other.json()["error"]["message"]
+        lacking = c.post("/v1.0/users", json={k: v for k, v in body.items() if k != "mailNickname"})
+        assert lacking.status_code == 400 and "mailNickname" in lacking.json()["error"]["message"]
+        made = c.post("/v1.0/users", json=body)
+        assert made.status_code == 201 and made.json()["userPrincipalName"] == "x@contoso.example"
+        assert "must_change_password" in sandbox.world.person_by_email("x@contoso.example").flags
+        assert c.post("/v1.0/users", json=body).status_code == 400  # already exists
+        assert c.delete(f"/v1.0/users/{made.json()['id']}").status_code == 204
+        assert c.delete(f"/v1.0/users/{made.json()['id']}").status_code == 404
+    assert sandbox.world.person_by_email("x@contoso.example") is None
