@@ -415,3 +415,26 @@ def test_the_sandbox_creates_users_as_graph_documents_it(sandbox: Any) -> None:
         assert c.delete(f"/v1.0/users/{made.json()['id']}").status_code == 204
         assert c.delete(f"/v1.0/users/{made.json()['id']}").status_code == 404
     assert sandbox.world.person_by_email("x@contoso.example") is None
+
+
+def test_serve_takes_auto_approve_several_times(
+    cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sandbox serve --auto-approve A --auto-approve B` hands both to the sandbox's world."""
+    import contextlib
+
+    from presencectl.sandbox import server
+    from presencectl.sandbox.world import World
+
+    seen: list[World] = []
+
+    @contextlib.contextmanager
+    def capture(**kwargs: Any) -> Iterator[Any]:
+        seen.append(World(users=3, auto_approve=kwargs["auto_approve"]))
+        raise KeyboardInterrupt  # stop before serving: the arguments are what this test is about
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(server, "running_sandbox", capture)
+    cli("sandbox", "serve", "--auto-approve", ADMIN, "--auto-approve", POOL_B)
+    assert seen and seen[0].auto_approve_all == (ADMIN, POOL_B)
+    assert seen[0].auto_approve == ADMIN
