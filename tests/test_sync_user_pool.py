@@ -438,3 +438,25 @@ def test_serve_takes_auto_approve_several_times(
     cli("sandbox", "serve", "--auto-approve", ADMIN, "--auto-approve", POOL_B)
     assert seen and seen[0].auto_approve_all == (ADMIN, POOL_B)
     assert seen[0].auto_approve == ADMIN
+
+
+def test_a_members_changed_password_is_stored_by_sign_in_keeping_the_pool(
+    sbx: Any, cli: Any
+) -> None:
+    pw = sbx.passwords
+    assert run(cli, "sync-user", "add", "--username", POOL_B, "--password-stdin",
+               input=pw[POOL_B] + "\n").exit_code == 0  # fmt: skip
+    sbx.control.post(f"/_sandbox/users/{POOL_B}/password", json={"password": "New-Pass-42!"})
+    stale = run(cli, "-o", "json", "sync-user", "validate", "--username", POOL_B)
+    assert stale.exit_code == 4 and stale.json()["error"]["code"] == "bad_credentials"
+    fix = f"presencectl sync-user sign-in --username {POOL_B} --password-stdin"
+    assert fix in stale.json()["error"]["hint"]
+    wrong = run(cli, "sync-user", "sign-in", "--username", POOL_B, "--password-stdin",
+                input="Not-It-42!\n")  # fmt: skip
+    assert wrong.exit_code == 4  # proven before kept: the stored one is untouched
+    assert secrets.get_secret("sandbox", f"sync_password:{POOL_B}") == pw[POOL_B]
+    fixed = run(cli, "sync-user", "sign-in", "--username", POOL_B, "--password-stdin",
+                input="New-Pass-42!\n")  # fmt: skip
+    assert fixed.exit_code == 0, fixed.stderr
+    assert secrets.get_secret("sandbox", f"sync_password:{POOL_B}") == "New-Pass-42!"
+    assert [r["username"] for r in pool(cli)] == [SYNC, POOL_B]
