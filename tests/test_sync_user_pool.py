@@ -460,3 +460,17 @@ def test_a_members_changed_password_is_stored_by_sign_in_keeping_the_pool(
     assert fixed.exit_code == 0, fixed.stderr
     assert secrets.get_secret("sandbox", f"sync_password:{POOL_B}") == "New-Pass-42!"
     assert [r["username"] for r in pool(cli)] == [SYNC, POOL_B]
+
+
+def test_a_first_sync_user_from_the_environment_keeps_its_place(
+    sbx: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from presencectl.identity import sync_pool
+
+    profile = load_profile("sandbox")
+    profile.sync_username = None
+    monkeypatch.setenv("PRESENCECTL_SYNC_USERNAME", SYNC)
+    sync_pool.add_member(profile, POOL_B, sync_pool.PASSWORD)
+    save_profile(profile)
+    members = [m.username for m in sync_pool.pool_members(load_profile("sandbox"))]
+    assert members == [SYNC, POOL_B]
