@@ -352,3 +352,125 @@ def test_set_makes_the_pool_exactly_that_one_again(sbx: Any, cli: Any) -> None:
     assert POOL_MFA in again.stderr  # said who left the pool
     assert [r["username"] for r in pool(cli)] == [SYNC]
     assert secrets.get_secret("sandbox", f"token_cache:sync_user:{POOL_MFA}") is None
+
+
+def test_create_makes_unlicensed_accounts_and_delete_removes_them(sbx: Any, cli: Any) -> None:
+    world = sbx.world
+    people = len(world.people)
+    asked = run(cli, "sync-user", "add", "--create", "--count", "2")
+    assert asked.exit_code == 2 and "--yes" in asked.stderr  # a confirmation, refused by --no-input
+    assert len(world.people) == people
+
+    made = run(cli, "-o", "json", "sync-user", "add", "--create", "--count", "2", "--yes")
+    assert made.exit_code == 0, made.stderr
+    names = [r["username"] for r in made.json()]
+    assert names == ["presencectl-sync-1@contoso.example", "presencectl-sync-2@contoso.example"]
+    assert "User.ReadWrite.All" in made.stderr  # the permission it needs, explained
+    for name in names:
+        person = world.person_by_email(name)
+        assert person is not None and person.display_name.startswith("presencectl sync ")
+        assert "must_change_password" not in person.flags
+        stored = secrets.get_secret("sandbox", f"sync_password:{name}")
+        assert stored == person.password and len(stored) == 32
+        assert stored not in made.stdout + made.stderr + config_path().read_text()
+    assert [r["username"] for r in pool(cli)] == [SYNC, *names]
+
+    gone = run(cli, "-o", "json", "sync-user", "remove", "--username", names[1], "--delete",
+               "--yes")  # fmt: skip
+    assert gone.exit_code == 0, gone.stderr
+    assert world.person_by_email(names[1]) is None
+    assert [r["username"] for r in pool(cli)] == [SYNC, names[0]]
+    again = run(cli, "-o", "json", "sync-user", "add", "--create", "--yes")
+    assert [r["username"] for r in again.json()] == [names[1]]  # the free number is used again
+
+
+def test_the_sandbox_creates_users_as_graph_documents_it(sandbox: Any) -> None:
+    from tests.sandbox_helpers import ADMIN_SCOPES as SCOPES
+    from tests.sandbox_helpers import client, ropc
+
+    write = (*SCOPES, "https://graph.microsoft.com/User.ReadWrite.All")
+    admin = sandbox.world.admin
+    token = ropc(sandbox, admin.email, admin.password, write).json()["access_token"]
+    reader = ropc(sandbox, admin.email, admin.password).json()["access_token"]
+    body = {
+        "accountEnabled": True,
+        "displayName": "x",
+        "mailNickname": "x",
+        "userPrincipalName": "x@contoso.example",
+        "passwordProfile": {"forceChangePasswordNextSignIn": True, "password": "Aa1!aaaa"},
+    }
+    with client(sandbox, reader) as c:
+        assert c.post("/v1.0/users", json=body).status_code == 403  # no User.ReadWrite.All
+    with client(sandbox, token) as c:
+        weak = c.post("/v1.0/users", json={**body, "passwordProfile": {"password": "aaaaaaaa"}})
+        assert weak.status_code == 400 and "complexity" in weak.json()["error"]["message"]
+        other = c.post("/v1.0/users", json={**body, "userPrincipalName": "x@elsewhere.example"})
+        assert other.status_code == 400 and "verified domain" in other.json()["error"]["message"]
+        lacking = c.post("/v1.0/users", json={k: v for k, v in body.items() if k != "mailNickname"})
+        assert lacking.status_code == 400 and "mailNickname" in lacking.json()["error"]["message"]
+        made = c.post("/v1.0/users", json=body)
+        assert made.status_code == 201 and made.json()["userPrincipalName"] == "x@contoso.example"
+        assert "must_change_password" in sandbox.world.person_by_email("x@contoso.example").flags
+        assert c.post("/v1.0/users", json=body).status_code == 400  # already exists
+        assert c.delete(f"/v1.0/users/{made.json()['id']}").status_code == 204
+        assert c.delete(f"/v1.0/users/{made.json()['id']}").status_code == 404
+    assert sandbox.world.person_by_email("x@contoso.example") is None
+
+
+def test_serve_takes_auto_approve_several_times(
+    cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sandbox serve --auto-approve A --auto-approve B` hands both to the sandbox's world."""
+    import contextlib
+
+    from presencectl.sandbox import server
+    from presencectl.sandbox.world import World
+
+    seen: list[World] = []
+
+    @contextlib.contextmanager
+    def capture(**kwargs: Any) -> Iterator[Any]:
+        seen.append(World(users=3, auto_approve=kwargs["auto_approve"]))
+        raise KeyboardInterrupt  # stop before serving: the arguments are what this test is about
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(server, "running_sandbox", capture)
+    cli("sandbox", "serve", "--auto-approve", ADMIN, "--auto-approve", POOL_B)
+    assert seen and seen[0].auto_approve_all == (ADMIN, POOL_B)
+    assert seen[0].auto_approve == ADMIN
+
+
+def test_a_members_changed_password_is_stored_by_sign_in_keeping_the_pool(
+    sbx: Any, cli: Any
+) -> None:
+    pw = sbx.passwords
+    assert run(cli, "sync-user", "add", "--username", POOL_B, "--password-stdin",
+               input=pw[POOL_B] + "\n").exit_code == 0  # fmt: skip
+    sbx.control.post(f"/_sandbox/users/{POOL_B}/password", json={"password": "New-Pass-42!"})
+    stale = run(cli, "-o", "json", "sync-user", "validate", "--username", POOL_B)
+    assert stale.exit_code == 4 and stale.json()["error"]["code"] == "bad_credentials"
+    fix = f"presencectl sync-user sign-in --username {POOL_B} --password-stdin"
+    assert fix in stale.json()["error"]["hint"]
+    wrong = run(cli, "sync-user", "sign-in", "--username", POOL_B, "--password-stdin",
+                input="Not-It-42!\n")  # fmt: skip
+    assert wrong.exit_code == 4  # proven before kept: the stored one is untouched
+    assert secrets.get_secret("sandbox", f"sync_password:{POOL_B}") == pw[POOL_B]
+    fixed = run(cli, "sync-user", "sign-in", "--username", POOL_B, "--password-stdin",
+                input="New-Pass-42!\n")  # fmt: skip
+    assert fixed.exit_code == 0, fixed.stderr
+    assert secrets.get_secret("sandbox", f"sync_password:{POOL_B}") == "New-Pass-42!"
+    assert [r["username"] for r in pool(cli)] == [SYNC, POOL_B]
+
+
+def test_a_first_sync_user_from_the_environment_keeps_its_place(
+    sbx: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from presencectl.identity import sync_pool
+
+    profile = load_profile("sandbox")
+    profile.sync_username = None
+    monkeypatch.setenv("PRESENCECTL_SYNC_USERNAME", SYNC)
+    sync_pool.add_member(profile, POOL_B, sync_pool.PASSWORD)
+    save_profile(profile)
+    members = [m.username for m in sync_pool.pool_members(load_profile("sandbox"))]
+    assert members == [SYNC, POOL_B]

@@ -451,7 +451,7 @@ def _status_row(status: Any, sign_in: str) -> dict[str, Any]:
 @sync_user_app.command("add")
 def sync_user_add(
     ctx: typer.Context,
-    username: str = typer.Option(..., "--username", help="The user's principal name."),
+    username: str | None = typer.Option(None, "--username", help="The user's principal name."),
     password_stdin: bool = typer.Option(
         False, "--password-stdin", help="Sign in with a password, read from stdin (the default "
         "asks for it)."
@@ -463,6 +463,14 @@ def sync_user_add(
     browser: bool = typer.Option(
         False, "--browser", help="Sign the user in once in a browser (as --device-code)."
     ),
+    create: bool = typer.Option(
+        False,
+        "--create",
+        help="Create the accounts through Graph with the admin's sign-in (unlicensed, "
+        "'presencectl sync N', generated passwords kept in the secret store).",
+    ),
+    count: int = typer.Option(1, "--count", min=1, max=50, help="With --create: how many."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="With --create: do not ask first."),
     _profile: ProfileOption = None,
     _output: OutputOption = OutputFormat.table,
     _verbose: VerboseOption = 0,
@@ -481,17 +489,52 @@ def sync_user_add(
       presencectl sync-user add --username sync2@contoso.onmicrosoft.com --device-code
       printf '%s\\n' "$PW" | presencectl sync-user add --username U --password-stdin
     """
+    from presencectl.errors import UsageError
     from presencectl.identity.sync_user import add_sync_user
 
     app_ctx = app_context(ctx)
     kind = _sign_in_kind(password_stdin, device_code, browser)
     profile = app_ctx.load_profile()
+    if create:
+        if username or password_stdin:
+            raise UsageError(
+                "--create names the accounts and makes their passwords itself",
+                hint="drop --username / --password-stdin; the admin signs in with --device-code "
+                "(default) or --browser",
+            )
+        _create_members(app_ctx, profile, count, "browser" if browser else "device_code", yes)
+        return
+    if not username:
+        raise UsageError("which user?", hint="pass --username U (or --create --count N)")
     password = _member_password(app_ctx, password_stdin) if kind == "password" else None
     status = add_sync_user(
         profile, username, kind, password=password, on_message=_device_message
     )
     app_ctx.render(_status_row(status, kind), title="Sync user added, signed in and proven")
     _note(app_ctx, "`presencectl sync-user list` shows the pool.")
+
+
+def _create_members(app_ctx: AppContext, profile: Any, count: int, method: str, yes: bool) -> None:
+    from presencectl.identity.sync_user_accounts import PERMISSION_NOTE, create_sync_users
+
+    question = (
+        f"Create {count} unlicensed account(s) 'presencectl sync N' in tenant "
+        f"{profile.tenant_id} and add them to the pool? {PERMISSION_NOTE}"
+    )
+    if not yes and not app_ctx.confirm(question):
+        raise typer.Abort()
+    _note(app_ctx, PERMISSION_NOTE)
+
+    def created(status: Any) -> None:
+        _note(app_ctx, f"+ {status.username}: created, signed in and proven")
+
+    made = create_sync_users(
+        profile, count, method=method, on_message=_device_message, on_created=created
+    )
+    app_ctx.render(
+        [_status_row(s, "password") for s in made],
+        title=f"{len(made)} sync user(s) created and added",
+    )
 
 
 @sync_user_app.command("sign-in")
@@ -679,6 +722,12 @@ def sync_user_remove(
     yes: bool = typer.Option(
         False, "--yes", "-y", help="Remove the last one even while Teams → Connect is enabled."
     ),
+    delete: bool = typer.Option(
+        False,
+        "--delete",
+        help="Also delete the account in Entra ID (the admin signs in; for accounts made with "
+        "--create).",
+    ),
     _profile: ProfileOption = None,
     _output: OutputOption = OutputFormat.table,
     _verbose: VerboseOption = 0,
@@ -716,8 +765,21 @@ def sync_user_remove(
             )
         if not app_ctx.confirm(question):
             raise typer.Abort()
+    if delete:
+        from presencectl.identity.sync_user_accounts import delete_sync_user_account
+
+        if not yes and not app_ctx.confirm(
+            f"Delete the account {member.username} in Entra ID as well (it goes to the deleted "
+            "users for 30 days)?"
+        ):
+            raise typer.Abort()
+        delete_sync_user_account(
+            profile, member.username, method="device_code", on_message=_device_message
+        )
     removed = remove_sync_user(profile, member.username)
     app_ctx.render(removed)
+    if delete:
+        _note(app_ctx, f"The account {member.username} is deleted in Entra ID.")
     if removed.teams_to_connect == "polling-only":
         _note(app_ctx, "Teams → Connect now reads Teams by polling only (no sync user left).")
 

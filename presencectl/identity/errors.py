@@ -165,7 +165,9 @@ def classify(
         if flow == "client"
         else "`presencectl setup-azure`"
     )
-    store_again = f"`presencectl sync-user set --username {who}`"
+    # `sign-in` proves the new password before it keeps it, and keeps a pool as it is (`set`
+    # would make the pool this one user again).
+    store_again = f"`presencectl sync-user sign-in --username {who} --password-stdin`"
 
     def make(cls: type[SignInError], message: str, hint: str) -> SignInError:
         return cls(message, hint=hint, aad_codes=codes)

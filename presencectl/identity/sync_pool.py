@@ -124,11 +124,15 @@ def add_member(profile: Profile, username: str, sign_in: str) -> PoolMember:
                 f"{member.username}`; `presencectl sync-user list` shows the pool",
                 code="sync_user_duplicate",
             )
-    if not profile.sync_username:
+    members = pool_members(profile)
+    if not members:
         profile.sync_username = username
         profile.sync_user_sign_in = sign_in
         profile.verified.pop("sync_user", None)
     else:
+        # The first may come from PRESENCECTL_SYNC_USERNAME alone: written down, so that the
+        # further members are never stored without their first.
+        profile.sync_username = profile.sync_username or members[0].username
         profile.sync_users = [*profile.sync_users, {"username": username, "sign_in": sign_in}]
     return PoolMember(username, sign_in, None)
 

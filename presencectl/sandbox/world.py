@@ -338,6 +338,20 @@ class World:
         self.index_person(person)
         return person
 
+    def remove_person(self, person: Person) -> None:
+        """Take a person out of the organisation (a deleted Azure user), indexes rebuilt."""
+        self.people = [p for p in self.people if p is not person]
+        for index in (self._by_azure_id, self._by_upn, self._by_connect_id):
+            for key in [k for k, v in index.items() if v is person]:
+                del index[key]
+        for lists in (self._by_mail, self._by_proxy):
+            for key in list(lists):
+                lists[key] = [p for p in lists[key] if p is not person]
+                if not lists[key]:
+                    del lists[key]
+        for key in [k for k, v in self._by_connect_email.items() if v is person]:
+            del self._by_connect_email[key]
+
     def index_person(self, person: Person) -> None:
         if person.azure_id:
             self._by_azure_id[person.azure_id] = person
