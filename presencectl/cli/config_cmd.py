@@ -81,6 +81,10 @@ def show(
         if f.name == "name":
             continue
         settings[f.name] = getattr(profile, f.name)
+    if settings.get("proxy"):
+        from presencectl.transport import redact
+
+        settings["proxy"] = redact(settings["proxy"])  # http://user:***@proxy:3128
     env_username = os.environ.get("PRESENCECTL_SYNC_USERNAME")
     secrets = {name: describe_source(profile.name, name) for name in NAMED_SECRETS}
     from presencectl.mapping import override_problem_text

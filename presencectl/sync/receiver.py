@@ -222,8 +222,11 @@ class NotificationReceiver:
         sock.listen(128)
         self._socket = sock
         self.port = sock.getsockname()[1]
+        from presencectl.transport import route_uvicorn_logs
+
         config = uvicorn.Config(
             self.app(),
+            log_config=None,  # uvicorn's records go through our handler (route_uvicorn_logs)
             log_level="warning",
             lifespan="off",
             access_log=False,
@@ -234,6 +237,7 @@ class NotificationReceiver:
             # Beyond this many open connections and tasks uvicorn answers 503 (issue 26).
             limit_concurrency=self.max_connections,
         )
+        route_uvicorn_logs(access=False)
         self._server = _quiet_server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         for _ in range(500):
