@@ -106,6 +106,14 @@ class RedactingFilter(logging.Filter):
 _FORMATTER = logging.Formatter()
 
 
+def path_segment(value: str) -> str:
+    """``value`` (a user id or UPN, an object id from an answer) quoted for one path segment:
+    ``/``, ``?``, ``#`` (a guest's ``#EXT#``) and ``..`` cannot change the request's target."""
+    from urllib.parse import quote
+
+    return quote(str(value), safe="@")
+
+
 def route_uvicorn_logs(*, access: bool) -> None:
     """uvicorn's loggers without handlers of their own: their records reach the root logger, so
     the CLI's handler and RedactingFilter see them (uvicorn's default config prints to stdout and
