@@ -152,12 +152,25 @@ def profiles(
 
     Example: `presencectl config profiles -o json`
     """
-    from presencectl.config import config_path, list_profiles, load_profile, profile_name
+    from presencectl.config import (
+        PROFILE_NAME_CHARS,
+        config_path,
+        list_profiles,
+        load_profile,
+        profile_name,
+        valid_profile_name,
+    )
 
     app_ctx = app_context(ctx)
     active = profile_name(app_ctx.profile_name)
     rows = []
     for name in list_profiles():
+        if not valid_profile_name(name):  # from an earlier version: shown, to be renamed
+            app_ctx.status(f"warning: profile name {name!r} is no longer accepted: rename it "
+                           f"({PROFILE_NAME_CHARS} only) in {config_path()}")
+            rows.append({"name": name, "active": False, "tenant_id": None,
+                         "authority_url": None, "enabled_direction": None})  # fmt: skip
+            continue
         profile = load_profile(name, check_mapping=False)
         rows.append(
             {

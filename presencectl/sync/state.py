@@ -236,12 +236,12 @@ def _dt_required(value: float) -> datetime:
 
 def database_path(profile_name: str, directory: Path | None = None) -> Path:
     """Where the profile's state lives: ``state_dir()/<profile>.db``."""
-    if directory is None:
-        from presencectl.config import state_dir
+    from presencectl.config import check_profile_name, state_dir
 
+    if directory is None:
         directory = state_dir()
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in profile_name) or "default"
-    return directory / f"{safe}.db"
+    # The name is the file name as it is: two profiles never share a database (issue 26).
+    return directory / f"{check_profile_name(profile_name)}.db"
 
 
 class StateStore:
