@@ -64,3 +64,9 @@ def test_an_existing_profile_of_an_old_name_gets_a_migration_hint(cli: Any) -> N
     assert listed.exit_code == 0, listed.stderr
     assert [row["name"] for row in json.loads(listed.stdout)] == ["contoso prod", "ok"]
     assert "no longer accepted" in listed.stderr
+
+
+def test_sandbox_serve_refuses_a_bad_profile_name_before_it_starts(cli: Any) -> None:
+    result = cli("sandbox", "serve", "--port", "0", "--write-profile", "my sandbox")
+    assert result.exit_code == 2 and "not allowed" in result.stderr
+    assert "base_url" not in result.stdout  # never started
