@@ -187,6 +187,20 @@ def profiles(
 _CHANGE_COLUMNS = ["profile", "key", "value", "previous"]
 
 
+def _shown(change: Any) -> Any:
+    """The change as printed: a proxy URL's password as ``***`` (value and previous)."""
+    if change.key != "proxy":
+        return change
+    from dataclasses import replace
+
+    from presencectl.transport import redact
+
+    def hide(value: Any) -> Any:
+        return redact(value) if isinstance(value, str) else value
+
+    return replace(change, value=hide(change.value), previous=hide(change.previous))
+
+
 def _key_complete(incomplete: str) -> list[str]:
     from presencectl.config_edit import MAPPING_TABLES, settable_keys
 
@@ -221,7 +235,7 @@ def set_(
 
     app_ctx = app_context(ctx)
     change = set_key(app_ctx.profile_name, key, value)
-    app_ctx.render(change, columns=None if app_ctx.json else _CHANGE_COLUMNS)
+    app_ctx.render(_shown(change), columns=None if app_ctx.json else _CHANGE_COLUMNS)
 
 
 @config_app.command("unset")
@@ -242,7 +256,7 @@ def unset(
 
     app_ctx = app_context(ctx)
     change = unset_key(app_ctx.profile_name, key)
-    app_ctx.render(change, columns=None if app_ctx.json else _CHANGE_COLUMNS)
+    app_ctx.render(_shown(change), columns=None if app_ctx.json else _CHANGE_COLUMNS)
 
 
 def register(app: typer.Typer) -> None:
