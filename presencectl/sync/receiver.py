@@ -160,7 +160,11 @@ class NotificationReceiver:
             except _TooLarge:
                 self.counts.refused_large += 1
                 log.warning("refused a notification POST over %d bytes (413)", self.max_body)
-                return PlainTextResponse("body too large", status_code=413)
+                # Connection: close — uvicorn then drops the connection instead of reading
+                # and discarding the rest of a body that may never end.
+                return PlainTextResponse(
+                    "body too large", status_code=413, headers={"connection": "close"}
+                )
             try:
                 items = await asyncio.to_thread(_decode, raw)
             except _BadBody:
