@@ -196,8 +196,57 @@ def state_dir() -> Path:
 
 
 def profile_name(explicit: str | None = None) -> str:
-    """The active profile: ``--profile``, else ``$PRESENCECTL_PROFILE``, else "default"."""
-    return explicit or os.environ.get("PRESENCECTL_PROFILE") or DEFAULT_PROFILE
+    """The active profile: ``--profile``, else ``$PRESENCECTL_PROFILE``, else "default".
+
+    A name outside letters, digits, ``.``, ``_`` and ``-`` is a usage error (check_profile_name).
+    """
+    return check_profile_name(
+        explicit or os.environ.get("PRESENCECTL_PROFILE") or DEFAULT_PROFILE
+    )
+
+
+PROFILE_NAME_CHARS = "letters, digits, '.', '_' and '-'"
+
+
+def valid_profile_name(name: str) -> bool:
+    """ASCII letters, digits, ``.``, ``_``, ``-``; 1–64 of them, not ``.`` or ``..``.
+
+    The name is the state database's file name and the keyring's service name as it is: with
+    nothing to replace, ``a b``, ``a/b`` and ``a_b`` can no longer share one database and lock."""
+    return (
+        0 < len(name) <= 64
+        and all(c.isascii() and (c.isalnum() or c in "._-") for c in name)
+        and name not in (".", "..")
+    )
+
+
+def check_profile_name(name: str) -> str:
+    """``name`` when valid; otherwise a usage error (exit 2), with the way out when config.toml
+    already holds a profile of that name (earlier versions accepted any name)."""
+    if valid_profile_name(name):
+        return name
+    from presencectl.errors import UsageError
+
+    suggestion = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)
+    suggestion = suggestion.strip(".")[:64] or DEFAULT_PROFILE
+    try:
+        existing = name in read_config().get("profiles", {})
+    except Exception:  # an unreadable config is reported by the command that reads it
+        existing = False
+    if existing:
+        hint = (
+            f"config.toml ({config_path()}) has a profile '{name}' from an earlier version: "
+            f"rename its table to [profiles.{suggestion}] (its state database is already "
+            f"{suggestion}.db), then store its secrets again under the new name "
+            f"(`presencectl --profile {suggestion} connect set …`, `sync-user set …`)"
+        )
+    else:
+        hint = f"use {PROFILE_NAME_CHARS} only, e.g. --profile {suggestion}"
+    raise UsageError(
+        f"profile name {name!r} is not allowed: {PROFILE_NAME_CHARS} only",
+        hint=hint,
+        code="profile_name_invalid",
+    )
 
 
 def read_config(path: Path | None = None) -> dict[str, Any]:
@@ -462,6 +511,7 @@ def write_config(doc: dict[str, Any], path: Path | None = None) -> None:
 def save_profile(profile: Profile, path: Path | None = None) -> None:
     """Replace one profile's table, keeping every other profile as it was."""
     path = path or config_path()
+    check_profile_name(profile.name)
     doc = read_config(path)
     doc.setdefault("profiles", {})[profile.name] = profile.to_toml()
     write_config(doc, path)

@@ -154,7 +154,7 @@ def test_receiver_answers_the_handshake_and_drops_a_wrong_client_state(receiver:
     bad = {**good, "clientState": "guess"}
     answer = httpx.post(receiver.url, json={"value": [good, bad]})
     assert answer.status_code == 202
-    assert httpx.post(receiver.url, content=b"not json").status_code == 202
+    assert httpx.post(receiver.url, content=b"not json").status_code == 400
     receiver.wait_for(lambda: len(receiver.items) == 1)
     assert receiver.items == [good]
     counts = receiver.receiver.counts
@@ -355,11 +355,11 @@ def test_delivery_is_retried_when_the_receiver_fails(sb: Any) -> None:
             super().__init__()
             original = self.receiver.accept
 
-            def accept(raw: bytes) -> None:
+            def accept(items: list[Mapping[str, Any]]) -> None:
                 if failures["left"] > 0:
                     failures["left"] -= 1
                     raise RuntimeError("receiver down")  # uvicorn answers 500
-                original(raw)
+                original(items)
 
             self.receiver.accept = accept  # type: ignore[method-assign]
 

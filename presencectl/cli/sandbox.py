@@ -95,7 +95,10 @@ def serve(
     if host == "localhost":
         host = "127.0.0.1"
     if write_profile:
+        from presencectl.config import check_profile_name
         from presencectl.config_edit import guard_sandbox_profile
+
+        check_profile_name(write_profile)  # before the sandbox starts, not after
 
         guard_sandbox_profile(write_profile, force=force, command="sandbox serve --write-profile")
     app_ctx = app_context(ctx)

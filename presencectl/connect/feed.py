@@ -94,6 +94,11 @@ class FeedState(enum.StrEnum):
     CLOSED = "closed"
 
 
+def _loopback(host: str | None) -> bool:
+    host = (host or "").lower()
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
 def _parse_subscription(
     client: ConnectClient,
     body: Any,
@@ -111,11 +116,23 @@ def _parse_subscription(
             "Connect answered a subscription request without id or deliveryMethod.uri",
             code="connect_bad_response",
         )
+    hub = urljoin(client.api_url + "/", uri)
+    parts = urlsplit(hub)
+    if parts.scheme not in ("https", "wss") and not (
+        parts.scheme in ("http", "ws") and _loopback(parts.hostname)
+    ):
+        # The hub gets our bearer token: never over plain http/ws (except to this machine, as
+        # config.py allows for every URL), whatever Connect answered.
+        raise ApiError(
+            f"Connect named a change-feed hub that is not https or wss: "
+            f"{parts.scheme}://{parts.hostname or ''}",
+            code="connect_bad_response",
+        )
     when_expired = body.get(wire.SUBSCRIPTION_EXPIRES)
     expires_at = parse_when(when_expired)
     return Subscription(
         id=str(sub_id),
-        uri=urljoin(client.api_url + "/", uri),
+        uri=hub,
         when_expired=str(when_expired) if expires_at is not None else None,
         expires_in_s=None if expires_at is None else expires_at - wall_clock(),
     )

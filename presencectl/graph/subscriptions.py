@@ -19,6 +19,7 @@ from typing import Any
 
 from presencectl.errors import ApiError
 from presencectl.graph.client import GraphClient
+from presencectl.transport import path_segment
 
 SUBSCRIPTION_IDS_MAX = 650
 MAX_LIFETIME = timedelta(minutes=60)
@@ -137,7 +138,9 @@ async def renew_subscription(
     if encryption_certificate:
         body["encryptionCertificate"] = encryption_certificate
         body["encryptionCertificateId"] = encryption_certificate_id or ""
-    response = await client.request("PATCH", f"/subscriptions/{subscription_id}", json=body)
+    response = await client.request(
+        "PATCH", f"/subscriptions/{path_segment(subscription_id)}", json=body
+    )
     answer = response.json() if response.content else None
     if isinstance(answer, Mapping) and answer.get("expirationDateTime"):
         return _parse_time(answer["expirationDateTime"])
@@ -146,7 +149,7 @@ async def renew_subscription(
 
 async def reauthorize_subscription(client: GraphClient, subscription_id: str) -> None:
     """``POST /subscriptions/{id}/reauthorize`` (lifecycle-events page: resumes the flow)."""
-    await client.request("POST", f"/subscriptions/{subscription_id}/reauthorize")
+    await client.request("POST", f"/subscriptions/{path_segment(subscription_id)}/reauthorize")
 
 
 def is_presence_resource(resource: str) -> bool:
@@ -174,6 +177,6 @@ def is_conflict(exc: Exception) -> bool:
 async def delete_subscription(client: GraphClient, subscription_id: str) -> bool:
     """Delete a subscription; False when it was already gone (404)."""
     response = await client.request(
-        "DELETE", f"/subscriptions/{subscription_id}", ok_statuses=(404,)
+        "DELETE", f"/subscriptions/{path_segment(subscription_id)}", ok_statuses=(404,)
     )
     return response.status_code != 404

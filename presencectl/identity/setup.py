@@ -35,6 +35,7 @@ from presencectl.graph.permissions import (
     GLOBAL_ADMIN_ROLE_TEMPLATE_ID,
     GRAPH_APP_ID,
 )
+from presencectl.transport import path_segment
 
 if TYPE_CHECKING:
     from presencectl.config import Profile
@@ -443,7 +444,7 @@ async def ensure_application(
         app = apps[0]
         patch = application_patch(app)
         if patch:
-            await graph.request("PATCH", f"/applications/{app['id']}", json=patch)
+            await graph.request("PATCH", f"/applications/{path_segment(app['id'])}", json=patch)
             app = {**app, **patch}
             steps.append(
                 Step(
@@ -509,7 +510,7 @@ async def ensure_client_secret(
             return step
     def add_password(body: dict[str, Any]) -> Awaitable[Any]:
         return after_replication(
-            lambda: graph.post_json(f"/applications/{app['id']}/addPassword", body),
+            lambda: graph.post_json(f"/applications/{path_segment(app['id'])}/addPassword", body),
             just_created=bool(app.get("_just_created")),
             on_step=on_step,
             wait_s=replication_wait_s,
@@ -574,9 +575,10 @@ async def consent_state(graph: GraphClient, client_id: str) -> ConsentState:
             hint="run `presencectl setup-azure`",
             code="app_not_found",
         )
+    assigned_path = f"/servicePrincipals/{path_segment(graph_sp['id'])}/appRoleAssignedTo"
     assigned = {
         a.get("appRoleId")
-        async for a in graph.paged(f"/servicePrincipals/{graph_sp['id']}/appRoleAssignedTo")
+        async for a in graph.paged(assigned_path)
         if a.get("principalId") == app_sp["id"]
     }
     roles_missing = [name for name, rid in APP_ROLES.items() if rid not in assigned]
@@ -602,7 +604,7 @@ async def grant_consent(graph: GraphClient, client_id: str, *, on_step: StepCall
         return step
     for name in state.app_roles_missing:
         await graph.post_json(
-            f"/servicePrincipals/{state.graph_sp_id}/appRoleAssignedTo",
+            f"/servicePrincipals/{path_segment(state.graph_sp_id)}/appRoleAssignedTo",
             {
                 "principalId": state.app_sp_id,
                 "resourceId": state.graph_sp_id,
@@ -625,7 +627,7 @@ async def grant_consent(graph: GraphClient, client_id: str, *, on_step: StepCall
             scopes += [s for s in state.scopes_missing if s not in scopes]
             await graph.request(
                 "PATCH",
-                f"/oauth2PermissionGrants/{state.grant['id']}",
+                f"/oauth2PermissionGrants/{path_segment(state.grant['id'])}",
                 json={"scope": " ".join(scopes)},
             )
     granted = state.app_roles_missing + state.scopes_missing

@@ -667,6 +667,18 @@ def _handlers(world: World) -> dict[str, Callable[[Request], Awaitable[Response]
     }  # fmt: skip
 
 
+def _loopback_name(hostname: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if hostname.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _certs_handler(world: World) -> Callable[[Request], Awaitable[Response]]:
     async def certs(request: Request) -> Response:
         try:
@@ -680,6 +692,16 @@ def _certs_handler(world: World) -> Callable[[Request], Awaitable[Response]]:
                 {"error": {"code": "invalid_request", "message": "send {\"hostname\": \"…\"}"}},
                 status_code=400,
             )
+        if not _loopback_name(hostname):
+            # The CA is trusted by every profile written for this sandbox: it signs loopback
+            # names only, never a name a real site answers to.
+            return JSONResponse(
+                {"error": {"code": "invalid_request", "message": (
+                    f"{hostname!r} is not a loopback name: the sandbox CA signs localhost, "
+                    "127.0.0.0/8 and ::1 only"
+                )}},
+                status_code=400,
+            )  # fmt: skip
         if ca is None:
             return JSONResponse(
                 {"error": {"code": "no_ca", "message": "this sandbox has no CA"}}, status_code=409

@@ -98,8 +98,11 @@ class SandboxServer:
         self.world.ca_bundle = self.ca_bundle
 
         app = build_app(self.world)
+        from presencectl.transport import route_uvicorn_logs
+
         config = uvicorn.Config(
             app,
+            log_config=None,  # uvicorn's records go through our handler (route_uvicorn_logs)
             log_level=self.log_level,
             ssl_certfile=certfile,
             ssl_keyfile=keyfile,
@@ -114,6 +117,7 @@ class SandboxServer:
             timeout_keep_alive=120,
             http=_tracked_h11(self.world),
         )
+        route_uvicorn_logs(access=self.log_level == "debug")
         self._server = uvicorn.Server(config)
         started = threading.Event()
         failure: list[BaseException] = []

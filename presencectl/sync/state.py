@@ -41,7 +41,7 @@ from presencectl.sync.model import (
     decode_value,
     encode_value,
 )
-from presencectl.sync.state_health import state_unavailable
+from presencectl.sync.state_health import open_private, state_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -242,12 +242,12 @@ def _dt_required(value: float) -> datetime:
 
 def database_path(profile_name: str, directory: Path | None = None) -> Path:
     """Where the profile's state lives: ``state_dir()/<profile>.db``."""
-    if directory is None:
-        from presencectl.config import state_dir
+    from presencectl.config import check_profile_name, state_dir
 
+    if directory is None:
         directory = state_dir()
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in profile_name) or "default"
-    return directory / f"{safe}.db"
+    # The name is the file name as it is: two profiles never share a database (issue 26).
+    return directory / f"{check_profile_name(profile_name)}.db"
 
 
 class StateStore:
@@ -266,11 +266,20 @@ class StateStore:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with suppress(OSError):  # a shared dir we do not own: leave it
             os.chmod(path.parent, 0o700)
-        new = not path.exists()
+        # Created 0600 here, never through a symlink, and only a regular file of ours in a
+        # directory of ours (state_health.open_private; issue 26). SQLite then opens the same
+        # name: in a directory only we can write, nobody can swap it in between; its -wal and
+        # -shm files must not be links either.
+        os.close(open_private(path))
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.is_symlink():
+                raise ConfigError(
+                    f"refusing to use {side}: it is a symbolic link",
+                    hint=f"remove the link ({side}) and run again",
+                    code="state_unavailable",
+                )
         self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
-        if new:
-            with suppress(OSError):
-                os.chmod(path, 0o600)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
