@@ -259,17 +259,53 @@ async def test_feed_keeps_retrying_while_connect_refuses(fake_connect: FakeConne
     [
         {"userId": "c9", "presenceState": "busy"},
         {"unifiedUserId": "c9", "presenceState": "busy"},
-        {"id": "c9", "presenceState": "busy"},
+        {"id": "c9", "presenceState": "busy"},  # a bare id: taken because c9 is a known user
         {"user": {"id": "c9"}, "presenceState": "busy"},
         {"userId": "c9", "unifiedUserId": "other", "presenceState": "busy"},  # first present wins
         {"userId": None, "unifiedUserId": "c9", "presenceState": "busy"},
+        {"id": "event-7", "userId": "c9", "presenceState": "busy"},  # the event's own id
+        {"id": "event-7", "user": {"id": "c9"}, "presenceState": "busy"},
     ],
 )
 def test_the_events_user_id_is_the_first_present_field(raw: dict[str, Any]) -> None:
     from presencectl.connect.feed import parse_event
 
-    event = parse_event(raw)
+    event = parse_event(raw, is_known={"c9"}.__contains__)
     assert event is not None and (event.user_id, event.presence) == ("c9", "busy")
+
+
+def test_a_bare_id_is_never_taken_for_a_user_unless_it_is_a_known_one() -> None:
+    from presencectl.connect.feed import parse_event
+
+    raw = {"id": "event-7", "presenceState": "busy"}
+    assert parse_event(raw) is None
+    assert parse_event(raw, is_known={"c9"}.__contains__) is None
+    assert parse_event(raw, is_known={"event-7"}.__contains__) is not None
+
+
+def test_the_profiles_user_field_is_read_outright() -> None:
+    from presencectl.connect.feed import parse_event
+
+    raw = {"id": "event-7", "subject": {"uid": "c9"}, "userId": "x", "presenceState": "away"}
+    event = parse_event(raw, user_field="subject.uid")
+    assert event is not None and event.user_id == "c9"
+    assert parse_event({"userId": "c9", "presenceState": "away"}, user_field="subject.uid") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "scope", "session"),
+    [
+        ({"userId": "c9", "presenceState": "busy"}, "auto", False),
+        ({"userId": "c9", "presenceState": "busy", "resource": "r1"}, "auto", True),
+        ({"userId": "c9", "presenceState": "busy", "resource": "r1"}, "user", False),
+        ({"userId": "c9", "presenceState": "busy"}, "session", True),
+    ],
+)
+def test_a_session_scoped_event_is_marked(raw: dict[str, Any], scope: str, session: bool) -> None:
+    from presencectl.connect.feed import parse_event
+
+    event = parse_event(raw, scope=scope)
+    assert event is not None and event.session is session
 
 
 @pytest.mark.parametrize(
