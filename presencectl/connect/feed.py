@@ -293,7 +293,7 @@ class PresenceFeed:
         # the profile's findings (connect verify --apply) ride on the client
         self.user_field = user_field or getattr(client, "feed_user_field", None) or None
         self.is_known = is_known
-        self.event_scope: str = event_scope or getattr(client, "feed_event_scope", "auto")
+        self.event_scope: str = str(event_scope or getattr(client, "feed_event_scope", "auto"))
         self.ttl_requested_s = ttl_s
         self.events_unknown = 0  # events whose user id names nobody the account knows
         self._unknown_warned = False
