@@ -478,3 +478,21 @@ def test_user_id_runs_the_presence_and_feed_rows_when_the_directory_fails(
     assert rows["Test user"]["result"] == "held"
     assert rows["Change feed"]["result"] == "held"
     assert rows["Round trip onphone"]["result"] == "held"
+
+
+def test_connect_verify_on_a_host_that_answers_404_names_the_setting(
+    cli: Any, sandbox: Any, sandbox_profile: Any
+) -> None:
+    from presencectl.config import load_profile, save_profile
+
+    profile = load_profile(PROFILE)
+    profile.connect_api_url = sandbox.base_url + "/elsewhere"
+    save_profile(profile)
+    result = _verify(cli, sandbox)
+    doc = result.json()
+    assert result.exit_code == 1, result.stdout
+    rows = {r["check"]: r for r in doc["rows"]}
+    assert rows["Directory"]["result"] == "failed"
+    assert "connect_api_url" in rows["Directory"]["hint"]
+    assert doc["findings"]["api_host"]["answered"] is False
+    assert doc["findings"]["api_host"]["other"] == "https://api.univerge.blue"
