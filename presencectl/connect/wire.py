@@ -79,7 +79,7 @@ EVENT_WHEN_RAISED = "whenRaised"
 
 # API hosts: every public presence and subscription call goes to api.intermedia.net
 # (ips_extend_monitoring, Quraize/debrief-dashboards); the Univerge Blue samples call
-# api.univerge.blue (address book, voice, meetings) and sign in at login.univerge.blue, the
+# api.univerge.blue (address book, meetings) and sign in at login.univerge.blue, the
 # default pair (the product is Univerge Blue Connect). A 404 names the other one.
 API_HOSTS = ("https://api.univerge.blue", "https://api.intermedia.net")
 
