@@ -387,3 +387,22 @@ async def test_a_failed_renewal_creates_a_new_subscription(
     calls = fake_connect.calls
     assert calls.index("renew sub1") < calls.index("create sub2")
     assert "delete sub1" in calls  # the old one is not left behind
+
+
+@pytest.mark.anyio
+async def test_events_naming_nobody_are_counted_and_make_the_feed_deaf_with_the_reason() -> None:
+    """A user-id field that holds some other id (not the directory's): every event names
+    nobody; they are counted, and after ``deaf_after_s`` the feed is deaf and says why."""
+    now = [0.0]
+    feed = PresenceFeed(
+        object(),  # type: ignore[arg-type]  # no I/O: events are handed in directly
+        is_known={"c1"}.__contains__,
+        clock=lambda: now[0],
+        deaf_after_s=60,
+    )
+    await feed._on_invocation([{"userId": "legacy-7", "presenceState": "busy"}])
+    assert (feed.events_unknown, feed.events_received, feed.deaf) == (1, 0, False)
+    now[0] += 60
+    assert feed.deaf and "name nobody" in feed.deaf_reason
+    await feed._on_invocation([{"userId": "c1", "presenceState": "away"}])
+    assert not feed.deaf and feed.events_received == 1
