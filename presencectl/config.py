@@ -24,6 +24,9 @@ Layout::
     connect_client_id = "…"
     connect_account_email = "…"
     connect_directory_scope = "api.service.address-book"   # one api.service.* scope, no api.user.*
+    connect_directory_fields = "_all"     # the directory's `fields`; "" = never sent
+    connect_feed_user_field = "userId"    # the events' user-id field; unset = the plausible ones
+    connect_feed_event_scope = "auto"     # auto | user | session: what an event's state is
     connect_resource_id = "…"             # our Connect session (a GUID), made on first use
     connect_rate_per_min = 250            # Connect requests a minute, this client (0 = no budget)
     echo_window_s = 60                    # how long a write of ours may take to show (2–600 s)
@@ -81,6 +84,10 @@ class Profile:
     connect_client_id: str | None = None
     connect_account_email: str | None = None
     connect_directory_scope: str = "api.service.address-book"
+    # What `connect verify --apply` found the account to do (docs/connect-setup.md)
+    connect_directory_fields: str = "_all"
+    connect_feed_user_field: str | None = None
+    connect_feed_event_scope: str = "auto"
     connect_resource_id: str | None = None
     connect_rate_per_min: int = 250
     # How long a write of ours may take to show on a side (the echo rule's window, sync/plan.py).
@@ -351,6 +358,22 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
             hint="one api.service.* scope (default api.service.address-book): client credentials "
             "cannot use api.user.* scopes, which belong to user sign-in",
         )
+    if profile.connect_directory_fields not in ("_all", ""):
+        raise ConfigError(
+            f"{where}: key 'connect_directory_fields' is {profile.connect_directory_fields!r}",
+            hint='allowed: "_all" (the default) or "" (the directory takes no `fields`)',
+        )
+    user_field = profile.connect_feed_user_field
+    if user_field is not None and not _is_field_path(user_field):
+        raise ConfigError(
+            f"{where}: key 'connect_feed_user_field' is {user_field!r}",
+            hint="a field name of the feed's events, e.g. userId or user.id (dots nest)",
+        )
+    if profile.connect_feed_event_scope not in ("auto", "user", "session"):
+        raise ConfigError(
+            f"{where}: key 'connect_feed_event_scope' is {profile.connect_feed_event_scope!r}",
+            hint="allowed: auto, user, session",
+        )
     if profile.notify_url is not None and not (
         _is_url(profile.notify_url, ("https", "http")) and _tls_or_loopback(profile.notify_url)
     ):
@@ -409,6 +432,14 @@ def _tls_or_loopback(url: str) -> bool:
 def _toml_type(value: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", list: "an array",
             dict: "a table", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _is_field_path(value: Any) -> bool:
+    """A JSON field name, or a dotted path of them (``user.id``)."""
+    import re
+
+    name = r"[A-Za-z_][\w-]*"
+    return isinstance(value, str) and bool(re.fullmatch(rf"{name}(\.{name})*", value))
 
 
 def _is_url(value: str, schemes: tuple[str, ...]) -> bool:

@@ -106,22 +106,32 @@ class Faults:
     replication_lag_s: float = 0.0
     batch_envelope_status: int = 0
     # Connect unknowns
-    feed_user_field: str = "userId"
-    hub_affinity_cookie: bool = False
+    feed_user_field: str = "userId"  # any name; "a.b" nests the id under an object
+    feed_event_id: bool = False  # events carry their own "id" (an event id)
+    feed_event_scope: str = "user"  # user: the aggregate; session: the changed session's state
+    # Sticky hub sessions: on by default (the public monitor replays the negotiate cookies to
+    # reach the hub: ips_extend_monitoring commit e979fef)
+    hub_affinity_cookie: bool = True
     connect_write_delay_s: float = 0.0
     connect_aggregation: str = "rank"
     connect_lenient_values: bool = False
     connect_throttle_per_min: int = 0
+    connect_subscription_max_ttl_s: float = 0.0  # 0: up to a day; longer asked → 400
+    connect_fields_param: str = "accept"  # reject: any `fields` → 400 (full contacts without)
+    connect_contact_types: str = "user"  # the `type` people have ("" → no type at all)
     # Graph change notifications
     notify_drop_rate: float = 0.0
     notify_delay_s: float = 0.0
     lifecycle_reauthorize: bool = False
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "feed_user_field": ("userId", "unifiedUserId", "id", "user.id"),
+        "feed_event_scope": ("user", "session"),
+        "connect_fields_param": ("accept", "reject"),
         "connect_aggregation": ("rank", "last_writer"),
         "outage_target": ("all", "connect", "microsoft"),
     }
+
+    NON_EMPTY: ClassVar[frozenset[str]] = frozenset({"feed_user_field"})
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -141,6 +151,8 @@ class Faults:
                     raise ValueError(f"{key!r} must be true or false")
                 staged[key] = value
             elif kind is str:
+                if key in self.NON_EMPTY and (not isinstance(value, str) or not value.strip()):
+                    raise ValueError(f"{key!r} must be a non-empty name")
                 if not isinstance(value, str) or value not in self.CHOICES.get(key, (value,)):
                     choices = ", ".join(self.CHOICES.get(key, ()))
                     raise ValueError(f"{key!r} must be one of: {choices}")

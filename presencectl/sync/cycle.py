@@ -110,6 +110,7 @@ class SyncCycle:
         self.pairs: dict[str, UserPair] = {}
         self.states: dict[str, PairState] = store.load_states()
         self._by_connect: dict[str, str] = {}
+        self._connect_ids: set[str] = set()
         self._by_azure: dict[str, str] = {}
         self._directory_at: float | None = None
         self._unmatched = 0
@@ -154,6 +155,7 @@ class SyncCycle:
         report = (self.matcher or _default_matcher())(azure_users, contacts)
         self.pairs = {p.key: p for p in report.pairs}
         self._by_connect = {p.connect_id: p.key for p in report.pairs}
+        self._connect_ids = {c.id for c in contacts}  # whom a feed event may name
         self._by_azure = {p.azure_id: p.key for p in report.pairs}
         self._unmatched = _count(report, "unmatched_azure") + _count(report, "unmatched_connect")
         self._conflicts = _count(report, "conflicts")
