@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,17 +64,19 @@ class NotificationReceiver:
         self,
         listen: str,
         client_state: str,
-        sink: Sink,
+        sink: Sink | None,
         *,
         certfile: str | None = None,
         keyfile: str | None = None,
         clock: Callable[[], float] | None = None,
+        routes: Sequence[Any] = (),
     ) -> None:
         import time
 
         self.host, self.port = parse_listen(listen)
         self.client_state = client_state
-        self.sink = sink
+        self.sink = sink  # None: no notifications, only the routes below (health, metrics)
+        self.routes = list(routes)  # served first: sync/probes.py's /healthz, /readyz, /metrics
         self.certfile, self.keyfile = certfile, keyfile
         self.counts = ReceiverCounts()
         self._clock = clock or time.time
@@ -106,12 +108,10 @@ class NotificationReceiver:
         async def health(request: Request) -> Response:
             return PlainTextResponse("ok")
 
-        return Starlette(
-            routes=[
-                Route("/healthz", health, methods=["GET"]),
-                Route("/{path:path}", notify, methods=["POST"]),
-            ]
-        )
+        routes = [*self.routes, Route("/healthz", health, methods=["GET"])]
+        if self.sink is not None:
+            routes.append(Route("/{path:path}", notify, methods=["POST"]))
+        return Starlette(routes=routes)
 
     def accept(self, raw: bytes) -> None:
         """Check and hand on one POST body; never raises (the answer is 202 whatever it held)."""
@@ -132,7 +132,7 @@ class NotificationReceiver:
                 self.counts.dropped_client_state += 1
                 log.warning("dropped a notification with a wrong clientState (not from our Graph "
                             "subscription)")
-        if trusted:
+        if trusted and self.sink is not None:
             self.counts.last_at = self._clock()
             self.sink(trusted)
 
