@@ -87,6 +87,15 @@ def test_one_restricted_pod_per_tenant_with_probes_and_its_own_state(overlay: st
     assert sync["args"][-2:] == ["--listen", "0.0.0.0:8080"]
     assert sync["envFrom"] == [{"secretRef": {"name": "presencectl-secrets"}}]
     assert docs["Service"]["spec"]["publishNotReadyAddresses"] is True
+    # federated sign-in: the pod's own projected token, for Entra's token exchange
+    env = {e["name"]: e.get("value") for e in sync["env"]}
+    token_dir, token_name = env["AZURE_FEDERATED_TOKEN_FILE"].rsplit("/", 1)
+    projected = next(v for v in pod["volumes"] if v["name"] == "azure-identity-token")
+    (source,) = projected["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "api://AzureADTokenExchange"
+    assert source["serviceAccountToken"]["path"] == token_name
+    mounts = {m["name"]: m["mountPath"] for m in sync["volumeMounts"]}
+    assert mounts["azure-identity-token"] == token_dir
     ns = docs["Namespace"]["metadata"]
     assert ns["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 

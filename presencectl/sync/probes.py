@@ -67,7 +67,8 @@ class WatchProbes:
 
         self.m_cycles = counter("presencectl_cycles", "Sync cycles finished.")
         self.m_writes = counter(
-            "presencectl_writes", "Writes of our session answered, by side and outcome.",
+            "presencectl_writes",
+            "Writes of our session answered, by side and outcome.",
             ("side", "outcome"),
         )
         self.m_throttled = counter(
@@ -216,8 +217,9 @@ class WatchProbes:
                 f"dropped_{reason}",
                 data.get(f"dropped_{reason}"),
             )
-        self._grow(self.m_dropped.labels(self.profile, "overflow"), "overflows",
-                   data.get("overflows"))
+        self._grow(
+            self.m_dropped.labels(self.profile, "overflow"), "overflows", data.get("overflows")
+        )
         if isinstance(data.get("users_covered"), int):
             self.g_covered.labels(self.profile).set(data["users_covered"])
         poll = data.get("poll_interval_s")
@@ -239,7 +241,9 @@ class WatchProbes:
 
         if key not in self._optional_gauges:
             self._optional_gauges[key] = Gauge(
-                f"presencectl_{key}", f"The watch's {key.replace('_', ' ')}.", ("profile",),
+                f"presencectl_{key}",
+                f"The watch's {key.replace('_', ' ')}.",
+                ("profile",),
                 registry=self.registry,
             )
         return self._optional_gauges[key]
@@ -259,8 +263,11 @@ class WatchProbes:
         if heard is not None and now - heard > limit:
             return ProbeAnswer(
                 503,
-                {"alive": False, "reason": f"no sign of the watch loop for {now - heard:.0f} s",
-                 "limit_s": limit},
+                {
+                    "alive": False,
+                    "reason": f"no sign of the watch loop for {now - heard:.0f} s",
+                    "limit_s": limit,
+                },
             )
         return ProbeAnswer(200, {"alive": True})
 
@@ -272,8 +279,12 @@ class WatchProbes:
             service, outage = next(iter(self._outages.items()))
             return ProbeAnswer(
                 503,
-                {"ready": False, "reason": "outage", "service": service,
-                 "message": outage.get("message")},
+                {
+                    "ready": False,
+                    "reason": "outage",
+                    "service": service,
+                    "message": outage.get("message"),
+                },
             )
         if self._last_cycle_at is None:
             return ProbeAnswer(503, {"ready": False, "reason": "starting: no cycle finished yet"})
@@ -282,8 +293,11 @@ class WatchProbes:
         if age > limit:
             return ProbeAnswer(
                 503,
-                {"ready": False, "reason": f"the last cycle finished {age:.0f} s ago",
-                 "limit_s": limit},
+                {
+                    "ready": False,
+                    "reason": f"the last cycle finished {age:.0f} s ago",
+                    "limit_s": limit,
+                },
             )
         return ProbeAnswer(200, {"ready": True, "last_cycle_age_s": round(age, 1)})
 
@@ -303,7 +317,8 @@ class WatchProbes:
 
         def as_response(answer: ProbeAnswer) -> Response:
             return Response(
-                json.dumps(answer.body), status_code=answer.status,
+                json.dumps(answer.body),
+                status_code=answer.status,
                 media_type="application/json",
             )
 
