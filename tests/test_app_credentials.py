@@ -274,3 +274,17 @@ def test_doctor_warns_30_days_before_the_certificate_ends(
     row = rows["Client secret expiry"]
     assert row["status"] == "warn" and row["code"] == "app_certificate_expiring", row
     assert "expires on" in row["detail"]
+
+
+def test_rotate_credential_replaces_the_certificate(sb: Any, cli: Any) -> None:
+    assert run(cli, "setup-azure", "--credential", "certificate").exit_code == 0
+    before = secrets.get_secret("sandbox", "app_certificate")
+    app = sb.world.application_by_app_id(profile_table()["client_id"])
+    (old,) = [k["keyId"] for k in app["keyCredentials"]]
+    done = run(cli, "-o", "json", "setup-azure", "--rotate-credential")
+    assert done.exit_code == 0, done.stderr
+    assert "previous certificate" in done.json()["steps"][-1]["detail"]
+    assert secrets.get_secret("sandbox", "app_certificate") != before
+    assert [k["keyId"] for k in app["keyCredentials"]] == [profile_table()["verified"][
+        "app_certificate_key_id"]] != [old]  # fmt: skip
+    assert run(cli, "consent", "--check", "--as-app").exit_code == 0

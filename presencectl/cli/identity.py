@@ -116,8 +116,10 @@ def setup_azure(
     ),
     rotate_secret: bool = typer.Option(
         False,
+        "--rotate-credential",
         "--rotate-secret",
-        help="Only make a new client secret, prove it, and revoke the previous one.",
+        help="Only make a new client secret (or app certificate), prove it, and revoke the "
+        "previous one.",
     ),
     credential: str = typer.Option(
         "secret",

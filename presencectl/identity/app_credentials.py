@@ -413,6 +413,23 @@ async def ensure_federated(
     return result, f"issuer {issuer}, subject {subject}{proven}; no client secret is used"
 
 
+async def rotate_certificate(graph: GraphClient, profile: Profile, app: dict[str, Any]) -> str:
+    """``setup-azure --rotate-credential`` for a certificate: a new one registered and proven,
+    then the one presencectl registered before removed from the app; returns the detail."""
+    old_key_id = str(profile.verified.get("app_certificate_key_id") or "")
+    _, detail = await ensure_certificate(graph, profile, app)
+    fresh = await graph.get_json(f"/applications/{app['id']}")
+    keep = [
+        {"keyId": k["keyId"], "type": k.get("type"), "usage": k.get("usage"), "key": None}
+        for k in (fresh.get("keyCredentials") or [])
+        if k.get("keyId") and k["keyId"] != old_key_id
+    ]
+    removed = len(keep) < len(fresh.get("keyCredentials") or [])
+    if removed:
+        await graph.request("PATCH", f"/applications/{app['id']}", json={"keyCredentials": keep})
+    return detail + (f"; the previous certificate ({old_key_id}) is removed" if removed else "")
+
+
 def certificate_health(profile: Profile) -> tuple[str, str]:
     """For doctor: (``ok``|``warn``|``fail``, detail) of the app's credential."""
     kind = profile.app_credential

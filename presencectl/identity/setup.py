@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from presencectl import secrets
-from presencectl.errors import ApiError, AuthError, ConfigError, PresencectlError
+from presencectl.errors import ApiError, AuthError, ConfigError, PresencectlError, UsageError
 from presencectl.graph.permissions import (
     APP_ROLES,
     DELEGATED_SCOPES,
@@ -967,7 +967,8 @@ def setup_azure(
 def rotate_secret(
     profile: Profile, *, method: str, on_message: Callable[[Any], None], on_step: StepCallback
 ) -> SetupReport:
-    """``setup-azure --rotate-secret``: a new client secret, proven, and the previous one revoked.
+    """``setup-azure --rotate-credential`` (``--rotate-secret``): a new client secret or app
+    certificate, proven, and the previous one revoked.
 
     Nothing else of setup-azure runs (no prerequisite checks, no app changes, no consent).
     """
@@ -997,7 +998,23 @@ def rotate_secret(
                     hint="check client_id in the profile (`presencectl config show`)",
                     code="app_not_found",
                 )
-            step = await ensure_client_secret(graph, profile, apps[0], on_step=on_step, force=True)
+            if profile.app_credential == "certificate":
+                from presencectl.identity.app_credentials import rotate_certificate
+
+                detail = await rotate_certificate(graph, profile, apps[0])
+                step = Step("App certificate", CREATED, detail)
+                on_step(step)
+            elif profile.app_credential == "federated":
+                raise UsageError(
+                    "a federated credential has nothing to rotate here: the platform rotates "
+                    "its tokens",
+                    hint="to trust another issuer or subject, run `presencectl setup-azure "
+                    "--credential federated --federated-issuer URL --federated-subject S`",
+                )
+            else:
+                step = await ensure_client_secret(
+                    graph, profile, apps[0], on_step=on_step, force=True
+                )
             return apps[0], step
 
     app, step = asyncio.run(go())
