@@ -96,6 +96,9 @@ class Profile:
     echo_window_s: int = 60
     enabled_direction: str | None = None
     notify_url: str | None = None  # public HTTPS URL of the notification receiver (sync --watch)
+    # How the app proves itself: secret | certificate | federated (identity/app_credentials.py)
+    app_credential: str = "secret"
+    federated_token_file: str | None = None  # federated: the token file read at each sign-in
     verified: dict[str, Any] = field(default_factory=dict)
     mapping: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -154,6 +157,7 @@ _KNOWN_KEYS = {f.name for f in fields(Profile)} - {"name"}
 _TOP_LEVEL_KEYS = ("profiles",)
 _INT_KEYS = ("connect_rate_per_min", "echo_window_s")
 ECHO_WINDOW_RANGE = (2, 600)
+APP_CREDENTIALS = ("secret", "certificate", "federated")  # identity/app_credentials.py KINDS
 _URL_KEYS = ("authority_url", "graph_url", "connect_login_url", "connect_api_url")
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
@@ -334,6 +338,11 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
         raise ConfigError(
             f"{where}: sync_users without sync_username (the first sync user)",
             hint="set sync_username to the first of them, or run `presencectl sync-user add`",
+        )
+    if profile.app_credential not in APP_CREDENTIALS:
+        raise ConfigError(
+            f"{where}: key 'app_credential' is '{profile.app_credential}'",
+            hint="allowed: " + ", ".join(APP_CREDENTIALS),
         )
     if profile.enabled_direction is not None and profile.enabled_direction not in DIRECTIONS:
         raise ConfigError(

@@ -151,6 +151,20 @@ def skip(name: str, detail: str) -> Check:
     return Check(name, SKIP, detail)
 
 
+def _app_credential_check(profile: Any) -> Check:
+    """A certificate (expiry within 30 days: a warning) or a federated token file, in place of
+    the client secret's row (identity/app_credentials.py)."""
+    from presencectl.identity.app_credentials import certificate_health
+
+    state, detail = certificate_health(profile)
+    again = f"run `presencectl setup-azure --credential {profile.app_credential}`"
+    if state == "ok":
+        return ok(SECRET_EXPIRY, f"{detail} (no client secret)")
+    if state == "warn":
+        return warn(SECRET_EXPIRY, detail, f"{again} for a new one", "app_certificate_expiring")
+    return fail(SECRET_EXPIRY, detail, again, "app_credential_invalid", ExitCode.AUTH)
+
+
 def info(name: str, detail: str, remedy: str, code: str = "") -> Check:
     return Check(name, INFO, detail, remedy, code)
 
@@ -517,6 +531,8 @@ class Doctor:
 
         p = self.profile
         assert p is not None
+        if p.app_credential != "secret":
+            return _app_credential_check(p)
         now = datetime.fromtimestamp(self.now(), UTC)
         from_env = secrets.secret_source(p.name, secrets.CLIENT_SECRET) == "env"
         key_id = str(p.verified.get("client_secret_key_id") or "")

@@ -324,9 +324,15 @@ class MsalHttpClient:
 
 
 def _drop_none(values: Any) -> dict[str, Any] | None:
+    """requests-style parameters for httpx: None dropped, bytes decoded (msal hands a signed
+    client assertion over as bytes; requests sends it as is, httpx would send ``b'…'``)."""
     if not values:
         return None
-    return {k: v for k, v in dict(values).items() if v is not None}
+    return {
+        k: v.decode() if isinstance(v, bytes) else v
+        for k, v in dict(values).items()
+        if v is not None
+    }
 
 
 def msal_http_client(

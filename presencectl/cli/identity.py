@@ -117,8 +117,34 @@ def setup_azure(
     ),
     rotate_secret: bool = typer.Option(
         False,
+        "--rotate-credential",
         "--rotate-secret",
-        help="Only make a new client secret, prove it, and revoke the previous one.",
+        help="Only make a new client secret (or app certificate), prove it, and revoke the "
+        "previous one.",
+    ),
+    credential: str = typer.Option(
+        "secret",
+        "--credential",
+        help="How the app signs in: secret (default), certificate or federated (no secret).",
+    ),
+    certificate_file: str | None = typer.Option(
+        None,
+        "--certificate-file",
+        metavar="PEM|PFX",
+        help="certificate: use this key and certificate instead of making one "
+        "(PFX password in PRESENCECTL_CERTIFICATE_PASSWORD).",
+    ),
+    federated_issuer: str | None = typer.Option(
+        None, "--federated-issuer", metavar="URL", help="federated: the token issuer (OIDC URL)."
+    ),
+    federated_subject: str | None = typer.Option(
+        None, "--federated-subject", help="federated: the token's subject (sub claim)."
+    ),
+    federated_token_file: str | None = typer.Option(
+        None,
+        "--federated-token-file",
+        metavar="PATH",
+        help="federated: where the token is read at each sign-in (profile federated_token_file).",
     ),
     _profile: ProfileOption = None,
     _output: OutputOption = OutputFormat.table,
@@ -137,6 +163,10 @@ def setup_azure(
       presencectl setup-azure --tenant contoso.onmicrosoft.com
       presencectl --no-input -o json setup-azure --client-id 1b2c…
       presencectl setup-azure --rotate-secret
+      presencectl setup-azure --credential certificate
+      presencectl setup-azure --credential federated --federated-issuer URL \\
+          --federated-subject system:serviceaccount:presencectl-contoso:presencectl \\
+          --federated-token-file /var/run/secrets/azure/tokens/azure-identity-token
     """
     from presencectl.errors import UsageError
     from presencectl.identity.setup import SetupOptions
@@ -161,6 +191,9 @@ def setup_azure(
             )
         _rotate_secret(app_ctx, device_code)
         return
+    _check_credential_flags(
+        credential, certificate_file, federated_issuer, federated_subject, federated_token_file
+    )
     profile = app_ctx.load_profile(must_exist=False)
     if tenant:
         profile.tenant_id = tenant
@@ -176,6 +209,11 @@ def setup_azure(
             connect_account_email=connect_account_email,
             consent_url=consent_url,
             consent_timeout=consent_timeout,
+            credential=credential,
+            certificate_file=certificate_file,
+            federated_issuer=federated_issuer,
+            federated_subject=federated_subject,
+            federated_token_file=federated_token_file,
         ),
         method="device_code" if device_code else "browser",
         on_message=_device_message,
@@ -192,6 +230,36 @@ def setup_azure(
         app_ctx,
         "Next: `presencectl consent --check`, then `presencectl sync-user set --username U`.",
     )
+
+
+def _check_credential_flags(
+    credential: str,
+    certificate_file: str | None,
+    issuer: str | None,
+    subject: str | None,
+    token_file: str | None,
+) -> None:
+    from presencectl.config import APP_CREDENTIALS
+    from presencectl.errors import UsageError
+
+    if credential not in APP_CREDENTIALS:
+        raise UsageError(
+            f"--credential {credential!r} is not a credential kind",
+            hint="one of: " + ", ".join(APP_CREDENTIALS),
+        )
+    if certificate_file and credential != "certificate":
+        raise UsageError("--certificate-file goes with --credential certificate")
+    federated_flags = [f for f, v in (("--federated-issuer", issuer),
+                       ("--federated-subject", subject),
+                       ("--federated-token-file", token_file)) if v]  # fmt: skip
+    if credential != "federated" and federated_flags:
+        raise UsageError(f"{', '.join(federated_flags)} go with --credential federated")
+    if credential == "federated" and not (issuer and subject):
+        raise UsageError(
+            "--credential federated needs --federated-issuer and --federated-subject",
+            hint="the issuer URL and the subject of the tokens your platform gives the pod or "
+            "job (Kubernetes: system:serviceaccount:NAMESPACE:NAME)",
+        )
 
 
 def _render_steps(app_ctx: AppContext, report: Any) -> None:

@@ -101,6 +101,12 @@ class AppNotFound(SignInError):
     code = "app_not_found"
 
 
+class AppCredentialRefused(SignInError):
+    """A certificate or federated client assertion Entra refused (identity/app_credentials.py)."""
+
+    code = "app_credential_refused"
+
+
 class TenantNotFound(SignInError):
     code = "tenant_not_found"
 
@@ -263,6 +269,27 @@ def classify(
             f"{'expired' if expired else 'not valid'}{tag}.",
             "Run `presencectl setup-azure` again to add a new secret, or pass it in "
             "PRESENCECTL_CLIENT_SECRET.",
+        )
+    if code_set & {700027, 700024}:
+        clock = " (the assertion is outside its valid time: check this clock)"
+        return make(
+            AppCredentialRefused,
+            f"Azure login error: the app's certificate was refused"
+            f"{clock if 700024 in code_set else ''}{tag}.",
+            "Run `presencectl setup-azure --credential certificate` to register a certificate "
+            "again (or `--rotate-credential`); check that it is in the app's Certificates & "
+            "secrets.",
+        )
+    if code_set & {700211, 700212, 700213, 70021}:
+        part = {700211: "issuer", 700212: "audience", 700213: "subject"}
+        which = next((part[c] for c in (700211, 700213, 700212) if c in code_set), "record")
+        return make(
+            AppCredentialRefused,
+            f"Azure login error: no federated credential of the app matches the token's "
+            f"{which}{tag}.",
+            "Compare the app's Certificates & secrets > Federated credentials with the token "
+            "(issuer, subject, audience api://AzureADTokenExchange), or run `presencectl "
+            "setup-azure --credential federated --federated-issuer URL --federated-subject S`.",
         )
     if code_set & {700016, 700038}:
         return make(

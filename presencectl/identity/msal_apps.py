@@ -197,15 +197,17 @@ def public_app(
 def confidential_app(
     profile: Profile,
     client_id: str,
-    client_secret: str,
+    client_credential: str | dict[str, Any],
     cache: PersistentTokenCache | None = None,
 ) -> msal.ConfidentialClientApplication:
+    """``client_credential``: a secret, or a certificate / client assertion as msal takes them
+    (identity/app_credentials.py)."""
     import msal
 
     kwargs = _common_kwargs(profile, cache, None)
     return _construct(
         lambda: msal.ConfidentialClientApplication(
-            client_id, client_credential=client_secret, **kwargs
+            client_id, client_credential=client_credential, **kwargs
         ),
         profile.authority,
     )

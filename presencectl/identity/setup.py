@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from presencectl import secrets
-from presencectl.errors import ApiError, AuthError, ConfigError, PresencectlError
+from presencectl.errors import ApiError, AuthError, ConfigError, PresencectlError, UsageError
 from presencectl.graph.permissions import (
     APP_ROLES,
     DELEGATED_SCOPES,
@@ -713,6 +713,40 @@ class SetupOptions:
     consent_timeout: float = 600.0
     replication_wait_s: float = REPLICATION_WAIT_S
     sign_in_timeout: float = 300.0  # --browser: give up (exit 4) when no redirect came by then
+    # how the app proves itself (identity/app_credentials.py): secret | certificate | federated
+    credential: str = "secret"
+    certificate_file: str | None = None
+    federated_issuer: str | None = None
+    federated_subject: str | None = None
+    federated_token_file: str | None = None
+
+
+async def _ensure_app_credential(
+    graph: GraphClient,
+    profile: Profile,
+    app: dict[str, Any],
+    options: SetupOptions,
+    on_step: StepCallback,
+) -> Step:
+    """A certificate or a federated credential instead of a client secret."""
+    from presencectl.identity import app_credentials
+
+    if options.credential == "certificate":
+        result, detail = await app_credentials.ensure_certificate(
+            graph, profile, app, certificate_file=options.certificate_file
+        )
+        name = "App certificate"
+    else:
+        result, detail = await app_credentials.ensure_federated(
+            graph, profile, app,
+            issuer=options.federated_issuer or "", subject=options.federated_subject or "",
+            token_file=options.federated_token_file,
+        )  # fmt: skip
+        name = "Federated credential"
+    profile.verified["app_credential"] = _today()
+    step = Step(name, CREATED if result == "created" else UNCHANGED, detail)
+    on_step(step)
+    return step
 
 
 def graph_client_for(profile: Profile, provider: TokenProvider) -> GraphClient:
@@ -758,11 +792,15 @@ async def run_setup(
         steps += app_steps
         profile.client_id = app["appId"]
         profile.verified["app_registration"] = today
-        steps.append(
-            await ensure_client_secret(
-                graph, profile, app, on_step=on_step, replication_wait_s=options.replication_wait_s
-            )
-        )
+        if options.credential == "secret":
+            steps.append(
+                await ensure_client_secret(
+                    graph, profile, app, on_step=on_step,
+                    replication_wait_s=options.replication_wait_s,
+                )
+            )  # fmt: skip
+        else:
+            steps.append(await _ensure_app_credential(graph, profile, app, options, on_step))
         save(profile)  # the app exists now: a failure below must not lose its id
         if options.consent_url:
             state = await consent_state(graph, app["appId"])
@@ -931,7 +969,8 @@ def setup_azure(
 def rotate_secret(
     profile: Profile, *, method: str, on_message: Callable[[Any], None], on_step: StepCallback
 ) -> SetupReport:
-    """``setup-azure --rotate-secret``: a new client secret, proven, and the previous one revoked.
+    """``setup-azure --rotate-credential`` (``--rotate-secret``): a new client secret or app
+    certificate, proven, and the previous one revoked.
 
     Nothing else of setup-azure runs (no prerequisite checks, no app changes, no consent).
     """
@@ -961,7 +1000,23 @@ def rotate_secret(
                     hint="check client_id in the profile (`presencectl config show`)",
                     code="app_not_found",
                 )
-            step = await ensure_client_secret(graph, profile, apps[0], on_step=on_step, force=True)
+            if profile.app_credential == "certificate":
+                from presencectl.identity.app_credentials import rotate_certificate
+
+                detail = await rotate_certificate(graph, profile, apps[0])
+                step = Step("App certificate", CREATED, detail)
+                on_step(step)
+            elif profile.app_credential == "federated":
+                raise UsageError(
+                    "a federated credential has nothing to rotate here: the platform rotates "
+                    "its tokens",
+                    hint="to trust another issuer or subject, run `presencectl setup-azure "
+                    "--credential federated --federated-issuer URL --federated-subject S`",
+                )
+            else:
+                step = await ensure_client_secret(
+                    graph, profile, apps[0], on_step=on_step, force=True
+                )
             return apps[0], step
 
     app, step = asyncio.run(go())

@@ -94,20 +94,15 @@ def _require_client_id(profile: Profile) -> str:
 
 
 class AppTokenProvider:
-    """Client credentials with the stored client secret; msal's cache first."""
+    """Client credentials with the app's credential (a secret, a certificate or a federated
+    token: identity/app_credentials.py); msal's cache first."""
 
     def __init__(self, profile: Profile) -> None:
+        from presencectl.identity.app_credentials import client_credential
+
         self.profile = profile
         self.client_id = _require_client_id(profile)
-        secret = secrets.get_secret(profile.name, secrets.CLIENT_SECRET)
-        if not secret:
-            raise ConfigError(
-                f"no client secret stored for profile '{profile.name}'",
-                hint="run `presencectl setup-azure` (it adds and stores one), or set "
-                "PRESENCECTL_CLIENT_SECRET",
-                code="client_secret_missing",
-            )
-        self._secret = secret
+        self._secret = client_credential(profile)
         self._cache = msal_apps.PersistentTokenCache(profile.name, msal_apps.APP)
         self._app: Any = None
         self._lock = threading.Lock()
@@ -141,7 +136,7 @@ class AppTokenProvider:
 
 
 def app_token_provider(profile: Profile) -> AppTokenProvider:
-    """The app's client-credentials token provider (raises ConfigError if no secret is stored)."""
+    """The app's client-credentials token provider (ConfigError when its credential is missing)."""
     return AppTokenProvider(profile)
 
 

@@ -66,7 +66,49 @@ def profile_document(world: World) -> dict[str, Any]:
         "sync_user": sync.email,
         "sync_user_password": sync.password,
         "users": len(world.people),
+        # an OIDC issuer of the sandbox's own, for federated credentials (client_assertions.py)
+        "oidc_issuer": f"{world.base_url}/_sandbox/oidc",
     }
+
+
+def oidc_routes(world: World) -> list[BaseRoute]:
+    """The sandbox as an OIDC issuer (metadata, keys, tokens on request), as a Kubernetes
+    cluster or a CI system is one: the federated credential's other half."""
+    from presencectl.sandbox.client_assertions import EXCHANGE_AUDIENCE, OIDC_PATH, client_auth_of
+
+    def issuer() -> str:
+        return f"{world.base_url}{OIDC_PATH}"
+
+    async def metadata(request: Request) -> Response:
+        return JSONResponse({
+            "issuer": issuer(), "jwks_uri": f"{issuer()}/keys",
+            "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        })  # fmt: skip
+
+    async def keys(request: Request) -> Response:
+        return JSONResponse(client_auth_of(world).jwks())
+
+    async def token(request: Request) -> Response:
+        data = await json_body(request)
+        if isinstance(data, JSONResponse):
+            return data
+        subject = str(data.get("subject") or "")
+        if not subject:
+            return control_error(400, "invalid_subject", "'subject' is required")
+        lifetime = data.get("lifetime_s", 3600)
+        if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool):
+            return control_error(400, "invalid_lifetime", "'lifetime_s' must be a number")
+        audience = str(data.get("audience") or EXCHANGE_AUDIENCE)
+        minted = client_auth_of(world).mint(issuer(), subject, audience, float(lifetime))
+        return JSONResponse({"token": minted, "issuer": issuer()})
+
+    return [
+        Route(f"{OIDC_PATH}/.well-known/openid-configuration", metadata, methods=["GET"],
+              name="sandbox_oidc_metadata"),
+        Route(f"{OIDC_PATH}/keys", keys, methods=["GET"], name="sandbox_oidc_keys"),
+        Route(f"{OIDC_PATH}/token", token, methods=["POST"], name="sandbox_oidc_token"),
+    ]  # fmt: skip
 
 
 def control_routes(world: World) -> list[BaseRoute]:
@@ -236,6 +278,7 @@ def control_routes(world: World) -> list[BaseRoute]:
         Route("/_sandbox/clock/advance", advance_clock, methods=["POST"], name="sandbox_clock"),
         Route("/_sandbox/faults", faults, methods=["GET", "POST"], name="sandbox_faults"),
         Route("/_sandbox/stats", stats, methods=["GET", "DELETE"], name="sandbox_stats"),
+        *oidc_routes(world),
     ]
 
 

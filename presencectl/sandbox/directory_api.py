@@ -31,6 +31,11 @@ from presencectl.sandbox.app_rules import (
     mark_created,
     replicating,
 )
+from presencectl.sandbox.client_assertions import (
+    federated_credential_routes,
+    merge_key_credentials,
+    readable_key_credentials,
+)
 from presencectl.sandbox.entra import add_app_role_assignment, add_permission_grant
 from presencectl.sandbox.errors import GraphError, bad_request, bearer_claims, not_found, require
 from presencectl.sandbox.microsoft_ids import GLOBAL_ADMIN_ROLE_TEMPLATE_ID
@@ -89,6 +94,7 @@ APP_PATCHABLE = (
     "notes",
     "description",
     "tags",
+    "keyCredentials",  # replaced whole: sandbox/client_assertions.py merge_key_credentials
 )
 
 
@@ -458,7 +464,10 @@ class DirectoryEndpoints:
         return app
 
     def public_app(self, app: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in app.items() if not k.startswith("_")}
+        shown = {k: v for k, v in app.items() if not k.startswith("_")}
+        shown["keyCredentials"] = readable_key_credentials(app)  # Graph never returns a key
+        shown.pop("federatedIdentityCredentials", None)  # a navigation property, not a field
+        return shown
 
     async def create_application(self, request: Request) -> Response:
         claims = self.claims(request)
@@ -549,6 +558,8 @@ class DirectoryEndpoints:
         duplicate = duplicate_redirect_uri({**app, **data})
         if duplicate is not None:
             raise duplicate
+        if "keyCredentials" in data:
+            data["keyCredentials"] = merge_key_credentials(app, data["keyCredentials"])
         app.update(data)
         sp = self.world.service_principal_by_app_id(app["appId"])
         if sp is not None and "displayName" in data:
@@ -857,6 +868,7 @@ class DirectoryEndpoints:
             r("/users", self.create_user, ["POST"], "graph_users_create"),
             r("/users/{user}", self.user, ["GET"], "graph_user"),
             r("/users/{user}", self.delete_user, ["DELETE"], "graph_user_delete"),
+            *federated_credential_routes(self.application, self.claims, lambda _: self.base()),
             r("/applications", self.create_application, ["POST"], "graph_applications_create"),
             r("/applications", self.list_applications, ["GET"], "graph_applications"),
             r("/applications/{app}", self.get_application, ["GET"], "graph_application"),

@@ -70,6 +70,8 @@ class Stats:
     in_retry_after_window: int = 0
     writes: int = 0
     faults_injected: int = 0
+    # token requests of confidential clients, by how they proved themselves (client_assertions.py)
+    token_requests_by_client_auth: Counter[str] = field(default_factory=Counter)
 
     def count(self, endpoint: str, n: int = 1) -> None:
         self.requests[endpoint] += n
@@ -82,6 +84,10 @@ class Stats:
             "in_retry_after_window": self.in_retry_after_window,
             "writes": self.writes,
             "faults_injected": self.faults_injected,
+            "token_requests_by_client_auth": {
+                kind: self.token_requests_by_client_auth[kind]
+                for kind in ("secret", "certificate", "federated")
+            },
         }
 
 
@@ -316,6 +322,7 @@ class World:
         self.tenant_id: str = built.tenant_id
         self.connect_client_id: str = built.connect_client_id
         self.connect_client_secret: str = built.connect_client_secret
+        self.client_auth: Any = None  # sandbox/client_assertions.py client_auth_of(world) fills it
         self.people: list[Person] = []
         self._by_azure_id: dict[str, Person] = {}
         self._by_connect_id: dict[str, Person] = {}

@@ -42,7 +42,7 @@ import logging
 import secrets as token_source
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +96,7 @@ class NotifyOptions:
     listen_key: str | None = None
     reconcile_interval: float = 60.0
     rich: bool = True
+    routes: list[Any] = field(default_factory=list)  # also served: /healthz, /readyz, /metrics
 
 
 class TeamsNotifications:
@@ -153,6 +154,7 @@ class TeamsNotifications:
             self._accept,
             certfile=self.options.listen_cert,
             keyfile=self.options.listen_key,
+            routes=self.options.routes,
         )
         try:
             await self.receiver.start()

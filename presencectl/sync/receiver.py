@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +115,7 @@ class NotificationReceiver:
         self,
         listen: str,
         client_state: str,
-        sink: Sink,
+        sink: Sink | None,
         *,
         certfile: str | None = None,
         keyfile: str | None = None,
@@ -123,12 +123,14 @@ class NotificationReceiver:
         max_body: int = MAX_BODY,
         max_items: int = MAX_ITEMS,
         max_connections: int = MAX_CONNECTIONS,
+        routes: Sequence[Any] = (),
     ) -> None:
         import time
 
         self.host, self.port = parse_listen(listen)
         self.client_state = client_state
-        self.sink = sink
+        self.sink = sink  # None: no notifications, only the routes below (health, metrics)
+        self.routes = list(routes)  # served first: sync/probes.py's /healthz, /readyz, /metrics
         self.certfile, self.keyfile = certfile, keyfile
         self.counts = ReceiverCounts()
         self.max_body, self.max_items = max_body, max_items
@@ -178,12 +180,10 @@ class NotificationReceiver:
         async def health(request: Request) -> Response:
             return PlainTextResponse("ok")
 
-        return Starlette(
-            routes=[
-                Route("/healthz", health, methods=["GET"]),
-                Route("/{path:path}", notify, methods=["POST"]),
-            ]
-        )
+        routes = [*self.routes, Route("/healthz", health, methods=["GET"])]
+        if self.sink is not None:
+            routes.append(Route("/{path:path}", notify, methods=["POST"]))
+        return Starlette(routes=routes)
 
     def accept(self, items: list[Mapping[str, Any]]) -> None:
         """Check and hand on the items of one POST; never raises (the answer is 202).
@@ -208,7 +208,7 @@ class NotificationReceiver:
                 "from our Graph subscription), %d past the limit of %d per POST",
                 wrong_state + excess, len(items) + excess, wrong_state, excess, self.max_items,
             )
-        if trusted:
+        if trusted and self.sink is not None:
             self.counts.last_at = self._clock()
             self.sink(trusted)
 
