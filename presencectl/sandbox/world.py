@@ -313,6 +313,8 @@ class World:
         self._app_by_app_id: dict[str, str] = {}
         self._sp_by_app_id: dict[str, str] = {}
         self.app_secrets: dict[str, list[str]] = {}  # appId -> secret texts
+        # secret text -> sandbox clock time it was added (``replication_lag_s`` applies to it)
+        self.secret_added_at: dict[str, float] = {}
         self._install_microsoft_service_principals()
 
         self.refresh_tokens: dict[str, RefreshGrant] = {}
@@ -506,6 +508,12 @@ class World:
 
     def client_secret_ok(self, app_id: str, secret: str) -> bool:
         return any(hmac.compare_digest(secret, s) for s in self.app_secrets.get(app_id, []))
+
+    def secret_replicating(self, secret: str) -> bool:
+        """True while a secret added moments ago is not yet known everywhere."""
+        added = self.secret_added_at.get(secret)
+        lag = self.faults.replication_lag_s
+        return added is not None and lag > 0 and self.clock.now() < added + lag
 
     # ------------------------------------------------------------------ tokens
     def issue_token(
