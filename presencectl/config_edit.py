@@ -156,6 +156,11 @@ def _edit(profile_name: str | None, key: str, value: Any, *, remove: bool) -> Ke
     )
 
 
+def check_key(key: str) -> None:
+    """Refuse a secret, a key set only by commands, or an unknown key (before any question)."""
+    _check_key(key)
+
+
 def set_key(profile_name: str | None, key: str, value: str) -> KeyChange:
     """Set one key of the profile (created when missing); validated before anything is written."""
     return _edit(profile_name, key, value, remove=False)

@@ -177,32 +177,59 @@ def _key_complete(incomplete: str) -> list[str]:
     return [k for k in keys if k.startswith(incomplete)]
 
 
-@config_app.command("set")
+# A value may start with "-" (`config set echo_window_s -5` is a value to check, not an option).
+@config_app.command("set", context_settings={"ignore_unknown_options": True})
 def set_(
     ctx: typer.Context,
     key: str = typer.Argument(
         ..., help="A profile key (`config show` lists them).", autocompletion=_key_complete
     ),
     value: str = typer.Argument(..., help="The new value."),
+    create: bool = typer.Option(
+        False,
+        "--create",
+        help="Create the profile when it does not exist yet (otherwise asked; required with "
+        "--no-input).",
+    ),
     _profile: ProfileOption = None,
     _output: OutputOption = OutputFormat.table,
     _verbose: VerboseOption = 0,
     _quiet: QuietOption = 0,
     _no_input: NoInputOption = False,
 ) -> None:
-    """Set one key of the active profile (created when missing), validated like loading.
+    """Set one key of the active profile, validated like loading.
 
-    Secrets are refused: they go through setup-azure, sync-user set or the environment.
+    A profile that does not exist yet is created after a question (or with --create): a
+    misspelt --profile never makes a new profile silently. Secrets are refused: they go through
+    setup-azure, sync-user set or the environment.
 
     \b
     Examples:
+      presencectl --profile ci config set --create tenant_id contoso.onmicrosoft.com
       presencectl config set connect_client_id 3f2a…
       presencectl --profile contoso config set proxy http://proxy.contoso.example:3128
       presencectl config set mapping.connect_to_teams.on_break Away/Away
     """
-    from presencectl.config_edit import set_key
+    from presencectl.config import config_path, list_profiles, profile_name
+    from presencectl.config_edit import check_key, set_key
+    from presencectl.errors import UsageError
 
     app_ctx = app_context(ctx)
+    check_key(key)
+    name = profile_name(app_ctx.profile_name)
+    existing = list_profiles()
+    if not create and name not in existing:
+        question = f"There is no profile '{name}' in {config_path()}. Create it?"
+        if not app_ctx.interactive:
+            shown = ", ".join(existing) if existing else "none yet"
+            raise UsageError(
+                f"there is no profile '{name}' (profiles: {shown}); `config set` creates one only "
+                "when asked to",
+                hint="pass --create to make it, or fix --profile / PRESENCECTL_PROFILE",
+                code="profile_not_created",
+            )
+        if not typer.confirm(question, err=True):
+            raise UsageError(f"profile '{name}' not created", code="profile_not_created")
     change = set_key(app_ctx.profile_name, key, value)
     app_ctx.render(change, columns=None if app_ctx.json else _CHANGE_COLUMNS)
 
