@@ -60,6 +60,12 @@ def path(
 @config_app.command("show")
 def show(
     ctx: typer.Context,
+    env: bool = typer.Option(
+        False,
+        "--env",
+        help="Print the environment docs/ci.md's pipeline needs for this profile, as shell "
+        "`export` lines (secret values only for a sandbox profile, whose secrets are fake).",
+    ),
     _profile: ProfileOption = None,
     _output: OutputOption = OutputFormat.table,
     _verbose: VerboseOption = 0,
@@ -68,13 +74,19 @@ def show(
 ) -> None:
     """Show the active profile's settings; secrets only as "set (keyring|env|file)" or "not set".
 
-    Example: `presencectl --profile contoso config show -o json`
+    \b
+    Examples:
+      presencectl --profile contoso config show -o json
+      eval "$(presencectl --profile sandbox config show --env)"   # then run docs/ci.md's script
     """
     from presencectl.config import Profile, config_path
     from presencectl.secrets import NAMED_SECRETS, describe_source
 
     app_ctx = app_context(ctx)
     profile = app_ctx.load_profile(check_mapping=False)  # shows a bad mapping, to be fixed
+    if env:
+        _show_env(app_ctx, profile)
+        return
     defaults = Profile()
     settings: dict[str, Any] = {}
     for f in fields(Profile):
@@ -122,6 +134,30 @@ def show(
         columns=["key", "value", "origin"],
         title=f"profile {profile.name} ({config_path()})",
     )
+
+
+def _show_env(app_ctx: Any, profile: Any) -> None:
+    import shlex
+
+    from presencectl.config_edit import ci_environment
+
+    lines = ci_environment(profile)
+    if app_ctx.json:
+        app_ctx.render({line.name: line.value for line in lines})
+        return
+    out = [f"# docs/ci.md's pipeline environment for profile {profile.name}"]
+    if any(line.comment.startswith("fake") for line in lines):
+        out.append(
+            "# A sandbox profile: its secrets are fake, made by this sandbox run, and open "
+            "nothing else."
+        )
+    for line in lines:
+        note = f"  # {line.comment}" if line.comment else ""
+        if line.value:
+            out.append(f"export {line.name}={shlex.quote(line.value)}{note}")
+        else:
+            out.append(f"# export {line.name}=…{note}")
+    typer.echo("\n".join(out))
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
