@@ -287,7 +287,9 @@ class EntraEndpoints:
         )
 
     async def keys(self, request: Request) -> Response:
-        return JSONResponse({"keys": []})
+        from presencectl.sandbox.validation_tokens import jwks
+
+        return JSONResponse(jwks(self.world))
 
     async def userrealm(self, request: Request) -> Response:
         user = request.path_params["user"]

@@ -116,8 +116,12 @@ class Faults:
     notify_drop_rate: float = 0.0
     notify_delay_s: float = 0.0
     lifecycle_reauthorize: bool = False
+    # validationTokens of rich notifications: signed by the sandbox's key (valid), by another
+    # key under the same kid (invalid), or left out (missing)
+    notify_validation_tokens: str = "valid"
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "notify_validation_tokens": ("valid", "invalid", "missing"),
         "feed_user_field": ("userId", "unifiedUserId", "id", "user.id"),
         "connect_aggregation": ("rank", "last_writer"),
         "outage_target": ("all", "connect", "microsoft"),
@@ -313,6 +317,7 @@ class World:
         self._app_by_app_id: dict[str, str] = {}
         self._sp_by_app_id: dict[str, str] = {}
         self.app_secrets: dict[str, list[str]] = {}  # appId -> secret texts
+        self.token_signing_key: Any = None  # sandbox/validation_tokens.py makes it on first use
         # secret text -> sandbox clock time it was added (``replication_lag_s`` applies to it)
         self.secret_added_at: dict[str, float] = {}
         self._install_microsoft_service_principals()

@@ -8,7 +8,9 @@ Owns a small Starlette app served by uvicorn inside the sync's own event loop, o
 - any other ``POST`` is a ``changeNotificationCollection``: each item's ``clientState`` is checked
   (a mismatch is dropped and counted, never trusted) and the rest are handed to ``sink`` at once;
   the answer is always 202, before any processing (Graph wants a 2xx within 3 s, and the
-  resource-data page says to answer before validating so a rogue sender learns nothing).
+  resource-data page says to answer before validating so a rogue sender learns nothing); with
+  ``check_tokens`` the batch's ``validationTokens`` are verified after the answer, and a batch
+  that fails is dropped whole (``dropped_untrusted``).
 
 ``sink`` must not block (``sync/notify.py`` puts into a bounded queue). The receiver never logs a
 notification's content.
@@ -20,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,12 +71,16 @@ class NotificationReceiver:
         certfile: str | None = None,
         keyfile: str | None = None,
         clock: Callable[[], float] | None = None,
+        check_tokens: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
         import time
 
         self.host, self.port = parse_listen(listen)
         self.client_state = client_state
         self.sink = sink
+        # The batch's validationTokens (graph/notifications.py ValidationTokenChecker.check):
+        # a batch that fails is answered 202 like any other and dropped whole.
+        self.check_tokens = check_tokens
         self.certfile, self.keyfile = certfile, keyfile
         self.counts = ReceiverCounts()
         self._clock = clock or time.time
@@ -90,6 +96,7 @@ class NotificationReceiver:
 
     def app(self) -> Any:
         from starlette.applications import Starlette
+        from starlette.background import BackgroundTask
         from starlette.requests import Request
         from starlette.responses import PlainTextResponse, Response
         from starlette.routing import Route
@@ -100,8 +107,12 @@ class NotificationReceiver:
                 self.counts.validations += 1
                 return PlainTextResponse(token, status_code=200)
             raw = await request.body()
-            self.accept(raw)
-            return Response(status_code=202)
+            if self.check_tokens is None:
+                self.accept(raw)
+                return Response(status_code=202)
+            # The 202 goes out first; the tokens are checked after (the keys may need a fetch).
+            later = BackgroundTask(self._verify_then_accept, raw)
+            return Response(status_code=202, background=later)
 
         async def health(request: Request) -> Response:
             return PlainTextResponse("ok")
@@ -112,6 +123,32 @@ class NotificationReceiver:
                 Route("/{path:path}", notify, methods=["POST"]),
             ]
         )
+
+    async def _verify_then_accept(self, raw: bytes) -> None:
+        if await self._tokens_verified(raw):
+            self.accept(raw)
+
+    async def _tokens_verified(self, raw: bytes) -> bool:
+        """False (the batch counted as dropped_untrusted) when its validationTokens fail."""
+        import json
+
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return True  # not a collection: accept() counts and drops it
+        if not isinstance(doc, dict) or self.check_tokens is None:
+            return True
+        try:
+            await self.check_tokens(doc)
+        except Untrusted as exc:
+            items = doc.get("value")
+            dropped = len(items) if isinstance(items, list) and items else 1
+            self.counts.received += dropped
+            self.counts.dropped_untrusted += dropped
+            log.warning("dropped %d notification(s) whose validation tokens failed: %s",
+                        dropped, exc)
+            return False
+        return True
 
     def accept(self, raw: bytes) -> None:
         """Check and hand on one POST body; never raises (the answer is 202 whatever it held)."""
