@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import sys
 import tempfile
 import tomllib
@@ -158,6 +159,9 @@ _TOP_LEVEL_KEYS = ("profiles",)
 _INT_KEYS = ("connect_rate_per_min", "echo_window_s")
 ECHO_WINDOW_RANGE = (2, 600)
 APP_CREDENTIALS = ("secret", "certificate", "federated")  # identity/app_credentials.py KINDS
+# A tenant is named by its GUID or one of its domains (contoso.onmicrosoft.com, contoso.com).
+_DOMAIN = re.compile(r"(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", re.I)
+_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
 _URL_KEYS = ("authority_url", "graph_url", "connect_login_url", "connect_api_url")
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
@@ -311,10 +315,10 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
         elif f.name == "sync_users":
             value = _sync_users(value, where)
         elif f.name in _INT_KEYS:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(
-                    f"{where}: key '{f.name}' must be a whole number >= 0, not {value!r}",
-                    hint=f"write it as {f.name} = 250 (0 = no limit)",
+                    f"{where}: key '{f.name}' must be a whole number, not {value!r}",
+                    hint=f"write it as {f.name} = {getattr(Profile, f.name)}",
                 )
         elif not isinstance(value, str):
             raise ConfigError(
@@ -322,6 +326,19 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
                 hint=f"write it as {f.name} = \"…\"",
             )
         setattr(profile, f.name, value)
+    if profile.connect_rate_per_min < 0:
+        raise ConfigError(
+            f"{where}: key 'connect_rate_per_min' is {profile.connect_rate_per_min}",
+            hint="allowed: 0 or more requests a minute (default 250; 0 = no limit)",
+        )
+    if profile.tenant_id is not None and not (
+        _GUID.fullmatch(profile.tenant_id) or _DOMAIN.fullmatch(profile.tenant_id)
+    ):
+        raise ConfigError(
+            f"{where}: key 'tenant_id' is {profile.tenant_id!r}",
+            hint="allowed: the tenant's GUID (Entra admin center > Overview > Tenant ID) or one "
+            "of its domains, e.g. contoso.onmicrosoft.com",
+        )
     low, high = ECHO_WINDOW_RANGE
     if not low <= profile.echo_window_s <= high:
         raise ConfigError(

@@ -159,6 +159,11 @@ def _edit(profile_name: str | None, key: str, value: Any, *, remove: bool) -> Ke
     )
 
 
+def check_key(key: str) -> None:
+    """Refuse a secret, a key set only by commands, or an unknown key (before any question)."""
+    _check_key(key)
+
+
 def set_key(profile_name: str | None, key: str, value: str) -> KeyChange:
     """Set one key of the profile (created when missing); validated before anything is written."""
     return _edit(profile_name, key, value, remove=False)
@@ -218,3 +223,61 @@ def guard_sandbox_profile(name: str, *, force: bool, command: str) -> None:
         hint=f"pick another name (e.g. `--profile sandbox`), or pass --force to replace '{name}'",
         code="profile_not_sandbox",
     )
+
+
+@dataclass
+class EnvLine:
+    """One line of `config show --env`: a variable and its value, or a comment when the value is
+    not printed (a real secret) or not known yet."""
+
+    name: str
+    value: str | None
+    comment: str = ""
+
+
+def ci_environment(profile: config.Profile) -> list[EnvLine]:
+    """The environment docs/ci.md's pipeline needs, for ``profile``.
+
+    Secret values are given only for a sandbox profile (its secrets are fake, made by that
+    sandbox run); for any other profile the secret lines name the variable and say where the value
+    comes from, so a real secret never reaches a terminal or a log.
+    """
+    from presencectl import secrets
+
+    table = config.read_config(config.config_path()).get("profiles", {}).get(profile.name)
+    sandbox = _is_sandbox_table(table)
+    lines: list[EnvLine] = []
+    if sandbox:
+        lines.append(
+            EnvLine(
+                "PRESENCECTL_CONFIG_DIR",
+                str(config.config_dir()),
+                "holds the sandbox's URLs and CA, as a runner image holds a proxy or another cloud",
+            )
+        )
+    lines.append(EnvLine("PRESENCECTL_PROFILE", profile.name))
+    plain = {
+        "TENANT_ID": (profile.tenant_id, "`presencectl setup-azure` records it"),
+        "CLIENT_ID": (profile.client_id, "`presencectl setup-azure` records it"),
+        "CONNECT_CLIENT_ID": (profile.connect_client_id, "`presencectl connect set` records it"),
+        "CONNECT_ACCOUNT_EMAIL": (
+            profile.connect_account_email,
+            "`presencectl setup-azure --connect-account-email E` records it",
+        ),
+        "PRESENCECTL_SYNC_USERNAME": (
+            profile.sync_username,
+            "`presencectl sync-user set --username U` records it",
+        ),
+    }
+    for name, (value, source) in plain.items():
+        lines.append(EnvLine(name, value, "" if value else f"not set yet: {source}"))
+    for secret in secrets.NAMED_SECRETS:
+        env = secrets.ENV_VARS[secret]
+        if not sandbox:
+            lines.append(EnvLine(env, None, "secret: from your pipeline's secret store"))
+            continue
+        value = secrets.get_secret(profile.name, secret)
+        lines.append(
+            EnvLine(env, value, "fake: made by the sandbox" if value else "not stored yet")
+        )
+    return lines

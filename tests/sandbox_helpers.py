@@ -83,7 +83,7 @@ def admin_token(sb: Any) -> str:
 
 def create_presence_app(sb: Any, token: str, public_client: bool = False) -> dict[str, Any]:
     """An app registration like setup-azure makes (Presence.ReadWrite.All role + delegated
-    scopes)."""
+    scopes, the sign-in ones included)."""
     with client(sb, token) as c:
         app = c.post(
             "/v1.0/applications",
@@ -99,6 +99,10 @@ def create_presence_app(sb: Any, token: str, public_client: bool = False) -> dic
                             {"id": "df021288-bdef-4463-88db-98f22de89214", "type": "Role"},
                             {"id": "9c7a330d-35b3-4aa1-963d-cb2b9f927841", "type": "Scope"},
                             {"id": "e1fe6dd8-ba31-4d61-89e7-88639da4683d", "type": "Scope"},
+                            # openid, profile, offline_access: msal asks for them on every sign-in
+                            {"id": "37f7f235-527c-4136-accd-4a02d197296e", "type": "Scope"},
+                            {"id": "14dad69e-099b-42c9-810b-d002981feec1", "type": "Scope"},
+                            {"id": "7427e0e9-2fba-42fe-b0c0-848c9e6a8182", "type": "Scope"},
                         ],
                     }
                 ],

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_config_set_creates_validates_and_unset_restores_the_default(cli: Any) -> None:
-    made = cli("-o", "json", "config", "set", "tenant_id", "contoso.example")
+    made = cli("-o", "json", "config", "set", "--create", "tenant_id", "contoso.example")
     assert made.exit_code == 0, made.stderr
     assert made.json()["value"] == "contoso.example"
     assert cli("config", "set", "proxy", "http://proxy.contoso.example:3128").exit_code == 0
@@ -70,12 +70,12 @@ def test_every_profile_key_is_settable_through_the_schema(cli: Any) -> None:
     assert {"tenant_id", "connect_client_id", "ca_bundle", "proxy", "enabled_direction"} <= set(
         keys
     )
-    assert cli("config", "set", "enabled_direction", "sideways").exit_code == 3
-    assert cli("config", "set", "enabled_direction", "teams-to-connect").exit_code == 0
+    assert cli("config", "set", "--create", "enabled_direction", "sideways").exit_code == 3
+    assert cli("config", "set", "--create", "enabled_direction", "teams-to-connect").exit_code == 0
 
 
 def test_mapping_override_by_key_and_by_checked_file(cli: Any, tmp_path: Path) -> None:
-    assert cli("config", "set", "tenant_id", "contoso.example").exit_code == 0
+    assert cli("config", "set", "--create", "tenant_id", "contoso.example").exit_code == 0
     ok = cli("config", "set", "mapping.connect_to_teams.on_break", "Away/Away")
     assert ok.exit_code == 0, ok.stderr
     assert load_profile().mapping == {"connect_to_teams": {"on_break": "Away/Away"}}
@@ -221,3 +221,62 @@ def test_config_set_converts_by_the_declared_type(
     if expected != text and not isinstance(expected, bool):
         with pytest.raises(Exception, match="some_new_key"):
             config_edit._convert("some_new_key", "not-a-number")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("tenant_id", "", "GUID"),
+        ("tenant_id", "not a tenant!!", "GUID"),
+        ("tenant_id", "contoso", "GUID"),
+        ("echo_window_s", "-5", "2 to 600"),
+        ("echo_window_s", "601", "2 to 600"),
+        ("connect_rate_per_min", "-1", "0 or more"),
+    ],
+)
+def test_config_set_checks_each_value_as_loading_does(
+    cli: Any, key: str, value: str, allowed: str
+) -> None:
+    """Issue 24 item 7: every value checked (a negative number is a value, not an option)."""
+    assert cli("config", "set", "--create", "tenant_id", "contoso.onmicrosoft.com").exit_code == 0
+    before = config_path().read_text()
+    bad = cli("-o", "json", "--no-input", "config", "set", key, value)
+    assert bad.exit_code == 3, bad.stdout + bad.stderr
+    error = bad.json()["error"]
+    assert f"'{key}'" in error["message"] and allowed in error["hint"]
+    assert config_path().read_text() == before
+
+
+@pytest.mark.parametrize(
+    "tenant", ["0c5b8b8e-2f0e-4b8e-9a3c-1d2e3f4a5b6c", "contoso.onmicrosoft.com", "contoso.com"]
+)
+def test_config_set_takes_a_tenant_guid_or_domain(cli: Any, tenant: str) -> None:
+    assert cli("config", "set", "--create", "tenant_id", tenant).exit_code == 0
+    assert load_profile().tenant_id == tenant
+
+
+def test_config_set_never_creates_a_misspelt_profile_silently(
+    cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (
+        cli("--profile", "contoso", "config", "set", "--create", "proxy", "http://p:3128").exit_code
+        == 0
+    )
+    before = config_path().read_text()
+    typo = cli("-o", "json", "--no-input", "--profile", "contos", "config", "set", "proxy", "x")
+    assert typo.exit_code == 2, typo.stdout + typo.stderr
+    error = typo.json()["error"]
+    assert error["code"] == "profile_not_created"
+    assert "--create" in error["hint"] and "contoso" in error["message"]
+    assert config_path().read_text() == before
+
+    # At a terminal the question is asked; "no" leaves everything as it was.
+    from presencectl.cli.context import AppContext
+
+    monkeypatch.setattr(AppContext, "interactive", property(lambda self: True))
+    declined = cli("--profile", "contos", "config", "set", "proxy", "http://p:3128", input="n\n")
+    assert declined.exit_code == 2 and "Create it?" in declined.stderr
+    assert config_path().read_text() == before
+    accepted = cli("--profile", "contos", "config", "set", "proxy", "http://p:3128", input="y\n")
+    assert accepted.exit_code == 0, accepted.stderr
+    assert load_profile("contos").proxy == "http://p:3128"

@@ -178,3 +178,83 @@ def test_the_default_browser_wait_is_five_minutes() -> None:
 
     assert inspect.signature(admin_sign_in).parameters["timeout"].default == 300
     assert SetupOptions().sign_in_timeout == 300
+
+
+# ------------------------------------------------------------------ stale cached sign-ins
+
+
+def test_a_stale_cached_admin_sign_in_heals_itself_after_a_sandbox_restart(cli: Any) -> None:
+    """Issue 24 item 1: the admin token cached for a previous sandbox (same seed, so the same
+    tenant id) is refused by the new one; setup-azure drops it and signs in again, once."""
+    from presencectl.sandbox import running_sandbox
+
+    with running_sandbox(users=5, seed=1, auto_approve=ADMIN) as first:
+        first.write_profile("sandbox")
+        done = cli("--profile", "sandbox", "--no-input", "setup-azure")
+        assert done.exit_code == 0, done.stderr
+        tenant = first.world.tenant_id
+    with running_sandbox(users=5, seed=1, auto_approve=ADMIN) as second:
+        assert second.world.tenant_id == tenant  # the cached account matches this tenant
+        second.write_profile("sandbox")
+        again = cli("--profile", "sandbox", "--no-input", "-o", "json", "setup-azure")
+        assert again.exit_code == 0, again.stderr
+        assert "signing in again" in again.stderr
+        assert again.json()["client_id"] == load_profile("sandbox").client_id
+        # Exactly one new sign-in: one device code asked for.
+        assert second.world.stats.requests["entra_devicecode"] == 1, second.world.stats.requests
+
+
+class _RefusingMsalApp:
+    """An msal app whose cached sign-in Entra refuses (AADSTS70000), counting what is asked."""
+
+    def __init__(self) -> None:
+        self.silent_calls = 0
+        self.removed: list[Any] = []
+        self.accounts = [{"username": ADMIN}]
+
+    def acquire_token_silent_with_error(self, scopes: Any, account: Any, **kw: Any) -> Any:
+        self.silent_calls += 1
+        return {"error": "invalid_grant", "error_codes": [70000]}
+
+    def get_accounts(self, **kw: Any) -> list[Any]:
+        return list(self.accounts)
+
+    def remove_account(self, account: Any) -> None:
+        self.removed.append(account)
+        self.accounts.remove(account)
+
+
+class _Cache:
+    saved = 0
+
+    def save(self) -> None:
+        self.saved += 1
+
+
+def test_a_stale_sign_in_is_redone_once_then_the_hint_names_logout() -> None:
+    from presencectl.errors import AuthError
+    from presencectl.graph.tokens import AccessToken
+    from presencectl.identity.tokens import AdminTokenProvider
+
+    app = _RefusingMsalApp()
+    again: list[int] = []
+
+    def sign_in_again() -> dict[str, Any]:
+        again.append(1)
+        return {"error": "authorization_declined", "error_codes": [70000]}
+
+    provider = AdminTokenProvider(
+        app,
+        _Cache(),  # type: ignore[arg-type]
+        app.accounts[0],
+        ["User.Read"],
+        AccessToken("old", 0.0),
+        "https://127.0.0.1:1/t",
+        sign_in_again=sign_in_again,
+    )
+    for _ in range(2):
+        with pytest.raises(AuthError) as caught:
+            provider(True)
+        assert "presencectl logout" in caught.value.hint
+    assert again == [1]  # signed in again once, never in a loop
+    assert app.removed == [{"username": ADMIN}]  # the refused cache entry dropped

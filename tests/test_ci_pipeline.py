@@ -160,3 +160,85 @@ def test_the_documented_pipeline_runs_as_written(
         written += _files_text(config_dir, workdir, state_dir)
         for secret in (client_secret, SYNC_PASSWORD, sb.world.connect_client_secret):
             assert secret not in written
+
+
+def sandbox_walkthrough() -> str:
+    text = (ROOT / "docs" / "ci.md").read_text("utf-8")
+    found = re.search(r"### Trying the pipeline on the sandbox.*?```sh\n(.*?)```", text, re.S)
+    assert found, "docs/ci.md lost its sandbox walk-through"
+    return found.group(1)
+
+
+def test_the_sandbox_walkthrough_runs_the_pipeline_as_written(
+    cli: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24 item 8: getting-started's administrator part on the sandbox, then the page's
+    three lines (the environment from `config show --env`, then the script), literally."""
+    from presencectl.sandbox import running_sandbox
+
+    # A runner's secrets: the 0600 file, so the shell below reads what the admin stored.
+    monkeypatch.setenv("PRESENCECTL_SECRETS_BACKEND", "file")
+    with running_sandbox(users=8, seed=2, auto_approve=ADMIN) as sb:
+        sb.write_profile("sandbox")  # what `sandbox serve --write-profile sandbox` does
+        assert cli("--profile", "sandbox", "--no-input", "setup-azure").exit_code == 0
+        info = sb.profile_info()
+        sb.control.post(
+            f"/_sandbox/users/{info['sync_user']}/password", json={"password": SYNC_PASSWORD}
+        ).raise_for_status()
+        stored = cli(
+            "--profile",
+            "sandbox",
+            "sync-user",
+            "set",
+            "--username",
+            info["sync_user"],
+            "--password-stdin",
+            input=SYNC_PASSWORD + "\n",
+        )
+        assert stored.exit_code == 0, stored.stderr
+
+        shown = cli("--profile", "sandbox", "config", "show", "--env")
+        assert shown.exit_code == 0, shown.stderr
+        assert "fake" in shown.stdout and f"export TENANT_ID={sb.world.tenant_id}" in shown.stdout
+
+        workdir, home = tmp_path / "w", tmp_path / "home"
+        workdir.mkdir()
+        home.mkdir()
+        (workdir / "presence-sync.sh").write_text(pipeline_script())
+        (workdir / "walkthrough.sh").write_text(sandbox_walkthrough())
+        env = _runner_env(
+            tmp_path,
+            {
+                "PRESENCECTL_CONFIG_DIR": os.environ["PRESENCECTL_CONFIG_DIR"],
+                "PRESENCECTL_SECRETS_BACKEND": "file",
+                "HOME": str(home),
+            },
+        )
+        person = next(
+            p
+            for p in sb.world.people
+            if p.azure_id and p.connect_id and p.email not in (ADMIN, info["sync_user"])
+        )
+        sb.control.post(
+            "/_sandbox/connect/presence", json={"user": person.email, "status": "onphone"}
+        ).raise_for_status()
+        ran = _run(workdir / "walkthrough.sh", workdir, env)
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        one = _doc(workdir, "sync.json")
+        assert one["failed"] == 0 and one["matched"] > 0
+        teams = sb.control.get("/_sandbox/teams/presence", params={"user": person.email}).json()
+        assert (teams["availability"], teams["activity"]) == ("Busy", "InACall")
+        assert (home / "presence-sync-state").is_dir()  # the state dir the page names
+
+
+def test_config_show_env_never_prints_a_real_profiles_secrets(cli: Any) -> None:
+    from presencectl.config import Profile, save_profile
+
+    save_profile(Profile(name="contoso", tenant_id="contoso.onmicrosoft.com", client_id="c1"))
+    secrets.set_secret("contoso", secrets.CLIENT_SECRET, "real-secret-value")
+    shown = cli("--profile", "contoso", "config", "show", "--env")
+    assert shown.exit_code == 0, shown.stderr
+    assert "real-secret-value" not in shown.stdout + shown.stderr
+    assert "# export PRESENCECTL_CLIENT_SECRET=" in shown.stdout
+    assert "export TENANT_ID=contoso.onmicrosoft.com" in shown.stdout
+    assert "PRESENCECTL_CONFIG_DIR" not in shown.stdout

@@ -63,7 +63,7 @@ def test_bad_arguments_are_usage_errors(cli: Any, argv: list[str]) -> None:
 def test_bad_direction_is_a_usage_error_naming_the_choices(cli: Any, argv: list[str]) -> None:
     from presencectl.config import Profile, save_profile
 
-    save_profile(Profile(name="default", tenant_id="t"))
+    save_profile(Profile(name="default", tenant_id="contoso.example"))
     result = cli("-o", "json", *argv)
     assert "Traceback" not in result.stderr
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)

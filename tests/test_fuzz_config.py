@@ -234,7 +234,29 @@ def _string_ok(key: str, value: str) -> bool:
         return _is_url(value, ("http", "https", "socks5", "socks5h"))
     if key == "enabled_direction":
         return value in DIRECTIONS
+    if key == "tenant_id":
+        return _tenant_ok(value)
     return True
+
+
+def _tenant_ok(value: str) -> bool:
+    """A tenant GUID (8-4-4-4-12 hex) or a DNS domain with an alphabetic top-level label."""
+    parts = value.split("-")
+    if [len(p) for p in parts] == [8, 4, 4, 4, 12] and all(
+        c in "0123456789abcdefABCDEF" for c in value.replace("-", "")
+    ):
+        return True
+    labels = value.split(".")
+    if len(labels) < 2 or not 4 <= len(value) <= 253:
+        return False
+    alnum = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+    for label in labels:
+        if not 1 <= len(label) <= 63 or label[0] == "-" or label[-1] == "-":
+            return False
+        if not set(label) <= alnum | {"-"}:
+            return False
+    tld = labels[-1]
+    return 2 <= len(tld) <= 63 and tld.isascii() and tld.isalpha()
 
 
 def profile_bad_keys(table: dict[str, Any]) -> set[str]:
@@ -296,7 +318,7 @@ def test_fuzzed_profile_table_is_accepted_or_named(cli: Any, table: dict[str, An
 @example(mapping={"teams_to_connect": {"Busy/Busy": "Do not disturb"}})  # refused: DND group
 @example(mapping={"connect_to_teams": {"onphone": 3}})
 def test_fuzzed_mapping_overrides_in_config(cli: Any, mapping: dict[str, Any]) -> None:
-    write_doc({"profiles": {"fz": {"tenant_id": "t", "mapping": mapping}}})
+    write_doc({"profiles": {"fz": {"tenant_id": "t.example", "mapping": mapping}}})
     result = cli("--profile", "fz", "-o", "json", "mapping", "show")
     # config show must work whatever the mapping says (it is how the admin sees what to fix),
     # and names the problem instead (issue 15).

@@ -257,3 +257,39 @@ def test_unknown_client_and_bad_grant(sandbox: Any) -> None:
             data={"grant_type": "refresh_token", "client_id": BOOTSTRAP, "refresh_token": "nope"},
         )
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_grant"
+
+
+def test_a_grant_without_the_sign_in_scopes_is_refused_65001(sandbox: Any) -> None:
+    """msal asks for openid, profile and offline_access on every sign-in; Entra checks them
+    against the grant like any delegated permission, so a grant of only the Graph scopes is
+    AADSTS65001 (issue 22 item 10)."""
+    token = admin_token(sandbox)
+    app = create_presence_app(sandbox, token, public_client=True)
+    world = sandbox.world
+    graph_sp = world.graph_service_principal["id"]
+    with client(sandbox, token) as c:
+        sp = c.post("/v1.0/servicePrincipals", json={"appId": app["appId"]}).json()
+        grant = c.post(
+            "/v1.0/oauth2PermissionGrants",
+            json={
+                "clientId": sp["id"],
+                "consentType": "AllPrincipals",
+                "resourceId": graph_sp,
+                "scope": "Presence.Read.All User.Read",
+            },
+        ).json()
+        admin = world.admin
+        refused = public_app(sandbox, app["appId"]).acquire_token_by_username_password(
+            admin.email, admin.password, scopes=[PRESENCE_READ]
+        )
+        assert refused["error_codes"] == [65001], refused
+        patched = c.patch(
+            f"/v1.0/oauth2PermissionGrants/{grant['id']}",
+            json={"scope": "Presence.Read.All User.Read openid profile offline_access"},
+        )
+        assert patched.status_code == 204
+    result = public_app(sandbox, app["appId"]).acquire_token_by_username_password(
+        admin.email, admin.password, scopes=[PRESENCE_READ]
+    )
+    assert "access_token" in result, result
+    assert world.verify_bearer("Bearer " + result["access_token"]).scp == {"Presence.Read.All"}

@@ -159,7 +159,9 @@ def test_describe_source_never_returns_the_value(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize("fmt", ["table", "json", "csv", "md"])
 def test_no_secret_in_config_show(cli: Any, fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    config.save_profile(Profile(name="default", tenant_id="t", sync_username="sync@contoso.com"))
+    config.save_profile(
+        Profile(name="default", tenant_id="contoso.example", sync_username="sync@contoso.com")
+    )
     secrets.set_secret("default", secrets.CLIENT_SECRET, "KEYRING-SECRET-1")
     secrets._write_file({"default": {"sync_password": "FILE-SECRET-2"}})
     monkeypatch.setenv("PRESENCECTL_CONNECT_CLIENT_SECRET", "ENV-SECRET-3")

@@ -793,3 +793,119 @@ def test_a_subscription_gone_from_graph_is_recreated(org: Any) -> None:
             await engine._stop_notifications()
 
     asyncio.run(go())
+
+
+# ------------------------------------------------------------------ validation tokens (issue 20)
+
+
+@pytest.mark.parametrize("tokens", ["valid", "invalid", "missing"])
+def test_only_notifications_with_verified_validation_tokens_are_trusted(
+    org: Any, tokens: str
+) -> None:
+    """The sandbox signs its validationTokens with its own keys (at its metadata's jwks_uri); a
+    batch with a bad or missing token is answered 202, dropped whole and counted."""
+    org.control.post("/_sandbox/faults", json={"notify_validation_tokens": tokens})
+    person = org.people[3]
+    seen: dict[str, Any] = {}
+
+    async def scenario(engine: Any) -> None:
+        await until(lambda: engine.notifications is not None and engine.notifications.active)
+        await until(lambda: bool(engine.states))
+        await asyncio.to_thread(set_teams, org, person.email, "Busy", "InACall")
+        counts = engine.notifications.receiver.counts
+        if tokens == "valid":
+            await until(lambda: connect_session(org, person.email) == "onphone")
+        else:
+            await until(lambda: counts.dropped_untrusted >= 1)
+        seen["dropped_untrusted"] = counts.dropped_untrusted
+        seen["connect"] = await asyncio.to_thread(connect_session, org, person.email)
+
+    result, summary = watch_with_notifications(org, scenario)
+    assert result.cycles == 1  # only the first poll: nothing else could carry the change
+    if tokens == "valid":
+        assert seen["dropped_untrusted"] == 0 and summary["dropped_untrusted"] == 0
+        assert seen["connect"] == "onphone"
+    else:
+        assert seen["dropped_untrusted"] >= 1 and summary["dropped_untrusted"] >= 1
+        assert seen["connect"] != "onphone"  # the untrusted change was not written
+
+
+def _checker_and_token(claims: dict[str, Any], *, kid: str = "k1", key: Any = None) -> Any:
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from presencectl.graph.notifications import ValidationTokenChecker
+
+    tenant = "0c5b8b8e-2f0e-4b8e-9a3c-1d2e3f4a5b6c"
+    signing = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = jwt.algorithms.RSAAlgorithm.to_jwk(signing.public_key(), as_dict=True)
+    fetched: list[str] = []
+
+    async def fetch(url: str) -> Any:
+        fetched.append(url)
+        if url.endswith("openid-configuration"):
+            return {
+                "issuer": f"https://login.example/{tenant}/v2.0",
+                "jwks_uri": "https://login.example/keys",
+            }
+        return {"keys": [{**public, "kid": "k1"}]}
+
+    now = int(time.time())
+    base = {
+        "aud": APP_ID,
+        "iss": f"https://sts.windows.net/{tenant}/",
+        "iat": now,
+        "nbf": now,
+        "exp": now + 3600,
+        "appid": "0bf30f3b-4a52-48df-9a82-234910c4a086",
+        "tid": tenant,
+        "ver": "1.0",
+    }
+    token = jwt.encode({**base, **claims}, key or signing, algorithm="RS256",
+                       headers={"kid": kid})  # fmt: skip
+    checker = ValidationTokenChecker(f"https://login.example/{tenant}", APP_ID, fetch)
+    return checker, token, fetched
+
+
+@pytest.mark.parametrize(
+    ("claims", "why"),
+    [
+        ({}, None),
+        ({"aud": "someone-else"}, "does not verify"),
+        ({"exp": int(time.time()) - 600}, "does not verify"),
+        ({"iss": "https://sts.windows.net/another-tenant/"}, "does not verify"),
+        ({"appid": "a-different-publisher"}, "not to Graph"),
+        ({"appid": None, "azp": "0bf30f3b-4a52-48df-9a82-234910c4a086"}, None),  # a v2 token
+    ],
+)
+def test_each_validation_token_rule_can_fail(claims: dict[str, Any], why: str | None) -> None:
+    checker, token, _ = _checker_and_token(claims)
+    batch = {"value": [{"encryptedContent": {"data": "x"}}], "validationTokens": [token]}
+    if why is None:
+        asyncio.run(checker.check(batch))
+    else:
+        with pytest.raises(Untrusted, match=why):
+            asyncio.run(checker.check(batch))
+
+
+def test_a_forged_signature_an_unknown_key_and_no_tokens_are_untrusted() -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    checker, forged, _ = _checker_and_token({}, key=other)
+    with pytest.raises(Untrusted, match="does not verify"):
+        asyncio.run(checker.check({"value": [], "validationTokens": [forged]}))
+
+    checker, unknown, fetched = _checker_and_token({}, kid="rotated")
+    with pytest.raises(Untrusted, match="unknown signing key"):
+        asyncio.run(checker.check({"value": [], "validationTokens": [unknown]}))
+    assert fetched.count("https://login.example/keys") == 1  # fetched for the unknown kid
+    with pytest.raises(Untrusted):
+        asyncio.run(checker.check({"value": [], "validationTokens": [unknown]}))
+    assert fetched.count("https://login.example/keys") == 1  # not again within a minute
+    assert checker.key_fetches == 1
+
+    checker, _, _ = _checker_and_token({})
+    with pytest.raises(Untrusted, match="without validationTokens"):
+        asyncio.run(checker.check({"value": [{"encryptedContent": {"data": "x"}}]}))
+    asyncio.run(checker.check({"value": [{"resourceData": {"id": "x"}}]}))  # basic: no tokens

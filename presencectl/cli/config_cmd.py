@@ -60,6 +60,12 @@ def path(
 @config_app.command("show")
 def show(
     ctx: typer.Context,
+    env: bool = typer.Option(
+        False,
+        "--env",
+        help="Print the environment docs/ci.md's pipeline needs for this profile, as shell "
+        "`export` lines (secret values only for a sandbox profile, whose secrets are fake).",
+    ),
     _profile: ProfileOption = None,
     _output: OutputOption = OutputFormat.table,
     _verbose: VerboseOption = 0,
@@ -68,13 +74,19 @@ def show(
 ) -> None:
     """Show the active profile's settings; secrets only as "set (keyring|env|file)" or "not set".
 
-    Example: `presencectl --profile contoso config show -o json`
+    \b
+    Examples:
+      presencectl --profile contoso config show -o json
+      eval "$(presencectl --profile sandbox config show --env)"   # then run docs/ci.md's script
     """
     from presencectl.config import Profile, config_path
     from presencectl.secrets import NAMED_SECRETS, describe_source
 
     app_ctx = app_context(ctx)
     profile = app_ctx.load_profile(check_mapping=False)  # shows a bad mapping, to be fixed
+    if env:
+        _show_env(app_ctx, profile)
+        return
     defaults = Profile()
     settings: dict[str, Any] = {}
     for f in fields(Profile):
@@ -126,6 +138,30 @@ def show(
         columns=["key", "value", "origin"],
         title=f"profile {profile.name} ({config_path()})",
     )
+
+
+def _show_env(app_ctx: Any, profile: Any) -> None:
+    import shlex
+
+    from presencectl.config_edit import ci_environment
+
+    lines = ci_environment(profile)
+    if app_ctx.json:
+        app_ctx.render({line.name: line.value for line in lines})
+        return
+    out = [f"# docs/ci.md's pipeline environment for profile {profile.name}"]
+    if any(line.comment.startswith("fake") for line in lines):
+        out.append(
+            "# A sandbox profile: its secrets are fake, made by this sandbox run, and open "
+            "nothing else."
+        )
+    for line in lines:
+        note = f"  # {line.comment}" if line.comment else ""
+        if line.value:
+            out.append(f"export {line.name}={shlex.quote(line.value)}{note}")
+        else:
+            out.append(f"# export {line.name}=…{note}")
+    typer.echo("\n".join(out))
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -208,32 +244,59 @@ def _key_complete(incomplete: str) -> list[str]:
     return [k for k in keys if k.startswith(incomplete)]
 
 
-@config_app.command("set")
+# A value may start with "-" (`config set echo_window_s -5` is a value to check, not an option).
+@config_app.command("set", context_settings={"ignore_unknown_options": True})
 def set_(
     ctx: typer.Context,
     key: str = typer.Argument(
         ..., help="A profile key (`config show` lists them).", autocompletion=_key_complete
     ),
     value: str = typer.Argument(..., help="The new value."),
+    create: bool = typer.Option(
+        False,
+        "--create",
+        help="Create the profile when it does not exist yet (otherwise asked; required with "
+        "--no-input).",
+    ),
     _profile: ProfileOption = None,
     _output: OutputOption = OutputFormat.table,
     _verbose: VerboseOption = 0,
     _quiet: QuietOption = 0,
     _no_input: NoInputOption = False,
 ) -> None:
-    """Set one key of the active profile (created when missing), validated like loading.
+    """Set one key of the active profile, validated like loading.
 
-    Secrets are refused: they go through setup-azure, sync-user set or the environment.
+    A profile that does not exist yet is created after a question (or with --create): a
+    misspelt --profile never makes a new profile silently. Secrets are refused: they go through
+    setup-azure, sync-user set or the environment.
 
     \b
     Examples:
+      presencectl --profile ci config set --create tenant_id contoso.onmicrosoft.com
       presencectl config set connect_client_id 3f2a…
       presencectl --profile contoso config set proxy http://proxy.contoso.example:3128
       presencectl config set mapping.connect_to_teams.on_break Away/Away
     """
-    from presencectl.config_edit import set_key
+    from presencectl.config import config_path, list_profiles, profile_name
+    from presencectl.config_edit import check_key, set_key
+    from presencectl.errors import UsageError
 
     app_ctx = app_context(ctx)
+    check_key(key)
+    name = profile_name(app_ctx.profile_name)
+    existing = list_profiles()
+    if not create and name not in existing:
+        question = f"There is no profile '{name}' in {config_path()}. Create it?"
+        if not app_ctx.interactive:
+            shown = ", ".join(existing) if existing else "none yet"
+            raise UsageError(
+                f"there is no profile '{name}' (profiles: {shown}); `config set` creates one only "
+                "when asked to",
+                hint="pass --create to make it, or fix --profile / PRESENCECTL_PROFILE",
+                code="profile_not_created",
+            )
+        if not typer.confirm(question, err=True):
+            raise UsageError(f"profile '{name}' not created", code="profile_not_created")
     change = set_key(app_ctx.profile_name, key, value)
     app_ctx.render(_shown(change), columns=None if app_ctx.json else _CHANGE_COLUMNS)
 

@@ -8,6 +8,8 @@ microsoft-graph-docs-contrib concepts/change-notifications-with-resource-data.md
 compared with ``dataSignature`` *before* anything is decrypted, then AES-CBC/PKCS7 with the key's
 first 16 bytes as IV. A notification that fails any step is untrusted: :class:`Untrusted` says
 why (never what it held). The crypto is the ``cryptography`` package's; nothing is hand-rolled.
+Also owns :class:`ValidationTokenChecker`: the ``validationTokens`` JWTs of a batch checked as the
+same page and msgraph-sdk-dotnet-core ``ITokenValidableExtension.cs`` say (PyJWT does the JWT work).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -225,3 +227,134 @@ __all__ = [
     "parse_collection",
     "read_item",
 ]
+
+
+# ----------------------------------------------------------------------- validation tokens
+
+# The Graph change notification publisher: the ``appid`` (v1 tokens) or ``azp`` (v2) of every
+# validation token (change-notifications-with-resource-data.md, "Validating the authenticity").
+GRAPH_NOTIFICATION_PUBLISHER = "0bf30f3b-4a52-48df-9a82-234910c4a086"
+# The issuers a validation token may carry for tenant {0}: v1 and v2 tokens (msgraph-sdk-dotnet-core
+# ITokenValidableExtension.cs; the docs' example token is v1, ``https://sts.windows.net/{tid}/``).
+ISSUER_FORMATS = ("https://sts.windows.net/{0}/", "https://login.microsoftonline.com/{0}/v2.0")
+KEYS_REFRESH_MIN_S = 60.0  # an unknown kid refetches the keys at most this often
+CLOCK_LEEWAY_S = 60
+
+FetchJson = Callable[[str], Awaitable[Any]]
+
+
+class ValidationTokenChecker:
+    """Every JWT in a notification batch's ``validationTokens``, checked as Microsoft says.
+
+    Signature (RS256) with the keys at the ``jwks_uri`` of the tenant's OpenID metadata (fetched
+    once, refetched when a token names an unknown ``kid``), expiry (``exp``/``nbf``), ``aud`` =
+    our app id, ``iss`` = the tenant's v1 or v2 issuer (or the metadata's own), and ``appid`` /
+    ``azp`` = the Graph change notification publisher. A batch of rich notifications
+    (``encryptedContent``) without tokens is untrusted too. PyJWT does the JWT work.
+    """
+
+    def __init__(
+        self,
+        authority: str,
+        app_id: str,
+        fetch_json: FetchJson,
+        *,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        import time
+
+        self.metadata_url = f"{authority.rstrip('/')}/v2.0/.well-known/openid-configuration"
+        self.app_id = app_id
+        self._fetch = fetch_json
+        self._clock = clock or time.time
+        self._issuers: list[str] = []
+        self._jwks_uri = ""
+        self._keys: dict[str, Any] = {}
+        self._keys_at: float | None = None
+        self.key_fetches = 0
+
+    async def check(self, collection: Mapping[str, Any]) -> None:
+        """Raise :class:`Untrusted` unless every token of the batch verifies."""
+        tokens = collection.get("validationTokens")
+        items = collection.get("value")
+        rich = isinstance(items, list) and any(
+            isinstance(i, Mapping) and i.get("encryptedContent") for i in items
+        )
+        if tokens is None or tokens == []:
+            if rich:
+                raise Untrusted("rich notifications without validationTokens")
+            return
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise Untrusted("validationTokens is not a list of tokens")
+        for token in tokens:
+            await self._check_one(token)
+
+    async def _check_one(self, token: str) -> None:
+        import jwt
+
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Untrusted(f"a validation token is not a JWT ({exc})") from None
+        if header.get("alg") != "RS256":
+            raise Untrusted(f"a validation token is signed with {header.get('alg')!r}, not RS256")
+        key = await self._key(str(header.get("kid") or ""))
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=["RS256"],
+                audience=self.app_id,
+                issuer=self._issuers,
+                leeway=CLOCK_LEEWAY_S,
+                options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.PyJWTError as exc:
+            raise Untrusted(f"a validation token does not verify ({exc})") from None
+        publisher = claims.get("azp") or claims.get("appid")
+        if publisher != GRAPH_NOTIFICATION_PUBLISHER:
+            raise Untrusted(f"a validation token was issued to {publisher!r}, not to Graph")
+
+    async def _key(self, kid: str) -> Any:
+        if not self._jwks_uri:
+            await self._load_metadata()
+        if kid not in self._keys:
+            now = self._clock()
+            if self._keys_at is None or now - self._keys_at >= KEYS_REFRESH_MIN_S:
+                await self._load_keys()
+        if kid not in self._keys:
+            raise Untrusted(f"a validation token names an unknown signing key {kid!r}")
+        return self._keys[kid]
+
+    async def _load_metadata(self) -> None:
+        import re
+
+        try:
+            meta = await self._fetch(self.metadata_url)
+        except Exception as exc:  # network or JSON: nothing can be verified
+            raise Untrusted(f"cannot read the tenant's OpenID metadata: {exc}") from None
+        issuer = str((meta or {}).get("issuer") or "")
+        self._jwks_uri = str((meta or {}).get("jwks_uri") or "")
+        found = re.search(r"[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}", issuer, re.I)
+        if not self._jwks_uri or not found:
+            self._jwks_uri = ""
+            raise Untrusted("the tenant's OpenID metadata names no tenant issuer or jwks_uri")
+        tenant = found.group(0).lower()
+        self._issuers = [f.format(tenant) for f in ISSUER_FORMATS] + [issuer]
+
+    async def _load_keys(self) -> None:
+        import jwt
+
+        self._keys_at = self._clock()
+        self.key_fetches += 1
+        try:
+            document = await self._fetch(self._jwks_uri)
+        except Exception as exc:
+            raise Untrusted(f"cannot read the tenant's signing keys: {exc}") from None
+        keys: dict[str, Any] = {}
+        for entry in (document or {}).get("keys") or []:
+            try:
+                keys[str(entry.get("kid") or "")] = jwt.PyJWK(entry, algorithm="RS256").key
+            except (jwt.PyJWTError, TypeError, ValueError):
+                continue  # a key of another type or use: not one of ours
+        self._keys = keys

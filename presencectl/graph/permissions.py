@@ -23,6 +23,18 @@ DELEGATED_SCOPES: dict[str, str] = {
     "User.Read": "e1fe6dd8-ba31-4d61-89e7-88639da4683d",
 }
 
+# The OpenID Connect scopes msal adds to every user sign-in (msal: "openid profile offline_access"
+# are always requested): the sync user's sign-in asks for them too, so the tenant-wide grant holds
+# them (else Entra may answer AADSTS65001). Never passed to msal by name (it reserves them).
+SIGN_IN_SCOPES: dict[str, str] = {
+    "openid": "37f7f235-527c-4136-accd-4a02d197296e",
+    "profile": "14dad69e-099b-42c9-810b-d002981feec1",
+    "offline_access": "7427e0e9-2fba-42fe-b0c0-848c9e6a8182",
+}
+
+# Every delegated permission the tenant-wide grant holds.
+GRANTED_SCOPES: dict[str, str] = {**DELEGATED_SCOPES, **SIGN_IN_SCOPES}
+
 # Delegated scopes the admin's sign-in (bootstrap public client) needs for setup-azure.
 ADMIN_SCOPES = (
     "https://graph.microsoft.com/Application.ReadWrite.All",

@@ -32,8 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Entra ID may take a little while to accept a new secret everywhere: retry the proof a few times.
-PROOF_DELAYS_S = (0.0, 2.0, 5.0, 10.0, 15.0)
+# Entra ID may take a while to accept a new secret everywhere, and Microsoft gives no
+# replication SLA (minutes are reported: microsoft/msgraph-bicep-types issue 193): the proof is
+# retried with backoff for five minutes (2 + 4 + 8 + 16 + 30 s, then every 30 s).
+PROOF_DELAYS_S = (0.0, 2.0, 4.0, 8.0, 16.0, *([30.0] * 9))
 
 
 @dataclass
@@ -59,21 +61,42 @@ async def prove_secret(
     secret: str,
     *,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    on_wait: Callable[[float], None] = lambda waited: None,
 ) -> None:
-    """Raise AuthError unless ``secret`` gets a token (retried while Entra ID replicates it)."""
+    """Raise AuthError unless ``secret`` gets a token (retried while Entra ID replicates it).
+
+    ``on_wait(seconds waited so far)`` is called before each retry (progress for the CLI).
+    """
     result: dict[str, Any] = {}
+    waited = 0.0
     for delay in PROOF_DELAYS_S:
         if delay:
+            on_wait(waited)
             await sleep(delay)
+            waited += delay
         result = await asyncio.to_thread(_prove, profile, client_id, secret)
         if "access_token" in result:
             return
         log.info("the new client secret is not accepted yet: %s", result.get("error"))
     raise AuthError(
-        "the new client secret was not accepted by Entra ID; the previous one was kept",
+        f"the new client secret was not accepted by Entra ID within {int(waited)} s; it was "
+        "removed again and the previous one kept",
         hint="run `presencectl setup-azure --rotate-secret` again in a few minutes",
         code="client_secret_unproven",
     )
+
+
+async def _remove_unproven(graph: GraphClient, app: dict[str, Any], key_id: str) -> None:
+    """removePassword for the secret this run added and could not prove (best effort: the
+    error about the proof is what the person needs; a failed removal is logged)."""
+    if not key_id:
+        return
+    try:
+        await graph.request(
+            "POST", f"/applications/{app['id']}/removePassword", json={"keyId": key_id}
+        )
+    except PresencectlError as exc:
+        log.warning("could not remove the unproven client secret %s: %s", key_id, exc.message)
 
 
 async def rotate_client_secret(
@@ -85,11 +108,14 @@ async def rotate_client_secret(
     lifetime_days: int,
     add_password: Callable[[dict[str, Any]], Awaitable[Any]] | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    on_wait: Callable[[float], None] = lambda waited: None,
 ) -> Rotation:
     """Add a secret, prove it, store it, then revoke the secret we made before.
 
     ``add_password(body)`` sends addPassword (setup-azure wraps it in its replication retry);
-    by default a plain POST.
+    by default a plain POST. A secret that is never proven is removed again before the error
+    is raised: it is stored nowhere (Graph shows its text once), so keeping it would only leave
+    a live credential nobody holds, and each rerun would add another.
     """
     from presencectl.identity.msal_apps import APP, forget_cache
 
@@ -117,7 +143,11 @@ async def rotate_client_secret(
     if not secret:
         raise ApiError("Graph addPassword answered without a secret", code="graph_error")
     key_id = str(answer.get("keyId") or "")
-    await prove_secret(profile, app["appId"], secret, sleep=sleep)
+    try:
+        await prove_secret(profile, app["appId"], secret, sleep=sleep, on_wait=on_wait)
+    except AuthError:
+        await _remove_unproven(graph, app, key_id)
+        raise
     secrets.set_secret(profile.name, secrets.CLIENT_SECRET, secret)
     profile.verified["client_secret_key_id"] = key_id
     profile.verified["client_secret_expires"] = str(answer.get("endDateTime") or end.isoformat())

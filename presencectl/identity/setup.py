@@ -31,8 +31,8 @@ from presencectl import secrets
 from presencectl.errors import ApiError, AuthError, ConfigError, PresencectlError, UsageError
 from presencectl.graph.permissions import (
     APP_ROLES,
-    DELEGATED_SCOPES,
     GLOBAL_ADMIN_ROLE_TEMPLATE_ID,
+    GRANTED_SCOPES,
     GRAPH_APP_ID,
 )
 from presencectl.transport import path_segment
@@ -275,7 +275,7 @@ async def check_prerequisites(
 
 def required_resource_access() -> list[dict[str, Any]]:
     access = [{"id": rid, "type": "Role"} for rid in APP_ROLES.values()]
-    access += [{"id": sid, "type": "Scope"} for sid in DELEGATED_SCOPES.values()]
+    access += [{"id": sid, "type": "Scope"} for sid in GRANTED_SCOPES.values()]
     return [{"resourceAppId": GRAPH_APP_ID, "resourceAccess": access}]
 
 
@@ -356,26 +356,43 @@ async def find_service_principal(graph: GraphClient, app_id: str) -> dict[str, A
 
 # ------------------------------------------------------------------------------ replication
 
-REPLICATION_WAIT_S = 120.0
+# Microsoft gives no replication SLA and minutes of 400/404 are reported right after a new
+# service principal (microsoft/msgraph-bicep-types issue 193): several minutes, not seconds.
+REPLICATION_WAIT_S = 300.0
 REPLICATION_MESSAGE = "waiting for Entra ID to replicate the new app…"
+REPLICATION_PROGRESS_EVERY_S = 30.0
 _MISSING_APPLICATION = "does not reference a valid application object"
+# appRoleAssignedTo naming a principal made moments ago (msgraph-bicep-types issue 193).
+_NOT_A_VALID_REFERENCE = "not a valid reference update"
 
 T = TypeVar("T")
 
 
-def is_replication_answer(exc: BaseException, *, just_created: bool) -> bool:
+def is_replication_answer(
+    exc: BaseException, *, just_created: bool, names: tuple[str, ...] = ()
+) -> bool:
     """Is ``exc`` one of the answers Entra ID gives while a new object replicates?
 
-    Exactly two (hashicorp/terraform-provider-azuread issue 581, hashicorp/vault-plugin-secrets-
-    azure issue 8): creating the service principal of a new app answers 400 "The appId '…' of the
-    service principal does not reference a valid application object."; addressing an object made
-    moments ago answers 404. Any other 4xx is a real error.
+    Creating the service principal of a new app answers 400 "The appId '…' of the service
+    principal does not reference a valid application object." (hashicorp/terraform-provider-
+    azuread issue 581, hashicorp/vault-plugin-secrets-azure issue 8); addressing an object made
+    moments ago answers 404; ``appRoleAssignedTo`` naming a new principal answers 400 "Not a valid
+    reference update." (microsoft/msgraph-bicep-types issue 193); and a 400 that names one of
+    ``names`` (the new principal's ids) is that principal not seen yet. Any other 4xx is a real
+    error.
     """
     if not isinstance(exc, ApiError):
         return False
-    if exc.status == 400 and _MISSING_APPLICATION in exc.message.lower():
+    message = exc.message.lower()
+    if exc.status == 400 and _MISSING_APPLICATION in message:
         return True
-    return just_created and exc.status == 404
+    if not just_created:
+        return False
+    if exc.status == 404:
+        return True
+    return exc.status == 400 and (
+        _NOT_A_VALID_REFERENCE in message or any(n and n.lower() in message for n in names)
+    )
 
 
 async def after_replication(
@@ -385,23 +402,27 @@ async def after_replication(
     on_step: StepCallback,
     wait_s: float = REPLICATION_WAIT_S,
     sleep: Callable[[float], Awaitable[None]] | None = None,
+    names: tuple[str, ...] = (),
+    what: str = REPLICATION_MESSAGE,
 ) -> T:
     """``call()``, retried with backoff (1, 2, 4 … 16 s) for up to ``wait_s`` while Entra ID
-    replicates a new object; progress is reported once through ``on_step``."""
+    replicates a new object; progress through ``on_step`` at the first wait, then every 30 s."""
     import asyncio
     import time
 
     pause = sleep or asyncio.sleep
-    deadline = time.monotonic() + wait_s
+    started = time.monotonic()
+    deadline = started + wait_s
     delay = 1.0
-    told = False
+    told_at: float | None = None
     while True:
         try:
             return await call()
         except ApiError as exc:
-            if not is_replication_answer(exc, just_created=just_created):
+            if not is_replication_answer(exc, just_created=just_created, names=names):
                 raise
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 raise ApiError(
                     f"Entra ID had not replicated the new app after {int(wait_s)} s: {exc.message}",
@@ -410,9 +431,18 @@ async def after_replication(
                     "app registration",
                     code="replication_timeout",
                 ) from exc
-            if not told:
-                on_step(Step("Replication", WAITING, REPLICATION_MESSAGE))
-                told = True
+            if told_at is None:
+                on_step(Step("Replication", WAITING, what))
+                told_at = now
+            elif now - told_at >= REPLICATION_PROGRESS_EVERY_S:
+                on_step(
+                    Step(
+                        "Replication",
+                        WAITING,
+                        f"{what.rstrip('…')} ({int(now - started)} s of at most {int(wait_s)} s)",
+                    )
+                )
+                told_at = now
             log.info("Entra ID replication: %s; retrying in %.0f s", exc.message, delay)
             await pause(min(delay, left))
             delay = min(delay * 2, 16.0)
@@ -465,17 +495,48 @@ async def ensure_application(
     on_step(steps[-1])
     sp = await find_service_principal(graph, app["appId"])
     if sp is None:
-        await after_replication(
-            lambda: graph.post_json("/servicePrincipals", {"appId": app["appId"]}),
-            just_created=bool(app.get("_just_created")),
-            on_step=on_step,
-            wait_s=replication_wait_s,
-        )
+        sp = await _create_service_principal(graph, app, on_step, replication_wait_s)
         steps.append(Step("Service principal", CREATED, f"for {app['appId']}"))
     else:
         steps.append(Step("Service principal", UNCHANGED, sp.get("id", "")))
     on_step(steps[-1])
+    # Kept from the 201 (a `$filter` lookup does not find a new principal until it replicates):
+    # the consent steps use its id, and know it is new.
+    app["_service_principal"] = sp
     return app, steps
+
+
+async def _create_service_principal(
+    graph: GraphClient, app: dict[str, Any], on_step: StepCallback, wait_s: float
+) -> dict[str, Any]:
+    """POST /servicePrincipals through the replication window; the 201's object, marked new.
+
+    A 409 means an earlier run created it and a `$filter` lookup does not show it yet: it is
+    looked up again (by the same replication wait) rather than failing the rerun.
+    """
+
+    async def create() -> dict[str, Any]:
+        try:
+            created = await graph.post_json("/servicePrincipals", {"appId": app["appId"]})
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            found = await find_service_principal(graph, app["appId"])
+            if found is None:
+                raise ApiError(
+                    f"the service principal of {app['appId']} exists but is not found yet",
+                    status=404,
+                    code="graph_error",
+                ) from exc
+            return {**found, "_just_created": True}
+        return {**dict(created or {}), "_just_created": True}
+
+    return await after_replication(
+        create,
+        just_created=True,
+        on_step=on_step,
+        wait_s=wait_s,
+    )
 
 
 async def ensure_client_secret(
@@ -516,6 +577,17 @@ async def ensure_client_secret(
             wait_s=replication_wait_s,
         )
 
+    told: list[float] = []
+
+    def on_wait(waited: float) -> None:
+        # The first retry, then about every 30 s: the proof may take minutes (replication).
+        if not told or waited - told[-1] >= REPLICATION_PROGRESS_EVERY_S:
+            told.append(waited)
+            detail = "waiting for Entra ID to accept the new client secret…"
+            if waited:
+                detail = f"{detail.rstrip('…')} ({int(waited)} s)"
+            on_step(Step("Replication", WAITING, detail))
+
     rotation = await rotate_client_secret(
         graph,
         profile,
@@ -523,6 +595,7 @@ async def ensure_client_secret(
         display_name=SECRET_DISPLAY_NAME,
         lifetime_days=SECRET_LIFETIME_DAYS,
         add_password=add_password,
+        on_wait=on_wait,
     )
     revoked = (
         f"; the previous secret ({rotation.revoked_key_id}) is revoked"
@@ -562,9 +635,14 @@ class ConsentState:
         return not self.app_roles_missing and not self.scopes_missing
 
 
-async def consent_state(graph: GraphClient, client_id: str) -> ConsentState:
+async def consent_state(
+    graph: GraphClient, client_id: str, *, app_sp: dict[str, Any] | None = None
+) -> ConsentState:
+    """What is granted to the app; ``app_sp``: its service principal when known (a new one is
+    not found by a `$filter` lookup until it has replicated)."""
     graph_sp = await find_service_principal(graph, GRAPH_APP_ID)
-    app_sp = await find_service_principal(graph, client_id)
+    if app_sp is None:
+        app_sp = await find_service_principal(graph, client_id)
     if graph_sp is None:
         raise ApiError(
             "the Microsoft Graph service principal is missing from the tenant", code="graph_error"
@@ -591,19 +669,45 @@ async def consent_state(graph: GraphClient, client_id: str) -> ConsentState:
     ]
     grant = grants[0] if grants else None
     have = set(str((grant or {}).get("scope") or "").split())
-    scopes_missing = [name for name in DELEGATED_SCOPES if name not in have]
+    scopes_missing = [name for name in GRANTED_SCOPES if name not in have]
     return ConsentState(roles_missing, scopes_missing, graph_sp["id"], app_sp["id"], grant)
 
 
-async def grant_consent(graph: GraphClient, client_id: str, *, on_step: StepCallback) -> Step:
-    """Grant every missing app role and delegated scope through Graph (idempotent)."""
-    state = await consent_state(graph, client_id)
+async def grant_consent(
+    graph: GraphClient,
+    client_id: str,
+    *,
+    on_step: StepCallback,
+    app_sp: dict[str, Any] | None = None,
+    replication_wait_s: float = REPLICATION_WAIT_S,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+) -> Step:
+    """Grant every missing app role and delegated scope through Graph (idempotent).
+
+    ``app_sp``: the app's service principal as setup-azure created or found it. When this run
+    created it, each grant is retried through the replication window: Graph refuses to name a
+    principal it has not replicated yet (400/404; microsoft/msgraph-bicep-types issue 193).
+    """
+    state = await consent_state(graph, client_id, app_sp=app_sp)
     if state.complete:
         step = Step("Admin consent", UNCHANGED, "every permission already granted")
         on_step(step)
         return step
+    just_created = bool((app_sp or {}).get("_just_created"))
+
+    async def post(path: str, body: dict[str, Any]) -> Any:
+        return await after_replication(
+            lambda: graph.post_json(path, body),
+            just_created=just_created,
+            on_step=on_step,
+            wait_s=replication_wait_s,
+            names=(state.app_sp_id, client_id),
+            sleep=sleep,
+            what="waiting for Entra ID to replicate the new service principal before consent…",
+        )
+
     for name in state.app_roles_missing:
-        await graph.post_json(
+        await post(
             f"/servicePrincipals/{path_segment(state.graph_sp_id)}/appRoleAssignedTo",
             {
                 "principalId": state.app_sp_id,
@@ -613,13 +717,13 @@ async def grant_consent(graph: GraphClient, client_id: str, *, on_step: StepCall
         )
     if state.scopes_missing:
         if state.grant is None:
-            await graph.post_json(
+            await post(
                 "/oauth2PermissionGrants",
                 {
                     "clientId": state.app_sp_id,
                     "consentType": "AllPrincipals",
                     "resourceId": state.graph_sp_id,
-                    "scope": " ".join(DELEGATED_SCOPES),
+                    "scope": " ".join(GRANTED_SCOPES),
                 },
             )
         else:
@@ -633,7 +737,7 @@ async def grant_consent(graph: GraphClient, client_id: str, *, on_step: StepCall
     granted = state.app_roles_missing + state.scopes_missing
     step = Step(
         "Admin consent",
-        CREATED if len(granted) == len(APP_ROLES) + len(DELEGATED_SCOPES) else UPDATED,
+        CREATED if len(granted) == len(APP_ROLES) + len(GRANTED_SCOPES) else UPDATED,
         "granted " + ", ".join(granted),
     )
     on_step(step)
@@ -641,9 +745,14 @@ async def grant_consent(graph: GraphClient, client_id: str, *, on_step: StepCall
 
 
 async def verify_consent(
-    graph: GraphClient, client_id: str, *, on_step: StepCallback, via: str
+    graph: GraphClient,
+    client_id: str,
+    *,
+    on_step: StepCallback,
+    via: str,
+    app_sp: dict[str, Any] | None = None,
 ) -> Step:
-    state = await consent_state(graph, client_id)
+    state = await consent_state(graph, client_id, app_sp=app_sp)
     if not state.complete:
         missing = state.app_roles_missing + state.scopes_missing
         raise AuthError(
@@ -803,7 +912,7 @@ async def run_setup(
             steps.append(await _ensure_app_credential(graph, profile, app, options, on_step))
         save(profile)  # the app exists now: a failure below must not lose its id
         if options.consent_url:
-            state = await consent_state(graph, app["appId"])
+            state = await consent_state(graph, app["appId"], app_sp=app.get("_service_principal"))
             if state.complete:
                 step = Step("Admin consent", UNCHANGED, "every permission already granted")
                 on_step(step)
@@ -817,13 +926,25 @@ async def run_setup(
                     timeout=options.consent_timeout,
                 )
                 verified = await verify_consent(
-                    graph, app["appId"], on_step=lambda s: None, via="consent URL"
+                    graph,
+                    app["appId"],
+                    on_step=lambda s: None,
+                    via="consent URL",
+                    app_sp=app.get("_service_principal"),
                 )
                 verified.result = CREATED
                 on_step(verified)
                 steps.append(verified)
         else:
-            steps.append(await grant_consent(graph, app["appId"], on_step=on_step))
+            steps.append(
+                await grant_consent(
+                    graph,
+                    app["appId"],
+                    on_step=on_step,
+                    app_sp=app.get("_service_principal"),
+                    replication_wait_s=options.replication_wait_s,
+                )
+            )
         profile.verified["admin_consent"] = today
         save(profile)
     return SetupReport(
@@ -918,7 +1039,7 @@ def check_app_permissions(
         ConsentCheck(name, "application", name not in state.app_roles_missing) for name in APP_ROLES
     ] + [
         ConsentCheck(name, "delegated", name not in state.scopes_missing)
-        for name in DELEGATED_SCOPES
+        for name in GRANTED_SCOPES
     ]
     missing = [c.permission for c in checks if not c.granted]
     if missing:

@@ -501,8 +501,41 @@ def sync_user_interactive_sign_in(
     return result
 
 
+# What Entra answers for a cached sign-in it no longer honours: the refresh token is unknown to it
+# (70000 invalid grant, e.g. a tenant rebuilt under the same id; 9002313 malformed), expired or
+# revoked (70008, 700082, 50173, 700084). The cache entry is then dropped and the admin signs in
+# again, once (issue 24: a sandbox restarted under the same tenant id refused the cached token,
+# and the hint looped).
+STALE_SIGN_IN_CODES = frozenset({70000, 70008, 700082, 700084, 50173, 9002313})
+LOGOUT_HINT = (
+    "run `presencectl logout` to forget the cached sign-in, then run the command again"
+)
+
+
+def is_stale_sign_in(result: dict[str, Any] | None) -> bool:
+    """Is this msal error a cached sign-in Entra no longer honours (not a policy or consent)?"""
+    if not result or "access_token" in result:
+        return False
+    codes = {int(c) for c in result.get("error_codes") or [] if str(c).isdigit()}
+    if codes:
+        return bool(codes & STALE_SIGN_IN_CODES)
+    return result.get("error") == "invalid_grant"
+
+
+def _forget_accounts(app: Any) -> None:
+    """Drop every cached account of this msal app (tokens, refresh tokens, id tokens)."""
+    for account in app.get_accounts():
+        app.remove_account(account)
+
+
 class AdminTokenProvider:
-    """Silent refresh of the admin's token (msal cache, refresh token) for Graph calls."""
+    """Silent refresh of the admin's token (msal cache, refresh token) for Graph calls.
+
+    A refresh that Entra refuses as stale (``STALE_SIGN_IN_CODES``; also a 401 on the first use
+    of a cached token, which the Graph client turns into a forced refresh) drops the cache entry
+    and signs in again through ``sign_in_again``, once; if that fails too, the error's hint names
+    `presencectl logout`.
+    """
 
     def __init__(
         self,
@@ -512,11 +545,13 @@ class AdminTokenProvider:
         scopes: Sequence[str],
         first: AccessToken,
         authority: str,
+        sign_in_again: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._app, self._cache, self._account, self._scopes = app, cache, account, list(scopes)
         self._token = first
         self._authority = authority
         self._lock = threading.Lock()
+        self._sign_in_again = sign_in_again
 
     def __call__(self, force_refresh: bool = False) -> AccessToken:
         import time
@@ -528,11 +563,43 @@ class AdminTokenProvider:
                 result = self._app.acquire_token_silent_with_error(
                     self._scopes, self._account, force_refresh=force_refresh
                 )
+            if is_stale_sign_in(result) and self._sign_in_again is not None:
+                again, self._sign_in_again = self._sign_in_again, None  # once
+                log.info("the cached admin sign-in was refused; signing in again")
+                _forget_accounts(self._app)
+                with msal_apps.msal_errors(self._authority):
+                    result = again()
+                if result and "access_token" in result:
+                    accounts = self._app.get_accounts()
+                    self._account = accounts[0] if accounts else self._account
+                else:
+                    self._cache.save()
+                    error = classify(result or {}, who="the Azure admin", flow="admin")
+                    error.hint = LOGOUT_HINT
+                    raise error
             self._cache.save()
             if not result or "access_token" not in result:
-                raise classify(result or {}, who="the Azure admin", flow="admin")
+                error = classify(result or {}, who="the Azure admin", flow="admin")
+                if is_stale_sign_in(result):
+                    error.hint = LOGOUT_HINT
+                raise error
             self._token = access_token_from_msal(result)
             return self._token
+
+
+def _again_after_stale(
+    app: Any,
+    method: str,
+    scopes: Sequence[str],
+    login_hint: str | None,
+    on_message: Callable[[DeviceCodePrompt | str], None],
+    timeout: float,
+    profile: Profile,
+) -> dict[str, Any]:
+    on_message("The cached Azure sign-in was refused; signing in again.")
+    return _interactive_sign_in(
+        app, profile, method, scopes, login_hint, on_message, timeout, "the Azure admin"
+    )
 
 
 def admin_sign_in(
@@ -559,12 +626,18 @@ def admin_sign_in(
     cache = msal_apps.PersistentTokenCache(profile.name, msal_apps.ADMIN)
     app = msal_apps.public_app(profile, client_id, cache)
     result: dict[str, Any] | None = None
+    silent = stale = False
     with msal_apps.msal_errors(profile.authority):
         accounts = app.get_accounts(username=login_hint) if login_hint else app.get_accounts()
         if accounts:
             result = app.acquire_token_silent_with_error(list(scopes), accounts[0])
             if result and "access_token" in result:
+                silent = True
                 log.info("admin signed in silently from the token cache")
+            elif is_stale_sign_in(result):
+                stale = True
+                on_message("The cached Azure sign-in was refused; signing in again.")
+                _forget_accounts(app)
         if not result or "access_token" not in result:
             result = _interactive_sign_in(
                 app, profile, method, scopes, login_hint, on_message, timeout, "the Azure admin"
@@ -581,9 +654,12 @@ def admin_sign_in(
             code="prerequisite_global_admin",
         )
     if not result or "access_token" not in result:
-        raise classify(
+        error = classify(
             result or {}, who="the Azure admin", tenant=profile.tenant_id or "", flow="admin"
         )
+        if stale or is_stale_sign_in(result):
+            error.hint = LOGOUT_HINT
+        raise error
     token = access_token_from_msal(result)
     # Who signed in: the id token's claims (msal decodes and documents ``id_token_claims``), else
     # msal's account record (a silent sign-in from the cache brings no id token).
@@ -594,7 +670,24 @@ def admin_sign_in(
             account = candidate
     known = account or {}
     return AdminSession(
-        provider=AdminTokenProvider(app, cache, account, scopes, token, profile.authority),
+        provider=AdminTokenProvider(
+            app,
+            cache,
+            account,
+            scopes,
+            token,
+            profile.authority,
+            # Only a token served from the cache can be stale; a fresh sign-in is not redone.
+            sign_in_again=(
+                (
+                    lambda: _again_after_stale(
+                        app, method, scopes, login_hint, on_message, timeout, profile
+                    )
+                )
+                if silent
+                else None
+            ),
+        ),
         username=str(
             claims.get("preferred_username") or claims.get("upn") or known.get("username") or ""
         ),

@@ -608,6 +608,7 @@ class DirectoryEndpoints:
         }
         app["passwordCredentials"].append(credential)
         self.world.app_secrets.setdefault(app["appId"], []).append(secret)
+        self.world.secret_added_at[secret] = self.world.clock.now()
         app.setdefault("_secret_by_key", {})[credential["keyId"]] = secret
         body = {
             "@odata.context": f"{self.base()}/$metadata#microsoft.graph.passwordCredential",
@@ -691,6 +692,8 @@ class DirectoryEndpoints:
         raw = request.query_params.get("$filter")
         sps = list(self.world.service_principals.values())
         if raw:
+            # A new principal is not found by a query until it has replicated.
+            sps = [sp for sp in sps if not replicating(self.world, sp)]
             sps = self.filter_objects(raw, sps, ("appId", "displayName", "id"), "servicePrincipal")
         return self.collection(request, "servicePrincipals", [self.public_app(sp) for sp in sps])
 
@@ -721,6 +724,9 @@ class DirectoryEndpoints:
         principal = world.service_principals.get(str(data.get("principalId") or ""))
         if principal is None:
             raise bad_request("Invalid principal id.", code="Request_BadRequest")
+        if replicating(world, principal):
+            # What Graph answers for a principal made moments ago (msgraph-bicep-types issue 193).
+            raise bad_request("Not a valid reference update.")
         if data.get("resourceId") not in (None, resource["id"]):
             raise bad_request(
                 "resourceId must be the service principal in the URL.", code="Request_BadRequest"
@@ -781,6 +787,9 @@ class DirectoryEndpoints:
         consent_type = data.get("consentType")
         if client_id not in world.service_principals or resource_id not in world.service_principals:
             raise bad_request("Invalid clientId or resourceId.", code="Request_BadRequest")
+        if replicating(world, world.service_principals[client_id]):
+            # No public source quotes this answer: Graph's usual 404 for an object not seen yet.
+            raise _not_found(client_id)
         if consent_type not in ("AllPrincipals", "Principal"):
             raise bad_request(
                 "consentType must be 'AllPrincipals' or 'Principal'.", code="Request_BadRequest"

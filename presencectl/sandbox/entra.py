@@ -123,7 +123,9 @@ class EntraEndpoints:
     def client_secret_error(self, client_id: str, secret: str | None) -> Response | None:
         if not secret:
             return entra_error("invalid_client", 7000218, status=401)
-        if not self.world.client_secret_ok(client_id, secret):
+        if not self.world.client_secret_ok(client_id, secret) or self.world.secret_replicating(
+            secret
+        ):
             return entra_error("invalid_client", 7000215, status=401, client_id=client_id)
         return None
 
@@ -154,12 +156,17 @@ class EntraEndpoints:
             return wanted, None
         granted = self.world.delegated_scopes_of(client_id, person.azure_id)
         if ".default" in wanted:
-            wanted = (wanted - {".default"}) | granted
+            wanted = (wanted - {".default"}) | (granted - OIDC_SCOPES)
             if not wanted:
                 return set(), self.consent_required(
                     client_id, str((app or {}).get("displayName", ""))
                 )
-        if not wanted <= granted:
+        # The OpenID Connect scopes a sign-in asks for need consent like any other delegated
+        # permission of Graph (each has a Graph permission id); msal asks for openid, profile and
+        # offline_access on every sign-in. (Microsoft's own bootstrap client, above, is
+        # pre-consented.)
+        sign_in = {s for s in requested if s in OIDC_SCOPES}
+        if not (wanted | sign_in) <= granted:
             return set(), self.consent_required(client_id, str((app or {}).get("displayName", "")))
         return wanted, None
 
@@ -281,7 +288,9 @@ class EntraEndpoints:
         )
 
     async def keys(self, request: Request) -> Response:
-        return JSONResponse({"keys": []})
+        from presencectl.sandbox.validation_tokens import jwks
+
+        return JSONResponse(jwks(self.world))
 
     async def userrealm(self, request: Request) -> Response:
         user = request.path_params["user"]

@@ -320,7 +320,14 @@ class PresenceNotifier:
                 else:
                     kept.append(value)
             if kept:
-                self._spawn(self._post(sub, sub.notification_url, {"value": kept}))
+                payload: dict[str, Any] = {"value": kept}
+                if sub.include_resource_data:
+                    from presencectl.sandbox.validation_tokens import validation_tokens
+
+                    tokens = validation_tokens(self.world, sub.application_id)
+                    if tokens is not None:
+                        payload["validationTokens"] = tokens
+                self._spawn(self._post(sub, sub.notification_url, payload))
 
     def _reauthorization_required(self) -> None:
         now = self.world.clock.now()

@@ -129,10 +129,14 @@ class Faults:
     notify_drop_rate: float = 0.0
     notify_delay_s: float = 0.0
     lifecycle_reauthorize: bool = False
+    # validationTokens of rich notifications: signed by the sandbox's key (valid), by another
+    # key under the same kid (invalid), or left out (missing)
+    notify_validation_tokens: str = "valid"
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
         "feed_event_scope": ("user", "session"),
         "connect_fields_param": ("accept", "reject"),
+        "notify_validation_tokens": ("valid", "invalid", "missing"),
         "connect_aggregation": ("rank", "last_writer"),
         "outage_target": ("all", "connect", "microsoft"),
     }
@@ -341,6 +345,9 @@ class World:
         self._app_by_app_id: dict[str, str] = {}
         self._sp_by_app_id: dict[str, str] = {}
         self.app_secrets: dict[str, list[str]] = {}  # appId -> secret texts
+        self.token_signing_key: Any = None  # sandbox/validation_tokens.py makes it on first use
+        # secret text -> sandbox clock time it was added (``replication_lag_s`` applies to it)
+        self.secret_added_at: dict[str, float] = {}
         self._install_microsoft_service_principals()
 
         self.refresh_tokens: dict[str, RefreshGrant] = {}
@@ -548,6 +555,12 @@ class World:
 
     def client_secret_ok(self, app_id: str, secret: str) -> bool:
         return any(hmac.compare_digest(secret, s) for s in self.app_secrets.get(app_id, []))
+
+    def secret_replicating(self, secret: str) -> bool:
+        """True while a secret added moments ago is not yet known everywhere."""
+        added = self.secret_added_at.get(secret)
+        lag = self.faults.replication_lag_s
+        return added is not None and lag > 0 and self.clock.now() < added + lag
 
     # ------------------------------------------------------------------ tokens
     def issue_token(

@@ -97,6 +97,11 @@ class NotifyOptions:
     reconcile_interval: float = 60.0
     rich: bool = True
     routes: list[Any] = field(default_factory=list)  # also served: /healthz, /readyz, /metrics
+    # Who the validationTokens must name, and how to fetch the tenant's keys (engine_for fills
+    # these from the profile): the authority URL with the tenant, our app id, HttpSettings.
+    authority: str | None = None
+    app_id: str | None = None
+    http: Any = None
 
 
 class TeamsNotifications:
@@ -155,6 +160,7 @@ class TeamsNotifications:
             certfile=self.options.listen_cert,
             keyfile=self.options.listen_key,
             routes=self.options.routes,
+            check_tokens=self._token_checker(),
         )
         try:
             await self.receiver.start()
@@ -529,6 +535,34 @@ class TeamsNotifications:
         return out
 
     # -- the encryption certificate -------------------------------------------------------------
+
+    def _token_checker(self) -> Any:
+        """The receiver's check of each batch's validationTokens (rich notifications only)."""
+        from presencectl.graph.notifications import Untrusted, ValidationTokenChecker
+
+        opts = self.options
+        if not opts.rich:
+            return None
+        if not opts.authority or not opts.app_id:
+
+            async def refuse(doc: Mapping[str, Any]) -> None:
+                if doc.get("validationTokens") or any(
+                    isinstance(i, Mapping) and i.get("encryptedContent")
+                    for i in doc.get("value") or []
+                ):
+                    raise Untrusted("no app id or authority to check validation tokens against")
+
+            return refuse
+
+        async def fetch(url: str) -> Any:
+            from presencectl.transport import HttpSettings, build_async_client
+
+            async with build_async_client(opts.http or HttpSettings()) as client:
+                answer = await client.get(url)
+                answer.raise_for_status()
+                return answer.json()
+
+        return ValidationTokenChecker(opts.authority, opts.app_id, fetch).check
 
     def _load_certificate(self) -> None:
         from presencectl import secrets as secret_store

@@ -8,7 +8,9 @@ Owns a small Starlette app served by uvicorn inside the sync's own event loop, o
 - any other ``POST`` is a ``changeNotificationCollection``: each item's ``clientState`` is checked
   (a mismatch is dropped and counted, never trusted) and the rest are handed to ``sink`` at once;
   the answer is 202, before any processing (Graph wants a 2xx within 3 s, and the resource-data
-  page says to answer before validating so a rogue sender learns nothing).
+  page says to answer before validating so a rogue sender learns nothing); with
+  ``check_tokens`` the batch's ``validationTokens`` are verified after the answer, and a batch
+  that fails is dropped whole (``dropped_untrusted``).
 
 The endpoint faces the internet, so the HTTP layer bounds what one sender can cost (issue 26):
 a body over ``max_body`` (1 MiB) is answered 413 without being read past the limit (a
@@ -29,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,12 +57,14 @@ class _TooLarge(Exception):
     """A POST body over the limit (answered 413)."""
 
 
-def _decode(raw: bytes) -> list[Mapping[str, Any]]:
-    """The items of one POST body; _BadBody for anything else. Runs in a worker thread."""
+def _decode(raw: bytes) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:
+    """The document of one POST body and its items; _BadBody for anything else. Runs in a
+    worker thread."""
     import json
 
     try:
-        return parse_collection(json.loads(raw))
+        doc = json.loads(raw)
+        return doc, parse_collection(doc)
     except (ValueError, RecursionError, Untrusted) as exc:
         # RecursionError: "[[[[…" nested past the interpreter's limit.
         raise _BadBody(type(exc).__name__) from None
@@ -124,6 +128,7 @@ class NotificationReceiver:
         max_items: int = MAX_ITEMS,
         max_connections: int = MAX_CONNECTIONS,
         routes: Sequence[Any] = (),
+        check_tokens: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
         import time
 
@@ -131,6 +136,9 @@ class NotificationReceiver:
         self.client_state = client_state
         self.sink = sink  # None: no notifications, only the routes below (health, metrics)
         self.routes = list(routes)  # served first: sync/probes.py's /healthz, /readyz, /metrics
+        # The batch's validationTokens (graph/notifications.py ValidationTokenChecker.check):
+        # a batch that fails is answered 202 like any other and dropped whole.
+        self.check_tokens = check_tokens
         self.certfile, self.keyfile = certfile, keyfile
         self.counts = ReceiverCounts()
         self.max_body, self.max_items = max_body, max_items
@@ -148,6 +156,7 @@ class NotificationReceiver:
 
     def app(self) -> Any:
         from starlette.applications import Starlette
+        from starlette.background import BackgroundTask
         from starlette.requests import Request
         from starlette.responses import PlainTextResponse, Response
         from starlette.routing import Route
@@ -168,14 +177,18 @@ class NotificationReceiver:
                     "body too large", status_code=413, headers={"connection": "close"}
                 )
             try:
-                items = await asyncio.to_thread(_decode, raw)
+                doc, items = await asyncio.to_thread(_decode, raw)
             except _BadBody:
                 self.counts.dropped_untrusted += 1
                 log.warning("dropped a notification POST that is not a change notification "
                             "collection (400)")
                 return PlainTextResponse("not a change notification collection", status_code=400)
-            self.accept(items)
-            return Response(status_code=202)
+            if self.check_tokens is None:
+                self.accept(items)
+                return Response(status_code=202)
+            # The 202 goes out first; the tokens are checked after (the keys may need a fetch).
+            later = BackgroundTask(self._verify_then_accept, doc, items)
+            return Response(status_code=202, background=later)
 
         async def health(request: Request) -> Response:
             return PlainTextResponse("ok")
@@ -184,6 +197,29 @@ class NotificationReceiver:
         if self.sink is not None:
             routes.append(Route("/{path:path}", notify, methods=["POST"]))
         return Starlette(routes=routes)
+
+    async def _verify_then_accept(
+        self, doc: Mapping[str, Any], items: list[Mapping[str, Any]]
+    ) -> None:
+        if await self._tokens_verified(doc, items):
+            self.accept(items)
+
+    async def _tokens_verified(
+        self, doc: Mapping[str, Any], items: list[Mapping[str, Any]]
+    ) -> bool:
+        """False (the batch counted as dropped_untrusted) when its validationTokens fail."""
+        if self.check_tokens is None:
+            return True
+        try:
+            await self.check_tokens(doc)
+        except Untrusted as exc:
+            dropped = min(len(items), self.max_items) or 1
+            self.counts.received += dropped
+            self.counts.dropped_untrusted += dropped
+            log.warning("dropped %d notification(s) whose validation tokens failed: %s",
+                        dropped, exc)
+            return False
+        return True
 
     def accept(self, items: list[Mapping[str, Any]]) -> None:
         """Check and hand on the items of one POST; never raises (the answer is 202).

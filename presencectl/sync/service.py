@@ -95,6 +95,17 @@ async def engine_for(
     settings = profile.http_settings()
     if options.echo_window is None:
         options = replace(options, echo_window=timedelta(seconds=profile.echo_window_s))
+    if options.notify is not None and options.notify.app_id is None:
+        # What each notification batch's validationTokens must name, and where the keys are.
+        options = replace(
+            options,
+            notify=replace(
+                options.notify,
+                authority=profile.authority if profile.tenant_id else None,
+                app_id=profile.client_id,
+                http=settings,
+            ),
+        )
     limiter = RateLimiter()
     own_store = store is None
     store = store or StateStore.for_profile(profile.name)
