@@ -307,18 +307,15 @@ def _our_connect_resource() -> str | None:
 
 
 def our_sessions(sb: Any, session_id: str) -> int:
+    """Sessions of ours left anywhere in the sandbox (``GET /_sandbox/sessions``, the count the
+    tests use too)."""
+    params = {"session_id": session_id}
     resource = _our_connect_resource()
-    count = 0
-    for p in sb.world.people:
-        if p.azure_id:
-            data = sb.control.get("/_sandbox/teams/presence", params={"user": p.email}).json()
-            count += sum(1 for s in data["sessions"] if s["session_id"] == session_id)
-        if p.connect_id:
-            data = sb.control.get(
-                "/_sandbox/connect/presence", params={"user": p.connect_email or p.email}
-            ).json()
-            count += sum(1 for r in data["resources"] if r["resource"] == resource)
-    return count
+    if resource:
+        params["resource"] = resource
+    response = sb.control.get("/_sandbox/sessions", params=params)
+    response.raise_for_status()
+    return int(response.json()["count"])
 
 
 def run_soak(

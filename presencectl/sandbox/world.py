@@ -70,6 +70,7 @@ class Stats:
     in_retry_after_window: int = 0
     writes: int = 0
     faults_injected: int = 0
+    in_flight: int = 0  # HTTP requests to the services being served now (not the control API)
 
     def count(self, endpoint: str, n: int = 1) -> None:
         self.requests[endpoint] += n
@@ -82,6 +83,7 @@ class Stats:
             "in_retry_after_window": self.in_retry_after_window,
             "writes": self.writes,
             "faults_injected": self.faults_injected,
+            "in_flight": self.in_flight,
         }
 
 
