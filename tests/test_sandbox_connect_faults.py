@@ -12,9 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from pysignalr.client import SignalRClient
-
-from presencectl.sandbox import running_sandbox
-from tests.test_sandbox_connect import (
+from test_sandbox_connect import (
     ADDRESS_BOOK,
     CONTACTS,
     MESSAGING,
@@ -26,6 +24,8 @@ from tests.test_sandbox_connect import (
     connect_people,
     token,
 )
+
+from presencectl.sandbox import running_sandbox
 
 
 @pytest.fixture

@@ -12,17 +12,13 @@ reached the sandbox, nothing of ours left after ``disable``."""
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
 
 def _run(seconds: float, **kwargs: Any) -> Any:
-    from soak import run_soak  # bench/soak.py
+    from soak import run_soak  # bench/soak.py (pythonpath in pyproject.toml)
 
     report = run_soak(seconds, **kwargs)
     # The hostile conditions really happened ...
