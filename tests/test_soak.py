@@ -25,6 +25,7 @@ def _run(seconds: float, **kwargs: Any) -> Any:
     assert report.faults_injected > 0, report
     assert report.throttled_429 > 0, report
     assert report.genuine_changes > 0 and report.hub_disconnects > 0 and report.cycles > 3
+    assert report.clock_jumps_s > 0  # the clock really moved: tokens and sessions expired
     # ... and were handled.
     assert report.exit_code in (0, 5), report
     assert not report.errors, report.errors
