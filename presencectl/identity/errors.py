@@ -56,6 +56,19 @@ class MfaRequired(SignInError):
     code = "mfa_required"
 
 
+class SyncUserReauthRequired(SignInError):
+    """A device-code or browser sync user whose refresh token no longer works: the person must
+    sign in again (revoked sessions, a sign-in frequency policy, expiry by inactivity)."""
+
+    code = "sync_user_reauth_required"
+
+
+class SyncUserMismatch(SignInError):
+    """An interactive sync-user sign-in made with another account than the member's."""
+
+    code = "sync_user_mismatch"
+
+
 class ConditionalAccessBlocked(SignInError):
     code = "conditional_access_blocked"
 
@@ -90,6 +103,12 @@ class AppNotFound(SignInError):
     code = "app_not_found"
 
 
+class AppCredentialRefused(SignInError):
+    """A certificate or federated client assertion Entra refused (identity/app_credentials.py)."""
+
+    code = "app_credential_refused"
+
+
 class TenantNotFound(SignInError):
     code = "tenant_not_found"
 
@@ -107,6 +126,14 @@ class SignInDeclined(SignInError):
 # flows: device code flow" answers), 530032 BlockedByConditionalAccessOnSecurityPolicy,
 # 530035 BlockedBySecurityDefaults, 50131 ConditionalAccessFailed.
 DEVICE_CODE_POLICY_CODES = frozenset({53003, 530032, 530035, 50131})
+
+
+# A refresh token refused for one of these asks for a new interactive sign-in (entra-docs
+# reference-error-codes): 50173 FreshTokenNeeded (grant revoked, e.g. sessions revoked or the
+# password reset), 70043 / 70044 sign-in frequency (Conditional Access), 70008 ExpiredOrRevoked-
+# Grant, 700082 refresh token expired by inactivity, 50133 session invalid after a password change,
+# 50076 / 50079 / 50074 MFA asked again, 70000 InvalidGrant (the token itself unknown).
+REAUTH_CODES = frozenset({50173, 70043, 70044, 70008, 700082, 50133, 50076, 50079, 50074, 70000})
 
 
 @dataclass(frozen=True)
@@ -136,6 +163,17 @@ def _rule(codes: set[int], cls: type[SignInError], message: str, remedy: str, *,
           flows: tuple[str, ...] = (), errors: tuple[str, ...] = ()) -> Rule:  # fmt: skip
     return Rule(frozenset(codes), cls, message, remedy, frozenset(flows), frozenset(errors))
 
+
+CERTIFICATE_REMEDY = (
+    "Run `presencectl setup-azure --credential certificate` to register a certificate "
+    "again (or `--rotate-credential`); check that it is in the app's Certificates & "
+    "secrets."
+)
+FEDERATED_REMEDY = (
+    "Compare the app's Certificates & secrets > Federated credentials with the token "
+    "(issuer, subject, audience api://AzureADTokenExchange), or run `presencectl "
+    "setup-azure --credential federated --federated-issuer URL --federated-subject S`."
+)
 
 #: Token-endpoint answers → typed errors, first match wins (so the order is part of the table:
 #: the admin's device-code policy block comes before the general Conditional Access one).
@@ -174,9 +212,18 @@ RULES: tuple[Rule, ...] = (
         {50076, 50079, 50074}, MfaRequired,
         "Azure login error: {who} must use multi-factor authentication, which a password "
         "sign-in cannot do{tag}.",
-        "Exclude the dedicated sync user from MFA: add it to the exclusions of the Conditional "
-        "Access policy that requires MFA (or turn per-user MFA off for it). See "
-        "docs/azure-setup.md.",
+        "Sign {who} in by device code instead (MFA once, no password kept): `presencectl "
+        "sync-user sign-in --username {who} --device-code`. Or exclude it from the "
+        "Conditional Access policy that requires MFA (Entra ID P1). Security defaults "
+        "cannot exclude an account. See docs/azure-setup.md.",
+        flows=("password",),
+    ),
+    _rule(
+        {50076, 50079, 50074}, MfaRequired,
+        "Azure login error: {who} must use multi-factor authentication, which a password "
+        "sign-in cannot do{tag}.",
+        "Complete the MFA prompt in an interactive sign-in (`--device-code` or "
+        "`--browser`). See docs/azure-setup.md.",
     ),
     _rule(
         set(DEVICE_CODE_POLICY_CODES), PolicyBlocked,
@@ -212,6 +259,39 @@ RULES: tuple[Rule, ...] = (
         "Azure login error: the app's client secret is {secret_state}{tag}.",
         "Run `presencectl setup-azure` again to add a new secret, or pass it in "
         "PRESENCECTL_CLIENT_SECRET.",
+    ),
+    _rule(
+        {700024}, AppCredentialRefused,
+        "Azure login error: the app's certificate was refused (the assertion is outside its "
+        "valid time: check this clock){tag}.",
+        CERTIFICATE_REMEDY,
+    ),
+    _rule(
+        {700027}, AppCredentialRefused,
+        "Azure login error: the app's certificate was refused{tag}.",
+        CERTIFICATE_REMEDY,
+    ),
+    # The first of issuer, subject, audience that the codes name; 70021 alone: the record.
+    _rule(
+        {700211}, AppCredentialRefused,
+        "Azure login error: no federated credential of the app matches the token's issuer{tag}.",
+        FEDERATED_REMEDY,
+    ),
+    _rule(
+        {700213}, AppCredentialRefused,
+        "Azure login error: no federated credential of the app matches the token's subject{tag}.",
+        FEDERATED_REMEDY,
+    ),
+    _rule(
+        {700212}, AppCredentialRefused,
+        "Azure login error: no federated credential of the app matches the token's "
+        "audience{tag}.",
+        FEDERATED_REMEDY,
+    ),
+    _rule(
+        {70021}, AppCredentialRefused,
+        "Azure login error: no federated credential of the app matches the token's record{tag}.",
+        FEDERATED_REMEDY,
     ),
     _rule(
         {700016, 700038}, AppNotFound,
@@ -282,7 +362,9 @@ def classify(
     if rule is None:
         log.debug("unclassified sign-in error %s codes=%s", error, codes)
         rule = UNCLASSIFIED
-    store_again = f"`presencectl sync-user set --username {who}`"
+    # `sign-in` proves the new password before it keeps it, and keeps a pool as it is (`set`
+    # would make the pool this one user again).
+    store_again = f"`presencectl sync-user sign-in --username {who} --password-stdin`"
     context = {
         "who": who,
         "tenant": tenant or "(profile tenant)",
@@ -298,6 +380,31 @@ def classify(
     }  # fmt: skip
     return rule.cls(
         rule.message.format(**context), hint=rule.remedy.format(**context), aad_codes=codes
+    )
+
+
+def needs_reauth(error: SignInError) -> bool:
+    """True when a refused refresh token means the person must sign in again."""
+    return bool(set(error.aad_codes) & REAUTH_CODES) or type(error) is SignInError
+
+
+def reauth_required(
+    who: str, sign_in: str, *, codes: tuple[int, ...] = (), never: bool = False
+) -> SyncUserReauthRequired:
+    """The error of a device-code or browser sync user that must sign in again."""
+    flag = "--browser" if sign_in == "browser" else "--device-code"
+    clean = tuple(int(c) for c in codes if str(c).isdigit())
+    tag = f" ({_aadsts(clean)})" if clean else ""
+    why = (
+        "has no stored sign-in on this machine"
+        if never
+        else f"must sign in again: its refresh token was refused{tag}"
+    )
+    return SyncUserReauthRequired(
+        f"the sync user {who} {why}",
+        hint=f"run `presencectl sync-user sign-in --username {who} {flag}` and sign in as {who} "
+        "(revoked sessions, a sign-in frequency policy or long inactivity end a refresh token)",
+        aad_codes=clean,
     )
 
 
