@@ -32,6 +32,7 @@ def _run(seconds: float, **kwargs: Any) -> Any:
     assert report.in_retry_after_window == 0, report
     assert not report.mismatches, report.mismatches
     assert report.audit_ok <= report.sandbox_writes, report
+    assert report.sandbox_writes > 0 and not report.audit_vs_sandbox, report.audit_vs_sandbox
     assert report.sessions_left_after_disable == 0, report
     return report
 
@@ -51,3 +52,15 @@ def test_long_soak() -> None:
     minutes = float(os.environ.get("PRESENCECTL_SOAK_MINUTES", "3"))
     report = _run(minutes * 60, users=40, seed=11, throttle=8)  # the default 60 s echo window
     print("soak figures:", report)
+
+
+def test_the_audit_is_checked_against_the_sandbox_per_side_and_user() -> None:
+    """Totals can balance one person's lost write with another's unaudited one; pairs cannot."""
+    from soak import audit_vs_sandbox
+
+    audit = {("teams", "a"): (1, 1), ("teams", "b"): (1, 1), ("connect", "c"): (2, 1)}
+    sandbox = {("teams", "a"): 2, ("connect", "c"): 1}  # 3 writes against 3 ok: totals agree
+    assert audit_vs_sandbox(audit, sandbox) == [
+        "teams a: audit ok 1, sandbox 2, audit rows 1",  # a write with no audit row
+        "teams b: audit ok 1, sandbox 0, audit rows 1",  # an ok write that never arrived
+    ]
