@@ -22,7 +22,8 @@ not settled, a failure. Then:
   its Retry-After ended (see presencectl/sandbox/throttle.py);
 - both sides show what the mapping of the genuine states says, for every matched user (compared
   by aggregation rank: which of two equal-rank sessions a service shows is its business);
-- the audit log accounts for every write: each write the audit calls ok reached the sandbox;
+- the audit log accounts for every write, per (side, user): each write the audit calls ok
+  reached the sandbox, and each write the sandbox took has its audit row;
 - ``disable --yes`` then leaves no session of ours anywhere.
 
 ``run_soak`` is also what ``tests/test_soak.py`` runs (a short version in CI, a long one with
@@ -79,6 +80,7 @@ class SoakReport:
     sandbox_writes: int = 0
     audit_rows: int = 0
     audit_ok: int = 0
+    audit_vs_sandbox: list[str] = field(default_factory=list)  # (side, user) pairs that differ
     cycles: int = 0
     mismatches: list[str] = field(default_factory=list)
     masked: list[str] = field(default_factory=list)  # one side's own state hidden by our session
@@ -99,6 +101,7 @@ class SoakReport:
             and self.in_retry_after_window == 0
             and not self.mismatches
             and self.audit_ok <= self.sandbox_writes
+            and not self.audit_vs_sandbox
             and self.sessions_left_after_disable == 0
             and self.settled
         )
@@ -231,6 +234,23 @@ class Chaos(threading.Thread):
             control.close()
 
 
+def audit_vs_sandbox(
+    audit: dict[tuple[str, str], tuple[int, int]], sandbox: dict[tuple[str, str], int]
+) -> list[str]:
+    """Per (side, user id): every write the audit calls ok reached the sandbox (ok <= sandbox),
+    and every write the sandbox took has its audit row (sandbox <= rows, ok or not: a write
+    whose answer was lost is audited as failed). Totals could balance one user's missing write
+    with another's extra one; pairs cannot."""
+    problems = []
+    for pair in sorted(set(audit) | set(sandbox)):
+        rows, ok = audit.get(pair, (0, 0))
+        took = sandbox.get(pair, 0)
+        if not ok <= took <= rows:
+            side, user = pair
+            problems.append(f"{side} {user}: audit ok {ok}, sandbox {took}, audit rows {rows}")
+    return problems
+
+
 def _our_teams_session(data: dict[str, Any], session_id: str) -> dict[str, Any] | None:
     return next((s for s in data["sessions"] if s["session_id"] == session_id), None)
 
@@ -307,18 +327,15 @@ def _our_connect_resource() -> str | None:
 
 
 def our_sessions(sb: Any, session_id: str) -> int:
+    """Sessions of ours left anywhere in the sandbox (``GET /_sandbox/sessions``, the count the
+    tests use too)."""
+    params = {"session_id": session_id}
     resource = _our_connect_resource()
-    count = 0
-    for p in sb.world.people:
-        if p.azure_id:
-            data = sb.control.get("/_sandbox/teams/presence", params={"user": p.email}).json()
-            count += sum(1 for s in data["sessions"] if s["session_id"] == session_id)
-        if p.connect_id:
-            data = sb.control.get(
-                "/_sandbox/connect/presence", params={"user": p.connect_email or p.email}
-            ).json()
-            count += sum(1 for r in data["resources"] if r["resource"] == resource)
-    return count
+    if resource:
+        params["resource"] = resource
+    response = sb.control.get("/_sandbox/sessions", params=params)
+    response.raise_for_status()
+    return int(response.json()["count"])
 
 
 def run_soak(
@@ -417,6 +434,13 @@ def run_soak(
             report.audit_ok = store._db.execute(
                 "SELECT count(*) FROM audit WHERE outcome = 'ok'"
             ).fetchone()[0]
+            rows = store._db.execute(
+                "SELECT side, user_id, count(*), sum(outcome = 'ok') FROM audit"
+                " GROUP BY side, user_id"
+            ).fetchall()
+        report.audit_vs_sandbox = audit_vs_sandbox(
+            {(str(s), str(u)): (int(n), int(ok)) for s, u, n, ok in rows}, dict(stats.writes_by)
+        )
         code, out, err = _cli("disable", "--yes")
         if code != 0:
             report.errors.append(f"disable: exit {code}: {err[-1000:]}")

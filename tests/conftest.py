@@ -115,3 +115,15 @@ def sandbox() -> Iterator[Any]:
 def sandbox_profile(sandbox: Any) -> Any:
     """The profile ``sandbox`` written for the running sandbox (Connect secret in the keyring)."""
     return sandbox.write_profile("sandbox")
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A loopback port this test holds bound and never listens on: a connection to it is
+    refused, and no other process can take the port while the test runs (a port bound and
+    closed again could be anyone's by the time it is used)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])

@@ -129,3 +129,14 @@ def admin_consent(sb: Any, app_id: str, user: str | None = None) -> httpx.Respon
         params["sandbox_user"] = user
     with client(sb) as c:
         return c.get(f"/{sb.world.tenant_id}/v2.0/adminconsent", params=params)
+
+
+def our_sessions(control: httpx.Client, session_id: str, resource: str | None) -> dict[str, Any]:
+    """The sessions of ours the sandbox holds anywhere: Teams application sessions with our
+    ``session_id``, Connect resources named ``resource`` (``GET /_sandbox/sessions``): ``count``,
+    and each one (``teams``, ``connect``) for a failure to show."""
+    params = {"session_id": session_id, **({"resource": resource} if resource else {})}
+    response = control.get("/_sandbox/sessions", params=params)
+    response.raise_for_status()
+    data: dict[str, Any] = response.json()
+    return data

@@ -219,7 +219,9 @@ def test_config_set_converts_by_the_declared_type(
     monkeypatch.setattr(config_edit, "_field_type", lambda key: annotation)
     assert config_edit._convert("some_new_key", text) == expected
     if expected != text and not isinstance(expected, bool):
-        with pytest.raises(Exception, match="some_new_key"):
+        from presencectl.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="some_new_key"):
             config_edit._convert("some_new_key", "not-a-number")
 
 

@@ -15,7 +15,7 @@ from presencectl.config import Profile
 from presencectl.connect import PresenceFeed, connect_client_for
 from presencectl.connect.directory import list_contacts
 from presencectl.connect.presence import clear_presence, get_presence, get_presences, set_presence
-from presencectl.errors import AuthError
+from presencectl.errors import ApiError, AuthError
 from presencectl.secrets import CONNECT_CLIENT_SECRET, set_secret
 
 ADMIN = "admin@contoso.example"
@@ -99,9 +99,9 @@ async def test_feed_over_tls_delivers_a_change(sb: Any, profile: Profile) -> Non
             assert event.presence == "meeting"
             subscription_id = feed.subscription.id
         # close() deleted the subscription: renewing it now is a 404.
-        with pytest.raises(Exception) as gone:
+        with pytest.raises(ApiError) as gone:
             await client.request("POST", f"/messaging/v1/subscriptions/{subscription_id}/renew")
-        assert getattr(gone.value, "status", None) == 404
+        assert gone.value.status == 404
 
 
 @pytest.mark.anyio

@@ -4,7 +4,6 @@ fails with its remedy and the exit code of its category; one failure never hides
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -230,15 +229,11 @@ def test_missing_consent_is_exit_4(sbx: Any, cli: Any) -> None:
     assert consent["status"] == "fail" and "User.Read.All" in consent["detail"]
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_unreachable_endpoint_is_exit_1_with_the_proxy_hint(sbx: Any, cli: Any) -> None:
+def test_unreachable_endpoint_is_exit_1_with_the_proxy_hint(
+    sbx: Any, cli: Any, refused_port: int
+) -> None:
     profile = load_profile("sandbox")
-    profile.connect_api_url = f"https://127.0.0.1:{_closed_port()}/univerge/api"
+    profile.connect_api_url = f"https://127.0.0.1:{refused_port}/univerge/api"
     save_profile(profile)
     result = doctor_json(cli)
     assert result.exit_code == 1

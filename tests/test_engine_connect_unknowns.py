@@ -10,8 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
-from tests.test_engine_sandbox import (
+from test_engine_sandbox import (
     ADMIN,
     Org,
     _engine_watch,

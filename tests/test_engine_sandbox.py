@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sandbox_helpers import our_sessions
 
 from presencectl.mapping import TeamsStatus
 
@@ -32,6 +33,9 @@ class Org:
         self.resource = ensure_resource_id(sb.write_profile("sandbox"))  # our Connect session
         run = cli("--profile", "sandbox", "setup-azure", "--no-input")
         assert run.exit_code == 0, run.stderr
+        from presencectl.config import load_profile
+
+        self.session_id = load_profile("sandbox").client_id  # our Teams sessionId
         sb.control.post(
             f"/_sandbox/users/{info['sync_user']}/password", json={"password": NEW_PASSWORD}
         ).raise_for_status()
@@ -95,13 +99,7 @@ class Org:
 
     def our_sessions(self) -> int:
         """Sessions of ours anywhere in the sandbox (Teams app sessions, Connect resource)."""
-        count = 0
-        for p in self.sb.world.people:
-            if p.azure_id:
-                count += len(self.teams_shows(p.email)["sessions"])
-            if p.connect_id:
-                resources = self.connect_shows(p.email)["resources"]
-                count += sum(1 for r in resources if r["resource"] == self.resource)
+        count: int = our_sessions(self.sb.control, self.session_id, self.resource)["count"]
         return count
 
 

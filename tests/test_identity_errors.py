@@ -129,3 +129,23 @@ def test_error_renders_as_json_envelope() -> None:
         "message": PASSWORD_CHANGE_MESSAGE,
         "hint": err.hint,
     }
+
+
+def test_every_row_of_the_table_is_reachable() -> None:
+    """First match wins, so a row whose codes all belong to earlier rows (in every flow it is
+    for) would never answer: each row must be the first to answer some code in some flow."""
+    from presencectl.identity.errors import RULES
+
+    flows = ("password", "client", "admin")
+    for index, rule in enumerate(RULES):
+        earlier = RULES[:index]
+        reachable = any(
+            not any(r.matches({code}, flow, "") for r in earlier)
+            for flow in (rule.flows or flows)
+            for code in rule.codes
+        ) or any(
+            not any(r.matches(set(), flow, error) for r in earlier)
+            for flow in (rule.flows or flows)
+            for error in rule.errors
+        )
+        assert reachable, rule.cls.__name__

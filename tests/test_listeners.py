@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -31,15 +30,12 @@ class Waiter:
     def __init__(self, listener: ConsentListener, timeout: float) -> None:
         self.answer: Any = None
         self.error: BaseException | None = None
-        self.elapsed = 0.0
 
         def run() -> None:
-            start = time.monotonic()
             try:
                 self.answer = listener.wait(timeout=timeout)
             except BaseException as exc:  # reported to the test
                 self.error = exc
-            self.elapsed = time.monotonic() - start
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from presencectl.sync.match import azure_addresses, match_users
@@ -125,7 +124,7 @@ def test_duplicate_ids_are_counted_once() -> None:
     assert len(report.pairs) == 1 and not report.conflicts
 
 
-def test_fifty_thousand_users_match_fast() -> None:
+def test_fifty_thousand_users_are_matched() -> None:
     n = 50_000
     users = [
         AzureUser(
@@ -140,8 +139,6 @@ def test_fifty_thousand_users_match_fast() -> None:
         Contact(f"c{i}", f"USER{i}@contoso.com" if i % 2 else f"alias{i}@contoso.com")
         for i in range(n)
     ]
-    start = time.perf_counter()
     report = match_users(users, contacts)
-    elapsed = time.perf_counter() - start
     assert len(report.pairs) == n
-    print(f"match_users 50k x 50k: {elapsed * 1000:.0f} ms")
+    assert not report.conflicts and not report.unmatched_azure and not report.unmatched_connect

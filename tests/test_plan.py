@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -174,8 +173,9 @@ def test_model_helpers() -> None:
     }  # fmt: skip
 
 
-def test_planning_ten_thousand_pairs_is_measured() -> None:
-    """The figure goes in the report; not asserted (shared CI machines vary)."""
+def test_a_steady_cycle_over_ten_thousand_pairs_plans_nothing() -> None:
+    """Ten thousand pairs read again unchanged: every pair kept, no write (the time it takes is
+    bench/cycle.py's figure, not a test's: shared CI machines vary)."""
     rng = random.Random(7)
     m = Mapping()
     teams_values = [
@@ -201,11 +201,9 @@ def test_planning_ten_thousand_pairs_is_measured() -> None:
         for k, s in result.new_states.items()
         if s.last_teams is not None and s.last_connect is not None
     }
-    start = time.perf_counter()
     again = plan(result.new_states, steady, m, "both", t1)
-    elapsed = time.perf_counter() - start
     assert len(again.new_states) == 10_000
-    print(f"plan 10k pairs, steady cycle: {elapsed * 1000:.0f} ms, {len(again.actions)} actions")
+    assert again.actions == []
 
 
 def test_user_change_after_we_cleared_a_masked_session_is_genuine() -> None:

@@ -227,6 +227,28 @@ def test_dnd_over_our_session_then_agent_call_ends_leaves_no_phantom() -> None:
     assert (w.teams_shows(), w.connect_shows()) == (T("Away/Away"), "offline")
 
 
+def test_a_state_of_theirs_uncovered_by_our_write_is_mirrored_once_then_settles() -> None:
+    """The crash runs' two-writes case (docs/reliability.md), which a watch never killed meets
+    too. Our Connect ``onphone`` (they were in a Teams call) hides their own Connect ``meeting``.
+    The call ends: we lower our session to ``available`` and their ``meeting`` shows. It is their
+    real state on Connect and nothing we may write can lower it (ours outranks nothing there), so
+    mirroring it to Teams is the one outcome where both sides agree: not a bug. It is taken once:
+    two Connect writes (lowered, then cleared), one Teams write, then nothing."""
+    w = World()
+    w.set_teams("Busy/InACall")
+    w.run(3)
+    w.set_connect("meeting")
+    w.run(3)
+    assert w.connect_shows() == "onphone"  # hidden under ours
+    w.set_teams("Available/Available")
+    writes = _non_renewal(w.run(20))
+    assert [(a.side, a.value) for a in writes] == [
+        (Side.CONNECT, "available"), (Side.TEAMS, T("Busy/InACall")), (Side.CONNECT, None)
+    ]  # fmt: skip
+    assert (w.connect_shows(), w.teams_shows()) == ("meeting", T("Busy/InACall"))
+    assert _non_renewal(w.run(20)) == []
+
+
 def test_echo_with_lagging_writes_does_not_loop() -> None:
     w = World(lag=True)
     w.set_connect("agent_onphone")

@@ -194,11 +194,8 @@ def test_consent_check_signs_in_through_the_proxy(org: Org, proxy: ConnectProxy)
     assert proxy.total() >= 1
 
 
-def test_a_proxy_that_is_down_is_a_clear_network_error(org: Org) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    _set_proxy(dead)
+def test_a_proxy_that_is_down_is_a_clear_network_error(org: Org, refused_port: int) -> None:
+    _set_proxy(f"http://127.0.0.1:{refused_port}")
     result = org.run("-o", "json", "sync")
     assert result.exit_code == 1, result.stdout + result.stderr
     error = result.json()["error"]

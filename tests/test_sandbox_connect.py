@@ -312,3 +312,16 @@ def test_connect_presence_httpx_async_smoke(sb: Any) -> None:
             return answer.status_code
 
     assert asyncio.run(main()) == 204
+
+
+def test_writes_are_counted_per_side_and_user(sb: Any) -> None:
+    """The Connect half of what the soak checks its audit against (bench/soak.py)."""
+    person = connect_people(sb)[1]
+    url = PRESENCE.format(id=person.connect_id)
+    mine = {"resource": OURS}
+    put = sb.control.put(url, params=mine, json={"presence": "away"}, headers=auth(sb))
+    assert put.status_code == 204
+    assert sb.control.delete(url, params=mine, headers=auth(sb)).status_code == 204
+    assert sb.control.delete(url, params=mine, headers=auth(sb)).status_code == 404
+    stats = sb.control.get("/_sandbox/stats").json()
+    assert stats["writes_by_user"] == {f"connect:{person.connect_id}": 2}

@@ -12,9 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from pysignalr.client import SignalRClient
-
-from presencectl.sandbox import running_sandbox
-from tests.test_sandbox_connect import (
+from test_sandbox_connect import (
     ADDRESS_BOOK,
     CONTACTS,
     MESSAGING,
@@ -26,6 +24,8 @@ from tests.test_sandbox_connect import (
     connect_people,
     token,
 )
+
+from presencectl.sandbox import running_sandbox
 
 
 @pytest.fixture
@@ -105,18 +105,21 @@ def test_a_write_shows_only_after_the_write_delay(sb: Any) -> None:
     person = connect_people(sb)[2]
     url = PRESENCE.format(id=person.connect_id)
     headers = auth(sb)
-    faults(sb, connect_write_delay_s=0.5)
+    # Long enough that the read right after the PUT comes inside it even on a loaded machine
+    # (0.5 s did not always); the wait for it to show is a liveness deadline.
+    faults(sb, connect_write_delay_s=3.0)
     put = sb.control.put(url, params={"resource": OURS}, json={"presence": "busy"}, headers=headers)
     assert put.status_code == 204
     assert sb.control.get(url, headers=headers).json() == {"presence": "offline"}
-    deadline = time.monotonic() + 5
+    faults(sb, connect_write_delay_s=0.5)
+    deadline = time.monotonic() + 30
     while sb.control.get(url, headers=headers).json()["presence"] != "busy":
         assert time.monotonic() < deadline, "the delayed write never showed"
         time.sleep(0.05)
     # a delete behind a write still on its way waits its turn (no resurrected session)
     sb.control.put(url, params={"resource": OURS}, json={"presence": "onphone"}, headers=headers)
     assert sb.control.delete(url, params={"resource": OURS}, headers=headers).status_code == 204
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while OURS in {
         r["resource"]
         for r in sb.control.get(
@@ -187,9 +190,9 @@ async def _hub_events(sb: Any, change: Any, count: int) -> list[dict[str, Any]]:
     client.on_open(on_open)
     task = asyncio.create_task(client.run())
     try:
-        await asyncio.wait_for(opened.wait(), 5)
+        await asyncio.wait_for(opened.wait(), 30)
         await asyncio.to_thread(change)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while len(received) < count and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         return received

@@ -521,3 +521,22 @@ def test_fifty_thousand_presences_by_user_id() -> None:
     assert set(seen) == set(ids)  # every id answered once, none twice
     busy = sum(1 for a in seen.values() if a == "Busy")
     assert busy == sum(1 for i, p in enumerate(people) if p.azure_id and i % 3 == 1)
+
+
+def test_writes_are_counted_per_side_and_user(sb: Any) -> None:
+    """What the soak checks its audit against, pair by pair (bench/soak.py): each write a
+    route took, under the user it was for; a clear with nothing to clear (404) is no write."""
+    person = azure_people(sb)[4]
+    url = f"/v1.0/users/{person.azure_id}/presence"
+    body = {"sessionId": APP_ID, "availability": "Away", "activity": "Away",
+            "expirationDuration": "PT1H"}  # fmt: skip
+    clear = {"sessionId": APP_ID}
+
+    def post(action: str, data: dict[str, Any]) -> int:
+        return sb.control.post(f"{url}/{action}", json=data, headers=app_token(sb)).status_code
+
+    assert [post("setPresence", body), post("clearPresence", clear)] == [200, 200]
+    assert post("clearPresence", clear) == 404
+    stats = sb.control.get("/_sandbox/stats").json()
+    assert stats["writes_by_user"] == {f"teams:{person.azure_id}": 2}
+    assert stats["writes"] == 2

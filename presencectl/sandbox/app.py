@@ -36,7 +36,9 @@ HUB_PATH = "/univerge/hub/presence"
 
 
 class RequestCounter:
-    """Counts every HTTP request by the name of the route that served it."""
+    """Counts every HTTP request by the name of the route that served it, and the HTTP requests
+    to the services (not the control API) still being served: ``in_flight``, so a test can wait
+    until a killed client's last requests have been handled instead of sleeping."""
 
     def __init__(self, app: ASGIApp, world: World) -> None:
         self.app = app
@@ -46,6 +48,9 @@ class RequestCounter:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        service = scope["type"] == "http" and not str(scope.get("path", "")).startswith("/_sandbox")
+        if service:
+            self.world.stats.in_flight += 1
         counted = False
 
         def count() -> None:
@@ -65,6 +70,8 @@ class RequestCounter:
         try:
             await self.app(scope, receive, counting_send)
         finally:
+            if service:
+                self.world.stats.in_flight -= 1
             count()
 
 

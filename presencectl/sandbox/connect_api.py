@@ -481,7 +481,7 @@ def presence_routes(world: World) -> list[BaseRoute]:
                         400, "invalid_presence",
                         f"Unknown presence value {value!r}.",
                     )
-                world.stats.writes += 1
+                world.stats.wrote("connect", person.connect_id)
                 if delay > 0:
                     schedule(person, name, str(value), delay)
                 else:
@@ -489,12 +489,12 @@ def presence_routes(world: World) -> list[BaseRoute]:
                 return Response(status_code=204)
             # DELETE: behind a write still on its way, the delete waits its turn
             if (str(person.connect_id), name) in pending:
-                world.stats.writes += 1
+                world.stats.wrote("connect", person.connect_id)
                 schedule(person, name, None, delay)
                 return Response(status_code=204)
             if name not in state.resources:
                 raise ConnectError(404, "not_found", f"No presence resource '{name}'.")
-            world.stats.writes += 1
+            world.stats.wrote("connect", person.connect_id)
             await apply_write(person, name, None)
             return Response(status_code=204)
         except ConnectError as exc:

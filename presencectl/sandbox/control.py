@@ -241,7 +241,9 @@ def control_routes(world: World) -> list[BaseRoute]:
 
     async def stats(request: Request) -> Response:
         if request.method == "DELETE":
+            in_flight = world.stats.in_flight  # a gauge, not a count: still being served
             world.stats.__init__()  # type: ignore[misc]
+            world.stats.in_flight = in_flight
         from presencectl.sandbox.graph_notifications import notification_stats
 
         return JSONResponse({**world.stats.to_dict(), **notification_stats(world)})

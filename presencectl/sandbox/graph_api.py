@@ -214,7 +214,7 @@ def _presence_handlers(world: World) -> dict[str, Handler]:
         changed = person.teams.set_session(
             session_id.lower(), str(pair[0]), str(pair[1]), expires_in, world.clock.now()
         )
-        world.stats.writes += 1
+        world.stats.wrote("teams", person.azure_id)
         if changed:
             await _announce_teams_change(world, person)
         return Response(status_code=200)
@@ -228,7 +228,7 @@ def _presence_handlers(world: World) -> dict[str, Handler]:
         result = person.teams.clear_session(session_id.lower(), world.clock.now())
         if result is None:
             raise GraphError(404, "NotFound", f"Presence session '{session_id}' was not found.")
-        world.stats.writes += 1
+        world.stats.wrote("teams", person.azure_id)
         if result:
             await _announce_teams_change(world, person)
         return Response(status_code=200)
@@ -251,7 +251,7 @@ def _presence_handlers(world: World) -> dict[str, Handler]:
         changed = person.teams.set_preferred(
             str(pair[0]), str(pair[1]), expires_in, world.clock.now()
         )
-        world.stats.writes += 1
+        world.stats.wrote("teams", person.azure_id)
         if changed:
             await _announce_teams_change(world, person)
         return Response(status_code=200)
@@ -259,7 +259,7 @@ def _presence_handlers(world: World) -> dict[str, Handler]:
     async def clear_preferred(request: Request, claims: Claims) -> Response:
         person = _writable_person(world, request, claims)
         changed = person.teams.clear_preferred(world.clock.now())
-        world.stats.writes += 1
+        world.stats.wrote("teams", person.azure_id)
         if changed:
             await _announce_teams_change(world, person)
         return Response(status_code=200)

@@ -452,10 +452,11 @@ def notification_stats(world: World) -> dict[str, int]:
     """What ``GET /_sandbox/stats`` adds for notifications."""
     found = world.extra.get("graph_presence_notifier")
     if found is None:
-        return {"subscriptions_active": 0, "notifications_delivered": 0}
+        return {"subscriptions_active": 0, "notifications_delivered": 0, "notifications_dropped": 0}
     return {
         "subscriptions_active": len(found.live()),
         "notifications_delivered": found.delivered,
+        "notifications_dropped": found.dropped,  # by ``notify_drop_rate``
     }
 
 

@@ -10,7 +10,12 @@ Owns ``control_routes(world)``:
   (the aggregate Graph shows, plus ``client`` and ``sequence_number``);
 - ``POST /_sandbox/connect/presence`` ``{"user", "status"}``: the user's own Connect app
   (resource ``app``); ``GET /_sandbox/connect/presence?user=E`` → ``{"status", "resources":
-  [{"resource", "status", "updated_at"}]}``.
+  [{"resource", "status", "updated_at"}]}``;
+- ``GET /_sandbox/sessions?session_id=ID&resource=R`` → ``{"teams": [{"user", "session_id",
+  "availability", "activity", "expires_at"}], "connect": [{"user", "resource", "status"}],
+  "count"}``: every live Teams application session with that id (any id when it is left out)
+  and every Connect resource of that name (none when it is left out), over everyone: the one
+  count of "sessions of ours left" that the tests and the soak use.
 
 Emails are matched case-insensitively; an unknown user is 404, an invalid value 400, both as
 ``{"error": {"code", "message"}}``. Every aggregate change is published on ``world.events``
@@ -230,7 +235,31 @@ def control_routes(world: World) -> list[BaseRoute]:
         except ControlError as exc:
             return exc.response()
 
+    async def sessions(request: Request) -> Response:
+        session_id = request.query_params.get("session_id")
+        resource = request.query_params.get("resource")
+        now = world.clock.now()
+        teams: list[dict[str, Any]] = []
+        connect: list[dict[str, Any]] = []
+        for person in world.people:
+            if person.azure_id:
+                for sid, session in person.teams.live_sessions(now).items():
+                    if session_id is None or sid == session_id:
+                        availability, activity = session.effective(now)
+                        teams.append({"user": person.email, "session_id": sid,
+                                      "availability": availability, "activity": activity,
+                                      "expires_at": iso(session.expires_at)})  # fmt: skip
+            if person.connect_id and resource is not None:
+                state = person.connect.aggregate_with(world.faults.connect_aggregation)
+                held = state.resources.get(resource)
+                if held is not None:
+                    connect.append({"user": person.connect_email or person.email,
+                                    "resource": resource, "status": held.status})  # fmt: skip
+        count = len(teams) + len(connect)
+        return JSONResponse({"teams": teams, "connect": connect, "count": count})
+
     return [
+        Route("/_sandbox/sessions", sessions, methods=["GET"], name="sandbox_sessions"),
         Route("/_sandbox/teams/presence", teams_presence, methods=["GET", "POST"],
               name="sandbox_teams_presence"),
         Route("/_sandbox/teams/preferred", teams_preferred, methods=["POST"],

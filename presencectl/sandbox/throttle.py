@@ -15,7 +15,8 @@ Owns:
   layer, or parsed and not yet served — the event loop serves one thing at a time, so a request
   can wait behind a long ``$batch``) gives that request the delivery time as its arrival.
   ``$batch`` members carry the outer request's ticket: they arrived with it, and their 429s are
-  delivered with its answer.
+  delivered with its answer. Those looks read uvicorn's and h11's connection objects (not public
+  API), so both are pinned in pyproject.toml to the versions the throttle tests pass on.
 - `check_presence_throttle(world, claims, ticket)`: the call every presence route (and every
   ``$batch`` member, one by one) makes before doing its work.
 - `inject_faults(world, request)`: latency, dropped connections and 500/503/504 answers

@@ -69,12 +69,19 @@ class Stats:
     throttled: int = 0
     in_retry_after_window: int = 0
     writes: int = 0
+    writes_by: Counter[tuple[str, str]] = field(default_factory=Counter)  # (side, user id)
     faults_injected: int = 0
+    in_flight: int = 0  # HTTP requests to the services being served now (not the control API)
     # token requests of confidential clients, by how they proved themselves (client_assertions.py)
     token_requests_by_client_auth: Counter[str] = field(default_factory=Counter)
 
     def count(self, endpoint: str, n: int = 1) -> None:
         self.requests[endpoint] += n
+
+    def wrote(self, side: str, user_id: str | None) -> None:
+        """One presence write applied (or, delayed, accepted) for ``user_id`` on ``side``."""
+        self.writes += 1
+        self.writes_by[(side, user_id or "")] += 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,7 +90,9 @@ class Stats:
             "throttled": self.throttled,
             "in_retry_after_window": self.in_retry_after_window,
             "writes": self.writes,
+            "writes_by_user": {f"{s}:{u}": n for (s, u), n in sorted(self.writes_by.items())},
             "faults_injected": self.faults_injected,
+            "in_flight": self.in_flight,
             "token_requests_by_client_auth": {
                 kind: self.token_requests_by_client_auth[kind]
                 for kind in ("secret", "certificate", "federated")
