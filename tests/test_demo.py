@@ -151,7 +151,7 @@ def test_run_demo_core_short(isolated_env: Any) -> None:
     assert carried > 0
     from presencectl.config import load_profile
 
-    profile = load_profile("sandbox")
+    profile = load_profile("demo")
     assert profile.enabled_direction == "both" and profile.verified.get("sync_user")
 
 
