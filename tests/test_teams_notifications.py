@@ -759,3 +759,26 @@ def test_a_subscription_gone_from_graph_is_recreated(org: Any) -> None:
             await engine._stop_notifications()
 
     asyncio.run(go())
+
+
+def test_status_shows_notification_figures_of_the_last_run_only() -> None:
+    """Issue 24 item 10: after a watch with notifications (the demo's, on an earlier sandbox),
+    a later run that had none must not be shown with that watch's figures."""
+    from datetime import UTC, datetime
+
+    from presencectl.sync.notify import META_KEY
+    from presencectl.sync.service import state_summary
+    from presencectl.sync.state import RunCounts, StateStore
+
+    then = time.time() - 600
+    with StateStore.for_profile("p") as store:
+        watch = store.start_run(mode="watch", direction="both", dry_run=False, now=then)
+        figures = {"mode": "notifications", "received": 7, "users_covered": 13,
+                   "updated": datetime.fromtimestamp(then + 30, UTC).isoformat()}  # fmt: skip
+        store.set_meta(META_KEY, json.dumps(figures))
+        store.finish_run(watch, RunCounts(cycles=3), outcome="ok", now=then + 60)
+    assert state_summary("p")["teams_notifications"]["received"] == 7  # that watch's own
+    with StateStore.for_profile("p") as store:
+        later = store.start_run(mode="once", direction="both", dry_run=False, now=then + 300)
+        store.finish_run(later, RunCounts(cycles=1), outcome="ok", now=then + 301)
+    assert state_summary("p")["teams_notifications"] is None
