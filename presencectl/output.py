@@ -200,7 +200,11 @@ _stderr_console: Any = None
 def stderr_console() -> Any:
     """A rich Console on stderr (progress, logs, prompts)."""
     global _stderr_console
-    if _stderr_console is None or _stderr_console.file is not sys.stderr:
+    # While a rich Live runs (the live view) sys.stderr is its proxy; the console it draws
+    # with writes to the stream behind that proxy. The same console is kept then, so that a
+    # line printed meanwhile (a "stopping…" note) goes above the view instead of into it.
+    stream = getattr(sys.stderr, "rich_proxied_file", sys.stderr)
+    if _stderr_console is None or _stderr_console.file is not stream:
         from rich.console import Console
 
         # Not a terminal (a log file, journald, CI): never hard-wrap, one message is one line.

@@ -220,6 +220,11 @@ def test_demo_without_a_terminal_prints_plain_lines(cli: Any) -> None:
     assert "Simulated changes" in result.stdout and "Teams → Connect" in result.stdout
     assert "propagation median" in result.stdout
     assert "\x1b[" not in result.stdout  # no terminal codes in plain output
+    # Issue 24 item 6: the piped output said "no matched users" and never corrected it.
+    covered = [line for line in lines if "teams notifications: " in line and "covered" in line]
+    assert covered and " of " in covered[-1], lines[:5]
+    matched = int(covered[-1].split("teams notifications: ")[1].split(" of ")[1].split()[0])
+    assert matched > 0
 
 
 # Not marked slow: it guards the echo-rule fix the demo found (~22 s).

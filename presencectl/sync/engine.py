@@ -863,7 +863,7 @@ class SyncEngine:
                 feed_state=getattr(self, "_feed_state", None),
             )
         renewals = sorted(
-            (s.expires_at, self._user(k))
+            (s.expires_at, self._user(k), str(s.side))
             for k, st in self.states.items()
             for s in st.sessions()
             if s.expires_at is not None
@@ -878,7 +878,9 @@ class SyncEngine:
             throttled=result.throttled,
             throttle_wait_s=round(result.throttle_wait_s, 3),
             sessions=sum(len(st.sessions()) for st in self.states.values()),
-            next_renewals=[{"user": u, "at": at.isoformat()} for at, u in renewals],
+            next_renewals=[
+                {"user": u, "side": side, "at": at.isoformat()} for at, u, side in renewals
+            ],
         )
 
     async def _wait_for_events(
@@ -1006,6 +1008,13 @@ class SyncEngine:
         if self.notifications is not None:
             ids = sorted(p.azure_id for p in self.pairs.values())
             await self.notifications.sync_subscriptions(ids)
+            # Said again when coverage changed: the first word (at start) knows no users yet.
+            summary = self.notifications.summary()
+            said = tuple(summary.get(k) for k in ("mode", "users_covered", "users_matched",
+                                                  "subscriptions", "next_renewal", "reason"))
+            if said != getattr(self, "_notifications_said", None):
+                self._notifications_said = said
+                self._emit("notifications", **summary)
 
     async def _stop_notifications(self) -> None:
         if self.notifications is not None:
