@@ -257,3 +257,57 @@ def test_demo_deletes_the_state_it_made_itself() -> None:
         _forget_previous_run("mine")
     assert caught.value.code == "state_not_demo"
     assert database_path("mine").exists()
+
+
+def test_subscriptions_and_issued_tokens_survive_a_restart() -> None:
+    """A Graph presence subscription keeps notifying, a Connect feed subscription can be
+    renewed, and a token issued before the restart is still accepted (the signing key is
+    kept), as across a restart of the real services' front ends."""
+    import time
+
+    from test_sandbox_graph_presence import Receiver, set_client, subscription_body, user_token
+
+    from presencectl.sandbox import running_sandbox
+    from presencectl.sandbox.persist import SandboxHome
+
+    port = free_port()
+    home = SandboxHome.for_serve(port, "sandbox")
+    receiver = Receiver()
+    try:
+        with running_sandbox(users=12, port=port, home=home,
+                             allow_http_notifications=True) as sb:  # fmt: skip
+            watched = [p for p in sb.world.people if p.azure_id][3]
+            headers = user_token(sb, sb.world.sync_user)
+            body = subscription_body(sb, receiver.url, [str(watched.azure_id)])
+            created = sb.control.post("/v1.0/subscriptions", json=body, headers=headers)
+            assert created.status_code == 201, created.text
+            graph_id = created.json()["id"]
+            form = {"grant_type": "client_credentials", "client_id": sb.world.connect_client_id,
+                    "client_secret": sb.world.connect_client_secret,
+                    "scope": "api.service.messaging"}  # fmt: skip
+            token = sb.control.post("/univerge/login/user/connect/token", data=form).json()
+            connect = {"Authorization": f"Bearer {token['access_token']}"}
+            subs = "/univerge/api/messaging/v1/subscriptions"
+            made = sb.control.post(f"{subs}/accounts/_me/users/_all", headers=connect,
+                                   json={"events": ["*"], "ttl": "00:30:00"})  # fmt: skip
+            assert made.status_code == 200, made.text
+            connect_id = made.json()["id"]
+
+        with running_sandbox(users=12, port=port, home=home,
+                             allow_http_notifications=True) as sb:  # fmt: skip
+            assert sb.restored_subscriptions == (1, 1)
+            # The token issued by the first life still signs in.
+            again = sb.control.get(f"/v1.0/subscriptions/{graph_id}", headers=headers)
+            assert again.status_code == 200, again.text
+            renewed = sb.control.post(f"{subs}/{connect_id}/renew", headers=connect, json={})
+            assert renewed.status_code == 200, renewed.text
+            before = len(receiver.notifications)
+            set_client(sb, watched.email, "Busy", "InAMeeting")
+            deadline = time.monotonic() + 30
+            while len(receiver.notifications) == before and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert len(receiver.notifications) > before, "the kept subscription did not notify"
+            value = receiver.notifications[-1]["value"][0]
+            assert value["subscriptionId"] == graph_id
+    finally:
+        receiver.close()

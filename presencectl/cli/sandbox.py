@@ -83,7 +83,8 @@ def serve(
     Prints one JSON line on stdout, {"base_url", "ca_bundle", "world", "home"}; logs go to
     stderr. With a fixed --port the world (app registrations, secrets, consents, users and
     passwords, presence, subscriptions) and the CA are kept in the state directory for that
-    port and --write-profile, and loaded on the next start; --fresh starts a new one.
+    port and --write-profile, and loaded on the next start (--users and --seed shape a new
+    world only); --fresh starts a new one.
 
     \b
     Examples:
