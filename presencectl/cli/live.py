@@ -23,6 +23,7 @@ from presencectl.cli.events import event_text
 
 SIDE_BY_SIDE_MIN_WIDTH = 180  # narrower: the event log goes under the people grid (full width)
 LOG_KEEP = 200
+REDRAW_EVERY_S = 0.1  # events redraw at most this often (the Live also redraws 4 times a second)
 SPARE_LINES = 2  # the frame leaves these lines of the terminal free (see _render)
 
 
@@ -57,6 +58,7 @@ class LiveView:
         self._outage_data: dict[str, Any] | None = None  # the event, to count down its retry
         self._live: Any = None
         self._console: Any = None  # the Live's own (stderr_console() makes a new one meanwhile)
+        self._drawn_at = 0.0
 
     def __enter__(self) -> LiveView:
         from rich.live import Live
@@ -111,8 +113,7 @@ class LiveView:
             self._outage_data = None
         elif event.type == "stop":
             self.stopped = True
-        if self._live is not None:
-            self._live.update(self._render())
+        self._redraw(force=event.type in ("stop", "outage", "recovered", "notifications"))
 
     def note(self, at: str, text: str) -> None:
         """A line of the caller's own in the event log (the demo's simulated people).
@@ -120,7 +121,16 @@ class LiveView:
         Printing above a rich Live from another thread while it redraws garbles the screen, so
         such lines go into the dashboard instead."""
         self.changes.appendleft((at, text))
-        if self._live is not None:
+        self._redraw()
+
+    def _redraw(self, *, force: bool = False) -> None:
+        """Draw now, at most REDRAW_EVERY_S apart: a first cycle of 10,000 people sends 10,000
+        events, and a frame sorts every person (the Live redraws on its own meanwhile)."""
+        if self._live is None:
+            return
+        now = time.monotonic()
+        if force or now - self._drawn_at >= REDRAW_EVERY_S:
+            self._drawn_at = now
             self._live.update(self._render())
 
     # -- what the events say -----------------------------------------------------------------
@@ -295,7 +305,7 @@ class LiveView:
                             ("Last change", 3)):  # fmt: skip
             grid.add_column(name, ratio=ratio, no_wrap=True, overflow="ellipsis")
         ordered = sorted(
-            self.people.items(),
+            list(self.people.items()),  # one C-level copy: the watch adds people meanwhile
             key=lambda item: (item[1].last_at is not None, item[1].last_at or 0, item[0]),
             reverse=True,
         )
@@ -311,7 +321,7 @@ class LiveView:
                     title_justify="left", pad_edge=False)  # fmt: skip
         log.add_column("at", min_width=8, no_wrap=True)
         log.add_column("what", no_wrap=True, overflow="ellipsis")
-        for at, what in list(self.changes)[:log_rows]:
+        for at, what in list(self.changes)[:log_rows]:  # copied first, as above
             log.add_row(at, escape(what))
         console._drawn = True  # a later size change is a resize of what is on screen
         if side_by_side:
