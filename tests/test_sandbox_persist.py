@@ -116,6 +116,11 @@ def test_fresh_starts_a_new_world_with_a_new_tenant(cli: Any) -> None:
         sb.write_profile("sandbox")
         profile = load_profile("sandbox")
         assert profile.tenant_id == sb.world.tenant_id and profile.client_id is None
+        # Issue 24 item 1's loop: the admin token cached for the old world cannot match the
+        # new tenant, so setup-azure signs in afresh instead of being declined forever.
+        again = cli("--profile", "sandbox", "setup-azure", "--no-input")
+        assert again.exit_code == 0, again.stderr
+        assert "AADSTS" not in again.stderr
 
 
 def test_two_in_process_sandboxes_get_different_tenants_only_when_serving_a_home() -> None:

@@ -286,3 +286,18 @@ def test_the_readme_install_puts_presencectl_on_path_for_every_later_command() -
         text = page.read_text(encoding="utf-8")
         assert ".venv/bin/presencectl demo" not in text, page  # the old, PATH-less install
     assert os.path.basename(sys.executable)  # (the venv runs this very test)
+
+
+def test_getting_started_section_1_the_ci_line_followed_literally(walk: Walk) -> None:
+    """The demo's line for CI (the two demo lines above it run for 60 s and 30 s: the demo's
+    own tests cover them)."""
+    blocks = sh_blocks("getting-started.md", "### In CI, or without a terminal", "## 2.")
+    (command,) = [c for block in blocks for c in block]
+    assert command.startswith("presencectl demo --duration 10 -o json | tail -1 | jq")
+    done = walk.run(command)
+    decoder, text, both = json.JSONDecoder(), done.stdout.strip(), []
+    while text:  # jq prints the two objects one after the other, pretty
+        found, end = decoder.raw_decode(text)
+        both.append(found)
+        text = text[end:].strip()
+    assert len(both) == 2 and all(d["changes"] > 0 for d in both), done.stdout
