@@ -26,6 +26,7 @@ import pytest
 from presencectl.sandbox.people import ADMIN_EMAIL, SYNC_EMAIL
 
 pytestmark = [
+    pytest.mark.slow,  # a sandbox, a watch and a demo in tmux: tens of seconds (.ci/run runs it)
     pytest.mark.timeout(300),
     pytest.mark.skipif(
         shutil.which("tmux") is None,

@@ -316,3 +316,40 @@ def test_subscriptions_and_issued_tokens_survive_a_restart() -> None:
             assert value["subscriptionId"] == graph_id
     finally:
         receiver.close()
+
+
+def test_a_killed_sandbox_keeps_what_it_saved_each_second(tmp_path: Path) -> None:
+    """kill -9 gives no chance to save at the end: the world is saved while serving (once a
+    second when it changed), so the next start finds the change."""
+    import ssl
+    import time
+
+    import httpx
+
+    env = {
+        **os.environ,
+        "PRESENCECTL_CONFIG_DIR": str(tmp_path / "cfg"),
+        "PRESENCECTL_STATE_DIR": str(tmp_path / "state"),
+        "PRESENCECTL_SECRETS_BACKEND": "file",
+    }
+    port = free_port()
+    proc, started = _serve_process(env, port)
+    world_file = Path(started["home"]) / "world.json"
+    verify = ssl.create_default_context(cafile=started["ca_bundle"])
+    with httpx.Client(base_url=started["base_url"], verify=verify) as control:
+        path = f"/_sandbox/users/{SYNC_EMAIL}/password"
+        answer = control.post(path, json={"password": "K1lled-9"})
+        assert answer.status_code == 200, answer.text
+    deadline = time.monotonic() + 30
+    while "K1lled-9" not in world_file.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)  # the saver runs once a second
+    proc.kill()  # kill -9: no save at the end
+    proc.communicate(timeout=20)
+    proc, again = _serve_process(env, port)
+    try:
+        assert again["world"] == "loaded"
+        verify = ssl.create_default_context(cafile=again["ca_bundle"])
+        with httpx.Client(base_url=again["base_url"], verify=verify) as control:
+            assert control.get("/_sandbox/profile").json()["sync_user_password"] == "K1lled-9"
+    finally:
+        _stop(proc)

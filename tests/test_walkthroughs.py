@@ -173,6 +173,7 @@ def walk(tmp_path: Path) -> Any:
         found.sandbox.communicate()
 
 
+@pytest.mark.slow  # tens of seconds: run by .ci/run's reliability step
 def test_getting_started_and_running_as_a_service_followed_literally(walk: Walk) -> None:
     blocks = sh_blocks("getting-started.md", "## 2. The same, by hand", "## 3. Next")
     by_first = {b[0].split("#")[0].strip(): b for b in blocks}
@@ -235,6 +236,7 @@ def test_getting_started_and_running_as_a_service_followed_literally(walk: Walk)
     assert len(ran) >= 25 and any(c.startswith("presencectl disable --yes") for c in ran), ran
 
 
+@pytest.mark.slow  # tens of seconds: run by .ci/run's reliability step
 def test_azure_setup_sandbox_note_followed_literally(walk: Walk) -> None:
     text = (DOCS / "azure-setup.md").read_text(encoding="utf-8")
     note = text[text.index("Try it first with no cloud account") :]
@@ -288,6 +290,7 @@ def test_the_readme_install_puts_presencectl_on_path_for_every_later_command() -
     assert os.path.basename(sys.executable)  # (the venv runs this very test)
 
 
+@pytest.mark.slow  # tens of seconds: run by .ci/run's reliability step
 def test_getting_started_section_1_the_ci_line_followed_literally(walk: Walk) -> None:
     """The demo's line for CI (the two demo lines above it run for 60 s and 30 s: the demo's
     own tests cover them)."""
