@@ -236,15 +236,19 @@ def test_demo_uses_its_own_profile_by_default() -> None:
 def test_demo_never_deletes_a_state_it_did_not_create(cli: Any) -> None:
     from presencectl.sync.state import StateStore, database_path
 
-    with StateStore.for_profile("contoso_prod") as store:
+    with StateStore.for_profile("contoso_prod") as store:  # a sync's state, not the demo's
         store.set_meta("precious", "yes")
-    path = database_path("contoso prod")
-    assert path == database_path("contoso_prod")  # one file for both names
-    result = cli("--profile", "contoso prod", "demo", "--duration", "5", "--users", "4")
-    assert result.exit_code != 0
-    assert path.exists()
-    with StateStore(path) as store:
-        assert store.get_meta("precious") == "yes"
+    path = database_path("contoso_prod")
+    # Issue 26 item 7: `demo --profile "contoso prod"` deleted the state of contoso_prod. The
+    # name is refused now (exit 2), and the demo deletes only a state it marked as its own
+    # (exit 3, state_not_demo), whatever the name.
+    for name, code in (("contoso prod", 2), ("contoso_prod", 3)):
+        result = cli("--profile", name, "demo", "--duration", "5", "--users", "4")
+        assert result.exit_code == code, result.stderr
+        assert path.exists()
+        with StateStore(path) as store:
+            assert store.get_meta("precious") == "yes"
+    assert "state_not_demo" in cli("-o", "json", "--profile", "contoso_prod", "demo").stdout
 
 
 def test_demo_deletes_the_state_it_made_itself() -> None:
@@ -353,3 +357,17 @@ def test_a_killed_sandbox_keeps_what_it_saved_each_second(tmp_path: Path) -> Non
             assert control.get("/_sandbox/profile").json()["sync_user_password"] == "K1lled-9"
     finally:
         _stop(proc)
+
+
+def test_the_sandbox_oidc_issuer_keeps_its_key_across_a_restart() -> None:
+    """Federated credentials trust the sandbox's own OIDC issuer: a workload token it minted
+    before a restart must verify after it, so its signing key is kept too."""
+    from presencectl.sandbox.client_assertions import client_auth_of
+
+    port = free_port()
+    with _serve(port) as sb:
+        keys = client_auth_of(sb.world).jwks()
+    with _serve(port) as sb:
+        assert client_auth_of(sb.world).jwks() == keys
+    with _serve(port, fresh=True) as sb:
+        assert client_auth_of(sb.world).jwks() != keys

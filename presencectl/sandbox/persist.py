@@ -3,9 +3,10 @@
 Owns ``SandboxHome`` (``state_dir()/sandbox/<port>-<profile>/``, 0700: the CA and its key, the
 world's snapshot ``world.json``, 0600, written atomically) and the snapshot's two halves,
 ``snapshot(world)`` and ``restore(world, data)``. A real tenant does not forget its app
-registrations, secrets, consents, users, passwords, presence or subscriptions when a front end
-restarts; neither does a sandbox that keeps its home. What starts afresh on each start: request
-statistics, fault keys, throttle windows and pending device codes (all of a process's life).
+registrations, secrets, consents, users, passwords, presence, subscriptions or the key of its
+own OIDC issuer (federated credentials) when a front end restarts; neither does a sandbox that
+keeps its home. What starts afresh on each start: request statistics, fault keys, throttle
+windows and pending device codes (all of a process's life).
 
 The secrets in the snapshot are the sandbox's own fakes (client secrets it minted, its token
 signing key, the simulated people's passwords); they are written to the 0600 file only and
@@ -179,7 +180,25 @@ def snapshot(world: World) -> dict[str, Any]:
         "connect_subscriptions": (
             [asdict(s) for s in feed.live()] if isinstance(feed, ConnectFeed) else []
         ),
+        "oidc_issuer_key": _issuer_key_pem(world),
     }
+
+
+def _issuer_key_pem(world: World) -> str | None:
+    """The key of the sandbox's own OIDC issuer (federated credentials), once it was made:
+    a workload token minted before a restart must still verify after it."""
+    auth = world.client_auth
+    key = getattr(auth, "_issuer_key", None) if auth is not None else None
+    if key is None:
+        return None
+    from cryptography.hazmat.primitives import serialization
+
+    blob: bytes = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return blob.decode("ascii")
 
 
 def restore(world: World, data: dict[str, Any]) -> None:
@@ -204,6 +223,14 @@ def restore(world: World, data: dict[str, Any]) -> None:
         token: RefreshGrant(**{**grant, "scopes": set(grant["scopes"])})
         for token, grant in data["refresh_tokens"].items()
     }
+    issuer_key = data.get("oidc_issuer_key")
+    if issuer_key:
+        from cryptography.hazmat.primitives import serialization
+
+        from presencectl.sandbox.client_assertions import client_auth_of
+
+        auth = client_auth_of(world)
+        auth._issuer_key = serialization.load_pem_private_key(issuer_key.encode(), None)
     # Subscriptions come back once the server's loop runs (restore_subscriptions).
     world.extra["restored_subscriptions"] = (
         list(data.get("graph_subscriptions", [])),
