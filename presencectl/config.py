@@ -118,21 +118,18 @@ class Profile:
         """The shared HTTP settings for this profile (CA bundle, proxy, msal's port fix)."""
         from presencectl.transport import HttpSettings
 
-        if (
-            self.ca_bundle
-            and Path(self.ca_bundle).parent.name.startswith(SANDBOX_DIR_PREFIX)
-            and not Path(self.ca_bundle).exists()
-        ):
-            # The sandbox's CA lives in its temporary dir, removed when the sandbox stops: say
-            # that, instead of blaming the ca_bundle key.
+        if self.ca_bundle and sandbox_serving(self.ca_bundle) is False:
+            # A sandbox's CA sits next to the lock its serving process holds (or in a temporary
+            # dir that went with it): say the sandbox is stopped instead of blaming a key.
             from presencectl.errors import NetworkError
 
+            port = urlsplit(self.authority_url).port
             raise NetworkError(
                 f"the sandbox at {self.authority_url} is not running (the one profile "
-                f"'{self.name}' was written for: its CA {self.ca_bundle} went with it)",
-                hint=f"start it: `presencectl sandbox serve --write-profile {self.name} "
-                "--auto-approve admin@contoso.example` (each start makes a new CA, so the "
-                "profile is written again)",
+                f"'{self.name}' was written for)",
+                hint=f"start it again: `presencectl sandbox serve --port {port} "
+                f"--write-profile {self.name} --auto-approve admin@contoso.example` "
+                "(it keeps its world; the profile's setup stays valid)",
                 code="sandbox_not_running",
             )
         fixes: dict[str, int] = {}
@@ -190,6 +187,36 @@ def config_dir() -> Path:
         return Path.home() / "Library" / "Application Support" / "presencectl"
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "presencectl"
+
+
+def sandbox_serving(ca_bundle: str) -> bool | None:
+    """Whether the sandbox whose CA is ``ca_bundle`` runs now; None if it is no sandbox's CA.
+
+    Every sandbox keeps its CA in a directory named ``presencectl-sandbox-…`` and holds the
+    OS lock of ``serving.lock`` there while it serves (``sandbox/server.py``); a temporary one
+    is removed at stop. The lock is probed, never kept.
+    """
+    ca_dir = Path(ca_bundle).parent
+    if not ca_dir.name.startswith(SANDBOX_DIR_PREFIX):
+        return None
+    lock = ca_dir / "serving.lock"
+    if not Path(ca_bundle).exists() or not lock.exists():
+        return False
+    if sys.platform == "win32":
+        return None  # no probe there: the connection error speaks instead
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # a lock we got goes with the descriptor
+    return False
 
 
 def config_path() -> Path:

@@ -281,3 +281,22 @@ def ci_environment(profile: config.Profile) -> list[EnvLine]:
             EnvLine(env, value, "fake: made by the sandbox" if value else "not stored yet")
         )
     return lines
+
+
+def guard_served_profile(name: str, *, command: str) -> None:
+    """Refuse to write profile ``name`` while a running sandbox owns it (``already_running``).
+
+    A sandbox owns the profile it wrote while it serves: the profile's ``ca_bundle`` sits next
+    to the lock that sandbox holds (``config.sandbox_serving``). ``demo`` and a second
+    ``sandbox serve`` must not take it over: the running one would keep answering for it.
+    """
+    table = config.read_config().get("profiles", {}).get(name)
+    ca_bundle = table.get("ca_bundle") if isinstance(table, dict) else None
+    if not isinstance(ca_bundle, str) or config.sandbox_serving(ca_bundle) is not True:
+        return
+    url = table.get("authority_url") if isinstance(table, dict) else None
+    raise ConfigError(
+        f"profile '{name}' belongs to the sandbox running at {url}; {command} would take it over",
+        hint=f"stop that sandbox first, or use another profile (e.g. `--profile {name}-2`)",
+        code="already_running",
+    )

@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROFILE = "sandbox"
+DEFAULT_PROFILE = "demo"  # its own: never the `sandbox` profile of getting-started
+DEMO_MARK = "demo_profile"  # state meta key: this state database was made by the demo for …
 DEFAULT_USERS = 20
 DEFAULT_DURATION = 60.0
 
@@ -271,6 +272,7 @@ def run_demo(
         if stop.is_set():
             raise DemoInterrupted
 
+    _forget_previous_run(options.profile_name)
     started = time.monotonic()
     with running_sandbox(
         users=options.users,
@@ -315,8 +317,8 @@ def _prepare(
     from presencectl.sync.model import Direction as SyncDirection
     from presencectl.sync.service import check_sync_prerequisites
 
-    _forget_previous_run(options.profile_name)
     profile: Profile = sb.write_profile(options.profile_name)
+    _mark_state(options.profile_name)
     step(
         "profile",
         f"wrote profile '{profile.name}' to {config_path()} (Connect client secret in the "
@@ -410,16 +412,42 @@ def _prepare(
 
 
 def _forget_previous_run(profile_name: str) -> None:
-    """A new sandbox is a new world: drop the last demo's sync state and cached sign-ins."""
-    from presencectl.identity import msal_apps
-    from presencectl.sync.state import database_path
+    """A new sandbox is a new world: drop the last demo's sync state and cached sign-ins.
 
+    Only a state database the demo made for this very profile name (its meta ``demo_profile``)
+    is deleted: a database of another profile that shares the file name (``contoso prod`` and
+    ``contoso_prod``), or one a sync made, is refused with ``state_not_demo`` and left alone.
+    """
+    from presencectl.errors import ConfigError
+    from presencectl.identity import msal_apps
+    from presencectl.sync.state import StateStore, database_path
+
+    path = database_path(profile_name)
+    if path.exists():
+        with StateStore(path) as store:
+            made_for = store.get_meta(DEMO_MARK)
+        if made_for != profile_name:
+            whose = f"the demo's for profile '{made_for}'" if made_for else "not the demo's"
+            raise ConfigError(
+                f"the state database {path} is {whose}: the demo for profile "
+                f"'{profile_name}' would delete it",
+                hint="run the demo with another profile (`presencectl demo --profile demo`), or "
+                "move that file away if you no longer need it",
+                code="state_not_demo",
+            )
     for identity in (msal_apps.ADMIN, msal_apps.APP, msal_apps.SYNC_USER):
         msal_apps.forget_cache(profile_name, identity)
-    path = database_path(profile_name)
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             path.with_name(path.name + suffix).unlink()
+
+
+def _mark_state(profile_name: str) -> None:
+    """The state database the demo is about to fill is marked as the demo's own."""
+    from presencectl.sync.state import StateStore
+
+    with StateStore.for_profile(profile_name) as store:
+        store.set_meta(DEMO_MARK, profile_name)
 
 
 def _matched_people(profile: Profile, summary: DemoSummary, step: Callable[..., None]) -> list[str]:

@@ -189,7 +189,8 @@ def from_error(name: str, exc: BaseException) -> Check:
     """The failed check for an exception a check let through."""
     if isinstance(exc, PresencectlError):
         remedy = exc.hint
-        if isinstance(exc, NetworkError):
+        # A stopped sandbox is not a network problem: its own hint says how to start it.
+        if isinstance(exc, NetworkError) and exc.code != "sandbox_not_running":
             remedy = network_remedy(exc.message + " " + exc.hint)
         return fail(name, exc.message, remedy, exc.code, exc.exit_code)
     from presencectl.transport import redact

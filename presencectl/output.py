@@ -138,7 +138,6 @@ def _render_table(
             cells = (cell.ljust(w) for cell, w in zip(line, widths, strict=True))
             out.write("  ".join(cells).rstrip() + "\n")
         return
-    from rich.console import Console
     from rich.table import Table
 
     rich_table = Table(title=title, show_lines=False)
@@ -146,7 +145,23 @@ def _render_table(
         rich_table.add_column(_header(c, headers), overflow="fold")
     for r in rows:
         rich_table.add_row(*(_cell(r.get(c)) for c in cols))
-    Console(file=out).print(rich_table)
+    data_console(out).print(rich_table)
+
+
+def data_console(out: TextIO | None = None) -> Any:
+    """A rich Console for data on stdout whose closed pipe raises ``BrokenPipeError``.
+
+    rich's own answer to a closed pipe is ``SystemExit(1)``; ours lets the error boundary
+    (``cli/app.py:run``) end quietly with exit 0, as a reader that leaves (``| head``) wants.
+    """
+    from rich.console import Console
+
+    class DataConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError
+
+    return DataConsole(file=out or sys.stdout)
 
 
 def emit_event(event: Mapping[str, Any], stream: TextIO | None = None) -> None:
@@ -195,7 +210,11 @@ _stderr_console: Any = None
 def stderr_console() -> Any:
     """A rich Console on stderr (progress, logs, prompts)."""
     global _stderr_console
-    if _stderr_console is None or _stderr_console.file is not sys.stderr:
+    # While a rich Live runs (the live view) sys.stderr is its proxy; the console it draws
+    # with writes to the stream behind that proxy. The same console is kept then, so that a
+    # line printed meanwhile (a "stopping…" note) goes above the view instead of into it.
+    stream = getattr(sys.stderr, "rich_proxied_file", sys.stderr)
+    if _stderr_console is None or _stderr_console.file is not stream:
         from rich.console import Console
 
         # Not a terminal (a log file, journald, CI): never hard-wrap, one message is one line.

@@ -5,6 +5,7 @@ whole demo end to end against its in-process sandbox (NDJSON for CI, plain lines
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -151,7 +152,7 @@ def test_run_demo_core_short(isolated_env: Any) -> None:
     assert carried > 0
     from presencectl.config import load_profile
 
-    profile = load_profile("sandbox")
+    profile = load_profile("demo")
     assert profile.enabled_direction == "both" and profile.verified.get("sync_user")
 
 
@@ -220,6 +221,11 @@ def test_demo_without_a_terminal_prints_plain_lines(cli: Any) -> None:
     assert "Simulated changes" in result.stdout and "Teams → Connect" in result.stdout
     assert "propagation median" in result.stdout
     assert "\x1b[" not in result.stdout  # no terminal codes in plain output
+    # Issue 24 item 6: the piped output said "no matched users" and never corrected it.
+    covered = [line for line in lines if "teams notifications: " in line and "covered" in line]
+    assert covered and " of " in covered[-1], lines[:5]
+    matched = int(covered[-1].split("teams notifications: ")[1].split(" of ")[1].split()[0])
+    assert matched > 0
 
 
 # Not marked slow: it guards the echo-rule fix the demo found (~22 s).
@@ -229,3 +235,25 @@ def test_demo_leaves_everyone_in_step(isolated_env: Any) -> None:
     check = next(e for e in events if e.type == "check")
     assert check.data["in_step"] == summary.matched
     assert summary.out_of_step == []
+
+
+def test_the_closing_lines_print_the_command_as_the_person_ran_it(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24 item 3: the README ran `.venv/bin/presencectl demo`, the demo then advised a
+    bare `presencectl …` that the shell could not find."""
+    from presencectl.cli.demo import closing_lines, command_as_run
+
+    script = tmp_path / "venv" / "bin" / "presencectl"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [".venv/bin/presencectl", "demo"])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # not on PATH
+    assert command_as_run() == ".venv/bin/presencectl"
+    lines = closing_lines("demo", "/cfg/config.toml")
+    assert any(".venv/bin/presencectl sandbox serve --port 8765" in line for line in lines)
+    assert any(".venv/bin/presencectl --profile sandbox setup-azure" in line for line in lines)
+    monkeypatch.setattr(sys, "argv", [str(script), "demo"])  # found on PATH: the bare name
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")
+    assert command_as_run() == "presencectl"

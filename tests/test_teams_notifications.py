@@ -913,3 +913,26 @@ def test_a_forged_signature_an_unknown_key_and_no_tokens_are_untrusted() -> None
     with pytest.raises(Untrusted, match="without validationTokens"):
         asyncio.run(checker.check({"value": [{"encryptedContent": {"data": "x"}}]}))
     asyncio.run(checker.check({"value": [{"resourceData": {"id": "x"}}]}))  # basic: no tokens
+
+
+def test_status_shows_notification_figures_of_the_last_run_only() -> None:
+    """Issue 24 item 10: after a watch with notifications (the demo's, on an earlier sandbox),
+    a later run that had none must not be shown with that watch's figures."""
+    from datetime import UTC, datetime
+
+    from presencectl.sync.notify import META_KEY
+    from presencectl.sync.service import state_summary
+    from presencectl.sync.state import RunCounts, StateStore
+
+    then = time.time() - 600
+    with StateStore.for_profile("p") as store:
+        watch = store.start_run(mode="watch", direction="both", dry_run=False, now=then)
+        figures = {"mode": "notifications", "received": 7, "users_covered": 13,
+                   "updated": datetime.fromtimestamp(then + 30, UTC).isoformat()}  # fmt: skip
+        store.set_meta(META_KEY, json.dumps(figures))
+        store.finish_run(watch, RunCounts(cycles=3), outcome="ok", now=then + 60)
+    assert state_summary("p")["teams_notifications"]["received"] == 7  # that watch's own
+    with StateStore.for_profile("p") as store:
+        later = store.start_run(mode="once", direction="both", dry_run=False, now=then + 300)
+        store.finish_run(later, RunCounts(cycles=1), outcome="ok", now=then + 301)
+    assert state_summary("p")["teams_notifications"] is None

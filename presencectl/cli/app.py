@@ -112,12 +112,18 @@ def run(argv: Sequence[str], context: AppContext | None = None) -> int:
         code = int(ExitCode.INTERRUPTED)
     except SystemExit as exc:  # shell completion, or a sys.exit in a command
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if _closed_pipe(exc):  # typer's main turns a closed stdout into sys.exit(1)
+            from presencectl.cli.pipe import silence_stdout
+
+            silence_stdout()
+            code = int(ExitCode.OK)
     except BrokenPipeError:
-        # `presencectl … | head`: the reader left; say nothing more, on a quiet stdout.
+        # `presencectl … | head`: the reader left and took what it wanted; say nothing more,
+        # on a quiet stdout, and succeed as `yes | head` does (`set -o pipefail` scripts).
         from presencectl.cli.pipe import silence_stdout
 
         silence_stdout()
-        code = int(ExitCode.ERROR)
+        code = int(ExitCode.OK)
     except Exception as exc:  # the one place a surprise becomes a clean error
         framework_code = _framework_exit(exc, argv)
         if framework_code is not None:
@@ -133,6 +139,14 @@ def run(argv: Sequence[str], context: AppContext | None = None) -> int:
             _report(surprise, app_ctx, exc_info=True)
             code = int(ExitCode.ERROR)
     return int(code)
+
+
+def _closed_pipe(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised while handling a write to a closed pipe (EPIPE)."""
+    import errno
+
+    context = exc.__context__
+    return isinstance(context, OSError) and context.errno == errno.EPIPE
 
 
 def _framework_exit(exc: Exception, argv: Sequence[str]) -> int | None:

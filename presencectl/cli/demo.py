@@ -48,6 +48,22 @@ class _Renderer:
         self.quiet = app.verbosity < 0
         self.live_capable = app.output == "table" and sys.stdout.isatty() and sys.stderr.isatty()
         self.live: Any = None
+        self.stop: Any = None  # the demo's stop event (threading.Event), once it exists
+        self.pipe_closed = False
+
+    def out(self, emit: Any, *args: Any) -> None:
+        """Write data to stdout; a reader that left (``demo | head -1``) stops the demo quietly."""
+        if self.pipe_closed:
+            return
+        try:
+            emit(*args)
+        except BrokenPipeError:
+            from presencectl.cli.pipe import silence_stdout
+
+            self.pipe_closed = True
+            silence_stdout()
+            if self.stop is not None:
+                self.stop.set()
 
     def narrate(self, line: str) -> None:
         if self.quiet:
@@ -63,7 +79,7 @@ class _Renderer:
         if self.app.json:
             from presencectl import output
 
-            output.emit_event(event.to_dict())
+            self.out(output.emit_event, event.to_dict())
             return
         if event.sync is not None:
             self._sync(event)
@@ -106,7 +122,7 @@ class _Renderer:
             if self.live is not None:
                 self.live.note(at, text)
             elif not self.live_capable:
-                _out(f"{at} {text}")
+                self.out(_out, f"{at} {text}")
 
     def _sync(self, event: Any) -> None:
         if self.live_capable:
@@ -123,7 +139,7 @@ class _Renderer:
             return
         line = plain_line(event.sync)
         if line:
-            _out(line)
+            self.out(_out, line)
 
     def close(self) -> None:
         if self.live is not None:
@@ -153,6 +169,35 @@ def _summary_rows(summary: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def command_as_run() -> str:
+    """How the person ran presencectl, so that the commands we print work when copied:
+    ``presencectl`` when that is what their PATH finds, else the path they ran
+    (``.venv/bin/presencectl``)."""
+    import os
+    import shutil
+
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "presencectl"
+    if os.path.basename(argv0) != "presencectl":
+        return "presencectl"  # python -m presencectl, or a test: the documented name
+    found = shutil.which("presencectl")
+    if found and os.path.realpath(found) == os.path.realpath(shutil.which(argv0) or argv0):
+        return "presencectl"
+    return argv0
+
+
+def closing_lines(profile: str, config_file: str) -> list[str]:
+    """The demo's last words: where its profile is, and how to go on by hand."""
+    cmd = command_as_run()
+    return [
+        f"The profile '{profile}' stays in {config_file}; the demo's sandbox stopped with it.",
+        "To go on by hand (docs/getting-started.md, section 2), start a sandbox that keeps its "
+        "world in another terminal:",
+        f"    {cmd} sandbox serve --port 8765 --write-profile sandbox "
+        "--auto-approve admin@contoso.example",
+        f"then, here: {cmd} --profile sandbox setup-azure --no-input",
+    ]
+
+
 def demo(
     ctx: typer.Context,
     users: int = typer.Option(
@@ -176,8 +221,9 @@ def demo(
 ) -> None:
     """Show the whole product on this machine, with no cloud account.
 
-    Starts a sandbox (Entra ID + Graph + Connect) in-process, writes the profile `sandbox`
-    (or --profile NAME; a profile that is not a sandbox one is refused unless --force),
+    Starts a sandbox (Entra ID + Graph + Connect) in-process, writes the profile `demo`
+    (or --profile NAME; a profile that is not a sandbox one is refused unless --force, and so
+    is one a running `sandbox serve` owns),
     runs setup-azure, consent --check, sync-user set/validate and enable against it, then
     `sync --watch` while simulated people make calls and meetings on both sides, and sums up.
 
@@ -189,13 +235,14 @@ def demo(
     """
     from presencectl.cli.signals import stop_on_signals
     from presencectl.config import config_path
-    from presencectl.config_edit import guard_sandbox_profile
+    from presencectl.config_edit import guard_sandbox_profile, guard_served_profile
     from presencectl.demo import DEFAULT_PROFILE, DemoOptions, run_demo
     from presencectl.errors import PartialSyncError
 
     app = app_context(ctx)
     name = app.profile_name or DEFAULT_PROFILE
     guard_sandbox_profile(name, force=force, command="demo")
+    guard_served_profile(name, command="demo")
     options = DemoOptions(
         users=users, duration=duration, seed=seed, interval=interval, profile_name=name
     )
@@ -209,9 +256,14 @@ def demo(
     )
     try:
         with stop_on_signals(on_first) as stop:
+            renderer.stop = stop
+            if renderer.pipe_closed:
+                stop.set()
             summary = run_demo(options, renderer, stop=stop)
     finally:
         renderer.close()
+    if renderer.pipe_closed:
+        return  # the reader took what it wanted and left: a quiet end, exit 0 (as `yes | head`)
     if not app.json:
         median, worst = summary.propagation()
         app.render(
@@ -249,13 +301,8 @@ def demo(
             columns=["figure", "value"],
             headers={"figure": "Sync", "value": ""},
         )
-        renderer.narrate(
-            f"The profile '{summary.profile}' stays in {config_path()}. The sandbox stopped with "
-            f"the demo; to keep playing, run `presencectl sandbox serve --write-profile {name} "
-            "--auto-approve admin@contoso.example` in another terminal, then "
-            f"`presencectl --profile {name} setup-azure` and the other commands "
-            "(docs/getting-started.md walks through each)."
-        )
+        for line in closing_lines(summary.profile, str(config_path())):
+            renderer.narrate(line)
     if summary.failed:
         raise PartialSyncError(
             f"{summary.failed} write(s) failed during the demo",

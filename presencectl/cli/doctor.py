@@ -29,9 +29,10 @@ _HEADERS = {"name": "Check", "status": "Status", "detail": "Detail", "remedy": "
 
 
 def _coloured_table(checks: list[dict[str, Any]], title: str) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+
+    from presencectl import output
 
     table = Table(title=title)
     for column in _COLUMNS:
@@ -44,7 +45,7 @@ def _coloured_table(checks: list[dict[str, Any]], title: str) -> None:
             escape(check["detail"]),
             escape(check["remedy"]),
         )
-    Console(file=sys.stdout).print(table)
+    output.data_console(sys.stdout).print(table)
 
 
 def doctor(

@@ -34,6 +34,9 @@ def event_text(event: Any) -> str | None:
     if event.type == "feed":
         return f"connect feed {data['state']}"
     if event.type == "notifications":
+        if data.get("mode") == "notifications":
+            covered, matched = data.get("users_covered", 0), data.get("users_matched", 0)
+            return f"teams notifications: {covered} of {matched} people covered; {data['reason']}"
         return f"teams notifications: {data['reason']}"
     if event.type == "outage":
         return f"{data['message']} ({data['error']})"

@@ -20,6 +20,8 @@ from presencectl.cli.options import (
 )
 from presencectl.errors import UsageError
 
+SAVE_EVERY_TICKS = 5  # the world is saved (when it changed) once a second while serving
+
 sandbox_app = typer.Typer(
     help="Run the local sandbox (Entra ID, Graph and Connect).", no_args_is_help=True
 )
@@ -68,6 +70,12 @@ def serve(
         "--allow-http-notifications",
         help="Also accept http:// loopback notification URLs (Graph demands https).",
     ),
+    fresh: bool = typer.Option(
+        False,
+        "--fresh",
+        help="Start a new world (new tenant id) instead of the one kept for this port and "
+        "profile.",
+    ),
     _profile: ProfileOption = None,
     _output: OutputOption = OutputFormat.table,
     _verbose: VerboseOption = 0,
@@ -76,7 +84,11 @@ def serve(
 ) -> None:
     """Serve the sandbox on loopback over HTTPS until Ctrl-C.
 
-    Prints one JSON line on stdout, {"base_url", "ca_bundle"}; logs go to stderr.
+    Prints one JSON line on stdout, {"base_url", "ca_bundle", "world", "home"}; logs go to
+    stderr. With a fixed --port the world (app registrations, secrets, consents, users and
+    passwords, presence, subscriptions) and the CA are kept in the state directory for that
+    port and --write-profile, and loaded on the next start (--users and --seed shape a new
+    world only); --fresh starts a new one.
 
     \b
     Examples:
@@ -94,13 +106,19 @@ def serve(
         )
     if host == "localhost":
         host = "127.0.0.1"
+    home = None
     if write_profile:
         from presencectl.config import check_profile_name
-        from presencectl.config_edit import guard_sandbox_profile
+        from presencectl.config_edit import guard_sandbox_profile, guard_served_profile
 
         check_profile_name(write_profile)  # before the sandbox starts, not after
 
         guard_sandbox_profile(write_profile, force=force, command="sandbox serve --write-profile")
+        guard_served_profile(write_profile, command="sandbox serve --write-profile")
+    if port:
+        from presencectl.sandbox.persist import SandboxHome
+
+        home = SandboxHome.for_serve(port, write_profile)
     app_ctx = app_context(ctx)
     verbosity = app_ctx.verbosity
     log_level = "debug" if verbosity >= 2 else "info" if verbosity >= 1 else "warning"
@@ -118,17 +136,36 @@ def serve(
             token_lifetime=token_lifetime,
             log_level=log_level,
             allow_http_notifications=allow_http_notifications,
+            home=home,
+            fresh=fresh,
         ) as sb,
     ):
-        line: dict[str, Any] = {"base_url": sb.base_url, "ca_bundle": sb.ca_bundle}
+        world = "loaded" if sb.loaded else "new" if home is not None else "temporary"
+        line: dict[str, Any] = {
+            "base_url": sb.base_url,
+            "ca_bundle": sb.ca_bundle,
+            "world": world,
+            "home": str(home.path) if home is not None else None,
+        }
         if write_profile:
             sb.write_profile(write_profile)
             line["profile"] = write_profile
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
-        app_ctx.status(f"sandbox on {sb.base_url} (tenant {sb.world.tenant_id}); Ctrl-C stops it")
+        if home is None:
+            kept = "a temporary world (--port 0: nothing kept)"
+        elif sb.loaded:
+            kept = f"the world kept in {home.path} (--fresh for a new one)"
+        else:
+            kept = f"a new world, kept in {home.path}"
+        app_ctx.status(
+            f"sandbox on {sb.base_url} (tenant {sb.world.tenant_id}, {kept}); Ctrl-C stops it"
+        )
+        ticks = 0
         while not stop.wait(0.2):
-            pass
+            ticks += 1
+            if home is not None and ticks % SAVE_EVERY_TICKS == 0:
+                sb.save()
 
 
 def register(app: typer.Typer) -> None:

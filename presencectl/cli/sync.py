@@ -392,17 +392,47 @@ def _once(app: AppContext, profile: Any, options: Any) -> Any:
             columns=["user", "side", "kind", "from", "to", "outcome", "reason", "error"],
         )
         return result
-    app.render(result.summary(), title="Sync")
-    written = [a.as_row() for a in result.actions]
+    summary = result.summary()
+    if app.output == "table":
+        # Two narrow tables instead of one of 16 columns: each fits 100 columns unwrapped.
+        app.render(summary, columns=SUMMARY_COUNTS, title="Sync")
+        app.render(summary, columns=SUMMARY_RUN)
+    else:
+        app.render(summary, title="Sync")
+    rows = [a.as_row() for a in result.actions]
+    # A clear that found no session of ours changed nothing (adoption's first clears, a session
+    # that expired): one line says how many, instead of a row each.
+    gone = [r for r in rows if r["kind"] == "clear" and r["outcome"] == "gone"]
+    written = [r for r in rows if r not in gone]
     if written:  # who was written, not only how many
         app.render(
             written,
             columns=["user", "side", "kind", "from", "to", "outcome", "reason"],
             title="Writes",
         )
+    if result.adopted:
+        app.status(
+            f"adopted {result.adopted} pair(s) met with no state (a first sync, or a new state "
+            "directory): any session of ours was cleared before reading, so an old session is "
+            "never taken for the user's own state"
+        )
+    if gone:
+        app.status(
+            f"{len(gone)} clear(s) found no session of ours to remove (nothing changed; "
+            "`sync -o json` lists them)"
+        )
     if result.failures:
         app.render(result.failures, title="Failures")
     return result
+
+
+SUMMARY_COUNTS = [
+    "direction", "matched", "unmatched", "conflicts", "read", "written", "cleared", "skipped",
+    "failed",
+]  # fmt: skip
+SUMMARY_RUN = [
+    "cycles", "adopted", "throttled", "throttle_wait_s", "duration_s", "dry_run", "interrupted",
+]  # fmt: skip
 
 
 def _watch(

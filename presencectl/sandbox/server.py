@@ -2,7 +2,11 @@
 
 Owns ``SandboxServer`` (start/stop), ``running_sandbox(...)`` (the context manager tests, demo
 and bench use) and ``Sandbox`` (what it yields: base URL, CA file, world, a control client, and
-``write_profile`` which writes a presencectl profile pointing at the sandbox).
+``write_profile`` which writes a presencectl profile pointing at the sandbox). With a ``home``
+(``sandbox serve --port N``) the CA and the world outlive the process (``persist.py``); without
+one they live in a temporary directory removed at stop. Either way the serving process holds
+``serving.lock`` next to the CA for its life: that is how other commands tell a running
+sandbox from a stopped one (``config.sandbox_serving``).
 """
 
 from __future__ import annotations
@@ -10,16 +14,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from presencectl.sandbox.people import ADMIN_EMAIL
 from presencectl.sandbox.world import DEFAULT_TOKEN_LIFETIME, World
+
+if TYPE_CHECKING:
+    from presencectl.sandbox.persist import SandboxHome
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +38,17 @@ class SandboxServer:
     """One HTTPS server for one World, run by uvicorn in its own thread and event loop."""
 
     def __init__(
-        self, world: World, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+        self,
+        world: World,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        home: SandboxHome | None = None,
     ) -> None:
         self.world = world
+        self.home = home
+        self._lock_fd: int | None = None
         self.host = host
         self.port = port
         self.log_level = log_level
@@ -48,13 +64,29 @@ class SandboxServer:
         import trustme
 
         from presencectl.config import SANDBOX_DIR_PREFIX
+        from presencectl.sandbox.persist import CA_FILE, CA_KEY_FILE, write_private
 
         self._tmpdir = tempfile.mkdtemp(prefix=SANDBOX_DIR_PREFIX)
-        ca = trustme.CA(organization_name="presencectl sandbox")
+        ca_dir = Path(self._tmpdir)
+        ca: Any = None
+        if self.home is not None:
+            ca_dir = self.home.path
+            self._hold_serving_lock(ca_dir)
+            with contextlib.suppress(FileNotFoundError):
+                ca = trustme.CA.from_pem(
+                    (ca_dir / CA_FILE).read_bytes(), (ca_dir / CA_KEY_FILE).read_bytes()
+                )
+        else:
+            self._hold_serving_lock(ca_dir)
+        if ca is None:
+            ca = trustme.CA(organization_name="presencectl sandbox")
+            if self.home is not None:  # the key first: a CA file never exists without its key
+                write_private(ca_dir / CA_KEY_FILE, ca.private_key_pem.bytes())
+            write_private(ca_dir / CA_FILE, ca.cert_pem.bytes())
         self.world.extra["ca"] = ca  # POST /_sandbox/certs issues receiver certificates with it
         cert = ca.issue_cert("127.0.0.1", "localhost", "::1")
-        ca_path = Path(self._tmpdir) / "ca.pem"
-        ca.cert_pem.write_to_path(str(ca_path))
+        ca_path = ca_dir / CA_FILE
+        # The server's own certificate and key: new each start, in the temporary dir.
         cert_path = Path(self._tmpdir) / "server.pem"
         key_path = Path(self._tmpdir) / "server.key"
         cert.private_key_pem.write_to_path(str(key_path))
@@ -63,6 +95,33 @@ class SandboxServer:
                 fh.write(blob.bytes())
         self.ca_bundle = str(ca_path)
         return str(cert_path), str(key_path)
+
+    def _hold_serving_lock(self, directory: Path) -> None:
+        from presencectl.errors import PresencectlError
+        from presencectl.sandbox.persist import hold_serving_lock
+
+        try:
+            self._lock_fd = hold_serving_lock(directory)
+        except PresencectlError:
+            self.stop()
+            raise
+
+    def snapshot(self) -> dict[str, Any]:
+        """The world's snapshot, taken on the server's loop (no route runs meanwhile)."""
+        from presencectl.sandbox.persist import snapshot
+
+        async def take() -> dict[str, Any]:
+            return snapshot(self.world)
+
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(take(), self._loop).result(timeout=30)
+
+    def restore_subscriptions(self) -> tuple[int, int]:
+        from presencectl.sandbox.persist import restore_subscriptions
+
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(restore_subscriptions(self.world), self._loop)
+        return future.result(timeout=30)
 
     def start(self) -> None:
         import uvicorn
@@ -189,6 +248,9 @@ class SandboxServer:
         if self._tmpdir:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # the lock goes with the descriptor
+            self._lock_fd = None
 
 
 def _tracked_h11(world: World) -> type:
@@ -232,9 +294,19 @@ class Sandbox:
             base_url=self.base_url, verify=_ssl_context(self.ca_bundle), timeout=30.0
         )
 
+        self.loaded = False  # the world came from the home's snapshot
+        self.restored_subscriptions = (0, 0)  # Graph, Connect
+
     @property
     def port(self) -> int:
         return self._server.port
+
+    def save(self) -> bool:
+        """Store the world in the server's home (atomic, 0600); False if unchanged or no home."""
+        home = self._server.home
+        if home is None:
+            return False
+        return home.save(self._server.snapshot())
 
     def profile_info(self) -> dict[str, Any]:
         response = self.control.get("/_sandbox/profile")
@@ -244,10 +316,28 @@ class Sandbox:
 
     def write_profile(self, name: str = "sandbox") -> Any:
         """Write a presencectl profile pointing at this sandbox (+ its Connect secret); return
-        it."""
-        from presencectl import secrets as secret_store
-        from presencectl.config import Profile, save_profile
+        it.
 
+        A profile already written for this very world (same tenant id: a loaded world) keeps
+        its setup — client id, sync user, enabled direction, verified steps — and only has its
+        addresses rewritten; any other is replaced whole."""
+        from presencectl import secrets as secret_store
+        from presencectl.config import Profile, load_profile, read_config, save_profile
+
+        table = read_config().get("profiles", {}).get(name)
+        if isinstance(table, dict) and table.get("tenant_id") == self.world.tenant_id:
+            kept = load_profile(name, check_mapping=False)
+            kept.authority_url = self.base_url
+            kept.graph_url = f"{self.base_url}/v1.0"
+            kept.ca_bundle = self.ca_bundle
+            kept.connect_login_url = f"{self.base_url}/univerge/login"
+            kept.connect_api_url = f"{self.base_url}/univerge/api"
+            kept.connect_client_id = self.world.connect_client_id
+            save_profile(kept)
+            secret_store.set_secret(
+                name, secret_store.CONNECT_CLIENT_SECRET, self.world.connect_client_secret
+            )
+            return kept
         profile = Profile(
             name=name,
             tenant_id=self.world.tenant_id,
@@ -295,11 +385,24 @@ def running_sandbox(
     token_lifetime: int = DEFAULT_TOKEN_LIFETIME,
     log_level: str = "warning",
     allow_http_notifications: bool = False,
+    home: SandboxHome | None = None,
+    fresh: bool = False,
 ) -> Iterator[Sandbox]:
     """Run a sandbox for the duration of the ``with`` block.
 
     ``allow_http_notifications``: Graph subscriptions also accept ``http://`` loopback
-    notification URLs (a documented deviation from Graph, for the demo and tests)."""
+    notification URLs (a documented deviation from Graph, for the demo and tests).
+    ``home``: the world and CA are loaded from there (unless ``fresh``) and saved there, at
+    ``Sandbox.save()`` and at the end; a new world gets a new tenant id, so that no sign-in
+    cached for an earlier world can match it."""
+    import uuid
+
+    stored: dict[str, Any] | None = None
+    if home is not None:
+        home.prepare()
+        if fresh:
+            home.wipe()
+        stored = home.load()
     world = World(
         users=users,
         seed=seed,
@@ -308,13 +411,28 @@ def running_sandbox(
         fault_rate=fault_rate,
         auto_approve=auto_approve,
         token_lifetime=token_lifetime,
+        tenant_id=str(uuid.uuid4()) if home is not None else None,
     )
+    if stored is not None:
+        from presencectl.sandbox.persist import restore
+
+        restore(world, stored)
     world.extra["allow_http_notifications"] = allow_http_notifications
-    server = SandboxServer(world, host=host, port=port, log_level=log_level)
+    server = SandboxServer(world, host=host, port=port, log_level=log_level, home=home)
     server.start()
     sandbox = Sandbox(server)
+    sandbox.loaded = stored is not None
     try:
+        if stored is not None:
+            sandbox.restored_subscriptions = server.restore_subscriptions()
+        if home is not None:
+            sandbox.save()
         yield sandbox
     finally:
+        if home is not None:
+            try:
+                sandbox.save()
+            except Exception:  # the last save failing must not hide why the block ended
+                log.warning("the sandbox world could not be saved in %s", home.path)
         sandbox.close()
         server.stop()

@@ -310,6 +310,7 @@ class World:
         fault_rate: float = 0.0,
         auto_approve: str | Iterable[str] | None = None,
         token_lifetime: int = DEFAULT_TOKEN_LIFETIME,
+        tenant_id: str | None = None,
     ) -> None:
         self.seed = seed
         self.clock = Clock()
@@ -329,10 +330,12 @@ class World:
         self.domain = DOMAIN
         self.base_url = ""  # set by the server once the port is known
         self.ca_bundle = ""
-        self._signing_key = secrets.token_bytes(32)
+        self.signing_key = secrets.token_bytes(32)
 
         built = org.build(users=users, seed=seed)
-        self.tenant_id: str = built.tenant_id
+        # The seed's tenant id, unless the caller wants a world no earlier sign-in can match
+        # (`sandbox serve` makes a new one on each new world, see sandbox/persist.py).
+        self.tenant_id: str = tenant_id or built.tenant_id
         self.connect_client_id: str = built.connect_client_id
         self.connect_client_secret: str = built.connect_client_secret
         self.client_auth: Any = None  # sandbox/client_assertions.py client_auth_of(world) fills it
@@ -368,6 +371,17 @@ class World:
         self.extra: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ people
+    def replace_people(self, people: Iterable[Person]) -> None:
+        """Every person replaced (a stored world loaded back, ``sandbox/persist.py``)."""
+        self.people = []
+        for index in (
+            self._by_azure_id, self._by_connect_id, self._by_mail, self._by_upn,
+            self._by_proxy, self._by_connect_email,
+        ):  # fmt: skip
+            index.clear()
+        for person in people:
+            self.add_person(person)
+
     def add_person(self, person: Person) -> Person:
         self.people.append(person)
         self.index_person(person)
@@ -605,7 +619,7 @@ class World:
         header = b64url_json({"typ": "JWT", "alg": "HS256", "kid": "sandbox"})
         body = b64url_json(payload)
         signature = hmac.new(
-            self._signing_key, f"{header}.{body}".encode("ascii"), hashlib.sha256
+            self.signing_key, f"{header}.{body}".encode("ascii"), hashlib.sha256
         ).digest()
         return f"{header}.{body}.{b64url(signature)}"
 
@@ -615,7 +629,7 @@ class World:
         if len(parts) != 3:
             return None
         expected = hmac.new(
-            self._signing_key, f"{parts[0]}.{parts[1]}".encode("ascii"), hashlib.sha256
+            self.signing_key, f"{parts[0]}.{parts[1]}".encode("ascii"), hashlib.sha256
         ).digest()
         try:
             if not hmac.compare_digest(b64url_decode(parts[2]), expected):

@@ -48,6 +48,13 @@ class NotificationsGlue(SyncCycle):
         if self.notifications is not None:
             ids = sorted(p.azure_id for p in self.pairs.values())
             await self.notifications.sync_subscriptions(ids)
+            # Said again when coverage changed: the first word (at start) knows no users yet.
+            summary = self.notifications.summary()
+            said = tuple(summary.get(k) for k in ("mode", "users_covered", "users_matched",
+                                                  "subscriptions", "next_renewal", "reason"))
+            if said != getattr(self, "_notifications_said", None):
+                self._notifications_said = said
+                self._emit("notifications", **summary)
 
     async def _stop_notifications(self) -> None:
         if self.notifications is not None:

@@ -219,7 +219,7 @@ def _state_summary(path: Any) -> dict[str, Any]:
             "subscriptions": len(store.subscriptions()),
             "connect_feed_unparsed": int(store.get_meta("connect_feed_unparsed") or 0),
             "connect_feed_note": store.get_meta("connect_feed_note"),
-            "teams_notifications": _notifications_summary(store),
+            "teams_notifications": _notifications_of_last_run(store, last),
             "last_run": None
             if last is None
             else {
@@ -252,10 +252,19 @@ def _state_summary(path: Any) -> dict[str, Any]:
         }
 
 
-def _notifications_summary(store: StateStore) -> dict[str, Any] | None:
+def _notifications_of_last_run(store: StateStore, last: Any) -> dict[str, Any] | None:
+    """The notification figures, if the last run recorded them: figures older than the last
+    run's start belong to an earlier watch (another sandbox's, say) and are not shown."""
     from presencectl.sync.notify import notifications_summary
 
-    return notifications_summary(store)
+    figures = notifications_summary(store)
+    if figures is None or last is None or last.started_at is None:
+        return figures
+    try:
+        updated = datetime.fromisoformat(str(figures.get("updated"))).timestamp()
+    except ValueError:
+        return None
+    return figures if updated >= int(last.started_at) else None
 
 
 def outage_summary(meta: str | None, now: datetime | None = None) -> str | None:

@@ -184,7 +184,7 @@ class WatchLoop(NotificationsGlue):
                 feed_state=getattr(self, "_feed_state", None),
             )
         renewals = sorted(
-            (s.expires_at, self._user(k))
+            (s.expires_at, self._user(k), str(s.side))
             for k, st in self.states.items()
             for s in st.sessions()
             if s.expires_at is not None
@@ -199,7 +199,9 @@ class WatchLoop(NotificationsGlue):
             throttled=result.throttled,
             throttle_wait_s=round(result.throttle_wait_s, 3),
             sessions=sum(len(st.sessions()) for st in self.states.values()),
-            next_renewals=[{"user": u, "at": at.isoformat()} for at, u in renewals],
+            next_renewals=[
+                {"user": u, "side": side, "at": at.isoformat()} for at, u, side in renewals
+            ],
         )
 
     async def _wait_for_events(
