@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import itertools
 import math
@@ -51,6 +52,13 @@ class Priority(IntEnum):
 
     URGENT = 0  # writes, and the reads a write needs
     BULK = 1  # full reads, sweeps
+
+
+# The priority of requests made by the current task when the caller names none: a task that
+# does bulk work (a watch's full read, sync/fullread.py) sets BULK for all it sends.
+current_priority: contextvars.ContextVar[Priority] = contextvars.ContextVar(
+    "connect_priority", default=Priority.URGENT
+)
 
 
 class RequestBudget:

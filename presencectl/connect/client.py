@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from presencectl.connect import wire
-from presencectl.connect.budget import Priority, RequestBudget
+from presencectl.connect.budget import Priority, RequestBudget, current_priority
 from presencectl.errors import ApiError, AuthError, ConfigError, NetworkError
 from presencectl.transport import HttpSettings, build_async_client, redact, retry_after_seconds
 
@@ -312,14 +312,17 @@ class ConnectClient:
         json: Any = None,
         allow: Iterable[int] = (),
         scope: str = wire.MESSAGING_SCOPE,
-        priority: Priority = Priority.URGENT,
+        priority: Priority | None = None,
     ) -> httpx.Response:
         """Send an authorised API request with a token for ``scope``, within the budget (at
-        ``priority``: bulk reads pass ``Priority.BULK`` and go after everything else), with
+        ``priority``, by default the task's ``budget.current_priority``, URGENT unless a bulk
+        task set BULK: bulk reads go after everything else), with
         retries; 2xx and ``allow`` statuses are returned, anything else raised as AuthError /
         ApiError / NetworkError."""
         allowed = frozenset(allow)
         refreshed = False
+        if priority is None:
+            priority = current_priority.get()
 
         async def send() -> httpx.Response | None:
             nonlocal refreshed

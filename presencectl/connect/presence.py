@@ -33,7 +33,7 @@ class PresenceReads:
 
 
 async def get_presence(
-    client: ConnectClient, user_id: str, priority: Priority = Priority.URGENT
+    client: ConnectClient, user_id: str, priority: Priority | None = None
 ) -> str:
     """The user's aggregate presence, as Connect names it (e.g. ``onphone``)."""
     response = await client.request("GET", wire.presence_path(user_id), priority=priority)
@@ -120,7 +120,7 @@ async def set_presence(client: ConnectClient, user_id: str, value: str) -> None:
 
 
 async def clear_presence(
-    client: ConnectClient, user_id: str, priority: Priority = Priority.URGENT
+    client: ConnectClient, user_id: str, priority: Priority | None = None
 ) -> bool:
     """Remove our session from the user; False when there was none (404)."""
     response = await client.request(

@@ -59,6 +59,7 @@ from presencectl.sync.model import (
     UserPair,
     encode_value,
 )
+from presencectl.sync.progress import Progress
 from presencectl.sync.resilience import (
     Backoff,
     Outage,
@@ -87,6 +88,7 @@ Sleep = Callable[[float], Awaitable[None]]
 EventCallback = Callable[["SyncEvent"], None]
 OUTAGE_META = "outage"  # state meta key: the outage a watch is waiting out (status shows it)
 WRITE_CHUNK_PAIRS = 500  # pairs written (and persisted) per step: a stop waits for one step
+PROGRESS_MIN_WRITES = 20  # fewer writes than this are not worth a progress display
 DEFAULT_ECHO_WINDOW = timedelta(seconds=60)  # a profile without echo_window_s
 
 
@@ -101,6 +103,7 @@ class EngineOptions:
     direction: Direction = Direction.BOTH
     dry_run: bool = False
     interval: float = 5.0  # watch: Teams poll period
+    auto_interval: bool = False  # watch: poll as often as Graph's budget allows (sync/pacing.py)
     directory_refresh: float = 600.0  # seconds a directory listing stays fresh
     connect_concurrency: int = 32
     teams_session_ttl: timedelta = timedelta(hours=1)
@@ -271,6 +274,14 @@ class SyncEngine:
         self._outage: Outage | None = None  # watch: a service we are waiting for
         self._backoff = Backoff()
         self._watching = False  # a watch waits out a service that is down (sync/resilience.py)
+        # Progress of long work (sync/progress.py): on in one-shot runs and disable, and in a
+        # watch only during a full read.
+        self.progress = Progress(self._on_progress)
+        self._progress_on = True
+        self._budget_recorded = 0.0
+        self._writes_waiting: dict[int, float] = {}  # Connect writes not yet answered: queued at
+        self._teams_write_times: list[tuple[float, int]] = []  # (monotonic, units): the last 30 s
+        self._interval_chosen: dict[str, Any] | None = None
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -280,6 +291,29 @@ class SyncEngine:
                 self.on_event(SyncEvent(event_type, self.clock(), data))
             except Exception:  # a broken view must not stop the sync
                 log.exception("sync event callback failed")
+
+    def _on_progress(self, snapshot: dict[str, Any]) -> None:
+        if not self._progress_on:
+            return
+        self._emit("progress", **snapshot)
+        if time.monotonic() - self._budget_recorded >= 2.0:
+            self._record_budget()
+
+    def _record_budget(self) -> None:
+        """Keep the Connect budget and the write backlog where ``status`` reads them."""
+        if self.options.dry_run:
+            return
+        from presencectl.sync import pacing
+
+        now = time.monotonic()
+        self._budget_recorded = now
+        waiting = self._writes_waiting.values()
+        pacing.record_budget(
+            self.store,
+            self.connect.budget.snapshot(),
+            queued_writes=len(self._writes_waiting),
+            oldest_write_wait_s=max((now - t for t in waiting), default=0.0),
+        )
 
     # -- directory ------------------------------------------------------------------------------
 
@@ -294,9 +328,17 @@ class SyncEngine:
             return
         from presencectl.graph.users import list_users
 
+        self.progress.begin("directory", 2)
+
+        async def counted(listing: Awaitable[Any]) -> Any:
+            listed = await listing
+            self.progress.tick("directory")
+            return listed
+
         azure_users, contacts = await asyncio.gather(
-            list_users(self.graph), list_contacts(self.connect)
+            counted(list_users(self.graph)), counted(list_contacts(self.connect))
         )
+        self.progress.end("directory")
         report = (self.matcher or _default_matcher())(azure_users, contacts)
         self.pairs = {p.key: p for p in report.pairs}
         self._by_connect = {p.connect_id: p.key for p in report.pairs}
@@ -319,7 +361,9 @@ class SyncEngine:
         from presencectl.graph.presence import get_presences
 
         ids = [self.pairs[k].azure_id for k in keys if k in self.pairs]
+        self.progress.begin("graph_reads", len(ids))
         reads = await get_presences(self.teams_reader, ids)
+        self.progress.end("graph_reads")
         now = self.clock()
         out: dict[str, Observation] = {}
         for user_id, read in reads.items():
@@ -334,9 +378,15 @@ class SyncEngine:
         self, keys: Iterable[str]
     ) -> tuple[dict[str, Observation], dict[str, str]]:
         ids = [self.pairs[k].connect_id for k in keys if k in self.pairs]
+        budget = self.connect.budget.per_minute
+        self.progress.begin("connect_reads", len(ids), budget_per_min=budget)
         reads = await connect_presence.get_presences(
-            self.connect, ids, self.options.connect_concurrency
+            self.connect,
+            ids,
+            self.options.connect_concurrency,
+            on_progress=lambda done: self.progress.tick("connect_reads", done, absolute=True),
         )
+        self.progress.end("connect_reads")
         down = service_down(len(reads.presences), reads.failures) if self._watching else None
         if down is not None:
             raise down  # Connect is down, not these users: the watch waits it out (_weather)
@@ -363,20 +413,43 @@ class SyncEngine:
         read_connect: bool = True,
         connect_observations: Mapping[str, Sequence[Observation]] | None = None,
         keys: Sequence[str] | None = None,
+        adopt: bool = True,
     ) -> None:
-        """Read (as asked), plan and write for ``keys`` (default: every matched pair)."""
+        """Read (as asked), plan and write for ``keys`` (default: every matched pair).
+
+        ``adopt`` False: the caller adopted ``keys`` already (sync/fullread.py). In a watch, a
+        full read of both sides keeps Teams watched while Connect is read (sync/fullread.py)."""
         self._failed_now = set()
         wanted = list(self.pairs) if keys is None else [k for k in keys if k in self.pairs]
-        if not self.options.dry_run:
+        full = read_connect and keys is None
+        self._progress_on = not self._watching or full
+        if not self.options.dry_run and adopt:
+            fresh = sum(1 for k in wanted if k not in self.states)
+            if fresh:
+                sides = 2  # both sides are cleared (sync/adopt.py)
+                self.progress.begin(
+                    "adopt", fresh * sides, budget_per_min=self.connect.budget.per_minute
+                )
             wanted = await adopt_pairs(self, wanted, result, chunk=WRITE_CHUNK_PAIRS)
+            self.progress.end("adopt")
         observations: dict[str, list[Observation]] = defaultdict(list)
         read_failures: dict[str, str] = {}
         jobs: list[Awaitable[Any]] = []
-        if read_teams:
-            jobs.append(self.read_teams(wanted))
-        if read_connect:
-            jobs.append(self.read_connect(wanted))
-        answers = await asyncio.gather(*jobs)
+        meanwhile: set[str] = set()  # planned and written while Connect was read (fullread.py)
+        if read_teams and read_connect and self._watching and not self.options.dry_run:
+            from presencectl.sync.fullread import read_connect_watching
+
+            first = await self.read_teams(wanted)
+            connect_obs, read_failures, first, meanwhile = await read_connect_watching(
+                self, wanted, first, result
+            )
+            answers: list[Any] = [first, (connect_obs, read_failures)]
+        else:
+            if read_teams:
+                jobs.append(self.read_teams(wanted))
+            if read_connect:
+                jobs.append(self.read_connect(wanted))
+            answers = list(await asyncio.gather(*jobs))
         if read_teams:
             teams_obs = answers.pop(0)
             for key, obs in teams_obs.items():
@@ -385,7 +458,8 @@ class SyncEngine:
         if read_connect:
             connect_obs, read_failures = answers.pop(0)
             for key, obs in connect_obs.items():
-                observations[key].append(obs)
+                if key not in meanwhile:  # a fresher reading was planned meanwhile
+                    observations[key].append(obs)
             result.read += len(connect_obs)
         for key, seq in (connect_observations or {}).items():
             if key in self.pairs:
@@ -436,8 +510,13 @@ class SyncEngine:
         by_key: dict[str, list[Action]] = {}
         for action in plan.actions:
             by_key.setdefault(action.key, []).append(action)
+        if len(plan.actions) >= PROGRESS_MIN_WRITES:
+            self.progress.begin(
+                "writes", len(plan.actions), budget_per_min=self.connect.budget.per_minute
+            )
         if len(by_key) <= WRITE_CHUNK_PAIRS:
             await self._execute(plan.actions, plan.new_states, plan.observed_states, result, now)
+            self.progress.end("writes")
             return list(plan.observed_states)
         keys = list(by_key)
         handled = [k for k in plan.observed_states if k not in by_key]  # nothing to write
@@ -452,6 +531,7 @@ class SyncEngine:
             await self._execute(actions, plan.new_states, observed, result, now)
             handled.extend(part)
             observed = {}
+        self.progress.end("writes")
         return handled
 
     async def _execute(
@@ -548,8 +628,10 @@ class SyncEngine:
                     action.expiration or MIN_EXPIRATION,
                 )
             )
+        self._note_teams_writes(len(writes))
         sent = set_presences_batch(self.graph, self.session_id, writes)
         await _fill_batch_outcomes(items, outcomes, sent, clear=False)
+        self.progress.tick("writes", len(items))
 
     async def _send_teams_clear(
         self, items: list[tuple[int, Action]], outcomes: list[_Outcome | None]
@@ -559,8 +641,11 @@ class SyncEngine:
         from presencectl.graph.presence import clear_presences_batch
 
         ids = [side_user_id(a.key, Side.TEAMS) for _, a in items]
+        self._note_teams_writes(len(ids))
         sent = clear_presences_batch(self.graph, self.session_id, ids)
         await _fill_batch_outcomes(items, outcomes, sent, clear=True)
+        self.progress.tick("writes", len(items))
+        self.progress.tick("adopt", len(items))
 
     async def _send_connect(
         self, items: list[tuple[int, Action]], outcomes: list[_Outcome | None]
@@ -569,6 +654,9 @@ class SyncEngine:
 
         async def one(i: int, action: Action) -> None:
             user_id = side_user_id(action.key, Side.CONNECT)
+            token = object()
+            # queued from here: status reports the backlog of writes (sync/pacing.py)
+            self._writes_waiting[id(token)] = time.monotonic()
             async with gate:
                 try:
                     if action.kind is ActionKind.SET:
@@ -584,6 +672,10 @@ class SyncEngine:
                 except PresencectlError as exc:
                     status = getattr(exc, "status", None)
                     outcomes[i] = _Outcome(False, uncertain=status is None, error=_why(exc))
+                finally:
+                    self._writes_waiting.pop(id(token), None)
+                    self.progress.tick("writes")
+                    self.progress.tick("adopt")
 
         await asyncio.gather(*(one(i, a) for i, a in items))
 
@@ -715,6 +807,7 @@ class SyncEngine:
             result.duration_s = time.monotonic() - started
             result.throttled, result.throttle_wait_s = self._throttle()
             self._finish_run(result, outcome)
+            self._record_budget()
         return result
 
     async def watch(
@@ -739,7 +832,11 @@ class SyncEngine:
         self._set_outage_meta(None)  # left by a watch that was killed while waiting
         self._watching = True
         events: asyncio.Queue[Any] = asyncio.Queue()
-        self._emit("start", direction=self.options.direction.value, interval=self.options.interval)
+        self._emit(
+            "start",
+            direction=self.options.direction.value,
+            interval="auto" if self.options.auto_interval else self.options.interval,
+        )
         feed = await self._start_feed(events) if self.options.use_feed else None
         await self._start_notifications(events)
         outcome = "error"
@@ -862,6 +959,7 @@ class SyncEngine:
                 throttled=self._throttle()[0],
                 feed_state=getattr(self, "_feed_state", None),
             )
+            self._record_budget()
         renewals = sorted(
             (s.expires_at, self._user(k))
             for k, st in self.states.items()
@@ -1014,8 +1112,46 @@ class SyncEngine:
 
     def _poll_interval(self) -> float:
         if self.notifications is not None:
-            return self.notifications.poll_interval()
-        return self.options.interval
+            interval = self.notifications.poll_interval()
+            if interval != self.options.interval or not self.options.auto_interval:
+                return interval  # notifications cover everyone: the reconcile period
+        if not self.options.auto_interval:
+            return self.options.interval
+        return float(self._auto_interval()["interval_s"])
+
+    def _auto_interval(self) -> dict[str, Any]:
+        """``--interval auto``: as often as half of Graph's presence budget allows after the
+        writes' share (sync/pacing.py); users covered by notifications are not counted."""
+        from presencectl.sync import pacing
+
+        covered = len(self.notifications.covered) if self.notifications is not None else 0
+        polled = max(0, len(self.pairs) - covered)
+        limiter = self.graph.limiter
+        cutoff = time.monotonic() - limiter.window
+        self._teams_write_times = [(t, n) for t, n in self._teams_write_times if t > cutoff]
+        write_units = sum(n for _, n in self._teams_write_times) / limiter.window
+        chosen = {
+            **pacing.auto_interval(
+                polled,
+                limit=limiter.ceiling,
+                window_s=limiter.window,
+                write_units_per_s=write_units,
+            ),
+            "auto": True,
+            "polled_users": polled,
+        }
+        if self._interval_chosen is None or (
+            chosen["interval_s"] != self._interval_chosen["interval_s"]
+            or chosen["polled_users"] != self._interval_chosen["polled_users"]
+        ):
+            self._interval_chosen = chosen
+            self._emit("interval", **chosen)
+            if not self.options.dry_run:
+                pacing.record_interval(self.store, chosen)
+        return chosen
+
+    def _note_teams_writes(self, units: int) -> None:
+        self._teams_write_times.append((time.monotonic(), units))
 
     async def _take_teams_notifications(self, batch: list[Any], result: SyncResult) -> list[Any]:
         """Handle the Teams notifications among ``batch``; the rest are Connect events."""
@@ -1082,6 +1218,7 @@ class SyncEngine:
                 targets.append((pair.key, Side.CONNECT, pair.connect_id))
         total = len(targets)
         done = 0
+        self.progress.begin("writes", total, budget_per_min=self.connect.budget.per_minute)
         emails = {p.key: p.email for p in self.store.pairs()}  # failures name people, not ids
         cleared: list[tuple[str, Side]] = []
         audit: list[AuditEntry] = []
@@ -1133,6 +1270,7 @@ class SyncEngine:
             cleared, audit = [], []
             if on_progress is not None:
                 on_progress(done, total)
+        self.progress.end("writes")
         if result.interrupted:
             return result  # sessions are still held: keep what disable needs to finish later
         result.connect_cleared += await self._clear_legacy_connect(

@@ -1,0 +1,142 @@
+"""The Connect budget as the design limit, end to end against the sandbox (issue 21): a Teams
+change made during a watch's full Connect read is written within seconds; a one-shot stays
+inside the budget at close to the budget-bound minimum and says how far it is."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from test_engine_sandbox import ADMIN, Org
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _connect_requests(sb: Any) -> int:
+    return sum(n for k, n in sb.world.stats.requests.items() if k.startswith("connect."))
+
+
+def _budget(org: Org, per_min: int) -> None:
+    """Our budget and the sandbox's enforcement of it (429 past ``per_min`` in any minute)."""
+    from presencectl.config import load_profile, save_profile
+
+    profile = load_profile("sandbox")
+    profile.connect_rate_per_min = per_min
+    save_profile(profile)
+    org.sb.control.post("/_sandbox/faults", json={"connect_throttle_per_min": per_min})
+
+
+def _watch_in_thread(org: Org, events: list[Any], **kwargs: Any) -> threading.Thread:
+    from presencectl.config import load_profile
+    from presencectl.sync.engine import EngineOptions
+    from presencectl.sync.model import Direction
+    from presencectl.sync.service import engine_for
+
+    profile = load_profile("sandbox")
+    clock = org.sb.world.clock
+
+    def now() -> datetime:
+        return datetime.fromtimestamp(clock.now(), UTC)
+
+    options = EngineOptions(direction=Direction.BOTH, interval=kwargs.pop("interval", 1.0))
+    done: list[Any] = []
+
+    async def go() -> Any:
+        async with engine_for(profile, options, clock=now, on_event=events.append) as engine:
+            return await engine.watch(**kwargs)
+
+    thread = threading.Thread(target=lambda: done.append(asyncio.run(go())), daemon=True)
+    thread.start()
+    thread.result = done  # type: ignore[attr-defined]
+    return thread
+
+
+@pytest.fixture
+def big_org(cli: Any) -> Any:
+    from presencectl.sandbox import running_sandbox
+
+    # ~85 matched people: a full Connect read takes ~26 s at 200/min
+    with running_sandbox(users=100, seed=3, auto_approve=ADMIN) as sb:
+        yield Org(sb, cli)
+
+
+def test_a_teams_change_during_a_watchs_full_read_reaches_connect_in_seconds(
+    big_org: Org,
+) -> None:
+    org = big_org
+    person = org.people[0].email
+    org.teams(person, "Available", "Available")
+    org.connect(person, "available")
+    assert org.run("enable").exit_code == 0
+    assert org.sync().exit_code == 0  # the state exists: the watch's first cycle adopts nothing
+    _budget(org, 200)
+    throttled = org.sb.world.stats.throttled
+    events: list[Any] = []
+    watch = _watch_in_thread(org, events, max_cycles=1, interval=1.0)
+    deadline = time.monotonic() + 60
+    while not any(e.type == "progress" and e.data["phase"] == "connect_reads" for e in events):
+        assert time.monotonic() < deadline, "the full read never started"
+        time.sleep(0.05)
+    time.sleep(6.0)  # 6 s into the full read
+    changed_at = time.monotonic()
+    org.teams(person, "Busy", "InACall")
+    while org.connect_shows(person)["status"] != "onphone":
+        assert time.monotonic() - changed_at < 15.0, "not written within 15 s"
+        time.sleep(0.1)
+    latency = time.monotonic() - changed_at
+    reads = [e for e in events if e.type == "progress" and e.data["phase"] == "connect_reads"]
+    # the read was still running when the change reached Connect
+    assert reads[-1].data["done"] < reads[-1].data["total"], (latency, reads[-1].data)
+    watch.join(timeout=90)
+    assert not watch.is_alive()
+    assert org.sb.world.stats.throttled == throttled  # no 429 from Connect
+    print(f"Teams change 6 s into the full read reached Connect after {latency:.2f} s")
+    assert latency < 5.0, f"{latency:.1f} s (target < 5 s)"
+
+
+def test_a_one_shot_stays_inside_the_budget_near_its_minimum_and_reports_progress(
+    big_org: Org,
+) -> None:
+    """~85 people, a first run (adoption, reads, writes): ~170 requests, ~35 s at 300/min.
+    That every minute of a longer run stays under the budget is proven on an injected clock
+    (test_connect_budget.py) and by the slow test in test_engine_connect_unknowns.py."""
+    org = big_org
+    from presencectl.config import load_profile
+    from presencectl.sync.engine import EngineOptions
+    from presencectl.sync.model import Direction
+    from presencectl.sync.service import engine_for
+
+    assert org.run("enable").exit_code == 0
+    _budget(org, 300)
+    before = _connect_requests(org.sb)
+    events: list[Any] = []
+
+    async def go() -> Any:
+        profile = load_profile("sandbox")
+        options = EngineOptions(direction=Direction.BOTH)
+        async with engine_for(profile, options, on_event=events.append) as engine:
+            return await engine.run_once()
+
+    started = time.monotonic()
+    result = asyncio.run(go())
+    wall = time.monotonic() - started
+    made = _connect_requests(org.sb) - before
+    assert result.failed == 0
+    assert org.sb.world.stats.throttled == 0 and org.sb.world.stats.in_retry_after_window == 0
+    minimum = made / 300 * 60
+    assert made > 120  # long enough that the pacing, not a first burst, sets the wall time
+    print(f"one-shot at 300/min: {made} Connect requests, {wall:.1f} s, minimum {minimum:.1f} s")
+    assert wall <= 1.25 * minimum, (wall, minimum, made)
+    progress = [e.data for e in events if e.type == "progress"]
+    phases = [p["phase"] for p in progress]
+    assert {"directory", "adopt", "connect_reads"} <= set(phases)
+    last_read = [p for p in progress if p["phase"] == "connect_reads"][-1]
+    assert last_read["done"] == last_read["total"] > 0
+    middle = [p for p in progress if p["phase"] == "connect_reads" and 0 < p["done"] < p["total"]]
+    assert middle and all(p["eta_s"] is not None for p in middle)
+    # time left is computed from the budget: never less than what is left at 300 a minute
+    assert all(p["eta_s"] >= (p["total"] - p["done"]) / 300 * 60 - 0.1 for p in middle)
