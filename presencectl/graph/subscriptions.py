@@ -4,7 +4,7 @@ Sources: docs/verification.md.
 
 Owns: the resource string, create / renew / reauthorize / delete, and
 :class:`PresenceSubscription`. ``sync/notify.py`` creates, renews, reauthorizes and deletes them
-with the sync user's delegated token; ``disable`` (sync/engine.py) deletes those still recorded;
+with the sync user's delegated token; ``disable`` (sync/disable.py) deletes those still recorded;
 ``sync/receiver.py`` receives the notifications, ``graph/notifications.py`` reads them.
 """
 

@@ -2,7 +2,7 @@
 
 Owns only plain, immutable dataclasses and enums (no I/O). ``sync/plan.py`` turns
 (``PairState`` + new ``Observation``s) into ``Action``s and new ``PairState``s; ``sync/state.py``
-persists ``PairState`` (one row per pair key) and the audit log; ``sync/engine.py`` executes the
+persists ``PairState`` (one row per pair key) and the audit log; ``sync/cycle.py`` executes the
 actions and folds the successful ones back with ``plan.apply_action``.
 
 Values: a Teams value is a ``TeamsStatus`` (availability/activity + out-of-office flag); a Connect

@@ -8,6 +8,8 @@ Owns:
   (``AUTO_FLOOR_S``). Users covered by Graph change notifications are not counted: they are not
   polled. 2,000 people: 4 reads a poll, polled every second = 4 reads a second (8 % of the
   budget).
+- :class:`Pacing`, a base of the engine (sync/cycle.py): its progress events, the Teams writes'
+  share, the chosen interval and the budget it records.
 - :func:`record_budget` / :func:`budget_report`: the Connect request budget as the engine last
   saw it (rate, used in the last minute, writes queued and the oldest one's wait) and the poll
   interval in use, kept in the state database so ``status`` shows them without the network.
@@ -21,6 +23,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from presencectl.connect.client import ConnectClient
+    from presencectl.graph.client import GraphClient
+    from presencectl.sync.notify import TeamsNotifications
+    from presencectl.sync.results import EngineOptions
     from presencectl.sync.state import StateStore
 
 AUTO_FLOOR_S = 1.0  # never poll Teams more often than once a second
@@ -115,3 +121,86 @@ def interval_line(chosen: dict[str, Any] | None) -> str | None:
             f"{chosen['budget_share'] * 100:.1f} % of Graph's presence budget)"
         )
     return line
+
+
+class Pacing:
+    """The engine's side of the budgets (a base of ``SyncCycle``, sync/cycle.py): progress
+    events (sync/progress.py), the Connect budget and write backlog kept for ``status``, the
+    Teams writes' share of Graph's budget, and ``--interval auto``."""
+
+    if TYPE_CHECKING:
+        options: EngineOptions
+        store: StateStore
+        connect: ConnectClient
+        graph: GraphClient
+        notifications: TeamsNotifications | None
+        pairs: dict[str, Any]
+        _watching: bool
+
+        def _emit(self, event_type: str, /, **data: Any) -> None: ...
+
+    def _init_pacing(self) -> None:
+        from presencectl.sync.progress import Progress
+
+        # on in one-shot runs and disable; in a watch only during a full read
+        self.progress = Progress(self._on_progress)
+        self._progress_on = True
+        self._budget_recorded = 0.0
+        self._writes_waiting: dict[int, float] = {}  # Connect writes not yet answered: queued at
+        self._teams_write_times: list[tuple[float, int]] = []  # (monotonic, units)
+        self._interval_chosen: dict[str, Any] | None = None
+
+    def _on_progress(self, snapshot: dict[str, Any]) -> None:
+        if not self._progress_on:
+            return
+        self._emit("progress", **snapshot)
+        if time.monotonic() - self._budget_recorded >= 2.0:
+            self._record_budget()
+
+    def _on_sent(self, side: Any, count: int) -> None:
+        """``count`` writes answered on ``side`` (sync/writes.py)."""
+        from presencectl.sync.model import Side
+
+        if side is Side.TEAMS:
+            self._teams_write_times.append((time.monotonic(), count))
+        self.progress.tick("writes", count)
+        self.progress.tick("adopt", count)
+
+    def _record_budget(self) -> None:
+        """Keep the Connect budget and the write backlog where ``status`` reads them."""
+        if self.options.dry_run:
+            return
+        now = time.monotonic()
+        self._budget_recorded = now
+        record_budget(
+            self.store,
+            self.connect.budget.snapshot(),
+            queued_writes=len(self._writes_waiting),
+            oldest_write_wait_s=max((now - t for t in self._writes_waiting.values()), default=0.0),
+        )
+
+    def _auto_interval(self) -> dict[str, Any]:
+        """``--interval auto`` now: users covered by notifications are not counted; the writes'
+        share is what Teams writes used in the last window. Emitted and recorded on change."""
+        covered = len(self.notifications.covered) if self.notifications is not None else 0
+        polled = max(0, len(self.pairs) - covered)
+        limiter = self.graph.limiter
+        cutoff = time.monotonic() - limiter.window
+        self._teams_write_times = [(t, n) for t, n in self._teams_write_times if t > cutoff]
+        write_units = sum(n for _, n in self._teams_write_times) / limiter.window
+        chosen = {
+            **auto_interval(
+                polled, limit=limiter.ceiling, window_s=limiter.window,
+                write_units_per_s=write_units,
+            ),
+            "auto": True,
+            "polled_users": polled,
+        }  # fmt: skip
+        last = self._interval_chosen
+        key = (chosen["interval_s"], polled)
+        if last is None or key != (last["interval_s"], last["polled_users"]):
+            self._interval_chosen = chosen
+            self._emit("interval", **chosen)
+            if not self.options.dry_run:
+                record_interval(self.store, chosen)
+        return chosen
