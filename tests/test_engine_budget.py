@@ -56,6 +56,14 @@ def _watch_in_thread(org: Org, events: list[Any], **kwargs: Any) -> threading.Th
 
 
 @pytest.fixture
+def small_org(cli: Any) -> Any:
+    from presencectl.sandbox import running_sandbox
+
+    with running_sandbox(users=30, seed=3, auto_approve=ADMIN) as sb:
+        yield Org(sb, cli)
+
+
+@pytest.fixture
 def big_org(cli: Any) -> Any:
     from presencectl.sandbox import running_sandbox
 
@@ -140,3 +148,44 @@ def test_a_one_shot_stays_inside_the_budget_near_its_minimum_and_reports_progres
     assert middle and all(p["eta_s"] is not None for p in middle)
     # time left is computed from the budget: never less than what is left at 300 a minute
     assert all(p["eta_s"] >= (p["total"] - p["done"]) / 300 * 60 - 0.1 for p in middle)
+
+
+def test_status_reports_the_write_backlog_and_every_queued_write_lands_once(
+    small_org: Org,
+) -> None:
+    """More writes than the budget can send at once: status shows them queued and how long the
+    oldest has waited; each user is written once (the latest state), none starved."""
+    org = small_org
+    from presencectl.sync.service import state_summary
+
+    people = [p.email for p in org.people[:22]]
+    for email in people:
+        org.teams(email, "Available", "Available")
+        org.connect(email, "available")
+    assert org.run("enable").exit_code == 0
+    assert org.sync().exit_code == 0
+    _budget(org, 120)  # two a second
+    for email in people:
+        org.teams(email, "Busy", "InACall")
+    puts_before = org.sb.world.stats.requests.get("connect.presence.put", 0)
+    done: list[Any] = []
+    thread = threading.Thread(target=lambda: done.append(org.sync()), daemon=True)
+    thread.start()
+    seen: list[dict[str, Any]] = []
+    while thread.is_alive():
+        budget = state_summary("sandbox").get("connect_budget")
+        if budget and budget["queued_writes"]:
+            seen.append(budget)
+        time.sleep(0.2)
+    thread.join()
+    assert done and done[0].exit_code == 0
+    assert seen, "status never showed a write waiting"
+    assert max(b["queued_writes"] for b in seen) >= 5
+    assert max(b["oldest_write_wait_s"] for b in seen) >= 1.0
+    assert all(b["per_minute"] == 120 for b in seen)
+    after = state_summary("sandbox")["connect_budget"]
+    assert after["queued_writes"] == 0
+    assert all(org.connect_shows(e)["status"] == "onphone" for e in people)  # none starved
+    puts = org.sb.world.stats.requests.get("connect.presence.put", 0) - puts_before
+    assert puts == len(people)  # one write each
+    assert org.sb.world.stats.throttled == 0

@@ -244,6 +244,7 @@ def sync(
     from presencectl.sync.service import check_sync_prerequisites
 
     app = app_context(ctx)
+    seconds = _interval(interval)  # bad input first: before any profile is needed
     profile = app.load_profile()
     chosen = _direction(direction, profile)
     if chosen is None:
@@ -260,7 +261,6 @@ def sync(
             hint="use -o json (one JSON object per line) or -o table (plain lines when piped)",
         )
     check_sync_prerequisites(profile, chosen)
-    seconds = _interval(interval)
     options = EngineOptions(
         direction=chosen,
         dry_run=dry_run,
@@ -497,6 +497,14 @@ def status(
         return
     recent = data.pop("recent_writes", [])
     teams_notifications = data.pop("teams_notifications", None)
+    from presencectl.sync import pacing
+
+    budget = data.pop("connect_budget", None)
+    chosen = data.pop("poll_interval", None)
+    if data.get("exists"):
+        data["connect_budget"] = pacing.budget_line(budget) or "not recorded yet"
+        if chosen:
+            data["teams_polled"] = pacing.interval_line(chosen)
     data.pop("health", None)
     last = data.pop("last_run", None)
     if last:

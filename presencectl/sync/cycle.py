@@ -32,7 +32,6 @@ from presencectl.mapping import TeamsStatus
 from presencectl.sync import plan as planner
 from presencectl.sync import writes
 from presencectl.sync.adopt import adopt_pairs
-from presencectl.sync.pacing import Pacing
 from presencectl.sync.model import (
     Action,
     ActionKind,
@@ -43,6 +42,7 @@ from presencectl.sync.model import (
     UserPair,
     encode_value,
 )
+from presencectl.sync.pacing import Pacing
 from presencectl.sync.resilience import Backoff, Outage, service_down
 from presencectl.sync.results import (
     DEFAULT_ECHO_WINDOW,

@@ -151,10 +151,9 @@ class Pacing:
         self._interval_chosen: dict[str, Any] | None = None
 
     def _on_progress(self, snapshot: dict[str, Any]) -> None:
-        if not self._progress_on:
-            return
-        self._emit("progress", **snapshot)
-        if time.monotonic() - self._budget_recorded >= 2.0:
+        if self._progress_on:
+            self._emit("progress", **snapshot)
+        if time.monotonic() - self._budget_recorded >= 2.0:  # a long batch: status sees it
             self._record_budget()
 
     def _on_sent(self, side: Any, count: int) -> None:
