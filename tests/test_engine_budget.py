@@ -30,7 +30,7 @@ def _budget(org: Org, per_min: int) -> None:
     org.sb.control.post("/_sandbox/faults", json={"connect_throttle_per_min": per_min})
 
 
-def _watch_in_thread(org: Org, events: list[Any], **kwargs: Any) -> threading.Thread:
+def _watch_in_thread(org: Org, on_event: Any, **kwargs: Any) -> threading.Thread:
     from presencectl.config import load_profile
     from presencectl.sync.engine import EngineOptions
     from presencectl.sync.model import Direction
@@ -42,16 +42,24 @@ def _watch_in_thread(org: Org, events: list[Any], **kwargs: Any) -> threading.Th
     def now() -> datetime:
         return datetime.fromtimestamp(clock.now(), UTC)
 
-    options = EngineOptions(direction=Direction.BOTH, interval=kwargs.pop("interval", 1.0))
+    options = EngineOptions(
+        direction=Direction.BOTH,
+        interval=kwargs.pop("interval", 1.0),
+        auto_interval=kwargs.pop("auto_interval", False),
+    )
     done: list[Any] = []
+    stopper: list[Any] = []
 
     async def go() -> Any:
-        async with engine_for(profile, options, clock=now, on_event=events.append) as engine:
-            return await engine.watch(**kwargs)
+        stop = asyncio.Event()
+        stopper.append((asyncio.get_running_loop(), stop))
+        async with engine_for(profile, options, clock=now, on_event=on_event) as engine:
+            return await engine.watch(stop=stop, **kwargs)
 
     thread = threading.Thread(target=lambda: done.append(asyncio.run(go())), daemon=True)
     thread.start()
     thread.result = done  # type: ignore[attr-defined]
+    thread.stop = lambda: [loop.call_soon_threadsafe(ev.set) for loop, ev in stopper]  # type: ignore[attr-defined]
     return thread
 
 
@@ -84,7 +92,7 @@ def test_a_teams_change_during_a_watchs_full_read_reaches_connect_in_seconds(
     _budget(org, 200)
     throttled = org.sb.world.stats.throttled
     events: list[Any] = []
-    watch = _watch_in_thread(org, events, max_cycles=1, interval=1.0)
+    watch = _watch_in_thread(org, events.append, max_cycles=1, interval=1.0)
     deadline = time.monotonic() + 60
     while not any(e.type == "progress" and e.data["phase"] == "connect_reads" for e in events):
         assert time.monotonic() < deadline, "the full read never started"
@@ -189,3 +197,58 @@ def test_status_reports_the_write_backlog_and_every_queued_write_lands_once(
     puts = org.sb.world.stats.requests.get("connect.presence.put", 0) - puts_before
     assert puts == len(people)  # one write each
     assert org.sb.world.stats.throttled == 0
+
+
+@pytest.mark.slow  # 2,000 people: the sandbox, setup and a first sync take about a minute
+@pytest.mark.timeout(400)
+def test_interval_auto_at_2000_people_mirrors_teams_within_3_s_p90_under_25_reads_a_second(
+    cli: Any,
+) -> None:
+    """Without notifications, 2,000 people: ``--interval auto`` polls Teams every second
+    (4 reads a poll). 20 Teams changes, 0.3 s apart: each written to Connect (p90 < 3 s),
+    with at most 25 presence reads a second. Figures: bench/budget.py."""
+    from presencectl.sandbox import running_sandbox
+
+    with running_sandbox(users=2000, seed=3, auto_approve=ADMIN) as sb:
+        org = Org(sb, cli)
+        people = [p.email for p in org.people[:20]]
+        for email in people:
+            org.teams(email, "Available", "Available")
+            org.connect(email, "available")
+        assert org.run("enable").exit_code == 0
+        assert org.sync().exit_code == 0
+        events: list[Any] = []
+        arrived: dict[str, float] = {}
+
+        def on_event(event: Any) -> None:
+            events.append(event)
+            if event.type == "write" and event.data["side"] == "connect":
+                arrived.setdefault(event.data["user"], time.monotonic())
+
+        watch = _watch_in_thread(org, on_event, auto_interval=True)
+        deadline = time.monotonic() + 120
+        while not any(e.type == "cycle" for e in events):
+            assert time.monotonic() < deadline and watch.is_alive(), "no first cycle"
+            time.sleep(0.05)
+        reads_before = sb.world.stats.requests.get("graph.getPresencesByUserId", 0)
+        started = time.monotonic()
+        changed: dict[str, float] = {}
+        for email in people:
+            org.teams(email, "Busy", "InACall")
+            changed[email] = time.monotonic()
+            time.sleep(0.3)
+        while len(arrived) < len(people) and time.monotonic() - started < 30:
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+        reads = sb.world.stats.requests.get("graph.getPresencesByUserId", 0) - reads_before
+        watch.stop()  # type: ignore[attr-defined]
+        watch.join(timeout=120)
+        latencies = sorted(arrived[e] - changed[e] for e in people if e in arrived)
+        assert len(latencies) == len(people), f"{len(latencies)} of {len(people)} written"
+        p90 = latencies[int(0.9 * len(latencies)) - 1]
+        chosen = [e.data for e in events if e.type == "interval"]
+        print(f"auto interval {chosen[-1]}; p90 {p90:.2f} s; {reads / elapsed:.1f} reads/s")
+        assert chosen and chosen[-1]["interval_s"] == 1.0 and chosen[-1]["reads_per_poll"] == 4
+        assert reads / elapsed <= 25
+        assert p90 < 3.0, latencies
+
