@@ -24,7 +24,7 @@ Layout::
     connect_account_email = "…"
     connect_directory_scope = "api.service.address-book"   # one api.service.* scope, no api.user.*
     connect_resource_id = "…"             # our Connect session (a GUID), made on first use
-    connect_rate_per_min = 250            # Connect requests a minute, this client (0 = no budget)
+    connect_rate_per_min = 250            # Connect requests a minute (0 = no budget: testing only)
     echo_window_s = 60                    # how long a write of ours may take to show (2–600 s)
     enabled_direction = "both"            # absent = sync disabled
     notify_url = "https://sync.example.com/presencectl"  # optional: Teams change notifications
@@ -140,6 +140,7 @@ class Profile:
 _KNOWN_KEYS = {f.name for f in fields(Profile)} - {"name"}
 _TOP_LEVEL_KEYS = ("profiles",)
 _INT_KEYS = ("connect_rate_per_min", "echo_window_s")
+_INT_HINTS = {"connect_rate_per_min": " (0 = no budget: testing only)"}
 ECHO_WINDOW_RANGE = (2, 600)
 _URL_KEYS = ("authority_url", "graph_url", "connect_login_url", "connect_api_url")
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
@@ -246,7 +247,8 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(
                     f"{where}: key '{f.name}' must be a whole number >= 0, not {value!r}",
-                    hint=f"write it as {f.name} = 250 (0 = no limit)",
+                    hint=f"write it as {f.name} = {getattr(Profile, f.name)}"
+                    + _INT_HINTS.get(f.name, ""),
                 )
         elif not isinstance(value, str):
             raise ConfigError(

@@ -110,3 +110,28 @@ def test_a_bad_interval_is_refused_with_the_option_named(cli: Any, bad: str) -> 
     result = cli("sync", "--watch", "--interval", bad)
     assert result.exit_code == 2, result.stdout + result.stderr
     assert "--interval" in result.stderr and "No such option" not in result.stderr
+
+
+def test_a_watch_poll_leaves_out_the_users_notifications_cover_except_to_reconcile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from presencectl.sync import notify_glue
+    from presencectl.sync.notify_glue import NotificationsGlue
+
+    now = [1000.0]
+    monkeypatch.setattr(notify_glue.time, "monotonic", lambda: now[0])
+    glue = NotificationsGlue.__new__(NotificationsGlue)
+    glue.pairs = {f"k{i}": SimpleNamespace(azure_id=f"a{i}") for i in range(1000)}  # type: ignore[misc]
+    glue.notifications = SimpleNamespace(  # type: ignore[assignment]
+        active=True, covered={f"a{i}" for i in range(650)},
+        options=SimpleNamespace(reconcile_interval=60.0),
+    )  # fmt: skip
+    wanted = list(glue.pairs)
+    assert len(glue._teams_poll_keys(wanted)) == 1000  # the first poll reads everyone
+    now[0] += 1
+    polled = glue._teams_poll_keys(wanted)
+    assert len(polled) == 350 and "k0" not in polled and "k999" in polled
+    now[0] += 60
+    assert len(glue._teams_poll_keys(wanted)) == 1000  # the reconcile poll: everyone again
+    glue.notifications = None
+    assert len(glue._teams_poll_keys(wanted)) == 1000

@@ -263,8 +263,9 @@ class SyncCycle(Pacing):
             )
             answers: list[Any] = [first, (connect_obs, read_failures)]
         else:
-            if read_teams:
-                jobs.append(self.read_teams(wanted))
+            if read_teams:  # a watch's poll: not the users notifications cover (notify_glue.py)
+                polled = self._teams_poll_keys(wanted) if self._watching else wanted
+                jobs.append(self.read_teams(polled))
             if read_connect:
                 jobs.append(self.read_connect(wanted))
             answers = list(await asyncio.gather(*jobs))
@@ -416,6 +417,9 @@ class SyncCycle(Pacing):
     def _chunk_pairs(self) -> int:
         """Pairs written (and persisted) per step: a stop waits for one step."""
         return WRITE_CHUNK_PAIRS
+
+    def _teams_poll_keys(self, wanted: list[str]) -> list[str]:
+        return wanted  # every pair (sync/notify_glue.py leaves out those notifications cover)
 
     async def _send(self, actions: Sequence[Action]) -> list[WriteOutcome]:
         return await writes.send(

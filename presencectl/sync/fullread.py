@@ -53,6 +53,7 @@ async def read_connect_watching(
             sleeper.cancel()
             if read.done() or engine._stopping():
                 break
+            # everyone: notifications are not handled until the read ends
             fresh = await engine.read_teams(wanted)
             changed = [
                 k for k, obs in fresh.items() if k not in latest or obs.value != latest[k].value

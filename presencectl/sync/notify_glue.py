@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -53,6 +54,21 @@ class NotificationsGlue(SyncCycle):
             with contextlib.suppress(Exception):
                 await self.notifications.close()
 
+    def _teams_poll_keys(self, wanted: list[str]) -> list[str]:
+        """The pairs a Teams poll reads: those notifications do not cover, and everyone once
+        every reconcile interval (notifications can be lost; the poll is the safety net)."""
+        notes = self.notifications
+        if notes is None or not notes.active or not notes.covered:
+            return wanted
+        now = time.monotonic()
+        if now - getattr(self, "_full_teams_poll_at", float("-inf")) >= (
+            notes.options.reconcile_interval
+        ):
+            self._full_teams_poll_at = now
+            return wanted
+        covered = notes.covered
+        return [k for k in wanted if k in self.pairs and self.pairs[k].azure_id not in covered]
+
     def _poll_interval(self) -> float:
         if self.notifications is not None:
             interval = self.notifications.poll_interval()
@@ -69,6 +85,7 @@ class NotificationsGlue(SyncCycle):
             return batch
         changes, full = notes.drain()
         if full:
+            self._full_teams_poll_at = float("-inf")  # notifications were lost: read everyone
             await self.cycle(result, read_connect=False)
         elif changes:
             now = self.clock()
