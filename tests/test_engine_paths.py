@@ -284,3 +284,25 @@ def test_a_short_disable_shows_no_progress(org: Org, monkeypatch: pytest.MonkeyP
         code = run(["--profile", "sandbox", "disable", "--yes"])
     assert code == 0
     assert "writes" not in console.export_text()  # under 2 s: nothing flickers by
+
+
+def test_a_one_shot_on_a_terminal_shows_progress_on_stderr_and_json_stays_one_document(
+    org: Org, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from presencectl import output
+    from presencectl.cli import progress
+    from presencectl.cli.app import run
+
+    assert org.run("enable").exit_code == 0
+    console = Console(file=io.StringIO(), record=True, force_terminal=True, width=120)
+    monkeypatch.setattr(output, "stderr_console", lambda: console)
+    monkeypatch.setattr(progress, "SHOW_AFTER_S", 0.0)
+    out, err = _Tty(), _Tty()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    with redirect_stdout(out), redirect_stderr(err):
+        code = run(["--profile", "sandbox", "-o", "json", "sync"])
+    assert code == 0
+    document = json.loads(out.getvalue())  # one document: nothing of the progress on stdout
+    assert document["matched"] > 0
+    drawn = console.export_text()
+    assert "Connect reads" in drawn and re.search(r"(\d+)/\1\b", drawn), drawn
