@@ -126,3 +126,21 @@ async def test_no_budget_at_zero() -> None:
     budget = RequestBudget(0, clock=clock, sleep=clock.sleep)
     await asyncio.gather(*(budget.acquire() for _ in range(1000)))
     assert clock.slept == 0.0 and not budget.enabled
+
+
+@pytest.mark.anyio
+async def test_a_run_that_follows_another_within_a_minute_continues_its_budget() -> None:
+    """The service's window still holds the previous run's requests: the budget preloaded
+    with them waits for the oldest to leave instead of starting full (which drew 15 429s
+    from the sandbox in bench/budget.py when a watch followed a one-shot at once)."""
+    clock = FakeClock()
+    budget = RequestBudget(60, clock=clock, sleep=clock.sleep)
+    budget.preload([clock() - 30.0 + i * 0.5 for i in range(60)])  # the last 30 s: all 60 used
+    start = clock()
+    await budget.acquire()
+    assert clock() - start == pytest.approx(30.5, abs=0.01)  # the oldest leaves the window
+    fresh = RequestBudget(60, clock=clock, sleep=clock.sleep)
+    fresh.preload([clock() - 120.0] * 60)  # older than the window: nothing counts
+    start = clock()
+    await fresh.acquire()
+    assert clock() == start

@@ -158,6 +158,23 @@ class RequestBudget:
                 break
             await asyncio.sleep(0)  # let the request leave before the next slot is given
 
+    def now(self) -> float:
+        return self._clock()
+
+    def recent_starts(self) -> list[float]:
+        """The starts still inside the window (this budget's clock)."""
+        self._next_slot_in(self._clock())  # drops the ones that left it
+        return list(self._sent)
+
+    def preload(self, starts: list[float]) -> None:
+        """Count starts made by an earlier process of this client (this budget's clock): the
+        server's window still holds them, so a run that follows another within a minute
+        continues its budget instead of starting with a full one."""
+        now = self._clock()
+        inside = [t for t in starts if now - (WINDOW_S + WINDOW_SLACK_S) < t <= now]
+        merged = sorted([*self._sent, *inside])
+        self._sent = deque(merged[-self.limit :] if self.limit >= 1 else merged)
+
     async def aclose(self) -> None:
         task, self._dispatcher = self._dispatcher, None
         if task is not None and not task.done():

@@ -33,6 +33,7 @@ AUTO_FLOOR_S = 1.0  # never poll Teams more often than once a second
 POLL_SHARE = 0.5  # the share of Graph's presence budget (after writes) polling may take
 IDS_PER_READ = 650  # getPresencesByUserId
 BUDGET_META = "connect_budget"
+STARTS_META = "connect_budget_starts"  # Unix times of the last minute's Connect requests
 INTERVAL_META = "poll_interval"
 
 
@@ -149,6 +150,7 @@ class Pacing:
         self._writes_waiting: dict[int, float] = {}  # Connect writes not yet answered: queued at
         self._teams_write_times: list[tuple[float, int]] = []  # (monotonic, units)
         self._interval_chosen: dict[str, Any] | None = None
+        self._preload_budget()
 
     def _on_progress(self, snapshot: dict[str, Any]) -> None:
         if self._progress_on:
@@ -165,12 +167,30 @@ class Pacing:
         self.progress.tick("writes", count)
         self.progress.tick("adopt", count)
 
+    def _preload_budget(self) -> None:
+        """The last minute's Connect requests of the previous run of this profile count in
+        this run's budget (the service's window holds them too)."""
+        budget = self.connect.budget
+        raw = self.store.get_meta(STARTS_META)
+        if not budget.enabled or not raw:
+            return
+        try:
+            starts = [float(t) for t in json.loads(raw)]
+        except (ValueError, TypeError):
+            return
+        offset = time.time() - budget.now()
+        budget.preload([t - offset for t in starts])
+
     def _record_budget(self) -> None:
         """Keep the Connect budget and the write backlog where ``status`` reads them."""
         if self.options.dry_run:
             return
         now = time.monotonic()
         self._budget_recorded = now
+        budget = self.connect.budget
+        offset = time.time() - budget.now()
+        starts = [round(t + offset, 3) for t in budget.recent_starts()]
+        self.store.set_meta(STARTS_META, json.dumps(starts))
         record_budget(
             self.store,
             self.connect.budget.snapshot(),

@@ -115,6 +115,7 @@ class WatchLoop(NotificationsGlue):
             result.duration_s = time.monotonic() - started
             result.throttled, result.throttle_wait_s = self._throttle()
             self._set_outage_meta(None)  # a stopped watch is not waiting for anything
+            self._record_budget()  # the next run continues this budget (sync/pacing.py)
             self._finish_run(result, outcome)
             self._emit("stop", **result.summary(), failures=result.failures)
         return result
