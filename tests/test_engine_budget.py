@@ -108,6 +108,8 @@ def test_a_teams_change_during_a_watchs_full_read_reaches_connect_in_seconds(
     # the read was still running when the change reached Connect
     assert reads[-1].data["done"] < reads[-1].data["total"], (latency, reads[-1].data)
     watch.join(timeout=90)
+    reads = [e for e in events if e.type == "progress" and e.data["phase"] == "connect_reads"]
+    assert reads[-1].data["done"] == reads[-1].data["total"]  # its progress went on to the end
     assert not watch.is_alive()
     assert org.sb.world.stats.throttled == throttled  # no 429 from Connect
     print(f"Teams change 6 s into the full read reached Connect after {latency:.2f} s")

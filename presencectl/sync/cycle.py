@@ -182,7 +182,8 @@ class SyncCycle(Pacing):
         from presencectl.graph.presence import get_presences
 
         ids = [self.pairs[k].azure_id for k in keys if k in self.pairs]
-        self.progress.begin("graph_reads", len(ids))
+        if self.progress.phase is None:  # a poll during a longer phase does not replace it
+            self.progress.begin("graph_reads", len(ids))
         reads = await get_presences(self.teams_reader, ids)
         self.progress.end("graph_reads")
         now = self.clock()
@@ -242,7 +243,8 @@ class SyncCycle(Pacing):
         sides keeps Teams watched while Connect is read (sync/fullread.py)."""
         self._failed_now = set()
         wanted = list(self.pairs) if keys is None else [k for k in keys if k in self.pairs]
-        self._progress_on = not self._watching or (read_connect and keys is None)
+        if keys is None:  # a cycle for a few pairs (an event) leaves the display as it is
+            self._progress_on = not self._watching or read_connect
         if not self.options.dry_run and adopt:
             fresh = sum(1 for k in wanted if k not in self.states)
             budget = self.connect.budget.per_minute
