@@ -20,8 +20,16 @@ ids) and for the rest, and each set-up counts its Graph presence reads, scaled t
 Targets: notifications p95 < 1 s; with drops, every change converges within the reconcile
 interval + 5 s.
 
+``--sync-users N`` (issue 20) runs the notifications set-up alone with a pool of N sync users
+(the profile's sync user; one more account under MFA — the sandbox's ``mfa_required`` flag —
+added by ``sync-user add --device-code``, approved by the sandbox's ``--auto-approve``; the rest
+added by ``sync-user add --password-stdin``), each owning one subscription of at most 650
+people: Teams → Connect split by coverage as in ``--compare``, and the pool's coverage line.
+Target: p95 < 1 s for every covered person.
+
     python bench/latency.py [--duration 60] [--changes 200] [--interval 5]
     python bench/latency.py --compare --interval 30 --reconcile-interval 60
+    python bench/latency.py --sync-users 3 --users 2000 --interval 30 --reconcile-interval 60
 """
 
 from __future__ import annotations
@@ -61,8 +69,8 @@ def run(users: int, duration: float, changes: int, interval: float, seed: int) -
 
 
 def measure(users: int, duration: float, changes: int, interval: float, seed: int, *,
-            notify: bool = False, reconcile: float = 60.0, drop_rate: float = 0.0
-            ) -> dict[str, Any]:
+            notify: bool = False, reconcile: float = 60.0, drop_rate: float = 0.0,
+            sync_users: int = 1) -> dict[str, Any]:
     """One set-up: samples per direction (Teams→Connect split by notification coverage when
     ``notify``), misses, and the Graph presence reads / renewals of the measured window."""
     rng = random.Random(seed)
@@ -71,7 +79,9 @@ def measure(users: int, duration: float, changes: int, interval: float, seed: in
     covered_emails: set[str] = set()
     # A change waits at most a poll (or, with notifications, a reconcile poll) plus margin.
     timeout = max(TIMEOUT_S, interval + (reconcile if notify else 0) + 10)
-    extra = ("--allow-http-notifications",) if notify else ()
+    extra: tuple[str, ...] = ("--allow-http-notifications",) if notify else ()
+    if sync_users > 1:
+        extra += ("--auto-approve", MFA_MEMBER)
     window: dict[str, Any] = {}
     with isolated_env(), SandboxProcess(users=users, seed=seed, extra_args=extra) as sb:
         profile = engine_driver.prepare(sb)
@@ -79,6 +89,11 @@ def measure(users: int, duration: float, changes: int, interval: float, seed: in
         rng.shuffle(pairs)
         group = max(4, min(len(pairs) // 2, changes))
         group_c, group_t = pairs[:group], pairs[group : 2 * group]
+        if sync_users > 1:
+            window["pool"] = _add_sync_users(sb, pairs[2 * group:], sync_users - 1)
+            from presencectl.config import load_profile
+
+            profile = load_profile(engine_driver.PROFILE)  # the pool, as the CLI saved it
         for p in group_c:
             sb.set_teams(p.email, "Away", "Away")
             sb.set_connect(p.email, "available")
@@ -114,8 +129,9 @@ def measure(users: int, duration: float, changes: int, interval: float, seed: in
         time.sleep(1.0)  # the feed's subscription settles
         notes = getattr(loop_box["engine"], "notifications", None)
         if notes is not None:
-            for _ in range(100):  # the subscriptions follow the first directory read
-                if notes.covered:
+            for _ in range(600):  # the subscriptions follow the first directory read
+                members = notes.member_summary()
+                if notes.covered and not any(m["state"] == "pending" for m in members):
                     break
                 time.sleep(0.1)
             covered = notes.covered
@@ -216,6 +232,33 @@ def measure(users: int, duration: float, changes: int, interval: float, seed: in
     return {"samples": samples, "missed": missed, "window": window, "timeout": timeout}
 
 
+MFA_MEMBER = "sync-mfa@contoso.example"
+
+
+def _add_sync_users(sb: Any, spare: list[Any], count: int) -> list[str]:
+    """``count`` more pool members through the CLI: one account under MFA by device code, the
+    rest people outside the measured groups by password."""
+    import secrets as token_source
+
+    response = sb.control.post("/_sandbox/users", json={
+        "email": MFA_MEMBER, "display_name": "presencectl sync (MFA)", "on": ["teams"],
+        "password": "Mfa-" + token_source.token_urlsafe(12) + "1!", "flags": ["mfa_required"]})
+    response.raise_for_status()
+    engine_driver.cli("sync-user", "add", "--username", MFA_MEMBER, "--device-code")
+    added = [MFA_MEMBER]
+    if len(spare) < count - 1:
+        raise SystemExit(f"--sync-users: only {len(spare)} people outside the measured groups")
+    for person in spare[len(spare) - (count - 1):] if count > 1 else []:
+        password = "Pool-" + token_source.token_urlsafe(12) + "1!"
+        sb.control.post(
+            f"/_sandbox/users/{person.email}/password", json={"password": password}
+        ).raise_for_status()
+        engine_driver.cli("sync-user", "add", "--username", person.email, "--password-stdin",
+                          stdin=password + "\n")
+        added.append(person.email)
+    return added
+
+
 def _notify(reconcile: float) -> Any:
     import socket
 
@@ -262,13 +305,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", action="store_true",
                         help="polling vs notifications vs notifications with 10%% dropped")
     parser.add_argument("--reconcile-interval", type=float, default=60.0)
+    parser.add_argument("--sync-users", type=int, default=0,
+                        help="notifications with a pool of N sync users (650 people each)")
     args = parser.parse_args(argv)
+    if args.sync_users:
+        pool(args.users, args.duration, args.changes, args.interval, args.seed,
+             args.reconcile_interval, args.sync_users).emit()
+        return 0
     if args.compare:
         compare(args.users, args.duration, args.changes, args.interval, args.seed,
                 args.reconcile_interval).emit()
         return 0
     run(args.users, args.duration, args.changes, args.interval, args.seed).emit()
     return 0
+
+
+def pool(users: int, duration: float, changes: int, interval: float, seed: int,
+         reconcile: float, sync_users: int) -> Report:
+    """Notifications with a pool of ``sync_users`` members (see the module doc)."""
+    figures = measure(users, duration, changes, interval, seed, notify=True, reconcile=reconcile,
+                      sync_users=sync_users)
+    window = figures["window"]
+    report = Report("latency-pool", ["direction", "changes", "p50_s", "p95_s", "max_s", "missed",
+                                     "target_p95_s", "verdict"])
+    for direction, values in sorted(figures["samples"].items()):
+        target = 1.0 if "not covered" not in direction else interval + 1.0
+        p95 = percentile(values, 95)
+        report.add(direction=direction, changes=len(values), p50_s=percentile(values, 50),
+                   p95_s=p95, max_s=max(values) if values else None,
+                   missed=figures["missed"].get(direction, 0), target_p95_s=target,
+                   verdict="PASS" if values and p95 < target else "MISS")
+    notes = window.get("notifications") or {}
+    report.notes.append(
+        f"{users} users, {sync_users} sync users (one under MFA signed in by device code, "
+        f"the others by password), watch --interval {interval:g}, --reconcile-interval "
+        f"{reconcile:g}; {changes} changes over {duration:g} s"
+    )
+    report.notes.append(f"coverage: {notes.get('coverage')}")
+    report.extra["sync_users"] = notes.get("sync_users")
+    report.extra["subscriptions_created"] = window.get("graph.subscriptions.create")
+    return report
 
 
 def compare(users: int, duration: float, changes: int, interval: float, seed: int,

@@ -17,17 +17,23 @@ Layout::
     client_id = "…"                        # our app registration
     bootstrap_client_id = "…"              # public client used before our app exists
     admin_email = "…"
-    sync_username = "…"
+    sync_username = "…"                    # the sync user (the first of the pool)
+    sync_user_sign_in = "password"         # how it signs in: password | device_code | browser
     connect_login_url = "https://login.univerge.blue"
     connect_api_url = "https://api.univerge.blue"
     connect_client_id = "…"
     connect_account_email = "…"
     connect_directory_scope = "api.service.address-book"   # one api.service.* scope, no api.user.*
+    connect_directory_fields = "_all"     # the directory's `fields`; "" = never sent
+    connect_feed_user_field = "userId"    # the events' user-id field; unset = the plausible ones
+    connect_feed_event_scope = "auto"     # auto | user | session: what an event's state is
     connect_resource_id = "…"             # our Connect session (a GUID), made on first use
     connect_rate_per_min = 250            # Connect requests a minute (0 = no budget: testing only)
     echo_window_s = 60                    # how long a write of ours may take to show (2–600 s)
     enabled_direction = "both"            # absent = sync disabled
     notify_url = "https://sync.example.com/presencectl"  # optional: Teams change notifications
+    [[profiles.NAME.sync_users]]          # further sync users, in the order added
+    username = "…"; sign_in = "device_code"; validated_at = "…"
     [profiles.NAME.verified]              # what setup-azure / consent / validate proved, with dates
     [profiles.NAME.mapping.teams_to_connect]   # overrides: "Busy/InAMeeting" = "meeting"
     [profiles.NAME.mapping.connect_to_teams]   # overrides: "on_break" = "Available/Available"
@@ -70,11 +76,18 @@ class Profile:
     bootstrap_client_id: str = GRAPH_CLI_CLIENT_ID
     admin_email: str | None = None
     sync_username: str | None = None
+    # The pool of sync users (identity/sync_pool.py): how the first signs in, and the others.
+    sync_user_sign_in: str = "password"
+    sync_users: list[dict[str, str]] = field(default_factory=list)
     connect_login_url: str = "https://login.univerge.blue"
     connect_api_url: str = "https://api.univerge.blue"
     connect_client_id: str | None = None
     connect_account_email: str | None = None
     connect_directory_scope: str = "api.service.address-book"
+    # What `connect verify --apply` found the account to do (docs/connect-setup.md)
+    connect_directory_fields: str = "_all"
+    connect_feed_user_field: str | None = None
+    connect_feed_event_scope: str = "auto"
     connect_resource_id: str | None = None
     connect_rate_per_min: int = 250
     # How long a write of ours may take to show on a side (the echo rule's window, sync/plan.py).
@@ -83,6 +96,9 @@ class Profile:
     echo_window_s: int = 60
     enabled_direction: str | None = None
     notify_url: str | None = None  # public HTTPS URL of the notification receiver (sync --watch)
+    # How the app proves itself: secret | certificate | federated (identity/app_credentials.py)
+    app_credential: str = "secret"
+    federated_token_file: str | None = None  # federated: the token file read at each sign-in
     verified: dict[str, Any] = field(default_factory=dict)
     mapping: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -131,7 +147,7 @@ class Profile:
             if f.name == "name":
                 continue
             value = getattr(self, f.name)
-            if value is None or value == {} or value == f.default:
+            if value is None or value == {} or value == [] or value == f.default:
                 continue
             out[f.name] = value
         return out
@@ -142,6 +158,7 @@ _TOP_LEVEL_KEYS = ("profiles",)
 _INT_KEYS = ("connect_rate_per_min", "echo_window_s")
 _INT_HINTS = {"connect_rate_per_min": " (0 = no budget: testing only)"}
 ECHO_WINDOW_RANGE = (2, 600)
+APP_CREDENTIALS = ("secret", "certificate", "federated")  # identity/app_credentials.py KINDS
 _URL_KEYS = ("authority_url", "graph_url", "connect_login_url", "connect_api_url")
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
@@ -191,8 +208,57 @@ def state_dir() -> Path:
 
 
 def profile_name(explicit: str | None = None) -> str:
-    """The active profile: ``--profile``, else ``$PRESENCECTL_PROFILE``, else "default"."""
-    return explicit or os.environ.get("PRESENCECTL_PROFILE") or DEFAULT_PROFILE
+    """The active profile: ``--profile``, else ``$PRESENCECTL_PROFILE``, else "default".
+
+    A name outside letters, digits, ``.``, ``_`` and ``-`` is a usage error (check_profile_name).
+    """
+    return check_profile_name(
+        explicit or os.environ.get("PRESENCECTL_PROFILE") or DEFAULT_PROFILE
+    )
+
+
+PROFILE_NAME_CHARS = "letters, digits, '.', '_' and '-'"
+
+
+def valid_profile_name(name: str) -> bool:
+    """ASCII letters, digits, ``.``, ``_``, ``-``; 1–64 of them, not ``.`` or ``..``.
+
+    The name is the state database's file name and the keyring's service name as it is: with
+    nothing to replace, ``a b``, ``a/b`` and ``a_b`` can no longer share one database and lock."""
+    return (
+        0 < len(name) <= 64
+        and all(c.isascii() and (c.isalnum() or c in "._-") for c in name)
+        and name not in (".", "..")
+    )
+
+
+def check_profile_name(name: str) -> str:
+    """``name`` when valid; otherwise a usage error (exit 2), with the way out when config.toml
+    already holds a profile of that name (earlier versions accepted any name)."""
+    if valid_profile_name(name):
+        return name
+    from presencectl.errors import UsageError
+
+    suggestion = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in name)
+    suggestion = suggestion.strip(".")[:64] or DEFAULT_PROFILE
+    try:
+        existing = name in read_config().get("profiles", {})
+    except Exception:  # an unreadable config is reported by the command that reads it
+        existing = False
+    if existing:
+        hint = (
+            f"config.toml ({config_path()}) has a profile '{name}' from an earlier version: "
+            f"rename its table to [profiles.{suggestion}] (its state database is already "
+            f"{suggestion}.db), then store its secrets again under the new name "
+            f"(`presencectl --profile {suggestion} connect set …`, `sync-user set …`)"
+        )
+    else:
+        hint = f"use {PROFILE_NAME_CHARS} only, e.g. --profile {suggestion}"
+    raise UsageError(
+        f"profile name {name!r} is not allowed: {PROFILE_NAME_CHARS} only",
+        hint=hint,
+        code="profile_name_invalid",
+    )
 
 
 def read_config(path: Path | None = None) -> dict[str, Any]:
@@ -243,6 +309,8 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
                     f"{where}: key '{f.name}' must be a table, not {_toml_type(value)}",
                     hint=f"write it as [profiles.{name}.{f.name}]",
                 )
+        elif f.name == "sync_users":
+            value = _sync_users(value, where)
         elif f.name in _INT_KEYS:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(
@@ -262,6 +330,21 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
             f"{where}: key 'echo_window_s' is {profile.echo_window_s}",
             hint=f"allowed: {low} to {high} seconds (default 60): how long a write of ours may "
             "take to show on Teams or Connect",
+        )
+    if profile.sync_user_sign_in not in SIGN_IN_KINDS:
+        raise ConfigError(
+            f"{where}: key 'sync_user_sign_in' is '{profile.sync_user_sign_in}'",
+            hint="allowed: " + ", ".join(SIGN_IN_KINDS),
+        )
+    if profile.sync_users and not profile.sync_username:
+        raise ConfigError(
+            f"{where}: sync_users without sync_username (the first sync user)",
+            hint="set sync_username to the first of them, or run `presencectl sync-user add`",
+        )
+    if profile.app_credential not in APP_CREDENTIALS:
+        raise ConfigError(
+            f"{where}: key 'app_credential' is '{profile.app_credential}'",
+            hint="allowed: " + ", ".join(APP_CREDENTIALS),
         )
     if profile.enabled_direction is not None and profile.enabled_direction not in DIRECTIONS:
         raise ConfigError(
@@ -286,6 +369,22 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
             hint="one api.service.* scope (default api.service.address-book): client credentials "
             "cannot use api.user.* scopes, which belong to user sign-in",
         )
+    if profile.connect_directory_fields not in ("_all", ""):
+        raise ConfigError(
+            f"{where}: key 'connect_directory_fields' is {profile.connect_directory_fields!r}",
+            hint='allowed: "_all" (the default) or "" (the directory takes no `fields`)',
+        )
+    user_field = profile.connect_feed_user_field
+    if user_field is not None and not _is_field_path(user_field):
+        raise ConfigError(
+            f"{where}: key 'connect_feed_user_field' is {user_field!r}",
+            hint="a field name of the feed's events, e.g. userId or user.id (dots nest)",
+        )
+    if profile.connect_feed_event_scope not in ("auto", "user", "session"):
+        raise ConfigError(
+            f"{where}: key 'connect_feed_event_scope' is {profile.connect_feed_event_scope!r}",
+            hint="allowed: auto, user, session",
+        )
     if profile.notify_url is not None and not (
         _is_url(profile.notify_url, ("https", "http")) and _tls_or_loopback(profile.notify_url)
     ):
@@ -305,6 +404,33 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
     return profile
 
 
+SIGN_IN_KINDS = ("password", "device_code", "browser")
+
+
+def _sync_users(value: Any, where: str) -> list[dict[str, str]]:
+    """The further sync users: an array of tables with a username and a known sign-in kind."""
+    hint = 'write each as [[…sync_users]] with username = "name@tenant", sign_in = "device_code"'
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: key 'sync_users' must be an array of tables", hint=hint)
+    rows: list[dict[str, str]] = []
+    for i, row in enumerate(value):
+        here = f"{where}: sync_users[{i}]"
+        if not isinstance(row, dict) or not all(isinstance(v, str) for v in row.values()):
+            raise ConfigError(f"{here} must be a table of strings", hint=hint)
+        unknown = sorted(set(row) - {"username", "sign_in", "validated_at"})
+        if unknown:
+            raise _unknown_key_error(here, unknown, ["sign_in", "username", "validated_at"])
+        if "@" not in row.get("username", ""):
+            raise ConfigError(f"{here}: 'username' is not a user principal name", hint=hint)
+        if row.get("sign_in", "password") not in SIGN_IN_KINDS:
+            raise ConfigError(
+                f"{here}: 'sign_in' is {row.get('sign_in')!r}",
+                hint="allowed: " + ", ".join(SIGN_IN_KINDS),
+            )
+        rows.append(dict(row))
+    return rows
+
+
 def _tls_or_loopback(url: str) -> bool:
     """Tokens and passwords travel over these URLs: plain http only to this machine."""
     parts = urlsplit(url)
@@ -317,6 +443,14 @@ def _tls_or_loopback(url: str) -> bool:
 def _toml_type(value: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", list: "an array",
             dict: "a table", str: "a string"}.get(type(value), type(value).__name__)
+
+
+def _is_field_path(value: Any) -> bool:
+    """A JSON field name, or a dotted path of them (``user.id``)."""
+    import re
+
+    name = r"[A-Za-z_][\w-]*"
+    return isinstance(value, str) and bool(re.fullmatch(rf"{name}(\.{name})*", value))
 
 
 def _is_url(value: str, schemes: tuple[str, ...]) -> bool:
@@ -419,6 +553,7 @@ def write_config(doc: dict[str, Any], path: Path | None = None) -> None:
 def save_profile(profile: Profile, path: Path | None = None) -> None:
     """Replace one profile's table, keeping every other profile as it was."""
     path = path or config_path()
+    check_profile_name(profile.name)
     doc = read_config(path)
     doc.setdefault("profiles", {})[profile.name] = profile.to_toml()
     write_config(doc, path)

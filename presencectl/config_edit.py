@@ -31,8 +31,11 @@ SECRET_KEYS = {
     "connect_client_secret": "`presencectl connect set` stores it (docs/connect-setup.md); "
     "CI passes it as PRESENCECTL_CONNECT_CLIENT_SECRET",
 }
-_WRITTEN_BY_COMMANDS = {"verified": "setup-azure, consent and sync-user validate record it"}
-_TABLE_KEYS = ("verified", "mapping")
+_WRITTEN_BY_COMMANDS = {
+    "verified": "setup-azure, consent and sync-user validate record it",
+    "sync_users": "`presencectl sync-user add` / `remove` change the pool",
+}
+_TABLE_KEYS = ("verified", "mapping", "sync_users")
 MAPPING_TABLES = ("teams_to_connect", "connect_to_teams")
 
 

@@ -86,6 +86,7 @@ ACCOUNT_CONTACT = "Account contact"
 SECURITY_MANAGER_STEP = "Security Manager"
 MATCHING = "Matching"
 STATE = "State database"
+NOTIFICATIONS = "Teams notifications"
 
 
 @dataclass
@@ -148,6 +149,20 @@ def fail(name: str, detail: str, remedy: str, code: str, exit_code: int) -> Chec
 
 def skip(name: str, detail: str) -> Check:
     return Check(name, SKIP, detail)
+
+
+def _app_credential_check(profile: Any) -> Check:
+    """A certificate (expiry within 30 days: a warning) or a federated token file, in place of
+    the client secret's row (identity/app_credentials.py)."""
+    from presencectl.identity.app_credentials import certificate_health
+
+    state, detail = certificate_health(profile)
+    again = f"run `presencectl setup-azure --credential {profile.app_credential}`"
+    if state == "ok":
+        return ok(SECRET_EXPIRY, f"{detail} (no client secret)")
+    if state == "warn":
+        return warn(SECRET_EXPIRY, detail, f"{again} for a new one", "app_certificate_expiring")
+    return fail(SECRET_EXPIRY, detail, again, "app_credential_invalid", ExitCode.AUTH)
 
 
 def info(name: str, detail: str, remedy: str, code: str = "") -> Check:
@@ -283,11 +298,13 @@ class Doctor:
         await self._run(APP, self.check_app)
         await self._run(SECRET_EXPIRY, self.check_secret_expiry)
         await self._run(CONSENT, self.check_consent)
-        await self._run(SYNC_USER, self.check_sync_user)
+        for check in await self.sync_user_checks():
+            self._add(check)
         await self._run(CONNECT_TOKEN, self.check_connect_token)
         await self._run(ACCOUNT_CONTACT, self.check_account_contact)
         await self._run(SECURITY_MANAGER_STEP, self.check_security_manager)
         await self._run(MATCHING, self.check_matching)
+        await self._run(NOTIFICATIONS, self.check_notifications)
         return self.report
 
     # -- config, keyring, secrets ----------------------------------------------------------
@@ -379,6 +396,10 @@ class Doctor:
             title = f"Secret {name}"
             if name == secrets.SYNC_PASSWORD and not self._sync_user_relevant():
                 out.append(skip(title, "no sync user configured and Teams→Connect not enabled"))
+                continue
+            if name == secrets.SYNC_PASSWORD and profile.sync_user_sign_in != "password":
+                how = profile.sync_user_sign_in.replace("_", " ")
+                out.append(skip(title, f"not needed: the sync user signs in by {how}"))
                 continue
 
             async def check(name: str = name, title: str = title) -> Check:
@@ -510,6 +531,8 @@ class Doctor:
 
         p = self.profile
         assert p is not None
+        if p.app_credential != "secret":
+            return _app_credential_check(p)
         now = datetime.fromtimestamp(self.now(), UTC)
         from_env = secrets.secret_source(p.name, secrets.CLIENT_SECRET) == "env"
         key_id = str(p.verified.get("client_secret_key_id") or "")
@@ -585,18 +608,40 @@ class Doctor:
             "(`presencectl consent --check` lists every grant)",
         )
 
-    async def check_sync_user(self) -> Check:
+    async def sync_user_checks(self) -> list[Check]:
+        """One row per sync user of the pool ("Sync user" for a pool of one)."""
+        from presencectl.identity.sync_pool import pool_members
+
+        p = self.profile
+        assert p is not None
+        members = pool_members(p) if self._sync_user_relevant() else []
+        if len(members) <= 1:
+            return [await guarded(SYNC_USER, self.check_sync_user)]
+        out = []
+        for member in members:
+            name = f"{SYNC_USER} {member.username}"
+
+            async def check(username: str = member.username, name: str = name) -> Check:
+                return await self.check_sync_user(username, name)
+
+            out.append(await guarded(name, check))
+        return out
+
+    async def check_sync_user(self, username: str | None = None, name: str = SYNC_USER) -> Check:
+        """The stored credential proven the way a sync needs it: never from an access-token
+        cache — a password member signs in with its password (a fresh ROPC), a device-code or
+        browser member redeems its refresh token; a refusal fails with its AADSTS code."""
         from presencectl.graph.permissions import DELEGATED_SCOPES
-        from presencectl.identity.tokens import sync_user_token_provider
+        from presencectl.identity.tokens import SyncUserTokenProvider
 
         p = self.profile
         assert p is not None
         if not self._sync_user_relevant():
-            return skip(SYNC_USER, "no sync user configured and Teams→Connect not enabled")
+            return skip(name, "no sync user configured and Teams→Connect not enabled")
         down = self._unreachable(REACH_ENTRA)
         if down:
-            return skip(SYNC_USER, f"skipped: {down[6:]} is unreachable")
-        provider = sync_user_token_provider(p)
+            return skip(name, f"skipped: {down[6:]} is unreachable")
+        provider = SyncUserTokenProvider(p, username=username, silent=False)
         await asyncio.to_thread(provider, False)
         # msal's id token claims and the response's scope, never the access token's claims.
         claims = provider.last_result_claims
@@ -605,14 +650,18 @@ class Doctor:
         missing = [s for s in needed if scopes and s not in scopes]
         if missing:
             return fail(
-                SYNC_USER,
+                name,
                 f"{provider.username} signed in, but the token lacks " + ", ".join(missing),
                 "run `presencectl consent` as a Global Administrator",
                 "consent_missing",
                 ExitCode.AUTH,
             )
         who = claims.get("preferred_username") or provider.username
-        return ok(SYNC_USER, f"{who} signed in (delegated {', '.join(sorted(scopes)) or 'token'})")
+        how = "password" if provider.sign_in == "password" else "refresh token"
+        return ok(
+            name,
+            f"{who} signed in by its {how} (delegated {', '.join(sorted(scopes)) or 'token'})",
+        )
 
     # -- Connect ---------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -675,6 +724,26 @@ class Doctor:
         )
 
     # -- matching --------------------------------------------------------------------------
+    async def check_notifications(self) -> Check:
+        import contextlib
+        import json
+        import sqlite3
+
+        from presencectl.config import profile_name
+        from presencectl.sync.notify import META_KEY
+        from presencectl.sync.state import database_path
+
+        path = database_path(profile_name(self.profile_name))
+        if not path.exists():
+            return skip(NOTIFICATIONS, "no state database yet")
+        try:  # read-only: the doctor never migrates or writes the state
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+                row = db.execute("SELECT value FROM meta WHERE key = ?", (META_KEY,)).fetchone()
+            summary = json.loads(row[0]) if row and row[0] else None
+        except (sqlite3.Error, ValueError):
+            return skip(NOTIFICATIONS, "the state database could not be read (see above)")
+        return notifications_check(summary if isinstance(summary, dict) else None)
+
     async def check_matching(self) -> Check:
         if self.app_provider is None:
             return skip(MATCHING, "skipped: no app token (see the Azure app check)")
@@ -691,6 +760,30 @@ class Doctor:
         async with self._graph() as graph:
             users = await list_users(graph)
         return matching_check(sync_match, users, self.contacts)
+
+
+def notifications_check(summary: dict[str, Any] | None) -> Check:
+    """What the last watch with ``--notify-url`` recorded: coverage by the pool of sync users,
+    the members that failed and why (state database, no network)."""
+    if not summary:
+        return skip(NOTIFICATIONS, "no watch with Teams notifications recorded")
+    coverage = str(summary.get("coverage") or "")
+    failed = [m for m in summary.get("sync_users") or [] if m.get("state") == "failed"]
+    if failed:
+        who = "; ".join(f"{m['username']}: {m.get('reason') or 'failed'}" for m in failed)
+        return warn(
+            NOTIFICATIONS, f"{coverage}; failed: {who}",
+            f"run `presencectl sync-user validate --username {failed[0]['username']}`",
+            "sync_user_failed",
+        )  # fmt: skip
+    polled = int(summary.get("users_polled") or 0)
+    if polled and summary.get("mode") != "stopped":
+        return warn(
+            NOTIFICATIONS, f"{coverage}; {polled:,} polled",
+            "add sync users: each covers at most 650 people (`presencectl sync-user add`)",
+            "notifications_partial",
+        )  # fmt: skip
+    return ok(NOTIFICATIONS, coverage or str(summary.get("reason") or ""))
 
 
 def matching_check(sync_match: Any, users: list[Any], contacts: list[Any]) -> Check:

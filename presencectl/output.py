@@ -162,15 +162,25 @@ def render_error(err: PresencectlError, fmt: str) -> None:
         render_error_json(err)
     console = stderr_console()
     # soft_wrap: a long path or URL stays on one line (greppable), whatever the width.
-    console.print(f"[bold red]error:[/] {_escape(err.message)}", soft_wrap=True)
+    console.print(f"[bold red]error:[/] {_escape(_redact(err.message))}", soft_wrap=True)
     if err.hint:
-        console.print(f"[yellow]hint:[/] {_escape(err.hint)}", soft_wrap=True)
+        console.print(f"[yellow]hint:[/] {_escape(_redact(err.hint))}", soft_wrap=True)
 
 
 def render_error_json(err: PresencectlError) -> None:
     """``{"error": {"code", "message", "hint"}}`` on stdout (the ``-o json`` error contract)."""
-    sys.stdout.write(json.dumps({"error": err.to_dict()}, ensure_ascii=False) + "\n")
+    document = err.to_dict()
+    for key in ("message", "hint"):  # a proxy URL's password in a validation error, say
+        if isinstance(document.get(key), str):
+            document[key] = _redact(document[key])
+    sys.stdout.write(json.dumps({"error": document}, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def _redact(text: str) -> str:
+    from presencectl.transport import redact
+
+    return redact(text)
 
 
 def _escape(text: str) -> str:
@@ -246,6 +256,8 @@ class _LibraryFilter(logging.Filter):
         name = record.name
         if name == "presencectl" or name.startswith("presencectl.") or self.verbosity >= 3:
             return True
+        if (name == "uvicorn" or name.startswith("uvicorn.")) and self.verbosity >= 2:
+            return True  # `sandbox serve -vv`: the access log (the levels uvicorn.Config set)
         if (name == "pysignalr" or name.startswith("pysignalr.")) and self.verbosity < 1:
             return record.levelno >= logging.ERROR
         return record.levelno >= logging.WARNING

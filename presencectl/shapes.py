@@ -159,9 +159,22 @@ RecentWrite = TypedDict(
 )
 
 
+class PoolMemberCoverage(TypedDict):
+    """One sync user of the pool in a watch with notifications: ``active`` (holds a
+    subscription), ``idle`` (a spare: the pool is larger than needed), ``pending`` (its
+    subscription not made yet) or ``failed`` (``reason`` says why; its people moved or polled)."""
+
+    username: str
+    state: Literal["active", "idle", "pending", "failed"]
+    people: int
+    subscription: str | None
+    reason: str | None
+
+
 class TeamsNotifications(TypedDict):
     """How Teams changes arrive in a watch with ``--notify-url`` (``status --section
-    notifications``); ``users_covered`` ≤ 650 per sync user."""
+    notifications``); ``users_covered`` ≤ 650 per sync user of the pool; ``coverage`` reads
+    "1,993 of 1,993 people by notifications, 4 sync users"."""
 
     mode: Literal["notifications", "polling", "stopped"]
     reason: str | None
@@ -170,6 +183,10 @@ class TeamsNotifications(TypedDict):
     subscriptions: int
     users_covered: int
     users_matched: int
+    users_polled: int
+    coverage: str
+    sync_users: list[PoolMemberCoverage]
+    leftovers_removed: int
     next_renewal: str | None
     received: int
     dropped: int
@@ -275,6 +292,52 @@ class ConsentCheckRow(TypedDict):
     granted: bool
 
 
+# --- connect verify ---------------------------------------------------------------------------
+
+
+class VerifyRowDoc(TypedDict):
+    """One row of ``connect verify -o json``: an assumption and what the account showed."""
+
+    check: str
+    result: Literal["held", "differed", "failed", "skipped", "info"]
+    detail: str
+    observed: dict[str, Any]
+    code: str
+    hint: str
+
+
+class VerifyFindings(TypedDict):
+    """What the account does where no public source settles it; a key is there once its probe
+    ran (docs/verification.md names each)."""
+
+    api_host: NotRequired[dict[str, Any]]  # url, answered (bool | None), other
+    directory_fields: NotRequired[Literal["accepted", "rejected"]]
+    contact_types: NotRequired[dict[str, Any]]  # seen: {type: count}, people: [type]
+    lenient_values: NotRequired[bool]
+    read_only_statuses: NotRequired[dict[str, str]]  # status → "accepted" | "refused (N)"
+    subscription_ttl: NotRequired[dict[str, Any]]  # requested_s, granted_s, expires_in_s
+    subscription_renew: NotRequired[str]  # "renewed" | "failed (…)"
+    subscription_delete: NotRequired[str]  # "deleted" | "already gone" | "failed (…)"
+    feed_user_field: NotRequired[str | None]
+    feed_event_scope: NotRequired[Literal["user", "session", "undetermined"]]
+
+
+class VerifyDocument(TypedDict):
+    """``connect verify -o json``."""
+
+    profile: str
+    user: str
+    resource: str
+    settle_s: float
+    rows: list[VerifyRowDoc]
+    left_behind: list[str]
+    findings: VerifyFindings
+    applied: dict[str, str]  # profile key → value written by --apply
+    held: bool
+    exit_code: int
+    error: NotRequired[ErrorBody]
+
+
 # --- config and mapping ---------------------------------------------------------------------------
 
 
@@ -338,10 +401,14 @@ __all__ = [
     "LastRun",
     "MappingShowRow",
     "NextSessionWrite",
+    "PoolMemberCoverage",
     "RecentWrite",
     "StatusDocument",
     "SyncDocument",
     "SyncSummary",
     "TeamsNotifications",
     "UserRow",
+    "VerifyDocument",
+    "VerifyFindings",
+    "VerifyRowDoc",
 ]

@@ -36,11 +36,12 @@ USER_AGENT = f"presencectl/{__version__}"
 DEFAULT_TIMEOUT = 30.0
 
 # A key is secret when it names a password, secret, token, assertion or credential (any case,
-# any prefix: client_secret, newPassword, secretText, refresh_token, client_assertion), or an
-# OAuth code (code, device_code, user_code).
+# any prefix: client_secret, newPassword, secretText, refresh_token, client_assertion), a key
+# (privateKey, dataKey, key_pem, api_key, sig), a Graph subscription's clientState, or an OAuth
+# code (code, device_code, user_code).
 _SECRET_KEY = (
-    r"(?:[A-Za-z0-9_.-]*?(?:password|passwd|secret|token|assertion|credential|api[_-]?key)"
-    r"[A-Za-z0-9_.-]*|code|[A-Za-z0-9_.-]*_code)"
+    r"(?:[A-Za-z0-9_.-]*?(?:password|passwd|secret|token|assertion|credential|api[_-]?key"
+    r"|client_?state)[A-Za-z0-9_.-]*|[A-Za-z0-9_.-]*key(?:_pem)?|sig|code|[A-Za-z0-9_.-]*_code)"
 )
 # key=value in a form body or a URL query.
 _FORM_RE = re.compile(r"(?i)(?<![A-Za-z0-9_.-])(" + _SECRET_KEY + r")=([^&\s\"',;]+)")
@@ -53,14 +54,23 @@ _AUTH_HEADER_RE = re.compile(
 )
 _BEARER_RE = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{8,}")
 _BASIC_RE = re.compile(r"\b(Basic)\s+[A-Za-z0-9+/]{8,}={0,2}")
+# Credentials in a URL: scheme://user:password@host (a proxy URL) keeps the user, not the password.
+_URL_CREDENTIALS_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@\"']*:)[^/\s@\"']+@")
+# A PEM private key, whole (a certificate's key printed by mistake).
+_PEM_KEY_RE = re.compile(
+    r"-----BEGIN ([A-Z ]*PRIVATE KEY)-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S
+)
 
 
 def redact(text: str) -> str:
     """Return ``text`` with tokens, passwords, secrets and OAuth codes replaced by ``***``.
 
-    Covers form bodies and URL queries (``client_secret=…``), JSON (``"newPassword": "…"``),
-    Python reprs, and Authorization headers (Bearer and Basic).
+    Covers form bodies and URL queries (``client_secret=…``), JSON (``"newPassword": "…"``,
+    ``"clientState": "…"``), Python reprs, Authorization headers (Bearer and Basic), the password
+    of a URL (``http://user:***@proxy``) and PEM private keys.
     """
+    text = _PEM_KEY_RE.sub(lambda m: f"-----BEGIN {m.group(1)}----- *** (redacted)", text)
+    text = _URL_CREDENTIALS_RE.sub(lambda m: f"{m.group(1)}***@", text)
     text = _AUTH_HEADER_RE.sub(
         lambda m: m.group(1) + (f"{m.group(2)} " if m.group(2) else "") + "***", text
     )
@@ -72,7 +82,8 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """A log filter that redacts secrets from every record's message (ours and third parties')."""
+    """A log filter that redacts secrets from every record (ours and third parties'): the message
+    with its arguments, the traceback of ``log.exception`` and the stack of ``stack_info``."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -81,7 +92,37 @@ class RedactingFilter(logging.Filter):
             return True
         record.msg = redact(message)
         record.args = None
+        if record.exc_info and record.exc_info[0] is not None:
+            # Formatters print exc_text when it is set: the traceback, rendered once, redacted.
+            record.exc_text = redact(_FORMATTER.formatException(record.exc_info))
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
+
+
+_FORMATTER = logging.Formatter()
+
+
+def path_segment(value: str) -> str:
+    """``value`` (a user id or UPN, an object id from an answer) quoted for one path segment:
+    ``/``, ``?``, ``#`` (a guest's ``#EXT#``) and ``..`` cannot change the request's target."""
+    from urllib.parse import quote
+
+    return quote(str(value), safe="@")
+
+
+def route_uvicorn_logs(*, access: bool) -> None:
+    """uvicorn's loggers without handlers of their own: their records reach the root logger, so
+    the CLI's handler and RedactingFilter see them (uvicorn's default config prints to stdout and
+    stderr directly, an access line with its query string unredacted). Call it after building
+    ``uvicorn.Config(log_config=None, …)``, which still sets the loggers' levels."""
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.asgi", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers = []
+        logger.propagate = access or name != "uvicorn.access"
 
 
 @dataclass(frozen=True)
@@ -283,9 +324,15 @@ class MsalHttpClient:
 
 
 def _drop_none(values: Any) -> dict[str, Any] | None:
+    """requests-style parameters for httpx: None dropped, bytes decoded (msal hands a signed
+    client assertion over as bytes; requests sends it as is, httpx would send ``b'…'``)."""
     if not values:
         return None
-    return {k: v for k, v in dict(values).items() if v is not None}
+    return {
+        k: v.decode() if isinstance(v, bytes) else v
+        for k, v in dict(values).items()
+        if v is not None
+    }
 
 
 def msal_http_client(

@@ -238,3 +238,32 @@ def test_connect_rate_and_resource_keys(tmp_path: Path) -> None:
         path.write_text(f"[profiles.p]\nconnect_rate_per_min = {bad}\n")
         with pytest.raises(ConfigError, match="connect_rate_per_min"):
             config.load_profile("p", path=path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("connect_directory_fields", "id,email"),
+        ("connect_feed_user_field", "user id"),
+        ("connect_feed_user_field", "a..b"),
+        ("connect_feed_event_scope", "aggregate"),
+    ],
+)
+def test_the_account_findings_keys_are_validated(tmp_path: Path, key: str, value: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'[profiles.p]\n{key} = "{value}"\n')
+    with pytest.raises(ConfigError) as err:
+        config.load_profile("p", path=path)
+    assert key in err.value.message
+
+
+def test_the_account_findings_keys_load(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[profiles.p]\nconnect_directory_fields = ""\nconnect_feed_user_field = "user.id"\n'
+        'connect_feed_event_scope = "session"\n'
+    )
+    profile = config.load_profile("p", path=path)
+    assert (profile.connect_directory_fields, profile.connect_feed_user_field) == ("", "user.id")
+    assert profile.connect_feed_event_scope == "session"
+    assert config.Profile().connect_feed_event_scope == "auto"

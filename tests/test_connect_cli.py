@@ -337,3 +337,162 @@ def test_connect_verify_without_a_connect_client_is_configuration(
     assert result.json()["error"]["code"] == "config_missing"
     assert "connect_client_id" in result.json()["error"]["message"]
     assert "presencectl connect set" in result.json()["error"]["hint"]
+
+
+# -- findings: what the account does, one sandbox switch at a time (issue 22) ------------------
+
+
+def _verify(cli: Any, sandbox: Any, *extra: str) -> Any:
+    return cli("--profile", PROFILE, "-o", "json", "connect", "verify", "--user",
+               _connect_user(sandbox), "--settle", "3", *extra)  # fmt: skip
+
+
+def test_connect_verify_findings_on_the_default_sandbox(
+    cli: Any, sandbox: Any, sandbox_profile: Any
+) -> None:
+    result = _verify(cli, sandbox)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    found = result.json()["findings"]
+    assert found["feed_user_field"] == "userId"
+    assert found["feed_event_scope"] == "user"
+    ttl = found["subscription_ttl"]
+    assert ttl["requested_s"] == ttl["granted_s"] == 1800
+    assert found["subscription_renew"] == "renewed"
+    assert found["subscription_delete"] == "deleted"
+    assert found["directory_fields"] == "accepted"
+    assert found["contact_types"]["people"] == ["user"]
+    assert set(found["contact_types"]["seen"]) == {"user", "sharedContact", "room"}
+    assert found["api_host"]["answered"] is True
+    assert found["api_host"]["other"] == "https://api.univerge.blue"  # the sandbox is neither
+    assert found["lenient_values"] is False
+    assert found["read_only_statuses"] == dict.fromkeys(
+        ("agent_onphone", "agent_available", "screen_sharing"), "accepted"
+    )
+    assert _live_subscriptions(sandbox) == 0
+
+
+@pytest.mark.parametrize(
+    ("faults", "finding", "expected"),
+    [
+        ({"feed_user_field": "unifiedUserId"}, "feed_user_field", "unifiedUserId"),
+        ({"feed_user_field": "user.id", "feed_event_id": True}, "feed_user_field", "user.id"),
+        ({"feed_event_scope": "session"}, "feed_event_scope", "session"),
+        ({"connect_aggregation": "last_writer"}, "feed_event_scope", "undetermined"),
+        ({"connect_subscription_max_ttl_s": 300}, "subscription_ttl", 300),
+        ({"connect_fields_param": "reject"}, "directory_fields", "rejected"),
+        ({"connect_contact_types": "person"}, "contact_types", ["person"]),
+        ({"connect_lenient_values": True}, "lenient_values", True),
+    ],
+    ids=[
+        "user-field",
+        "event-own-id",
+        "session-scope",
+        "last-writer",
+        "ttl-cap",
+        "fields-rejected",
+        "contact-type",
+        "lenient",
+    ],
+)
+def test_connect_verify_reports_each_switch_in_findings(
+    cli: Any,
+    sandbox: Any,
+    sandbox_profile: Any,
+    faults: dict[str, Any],
+    finding: str,
+    expected: Any,
+) -> None:
+    sandbox.control.post("/_sandbox/faults", json=faults).raise_for_status()
+    result = _verify(cli, sandbox)
+    found = result.json()["findings"]
+    value = found[finding]
+    if finding == "subscription_ttl":
+        value = value["granted_s"]
+    if finding == "contact_types":
+        value = value["people"]
+    assert value == expected, json.dumps(found)
+    assert _live_subscriptions(sandbox) == 0
+
+
+def test_an_event_user_field_the_client_cannot_read_fails_and_apply_follows_it(
+    cli: Any, sandbox: Any, sandbox_profile: Any
+) -> None:
+    from presencectl.config import load_profile
+
+    sandbox.control.post(
+        "/_sandbox/faults", json={"feed_user_field": "subject.uid", "feed_event_id": True}
+    )
+    result = _verify(cli, sandbox, "--apply")
+    assert result.exit_code == 5, result.stdout + result.stderr
+    doc = result.json()
+    rows = {r["check"]: r for r in doc["rows"]}
+    assert rows["Change feed"]["result"] == "failed"
+    assert doc["error"]["code"] == "connect_feed_user_mismatch"
+    assert doc["findings"]["feed_user_field"] == "subject.uid"
+    assert doc["applied"]["connect_feed_user_field"] == "subject.uid"
+    assert load_profile(PROFILE).connect_feed_user_field == "subject.uid"
+    again = _verify(cli, sandbox)  # the client now reads the account's field
+    assert again.exit_code == 0, again.stdout
+
+
+def test_apply_lists_without_fields_when_the_directory_rejects_them(
+    cli: Any, sandbox: Any, sandbox_profile: Any
+) -> None:
+    from presencectl.config import load_profile
+
+    sandbox.control.post("/_sandbox/faults", json={"connect_fields_param": "reject"})
+    result = _verify(cli, sandbox, "--apply")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert load_profile(PROFILE).connect_directory_fields == ""
+    from presencectl.connect import connect_client_for
+    from presencectl.connect.directory import list_contacts
+
+    async def listed() -> int:
+        async with connect_client_for(load_profile(PROFILE)) as client:
+            return len(await list_contacts(client))
+
+    before = sandbox.world.stats.requests.get("connect.contacts", 0)
+    assert asyncio.run(listed()) > 0
+    # one request for the one page, none refused first
+    assert sandbox.world.stats.requests.get("connect.contacts", 0) - before == 1
+
+
+def test_user_id_runs_the_presence_and_feed_rows_when_the_directory_fails(
+    cli: Any, sandbox: Any, sandbox_profile: Any
+) -> None:
+    user = _connect_user(sandbox)
+    person = sandbox.world.person_by_email(user) or next(
+        p for p in sandbox.world.people if p.connect_email == user
+    )
+    sandbox.control.post("/_sandbox/faults", json={"connect_fields_param": "reject"})
+    # a directory that fails outright: the scope the sandbox does not grant
+    from presencectl.config import load_profile, save_profile
+
+    profile = load_profile(PROFILE)
+    profile.connect_directory_scope = "api.service.nothing"
+    save_profile(profile)
+    result = cli("--profile", PROFILE, "-o", "json", "connect", "verify", "--user", user,
+                 "--user-id", str(person.connect_id), "--settle", "3")  # fmt: skip
+    rows = {r["check"]: r for r in result.json()["rows"]}
+    assert rows["Token directory"]["result"] == "failed"
+    assert rows["Test user"]["result"] == "held"
+    assert rows["Change feed"]["result"] == "held"
+    assert rows["Round trip onphone"]["result"] == "held"
+
+
+def test_connect_verify_on_a_host_that_answers_404_names_the_setting(
+    cli: Any, sandbox: Any, sandbox_profile: Any
+) -> None:
+    from presencectl.config import load_profile, save_profile
+
+    profile = load_profile(PROFILE)
+    profile.connect_api_url = sandbox.base_url + "/elsewhere"
+    save_profile(profile)
+    result = _verify(cli, sandbox)
+    doc = result.json()
+    assert result.exit_code == 1, result.stdout
+    rows = {r["check"]: r for r in doc["rows"]}
+    assert rows["Directory"]["result"] == "failed"
+    assert "connect_api_url" in rows["Directory"]["hint"]
+    assert doc["findings"]["api_host"]["answered"] is False
+    assert doc["findings"]["api_host"]["other"] == "https://api.univerge.blue"

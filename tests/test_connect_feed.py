@@ -259,17 +259,53 @@ async def test_feed_keeps_retrying_while_connect_refuses(fake_connect: FakeConne
     [
         {"userId": "c9", "presenceState": "busy"},
         {"unifiedUserId": "c9", "presenceState": "busy"},
-        {"id": "c9", "presenceState": "busy"},
+        {"id": "c9", "presenceState": "busy"},  # a bare id: taken because c9 is a known user
         {"user": {"id": "c9"}, "presenceState": "busy"},
         {"userId": "c9", "unifiedUserId": "other", "presenceState": "busy"},  # first present wins
         {"userId": None, "unifiedUserId": "c9", "presenceState": "busy"},
+        {"id": "event-7", "userId": "c9", "presenceState": "busy"},  # the event's own id
+        {"id": "event-7", "user": {"id": "c9"}, "presenceState": "busy"},
     ],
 )
 def test_the_events_user_id_is_the_first_present_field(raw: dict[str, Any]) -> None:
     from presencectl.connect.feed import parse_event
 
-    event = parse_event(raw)
+    event = parse_event(raw, is_known={"c9"}.__contains__)
     assert event is not None and (event.user_id, event.presence) == ("c9", "busy")
+
+
+def test_a_bare_id_is_never_taken_for_a_user_unless_it_is_a_known_one() -> None:
+    from presencectl.connect.feed import parse_event
+
+    raw = {"id": "event-7", "presenceState": "busy"}
+    assert parse_event(raw) is None
+    assert parse_event(raw, is_known={"c9"}.__contains__) is None
+    assert parse_event(raw, is_known={"event-7"}.__contains__) is not None
+
+
+def test_the_profiles_user_field_is_read_outright() -> None:
+    from presencectl.connect.feed import parse_event
+
+    raw = {"id": "event-7", "subject": {"uid": "c9"}, "userId": "x", "presenceState": "away"}
+    event = parse_event(raw, user_field="subject.uid")
+    assert event is not None and event.user_id == "c9"
+    assert parse_event({"userId": "c9", "presenceState": "away"}, user_field="subject.uid") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "scope", "session"),
+    [
+        ({"userId": "c9", "presenceState": "busy"}, "auto", False),
+        ({"userId": "c9", "presenceState": "busy", "resource": "r1"}, "auto", True),
+        ({"userId": "c9", "presenceState": "busy", "resource": "r1"}, "user", False),
+        ({"userId": "c9", "presenceState": "busy"}, "session", True),
+    ],
+)
+def test_a_session_scoped_event_is_marked(raw: dict[str, Any], scope: str, session: bool) -> None:
+    from presencectl.connect.feed import parse_event
+
+    event = parse_event(raw, scope=scope)
+    assert event is not None and event.session is session
 
 
 @pytest.mark.parametrize(
@@ -351,3 +387,22 @@ async def test_a_failed_renewal_creates_a_new_subscription(
     calls = fake_connect.calls
     assert calls.index("renew sub1") < calls.index("create sub2")
     assert "delete sub1" in calls  # the old one is not left behind
+
+
+@pytest.mark.anyio
+async def test_events_naming_nobody_are_counted_and_make_the_feed_deaf_with_the_reason() -> None:
+    """A user-id field that holds some other id (not the directory's): every event names
+    nobody; they are counted, and after ``deaf_after_s`` the feed is deaf and says why."""
+    now = [0.0]
+    feed = PresenceFeed(
+        object(),  # type: ignore[arg-type]  # no I/O: events are handed in directly
+        is_known={"c1"}.__contains__,
+        clock=lambda: now[0],
+        deaf_after_s=60,
+    )
+    await feed._on_invocation([{"userId": "legacy-7", "presenceState": "busy"}])
+    assert (feed.events_unknown, feed.events_received, feed.deaf) == (1, 0, False)
+    now[0] += 60
+    assert feed.deaf and "name nobody" in feed.deaf_reason
+    await feed._on_invocation([{"userId": "c1", "presenceState": "away"}])
+    assert not feed.deaf and feed.events_received == 1

@@ -146,7 +146,8 @@ async def test_feed_reads_each_user_id_field_behind_a_sticky_hub(
     answer.raise_for_status()
     async with connect_client_for(profile) as client:
         contacts = {(c.email or "").lower(): c.id for c in await list_contacts(client)}
-        async with PresenceFeed(client) as feed:
+        known = set(contacts.values()).__contains__  # a bare `id` counts only when it is a user's
+        async with PresenceFeed(client, is_known=known) as feed:
             assert await feed.wait_connected(30), feed.last_error
             change = {"user": ADMIN, "status": "busy"}
             await asyncio.to_thread(sb.control.post, "/_sandbox/connect/presence", json=change)
@@ -154,3 +155,103 @@ async def test_feed_reads_each_user_id_field_behind_a_sticky_hub(
     assert (event.user_id, event.presence) == (contacts[ADMIN], "busy")
     assert feed.events_unparsed == 0
     assert sb.world.extra["hub"].affinity_refused == 0
+
+
+async def _one_event(sb: Any, feed: PresenceFeed, user: str, status: str) -> Any:
+    await asyncio.to_thread(
+        sb.control.post, "/_sandbox/connect/presence", json={"user": user, "status": status}
+    )
+    return await asyncio.wait_for(anext(aiter(feed)), 30.0)
+
+
+@pytest.mark.anyio
+async def test_an_events_own_id_is_never_taken_for_the_user(sb: Any, profile: Profile) -> None:
+    """Events that carry their own ``id`` beside a nested ``user.id``: the user's id is read,
+    not the event's."""
+    sb.control.post("/_sandbox/faults", json={"feed_user_field": "user.id", "feed_event_id": True})
+    async with connect_client_for(profile) as client:
+        ids = {c.id for c in await list_contacts(client)}
+        admin = next(c.id for c in await list_contacts(client) if c.email == ADMIN)
+        async with PresenceFeed(client, is_known=ids.__contains__) as feed:
+            assert await feed.wait_connected(30), feed.last_error
+            event = await _one_event(sb, feed, ADMIN, "dnd")
+    assert (event.user_id, event.presence) == (admin, "dnd")
+    assert feed.events_unknown == 0 and feed.events_unparsed == 0
+
+
+@pytest.mark.anyio
+async def test_a_feed_whose_events_name_nobody_is_deaf_and_says_why(
+    sb: Any, profile: Profile
+) -> None:
+    """A user id under a field nobody reads, and an event id under ``id``: nothing names a
+    known user, every event is counted and the feed turns deaf."""
+    sb.control.post(
+        "/_sandbox/faults", json={"feed_user_field": "subject", "feed_event_id": True}
+    )
+    now = [0.0]
+    async with connect_client_for(profile) as client:
+        ids = {c.id for c in await list_contacts(client)}
+        feed = PresenceFeed(
+            client, is_known=ids.__contains__, clock=lambda: now[0], deaf_after_s=60
+        )
+        async with feed:
+            assert await feed.wait_connected(30), feed.last_error
+            for status in ("busy", "away"):
+                await asyncio.to_thread(
+                    sb.control.post, "/_sandbox/connect/presence",
+                    json={"user": ADMIN, "status": status},
+                )
+            deadline = time.monotonic() + 30
+            while feed.events_unparsed + feed.events_unknown < 2:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            assert feed.events_received == 0 and not feed.deaf
+            now[0] += 60
+            assert feed.deaf and "cannot read" in feed.deaf_reason
+
+
+@pytest.mark.anyio
+async def test_the_feed_asks_a_shorter_lifetime_when_the_service_caps_it(
+    sb: Any, profile: Profile
+) -> None:
+    sb.control.post("/_sandbox/faults", json={"connect_subscription_max_ttl_s": 300})
+    async with connect_client_for(profile) as client, PresenceFeed(client) as feed:
+        assert await feed.wait_connected(30), feed.last_error
+        assert feed.ttl_s == 300 and feed.ttl_requested_s == 1800
+        event = await _one_event(sb, feed, ADMIN, "busy")
+    assert event.presence == "busy"
+
+
+@pytest.mark.anyio
+async def test_the_directory_is_listed_without_fields_when_it_rejects_them(
+    sb: Any, profile: Profile
+) -> None:
+    sb.control.post("/_sandbox/faults", json={"connect_fields_param": "reject"})
+    async with connect_client_for(profile) as client:
+        contacts = await list_contacts(client)
+        assert client.directory_fields == ""
+    assert any((c.email or "").lower() == ADMIN for c in contacts)
+    assert len(contacts) == len([p for p in sb.world.people if p.connect_id])
+
+
+@pytest.mark.parametrize("kind", ["person", "", "User"])
+@pytest.mark.anyio
+async def test_people_are_told_from_rooms_whatever_their_type_is_called(
+    sb: Any, profile: Profile, kind: str
+) -> None:
+    sb.control.post("/_sandbox/faults", json={"connect_contact_types": kind})
+    async with connect_client_for(profile) as client:
+        contacts = await list_contacts(client)
+    assert {c.id for c in contacts} == {p.connect_id for p in sb.world.people if p.connect_id}
+
+
+@pytest.mark.anyio
+async def test_a_wrong_api_host_says_which_setting_to_change(sb: Any, profile: Profile) -> None:
+    from presencectl.errors import ApiError
+
+    profile.connect_api_url = sb.base_url + "/elsewhere"
+    async with connect_client_for(profile) as client:
+        with pytest.raises(ApiError) as raised:
+            await get_presence(client, "0b7a4c2e-0000-4000-8000-000000000000")
+    assert raised.value.status == 404
+    assert "connect_api_url" in raised.value.hint and "api.univerge.blue" in raised.value.hint

@@ -22,23 +22,28 @@ from tests.test_engine_sandbox import (
 pytestmark = pytest.mark.timeout(180)
 
 CONNECTS = [
-    pytest.param(("rank", 0.0), id="rank"),
-    pytest.param(("last_writer", 0.0), id="last_writer"),
-    pytest.param(("rank", 2.0), id="rank-write-delay-2s"),
+    pytest.param({"connect_aggregation": "rank"}, id="rank"),
+    pytest.param({"connect_aggregation": "last_writer"}, id="last_writer"),
+    pytest.param({"connect_write_delay_s": 2.0}, id="rank-write-delay-2s"),
+    # issue 22: each unknown at its other plausible value
+    pytest.param({"feed_user_field": "user.id", "feed_event_id": True}, id="event-own-id"),
+    pytest.param({"feed_event_scope": "session"}, id="session-events"),
+    pytest.param({"connect_subscription_max_ttl_s": 120}, id="ttl-capped-2min"),
+    pytest.param({"connect_fields_param": "reject"}, id="fields-rejected"),
+    pytest.param({"connect_contact_types": "person"}, id="people-typed-person"),
+    pytest.param({"hub_affinity_cookie": False}, id="hub-without-affinity"),
 ]
 
 
 class UnknownOrg(Org):
-    """An Org whose Connect aggregates by ``mode`` and shows writes ``delay`` seconds late."""
+    """An Org whose Connect answers each unknown as the fault keys say (aggregation, a write
+    shown ``delay`` seconds late, the feed's and the directory's shapes)."""
 
     delay = 0.0
 
-    def configure(self, mode: str, delay: float) -> None:
-        self.delay = delay
-        answer = self.sb.control.post(
-            "/_sandbox/faults",
-            json={"connect_aggregation": mode, "connect_write_delay_s": delay},
-        )
+    def configure(self, faults: dict[str, Any]) -> None:
+        self.delay = float(faults.get("connect_write_delay_s", 0.0))
+        answer = self.sb.control.post("/_sandbox/faults", json=faults)
         answer.raise_for_status()
 
     def settle(self) -> None:
@@ -61,10 +66,9 @@ class UnknownOrg(Org):
 def org(request: pytest.FixtureRequest, cli: Any) -> Iterator[UnknownOrg]:
     from presencectl.sandbox import running_sandbox
 
-    mode, delay = request.param
     with running_sandbox(users=30, seed=3, auto_approve=ADMIN) as sb:
         built = UnknownOrg(sb, cli)
-        built.configure(mode, delay)
+        built.configure(request.param)
         yield built
 
 
@@ -227,3 +231,40 @@ def test_a_sync_within_a_connect_rate_limit_is_never_throttled(cli: Any) -> None
         assert made - before > limit  # unpaced, this run would have been throttled
         assert sb.world.stats.throttled == 0
         assert sb.world.stats.in_retry_after_window == 0
+
+
+def test_session_scoped_events_are_read_as_the_users_aggregate(cli: Any) -> None:
+    """Events that carry one session's state (feed_event_scope=session): the user's desk phone
+    session is onphone, then their app says away. The aggregate stays onphone, so Teams must
+    stay in a call; trusting the event would show Away."""
+    from presencectl.sandbox import running_sandbox
+    from tests.test_sandbox_connect import PRESENCE, auth
+
+    phone = "7c0e4a52-91d3-4f0b-a6a8-3f6b2d9e1c10"  # another client's session (a GUID)
+    with running_sandbox(users=12, seed=3, auto_approve=ADMIN) as sb:
+        org = Org(sb, cli)
+        sb.control.post("/_sandbox/faults", json={"feed_event_scope": "session"})
+        assert org.run("enable", "--direction", "connect-to-teams").exit_code == 0
+        person = org.people[2]
+        org.teams(person.email, "Available", "Available")
+        org.connect(person.email, "available")
+        connect_id = person.connect_id
+        reads = []
+
+        def after(cycle: int) -> None:
+            if cycle == 1:
+                answer = sb.control.put(
+                    PRESENCE.format(id=connect_id), params={"resource": phone},
+                    json={"presence": "onphone"}, headers=auth(sb),
+                )
+                assert answer.status_code == 204
+            if cycle == 3:
+                reads.append(sb.world.stats.requests.get("connect.presence.get", 0))
+                org.connect(person.email, "away")  # the app's session; the phone outranks it
+            time.sleep(0.1)
+
+        _engine_watch(org, max_cycles=6, interval=0.3, after_cycle=after)
+        assert org.connect_shows(person.email)["status"] == "onphone"
+        assert org.teams_pair(person.email) == "Busy/InACall"
+        gets = sb.world.stats.requests.get("connect.presence.get", 0)
+        assert gets > reads[0]  # the aggregate was read, the event not trusted

@@ -148,6 +148,8 @@ def documents(cli: Any) -> Iterator[dict[str, tuple[Any, Any]]]:
         run("setup-azure", "--no-input")
         run("connect", "set", "--client-id", info["connect_client_id"], "--client-secret-stdin",
             input=info["connect_client_secret"] + "\n")  # fmt: skip
+        doc("connect verify", shapes.VerifyDocument, "connect", "verify", "--user", ADMIN,
+            "--settle", "3")  # fmt: skip
         doc("consent --check", list[shapes.ConsentCheckRow], "consent", "--check")
         doc("consent --check --as-app", list[shapes.ConsentCheckRow], "consent", "--check",
             "--as-app")  # fmt: skip
@@ -198,6 +200,8 @@ def test_every_json_document_has_its_documented_shape(
     assert status["exists"] and "health" in status and status["last_run"] is not None
     assert status["teams_notifications"] is not None, "the watch recorded how Teams came in"
     assert documents["status (no state yet)"][0]["exists"] is False
+    verify = documents["connect verify"][0]
+    assert verify["findings"]["feed_user_field"] == "userId" and verify["rows"]
     assert documents["status --section recent"][0], "the sync's writes are in the audit"
     assert any(r["status"] == "matched" for r in documents["users"][0])
     assert {c["permission"] for c in documents["consent --check"][0]} >= {"User.Read.All"}

@@ -252,3 +252,102 @@ async def test_hub_affinity_cookie_is_set_and_required(sb: Any) -> None:
             pass
     assert refused.value.response.status_code == 404
     assert hub.affinity_refused == 1
+
+
+@pytest.mark.anyio
+async def test_the_events_user_id_field_takes_any_name(sb: Any) -> None:
+    person = connect_people(sb)[5]
+    faults(sb, feed_user_field="subject.unifiedId")
+
+    def change() -> None:
+        sb.control.post(
+            "/_sandbox/connect/presence", json={"user": person.connect_email, "status": "dnd"}
+        )
+
+    [event] = await _hub_events(sb, change, 1)
+    assert event["subject"]["unifiedId"] == person.connect_id
+    assert sb.control.post("/_sandbox/faults", json={"feed_user_field": ""}).status_code == 400
+
+
+@pytest.mark.anyio
+async def test_events_may_carry_an_id_of_their_own(sb: Any) -> None:
+    person = connect_people(sb)[4]
+    faults(sb, feed_event_id=True)
+
+    def change() -> None:
+        for status in ("busy", "away"):
+            sb.control.post(
+                "/_sandbox/connect/presence", json={"user": person.connect_email, "status": status}
+            )
+
+    events = await _hub_events(sb, change, 2)
+    assert [e["userId"] for e in events] == [person.connect_id] * 2
+    ids = {e["id"] for e in events}
+    assert len(ids) == 2 and person.connect_id not in ids
+
+
+@pytest.mark.anyio
+async def test_session_scoped_events_carry_the_sessions_state_not_the_aggregate(sb: Any) -> None:
+    """feed_event_scope=session: a lower write under our resource raises an event with that
+    session's value (and its resource), while the user's aggregate stays higher."""
+    person = connect_people(sb)[3]
+    faults(sb, feed_event_scope="session")
+    headers = await asyncio.to_thread(auth, sb)
+
+    def change() -> None:
+        sb.control.post(
+            "/_sandbox/connect/presence", json={"user": person.connect_email, "status": "onphone"}
+        )
+        answer = sb.control.put(
+            PRESENCE.format(id=person.connect_id), params={"resource": OURS},
+            json={"presence": "available"}, headers=headers,
+        )
+        assert answer.status_code == 204
+
+    events = await _hub_events(sb, change, 2)
+    assert [e["presenceState"] for e in events] == ["onphone", "available"]
+    assert events[1]["resource"] == OURS
+    shown = sb.control.get(PRESENCE.format(id=person.connect_id), headers=headers).json()
+    assert shown == {"presence": "onphone"}
+
+
+def test_a_subscription_longer_than_the_cap_is_refused_with_a_message(sb: Any) -> None:
+    faults(sb, connect_subscription_max_ttl_s=120)
+    headers = auth(sb)
+    path = f"{SUBSCRIPTIONS}/accounts/_me/users/_all"
+    long = sb.control.post(path, json={"events": ["*"], "ttl": "00:30:00"}, headers=headers)
+    assert long.status_code == 400 and set(long.json()) == {"message"}
+    short = sb.control.post(path, json={"events": ["*"], "ttl": "00:02:00"}, headers=headers)
+    assert short.status_code == 200, short.text
+    renewed = sb.control.post(f"{SUBSCRIPTIONS}/{short.json()['id']}/renew", json={},
+                              headers=headers)
+    assert renewed.status_code == 200
+
+
+def test_a_directory_that_rejects_fields_answers_every_field_without_it(sb: Any) -> None:
+    faults(sb, connect_fields_param="reject")
+    headers = auth(sb, ADDRESS_BOOK)
+    refused = sb.control.get(CONTACTS, params={"fields": "_all", "count": 5}, headers=headers)
+    assert refused.status_code == 400
+    assert refused.json() == {"message": "The given value is not supported."}
+    page = sb.control.get(CONTACTS, params={"count": 5}, headers=headers)
+    assert page.status_code == 200
+    assert all("email" in c and "pbx" in c for c in page.json()["results"])
+
+
+@pytest.mark.parametrize("kind", ["person", ""])
+def test_the_type_people_have_is_switchable(sb: Any, kind: str) -> None:
+    faults(sb, connect_contact_types=kind)
+    headers = auth(sb, ADDRESS_BOOK)
+    page = sb.control.get(CONTACTS, params={"fields": "_all", "count": 500}, headers=headers)
+    people = {p.connect_id for p in connect_people(sb)}
+    users = [c for c in page.json()["results"] if c["id"] in people]
+    assert users and all(c.get("type") == (kind or None) for c in users)
+    others = [c for c in page.json()["results"] if c["id"] not in people]
+    assert {c["type"] for c in others} == {"sharedContact", "room"}
+
+
+def test_the_hub_wants_its_affinity_cookie_by_default() -> None:
+    from presencectl.sandbox.world import Faults
+
+    assert Faults().hub_affinity_cookie is True

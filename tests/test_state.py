@@ -130,6 +130,31 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         assert store.load_states()[key].settled == ("defaults", "both")
 
 
+def test_a_version_2_database_keeps_its_subscriptions_and_gains_their_owner(
+    tmp_path: Path,
+) -> None:
+    """Schema 3 (the pool of sync users): a subscription recorded before it has no owner (the one
+    sync user of the time); new ones record theirs."""
+    from presencectl.sync import state as state_module
+
+    path = tmp_path / "v2.db"
+    db = sqlite3.connect(path)
+    db.executescript(state_module._MIGRATIONS[0] + state_module._MIGRATIONS[1])
+    db.execute(
+        "INSERT INTO subscriptions (id, side, resource, created_at, expires_at, detail)"
+        " VALUES ('old', 'graph', 'r', 1.0, 2.0, '{\"user_ids\": [\"u1\"]}')"
+    )
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    with StateStore(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 3
+        (old,) = store.subscriptions()
+        assert (old.id, old.owner, old.detail) == ("old", None, {"user_ids": ["u1"]})
+        store.save_subscription(SubscriptionRow("new", "graph", 3.0, 4.0, "r", None, "b@x"))
+        assert [(s.id, s.owner) for s in store.subscriptions()] == [("old", None), ("new", "b@x")]
+
+
 def test_saving_a_state_replaces_the_old_one(tmp_path: Path) -> None:
     key = pair_key("a0", "c0")
     with StateStore(tmp_path / "s.db") as store:

@@ -154,7 +154,7 @@ def test_receiver_answers_the_handshake_and_drops_a_wrong_client_state(receiver:
     bad = {**good, "clientState": "guess"}
     answer = httpx.post(receiver.url, json={"value": [good, bad]})
     assert answer.status_code == 202
-    assert httpx.post(receiver.url, content=b"not json").status_code == 202
+    assert httpx.post(receiver.url, content=b"not json").status_code == 400
     receiver.wait_for(lambda: len(receiver.items) == 1)
     assert receiver.items == [good]
     counts = receiver.receiver.counts
@@ -244,7 +244,13 @@ def test_subscription_limits(sb: Any, receiver: Running) -> None:
         "/v1.0/subscriptions", json=body_for(sb, receiver.url, [people[12].azure_id]),
         headers=user_token(sb, sync),
     )  # fmt: skip
-    assert again.status_code == 400 and first.json()["id"] in again.text
+    # Graph's answer, typo and all (microsoft-graph-docs-contrib#2219, msgraph-sdk-go#596).
+    assert again.status_code == 409, again.text
+    assert again.json()["error"]["code"] == "ExtensionError"
+    assert again.json()["error"]["message"] == (
+        "Operation: Create; Exception: [Status Code: Conflict; Reason: A subscripton already "
+        "exists. It must be deleted before a another can be made.]"
+    )
     # Another user of the same app may not take an id already subscribed: 400 naming it.
     overlap = sb.control.post(
         "/v1.0/subscriptions", json=body_for(sb, receiver.url, [people[12].azure_id, ids[1]]),
@@ -263,6 +269,34 @@ def test_subscription_limits(sb: Any, receiver: Running) -> None:
     assert sb.control.post(f"/v1.0/subscriptions/{sub_id}/reauthorize", headers=headers
                            ).status_code == 204  # fmt: skip
     assert sb.control.delete(f"/v1.0/subscriptions/{sub_id}", headers=headers).status_code == 204
+
+
+def test_subscription_list_is_per_user_and_app(sb: Any, receiver: Running) -> None:
+    """subscription-list.md: a delegated token lists what this app created for the signed-in
+    user, without clientState; a subscription stays until deleted or expired."""
+    people = azure_people(sb)
+    alice, bob = people[8], people[9]
+    mine = sb.control.post(
+        "/v1.0/subscriptions", json=body_for(sb, receiver.url, [people[10].azure_id]),
+        headers=user_token(sb, alice),
+    )  # fmt: skip
+    assert mine.status_code == 201, mine.text
+    theirs = sb.control.post(
+        "/v1.0/subscriptions", json=body_for(sb, receiver.url, [people[11].azure_id]),
+        headers=user_token(sb, bob),
+    )  # fmt: skip
+    assert theirs.status_code == 201, theirs.text
+
+    def listed(person: Person, appid: str = APP_ID) -> list[dict[str, Any]]:
+        answer = sb.control.get("/v1.0/subscriptions", headers=user_token(sb, person, appid))
+        assert answer.status_code == 200, answer.text
+        return list(answer.json()["value"])
+
+    (only,) = listed(alice)
+    assert only["id"] == mine.json()["id"] and only["clientState"] is None
+    assert only["creatorId"] == alice.azure_id and only["applicationId"] == APP_ID
+    assert [s["id"] for s in listed(bob)] == [theirs.json()["id"]]
+    assert listed(alice, appid="0d2a57c4-0000-4000-8000-0000000000b2") == []
 
 
 def test_http_notification_urls_need_the_documented_switch(receiver: Running) -> None:
@@ -321,11 +355,11 @@ def test_delivery_is_retried_when_the_receiver_fails(sb: Any) -> None:
             super().__init__()
             original = self.receiver.accept
 
-            def accept(raw: bytes) -> None:
+            def accept(items: list[Mapping[str, Any]]) -> None:
                 if failures["left"] > 0:
                     failures["left"] -= 1
                     raise RuntimeError("receiver down")  # uvicorn answers 500
-                original(raw)
+                original(items)
 
             self.receiver.accept = accept  # type: ignore[method-assign]
 

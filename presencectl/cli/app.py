@@ -183,4 +183,6 @@ def _report(err: Any, app_ctx: AppContext, *, exc_info: bool) -> None:
     if exc_info and app_ctx.verbosity >= 2:
         import traceback
 
-        traceback.print_exc(file=sys.stderr)
+        from presencectl.transport import redact
+
+        sys.stderr.write(redact(traceback.format_exc()))

@@ -81,6 +81,10 @@ def show(
         if f.name == "name":
             continue
         settings[f.name] = getattr(profile, f.name)
+    if settings.get("proxy"):
+        from presencectl.transport import redact
+
+        settings["proxy"] = redact(settings["proxy"])  # http://user:***@proxy:3128
     env_username = os.environ.get("PRESENCECTL_SYNC_USERNAME")
     secrets = {name: describe_source(profile.name, name) for name in NAMED_SECRETS}
     from presencectl.mapping import override_problem_text
@@ -148,12 +152,25 @@ def profiles(
 
     Example: `presencectl config profiles -o json`
     """
-    from presencectl.config import config_path, list_profiles, load_profile, profile_name
+    from presencectl.config import (
+        PROFILE_NAME_CHARS,
+        config_path,
+        list_profiles,
+        load_profile,
+        profile_name,
+        valid_profile_name,
+    )
 
     app_ctx = app_context(ctx)
     active = profile_name(app_ctx.profile_name)
     rows = []
     for name in list_profiles():
+        if not valid_profile_name(name):  # from an earlier version: shown, to be renamed
+            app_ctx.status(f"warning: profile name {name!r} is no longer accepted: rename it "
+                           f"({PROFILE_NAME_CHARS} only) in {config_path()}")
+            rows.append({"name": name, "active": False, "tenant_id": None,
+                         "authority_url": None, "enabled_direction": None})  # fmt: skip
+            continue
         profile = load_profile(name, check_mapping=False)
         rows.append(
             {
@@ -168,6 +185,20 @@ def profiles(
 
 
 _CHANGE_COLUMNS = ["profile", "key", "value", "previous"]
+
+
+def _shown(change: Any) -> Any:
+    """The change as printed: a proxy URL's password as ``***`` (value and previous)."""
+    if change.key != "proxy":
+        return change
+    from dataclasses import replace
+
+    from presencectl.transport import redact
+
+    def hide(value: Any) -> Any:
+        return redact(value) if isinstance(value, str) else value
+
+    return replace(change, value=hide(change.value), previous=hide(change.previous))
 
 
 def _key_complete(incomplete: str) -> list[str]:
@@ -204,7 +235,7 @@ def set_(
 
     app_ctx = app_context(ctx)
     change = set_key(app_ctx.profile_name, key, value)
-    app_ctx.render(change, columns=None if app_ctx.json else _CHANGE_COLUMNS)
+    app_ctx.render(_shown(change), columns=None if app_ctx.json else _CHANGE_COLUMNS)
 
 
 @config_app.command("unset")
@@ -225,7 +256,7 @@ def unset(
 
     app_ctx = app_context(ctx)
     change = unset_key(app_ctx.profile_name, key)
-    app_ctx.render(change, columns=None if app_ctx.json else _CHANGE_COLUMNS)
+    app_ctx.render(_shown(change), columns=None if app_ctx.json else _CHANGE_COLUMNS)
 
 
 def register(app: typer.Typer) -> None:

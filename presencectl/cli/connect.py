@@ -160,6 +160,18 @@ def connect_verify(
     settle: float = typer.Option(
         15.0, "--settle", help="Seconds to wait for a write to show in Connect."
     ),
+    user_id: str | None = typer.Option(
+        None,
+        "--user-id",
+        help="The test user's Connect id: the presence and feed rows run even when the "
+        "directory fails.",
+    ),
+    apply: bool = typer.Option(
+        False,
+        "--apply",
+        help="Write the findings that are profile settings (connect_feed_user_field, "
+        "connect_feed_event_scope, connect_directory_fields) to the profile.",
+    ),
     _profile: ProfileOption = None,
     _output: OutputOption = OutputFormat.table,
     _verbose: VerboseOption = 0,
@@ -178,8 +190,9 @@ def connect_verify(
     \b
       presencectl connect verify --user test.user@contoso.com
       presencectl -o json connect verify --user test.user@contoso.com > verify.json
+      presencectl connect verify --user test.user@contoso.com --apply
     """
-    from presencectl.connect.verify import VerifyOptions, run_verify
+    from presencectl.connect.verify import VerifyOptions, apply_findings, run_verify
     from presencectl.errors import ExitCode, PresencectlError, UsageError
 
     app_ctx = app_context(ctx)
@@ -192,11 +205,20 @@ def connect_verify(
     def progress(row: Any) -> None:
         _note(app_ctx, f"{_MARKS.get(row.result, '·')} {row.check}: {row.detail}")
 
+    if user_id is not None and not user_id.strip():
+        raise UsageError("--user-id is empty", hint="pass the test user's Connect id")
     report = run_verify(
         profile,
-        VerifyOptions(user=user, settle_s=settle),
+        VerifyOptions(user=user, settle_s=settle, user_id=user_id.strip() if user_id else None),
         on_row=None if app_ctx.json else progress,
     )
+    if apply:
+        applied = apply_findings(profile, report)
+        _note(
+            app_ctx,
+            f"Profile '{profile.name}': "
+            + (", ".join(f"{k} = {v!r}" for k, v in applied.items()) or "nothing to set"),
+        )
     code = report.exit_code
     error = None
     if code:
@@ -232,9 +254,28 @@ def connect_verify(
             columns=_VERIFY_COLUMNS,
             title=f"connect verify: profile {report.profile}, user {report.user}",
         )
+        findings = [
+            {"finding": name, "value": _finding_text(value)}
+            for name, value in report.findings.items()
+        ]
+        if findings:
+            app_ctx.render(
+                findings, columns=_FINDING_COLUMNS, title="What the account does (findings)"
+            )
     if error is not None:
         raise error
     _note(app_ctx, "Every assumption held. Next: `presencectl enable`.")
+
+
+_FINDING_COLUMNS = ["finding", "value"]
+
+
+def _finding_text(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_finding_text(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "(none)"
+    return "—" if value is None else str(value)
 
 
 def register(app: typer.Typer) -> None:

@@ -53,8 +53,12 @@ def serve(
     force: bool = typer.Option(
         False, "--force", help="Let --write-profile replace a profile that is not a sandbox one."
     ),
-    auto_approve: str | None = typer.Option(
-        None, "--auto-approve", metavar="EMAIL", help="Approve every device code as this user."
+    auto_approve: list[str] | None = typer.Option(
+        None,
+        "--auto-approve",
+        metavar="EMAIL",
+        help="Approve this user's device-code and browser sign-ins at once (repeatable: the "
+        "admin and each sync user).",
     ),
     token_lifetime: int = typer.Option(
         3600, "--token-lifetime", min=30, help="Access token lifetime, seconds."
@@ -91,7 +95,10 @@ def serve(
     if host == "localhost":
         host = "127.0.0.1"
     if write_profile:
+        from presencectl.config import check_profile_name
         from presencectl.config_edit import guard_sandbox_profile
+
+        check_profile_name(write_profile)  # before the sandbox starts, not after
 
         guard_sandbox_profile(write_profile, force=force, command="sandbox serve --write-profile")
     app_ctx = app_context(ctx)

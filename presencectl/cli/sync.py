@@ -20,7 +20,13 @@ from presencectl.cli.options import (
     QuietOption,
     VerboseOption,
 )
-from presencectl.errors import ExitCode, PartialSyncError, PresencectlError, UsageError
+from presencectl.errors import (
+    ConfigError,
+    ExitCode,
+    PartialSyncError,
+    PresencectlError,
+    UsageError,
+)
 
 DIRECTION_HELP = "both | connect-to-teams | teams-to-connect"
 DIRECTIONS = ("both", "connect-to-teams", "teams-to-connect")
@@ -214,8 +220,12 @@ def sync(
         "--notify-url",
         help="Watch: public HTTPS URL Graph sends Teams changes to (profile key notify_url).",
     ),
-    listen: str = typer.Option(
-        "127.0.0.1:8765", "--listen", metavar="HOST:PORT", help="Watch: where the receiver listens."
+    listen: str | None = typer.Option(
+        None,
+        "--listen",
+        metavar="HOST:PORT",
+        help="Watch: serve /healthz, /readyz, /metrics and the notification receiver here "
+        "(with --notify-url the default is 127.0.0.1:8765).",
     ),
     listen_cert: str | None = typer.Option(
         None, "--listen-cert", metavar="PEM", help="Watch: serve the receiver over HTTPS."
@@ -267,15 +277,21 @@ def sync(
         interval=seconds if seconds is not None else AUTO_START_INTERVAL_S,
         auto_interval=seconds is None,
     )
+    probes: Any = None
     if watch:
         from presencectl.sync.notify import notify_options_for
+        from presencectl.sync.receiver import DEFAULT_LISTEN
 
         options.notify = notify_options_for(
-            profile, notify_url, listen, listen_cert, listen_key, reconcile_interval
+            profile, notify_url, listen or DEFAULT_LISTEN, listen_cert, listen_key,
+            reconcile_interval,
         )
+        probes = _probes_for(profile, options, listen, listen_cert, listen_key)
+    elif listen is not None:
+        raise UsageError("--listen goes with --watch", hint="presencectl sync --watch --listen …")
     with _instance_lock(profile, skip=dry_run):  # a dry run writes nothing: no lock needed
         if watch:
-            result = _watch(app, profile, options, max_cycles, duration)
+            result = _watch(app, profile, options, max_cycles, duration, probes)
         else:
             result = _once(app, profile, options)
     if result.interrupted and not watch:  # a watch is meant to be stopped: see _watch_exit
@@ -306,6 +322,35 @@ def _interval(text: str) -> float | None:
             hint="e.g. --interval 5, or --interval auto (as often as Graph's budget allows)",
         )
     return seconds
+
+
+def _probes_for(
+    profile: Any, options: Any, listen: str | None, cert: str | None, key: str | None
+) -> Any:
+    """Health, readiness and metrics on ``--listen`` (sync/probes.py): in the notification
+    receiver's app when there is one, else in a receiver of their own; None without --listen."""
+    if listen is None:
+        return None
+    from presencectl.sync.probes import WatchProbes
+    from presencectl.sync.receiver import parse_listen
+
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="e.g. --listen 0.0.0.0:8080") from exc
+    if bool(cert) != bool(key):
+        raise UsageError("--listen-cert and --listen-key go together", hint="pass both, or neither")
+    probes = WatchProbes(profile.name)
+    if options.notify is not None:
+        options.notify.routes = probes.routes()
+        probes.server = None
+    else:
+        from presencectl.sync.receiver import NotificationReceiver
+
+        probes.server = NotificationReceiver(
+            listen, "", None, certfile=cert, keyfile=key, routes=probes.routes()
+        )
+    return probes
 
 
 def _partial(result: Any) -> PartialSyncError:
@@ -378,6 +423,7 @@ def _watch(
     options: Any,
     max_cycles: int | None,
     duration: float | None,
+    probes: Any = None,
 ) -> Any:
     from presencectl import output
     from presencectl.cli.pipe import ClosedPipeGuard
@@ -406,10 +452,32 @@ def _watch(
             if line:
                 pipe.write(write_line, line)
 
+    shown = on_event
+
+    def observed(event: Any) -> None:
+        probes.on_event(event)
+        shown(event)
+
     async def go(stop: Any) -> Any:
         pipe.stop = stop
-        async with engine_for(profile, options, on_event=on_event) as engine:
-            return await engine.watch(stop=stop, max_cycles=max_cycles, duration=duration)
+        server = getattr(probes, "server", None)
+        if server is not None:
+            try:
+                await server.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {server.host}:{server.port}: {exc.strerror}",
+                    hint="choose another --listen address or port",
+                    code="listen_unavailable",
+                ) from exc
+        try:
+            async with engine_for(
+                profile, options, on_event=observed if probes is not None else shown
+            ) as engine:
+                return await engine.watch(stop=stop, max_cycles=max_cycles, duration=duration)
+        finally:
+            if server is not None:
+                await server.close()
 
     if live is not None:
         with live:
@@ -531,13 +599,17 @@ def status(
             )
         )
     if teams_notifications:
-        tables.append(
-            (
-                "notifications",
-                [{"setting": k, "value": v} for k, v in teams_notifications.items()],
-                ["setting", "value"],
-            )
-        )
+        members = teams_notifications.pop("sync_users", None) or []
+        rows = [{"setting": k, "value": v} for k, v in teams_notifications.items()]
+        rows += [  # one line per member of the pool: who covers how many, who failed and why
+            {
+                "setting": f"sync user {m['username']}",
+                "value": f"{m['state']}, {m['people']:,} people"
+                + (f": {m['reason']}" if m.get("reason") else ""),
+            }
+            for m in members
+        ]
+        tables.append(("notifications", rows, ["setting", "value"]))
     if recent:
         tables.append(("recent", recent, list(recent[0])))
     if section is None and app.output == "csv":

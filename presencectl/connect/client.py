@@ -122,6 +122,10 @@ class ConnectClient:
         self._client_secret = client_secret
         self.settings = settings or HttpSettings()
         self.directory_scope = directory_scope
+        # What the account was found to do (profile keys, `connect verify --apply`)
+        self.directory_fields: str = wire.FIELDS_ALL  # "" once the directory refuses `fields`
+        self.feed_user_field: str | None = None
+        self.feed_event_scope: str = "auto"
         self.resource_id = resource_id or wire.new_resource_id()
         self.max_attempts = max(1, max_attempts)
         self.backoff_base = backoff_base
@@ -408,7 +412,13 @@ class ConnectClient:
             )
         if status == 404:
             return ApiError(
-                f"Connect: not found: {where}{suffix}", status=404, code="connect_not_found"
+                f"Connect: not found: {where}{suffix}",
+                status=404,
+                code="connect_not_found",
+                hint=f"if every Connect call answers 404, connect_api_url ({self.api_url}) may "
+                f"name the wrong host: public code calls presence at "
+                f"{wire.other_api_host(self.api_url)} (`presencectl config set connect_api_url "
+                f"{wire.other_api_host(self.api_url)}`)",
             )
         if status == 429:
             return ApiError(
@@ -448,7 +458,7 @@ def connect_client_for(
     kwargs.setdefault("directory_scope", profile.connect_directory_scope)
     kwargs.setdefault("rate_per_min", profile.connect_rate_per_min)
     kwargs.setdefault("resource_id", ensure_resource_id(profile))
-    return ConnectClient(
+    client = ConnectClient(
         profile.connect_login_url,
         profile.connect_api_url,
         profile.connect_client_id,
@@ -457,6 +467,10 @@ def connect_client_for(
         transport,
         **kwargs,
     )
+    client.directory_fields = profile.connect_directory_fields
+    client.feed_user_field = profile.connect_feed_user_field or None
+    client.feed_event_scope = profile.connect_feed_event_scope
+    return client
 
 
 def ensure_resource_id(profile: Profile) -> str:

@@ -5,8 +5,11 @@ Pages are ``{"results": [...], "nextPageOffsetToken": "…"|null}`` (extend-dotn
 directory. Requests send ``fields=_all`` (the SDK always does; fewer fields come back otherwise),
 ``count`` and the previous page's token as ``offsetToken``. Contacts keep ``type``, ``pbx`` and
 ``messaging`` (``Contact.cs``); the account also lists shared contacts and rooms, which
-:attr:`ConnectContact.is_user` tells apart (only users are synced). Tokens: the profile's
-``connect_directory_scope``.
+:attr:`ConnectContact.is_user` tells apart by ``type``, or, for a type name presencectl does not
+know, by a ``pbx.extension`` (only users are synced). A 400 to a request with ``fields`` (a
+service that rejects the value: Quraize/debrief-dashboards) is asked again without it, and the
+client remembers (``client.directory_fields``; the profile's ``connect_directory_fields``, which
+``connect verify --apply`` sets). Tokens: the profile's ``connect_directory_scope``.
 """
 
 from __future__ import annotations
@@ -41,9 +44,17 @@ class ConnectContact:
 
     @property
     def is_user(self) -> bool:
-        """A person whose presence can be synced. Contact types are undocumented: no type is
-        taken for a user; any type other than ``user`` (shared contact, room) is not."""
-        return self.type is None or self.type.strip().lower() == wire.USER_CONTACT_TYPE
+        """A person whose presence can be synced. Contact types are undocumented: no type or
+        ``user`` is a person; a type that names no person (shared contact, room) is not; any
+        other type is a person when the contact has a PBX extension."""
+        if self.type is None:
+            return True
+        kind = self.type.strip().lower()
+        if kind == wire.USER_CONTACT_TYPE:
+            return True
+        if kind in wire.NOT_PERSON_TYPES:
+            return False
+        return self.extension is not None
 
 
 def _text(value: Any) -> str | None:
@@ -104,13 +115,28 @@ async def list_contacts(client: ConnectClient, *, users_only: bool = True) -> li
     """The account's user contacts (what is synced), all pages; ``users_only=False``: every
     contact, shared contacts and rooms included."""
     contacts: list[ConnectContact] = []
-    base = {wire.FIELDS_PARAM: wire.FIELDS_ALL, wire.COUNT_PARAM: str(wire.PAGE_SIZE)}
+    base = {wire.COUNT_PARAM: str(wire.PAGE_SIZE)}
+    fields = getattr(client, "directory_fields", wire.FIELDS_ALL)
+    if fields:
+        base[wire.FIELDS_PARAM] = fields
     params = dict(base)
     seen: set[str] = set()
     for _ in range(MAX_PAGES):
-        response = await client.request(
-            "GET", wire.CONTACTS_PATH, params=params, scope=client.directory_scope
-        )
+        try:
+            response = await client.request(
+                "GET", wire.CONTACTS_PATH, params=params, scope=client.directory_scope
+            )
+        except ApiError as exc:
+            if exc.status != 400 or wire.FIELDS_PARAM not in params:
+                raise
+            log.warning(
+                "connect: the directory refused fields=%s (%s); listing without it",
+                params[wire.FIELDS_PARAM], exc.message,
+            )
+            client.directory_fields = ""
+            base.pop(wire.FIELDS_PARAM, None)
+            params.pop(wire.FIELDS_PARAM, None)
+            continue
         results, token = _page(response)
         for raw in results:
             contact = parse_contact(raw)

@@ -11,11 +11,19 @@ engine can fall back to polling while the feed is not connected. Events raised w
 down are lost: after every reconnect (``reconnects`` grows, state returns to CONNECTED) the
 engine should read presence once.
 
-The event's user-id field is not publicly documented: the first present of
-``wire.EVENT_USER_ID_FIELDS`` is taken. An event that cannot be parsed is counted
-(``events_unparsed``) and logged once at WARNING with its keys only, never its values; when
-events keep arriving and none has parsed for ``deaf_after_s`` seconds the feed is ``deaf``, and
-the engine polls Connect again as if the feed were down.
+The event's user-id field is not publicly documented: the profile's ``connect_feed_user_field``
+when set, else the first present of ``wire.EVENT_USER_ID_FIELDS``, where a bare ``id`` (maybe the
+event's own id) counts only when ``is_known`` says it names a user. An event that cannot be
+parsed is counted (``events_unparsed``) and logged once at WARNING with its keys only, never its
+values; one whose user id names nobody the account knows is counted too (``events_unknown``);
+when events keep arriving and none has named a known user for ``deaf_after_s`` seconds the feed
+is ``deaf`` (``deaf_reason`` says why), and the engine polls Connect again as if the feed were
+down. A session-scoped event (``event_scope`` ``session``, or ``auto`` and the event names a
+``resource``) carries one session's state, not the user's: it comes out with ``session=True`` so
+the engine reads the user's aggregate instead of trusting it.
+
+The subscription's lifetime: a 400 to the create is asked again with each shorter lifetime of
+``wire.SUBSCRIPTION_TTL_FALLBACKS_S``; the one granted (``ttl_s``) sets when it is renewed.
 """
 
 from __future__ import annotations
@@ -84,6 +92,7 @@ class PresenceEvent:
     presence: str
     when_raised: str | None = None
     received_at: float = field(default_factory=time.time)
+    session: bool = False  # one session's state, not the user's aggregate: read the user
 
 
 class FeedState(enum.StrEnum):
@@ -92,6 +101,11 @@ class FeedState(enum.StrEnum):
     CONNECTED = "connected"
     RECONNECTING = "reconnecting"
     CLOSED = "closed"
+
+
+def _loopback(host: str | None) -> bool:
+    host = (host or "").lower()
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 def _parse_subscription(
@@ -111,11 +125,23 @@ def _parse_subscription(
             "Connect answered a subscription request without id or deliveryMethod.uri",
             code="connect_bad_response",
         )
+    hub = urljoin(client.api_url + "/", uri)
+    parts = urlsplit(hub)
+    if parts.scheme not in ("https", "wss") and not (
+        parts.scheme in ("http", "ws") and _loopback(parts.hostname)
+    ):
+        # The hub gets our bearer token: never over plain http/ws (except to this machine, as
+        # config.py allows for every URL), whatever Connect answered.
+        raise ApiError(
+            f"Connect named a change-feed hub that is not https or wss: "
+            f"{parts.scheme}://{parts.hostname or ''}",
+            code="connect_bad_response",
+        )
     when_expired = body.get(wire.SUBSCRIPTION_EXPIRES)
     expires_at = parse_when(when_expired)
     return Subscription(
         id=str(sub_id),
-        uri=urljoin(client.api_url + "/", uri),
+        uri=hub,
         when_expired=str(when_expired) if expires_at is not None else None,
         expires_in_s=None if expires_at is None else expires_at - wall_clock(),
     )
@@ -161,31 +187,68 @@ async def delete_subscription(client: ConnectClient, subscription_id: str) -> bo
     return response.status_code != 404
 
 
-def event_user_id(raw: dict[str, Any]) -> str | None:
-    """The first present of ``userId``, ``unifiedUserId``, ``id``, ``user.id`` (a nested
-    object's ``id``): no public source names the field."""
-    for name in wire.EVENT_USER_ID_FIELDS:
-        head, dot, tail = name.partition(".")
-        value = raw.get(head)
-        if dot:
-            value = value.get(tail) if isinstance(value, dict) else None
-        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
-            return str(value)
+def _at(raw: dict[str, Any], path: str) -> str | None:
+    value: Any = raw
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value):
+        return str(value)
     return None
 
 
-def parse_event(raw: Any) -> PresenceEvent | None:
+def event_user_id(
+    raw: dict[str, Any],
+    *,
+    user_field: str | None = None,
+    is_known: Callable[[str], bool] | None = None,
+) -> str | None:
+    """The event's user id: under ``user_field`` when the profile names it; else the first
+    present of ``userId``, ``unifiedUserId``, ``user.id`` (a nested object's ``id``), and a bare
+    ``id`` only when ``is_known`` says it is a user's (an event may carry its own id)."""
+    if user_field:
+        return _at(raw, user_field)
+    for name in wire.EVENT_USER_ID_FIELDS:
+        value = _at(raw, name)
+        if value is None:
+            continue
+        if name == wire.EVENT_BARE_ID and (is_known is None or not is_known(value)):
+            continue
+        return value
+    return None
+
+
+def is_session_event(raw: dict[str, Any], scope: str = "auto") -> bool:
+    """Whether an event carries one session's state (``scope`` from the profile)."""
+    if scope == "session":
+        return True
+    if scope == "user":
+        return False
+    return any(raw.get(name) not in (None, "") for name in wire.EVENT_RESOURCE_FIELDS)
+
+
+def parse_event(
+    raw: Any,
+    *,
+    user_field: str | None = None,
+    is_known: Callable[[str], bool] | None = None,
+    scope: str = "auto",
+) -> PresenceEvent | None:
     """An ``OnPresenceEvent`` argument → PresenceEvent; None when it is not one."""
     if not isinstance(raw, dict):
         return None
-    user_id = event_user_id(raw)
+    user_id = event_user_id(raw, user_field=user_field, is_known=is_known)
     presence = raw.get(wire.EVENT_PRESENCE)
     if presence is None:
         presence = raw.get(wire.PRESENCE_FIELD)
     if user_id is None or not isinstance(presence, str) or not presence:
         return None
     when = raw.get(wire.EVENT_WHEN_RAISED)
-    return PresenceEvent(user_id, presence, str(when) if when is not None else None)
+    return PresenceEvent(
+        user_id,
+        presence,
+        str(when) if when is not None else None,
+        session=is_session_event(raw, scope),
+    )
 
 
 def event_keys(raw: Any) -> str:
@@ -225,6 +288,9 @@ class PresenceFeed:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         deaf_after_s: float | None = None,
+        user_field: str | None = None,
+        is_known: Callable[[str], bool] | None = None,
+        event_scope: str | None = None,
     ) -> None:
         self.client = client
         self.on_event = on_event
@@ -241,6 +307,13 @@ class PresenceFeed:
         self._clock = clock
         self._wall_clock = wall_clock
         self.deaf_after_s = DEAF_AFTER_S if deaf_after_s is None else deaf_after_s
+        # the profile's findings (connect verify --apply) ride on the client
+        self.user_field = user_field or getattr(client, "feed_user_field", None) or None
+        self.is_known = is_known
+        self.event_scope: str = str(event_scope or getattr(client, "feed_event_scope", "auto"))
+        self.ttl_requested_s = ttl_s
+        self.events_unknown = 0  # events whose user id names nobody the account knows
+        self._unknown_warned = False
         self._queue: asyncio.Queue[PresenceEvent | None] = asyncio.Queue(maxsize=queue_size)
         self._state = FeedState.IDLE
         self._state_changed = asyncio.Event()
@@ -268,10 +341,35 @@ class PresenceFeed:
 
     @property
     def deaf(self) -> bool:
-        """Events arrive but none has parsed for ``deaf_after_s``: the feed cannot be trusted."""
+        """Events arrive but none has named a known user for ``deaf_after_s``: the feed cannot
+        be trusted."""
         if self._first_unparsed is None:
             return False
         return self._clock() - self._first_unparsed >= self.deaf_after_s
+
+    @property
+    def deaf_reason(self) -> str:
+        """Why the feed is deaf, in words for ``status`` (empty when it is not)."""
+        if not self.deaf:
+            return ""
+        if self.events_unknown and not self.events_unparsed:
+            return (
+                f"its events name nobody of the account ({self.events_unknown} so far): the "
+                "user-id field is not the one presencectl reads; run `presencectl connect "
+                "verify --apply`"
+            )
+        return f"it delivers events presencectl cannot read ({self.events_unparsed} so far)"
+
+    def _unknown(self, event: PresenceEvent) -> None:
+        self.events_unknown += 1
+        if self._first_unparsed is None:
+            self._first_unparsed = self._clock()
+        if not self._unknown_warned:
+            self._unknown_warned = True
+            log.warning(
+                "connect feed: an OnPresenceEvent names a user id the account does not list; "
+                "such events are counted, not logged again"
+            )
 
     def _unparsed(self, raw: Any) -> None:
         self.events_unparsed += 1
@@ -389,12 +487,27 @@ class PresenceFeed:
         margin = min(self.renew_margin_s, max(0.0, lifetime) / 5)
         return sub.renewed_at + lifetime - margin
 
+    async def _create(self) -> Subscription:
+        """Create the subscription; a 400 (a service that caps the lifetime) is asked again with
+        each shorter lifetime, and the one granted is kept (it sets when to renew)."""
+        shorter = [t for t in wire.SUBSCRIPTION_TTL_FALLBACKS_S if t < self.ttl_s]
+        while True:
+            try:
+                return await create_subscription(self.client, self.ttl_s, self._wall_clock)
+            except ApiError as exc:
+                if exc.status != 400 or not shorter:
+                    raise
+                log.info(
+                    "connect feed: a subscription of %s was refused (%s); asking %s",
+                    wire.format_ttl(self.ttl_s), exc.message, wire.format_ttl(shorter[0]),
+                )
+                self.ttl_s = shorter.pop(0)
+                self.renew_margin_s = min(self.renew_margin_s, self.ttl_s / 5)
+
     async def _ensure_subscription(self) -> bool:
         """Create or renew as needed; True when the subscription (and its URI) changed."""
         if self.subscription is None:
-            self.subscription = await create_subscription(
-                self.client, self.ttl_s, self._wall_clock
-            )
+            self.subscription = await self._create()
             self.subscription.renewed_at = self._clock()
             log.info("connect feed: subscription %s created", self.subscription.id)
             return True
@@ -497,9 +610,15 @@ class PresenceFeed:
         """pysignalr callback: must never raise (an exception would end the connection)."""
         try:
             for raw in arguments if isinstance(arguments, list) else [arguments]:
-                event = parse_event(raw)
+                event = parse_event(
+                    raw, user_field=self.user_field, is_known=self.is_known,
+                    scope=self.event_scope,
+                )
                 if event is None:
                     self._unparsed(raw)
+                    continue
+                if self.is_known is not None and not self.is_known(event.user_id):
+                    self._unknown(event)
                     continue
                 self._first_unparsed = None
                 self._last_parsed = self._clock()

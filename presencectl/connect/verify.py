@@ -8,7 +8,14 @@ Owns two things the CLI renders (``presencectl connect set`` and ``presencectl c
   tried on one test user and reported row by row (:class:`VerifyRow`): the tokens, the
   directory's keys and paging, a PUT/GET/DELETE round trip of each value the mapping can write,
   whether another session outranks ours, the change feed's first event, the DELETE of a session
-  that is gone, and the rate-limit headers seen.
+  that is gone, and the rate-limit headers seen;
+- :attr:`VerifyReport.findings`: what the account does where no public source settles it (the
+  event's user-id field and scope, the subscription lifetime granted, renew and delete as tried,
+  whether the directory takes ``fields``, the contact types seen, the API host, whether unknown
+  values are accepted, whether the read-only statuses can be written), and
+  :func:`apply_findings`, which writes those that are profile settings (``--apply``).
+
+With ``user_id`` (``--user-id``) the presence and feed rows run even when the directory fails.
 
 The verifier leaves nothing behind: every session it writes (ours, and one probe resource of its
 own) and the feed subscription are removed in a ``finally``, so also when the run is cancelled
@@ -56,6 +63,16 @@ EVENT_USER_ID_FIELDS = wire.EVENT_USER_ID_FIELDS
 AGGREGATION_HIGH = "onphone"
 AGGREGATION_LOW = "available"
 RATE_HEADER_HINTS = ("ratelimit", "rate-limit", "retry-after")
+# Statuses presencectl only reads (no public source; the mapping never writes them): each is
+# written once under the probe session to learn whether Connect takes it from an API client.
+READ_ONLY_STATUSES = ("agent_onphone", "agent_available", "screen_sharing")
+NONSENSE_VALUE = "presencectl_probe_not_a_status"
+# The findings `--apply` writes to the profile, and the profile key each sets.
+APPLIED_SETTINGS = {
+    "feed_user_field": "connect_feed_user_field",
+    "feed_event_scope": "connect_feed_event_scope",
+    "directory_fields": "connect_directory_fields",
+}
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -158,6 +175,8 @@ class VerifyReport:
     settle_s: float
     rows: list[VerifyRow] = field(default_factory=list)
     left_behind: list[str] = field(default_factory=list)
+    findings: dict[str, Any] = field(default_factory=dict)
+    applied: dict[str, str] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -191,6 +210,8 @@ class VerifyReport:
                 for r in self.rows
             ],
             "left_behind": self.left_behind,
+            "findings": self.findings,
+            "applied": self.applied,
             "held": self.held,
             "exit_code": self.exit_code,
         }
@@ -201,6 +222,7 @@ class VerifyOptions:
     user: str
     settle_s: float = 15.0
     poll_s: float = 0.5
+    user_id: str | None = None  # the test user's Connect id: presence rows without the directory
 
 
 class _RawFeed(PresenceFeed):
@@ -221,6 +243,20 @@ def _field_path(event: dict[str, Any], path: str) -> Any:
     for part in path.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return value
+
+
+def _paths_to(value: Any, wanted: str, prefix: str = "") -> list[str]:
+    """Every key path (``a.b``) of ``value`` that holds ``wanted`` (nested objects followed)."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            path = f"{prefix}{key}"
+            if isinstance(inner, (str, int)) and not isinstance(inner, bool):
+                if str(inner) == wanted:
+                    found.append(path)
+            elif isinstance(inner, dict):
+                found.extend(_paths_to(inner, wanted, path + "."))
+    return found
 
 
 def _keys_of(event: Any) -> list[str]:
@@ -265,6 +301,7 @@ class Verifier:
         self._written: set[tuple[str, str]] = set()  # (user id, resource) we may still hold
         self._feed: _RawFeed | None = None
         self._contacts: list[Any] = []
+        self._directory_token = True
 
     # -- rows ---------------------------------------------------------------------------------
     def _add(self, row: VerifyRow) -> VerifyRow:
@@ -361,7 +398,17 @@ class Verifier:
                 return self.report
             self.client = connect_client_for(self.profile, self.transport)
             self.resource = self.report.resource = self.client.resource_id
-            if not await self._guarded("Directory", self.check_directory):
+            self.report.findings["api_host"] = {
+                "url": self.client.api_url,
+                "answered": None,
+                "other": wire.other_api_host(self.client.api_url),
+            }
+            if self._directory_token:
+                directory = await self._guarded("Directory", self.check_directory)
+            else:
+                directory = False
+                self._skip("Directory", "skipped: no directory token (see above); --user-id")
+            if not directory and not self.options.user_id:
                 return self.report
             if not await self._guarded("Test user", self.check_user):
                 return self.report
@@ -371,6 +418,8 @@ class Verifier:
                 )
             await self._guarded("Clear a session that is gone", self.check_clear_gone)
             await self._guarded("Aggregation", self.check_aggregation)
+            await self._guarded("Lenient values", self.check_lenient)
+            await self._guarded("Read-only statuses", self.check_read_only)
             await self._guarded("Change feed", self.check_feed)
             self.check_rate_headers()
             await self._guarded("Restored", self.check_restored)
@@ -382,8 +431,16 @@ class Verifier:
         try:
             return await step()
         except PresencectlError as exc:
+            host = self.report.findings.get("api_host")
+            if getattr(exc, "status", None) == 404 and host and host["answered"] is None:
+                host["answered"] = False  # nothing has answered yet: the host may be wrong
             self._failed(check, exc)
             return False
+
+    def _answered(self) -> None:
+        host = self.report.findings.get("api_host")
+        if host is not None:
+            host["answered"] = True
 
     async def check_tokens(self) -> bool:
         tokens = await tokens_per_scope(self.profile, transport=self.transport)
@@ -407,6 +464,10 @@ class Verifier:
                 )
         if all(t.result == "ok" for t in tokens):
             return True
+        messaging = all(t.result == "ok" for t in tokens if t.purpose == "messaging")
+        if messaging and self.options.user_id:
+            self._directory_token = False  # --user-id: the presence rows run without it
+            return True
         for check in ("Directory", "Test user", "Round trips", "Aggregation", "Change feed"):
             self._skip(check, "skipped: no token (see above)")
         return False
@@ -423,10 +484,22 @@ class Verifier:
         params = dict(base)
         seen_tokens: set[str] = set()
         repeated = False
+        fields_answer = "accepted"
         for _ in range(DIRECTORY_PROBE_PAGES):
-            response = await self._request(
-                "GET", wire.CONTACTS_PATH, params=params, scope=self.client.directory_scope
-            )
+            try:
+                response = await self._request(
+                    "GET", wire.CONTACTS_PATH, params=params, scope=self.client.directory_scope
+                )
+            except ApiError as exc:
+                if exc.status != 400 or wire.FIELDS_PARAM not in params:
+                    raise
+                fields_answer = "rejected"  # asked again without it, as the client does
+                base.pop(wire.FIELDS_PARAM)
+                params.pop(wire.FIELDS_PARAM)
+                response = await self._request(
+                    "GET", wire.CONTACTS_PATH, params=params, scope=self.client.directory_scope
+                )
+            self._answered()
             try:
                 body = response.json()
             except ValueError as exc:
@@ -448,8 +521,19 @@ class Verifier:
                 break
             seen_tokens.add(str(token))
             params = {**base, wire.OFFSET_PARAM: str(token)}
-        contacts = await list_contacts(self.client) if self.client else []
-        self._contacts = contacts
+        self.report.findings["directory_fields"] = fields_answer
+        self.client.directory_fields = "" if fields_answer == "rejected" else wire.FIELDS_ALL
+        everyone = await list_contacts(self.client, users_only=False)
+        contacts = [c for c in everyone if c.is_user]
+        self._contacts = everyone
+        types: dict[str, int] = {}
+        for contact in everyone:
+            name = contact.type or "(none)"
+            types[name] = types.get(name, 0) + 1
+        self.report.findings["contact_types"] = {
+            "seen": dict(sorted(types.items())),
+            "people": sorted({c.type or "(none)" for c in contacts}),
+        }
         observed = {
             "list_key": list_key,
             "next_page_key": next_key,
@@ -492,21 +576,44 @@ class Verifier:
     async def check_user(self) -> bool:
         wanted = self.options.user.strip().lower()
         contact = next((c for c in self._contacts if (c.email or "").lower() == wanted), None)
+        if self.options.user_id and (contact is None or contact.id != self.options.user_id):
+            self.user_id = self.options.user_id
+            self.before = await self._read()
+            self._answered()
+            self._add(
+                VerifyRow(
+                    "Test user",
+                    HELD,
+                    f"Connect id {self.user_id} (--user-id), shows {self.before} now",
+                    {"user_id": self.user_id, "presence_before": self.before},
+                )
+            )
+            return True
         if contact is None:
+            seen = self.report.findings.get("contact_types", {}).get("seen", {})
             self._add(
                 VerifyRow(
                     "Test user",
                     FAILED,
-                    f"no Connect contact with the email {self.options.user}",
+                    f"no Connect contact with the email {self.options.user}"
+                    + (
+                        " (contact types seen: "
+                        + ", ".join(f"{k} ×{v}" for k, v in seen.items())
+                        + ")"
+                        if seen
+                        else ""
+                    ),
                     code="connect_user_unknown",
                     exit_code=int(ExitCode.CONFIG),
                     hint="pass --user with the email of a Connect user (one that has a Cloud "
-                    "PBX number; `presencectl users` lists them), best one who is idle",
+                    "PBX number; `presencectl users` lists them), best one who is idle; or "
+                    "--user-id with their Connect id",
                 )
             )
             return False
         self.user_id = contact.id
         self.before = await self._read()
+        self._answered()
         self._add(
             VerifyRow(
                 "Test user",
@@ -649,62 +756,132 @@ class Verifier:
             )
         return True
 
+    async def _probe_write(self, value: str) -> int:
+        """PUT ``value`` under the probe session (a 4xx is an answer here, not an error), then
+        remove the probe session again."""
+        assert self.user_id is not None
+        self._written.add((self.user_id, self.probe_resource))
+        response = await self._request(
+            "PUT",
+            wire.presence_path(self.user_id),
+            params={wire.RESOURCE_PARAM: self.probe_resource},
+            json={wire.PRESENCE_FIELD: value},
+            allow=(400, 403, 404, 409, 422),
+        )
+        await self._delete(self.probe_resource)
+        return response.status_code
+
+    async def check_lenient(self) -> bool:
+        """A value that is no status, under the probe session: refused (strict) or taken."""
+        status = await self._probe_write(NONSENSE_VALUE)
+        lenient = 200 <= status < 300
+        self.report.findings["lenient_values"] = lenient
+        self._add(
+            VerifyRow(
+                "Lenient values",
+                INFO if lenient else HELD,
+                f"a value that is no status answered {status}: "
+                + (
+                    "Connect takes any value, so a round trip holding proves less"
+                    if lenient
+                    else "Connect refuses unknown values"
+                ),
+                {"status": status, "lenient": lenient},
+            )
+        )
+        return True
+
+    async def check_read_only(self) -> bool:
+        """Each status presencectl only reads, written once under the probe session."""
+        answers: dict[str, Any] = {}
+        for value in READ_ONLY_STATUSES:
+            status = await self._probe_write(value)
+            answers[value] = "accepted" if 200 <= status < 300 else f"refused ({status})"
+        self.report.findings["read_only_statuses"] = answers
+        self._add(
+            VerifyRow(
+                "Read-only statuses",
+                INFO,
+                "; ".join(f"{k} {v}" for k, v in answers.items())
+                + (
+                    " (Connect takes any value: this says nothing)"
+                    if self.report.findings.get("lenient_values")
+                    else ""
+                ),
+                dict(answers),
+            )
+        )
+        return True
+
     async def check_feed(self) -> bool:
         settle = self.options.settle_s
         check = "Change feed"
         assert self.client is not None and self.user_id is not None
-        self._feed = _RawFeed(self.client, ttl_s=120.0)
-        await self._feed.start()
-        if not await self._feed.wait_connected(settle):
-            error = self._feed.last_error
+        # The production lifetime, so a service that caps it shows what it grants.
+        self._feed = _RawFeed(self.client, ttl_s=wire.SUBSCRIPTION_TTL_S)
+        feed = self._feed
+        await feed.start()
+        if not await feed.wait_connected(settle):
+            error = feed.last_error
             self._add(
                 VerifyRow(
                     check,
                     DIFFERED,
                     "subscribed, but the hub did not connect within "
                     f"{settle:g} s" + (f": {getattr(error, 'message', error)}" if error else ""),
-                    {"subscription": bool(self._feed.subscription)},
+                    {"subscription": bool(feed.subscription)},
                 )
             )
             await self._close_feed()
             return True
+        sub = feed.subscription
+        self.report.findings["subscription_ttl"] = {
+            "requested_s": feed.ttl_requested_s,
+            "granted_s": feed.ttl_s,
+            "expires_in_s": None
+            if sub is None or sub.expires_in_s is None
+            else round(sub.expires_in_s),
+        }
         before = self.before or "offline"
         value = AGGREGATION_HIGH if before != AGGREGATION_HIGH else AGGREGATION_LOW
         await self._put(self.resource, value)
-        event: dict[str, Any] | None = None
-        first: dict[str, Any] | None = None
-        deadline = self._clock() + settle
-        with contextlib.suppress(TimeoutError):
-            while event is None:
-                remaining = deadline - self._clock()
-                if remaining <= 0:
-                    break
-                candidate = await asyncio.wait_for(self._feed.raw.get(), remaining)
-                if not isinstance(candidate, dict):
-                    continue
-                first = first or candidate
-                # Every user of the account is in the feed: wait for the test user's event.
-                if any(
-                    str(_field_path(candidate, f)) == self.user_id for f in EVENT_USER_ID_FIELDS
-                ):
-                    event = candidate
-        event = event or first
+        event, first = await self._event_naming_user(settle)
+        scope = await self._probe_scope(value, event) if event is not None else None
         await self._delete(self.resource)
-        subscription_id = self._feed.subscription.id if self._feed.subscription else None
-        await self._close_feed()
-        if event is None:
+        await self._renew_and_delete()
+        if event is None and first is None:
             self._add(
                 VerifyRow(
                     check,
                     DIFFERED,
-                    f"connected, wrote {value}, but no OnPresenceEvent came within {settle:g} s",
-                    {"subscription_id": subscription_id},
+                    f"connected, wrote {value}, but no OnPresenceEvent came within {settle:g} s"
+                    " (none is raised when the write does not change what Connect shows)",
+                    {"subscription_renewed": self.report.findings.get("subscription_renew")},
                 )
             )
             return True
-        field_name = next(
-            (f for f in EVENT_USER_ID_FIELDS if _field_path(event, f) not in (None, "")), None
-        )
+        if event is None:
+            keys = _keys_of(first)
+            self._add(
+                VerifyRow(
+                    check,
+                    FAILED,
+                    f"connected, wrote {value}, but no event named the test user's id within "
+                    f"{settle:g} s"
+                    + (f" (events came, with keys {', '.join(keys)})" if keys else ""),
+                    {"event_keys": keys, "user_id_matches": False},
+                    code="connect_feed_user_unmatched",
+                    exit_code=int(ExitCode.PARTIAL),
+                    hint="the feed's events name users some other way: attach `presencectl -o "
+                    "json connect verify …` to a bug report",
+                )
+            )
+            return True
+        paths = _paths_to(event, self.user_id)
+        field_name = paths[0] if paths else None
+        self.report.findings["feed_user_field"] = field_name
+        if scope is not None:
+            self.report.findings["feed_event_scope"] = scope
         presence_field = next(
             (
                 f
@@ -713,24 +890,38 @@ class Verifier:
             ),
             None,
         )
+        from presencectl.connect.feed import parse_event
+
+        read = parse_event(
+            event,
+            user_field=self.client.feed_user_field,
+            is_known={self.user_id}.__contains__,
+            scope=self.client.feed_event_scope,
+        )
+        client_reads = read.user_id if read is not None else None
         event_keys = _keys_of(event)
         observed = {
             "event_keys": event_keys,
             "user_id_field": field_name,
             "presence_field": presence_field,
-            "user_id_matches": field_name is not None
-            and str(_field_path(event, field_name)) == self.user_id,
-            "subscription_deleted": True,
+            "user_id_matches": client_reads == self.user_id,
+            "event_scope": scope,
+            "subscription_renewed": self.report.findings.get("subscription_renew"),
+            "subscription_deleted": self.report.findings.get("subscription_delete"),
         }
-        if field_name is None or presence_field is None:
+        if client_reads != self.user_id or presence_field is None:
             self._add(
                 VerifyRow(
                     check,
-                    DIFFERED,
-                    "the first event has neither a known user-id field "
-                    f"({', '.join(EVENT_USER_ID_FIELDS)}) nor '{wire.EVENT_PRESENCE}': keys "
-                    + ", ".join(event_keys),
+                    FAILED,
+                    f"the test user's id is in '{field_name}', but the client reads "
+                    + (f"'{client_reads}'" if client_reads else "no user id")
+                    + " from the event: Connect → Teams would be lost",
                     observed,
+                    code="connect_feed_user_mismatch",
+                    exit_code=int(ExitCode.PARTIAL),
+                    hint="run `presencectl connect verify --apply …` to set "
+                    f"connect_feed_user_field = {field_name!r} in the profile",
                 )
             )
         else:
@@ -738,12 +929,86 @@ class Verifier:
                 VerifyRow(
                     check,
                     HELD,
-                    f"subscribed, first event carries the user id in "
-                    f"'{field_name}' and the presence in '{presence_field}'; subscription deleted",
+                    f"subscribed, the test user's event carries the user id in "
+                    f"'{field_name}' and the presence in '{presence_field}'; events are "
+                    f"{scope or 'of undetermined'} scope; renew "
+                    f"{self.report.findings.get('subscription_renew')}, delete "
+                    f"{self.report.findings.get('subscription_delete')}",
                     observed,
                 )
             )
         return True
+
+    async def _event_naming_user(
+        self, timeout: float
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The next raw event with the test user's id under any key (every user of the account
+        is in the feed), and the first event seen at all."""
+        assert self._feed is not None and self.user_id is not None
+        first: dict[str, Any] | None = None
+        deadline = self._clock() + timeout
+        with contextlib.suppress(TimeoutError):
+            while True:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                candidate = await asyncio.wait_for(self._feed.raw.get(), remaining)
+                if not isinstance(candidate, dict):
+                    continue
+                first = first or candidate
+                if _paths_to(candidate, self.user_id):
+                    return candidate, first
+        return None, first
+
+    async def _probe_scope(self, high: str, event: dict[str, Any]) -> str:
+        """Whether events carry the user's aggregate or one session's state: with ours at
+        ``high``, the probe session writes a lower value; an event saying the lower value while
+        Connect still shows ``high`` is session-scoped."""
+        from presencectl.connect.feed import is_session_event
+
+        if is_session_event(event, "auto"):
+            return "session"
+        if high != AGGREGATION_HIGH:
+            return "undetermined"
+        await self._put(self.probe_resource, AGGREGATION_LOW)
+        window = min(self.options.settle_s, max(1.0, 2 * self.slowest_show_s))
+        said: list[Any] = []
+        deadline = self._clock() + window
+        while (left := deadline - self._clock()) > 0:  # every event of the window, not the first
+            later, _ = await self._event_naming_user(left)
+            if later is None:
+                break
+            said.append(later.get(wire.EVENT_PRESENCE))
+        shown = await self._read()
+        await self._delete(self.probe_resource)
+        if shown != high:
+            return "undetermined"  # the lower write showed: Connect shows the last writer
+        return "session" if AGGREGATION_LOW in said else "user"
+
+    async def _renew_and_delete(self) -> None:
+        """Renew the subscription and delete it, each actually tried, as the findings say."""
+        from presencectl.connect.feed import delete_subscription, renew_subscription
+
+        feed = self._feed
+        assert feed is not None and self.client is not None
+        sub = feed.subscription
+        await feed.close(delete_subscription=False)  # the supervisor stops; the subscription lives
+        self._feed = None
+        if sub is None:
+            return
+        try:
+            await renew_subscription(self.client, sub)
+            self.report.findings["subscription_renew"] = "renewed"
+        except PresencectlError as exc:
+            status = getattr(exc, "status", None)
+            self.report.findings["subscription_renew"] = f"failed ({status or exc.code})"
+        try:
+            gone = await delete_subscription(self.client, sub.id)
+            self.report.findings["subscription_delete"] = "deleted" if gone else "already gone"
+        except PresencectlError as exc:
+            status = getattr(exc, "status", None)
+            self.report.findings["subscription_delete"] = f"failed ({status or exc.code})"
+            self.report.left_behind.append(f"change-feed subscription {sub.id}")
 
     def check_rate_headers(self) -> None:
         if self.rate_headers:
@@ -795,6 +1060,30 @@ class Verifier:
         if self.client is not None:
             await self.client.aclose()
             self.client = None
+
+
+def apply_findings(profile: Profile, report: VerifyReport) -> dict[str, str]:
+    """Write the findings that are profile settings (``APPLIED_SETTINGS``) to the stored
+    profile, so the client follows the account; returns what was set. Nothing is written for a
+    finding the run did not settle."""
+    from presencectl.config import config_path, profile_from_table, save_profile
+
+    found = report.findings
+    settings: dict[str, str] = {}
+    if found.get("feed_user_field"):
+        settings["connect_feed_user_field"] = str(found["feed_user_field"])
+    if found.get("feed_event_scope") in ("user", "session"):
+        settings["connect_feed_event_scope"] = str(found["feed_event_scope"])
+    if found.get("directory_fields") in ("accepted", "rejected"):
+        rejected = found["directory_fields"] == "rejected"
+        settings["connect_directory_fields"] = "" if rejected else wire.FIELDS_ALL
+    for key, value in settings.items():
+        setattr(profile, key, value)
+    if settings:
+        profile_from_table(profile.name, profile.to_toml(), config_path())  # validated
+        save_profile(profile)
+    report.applied = settings
+    return settings
 
 
 def run_verify(

@@ -34,8 +34,16 @@ FIELDS_PARAM = "fields"
 FIELDS_ALL = "_all"
 PAGE_SIZE = 500
 # Contact.type values are undocumented: "user" is the plausible name for a person; a contact
-# without a type is taken for a user (tolerant), any other type (shared contact, room) is not.
+# without a type is taken for a user (tolerant). Types that name no person (shared contacts,
+# rooms) are not; a type the client does not know is a person when it has a PBX extension
+# (Quraize/debrief-dashboards: "A user has `pbx.extension`; contacts and rooms do not").
 USER_CONTACT_TYPE = "user"
+NOT_PERSON_TYPES = frozenset(
+    {"sharedcontact", "shared_contact", "shared", "contact", "room", "resource", "group",
+     "huntgroup", "hunt_group", "autoattendant", "auto_attendant", "queue"}
+)
+# A service that rejects a `fields` value ("The given value is not supported": Quraize's client)
+# is asked again without it: profile key connect_directory_fields ("_all" | "" = never send).
 
 # Presence: per user, sessions ("resources") aggregated by the service (ips_extend_monitoring).
 PRESENCE_PATH = "/messaging/v1/presence/accounts/_me/users/{user_id}"
@@ -51,12 +59,36 @@ SUBSCRIPTION_RENEW_PATH = SUBSCRIPTION_PATH + "/renew"
 SUBSCRIPTION_RENEW_BODY: dict[str, object] = {}
 SUBSCRIPTION_EVENTS = ["*"]
 SUBSCRIPTION_TTL_S = 30 * 60
+# A service that caps the lifetime answers 400: asked again with these, longest first (the public
+# monitor asks 00:02:00 for a messaging subscription: ips_extend_monitoring extend_client.py).
+SUBSCRIPTION_TTL_FALLBACKS_S = (15 * 60, 5 * 60, 2 * 60, 60)
 SUBSCRIPTION_EXPIRES = "whenExpired"
 HUB_TARGET = "OnPresenceEvent"
-# No public source names the event's user-id field: the first present of these is taken.
-EVENT_USER_ID_FIELDS = ("userId", "unifiedUserId", "id", "user.id")
+# No public source names the event's user-id field: the first present of these is taken. A
+# bare "id" may be the event's own id: it is taken only when it names a known user
+# (EVENT_BARE_ID). The profile key connect_feed_user_field (from `connect verify --apply`) names
+# the field outright.
+EVENT_USER_ID_FIELDS = ("userId", "unifiedUserId", "user.id", "id")
+EVENT_BARE_ID = "id"
+# A session-scoped event (one session's state, not the user's aggregate) may name its session:
+# such an event is only a sign that the user changed (profile key connect_feed_event_scope).
+EVENT_RESOURCE_FIELDS = ("resource", "resourceId")
+FEED_EVENT_SCOPES = ("auto", "user", "session")
 EVENT_PRESENCE = "presenceState"
 EVENT_WHEN_RAISED = "whenRaised"
+
+# API hosts: every public presence and subscription call goes to api.intermedia.net
+# (ips_extend_monitoring, Quraize/debrief-dashboards); the Univerge Blue samples call
+# api.univerge.blue (address book, meetings) and sign in at login.univerge.blue, the
+# default pair (the product is Univerge Blue Connect). A 404 names the other one.
+API_HOSTS = ("https://api.univerge.blue", "https://api.intermedia.net")
+
+
+def other_api_host(api_url: str) -> str:
+    """The public API host that ``api_url`` is not (a hint for a 404)."""
+    current = api_url.rstrip("/").lower()
+    return next((h for h in API_HOSTS if h != current), API_HOSTS[0])
+
 
 # Rate limit: about 250 requests/minute per client (a third-party report; unverified).
 RATE_PER_MIN = 250

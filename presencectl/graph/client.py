@@ -263,7 +263,34 @@ class GraphClient:
                     yield item
             next_link = page.get("@odata.nextLink")
             url = next_link if isinstance(next_link, str) and next_link else None
+            if url is not None:
+                self._check_next_link(url)
             query = None  # the next link carries its own query
+
+    def _check_next_link(self, url: str) -> None:
+        """A next link goes where our bearer token may go: the configured Graph host and scheme
+        (https; plain http only for a graph_url on this machine, as config.py allows).
+
+        The link is server-supplied; followed anywhere, it would carry the token there."""
+        from urllib.parse import urlsplit
+
+        ours, theirs = urlsplit(self.graph_url), urlsplit(url)
+        host = (ours.hostname or "").lower()
+        loopback = host == "localhost" or host == "::1" or host.startswith("127.")
+        if (
+            theirs.scheme != ours.scheme
+            or theirs.netloc.lower() != ours.netloc.lower()
+            or (theirs.scheme != "https" and not loopback)  # plain http to this machine only
+        ):
+            shown = (
+                f"{theirs.scheme}://{theirs.hostname or ''}" if theirs.scheme else "a relative URL"
+            )
+            raise ApiError(
+                f"Graph's @odata.nextLink points to {redact(shown)}, not https on "
+                f"{ours.hostname}: not followed (the access token goes to Graph only)",
+                hint="check the profile's graph_url, and any proxy that rewrites Graph's answers",
+                code="graph_error",
+            )
 
     async def _send(
         self,

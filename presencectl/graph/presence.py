@@ -22,6 +22,7 @@ from typing import Any
 
 from presencectl.errors import PresencectlError
 from presencectl.graph.client import BatchRequest, BatchResult, GraphClient
+from presencectl.transport import path_segment
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +153,11 @@ def iso_duration(expiration: timedelta | float) -> str:
 
 
 def _set_path(user_id: str) -> str:
-    return f"/users/{user_id}/presence/setPresence"
+    return f"/users/{path_segment(user_id)}/presence/setPresence"
 
 
 def _clear_path(user_id: str) -> str:
-    return f"/users/{user_id}/presence/clearPresence"
+    return f"/users/{path_segment(user_id)}/presence/clearPresence"
 
 
 def _set_body(session_id: str, write: PresenceWrite) -> dict[str, str]:

@@ -2,10 +2,12 @@
 
 Sources: docs/verification.md.
 
-Owns: the resource string, create / renew / reauthorize / delete, and
-:class:`PresenceSubscription`. ``sync/notify.py`` creates, renews, reauthorizes and deletes them
-with the sync user's delegated token; ``disable`` (sync/disable.py) deletes those still recorded;
-``sync/receiver.py`` receives the notifications, ``graph/notifications.py`` reads them.
+Owns: the resource string, create / renew / reauthorize / delete / list, and
+:class:`PresenceSubscription`. ``sync/notify.py`` creates, renews, reauthorizes, lists and deletes
+them with each pool member's delegated token (a delegated ``GET /subscriptions`` lists what this
+app created for the signed-in user: how leftovers of a lost state are found); ``disable``
+(sync/disable.py) deletes those still recorded; ``sync/receiver.py`` receives the
+notifications, ``graph/notifications.py`` reads them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from presencectl.errors import ApiError
 from presencectl.graph.client import GraphClient
+from presencectl.transport import path_segment
 
 SUBSCRIPTION_IDS_MAX = 650
 MAX_LIFETIME = timedelta(minutes=60)
@@ -135,7 +138,9 @@ async def renew_subscription(
     if encryption_certificate:
         body["encryptionCertificate"] = encryption_certificate
         body["encryptionCertificateId"] = encryption_certificate_id or ""
-    response = await client.request("PATCH", f"/subscriptions/{subscription_id}", json=body)
+    response = await client.request(
+        "PATCH", f"/subscriptions/{path_segment(subscription_id)}", json=body
+    )
     answer = response.json() if response.content else None
     if isinstance(answer, Mapping) and answer.get("expirationDateTime"):
         return _parse_time(answer["expirationDateTime"])
@@ -144,12 +149,34 @@ async def renew_subscription(
 
 async def reauthorize_subscription(client: GraphClient, subscription_id: str) -> None:
     """``POST /subscriptions/{id}/reauthorize`` (lifecycle-events page: resumes the flow)."""
-    await client.request("POST", f"/subscriptions/{subscription_id}/reauthorize")
+    await client.request("POST", f"/subscriptions/{path_segment(subscription_id)}/reauthorize")
+
+
+def is_presence_resource(resource: str) -> bool:
+    """A presence subscription's resource (``/communications/presences…``, with or without the
+    leading slash, as Graph echoes what was sent)."""
+    return resource.lstrip("/").lower().startswith("communications/presences")
+
+
+async def list_subscriptions(client: GraphClient) -> list[PresenceSubscription]:
+    """``GET /subscriptions``, every page (subscription-list.md: with a delegated token, the
+    subscriptions **this app** created for the signed-in user; ``clientState`` comes back null)."""
+    found: list[PresenceSubscription] = []
+    async for item in client.paged("/subscriptions"):
+        if isinstance(item.get("id"), str) and item.get("expirationDateTime"):
+            found.append(_parse(item))
+    return found
+
+
+def is_conflict(exc: Exception) -> bool:
+    """Graph's answer to a second presence subscription by the same user and app: 409 Conflict
+    (docs/verification.md: ``ExtensionError`` … "A subscripton already exists")."""
+    return isinstance(exc, ApiError) and exc.status == 409
 
 
 async def delete_subscription(client: GraphClient, subscription_id: str) -> bool:
     """Delete a subscription; False when it was already gone (404)."""
     response = await client.request(
-        "DELETE", f"/subscriptions/{subscription_id}", ok_statuses=(404,)
+        "DELETE", f"/subscriptions/{path_segment(subscription_id)}", ok_statuses=(404,)
     )
     return response.status_code != 404

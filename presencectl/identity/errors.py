@@ -54,6 +54,19 @@ class MfaRequired(SignInError):
     code = "mfa_required"
 
 
+class SyncUserReauthRequired(SignInError):
+    """A device-code or browser sync user whose refresh token no longer works: the person must
+    sign in again (revoked sessions, a sign-in frequency policy, expiry by inactivity)."""
+
+    code = "sync_user_reauth_required"
+
+
+class SyncUserMismatch(SignInError):
+    """An interactive sync-user sign-in made with another account than the member's."""
+
+    code = "sync_user_mismatch"
+
+
 class ConditionalAccessBlocked(SignInError):
     code = "conditional_access_blocked"
 
@@ -88,6 +101,12 @@ class AppNotFound(SignInError):
     code = "app_not_found"
 
 
+class AppCredentialRefused(SignInError):
+    """A certificate or federated client assertion Entra refused (identity/app_credentials.py)."""
+
+    code = "app_credential_refused"
+
+
 class TenantNotFound(SignInError):
     code = "tenant_not_found"
 
@@ -105,6 +124,14 @@ class SignInDeclined(SignInError):
 # flows: device code flow" answers), 530032 BlockedByConditionalAccessOnSecurityPolicy,
 # 530035 BlockedBySecurityDefaults, 50131 ConditionalAccessFailed.
 DEVICE_CODE_POLICY_CODES = frozenset({53003, 530032, 530035, 50131})
+
+
+# A refresh token refused for one of these asks for a new interactive sign-in (entra-docs
+# reference-error-codes): 50173 FreshTokenNeeded (grant revoked, e.g. sessions revoked or the
+# password reset), 70043 / 70044 sign-in frequency (Conditional Access), 70008 ExpiredOrRevoked-
+# Grant, 700082 refresh token expired by inactivity, 50133 session invalid after a password change,
+# 50076 / 50079 / 50074 MFA asked again, 70000 InvalidGrant (the token itself unknown).
+REAUTH_CODES = frozenset({50173, 70043, 70044, 70008, 700082, 50133, 50076, 50079, 50074, 70000})
 
 
 def _codes(result: Mapping[str, Any]) -> tuple[int, ...]:
@@ -144,7 +171,9 @@ def classify(
         if flow == "client"
         else "`presencectl setup-azure`"
     )
-    store_again = f"`presencectl sync-user set --username {who}`"
+    # `sign-in` proves the new password before it keeps it, and keeps a pool as it is (`set`
+    # would make the pool this one user again).
+    store_again = f"`presencectl sync-user sign-in --username {who} --password-stdin`"
 
     def make(cls: type[SignInError], message: str, hint: str) -> SignInError:
         return cls(message, hint=hint, aad_codes=codes)
@@ -191,9 +220,13 @@ def classify(
             MfaRequired,
             f"Azure login error: {who} must use multi-factor authentication, which a password "
             f"sign-in cannot do{tag}.",
-            "Exclude the dedicated sync user from MFA: add it to the exclusions of the Conditional "
-            "Access policy that requires MFA (or turn per-user MFA off for it). See "
-            "docs/azure-setup.md.",
+            f"Sign {who} in by device code instead (MFA once, no password kept): `presencectl "
+            f"sync-user sign-in --username {who} --device-code`. Or exclude it from the "
+            "Conditional Access policy that requires MFA (Entra ID P1). Security defaults "
+            "cannot exclude an account. See docs/azure-setup.md."
+            if flow == "password"
+            else "Complete the MFA prompt in an interactive sign-in (`--device-code` or "
+            "`--browser`). See docs/azure-setup.md.",
         )
     if flow == "admin" and code_set & DEVICE_CODE_POLICY_CODES:
         return make(
@@ -237,6 +270,27 @@ def classify(
             "Run `presencectl setup-azure` again to add a new secret, or pass it in "
             "PRESENCECTL_CLIENT_SECRET.",
         )
+    if code_set & {700027, 700024}:
+        clock = " (the assertion is outside its valid time: check this clock)"
+        return make(
+            AppCredentialRefused,
+            f"Azure login error: the app's certificate was refused"
+            f"{clock if 700024 in code_set else ''}{tag}.",
+            "Run `presencectl setup-azure --credential certificate` to register a certificate "
+            "again (or `--rotate-credential`); check that it is in the app's Certificates & "
+            "secrets.",
+        )
+    if code_set & {700211, 700212, 700213, 70021}:
+        part = {700211: "issuer", 700212: "audience", 700213: "subject"}
+        which = next((part[c] for c in (700211, 700213, 700212) if c in code_set), "record")
+        return make(
+            AppCredentialRefused,
+            f"Azure login error: no federated credential of the app matches the token's "
+            f"{which}{tag}.",
+            "Compare the app's Certificates & secrets > Federated credentials with the token "
+            "(issuer, subject, audience api://AzureADTokenExchange), or run `presencectl "
+            "setup-azure --credential federated --federated-issuer URL --federated-subject S`.",
+        )
     if code_set & {700016, 700038}:
         return make(
             AppNotFound,
@@ -271,6 +325,31 @@ def classify(
         f"Azure login error for {who}: {error or 'unknown error'}{tag}.",
         "Look the code up at https://login.microsoftonline.com/error?code=<number> and run with "
         "-vv for details.",
+    )
+
+
+def needs_reauth(error: SignInError) -> bool:
+    """True when a refused refresh token means the person must sign in again."""
+    return bool(set(error.aad_codes) & REAUTH_CODES) or type(error) is SignInError
+
+
+def reauth_required(
+    who: str, sign_in: str, *, codes: tuple[int, ...] = (), never: bool = False
+) -> SyncUserReauthRequired:
+    """The error of a device-code or browser sync user that must sign in again."""
+    flag = "--browser" if sign_in == "browser" else "--device-code"
+    clean = tuple(int(c) for c in codes if str(c).isdigit())
+    tag = f" ({_aadsts(clean)})" if clean else ""
+    why = (
+        "has no stored sign-in on this machine"
+        if never
+        else f"must sign in again: its refresh token was refused{tag}"
+    )
+    return SyncUserReauthRequired(
+        f"the sync user {who} {why}",
+        hint=f"run `presencectl sync-user sign-in --username {who} {flag}` and sign in as {who} "
+        "(revoked sessions, a sign-in frequency policy or long inactivity end a refresh token)",
+        aad_codes=clean,
     )
 
 

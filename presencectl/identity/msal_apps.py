@@ -119,6 +119,20 @@ def forget_cache(profile_name: str, identity: str) -> bool:
     return secrets.delete_secret(profile_name, name)
 
 
+def move_cache(profile_name: str, old_identity: str, new_identity: str) -> None:
+    """Store a persisted token cache under another identity (a sync user that becomes the first
+    of the pool); the old name is removed."""
+    old = PersistentTokenCache(profile_name, old_identity)
+    forget_cache(profile_name, new_identity)
+    state = old.cache.serialize()
+    if secrets.get_secret(profile_name, old.name):
+        new = PersistentTokenCache(profile_name, new_identity)
+        new.cache.deserialize(state)
+        new.cache.has_state_changed = True
+        new.save()
+    forget_cache(profile_name, old_identity)
+
+
 def needs_instance_discovery(authority_url: str) -> bool:
     """msal's instance discovery only knows Microsoft's hosts; any other host must skip it."""
     from msal.authority import WELL_KNOWN_AUTHORITY_HOSTS
@@ -183,15 +197,17 @@ def public_app(
 def confidential_app(
     profile: Profile,
     client_id: str,
-    client_secret: str,
+    client_credential: str | dict[str, Any],
     cache: PersistentTokenCache | None = None,
 ) -> msal.ConfidentialClientApplication:
+    """``client_credential``: a secret, or a certificate / client assertion as msal takes them
+    (identity/app_credentials.py)."""
     import msal
 
     kwargs = _common_kwargs(profile, cache, None)
     return _construct(
         lambda: msal.ConfidentialClientApplication(
-            client_id, client_credential=client_secret, **kwargs
+            client_id, client_credential=client_credential, **kwargs
         ),
         profile.authority,
     )

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from presencectl import secrets
 from presencectl.errors import ApiError, AuthError, PresencectlError
+from presencectl.transport import path_segment
 
 if TYPE_CHECKING:
     from presencectl.config import Profile
@@ -109,7 +110,7 @@ async def rotate_client_secret(
         }
     }
     if add_password is None:
-        answer = await graph.post_json(f"/applications/{app['id']}/addPassword", body)
+        answer = await graph.post_json(f"/applications/{path_segment(app['id'])}/addPassword", body)
     else:
         answer = await add_password(body)
     secret = (answer or {}).get("secretText")
@@ -126,7 +127,9 @@ async def rotate_client_secret(
     known = {str(c.get("keyId")) for c in app.get("passwordCredentials") or []}
     if previous and previous != key_id and previous in known:
         await graph.request(
-            "POST", f"/applications/{app['id']}/removePassword", json={"keyId": previous}
+            "POST",
+            f"/applications/{path_segment(app['id'])}/removePassword",
+            json={"keyId": previous},
         )
         revoked = previous
     return Rotation(

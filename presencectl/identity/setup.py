@@ -28,13 +28,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from presencectl import secrets
-from presencectl.errors import ApiError, AuthError, ConfigError, PresencectlError
+from presencectl.errors import ApiError, AuthError, ConfigError, PresencectlError, UsageError
 from presencectl.graph.permissions import (
     APP_ROLES,
     DELEGATED_SCOPES,
     GLOBAL_ADMIN_ROLE_TEMPLATE_ID,
     GRAPH_APP_ID,
 )
+from presencectl.transport import path_segment
 
 if TYPE_CHECKING:
     from presencectl.config import Profile
@@ -443,7 +444,7 @@ async def ensure_application(
         app = apps[0]
         patch = application_patch(app)
         if patch:
-            await graph.request("PATCH", f"/applications/{app['id']}", json=patch)
+            await graph.request("PATCH", f"/applications/{path_segment(app['id'])}", json=patch)
             app = {**app, **patch}
             steps.append(
                 Step(
@@ -509,7 +510,7 @@ async def ensure_client_secret(
             return step
     def add_password(body: dict[str, Any]) -> Awaitable[Any]:
         return after_replication(
-            lambda: graph.post_json(f"/applications/{app['id']}/addPassword", body),
+            lambda: graph.post_json(f"/applications/{path_segment(app['id'])}/addPassword", body),
             just_created=bool(app.get("_just_created")),
             on_step=on_step,
             wait_s=replication_wait_s,
@@ -574,9 +575,10 @@ async def consent_state(graph: GraphClient, client_id: str) -> ConsentState:
             hint="run `presencectl setup-azure`",
             code="app_not_found",
         )
+    assigned_path = f"/servicePrincipals/{path_segment(graph_sp['id'])}/appRoleAssignedTo"
     assigned = {
         a.get("appRoleId")
-        async for a in graph.paged(f"/servicePrincipals/{graph_sp['id']}/appRoleAssignedTo")
+        async for a in graph.paged(assigned_path)
         if a.get("principalId") == app_sp["id"]
     }
     roles_missing = [name for name, rid in APP_ROLES.items() if rid not in assigned]
@@ -602,7 +604,7 @@ async def grant_consent(graph: GraphClient, client_id: str, *, on_step: StepCall
         return step
     for name in state.app_roles_missing:
         await graph.post_json(
-            f"/servicePrincipals/{state.graph_sp_id}/appRoleAssignedTo",
+            f"/servicePrincipals/{path_segment(state.graph_sp_id)}/appRoleAssignedTo",
             {
                 "principalId": state.app_sp_id,
                 "resourceId": state.graph_sp_id,
@@ -625,7 +627,7 @@ async def grant_consent(graph: GraphClient, client_id: str, *, on_step: StepCall
             scopes += [s for s in state.scopes_missing if s not in scopes]
             await graph.request(
                 "PATCH",
-                f"/oauth2PermissionGrants/{state.grant['id']}",
+                f"/oauth2PermissionGrants/{path_segment(state.grant['id'])}",
                 json={"scope": " ".join(scopes)},
             )
     granted = state.app_roles_missing + state.scopes_missing
@@ -711,6 +713,40 @@ class SetupOptions:
     consent_timeout: float = 600.0
     replication_wait_s: float = REPLICATION_WAIT_S
     sign_in_timeout: float = 300.0  # --browser: give up (exit 4) when no redirect came by then
+    # how the app proves itself (identity/app_credentials.py): secret | certificate | federated
+    credential: str = "secret"
+    certificate_file: str | None = None
+    federated_issuer: str | None = None
+    federated_subject: str | None = None
+    federated_token_file: str | None = None
+
+
+async def _ensure_app_credential(
+    graph: GraphClient,
+    profile: Profile,
+    app: dict[str, Any],
+    options: SetupOptions,
+    on_step: StepCallback,
+) -> Step:
+    """A certificate or a federated credential instead of a client secret."""
+    from presencectl.identity import app_credentials
+
+    if options.credential == "certificate":
+        result, detail = await app_credentials.ensure_certificate(
+            graph, profile, app, certificate_file=options.certificate_file
+        )
+        name = "App certificate"
+    else:
+        result, detail = await app_credentials.ensure_federated(
+            graph, profile, app,
+            issuer=options.federated_issuer or "", subject=options.federated_subject or "",
+            token_file=options.federated_token_file,
+        )  # fmt: skip
+        name = "Federated credential"
+    profile.verified["app_credential"] = _today()
+    step = Step(name, CREATED if result == "created" else UNCHANGED, detail)
+    on_step(step)
+    return step
 
 
 def graph_client_for(profile: Profile, provider: TokenProvider) -> GraphClient:
@@ -756,11 +792,15 @@ async def run_setup(
         steps += app_steps
         profile.client_id = app["appId"]
         profile.verified["app_registration"] = today
-        steps.append(
-            await ensure_client_secret(
-                graph, profile, app, on_step=on_step, replication_wait_s=options.replication_wait_s
-            )
-        )
+        if options.credential == "secret":
+            steps.append(
+                await ensure_client_secret(
+                    graph, profile, app, on_step=on_step,
+                    replication_wait_s=options.replication_wait_s,
+                )
+            )  # fmt: skip
+        else:
+            steps.append(await _ensure_app_credential(graph, profile, app, options, on_step))
         save(profile)  # the app exists now: a failure below must not lose its id
         if options.consent_url:
             state = await consent_state(graph, app["appId"])
@@ -929,7 +969,8 @@ def setup_azure(
 def rotate_secret(
     profile: Profile, *, method: str, on_message: Callable[[Any], None], on_step: StepCallback
 ) -> SetupReport:
-    """``setup-azure --rotate-secret``: a new client secret, proven, and the previous one revoked.
+    """``setup-azure --rotate-credential`` (``--rotate-secret``): a new client secret or app
+    certificate, proven, and the previous one revoked.
 
     Nothing else of setup-azure runs (no prerequisite checks, no app changes, no consent).
     """
@@ -959,7 +1000,23 @@ def rotate_secret(
                     hint="check client_id in the profile (`presencectl config show`)",
                     code="app_not_found",
                 )
-            step = await ensure_client_secret(graph, profile, apps[0], on_step=on_step, force=True)
+            if profile.app_credential == "certificate":
+                from presencectl.identity.app_credentials import rotate_certificate
+
+                detail = await rotate_certificate(graph, profile, apps[0])
+                step = Step("App certificate", CREATED, detail)
+                on_step(step)
+            elif profile.app_credential == "federated":
+                raise UsageError(
+                    "a federated credential has nothing to rotate here: the platform rotates "
+                    "its tokens",
+                    hint="to trust another issuer or subject, run `presencectl setup-azure "
+                    "--credential federated --federated-issuer URL --federated-subject S`",
+                )
+            else:
+                step = await ensure_client_secret(
+                    graph, profile, apps[0], on_step=on_step, force=True
+                )
             return apps[0], step
 
     app, step = asyncio.run(go())

@@ -4,9 +4,10 @@ Owns:
 - :func:`app_token_provider` — our app registration's client-credentials token (application
   permissions Presence.ReadWrite.All, User.Read.All): what the sync engine reads and writes
   presence with.
-- :func:`sync_user_token_provider` — the dedicated sync user's delegated token (username and
-  password, silent first): what owns presence change-notification subscriptions, which Graph
-  accepts with delegated permissions only.
+- :func:`sync_user_token_provider` — a sync user's delegated token (one per member of the pool,
+  identity/sync_pool.py; silent first, then the member's password, or for a device-code / browser
+  member its refresh token alone): what owns presence change-notification subscriptions, which
+  Graph accepts with delegated permissions only.
 - :func:`admin_sign_in` — the Azure admin's delegated token (device code or browser) through a
   public bootstrap client, for setup-azure and consent.
 
@@ -36,13 +37,16 @@ from presencectl.graph.permissions import (
     GRAPH_RESOURCE,
 )
 from presencectl.graph.tokens import AccessToken, TokenProvider, access_token_from_msal
-from presencectl.identity import msal_apps
+from presencectl.identity import msal_apps, sync_pool
 from presencectl.identity.errors import (
     SignInError,
     SignInTimeout,
+    SyncUserMismatch,
     classify,
     federated_error,
+    needs_reauth,
     network_error,
+    reauth_required,
     service_error,
 )
 
@@ -52,7 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SYNC_USER_SCOPES = tuple(f"{GRAPH_RESOURCE}/{name}" for name in DELEGATED_SCOPES)
-SYNC_USERNAME_ENV = "PRESENCECTL_SYNC_USERNAME"
+SYNC_USERNAME_ENV = sync_pool.SYNC_USERNAME_ENV
 
 
 def granted_scopes(result: dict[str, Any], requested: Sequence[str] = ()) -> list[str]:
@@ -90,20 +94,15 @@ def _require_client_id(profile: Profile) -> str:
 
 
 class AppTokenProvider:
-    """Client credentials with the stored client secret; msal's cache first."""
+    """Client credentials with the app's credential (a secret, a certificate or a federated
+    token: identity/app_credentials.py); msal's cache first."""
 
     def __init__(self, profile: Profile) -> None:
+        from presencectl.identity.app_credentials import client_credential
+
         self.profile = profile
         self.client_id = _require_client_id(profile)
-        secret = secrets.get_secret(profile.name, secrets.CLIENT_SECRET)
-        if not secret:
-            raise ConfigError(
-                f"no client secret stored for profile '{profile.name}'",
-                hint="run `presencectl setup-azure` (it adds and stores one), or set "
-                "PRESENCECTL_CLIENT_SECRET",
-                code="client_secret_missing",
-            )
-        self._secret = secret
+        self._secret = client_credential(profile)
         self._cache = msal_apps.PersistentTokenCache(profile.name, msal_apps.APP)
         self._app: Any = None
         self._lock = threading.Lock()
@@ -137,7 +136,7 @@ class AppTokenProvider:
 
 
 def app_token_provider(profile: Profile) -> AppTokenProvider:
-    """The app's client-credentials token provider (raises ConfigError if no secret is stored)."""
+    """The app's client-credentials token provider (ConfigError when its credential is missing)."""
     return AppTokenProvider(profile)
 
 
@@ -145,19 +144,17 @@ def app_token_provider(profile: Profile) -> AppTokenProvider:
 
 
 def sync_username(profile: Profile) -> str:
-    username = os.environ.get(SYNC_USERNAME_ENV) or profile.sync_username
-    if not username:
-        raise ConfigError(
-            f"profile '{profile.name}' has no sync user",
-            hint="run `presencectl sync-user set --username <user>` (or set "
-            "PRESENCECTL_SYNC_USERNAME)",
-            code="sync_user_missing",
-        )
-    return username
+    """The first sync user's name (``PRESENCECTL_SYNC_USERNAME`` wins); ConfigError if none."""
+    return sync_pool.find_member(profile).username
 
 
 class SyncUserTokenProvider:
-    """The sync user's delegated token: silent (refresh token) first, then username/password.
+    """One sync user's delegated token: silent (refresh token) first, then its own sign-in.
+
+    A password member signs in again with its stored password when the refresh token is refused
+    (the refused token is dropped first). A device-code or browser member has no password: its
+    refresh token is all there is, so a refused one is dropped and ``sync_user_reauth_required``
+    (exit 4) names the command that signs the person in again.
 
     msal's throttled HTTP client remembers an identical failing token request (HTTP 400) for 60 s
     and answers a repeat from memory. A retry after the password was fixed — or after the user
@@ -166,16 +163,27 @@ class SyncUserTokenProvider:
     """
 
     def __init__(
-        self, profile: Profile, *, password: str | None = None, silent: bool = True
+        self,
+        profile: Profile,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        silent: bool = True,
     ) -> None:
         self.profile = profile
         self.client_id = _require_client_id(profile)
-        self.username = sync_username(profile)
+        member = sync_pool.find_member(profile, username)
+        self.username = member.username
+        self.sign_in = member.sign_in
+        self._password_secret = sync_pool.password_secret(profile, member.username)
         self._password = password
-        # False: always sign in with the password (`sync-user validate` must prove the stored
-        # password, not a refresh token cached from an earlier, correct one).
+        # False: always prove the stored credential (`sync-user validate`, doctor): a password
+        # member signs in with its password, a token member redeems its refresh token; neither is
+        # served from a cached access token or a refresh token cached from an earlier password.
         self._silent = silent
-        self._cache = msal_apps.PersistentTokenCache(profile.name, msal_apps.SYNC_USER)
+        self._cache = msal_apps.PersistentTokenCache(
+            profile.name, sync_pool.cache_identity(profile, member.username)
+        )
         self._http_cache: dict[str, Any] = {}
         self._app: Any = None
         self._lock = threading.Lock()
@@ -185,41 +193,90 @@ class SyncUserTokenProvider:
         self.last_scopes: list[str] = []
 
     def _password_or_fail(self) -> str:
-        password = self._password or secrets.get_secret(self.profile.name, secrets.SYNC_PASSWORD)
+        password = self._password or secrets.get_secret(self.profile.name, self._password_secret)
         if not password:
+            env = " (or set PRESENCECTL_SYNC_PASSWORD)"
+            first = self._password_secret == secrets.SYNC_PASSWORD
             raise ConfigError(
                 f"no password stored for the sync user {self.username}",
-                hint=f"run `presencectl sync-user set --username {self.username}` (or set "
-                "PRESENCECTL_SYNC_PASSWORD)",
+                hint=f"run `presencectl sync-user {'set' if first else 'sign-in'} --username "
+                f"{self.username}`{env if first else ''}",
                 code="sync_password_missing",
             )
         return password
 
+    def _application(self) -> Any:
+        if self._app is None:
+            self._app = msal_apps.public_app(
+                self.profile, self.client_id, self._cache, http_cache=self._http_cache
+            )
+        return self._app
+
     def __call__(self, force_refresh: bool = False) -> AccessToken:
         with self._lock:
-            if self._app is None:
-                self._app = msal_apps.public_app(
-                    self.profile, self.client_id, self._cache, http_cache=self._http_cache
-                )
-            app = self._app
-            result: dict[str, Any] | None = None
-            with msal_apps.msal_errors(self.profile.authority):
-                accounts = app.get_accounts(username=self.username) if self._silent else []
-                if accounts:
-                    result = app.acquire_token_silent_with_error(
-                        list(SYNC_USER_SCOPES), accounts[0], force_refresh=force_refresh
-                    )
-            if not result or "access_token" not in result:
-                result = self._password_sign_in(app)
+            app = self._application()
+            if self.sign_in == sync_pool.PASSWORD:
+                result = self._password_member(app, force_refresh)
+            else:
+                result = self._token_member(app, force_refresh)
             self._cache.save()
         if "access_token" not in result:
             raise classify(
                 result, who=self.username, tenant=self.profile.tenant_id or "", flow="password"
             )
-        self._silent = True  # the password is proven; later calls may use what it got
+        self._silent = True  # the credential is proven; later calls may use what it got
         self.last_result_claims = dict(result.get("id_token_claims") or {})
         self.last_scopes = granted_scopes(result, SYNC_USER_SCOPES)
         return access_token_from_msal(result)
+
+    def _password_member(self, app: Any, force_refresh: bool) -> dict[str, Any]:
+        result: dict[str, Any] | None = None
+        with msal_apps.msal_errors(self.profile.authority):
+            accounts = app.get_accounts(username=self.username) if self._silent else []
+            if accounts:
+                result = app.acquire_token_silent_with_error(
+                    list(SYNC_USER_SCOPES), accounts[0], force_refresh=force_refresh
+                )
+                if result and "access_token" not in result:
+                    # A refused refresh token is dropped, then the password is tried once.
+                    log.info("the sync user's cached sign-in was refused; signing in again")
+                    for account in accounts:
+                        app.remove_account(account)
+        if not result or "access_token" not in result:
+            result = self._password_sign_in(app)
+        return result
+
+    def _token_member(self, app: Any, force_refresh: bool) -> dict[str, Any]:
+        """A device-code or browser member: its refresh token, redeemed when not ``silent`` or
+        asked to (``force_refresh``), else msal's cached access token."""
+        with msal_apps.msal_errors(self.profile.authority):
+            accounts = app.get_accounts(username=self.username)
+            result = (
+                app.acquire_token_silent_with_error(
+                    list(SYNC_USER_SCOPES),
+                    accounts[0],
+                    force_refresh=force_refresh or not self._silent,
+                )
+                if accounts
+                else None
+            )
+            if result and "access_token" in result:
+                return dict(result)
+            if result:
+                error = classify(
+                    result, who=self.username, tenant=self.profile.tenant_id or "", flow="password"
+                )
+                if not needs_reauth(error):
+                    raise error  # disabled, consent missing, …: a new sign-in would not help
+                for account in accounts:  # the refused token is dropped
+                    app.remove_account(account)
+                self._cache.save()
+        raise reauth_required(
+            self.username,
+            self.sign_in,
+            codes=tuple(result.get("error_codes") or ()) if result else (),
+            never=not accounts,
+        )
 
     def _password_sign_in(self, app: Any) -> dict[str, Any]:
         password = self._password_or_fail()
@@ -227,9 +284,10 @@ class SyncUserTokenProvider:
         try:
             with warnings.catch_warnings():
                 # msal ≥ 1.35 warns that username/password is deprecated for public clients. We use
-                # it on purpose: Graph presence change notifications accept only delegated tokens,
-                # so a dedicated sync *user* (the vendor's "Create Sync User" step) is how
-                # Teams-to-Connect sync works; the admin is told to exclude that user from MFA.
+                # it on purpose for password members: Graph presence change notifications accept
+                # only delegated tokens, so a dedicated sync *user* (the vendor's "Create Sync
+                # User" step) is how Teams-to-Connect sync works; under MFA, a device-code member
+                # (no password) is the alternative (docs/azure-setup.md).
                 warnings.filterwarnings(
                     "ignore",
                     message="This API has been deprecated for public client flows",
@@ -266,10 +324,11 @@ class SyncUserTokenProvider:
 
 
 def sync_user_token_provider(
-    profile: Profile, *, password: str | None = None
+    profile: Profile, username: str | None = None, *, password: str | None = None
 ) -> SyncUserTokenProvider:
-    """The sync user's token provider. ``password`` overrides the stored one (for validation)."""
-    return SyncUserTokenProvider(profile, password=password)
+    """The token provider of the pool member ``username`` (None: the first member — a pool of
+    one is the seed's single sync user). ``password`` overrides the stored one (validation)."""
+    return SyncUserTokenProvider(profile, username=username, password=password)
 
 
 # --------------------------------------------------------------------------------------- admin
@@ -344,6 +403,104 @@ def _browser_sign_in(
         ) from exc
 
 
+def _interactive_sign_in(
+    app: Any,
+    profile: Profile,
+    method: str,
+    scopes: Sequence[str],
+    login_hint: str | None,
+    on_message: Callable[[DeviceCodePrompt | str], None],
+    timeout: float,
+    who: str,
+) -> dict[str, Any]:
+    """A device-code or browser sign-in through ``app`` (inside ``msal_errors``). A browser
+    sign-in on a host that cannot open one falls back to a device code (one line through
+    ``on_message``)."""
+    if method == "browser":
+        why = browser_unavailable()
+        if why:
+            on_message(
+                f"Cannot open a browser here ({why}); signing in with a device code instead."
+            )
+            method = "device_code"
+    if method != "device_code":
+        return _browser_sign_in(app, scopes, login_hint, timeout)
+    flow = app.initiate_device_flow(scopes=list(scopes))
+    if "user_code" not in flow:
+        raise classify(flow, who=who, tenant=profile.tenant_id or "", flow="admin")
+    on_message(
+        DeviceCodePrompt(
+            message=str(
+                flow.get("message")
+                or f"Go to {flow.get('verification_uri')} and enter {flow['user_code']}"
+            ),
+            user_code=str(flow["user_code"]),
+            verification_uri=str(flow.get("verification_uri") or ""),
+            expires_in=int(flow.get("expires_in") or 900),
+        )
+    )
+    return dict(app.acquire_token_by_device_flow(flow))
+
+
+def sync_user_interactive_sign_in(
+    profile: Profile,
+    username: str,
+    method: str,
+    *,
+    on_message: Callable[[DeviceCodePrompt | str], None],
+    timeout: float = SIGN_IN_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Sign a pool member in by device code or browser through our app (MFA as Entra asks); its
+    refresh token goes to the member's msal cache in the secret store, no password anywhere.
+
+    The person may sign in with another account on the sign-in page: that sign-in is refused
+    (``sync_user_mismatch``) and nothing of it is kept.
+    """
+    if method not in METHODS:
+        raise UsageError(
+            f"unknown sign-in method {method!r}", hint="use --device-code or --browser"
+        )
+    client_id = _require_client_id(profile)
+    cache = msal_apps.PersistentTokenCache(
+        profile.name, sync_pool.cache_identity(profile, username)
+    )
+    app = msal_apps.public_app(profile, client_id, cache)
+    with msal_apps.msal_errors(profile.authority):
+        result = _interactive_sign_in(
+            app, profile, method, SYNC_USER_SCOPES, username, on_message, timeout, username
+        )
+        if "access_token" not in result:
+            if method == "browser" and 7000218 in (result.get("error_codes") or ()):
+                raise SignInError(
+                    f"Azure login error: the browser sign-in of {username} came back, but the app "
+                    "registration has no 'Mobile and desktop applications' redirect URI, so Entra "
+                    "treats it as a web app that must send a secret (AADSTS7000218)",
+                    hint="use `--device-code` (nothing to register), or add http://localhost:8400 "
+                    "under App registrations > the app > Authentication > Mobile and desktop "
+                    "applications (http://localhost itself is taken by the Web platform, for "
+                    "consent)",
+                    aad_codes=(7000218,),
+                )
+            raise classify(result, who=username, tenant=profile.tenant_id or "", flow="password")
+        claims = dict(result.get("id_token_claims") or {})
+        signed_in = str(claims.get("preferred_username") or claims.get("upn") or "")
+        for account in app.get_accounts():  # only the member's own account stays
+            if str(account.get("username") or "").lower() != username.lower():
+                app.remove_account(account)
+        if signed_in.lower() != username.lower():
+            cache.save()
+            flag = "--browser" if method == "browser" else "--device-code"
+            raise SyncUserMismatch(
+                f"the sign-in was made as {signed_in or 'another account'}, not as {username}; "
+                "nothing was kept",
+                hint=f"run it again and sign in as {username} on the sign-in page "
+                f"(`presencectl sync-user sign-in --username {username} {flag}`; in a browser "
+                "with another account signed in, use a private window)",
+            )
+    cache.save()
+    return result
+
+
 class AdminTokenProvider:
     """Silent refresh of the admin's token (msal cache, refresh token) for Graph calls."""
 
@@ -409,34 +566,9 @@ def admin_sign_in(
             if result and "access_token" in result:
                 log.info("admin signed in silently from the token cache")
         if not result or "access_token" not in result:
-            if method == "browser":
-                why = browser_unavailable()
-                if why:
-                    on_message(
-                        f"Cannot open a browser here ({why}); signing in with a device "
-                        "code instead."
-                    )
-                    method = "device_code"
-            if method == "device_code":
-                flow = app.initiate_device_flow(scopes=list(scopes))
-                if "user_code" not in flow:
-                    raise classify(
-                        flow, who="the Azure admin", tenant=profile.tenant_id or "", flow="admin"
-                    )
-                on_message(
-                    DeviceCodePrompt(
-                        message=str(
-                            flow.get("message")
-                            or f"Go to {flow.get('verification_uri')} and enter {flow['user_code']}"
-                        ),
-                        user_code=str(flow["user_code"]),
-                        verification_uri=str(flow.get("verification_uri") or ""),
-                        expires_in=int(flow.get("expires_in") or 900),
-                    )
-                )
-                result = app.acquire_token_by_device_flow(flow)
-            else:
-                result = _browser_sign_in(app, scopes, login_hint, timeout)
+            result = _interactive_sign_in(
+                app, profile, method, scopes, login_hint, on_message, timeout, "the Azure admin"
+            )
     cache.save()
     if result and 65001 in (result.get("error_codes") or []):
         # The bootstrap client asks for directory-writing scopes that only a Global Administrator

@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from presencectl.sandbox import (
     connect_api,
@@ -46,12 +46,26 @@ class RequestCounter:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
+        counted = False
+
+        def count() -> None:
+            nonlocal counted
+            if not counted:
+                counted = True
+                route = scope.get("route")
+                self.world.stats.count(getattr(route, "name", None) or "unmatched")
+
+        async def counting_send(message: Message) -> None:
+            # Counted before the answer leaves: a client that has its answer must find its
+            # request in the stats (a test reading a counter right after a call).
+            if message["type"] in ("http.response.start", "websocket.accept", "websocket.close"):
+                count()
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, counting_send)
         finally:
-            route = scope.get("route")
-            name = getattr(route, "name", None) or "unmatched"
-            self.world.stats.count(name)
+            count()
 
 
 def make_hub(world: World) -> SignalRHub:

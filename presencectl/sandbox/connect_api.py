@@ -23,10 +23,19 @@ API, via ``world.events`` ``connect.presence``) is published as ``OnPresenceEven
 ``{<user id field>, "presenceState", "whenRaised"}`` through the SignalR hub to each live
 subscription. Missing or expired tokens get 401. Presence and directory requests pass the fault
 injector. The Connect unknowns are fault keys (``world.Faults``): ``feed_user_field`` (the
-event's user-id field), ``connect_write_delay_s`` (a PUT shows only after that delay),
-``connect_aggregation`` (``rank`` | ``last_writer``), ``connect_lenient_values`` (unknown values
-accepted and shown as given) and ``connect_throttle_per_min`` (429 + ``Retry-After`` past that
-many requests per minute per client); ``hub_affinity_cookie`` is served by the hub.
+event's user-id field, any name; ``a.b`` nests it), ``feed_event_id`` (each event also carries an
+``id`` of its own), ``feed_event_scope`` (``user``: the aggregate; ``session``: the state of the
+session that changed, named by ``resource``), ``connect_write_delay_s`` (a PUT shows only after
+that delay), ``connect_aggregation`` (``rank`` | ``last_writer``), ``connect_lenient_values``
+(unknown values accepted and shown as given), ``connect_throttle_per_min`` (429 + ``Retry-After``
+past that many requests per minute per client), ``connect_subscription_max_ttl_s`` (a longer
+``ttl`` → ``400 {"message"}``), ``connect_fields_param`` (``reject``: any ``fields`` → ``400
+{"message": "The given value is not supported."}``, full contacts without it, as
+Quraize/debrief-dashboards reports) and ``connect_contact_types`` (the ``type`` of people; empty:
+none); ``hub_affinity_cookie`` is served by the hub.
+
+The routes are built per resource: :func:`token_routes`, :func:`directory_routes`,
+:func:`presence_routes`, :func:`subscription_routes`; :func:`connect_routes` joins them.
 """
 
 from __future__ import annotations
@@ -95,6 +104,8 @@ def parse_ttl(text: Any) -> float | None:
 
 
 class ConnectError(Exception):
+    """An error answer: ``{"error", "message"}``; ``code=""``: the vendor's ``{"message"}``."""
+
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
@@ -103,11 +114,10 @@ class ConnectError(Exception):
         self.headers = headers or {}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(
-            {"error": self.code, "message": self.message},
-            status_code=self.status,
-            headers=self.headers,
-        )
+        body = {"error": self.code, "message": self.message} if self.code else {
+            "message": self.message
+        }
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 @dataclass
@@ -143,17 +153,38 @@ class ConnectFeed:
     async def _on_event(self, kind: str, payload: dict[str, Any]) -> None:
         if kind != "connect.presence" or self.hub is None:
             return
-        wire_payload = event_payload(payload, self.world.faults.feed_user_field)
+        faults = self.world.faults
         for sub in self.live():
             self.events_published += 1
+            wire_payload = event_payload(
+                payload,
+                faults.feed_user_field,
+                scope=faults.feed_event_scope,
+                event_id=faults.feed_event_id,
+            )
             await self.hub.publish("OnPresenceEvent", [wire_payload], subscription_id=sub.id)
 
 
-def event_payload(change: dict[str, Any], user_field: str) -> dict[str, Any]:
-    """The hub's event for a change, the user id under ``user_field`` (``user.id``: nested)."""
-    payload = {k: v for k, v in change.items() if k != "userId"}
+def event_payload(
+    change: dict[str, Any], user_field: str, *, scope: str = "user", event_id: bool = False
+) -> dict[str, Any]:
+    """The hub's event for a change: the user id under ``user_field`` (``a.b``: nested); with
+    ``scope`` ``session`` the state of the session that changed (and its ``resource``) instead
+    of the user's aggregate; with ``event_id`` an ``id`` of the event's own."""
+    payload: dict[str, Any] = {"whenRaised": change.get("whenRaised")}
+    if scope == "session":
+        payload["presenceState"] = change.get("resourceState")
+        payload["resource"] = change.get("resource")
+    else:
+        payload["presenceState"] = change.get("presenceState")
+    if event_id:
+        payload["id"] = str(uuid.uuid4())
     head, dot, tail = user_field.partition(".")
-    payload[head] = {tail: change.get("userId")} if dot else change.get("userId")
+    if dot:
+        nested = payload.get(head)
+        payload[head] = {**(nested if isinstance(nested, dict) else {}), tail: change.get("userId")}
+    else:
+        payload[head] = change.get("userId")
     return payload
 
 
@@ -256,6 +287,16 @@ def _decode_offset(token: str) -> int | None:
 def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
     """The Connect login, directory, presence and subscription routes."""
     feed = _feed(world, hub)
+    return [
+        *token_routes(world),
+        *directory_routes(world),
+        *presence_routes(world),
+        *subscription_routes(world, hub, feed),
+    ]
+
+
+def token_routes(world: World) -> list[BaseRoute]:
+    """``POST {LOGIN}/user/connect/token``: client credentials, one api.service.* scope."""
 
     async def token(request: Request) -> Response:
         raw_form = (await request.body()).decode("utf-8", "replace")
@@ -302,10 +343,31 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
             headers={"Cache-Control": "no-store"},
         )
 
+    return [Route(f"{LOGIN}/user/connect/token", token, methods=["POST"], name="connect.token")]
+
+
+def _user_contact(world: World, person: Person) -> dict[str, Any]:
+    """A user's contact with the ``type`` of ``connect_contact_types`` (empty: no type)."""
+    contact = person.connect_contact()
+    kind = world.faults.connect_contact_types
+    if kind:
+        contact["type"] = kind
+    else:
+        contact.pop("type", None)
+    return contact
+
+
+def directory_routes(world: World) -> list[BaseRoute]:
+    """``GET {API}/address-book/v3/accounts/_me/contacts``: every contact, page by page."""
+
     async def contacts(request: Request) -> Response:
         try:
             await _guard(world, request, ADDRESS_BOOK)
             params = request.query_params
+            fields_param = params.get("fields")
+            rejects_fields = world.faults.connect_fields_param == "reject"
+            if fields_param is not None and rejects_fields:
+                raise ConnectError(400, "", "The given value is not supported.")
             offset = 0
             raw = params.get("offsetToken")
             if raw:
@@ -321,15 +383,17 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
                 raise ConnectError(
                     400, "invalid_request", f"count must be between 1 and {MAX_PAGE_SIZE}."
                 )
-            every = "_all" in params.get("fields", "").split(",")
+            # Without `fields`: the SDK's model (only id, type, displayName), unless the service
+            # takes no `fields` at all, which then answers every field (Quraize's client).
+            every = rejects_fields or "_all" in (fields_param or "").split(",")
             users = [p for p in world.people if p.connect_id is not None]
             total = len(users) + len(OTHER_CONTACTS)
-            page = [p.connect_contact() for p in users[offset : offset + count]]
+            page = [_user_contact(world, p) for p in users[offset : offset + count]]
             if offset + count > len(users):
                 start = max(0, offset - len(users))
                 page += other_contacts(world)[start : start + count - len(page)]
             if not every:
-                page = [{k: c.get(k) for k in ("id", "type", "displayName")} for c in page]
+                page = [{k: c[k] for k in ("id", "type", "displayName") if k in c} for c in page]
             following = offset + count
             return JSONResponse(
                 {
@@ -342,6 +406,14 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
         except DroppedConnection:
             return Response(status_code=500)
 
+    return [
+        Route(f"{API}/address-book/v3/accounts/_me/contacts", contacts, methods=["GET"],
+              name="connect.contacts"),
+    ]
+
+
+def presence_routes(world: World) -> list[BaseRoute]:
+    """``GET|PUT|DELETE {API}/messaging/v1/presence/accounts/_me/users/{id}[?resource=R]``."""
     pending: dict[tuple[str, str], int] = {}  # (user id, resource) → writes not yet visible
     tasks: set[asyncio.Task[None]] = set()
 
@@ -350,12 +422,15 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
 
     async def apply_write(person: Person, resource: str, value: str | None) -> None:
         state = state_of(person)
+        previous = state.resources.get(resource)
         if value is None:
             changed = bool(state.clear(resource))
         else:
             changed = state.set(resource, value, world.clock.now(), lenient=True)
-        if changed:
-            await publish_connect_change(world, person)
+        # session-scoped events follow each session; user-scoped ones the aggregate only
+        session_changed = (previous.status if previous else None) != value
+        if changed or (world.faults.feed_event_scope == "session" and session_changed):
+            await publish_connect_change(world, person, resource)
 
     async def apply_later(person: Person, resource: str, value: str | None, delay: float) -> None:
         key = (str(person.connect_id), resource)
@@ -427,6 +502,17 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
         except DroppedConnection:
             return Response(status_code=500)
 
+    path = f"{API}/messaging/v1/presence/accounts/_me/users/{{user_id}}"
+    return [
+        Route(path, presence, methods=["GET"], name="connect.presence.get"),
+        Route(path, presence, methods=["PUT"], name="connect.presence.put"),
+        Route(path, presence, methods=["DELETE"], name="connect.presence.delete"),
+    ]
+
+
+def subscription_routes(world: World, hub: Any, feed: ConnectFeed) -> list[BaseRoute]:
+    """Change-feed subscriptions: create, renew, delete (their events go out through ``feed``)."""
+
     def hub_base() -> str:
         # The hub is named by host name, not an IP literal: cookies (the hub's sticky-session
         # cookie) are not kept for IP hosts by cookie jars that follow RFC 6265 (aiohttp's).
@@ -450,6 +536,9 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
         ttl = parse_ttl(raw)
         if ttl is None or ttl <= 0 or ttl > MAX_TTL:
             raise ConnectError(400, "invalid_request", f"Invalid ttl {raw!r}.")
+        cap = world.faults.connect_subscription_max_ttl_s
+        if cap > 0 and ttl > cap:
+            raise ConnectError(400, "", f"The ttl must not exceed {int(cap)} seconds.")
         return ttl
 
     async def read_json(request: Request) -> Any:
@@ -507,15 +596,8 @@ def connect_routes(world: World, hub: Any) -> list[BaseRoute]:
         except ConnectError as exc:
             return exc.response()
 
-    presence_path = f"{API}/messaging/v1/presence/accounts/_me/users/{{user_id}}"
     subs = f"{API}/messaging/v1/subscriptions"
     return [
-        Route(f"{LOGIN}/user/connect/token", token, methods=["POST"], name="connect.token"),
-        Route(f"{API}/address-book/v3/accounts/_me/contacts", contacts, methods=["GET"],
-              name="connect.contacts"),
-        Route(presence_path, presence, methods=["GET"], name="connect.presence.get"),
-        Route(presence_path, presence, methods=["PUT"], name="connect.presence.put"),
-        Route(presence_path, presence, methods=["DELETE"], name="connect.presence.delete"),
         Route(f"{subs}/accounts/_me/users/_all", subscribe, methods=["POST"],
               name="connect.subscriptions.create"),
         Route(f"{subs}/{{sub_id}}/renew", renew, methods=["POST"],

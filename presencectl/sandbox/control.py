@@ -1,9 +1,9 @@
 """The sandbox control API (``/_sandbox/...``, docs/architecture.md) except presence.
 
-Owns: health, profile, users (add, password change), device-code approval, clock, faults and
-stats. The presence control endpoints (``/_sandbox/teams/*``, ``/_sandbox/connect/*``) come from
-``presence_control.control_routes(world)`` (see app.py). JSON in and out; errors are
-``{"error": {"code", "message"}}`` with 400/404.
+Owns: health, profile, users (add, password change, sessions revoked), device-code approval,
+clock, faults and stats. The presence control endpoints (``/_sandbox/teams/*``,
+``/_sandbox/connect/*``) come from ``presence_control.control_routes(world)`` (see app.py).
+JSON in and out; errors are ``{"error": {"code", "message"}}`` with 400/404.
 """
 
 from __future__ import annotations
@@ -66,7 +66,49 @@ def profile_document(world: World) -> dict[str, Any]:
         "sync_user": sync.email,
         "sync_user_password": sync.password,
         "users": len(world.people),
+        # an OIDC issuer of the sandbox's own, for federated credentials (client_assertions.py)
+        "oidc_issuer": f"{world.base_url}/_sandbox/oidc",
     }
+
+
+def oidc_routes(world: World) -> list[BaseRoute]:
+    """The sandbox as an OIDC issuer (metadata, keys, tokens on request), as a Kubernetes
+    cluster or a CI system is one: the federated credential's other half."""
+    from presencectl.sandbox.client_assertions import EXCHANGE_AUDIENCE, OIDC_PATH, client_auth_of
+
+    def issuer() -> str:
+        return f"{world.base_url}{OIDC_PATH}"
+
+    async def metadata(request: Request) -> Response:
+        return JSONResponse({
+            "issuer": issuer(), "jwks_uri": f"{issuer()}/keys",
+            "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+        })  # fmt: skip
+
+    async def keys(request: Request) -> Response:
+        return JSONResponse(client_auth_of(world).jwks())
+
+    async def token(request: Request) -> Response:
+        data = await json_body(request)
+        if isinstance(data, JSONResponse):
+            return data
+        subject = str(data.get("subject") or "")
+        if not subject:
+            return control_error(400, "invalid_subject", "'subject' is required")
+        lifetime = data.get("lifetime_s", 3600)
+        if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool):
+            return control_error(400, "invalid_lifetime", "'lifetime_s' must be a number")
+        audience = str(data.get("audience") or EXCHANGE_AUDIENCE)
+        minted = client_auth_of(world).mint(issuer(), subject, audience, float(lifetime))
+        return JSONResponse({"token": minted, "issuer": issuer()})
+
+    return [
+        Route(f"{OIDC_PATH}/.well-known/openid-configuration", metadata, methods=["GET"],
+              name="sandbox_oidc_metadata"),
+        Route(f"{OIDC_PATH}/keys", keys, methods=["GET"], name="sandbox_oidc_keys"),
+        Route(f"{OIDC_PATH}/token", token, methods=["POST"], name="sandbox_oidc_token"),
+    ]  # fmt: skip
 
 
 def control_routes(world: World) -> list[BaseRoute]:
@@ -133,6 +175,23 @@ def control_routes(world: World) -> list[BaseRoute]:
         person.password = password
         person.flags.discard("must_change_password")
         return JSONResponse(person_document(person))
+
+    async def revoke_sessions(request: Request) -> Response:
+        """What an admin's "Revoke sessions" (Graph revokeSignInSessions) or a sign-in frequency
+        policy does to a user's refresh tokens: each is refused from now on, invalid_grant with
+        AADSTS50173 (revoked) or AADSTS70043 (sign_in_frequency)."""
+        person = world.person_by_email(request.path_params["email"])
+        if person is None or person.azure_id is None:
+            return control_error(404, "not_found", "no such Azure user")
+        data = await json_body(request)
+        if isinstance(data, JSONResponse):
+            return data
+        reason = str(data.get("reason") or "revoked")
+        codes = {"revoked": 50173, "sign_in_frequency": 70043}
+        if reason not in codes:
+            return control_error(400, "invalid_reason", "'reason' is revoked or sign_in_frequency")
+        count = world.revoke_sessions(person.azure_id, codes[reason])
+        return JSONResponse({"user": person.upn, "revoked": count, "aadsts": codes[reason]})
 
     async def approve_device_code(request: Request) -> Response:
         data = await json_body(request)
@@ -205,6 +264,12 @@ def control_routes(world: World) -> list[BaseRoute]:
             name="sandbox_password",
         ),
         Route(
+            "/_sandbox/users/{email}/revoke",
+            revoke_sessions,
+            methods=["POST"],
+            name="sandbox_revoke_sessions",
+        ),
+        Route(
             "/_sandbox/devicecode/approve",
             approve_device_code,
             methods=["POST"],
@@ -213,6 +278,7 @@ def control_routes(world: World) -> list[BaseRoute]:
         Route("/_sandbox/clock/advance", advance_clock, methods=["POST"], name="sandbox_clock"),
         Route("/_sandbox/faults", faults, methods=["GET", "POST"], name="sandbox_faults"),
         Route("/_sandbox/stats", stats, methods=["GET", "DELETE"], name="sandbox_stats"),
+        *oidc_routes(world),
     ]
 
 

@@ -31,6 +31,11 @@ from presencectl.sandbox.app_rules import (
     mark_created,
     replicating,
 )
+from presencectl.sandbox.client_assertions import (
+    federated_credential_routes,
+    merge_key_credentials,
+    readable_key_credentials,
+)
 from presencectl.sandbox.entra import add_app_role_assignment, add_permission_grant
 from presencectl.sandbox.errors import GraphError, bad_request, bearer_claims, not_found, require
 from presencectl.sandbox.microsoft_ids import GLOBAL_ADMIN_ROLE_TEMPLATE_ID
@@ -54,6 +59,9 @@ USER_READ_SCOPES = (
     "Directory.ReadWrite.All",
 )
 ME_SCOPES = ("User.Read", "User.ReadWrite", *USER_READ_SCOPES)
+USER_WRITE = ("User.ReadWrite.All", "Directory.ReadWrite.All")
+# User Administrator, a role that may create and delete users (Entra built-in roles).
+USER_ADMIN = "User Administrator"
 APP_READ = (
     "Application.Read.All",
     "Application.ReadWrite.All",
@@ -86,6 +94,7 @@ APP_PATCHABLE = (
     "notes",
     "description",
     "tags",
+    "keyCredentials",  # replaced whole: sandbox/client_assertions.py merge_key_credentials
 )
 
 
@@ -359,6 +368,92 @@ class DirectoryEndpoints:
         select = _select_param(request)
         return JSONResponse(_select(body, ["@odata.context", *select]) if select else body)
 
+    def require_user_admin(self, claims: Claims) -> None:
+        """Creating or deleting users: User.ReadWrite.All (or Directory.ReadWrite.All), and a
+        signed-in admin must hold a role that may manage users (user-post-users.md)."""
+        require(claims, app_roles=USER_WRITE, scopes=USER_WRITE)
+        if claims.kind == "delegated":
+            caller = self.world.person_by_azure_id(claims.oid or "")
+            if caller is None or not ({GLOBAL_ADMIN, USER_ADMIN} & caller.roles):
+                raise GraphError(
+                    403,
+                    "Authorization_RequestDenied",
+                    "Insufficient privileges to complete the operation.",
+                )
+
+    async def create_user(self, request: Request) -> Response:
+        """``POST /users`` with the properties user-post-users.md requires: accountEnabled,
+        displayName, mailNickname, userPrincipalName (a verified domain of the tenant),
+        passwordProfile.password; ``passwordPolicies`` as the user resource allows."""
+        claims = self.claims(request)
+        self.require_user_admin(claims)
+        data = await _json(request)
+        missing = [
+            k
+            for k in ("accountEnabled", "displayName", "mailNickname", "userPrincipalName")
+            if data.get(k) in (None, "")
+        ]
+        profile = data.get("passwordProfile") or {}
+        if not isinstance(profile, dict) or not profile.get("password"):
+            missing.append("passwordProfile")
+        if missing:
+            raise bad_request(
+                f"Property '{missing[0]}' is required.", code="Request_BadRequest"
+            )
+        upn = str(data["userPrincipalName"])
+        if upn.rsplit("@", 1)[-1].lower() != self.world.domain:
+            raise bad_request(
+                "The domain portion of the userPrincipalName property is invalid. You must use "
+                "one of the verified domain names in your organization.",
+                code="Request_BadRequest",
+            )
+        if self.world.person_by_email(upn) is not None:
+            raise bad_request(
+                "Another object with the same value for property userPrincipalName already "
+                "exists.",
+                code="Request_BadRequest",
+            )
+        password = str(profile["password"])
+        classes = sum(
+            any(test(c) for c in password)
+            for test in (str.islower, str.isupper, str.isdigit, lambda c: not c.isalnum())
+        )
+        if not 8 <= len(password) <= 256 or classes < 3:
+            raise bad_request(
+                "The specified password does not comply with password complexity requirements. "
+                "Please provide a different password.",
+                code="Request_BadRequest",
+            )
+        policies = {p.strip() for p in str(data.get("passwordPolicies") or "").split(",") if p}
+        unknown = policies - {"DisablePasswordExpiration", "DisableStrongPassword"}
+        if unknown:
+            raise bad_request(
+                "Invalid value specified for property 'passwordPolicies' of resource 'User'.",
+                code="Request_BadRequest",
+            )
+        person = Person(
+            email=upn,
+            display_name=str(data["displayName"]),
+            azure_id=self.world.new_id(),
+            upn=upn,
+            password=password,
+        )
+        if profile.get("forceChangePasswordNextSignIn", True):
+            person.flags.add("must_change_password")
+        if data.get("accountEnabled") is False:
+            person.flags.add("disabled")
+        self.world.add_person(person)
+        body = {"@odata.context": f"{self.base()}/$metadata#users/$entity", **person.graph_user()}
+        return JSONResponse(body, status_code=201)
+
+    async def delete_user(self, request: Request) -> Response:
+        """``DELETE /users/{id}`` (user-delete.md): 204 No Content."""
+        claims = self.claims(request)
+        self.require_user_admin(claims)
+        person = self.user_lookup(request.path_params["user"])
+        self.world.remove_person(person)
+        return Response(status_code=204)
+
     # ------------------------------------------------------------------ applications
     def application(self, request: Request) -> dict[str, Any]:
         app = _by_key(
@@ -369,7 +464,10 @@ class DirectoryEndpoints:
         return app
 
     def public_app(self, app: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in app.items() if not k.startswith("_")}
+        shown = {k: v for k, v in app.items() if not k.startswith("_")}
+        shown["keyCredentials"] = readable_key_credentials(app)  # Graph never returns a key
+        shown.pop("federatedIdentityCredentials", None)  # a navigation property, not a field
+        return shown
 
     async def create_application(self, request: Request) -> Response:
         claims = self.claims(request)
@@ -460,6 +558,8 @@ class DirectoryEndpoints:
         duplicate = duplicate_redirect_uri({**app, **data})
         if duplicate is not None:
             raise duplicate
+        if "keyCredentials" in data:
+            data["keyCredentials"] = merge_key_credentials(app, data["keyCredentials"])
         app.update(data)
         sp = self.world.service_principal_by_app_id(app["appId"])
         if sp is not None and "displayName" in data:
@@ -765,7 +865,10 @@ class DirectoryEndpoints:
                 "graph_me_roles",
             ),
             r("/users", self.users, ["GET"], "graph_users"),
+            r("/users", self.create_user, ["POST"], "graph_users_create"),
             r("/users/{user}", self.user, ["GET"], "graph_user"),
+            r("/users/{user}", self.delete_user, ["DELETE"], "graph_user_delete"),
+            *federated_credential_routes(self.application, self.claims, lambda _: self.base()),
             r("/applications", self.create_application, ["POST"], "graph_applications_create"),
             r("/applications", self.list_applications, ["GET"], "graph_applications"),
             r("/applications/{app}", self.get_application, ["GET"], "graph_application"),

@@ -36,6 +36,7 @@ from starlette.responses import (
 )
 from starlette.routing import BaseRoute, Route
 
+from presencectl.sandbox.client_assertions import OIDC_PATH, client_auth_of
 from presencectl.sandbox.errors import entra_error
 from presencectl.sandbox.microsoft_ids import GRAPH_APP_ID, GRAPH_RESOURCE
 from presencectl.sandbox.people import ADMIN_EMAIL, GLOBAL_ADMIN, Person
@@ -486,7 +487,7 @@ class EntraEndpoints:
         if kind == "unknown":
             return self.unknown_client(client_id)
         if grant == "client_credentials":
-            return self.client_credentials(client_id, kind, form)
+            return self.client_credentials(client_id, kind, form, request)
         if grant == "password":
             return self.password(client_id, kind, app, form)
         if grant == "refresh_token":
@@ -497,11 +498,23 @@ class EntraEndpoints:
             return self.authorization_code(client_id, kind, app, form)
         return entra_error("unsupported_grant_type", 70003, grant_type=grant)
 
-    def client_credentials(self, client_id: str, kind: str, form: dict[str, str]) -> Response:
+    def client_credentials(
+        self, client_id: str, kind: str, form: dict[str, str], request: Request
+    ) -> Response:
         world = self.world
         if kind != "app":
             return entra_error("invalid_client", 7000218, status=401)
-        error = self.client_secret_error(client_id, form.get("client_secret"))
+        if form.get("client_assertion") or form.get("client_assertion_type"):
+            # a certificate or a federated token instead of a secret (sandbox/client_assertions.py)
+            app = world.application_by_app_id(client_id) or {}
+            base = f"{request.url.scheme}://{request.url.netloc}"
+            token_urls = [str(request.url).split("?")[0],
+                          f"{base}/{world.tenant_id}/oauth2/v2.0/token"]  # fmt: skip
+            error = client_auth_of(world).check(app, form, token_urls, f"{base}{OIDC_PATH}")
+        else:
+            error = self.client_secret_error(client_id, form.get("client_secret"))
+            if error is None:
+                client_auth_of(world).count_secret()
         if error is not None:
             return error
         scopes = _split_scopes(form.get("scope"))
@@ -594,6 +607,8 @@ class EntraEndpoints:
         grant = world.refresh_tokens.get(form.get("refresh_token", ""))
         if grant is None or grant.client_id != client_id or grant.exp <= world.clock.now():
             return entra_error("invalid_grant", 70000)
+        if grant.revoked:
+            return entra_error("invalid_grant", grant.revoked)
         person = world.person_by_azure_id(grant.oid)
         if person is None:
             return entra_error("invalid_grant", 50034, user=grant.oid, tenant=world.domain)
@@ -674,6 +689,19 @@ class EntraEndpoints:
             error = self.client_secret_error(client_id, form.get("client_secret"))
             if error is not None:
                 return error
+        if (
+            kind == "app"
+            and not form.get("client_secret")
+            and not redirect_uri_registered(
+                code.redirect_uri,
+                list(((app or {}).get("publicClient") or {}).get("redirectUris") or []),
+            )
+        ):
+            # A redirect URI registered on the "Web" platform makes the redemption a confidential
+            # client's: without a secret Entra answers 7000218 (msal-dotnet issue 1391, msal-java
+            # issue 818: a public client's browser sign-in needs its URI under "Mobile and
+            # desktop applications").
+            return entra_error("invalid_client", 7000218, status=401)
         person = world.person_by_azure_id(code.oid)
         if person is None:
             return entra_error("invalid_grant", 70000)

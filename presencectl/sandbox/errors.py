@@ -198,6 +198,11 @@ ENTRA_MESSAGES: dict[int, str] = {
     "signing into the correct cloud.",
     70000: "The provided value for the 'refresh_token' or 'code' is invalid, expired or revoked.",
     700082: "The refresh token has expired due to inactivity.",
+    50173: "The provided grant has expired due to it being revoked, and a fresh auth token is "
+    "needed. Either an admin or a user revoked the tokens for this user, causing subsequent "
+    "token refreshes to fail and require reauthentication. Have the user sign in again.",
+    70043: "The refresh token has expired or is invalid due to sign-in frequency checks by "
+    "Conditional Access.",
     70016: "OAuth 2.0 device flow error. Authorization is pending. Continue polling.",
     70019: "Verification code expired.",
     70011: "The provided request must include a 'scope' input parameter.",

@@ -1,8 +1,9 @@
 """The sandbox's Graph presence change notifications: subscriptions and their delivery.
 
-Owns ``POST/GET/PATCH/DELETE /v1.0/subscriptions`` and ``POST /v1.0/subscriptions/{id}/reauthorize``
-for ``/communications/presences?$filter=id in (…)`` and ``communications/presences/{id}``, the
-delivery of change and lifecycle notifications, and the control route ``POST /_sandbox/certs``.
+Owns ``POST/GET/PATCH/DELETE /v1.0/subscriptions`` (GET on the collection lists them) and
+``POST /v1.0/subscriptions/{id}/reauthorize`` for ``/communications/presences?$filter=id in
+(…)`` and ``communications/presences/{id}``, the delivery of change and lifecycle
+notifications, and the control route ``POST /_sandbox/certs``.
 Written from microsoft-graph-docs-contrib (concepts/changenotifications-for-presence.md,
 change-notifications-delivery-webhooks.md, change-notifications-with-resource-data.md,
 change-notifications-lifecycle-events.md, api-reference/v1.0/api/subscription-post-subscriptions.md,
@@ -11,9 +12,18 @@ resources/subscription.md) and learn.microsoft.com/graph/changenotifications-for
 - delegated tokens only (Presence.Read.All), at most 650 ids, at most 60 minutes, ``changeType``
   ``updated``, ``clientState`` at most 128 characters;
 - one presence subscription per creating user per application (Microsoft: "A single user can
-  create one presence subscription per unique application"); and, as the project's contract asks
-  (no public source), a user id already in a live subscription of the same application is
-  refused with a 400 naming it;
+  create one presence subscription per unique application"); a second is refused with **409**
+  and the body Graph sends (code ``ExtensionError``, "Operation: Create; Exception: [Status
+  Code: Conflict; Reason: A subscripton already exists. It must be deleted before a another can
+  be made.]", typo included: microsoft-graph-docs-contrib issue 2219, msgraph-sdk-go issue 596,
+  msgraph-beta-sdk-dotnet issue 174); and, as the project's contract asks (no public source), a
+  user id already in a live subscription of the same application is refused with a 400 naming
+  it;
+- ``GET /subscriptions`` (subscription-list.md): with a delegated token the subscriptions this
+  application created for the signed-in user, with an application token all of this
+  application's; ``clientState`` always null ("not returned for security purposes"). A
+  subscription lives until it expires or is deleted: the sandbox cannot know that its creator
+  died, nor does Graph;
 - ``notificationUrl`` (and ``lifecycleNotificationUrl``) must be HTTPS and pass the
   ``validationToken`` handshake within 10 s (200, text/plain, the decoded token). The one
   deviation: a sandbox started with ``allow_http_notifications`` also takes ``http://`` loopback;
@@ -551,10 +561,11 @@ def _handlers(world: World) -> dict[str, Callable[[Request], Awaitable[Response]
         mine = [s for s in live if s.application_id == claims.appid]
         for sub in mine:
             if sub.creator_id == claims.oid:
-                raise bad_request(
-                    "A user can create only one presence subscription per application; "
-                    f"subscription '{sub.id}' already exists."
-                )
+                raise GraphError(
+                    409, "ExtensionError",
+                    "Operation: Create; Exception: [Status Code: Conflict; Reason: A subscripton "
+                    "already exists. It must be deleted before a another can be made.]",
+                )  # fmt: skip
         taken = {uid for s in mine for uid in s.user_ids}
         for user_id in user_ids:
             if user_id in taken:
@@ -595,6 +606,20 @@ def _handlers(world: World) -> dict[str, Callable[[Request], Awaitable[Response]
 
     async def get(request: Request) -> Response:
         return JSONResponse(owned(request, bearer_claims(world, request)).to_json())
+
+    async def list_all(request: Request) -> Response:
+        claims = bearer_claims(world, request)
+        listed = [
+            {**s.to_json(), "clientState": None}
+            for s in notifier(world).live()
+            if s.application_id == claims.appid
+            and (claims.kind != "delegated" or s.creator_id == claims.oid)
+        ]
+        for item in listed:
+            item.pop("@odata.context", None)
+        return JSONResponse(
+            {"@odata.context": f"{GRAPH_BASE}/$metadata#subscriptions", "value": listed}
+        )
 
     async def patch(request: Request) -> Response:
         sub = owned(request, bearer_claims(world, request))
@@ -637,9 +662,21 @@ def _handlers(world: World) -> dict[str, Callable[[Request], Awaitable[Response]
         name: guarded(h)
         for name, h in {
             "create": create, "get": get, "patch": patch, "delete": delete,
-            "reauthorize": reauthorize,
+            "reauthorize": reauthorize, "list": list_all,
         }.items()
     }  # fmt: skip
+
+
+def _loopback_name(hostname: str) -> bool:
+    """``localhost`` or a loopback address (127.0.0.0/8, ::1)."""
+    import ipaddress
+
+    if hostname.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _certs_handler(world: World) -> Callable[[Request], Awaitable[Response]]:
@@ -655,6 +692,16 @@ def _certs_handler(world: World) -> Callable[[Request], Awaitable[Response]]:
                 {"error": {"code": "invalid_request", "message": "send {\"hostname\": \"…\"}"}},
                 status_code=400,
             )
+        if not _loopback_name(hostname):
+            # The CA is trusted by every profile written for this sandbox: it signs loopback
+            # names only, never a name a real site answers to.
+            return JSONResponse(
+                {"error": {"code": "invalid_request", "message": (
+                    f"{hostname!r} is not a loopback name: the sandbox CA signs localhost, "
+                    "127.0.0.0/8 and ::1 only"
+                )}},
+                status_code=400,
+            )  # fmt: skip
         if ca is None:
             return JSONResponse(
                 {"error": {"code": "no_ca", "message": "this sandbox has no CA"}}, status_code=409
@@ -677,6 +724,8 @@ def notification_routes(world: World) -> list[BaseRoute]:
     return [
         Route("/v1.0/subscriptions", subs["create"], methods=["POST"],
               name="graph.subscriptions.create"),
+        Route("/v1.0/subscriptions", subs["list"], methods=["GET"],
+              name="graph.subscriptions.list"),
         Route(one, subs["get"], methods=["GET"], name="graph.subscriptions.get"),
         Route(one, subs["patch"], methods=["PATCH"], name="graph.subscriptions.renew"),
         Route(one, subs["delete"], methods=["DELETE"], name="graph.subscriptions.delete"),

@@ -17,6 +17,10 @@ Written from Microsoft's own material, each row checked by hand:
   Graph service principal (merill/graph-permissions-explorer). Unverified: the client does not use
   these two (setup-azure grants Presence.ReadWrite.All, which also reads presence).
 
+- ``M``: Microsoft Graph's permission reference as mirrored in public code (Id
+  ``204e0828-…``, Consent Type Admin, "Read and write all users' full profiles"); the client asks
+  for it only to create sync users (`sync-user add --create`).
+
 presencectl/graph/permissions.py must agree with this table; a test proves that a wrong id in the
 client is refused by the sandbox (tests/test_sandbox_microsoft_ids.py).
 """
@@ -47,6 +51,7 @@ GRAPH_SCOPE_IDS: dict[str, tuple[str, str]] = {
     "Presence.ReadWrite": ("8d3c54a7-cf58-4773-bf81-c0cd6ad522bb", "User"),  # U
     "Application.ReadWrite.All": ("bdfbf15f-ee85-4955-8675-146e8e5296b5", "Admin"),  # G
     "AppRoleAssignment.ReadWrite.All": ("84bccea3-f856-4a8a-967b-dbe0a3d53a64", "Admin"),  # G
+    "User.ReadWrite.All": ("204e0828-b5ca-4ad8-b9f3-f32a958e7cc4", "Admin"),  # M
     "DelegatedPermissionGrant.ReadWrite.All": (
         "41ce6ca6-6826-4807-84f1-1c82854f7ee5",
         "Admin",

@@ -135,16 +135,20 @@ def connect_document(world: World, person: Person) -> dict[str, Any]:
     }
 
 
-async def publish_connect_change(world: World, person: Person) -> None:
-    """Tell listeners (the Connect change feed) that a user's Connect aggregate changed."""
+async def publish_connect_change(world: World, person: Person, resource: str) -> None:
+    """Tell listeners (the Connect change feed) that a user's Connect aggregate changed, by a
+    write to ``resource`` (whose own state, ``offline`` once cleared, goes along for the fault
+    key ``feed_event_scope: session``)."""
+    state = person.connect.aggregate_with(world.faults.connect_aggregation)
+    session = state.resources.get(resource)
     await world.events.publish(
         "connect.presence",
         {
             "userId": person.connect_id,
-            "presenceState": person.connect.aggregate_with(
-                world.faults.connect_aggregation
-            ).status,
+            "presenceState": state.status,
             "whenRaised": iso(world.clock.now()),
+            "resource": resource,
+            "resourceState": session.status if session is not None else "offline",
         },
     )
 
@@ -215,8 +219,13 @@ def control_routes(world: World) -> list[BaseRoute]:
                     f"'status' must be one of {', '.join(sorted(CONNECT_STATUSES))}",
                 )
             state = person.connect.aggregate_with(world.faults.connect_aggregation)
-            if state.set(APP_RESOURCE, status.lower(), world.clock.now()):
-                await publish_connect_change(world, person)
+            previous = state.resources.get(APP_RESOURCE)
+            changed = state.set(APP_RESOURCE, status.lower(), world.clock.now())
+            by_session = world.faults.feed_event_scope == "session" and (
+                previous is None or previous.status != status.lower()
+            )
+            if changed or by_session:
+                await publish_connect_change(world, person, APP_RESOURCE)
             return JSONResponse(connect_document(world, person))
         except ControlError as exc:
             return exc.response()

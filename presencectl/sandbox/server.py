@@ -14,7 +14,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +98,11 @@ class SandboxServer:
         self.world.ca_bundle = self.ca_bundle
 
         app = build_app(self.world)
+        from presencectl.transport import route_uvicorn_logs
+
         config = uvicorn.Config(
             app,
+            log_config=None,  # uvicorn's records go through our handler (route_uvicorn_logs)
             log_level=self.log_level,
             ssl_certfile=certfile,
             ssl_keyfile=keyfile,
@@ -114,6 +117,7 @@ class SandboxServer:
             timeout_keep_alive=120,
             http=_tracked_h11(self.world),
         )
+        route_uvicorn_logs(access=self.log_level == "debug")
         self._server = uvicorn.Server(config)
         started = threading.Event()
         failure: list[BaseException] = []
@@ -285,7 +289,7 @@ def running_sandbox(
     throttle: int = 1500,
     throttle_window: float = 30.0,
     fault_rate: float = 0.0,
-    auto_approve: str | None = None,
+    auto_approve: str | Sequence[str] | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
     token_lifetime: int = DEFAULT_TOKEN_LIFETIME,

@@ -70,6 +70,8 @@ class Stats:
     in_retry_after_window: int = 0
     writes: int = 0
     faults_injected: int = 0
+    # token requests of confidential clients, by how they proved themselves (client_assertions.py)
+    token_requests_by_client_auth: Counter[str] = field(default_factory=Counter)
 
     def count(self, endpoint: str, n: int = 1) -> None:
         self.requests[endpoint] += n
@@ -82,6 +84,10 @@ class Stats:
             "in_retry_after_window": self.in_retry_after_window,
             "writes": self.writes,
             "faults_injected": self.faults_injected,
+            "token_requests_by_client_auth": {
+                kind: self.token_requests_by_client_auth[kind]
+                for kind in ("secret", "certificate", "federated")
+            },
         }
 
 
@@ -106,22 +112,32 @@ class Faults:
     replication_lag_s: float = 0.0
     batch_envelope_status: int = 0
     # Connect unknowns
-    feed_user_field: str = "userId"
-    hub_affinity_cookie: bool = False
+    feed_user_field: str = "userId"  # any name; "a.b" nests the id under an object
+    feed_event_id: bool = False  # events carry their own "id" (an event id)
+    feed_event_scope: str = "user"  # user: the aggregate; session: the changed session's state
+    # Sticky hub sessions: on by default (the public monitor replays the negotiate cookies to
+    # reach the hub: ips_extend_monitoring commit e979fef)
+    hub_affinity_cookie: bool = True
     connect_write_delay_s: float = 0.0
     connect_aggregation: str = "rank"
     connect_lenient_values: bool = False
     connect_throttle_per_min: int = 0
+    connect_subscription_max_ttl_s: float = 0.0  # 0: up to a day; longer asked → 400
+    connect_fields_param: str = "accept"  # reject: any `fields` → 400 (full contacts without)
+    connect_contact_types: str = "user"  # the `type` people have ("" → no type at all)
     # Graph change notifications
     notify_drop_rate: float = 0.0
     notify_delay_s: float = 0.0
     lifecycle_reauthorize: bool = False
 
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
-        "feed_user_field": ("userId", "unifiedUserId", "id", "user.id"),
+        "feed_event_scope": ("user", "session"),
+        "connect_fields_param": ("accept", "reject"),
         "connect_aggregation": ("rank", "last_writer"),
         "outage_target": ("all", "connect", "microsoft"),
     }
+
+    NON_EMPTY: ClassVar[frozenset[str]] = frozenset({"feed_user_field"})
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -141,6 +157,8 @@ class Faults:
                     raise ValueError(f"{key!r} must be true or false")
                 staged[key] = value
             elif kind is str:
+                if key in self.NON_EMPTY and (not isinstance(value, str) or not value.strip()):
+                    raise ValueError(f"{key!r} must be a non-empty name")
                 if not isinstance(value, str) or value not in self.CHOICES.get(key, (value,)):
                     choices = ", ".join(self.CHOICES.get(key, ()))
                     raise ValueError(f"{key!r} must be one of: {choices}")
@@ -245,6 +263,9 @@ class RefreshGrant:
     scopes: set[str]
     resource: str
     exp: float
+    # Set when the control API revokes the user's sessions: the AADSTS code a redemption gets
+    # (50173 grant revoked, 70043 sign-in frequency).
+    revoked: int = 0
 
 
 @dataclass
@@ -274,7 +295,7 @@ class World:
         throttle: int = 1500,
         throttle_window: float = 30.0,
         fault_rate: float = 0.0,
-        auto_approve: str | None = None,
+        auto_approve: str | Iterable[str] | None = None,
         token_lifetime: int = DEFAULT_TOKEN_LIFETIME,
     ) -> None:
         self.seed = seed
@@ -284,7 +305,13 @@ class World:
             error_rate=fault_rate, throttle_per_30s=throttle, throttle_window=throttle_window
         )
         self.events = Events()
-        self.auto_approve = auto_approve
+        # Accounts whose sign-ins are approved at once (device code and browser); the first is
+        # also who signs in where a browser would without any hint.
+        self.auto_approve_all: tuple[str, ...] = (
+            (auto_approve,) if isinstance(auto_approve, str) else tuple(auto_approve or ())
+        )
+        self.auto_approve = self.auto_approve_all[0] if self.auto_approve_all else None
+        self._device_approvals: dict[tuple[str, str], int] = {}
         self.token_lifetime = token_lifetime
         self.domain = DOMAIN
         self.base_url = ""  # set by the server once the port is known
@@ -295,6 +322,7 @@ class World:
         self.tenant_id: str = built.tenant_id
         self.connect_client_id: str = built.connect_client_id
         self.connect_client_secret: str = built.connect_client_secret
+        self.client_auth: Any = None  # sandbox/client_assertions.py client_auth_of(world) fills it
         self.people: list[Person] = []
         self._by_azure_id: dict[str, Person] = {}
         self._by_connect_id: dict[str, Person] = {}
@@ -328,6 +356,20 @@ class World:
         self.people.append(person)
         self.index_person(person)
         return person
+
+    def remove_person(self, person: Person) -> None:
+        """Take a person out of the organisation (a deleted Azure user), indexes rebuilt."""
+        self.people = [p for p in self.people if p is not person]
+        for index in (self._by_azure_id, self._by_upn, self._by_connect_id):
+            for key in [k for k, v in index.items() if v is person]:
+                del index[key]
+        for lists in (self._by_mail, self._by_proxy):
+            for key in list(lists):
+                lists[key] = [p for p in lists[key] if p is not person]
+                if not lists[key]:
+                    del lists[key]
+        for key in [k for k, v in self._by_connect_email.items() if v is person]:
+            del self._by_connect_email[key]
 
     def index_person(self, person: Person) -> None:
         if person.azure_id:
@@ -614,11 +656,51 @@ class World:
             scopes=scopes,
             expires_at=self.clock.now() + DEVICE_CODE_LIFETIME,
         )
-        if self.auto_approve:
-            code.approved_by = self.auto_approve
+        approver = self.device_code_approver(client_id)
+        if approver:
+            code.approved_by = approver
         self.device_codes[code.device_code] = code
         self._device_by_user_code[user_code] = code
         return code
+
+    def device_code_approver(self, client_id: str) -> str | None:
+        """Which ``--auto-approve`` account approves a new device code of ``client_id``.
+
+        A device code names no account (the person picks one on the sign-in page), so with
+        several accounts the sandbox plays the one whose sign-in is due: for an admin tool (a
+        client that is not an app registration here) the first Global Administrator listed; for
+        an app registration (a sync user signing in) the first listed account that is not a
+        Global Administrator and holds no live refresh token of this client (its sign-in is due:
+        never made, revoked or expired); when all hold one, the one that approved a code of this
+        client longest ago."""
+        from presencectl.sandbox.people import GLOBAL_ADMIN
+
+        listed = [p for e in self.auto_approve_all if (p := self.person_by_email(e)) is not None]
+        if len(self.auto_approve_all) <= 1 or not listed:
+            return self.auto_approve
+        admins = [p for p in listed if GLOBAL_ADMIN in p.roles]
+        if self.application_by_app_id(client_id) is None:
+            return (admins or listed)[0].email
+        others = [p for p in listed if GLOBAL_ADMIN not in p.roles] or listed
+        now = self.clock.now()
+        signed_in = {
+            g.oid
+            for g in self.refresh_tokens.values()
+            if g.client_id == client_id and not g.revoked and g.exp > now
+        }
+        due = [p for p in others if p.azure_id not in signed_in]
+        chosen = due[0] if due else min(
+            others, key=lambda p: self._device_approvals.get((client_id, p.email.lower()), -1)
+        )
+        self._device_approvals[(client_id, chosen.email.lower())] = len(self.device_codes) + 1
+        return chosen.email
+
+    def revoke_sessions(self, oid: str, code: int) -> int:
+        """Every refresh token of the user refused from now on with ``code``; how many."""
+        grants = [g for g in self.refresh_tokens.values() if g.oid == oid and not g.revoked]
+        for grant in grants:
+            grant.revoked = code
+        return len(grants)
 
     def device_code_by_user_code(self, user_code: str) -> DeviceCode | None:
         return self._device_by_user_code.get(user_code.strip().upper().replace("-", ""))

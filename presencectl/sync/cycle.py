@@ -93,10 +93,13 @@ class SyncCycle(Pacing):
         on_event: EventCallback | None = None,
         matcher: Callable[[Sequence[Any], Sequence[Any]], Any] | None = None,
         subscriber: GraphClient | None = None,
+        subscribers: Mapping[str, GraphClient] | None = None,
     ) -> None:
         self.graph = graph
-        # The sync user's client: owns the delegated-only Teams notification subscriptions.
+        # The sync user's client: owns the delegated-only Teams notification subscriptions; with a
+        # pool of sync users, ``subscribers`` (username → client) and one subscription each.
         self.subscriber = subscriber
+        self.subscribers: dict[str, GraphClient] = dict(subscribers or {})
         self.matcher = matcher
         self.teams_reader = teams_reader
         self.connect = connect
@@ -110,6 +113,7 @@ class SyncCycle(Pacing):
         self.pairs: dict[str, UserPair] = {}
         self.states: dict[str, PairState] = store.load_states()
         self._by_connect: dict[str, str] = {}
+        self._connect_ids: set[str] = set()
         self._by_azure: dict[str, str] = {}
         self._directory_at: float | None = None
         self._unmatched = 0
@@ -163,6 +167,7 @@ class SyncCycle(Pacing):
         report = (self.matcher or _default_matcher())(azure_users, contacts)
         self.pairs = {p.key: p for p in report.pairs}
         self._by_connect = {p.connect_id: p.key for p in report.pairs}
+        self._connect_ids = {c.id for c in contacts}  # whom a feed event may name
         self._by_azure = {p.azure_id: p.key for p in report.pairs}
         self._unmatched = _count(report, "unmatched_azure") + _count(report, "unmatched_connect")
         self._conflicts = _count(report, "conflicts")

@@ -4,8 +4,9 @@ Owns :class:`Disabler` (a base of ``SyncEngine``, ``sync/engine.py``): the sessi
 state database; when it holds nothing (state lost), from the directory (our session cleared for
 every matched user on both sides, 404 = nothing to clear). Written a chunk at a time, each chunk's
 sessions forgotten and audited before the next, so a stop (SIGINT/SIGTERM) leaves a state from
-which the next ``disable`` finishes the job; then the sessions older versions held on Connect
-and every subscription recorded (Graph and Connect).
+which the next ``disable`` finishes the job; then the sessions older versions held on Connect,
+every subscription recorded (Graph and Connect), and the presence subscriptions Graph still
+lists for each sync user of the pool that the state did not record (a lost state directory).
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ class Disabler(SyncCycle):
         if sub.side == "graph":
             from presencectl.graph.subscriptions import delete_subscription
 
-            return await delete_subscription(self.subscriber or self.teams_reader, sub.id)
+            client = self.subscribers.get(sub.owner or "") or next(
+                iter(self.subscribers.values()), self.subscriber or self.teams_reader
+            )
+            return await delete_subscription(client, sub.id)
         return await connect_feed.delete_subscription(self.connect, sub.id)
 
     async def disable(
@@ -119,9 +123,30 @@ class Disabler(SyncCycle):
                 if await self._delete_subscription(sub):  # False: the service had none
                     result.subscriptions_deleted += 1
             self.store.delete_subscription(sub.id)
+        result.subscriptions_deleted += await self._delete_unrecorded_presence_subscriptions()
         if result.failed == 0:
             self.store.clear_sync_state()
         return result
+
+    async def _delete_unrecorded_presence_subscriptions(self) -> int:
+        """What a lost state left at Graph: each sync user's presence subscriptions of this app
+        (a delegated ``GET /subscriptions`` lists them), deleted; a member that cannot sign in
+        is skipped (its subscription ends within the hour)."""
+        from presencectl.graph.subscriptions import (
+            delete_subscription,
+            is_presence_resource,
+            list_subscriptions,
+        )
+
+        gone = 0
+        for client in self.subscribers.values():
+            with contextlib.suppress(PresencectlError):
+                for sub in await list_subscriptions(client):
+                    if is_presence_resource(sub.resource) and await delete_subscription(
+                        client, sub.id
+                    ):
+                        gone += 1
+        return gone
 
     async def _clear_legacy_connect(self, user_ids: Sequence[str]) -> int:
         return await writes.clear_legacy(self.connect, user_ids, self.options.connect_concurrency)

@@ -72,9 +72,13 @@ def read_holder(path: Path) -> Holder:
 def profile_lock(profile_name: str, command: str, directory: Path | None = None) -> Iterator[Path]:
     """Hold the profile's lock for the ``with`` block, or raise ``already_running`` (exit 3)."""
     path = lock_path(profile_name, directory)
+    from presencectl.sync.state_health import open_private
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        # Never through a symlink, and only a file of ours (issue 26): the holder JSON written
+        # below must not land in a file someone pointed the lock at.
+        fd = open_private(path)
     except OSError as exc:
         from presencectl.sync.state_health import remedy
 

@@ -36,6 +36,7 @@ class NotificationsGlue(SyncCycle):
         self.notifications = TeamsNotifications(
             notify,
             graph=self.subscriber or self.teams_reader,
+            members=self.subscribers or None,
             store=self.store,
             profile=notify.profile,
             interval=self.options.interval,

@@ -7,8 +7,17 @@ Owns a small Starlette app served by uvicorn inside the sync's own event loop, o
   handshake, within 10 s: change-notifications-delivery-webhooks.md);
 - any other ``POST`` is a ``changeNotificationCollection``: each item's ``clientState`` is checked
   (a mismatch is dropped and counted, never trusted) and the rest are handed to ``sink`` at once;
-  the answer is always 202, before any processing (Graph wants a 2xx within 3 s, and the
-  resource-data page says to answer before validating so a rogue sender learns nothing).
+  the answer is 202, before any processing (Graph wants a 2xx within 3 s, and the resource-data
+  page says to answer before validating so a rogue sender learns nothing).
+
+The endpoint faces the internet, so the HTTP layer bounds what one sender can cost (issue 26):
+a body over ``max_body`` (1 MiB) is answered 413 without being read past the limit (a
+``Content-Length`` over it is refused before any of the body is read); a body that is not a
+JSON change-notification collection — including one nested deep enough to exhaust the parser's
+recursion — is answered 400 without a traceback; JSON is parsed in a worker thread, off the
+sync's event loop; at most ``max_items`` items of one POST are looked at (the rest are dropped
+and counted); each POST logs at most one summary warning, never one per item; and uvicorn's
+``limit_concurrency`` answers 503 beyond ``max_connections`` open connections and tasks.
 
 ``sink`` must not block (``sync/notify.py`` puts into a bounded queue). The receiver never logs a
 notification's content.
@@ -20,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +40,46 @@ log = logging.getLogger(__name__)
 DEFAULT_LISTEN = "127.0.0.1:8765"
 Sink = Callable[[list[Mapping[str, Any]]], None]
 
+# Limits of the HTTP layer (docs/running-as-a-service.md repeats them for the reverse proxy).
+# Graph documents no largest POST; a rich presence item is ~2 KB, so 1 MiB holds hundreds.
+MAX_BODY = 1024 * 1024
+MAX_ITEMS = 1000
+MAX_CONNECTIONS = 64
+
+
+class _BadBody(Exception):
+    """A POST body that is not a change-notification collection (answered 400)."""
+
+
+class _TooLarge(Exception):
+    """A POST body over the limit (answered 413)."""
+
+
+def _decode(raw: bytes) -> list[Mapping[str, Any]]:
+    """The items of one POST body; _BadBody for anything else. Runs in a worker thread."""
+    import json
+
+    try:
+        return parse_collection(json.loads(raw))
+    except (ValueError, RecursionError, Untrusted) as exc:
+        # RecursionError: "[[[[…" nested past the interpreter's limit.
+        raise _BadBody(type(exc).__name__) from None
+
+
+async def _read_limited(request: Any, limit: int) -> bytes:
+    """The request body, refused (_TooLarge) as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
 
 @dataclass
 class ReceiverCounts:
@@ -39,13 +88,15 @@ class ReceiverCounts:
     received: int = 0
     dropped_client_state: int = 0
     dropped_untrusted: int = 0
+    dropped_excess: int = 0  # items past MAX_ITEMS in one POST
+    refused_large: int = 0  # POSTs answered 413
     overflows: int = 0
     last_at: float | None = None
     validations: int = 0
 
     @property
     def dropped(self) -> int:
-        return self.dropped_client_state + self.dropped_untrusted
+        return self.dropped_client_state + self.dropped_untrusted + self.dropped_excess
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -64,19 +115,26 @@ class NotificationReceiver:
         self,
         listen: str,
         client_state: str,
-        sink: Sink,
+        sink: Sink | None,
         *,
         certfile: str | None = None,
         keyfile: str | None = None,
         clock: Callable[[], float] | None = None,
+        max_body: int = MAX_BODY,
+        max_items: int = MAX_ITEMS,
+        max_connections: int = MAX_CONNECTIONS,
+        routes: Sequence[Any] = (),
     ) -> None:
         import time
 
         self.host, self.port = parse_listen(listen)
         self.client_state = client_state
-        self.sink = sink
+        self.sink = sink  # None: no notifications, only the routes below (health, metrics)
+        self.routes = list(routes)  # served first: sync/probes.py's /healthz, /readyz, /metrics
         self.certfile, self.keyfile = certfile, keyfile
         self.counts = ReceiverCounts()
+        self.max_body, self.max_items = max_body, max_items
+        self.max_connections = max_connections
         self._clock = clock or time.time
         self._server: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -99,40 +157,58 @@ class NotificationReceiver:
             if token is not None:
                 self.counts.validations += 1
                 return PlainTextResponse(token, status_code=200)
-            raw = await request.body()
-            self.accept(raw)
+            try:
+                raw = await _read_limited(request, self.max_body)
+            except _TooLarge:
+                self.counts.refused_large += 1
+                log.warning("refused a notification POST over %d bytes (413)", self.max_body)
+                # Connection: close — uvicorn then drops the connection instead of reading
+                # and discarding the rest of a body that may never end.
+                return PlainTextResponse(
+                    "body too large", status_code=413, headers={"connection": "close"}
+                )
+            try:
+                items = await asyncio.to_thread(_decode, raw)
+            except _BadBody:
+                self.counts.dropped_untrusted += 1
+                log.warning("dropped a notification POST that is not a change notification "
+                            "collection (400)")
+                return PlainTextResponse("not a change notification collection", status_code=400)
+            self.accept(items)
             return Response(status_code=202)
 
         async def health(request: Request) -> Response:
             return PlainTextResponse("ok")
 
-        return Starlette(
-            routes=[
-                Route("/healthz", health, methods=["GET"]),
-                Route("/{path:path}", notify, methods=["POST"]),
-            ]
-        )
+        routes = [*self.routes, Route("/healthz", health, methods=["GET"])]
+        if self.sink is not None:
+            routes.append(Route("/{path:path}", notify, methods=["POST"]))
+        return Starlette(routes=routes)
 
-    def accept(self, raw: bytes) -> None:
-        """Check and hand on one POST body; never raises (the answer is 202 whatever it held)."""
-        import json
+    def accept(self, items: list[Mapping[str, Any]]) -> None:
+        """Check and hand on the items of one POST; never raises (the answer is 202).
 
-        try:
-            items = parse_collection(json.loads(raw))
-        except (ValueError, Untrusted):
-            self.counts.dropped_untrusted += 1
-            log.warning("dropped a notification POST that is not a change notification collection")
-            return
+        At most ``max_items`` are looked at; one summary warning for what was dropped."""
+        excess = max(0, len(items) - self.max_items)
+        if excess:
+            items = items[: self.max_items]
+            self.counts.dropped_excess += excess
         trusted = []
+        wrong_state = 0
         for item in items:
             self.counts.received += 1
             if client_state_ok(item, self.client_state):
                 trusted.append(item)
             else:
-                self.counts.dropped_client_state += 1
-                log.warning("dropped a notification with a wrong clientState (not from our Graph "
-                            "subscription)")
-        if trusted:
+                wrong_state += 1
+        self.counts.dropped_client_state += wrong_state
+        if wrong_state or excess:
+            log.warning(
+                "dropped %d of %d notifications in one POST: %d with a wrong clientState (not "
+                "from our Graph subscription), %d past the limit of %d per POST",
+                wrong_state + excess, len(items) + excess, wrong_state, excess, self.max_items,
+            )
+        if trusted and self.sink is not None:
             self.counts.last_at = self._clock()
             self.sink(trusted)
 
@@ -150,8 +226,11 @@ class NotificationReceiver:
         sock.listen(128)
         self._socket = sock
         self.port = sock.getsockname()[1]
+        from presencectl.transport import route_uvicorn_logs
+
         config = uvicorn.Config(
             self.app(),
+            log_config=None,  # uvicorn's records go through our handler (route_uvicorn_logs)
             log_level="warning",
             lifespan="off",
             access_log=False,
@@ -159,7 +238,10 @@ class NotificationReceiver:
             ssl_certfile=self.certfile,
             ssl_keyfile=self.keyfile,
             timeout_graceful_shutdown=1,
+            # Beyond this many open connections and tasks uvicorn answers 503 (issue 26).
+            limit_concurrency=self.max_connections,
         )
+        route_uvicorn_logs(access=False)
         self._server = _quiet_server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         for _ in range(500):

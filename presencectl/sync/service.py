@@ -103,9 +103,10 @@ async def engine_for(
     # Presence is read with the app token in every direction: getPresencesByUserId accepts
     # application Presence.Read.All or Presence.ReadWrite.All (which setup-azure grants). The
     # sync user (still required for teams-to-connect) owns the delegated-only presence
-    # change-notification subscriptions instead.
+    # change-notification subscriptions instead, one per member of the pool of sync users.
     reader = graph
-    subscriber = _subscriber_client(profile, settings, limiter)
+    subscribers = _subscriber_clients(profile, settings, limiter)
+    subscriber = next(iter(subscribers.values()), None)
     connect = connect_client_for(profile)
     try:
         yield SyncEngine(
@@ -121,13 +122,14 @@ async def engine_for(
             on_event=on_event,
             matcher=matcher,
             subscriber=subscriber,
+            subscribers=subscribers,
         )
     except sqlite3.Error as exc:  # writes are caught in StateStore.transaction; reads here
         raise state_unavailable(store.path, exc, "read") from exc
     finally:
         await graph.aclose()
-        if subscriber is not None:
-            await subscriber.aclose()
+        for client in subscribers.values():
+            await client.aclose()
         if reader is not graph:
             await reader.aclose()
         await connect.aclose()
@@ -135,17 +137,30 @@ async def engine_for(
             store.close()
 
 
-def _subscriber_client(profile: Profile, settings: Any, limiter: Any) -> GraphClient | None:
-    """The sync user's Graph client (Teams notification subscriptions), when one is configured;
-    it signs in only when first used."""
+def _subscriber_clients(
+    profile: Profile, settings: Any, limiter: Any
+) -> dict[str, GraphClient]:
+    """One Graph client per member of the pool of sync users (username → client, pool order):
+    each owns one Teams notification subscription. A client signs in only when first used;
+    a member without what it needs to sign in is left out (the others still cover people)."""
     from presencectl.graph.client import GraphClient
     from presencectl.identity.tokens import sync_user_token_provider
 
-    try:
-        provider = sync_user_token_provider(profile)
-    except ConfigError:
-        return None
-    return GraphClient(profile.graph_url, provider, settings, limiter=limiter)
+    clients: dict[str, GraphClient] = {}
+    for username in _pool_usernames(profile):
+        try:
+            provider = sync_user_token_provider(profile, username)
+        except ConfigError:
+            continue
+        clients[username] = GraphClient(profile.graph_url, provider, settings, limiter=limiter)
+    return clients
+
+
+def _pool_usernames(profile: Profile) -> list[str]:
+    """The pool's members in the order added (identity/sync_user.py); [] without a sync user."""
+    from presencectl.identity.sync_user import pool_members
+
+    return [member.username for member in pool_members(profile)]
 
 
 async def match_report(profile: Profile) -> list[dict[str, str]]:

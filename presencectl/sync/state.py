@@ -41,7 +41,7 @@ from presencectl.sync.model import (
     decode_value,
     encode_value,
 )
-from presencectl.sync.state_health import state_unavailable
+from presencectl.sync.state_health import open_private, state_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,11 @@ _MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE settled (key TEXT PRIMARY KEY, context TEXT NOT NULL);
     """,
+    # 2 -> 3: which sync user of the pool owns a Graph presence subscription (NULL: a database
+    # from before the pool, whose one sync user owned them all).
+    """
+    ALTER TABLE subscriptions ADD COLUMN owner TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -188,6 +193,7 @@ class SubscriptionRow:
     expires_at: float | None = None
     resource: str | None = None
     detail: dict[str, Any] | None = None
+    owner: str | None = None  # the sync user whose token created it (Graph side)
 
 
 @dataclass
@@ -236,12 +242,12 @@ def _dt_required(value: float) -> datetime:
 
 def database_path(profile_name: str, directory: Path | None = None) -> Path:
     """Where the profile's state lives: ``state_dir()/<profile>.db``."""
-    if directory is None:
-        from presencectl.config import state_dir
+    from presencectl.config import check_profile_name, state_dir
 
+    if directory is None:
         directory = state_dir()
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in profile_name) or "default"
-    return directory / f"{safe}.db"
+    # The name is the file name as it is: two profiles never share a database (issue 26).
+    return directory / f"{check_profile_name(profile_name)}.db"
 
 
 class StateStore:
@@ -260,11 +266,20 @@ class StateStore:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with suppress(OSError):  # a shared dir we do not own: leave it
             os.chmod(path.parent, 0o700)
-        new = not path.exists()
+        # Created 0600 here, never through a symlink, and only a regular file of ours in a
+        # directory of ours (state_health.open_private; issue 26). SQLite then opens the same
+        # name: in a directory only we can write, nobody can swap it in between; its -wal and
+        # -shm files must not be links either.
+        os.close(open_private(path))
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.is_symlink():
+                raise ConfigError(
+                    f"refusing to use {side}: it is a symbolic link",
+                    hint=f"remove the link ({side}) and run again",
+                    code="state_unavailable",
+                )
         self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
-        if new:
-            with suppress(OSError):
-                os.chmod(path, 0o600)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -562,8 +577,8 @@ class StateStore:
         with self.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO subscriptions"
-                " (id, side, resource, created_at, expires_at, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                " (id, side, resource, created_at, expires_at, detail, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     sub.id,
                     sub.side,
@@ -571,17 +586,18 @@ class StateStore:
                     sub.created_at,
                     sub.expires_at,
                     json.dumps(sub.detail) if sub.detail else None,
+                    sub.owner,
                 ),
             )
 
     def subscriptions(self) -> list[SubscriptionRow]:
         rows = self._db.execute(
-            "SELECT id, side, created_at, expires_at, resource, detail FROM subscriptions"
+            "SELECT id, side, created_at, expires_at, resource, detail, owner FROM subscriptions"
             " ORDER BY created_at"
         )
         return [
-            SubscriptionRow(i, s, c, e, r, json.loads(d) if d else None)
-            for i, s, c, e, r, d in rows
+            SubscriptionRow(i, s, c, e, r, json.loads(d) if d else None, o)
+            for i, s, c, e, r, d, o in rows
         ]
 
     def delete_subscription(self, sub_id: str) -> None:

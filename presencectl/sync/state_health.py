@@ -6,6 +6,11 @@ a path that is not a directory, no permission or a read-only file system, a full
 :func:`inspect` (``doctor``'s check: opens the database read-only and runs ``PRAGMA
 quick_check``, changing nothing).
 
+Also owns :func:`open_private` (issue 26): the lock and the database are opened without
+following a symlink (``O_NOFOLLOW``), checked with ``fstat`` to be a regular file of the
+effective user, in a state directory of the effective user — a command run as root against a
+directory another account can write is refused (``state_unavailable``), never redirected.
+
 A damaged database is never repaired or replaced behind the admin's back: it may still tell
 ``disable`` which sessions are ours. Moving it away is safe since the engine adopts pairs
 without state (``sync/adopt.py``) and ``disable`` sweeps from the directory when it has none.
@@ -53,6 +58,60 @@ def state_unavailable(path: Path, exc: BaseException, doing: str = "use") -> Con
         hint=remedy(path, exc),
         code="state_unavailable",
     )
+
+
+def _refuse(path: Path, what: str, hint: str) -> ConfigError:
+    return ConfigError(f"refusing to use {path}: {what}", hint=hint, code="state_unavailable")
+
+
+def check_state_dir(directory: Path) -> None:
+    """The state directory must belong to the effective user (POSIX; nothing to check on
+    Windows): another account that owns it could swap our files for links to anything."""
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is None:
+        return
+    st = os.stat(directory)
+    if st.st_uid != geteuid():
+        raise _refuse(
+            directory,
+            f"the state directory is owned by uid {st.st_uid}, not by this user (uid {geteuid()})",
+            "run the command as the account that owns it, or point PRESENCECTL_STATE_DIR at a "
+            "directory of this user",
+        )
+
+
+def open_private(path: Path, flags: int = os.O_RDWR | os.O_CREAT) -> int:
+    """A descriptor of ``path`` (created 0600), never through a symlink, checked by fstat to be a
+    regular file of the effective user, in a directory of the effective user. OSError when the
+    system refuses (the caller words it); ConfigError (state_unavailable) for a link, a file that
+    is not ours, or a directory that is not ours."""
+    check_state_dir(path.parent)
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | nofollow | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or (nofollow and path.is_symlink()):
+            raise _refuse(
+                path, "it is a symbolic link", f"remove the link ({path}) and run again"
+            ) from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        geteuid = getattr(os, "geteuid", None)
+        import stat
+
+        if not stat.S_ISREG(st.st_mode):
+            raise _refuse(path, "it is not a regular file", f"remove {path} and run again")
+        if geteuid is not None and st.st_uid != geteuid():
+            raise _refuse(
+                path,
+                f"it is owned by uid {st.st_uid}, not by this user (uid {geteuid()})",
+                "run the command as the account that owns it, or remove the file",
+            )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def inspect(path: Path, schema_version: int) -> tuple[str | None, str]:

@@ -237,10 +237,23 @@ class WatchLoop(NotificationsGlue):
         batch = await self._take_teams_notifications(batch, result)
         observations: dict[str, list[Observation]] = defaultdict(list)
         now = self.clock()
+        session_keys: dict[str, None] = {}
         for event in batch:
             key = self._by_connect.get(event.user_id)
-            if key is not None:
-                observations[key].append(Observation(Side.CONNECT, event.presence, now))
+            if key is None:
+                continue
+            if getattr(event, "session", False):
+                session_keys[key] = None  # one session's state: the user's aggregate is read
+                continue
+            observations[key].append(Observation(Side.CONNECT, event.presence, now))
+        if session_keys:
+            # One read per user however many of their events came (coalesced), under the
+            # client's request budget; a failed read waits for the next poll.
+            reads, failures = await self.read_connect(list(session_keys))
+            for key, observation in reads.items():
+                observations[key].append(observation)
+            if failures:
+                log.info("connect: %d aggregates after feed events not read", len(failures))
         if observations:
             await self.cycle(
                 result,
@@ -257,7 +270,12 @@ class WatchLoop(NotificationsGlue):
             self._feed_state = str(state)
             self._emit("feed", state=str(state))
 
-        feed = PresenceFeed(self.connect, on_event=events.put_nowait, on_state=on_state)
+        feed = PresenceFeed(
+            self.connect,
+            on_event=events.put_nowait,
+            on_state=on_state,
+            is_known=lambda user_id: user_id in self._connect_ids,  # the latest directory
+        )
         feed._seen_reconnects = 0  # type: ignore[attr-defined]
         try:
             await feed.start()
@@ -274,16 +292,18 @@ class WatchLoop(NotificationsGlue):
     def _feed_deaf(self, feed: Any) -> bool:
         """Events arrive but none can be read: poll Connect as if the feed were down, say why
         (once, and in the state for ``status``), and keep the count of unreadable events."""
-        unparsed = getattr(feed, "events_unparsed", 0)
+        unparsed = getattr(feed, "events_unparsed", 0) + getattr(feed, "events_unknown", 0)
         if unparsed != getattr(feed, "_stored_unparsed", 0):
             feed._stored_unparsed = unparsed
             self.store.set_meta("connect_feed_unparsed", str(unparsed))
         deaf = bool(getattr(feed, "deaf", False))
         if deaf != getattr(feed, "_reported_deaf", False):
             feed._reported_deaf = deaf
+            reason = getattr(feed, "deaf_reason", "") or (
+                f"it delivers events presencectl cannot read ({unparsed} so far)"
+            )
             note = (
-                f"the Connect feed delivers events presencectl cannot read ({unparsed} so far): "
-                "polling Connect with Teams instead"
+                f"the Connect feed is deaf: {reason}; polling Connect with Teams instead"
                 if deaf
                 else None
             )
