@@ -35,6 +35,7 @@ PLANS: dict[str, dict[str, list[str]]] = {
         "latency": ["--users", "1000", "--duration", "60", "--changes", "200"],
         "timings": [],
         "baseline_sdk": ["--users", "1000,10000"],
+        "budget": ["--users", "1000"],  # ~15 minutes: Connect at 250 a minute
     },
     "quick": {
         "startup": ["--runs", "7"],
@@ -128,14 +129,27 @@ def targets(interval: float = 5.0) -> list[dict[str, Any]]:
         check(nfig.get("graph_x_fewer"), ">=", 100.0), "baseline_naive")
     add("vs naive, 10,000 users: x less wall time", nfig.get("wall_x_faster"), ">= 10x",
         check(nfig.get("wall_x_faster"), ">=", 10.0), "baseline_naive")
-    # Issue 16: the CPU time of the presencectl process itself (`presencectl sync` run as its
-    # own process; the sandbox runs in another), wall time beside it; and the SDK peer.
-    for label, key, bound in (("steady", "steady", 5.0), ("10%+10% changed", "changed", 8.0)):
+    # Issue 16's CPU time of the presencectl process (`presencectl sync` as its own process) is
+    # reported, no longer a target: at the real budgets the budget bounds a run (issue 21).
+    for label, key in (("steady", "steady"), ("10%+10% changed", "changed")):
         cpu = ten.get(f"process_cpu_s_{key}")
-        add(f"presencectl sync process CPU, 10,000 users, {label} (s)", cpu, f"< {bound:g} s",
-            check(cpu, "<", bound), "cycle")
+        add(f"presencectl sync process CPU, 10,000 users, {label} (s)", cpu, "reported",
+            None, "cycle")
         add("  its wall time beside it (s)", ten.get(f"process_wall_s_{key}"), "reported",
             None, "cycle")
+    # Issue 21: at the real budgets (bench/budget.py; both enforced by the sandbox).
+    budget_rows = get(load("budget"), "rows") or []
+    for row in budget_rows:
+        if row.get("ratio") is not None:
+            add(f"budget: {row['run']}, {row['people']} people: wall / budget-bound minimum",
+                row["ratio"], "<= 1.15", check(row["ratio"], "<", 1.15 + 1e-9), "budget")
+        if row.get("p95_s") is not None:
+            add(f"budget: {row['run']}: p95 (s)", row["p95_s"], "< 5 s",
+                check(row["p95_s"], "<", 5.0), "budget")
+    if budget_rows:
+        over = sum(int(r.get("connect_429") or 0) + int(r.get("graph_429") or 0)
+                   for r in budget_rows)
+        add("budget: requests over either budget (429s)", over, "0", over == 0, "budget")
     sdk = load("baseline_sdk")
     for n, tools in sorted((get(sdk, "figures") or {}).items(), key=lambda kv: int(kv[0])):
         ours = tools.get("presencectl one-shot", {}).get("wall_s")

@@ -28,7 +28,7 @@ Layout::
     connect_feed_user_field = "userId"    # the events' user-id field; unset = the plausible ones
     connect_feed_event_scope = "auto"     # auto | user | session: what an event's state is
     connect_resource_id = "…"             # our Connect session (a GUID), made on first use
-    connect_rate_per_min = 250            # Connect requests a minute, this client (0 = no budget)
+    connect_rate_per_min = 250            # Connect requests a minute (0 = no budget: testing only)
     echo_window_s = 60                    # how long a write of ours may take to show (2–600 s)
     enabled_direction = "both"            # absent = sync disabled
     notify_url = "https://sync.example.com/presencectl"  # optional: Teams change notifications
@@ -154,6 +154,7 @@ class Profile:
 _KNOWN_KEYS = {f.name for f in fields(Profile)} - {"name"}
 _TOP_LEVEL_KEYS = ("profiles",)
 _INT_KEYS = ("connect_rate_per_min", "echo_window_s")
+_INT_HINTS = {"connect_rate_per_min": " (0 = no budget: testing only)"}
 ECHO_WINDOW_RANGE = (2, 600)
 APP_CREDENTIALS = ("secret", "certificate", "federated")  # identity/app_credentials.py KINDS
 # A tenant is named by its GUID or one of its domains (contoso.onmicrosoft.com, contoso.com).
@@ -345,7 +346,8 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(
                     f"{where}: key '{f.name}' must be a whole number, not {value!r}",
-                    hint=f"write it as {f.name} = {getattr(Profile, f.name)}",
+                    hint=f"write it as {f.name} = {getattr(Profile, f.name)}"
+                    + _INT_HINTS.get(f.name, ""),
                 )
         elif not isinstance(value, str):
             raise ConfigError(

@@ -198,6 +198,32 @@ class TeamsNotifications(TypedDict):
     updated: str | None
 
 
+class ConnectBudget(TypedDict):
+    """The Connect request budget as the last run saw it (``status``; sync/pacing.py)."""
+
+    per_minute: float  # 0: no budget (testing only)
+    used_last_minute: int
+    queued_urgent: int  # requests waiting for a slot: writes and the reads they need
+    queued_bulk: int  # bulk reads waiting
+    oldest_urgent_wait_s: float
+    sent_urgent: int
+    sent_bulk: int
+    queued_writes: int  # Connect writes planned and not yet answered
+    oldest_write_wait_s: float
+    at: float  # when it was recorded (Unix time)
+
+
+class PollInterval(TypedDict):
+    """The watch's Teams poll interval (``--interval auto``: chosen from Graph's budget)."""
+
+    interval_s: float
+    reads_per_poll: int
+    reads_per_s: float
+    budget_share: float  # the share of Graph's presence budget the polls take
+    auto: bool
+    polled_users: int  # matched users not covered by notifications
+
+
 class StatusDocument(TypedDict):
     """``status -o json``. The state's keys are there only once a state database exists."""
 
@@ -216,6 +242,8 @@ class StatusDocument(TypedDict):
     subscriptions: NotRequired[int]
     connect_feed_unparsed: NotRequired[int]
     connect_feed_note: NotRequired[str | None]
+    connect_budget: NotRequired[ConnectBudget | None]
+    poll_interval: NotRequired[PollInterval | None]
     teams_notifications: NotRequired[TeamsNotifications | None]
     last_run: NotRequired[LastRun | None]
     next_renewal: NotRequired[str | None]  # the next write that keeps a session alive

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import redirect_stderr, redirect_stdout
@@ -246,20 +247,62 @@ class _Tty(io.StringIO):
 def test_disable_on_a_terminal_shows_a_progress_bar(
     org: Org, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Work that takes more than SHOW_AFTER_S shows phase, done/total, rate and time left on
+    stderr (here the threshold is 0: the sandbox clears a few sessions in well under 2 s)."""
     from presencectl import output
+    from presencectl.cli import progress
     from presencectl.cli.app import run
 
     for person in org.people[:4]:
         org.connect(person.email, "onphone")
     assert org.sync().exit_code == 0
-    console = Console(file=io.StringIO(), record=True, force_terminal=True, width=100)
+    console = Console(file=io.StringIO(), record=True, force_terminal=True, width=120)
     monkeypatch.setattr(output, "stderr_console", lambda: console)
+    monkeypatch.setattr(progress, "SHOW_AFTER_S", 0.0)
     out, err = _Tty(), _Tty()
     monkeypatch.setattr(sys, "stdin", io.StringIO(""))
     with redirect_stdout(out), redirect_stderr(err):
         code = run(["--profile", "sandbox", "disable", "--yes"])
     assert code == 0
     drawn = console.export_text()
-    assert "clearing sessions" in drawn
-    assert "100%" in drawn  # it reached the end: every session of ours was cleared
+    assert "writes" in drawn
+    assert re.search(r"(\d+)/\1\b", drawn), drawn  # done/total reached the end
     assert org.our_sessions() == 0
+
+
+def test_a_short_disable_shows_no_progress(org: Org, monkeypatch: pytest.MonkeyPatch) -> None:
+    from presencectl import output
+    from presencectl.cli.app import run
+
+    org.connect(org.people[0].email, "onphone")
+    assert org.sync().exit_code == 0
+    console = Console(file=io.StringIO(), record=True, force_terminal=True, width=120)
+    monkeypatch.setattr(output, "stderr_console", lambda: console)
+    out, err = _Tty(), _Tty()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    with redirect_stdout(out), redirect_stderr(err):
+        code = run(["--profile", "sandbox", "disable", "--yes"])
+    assert code == 0
+    assert "writes" not in console.export_text()  # under 2 s: nothing flickers by
+
+
+def test_a_one_shot_on_a_terminal_shows_progress_on_stderr_and_json_stays_one_document(
+    org: Org, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from presencectl import output
+    from presencectl.cli import progress
+    from presencectl.cli.app import run
+
+    assert org.run("enable").exit_code == 0
+    console = Console(file=io.StringIO(), record=True, force_terminal=True, width=120)
+    monkeypatch.setattr(output, "stderr_console", lambda: console)
+    monkeypatch.setattr(progress, "SHOW_AFTER_S", 0.0)
+    out, err = _Tty(), _Tty()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    with redirect_stdout(out), redirect_stderr(err):
+        code = run(["--profile", "sandbox", "-o", "json", "sync"])
+    assert code == 0
+    document = json.loads(out.getvalue())  # one document: nothing of the progress on stdout
+    assert document["matched"] > 0
+    drawn = console.export_text()
+    assert "Connect reads" in drawn and re.search(r"(\d+)/\1\b", drawn), drawn

@@ -30,7 +30,15 @@ def event_text(event: Any) -> str | None:
         connect = data["connect"] if data["connect"] is not None else "(ours)"
         return f"change  {data['user']}: teams={teams} connect={connect}"
     if event.type == "start":
+        if data["interval"] == "auto":
+            return f"watching ({data['direction']}, Teams as often as Graph's budget allows)"
         return f"watching ({data['direction']}, every {data['interval']} s)"
+    if event.type == "interval":
+        share = data["budget_share"] * 100
+        return (
+            f"teams polled every {data['interval_s']:g} s ({data['polled_users']} users, "
+            f"{data['reads_per_poll']} read(s) a poll, {share:.1f} % of Graph's presence budget)"
+        )
     if event.type == "feed":
         return f"connect feed {data['state']}"
     if event.type == "notifications":

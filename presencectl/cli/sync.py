@@ -113,15 +113,18 @@ def disable(
         "will be cleared."
     ):
         raise typer.Abort()
-    progress = _Progress(app, "clearing sessions")
+    from presencectl.cli.progress import ProgressDisplay
+
+    progress = ProgressDisplay(app)
 
     async def go(stop: Any) -> Any:
         import dataclasses
 
         options = EngineOptions(direction=Direction.BOTH)
         # The off switch never depends on the mapping: disable clears sessions, it maps nothing.
-        async with engine_for(dataclasses.replace(profile, mapping={}), options) as engine:
-            return await engine.disable(on_progress=progress.update, stop=stop)
+        unmapped = dataclasses.replace(profile, mapping={})
+        async with engine_for(unmapped, options, on_event=progress.on_event) as engine:
+            return await engine.disable(stop=stop)
 
     from presencectl.cli.signals import run_stoppable
 
@@ -193,38 +196,15 @@ def _instance_lock(profile: Any, *, skip: bool = False) -> Any:
     return profile_lock(profile.name, "presencectl " + shlex.join(sys.argv[1:]))
 
 
-class _Progress:
-    """A progress bar on stderr (only on a terminal and unless -q)."""
-
-    def __init__(self, app: AppContext, label: str) -> None:
-        self._bar: Any = None
-        self._task: Any = None
-        self._label = label
-        self._enabled = app.verbosity >= 0 and sys.stderr.isatty()
-
-    def update(self, done: int, total: int) -> None:
-        if not self._enabled:
-            return
-        if self._bar is None:
-            from rich.progress import Progress
-
-            from presencectl import output
-
-            self._bar = Progress(console=output.stderr_console(), transient=True)
-            self._bar.start()
-            self._task = self._bar.add_task(self._label, total=total)
-        self._bar.update(self._task, completed=done, total=total)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
 def sync(
     ctx: typer.Context,
     watch: bool = typer.Option(False, "--watch", help="Keep syncing until interrupted."),
-    interval: float = typer.Option(
-        5.0, "--interval", min=0.5, help="Watch: seconds between Teams polls."
+    interval: str = typer.Option(
+        "auto",
+        "--interval",
+        metavar="SECONDS|auto",
+        help="Watch: seconds between Teams polls (at least 0.5), or auto: as often as half "
+        "of Graph's presence budget allows, at most once a second.",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; write nothing."),
     direction: str | None = typer.Option(
@@ -274,6 +254,7 @@ def sync(
     from presencectl.sync.service import check_sync_prerequisites
 
     app = app_context(ctx)
+    seconds = _interval(interval)  # bad input first: before any profile is needed
     profile = app.load_profile()
     chosen = _direction(direction, profile)
     if chosen is None:
@@ -290,7 +271,12 @@ def sync(
             hint="use -o json (one JSON object per line) or -o table (plain lines when piped)",
         )
     check_sync_prerequisites(profile, chosen)
-    options = EngineOptions(direction=chosen, dry_run=dry_run, interval=interval)
+    options = EngineOptions(
+        direction=chosen,
+        dry_run=dry_run,
+        interval=seconds if seconds is not None else AUTO_START_INTERVAL_S,
+        auto_interval=seconds is None,
+    )
     probes: Any = None
     if watch:
         from presencectl.sync.notify import notify_options_for
@@ -316,6 +302,26 @@ def sync(
         error = _partial(result)
         error.in_document = app.json and not watch
         raise error
+
+
+AUTO_START_INTERVAL_S = 5.0  # --interval auto: the period a notification fallback polls at
+MIN_INTERVAL_S = 0.5
+
+
+def _interval(text: str) -> float | None:
+    """``--interval``: seconds (at least 0.5), or None for ``auto``."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds >= MIN_INTERVAL_S or seconds == float("inf"):
+        raise UsageError(
+            f"--interval {text!r}: not a number of seconds >= {MIN_INTERVAL_S:g} or auto",
+            hint="e.g. --interval 5, or --interval auto (as often as Graph's budget allows)",
+        )
+    return seconds
 
 
 def _probes_for(
@@ -358,15 +364,21 @@ def _partial(result: Any) -> PartialSyncError:
 
 
 def _once(app: AppContext, profile: Any, options: Any) -> Any:
+    from presencectl.cli.progress import ProgressDisplay
     from presencectl.sync.service import engine_for
 
+    progress = ProgressDisplay(app)  # stderr, on a terminal, unless -q
+
     async def go(stop: Any) -> Any:
-        async with engine_for(profile, options) as engine:
+        async with engine_for(profile, options, on_event=progress.on_event) as engine:
             return await engine.run_once(stop=stop)
 
     from presencectl.cli.signals import run_stoppable
 
-    result = run_stoppable(go, on_first=_stopping_note(app))
+    try:
+        result = run_stoppable(go, on_first=_stopping_note(app))
+    finally:
+        progress.close()
     if app.json:
         document = {
             **result.summary(),
@@ -583,6 +595,14 @@ def status(
         return
     recent = data.pop("recent_writes", [])
     teams_notifications = data.pop("teams_notifications", None)
+    from presencectl.sync import pacing
+
+    budget = data.pop("connect_budget", None)
+    chosen = data.pop("poll_interval", None)
+    if data.get("exists"):
+        data["connect_budget"] = pacing.budget_line(budget) or "not recorded yet"
+        if chosen:
+            data["teams_polled"] = pacing.interval_line(chosen)
     data.pop("health", None)
     last = data.pop("last_run", None)
     if last:

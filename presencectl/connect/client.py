@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from presencectl.connect import wire
-from presencectl.connect.budget import RequestBudget
+from presencectl.connect.budget import Priority, RequestBudget, current_priority
 from presencectl.errors import ApiError, AuthError, ConfigError, NetworkError
 from presencectl.transport import HttpSettings, build_async_client, redact, retry_after_seconds
 
@@ -160,6 +160,7 @@ class ConnectClient:
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def aclose(self) -> None:
+        await self.budget.aclose()
         for pool in self._pools:
             await pool.aclose()
 
@@ -315,18 +316,23 @@ class ConnectClient:
         json: Any = None,
         allow: Iterable[int] = (),
         scope: str = wire.MESSAGING_SCOPE,
+        priority: Priority | None = None,
     ) -> httpx.Response:
-        """Send an authorised API request with a token for ``scope``, within the budget, with
+        """Send an authorised API request with a token for ``scope``, within the budget (at
+        ``priority``, by default the task's ``budget.current_priority``, URGENT unless a bulk
+        task set BULK: bulk reads go after everything else), with
         retries; 2xx and ``allow`` statuses are returned, anything else raised as AuthError /
         ApiError / NetworkError."""
         allowed = frozenset(allow)
         refreshed = False
+        if priority is None:
+            priority = current_priority.get()
 
         async def send() -> httpx.Response | None:
             nonlocal refreshed
             await self._wait_if_blocked()
             token = await self.access_token(scope)
-            self.stats.budget_wait_s += await self.budget.acquire()
+            self.stats.budget_wait_s += await self.budget.acquire(priority)
             self.stats.requests += 1
             response = await self._next_pool().request(
                 method,

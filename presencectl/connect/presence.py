@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from presencectl.connect import wire
+from presencectl.connect.budget import Priority
 from presencectl.errors import ApiError, AuthError, NetworkError, PresencectlError
 
 if TYPE_CHECKING:
@@ -31,9 +32,11 @@ class PresenceReads:
     failures: dict[str, PresencectlError] = field(default_factory=dict)
 
 
-async def get_presence(client: ConnectClient, user_id: str) -> str:
+async def get_presence(
+    client: ConnectClient, user_id: str, priority: Priority | None = None
+) -> str:
     """The user's aggregate presence, as Connect names it (e.g. ``onphone``)."""
-    response = await client.request("GET", wire.presence_path(user_id))
+    response = await client.request("GET", wire.presence_path(user_id), priority=priority)
     try:
         body = response.json()
     except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
@@ -53,10 +56,16 @@ async def get_presence(client: ConnectClient, user_id: str) -> str:
 
 
 async def get_presences(
-    client: ConnectClient, user_ids: Sequence[str], concurrency: int = 32
+    client: ConnectClient,
+    user_ids: Sequence[str],
+    concurrency: int = 32,
+    *,
+    priority: Priority = Priority.BULK,
+    on_progress: Callable[[int], None] | None = None,
 ) -> PresenceReads:
     """Read many users at once, at most ``concurrency`` requests in flight, and never more than
-    the client's request budget lets through at once.
+    the client's request budget lets through at once. A bulk read goes after every urgent
+    request (writes, connect/budget.py); ``on_progress(done)`` is called as users are read.
 
     A user whose read fails is reported in ``failures``; an AuthError (the whole account is
     refused) aborts the read and is raised. Once a read finds Connect unreachable (its retries
@@ -80,7 +89,7 @@ async def get_presences(
                 result.failures[user_id] = unreachable[0]
                 continue
             try:
-                result.presences[user_id] = await get_presence(client, user_id)
+                result.presences[user_id] = await get_presence(client, user_id, priority)
             except AuthError as exc:
                 fatal.append(exc)
             except NetworkError as exc:
@@ -89,6 +98,8 @@ async def get_presences(
             except PresencectlError as exc:
                 log.debug("connect: presence of %s failed: %s", user_id, exc.code)
                 result.failures[user_id] = exc
+            if on_progress is not None:
+                on_progress(len(result.presences) + len(result.failures))
 
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
     if fatal:
@@ -108,13 +119,16 @@ async def set_presence(client: ConnectClient, user_id: str, value: str) -> None:
     )
 
 
-async def clear_presence(client: ConnectClient, user_id: str) -> bool:
+async def clear_presence(
+    client: ConnectClient, user_id: str, priority: Priority | None = None
+) -> bool:
     """Remove our session from the user; False when there was none (404)."""
     response = await client.request(
         "DELETE",
         wire.presence_path(user_id),
         params={wire.RESOURCE_PARAM: client.resource_id},
         allow=(404,),
+        priority=priority,
     )
     return response.status_code != 404
 

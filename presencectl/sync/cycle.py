@@ -42,6 +42,7 @@ from presencectl.sync.model import (
     UserPair,
     encode_value,
 )
+from presencectl.sync.pacing import Pacing
 from presencectl.sync.resilience import Backoff, Outage, service_down
 from presencectl.sync.results import (
     DEFAULT_ECHO_WINDOW,
@@ -66,10 +67,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WRITE_CHUNK_PAIRS = 500  # pairs written (and persisted) per step: a stop waits for one step
+PROGRESS_MIN_WRITES = 20  # fewer writes than this are not worth a progress display
 
 
-class SyncCycle:
-    """Drives cycles over two live services and a state store.
+class SyncCycle(Pacing):
+    """Drives cycles over two live services and a state store (its budgets and progress:
+    ``Pacing``, sync/pacing.py).
 
     ``graph`` writes (app token) and lists users; ``teams_reader`` reads presence (``graph``
     from a profile: the app token); ``session_id`` is our app's client id (the Teams sessionId).
@@ -126,6 +129,7 @@ class SyncCycle:
         self._outage: Outage | None = None  # watch: a service we are waiting for
         self._backoff = Backoff()
         self._watching = False  # a watch waits out a service that is down (sync/resilience.py)
+        self._init_pacing()
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -149,9 +153,17 @@ class SyncCycle:
             return
         from presencectl.graph.users import list_users
 
+        self.progress.begin("directory", 2)
+
+        async def counted(listing: Awaitable[Any]) -> Any:
+            listed = await listing
+            self.progress.tick("directory")
+            return listed
+
         azure_users, contacts = await asyncio.gather(
-            list_users(self.graph), list_contacts(self.connect)
+            counted(list_users(self.graph)), counted(list_contacts(self.connect))
         )
+        self.progress.end("directory")
         report = (self.matcher or _default_matcher())(azure_users, contacts)
         self.pairs = {p.key: p for p in report.pairs}
         self._by_connect = {p.connect_id: p.key for p in report.pairs}
@@ -175,7 +187,10 @@ class SyncCycle:
         from presencectl.graph.presence import get_presences
 
         ids = [self.pairs[k].azure_id for k in keys if k in self.pairs]
+        if self.progress.phase is None:  # a poll during a longer phase does not replace it
+            self.progress.begin("graph_reads", len(ids))
         reads = await get_presences(self.teams_reader, ids)
+        self.progress.end("graph_reads")
         now = self.clock()
         out: dict[str, Observation] = {}
         for user_id, read in reads.items():
@@ -190,9 +205,15 @@ class SyncCycle:
         self, keys: Iterable[str]
     ) -> tuple[dict[str, Observation], dict[str, str]]:
         ids = [self.pairs[k].connect_id for k in keys if k in self.pairs]
+        budget = self.connect.budget.per_minute
+        self.progress.begin("connect_reads", len(ids), budget_per_min=budget)
         reads = await connect_presence.get_presences(
-            self.connect, ids, self.options.connect_concurrency
+            self.connect,
+            ids,
+            self.options.connect_concurrency,
+            on_progress=lambda done: self.progress.tick("connect_reads", done, absolute=True),
         )
+        self.progress.end("connect_reads")
         down = service_down(len(reads.presences), reads.failures) if self._watching else None
         if down is not None:
             raise down  # Connect is down, not these users: the watch waits it out (_weather)
@@ -219,20 +240,42 @@ class SyncCycle:
         read_connect: bool = True,
         connect_observations: Mapping[str, Sequence[Observation]] | None = None,
         keys: Sequence[str] | None = None,
+        adopt: bool = True,
     ) -> None:
-        """Read (as asked), plan and write for ``keys`` (default: every matched pair)."""
+        """Read (as asked), plan and write for ``keys`` (default: every matched pair).
+
+        ``adopt`` False: the caller adopted ``keys`` already. In a watch, a full read of both
+        sides keeps Teams watched while Connect is read (sync/fullread.py)."""
         self._failed_now = set()
         wanted = list(self.pairs) if keys is None else [k for k in keys if k in self.pairs]
-        if not self.options.dry_run:
+        if keys is None:  # a cycle for a few pairs (an event) leaves the display as it is
+            self._progress_on = not self._watching or read_connect
+        if not self.options.dry_run and adopt:
+            fresh = sum(1 for k in wanted if k not in self.states)
+            budget = self.connect.budget.per_minute
+            if fresh:  # both sides of each are cleared (sync/adopt.py)
+                self.progress.begin("adopt", 2 * fresh, budget_per_min=budget)
             wanted = await adopt_pairs(self, wanted, result, chunk=self._chunk_pairs())
+            self.progress.end("adopt")
         observations: dict[str, list[Observation]] = defaultdict(list)
         read_failures: dict[str, str] = {}
         jobs: list[Awaitable[Any]] = []
-        if read_teams:
-            jobs.append(self.read_teams(wanted))
-        if read_connect:
-            jobs.append(self.read_connect(wanted))
-        answers = await asyncio.gather(*jobs)
+        meanwhile: set[str] = set()  # planned and written while Connect was read (fullread.py)
+        if read_teams and read_connect and self._watching and not self.options.dry_run:
+            from presencectl.sync.fullread import read_connect_watching
+
+            first = await self.read_teams(wanted)
+            connect_obs, read_failures, first, meanwhile = await read_connect_watching(
+                self, wanted, first, result
+            )
+            answers: list[Any] = [first, (connect_obs, read_failures)]
+        else:
+            if read_teams:  # a watch's poll: not the users notifications cover (notify_glue.py)
+                polled = self._teams_poll_keys(wanted) if self._watching else wanted
+                jobs.append(self.read_teams(polled))
+            if read_connect:
+                jobs.append(self.read_connect(wanted))
+            answers = list(await asyncio.gather(*jobs))
         if read_teams:
             teams_obs = answers.pop(0)
             for key, obs in teams_obs.items():
@@ -241,7 +284,8 @@ class SyncCycle:
         if read_connect:
             connect_obs, read_failures = answers.pop(0)
             for key, obs in connect_obs.items():
-                observations[key].append(obs)
+                if key not in meanwhile:  # a fresher reading was planned meanwhile
+                    observations[key].append(obs)
             result.read += len(connect_obs)
         for key, seq in (connect_observations or {}).items():
             if key in self.pairs:
@@ -293,8 +337,12 @@ class SyncCycle:
         by_key: dict[str, list[Action]] = {}
         for action in plan.actions:
             by_key.setdefault(action.key, []).append(action)
+        if len(plan.actions) >= PROGRESS_MIN_WRITES:
+            budget = self.connect.budget.per_minute
+            self.progress.begin("writes", len(plan.actions), budget_per_min=budget)
         if len(by_key) <= chunk:
             await self._execute(plan.actions, plan.new_states, plan.observed_states, result, now)
+            self.progress.end("writes")
             return list(plan.observed_states)
         keys = list(by_key)
         handled = [k for k in plan.observed_states if k not in by_key]  # nothing to write
@@ -309,6 +357,7 @@ class SyncCycle:
             await self._execute(actions, plan.new_states, observed, result, now)
             handled.extend(part)
             observed = {}
+        self.progress.end("writes")
         return handled
 
     async def _execute(
@@ -376,6 +425,9 @@ class SyncCycle:
         """Pairs written (and persisted) per step: a stop waits for one step."""
         return WRITE_CHUNK_PAIRS
 
+    def _teams_poll_keys(self, wanted: list[str]) -> list[str]:
+        return wanted  # every pair (sync/notify_glue.py leaves out those notifications cover)
+
     async def _send(self, actions: Sequence[Action]) -> list[WriteOutcome]:
         return await writes.send(
             actions,
@@ -383,6 +435,8 @@ class SyncCycle:
             connect=self.connect,
             session_id=self.session_id,
             connect_concurrency=self.options.connect_concurrency,
+            on_sent=self._on_sent,
+            waiting=self._writes_waiting,
         )
 
     # -- reporting helpers ----------------------------------------------------------------------

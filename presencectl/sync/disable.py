@@ -60,6 +60,7 @@ class Disabler(SyncCycle):
                 targets.append((pair.key, Side.CONNECT, pair.connect_id))
         total = len(targets)
         done = 0
+        self.progress.begin("writes", total, budget_per_min=self.connect.budget.per_minute)
         emails = {p.key: p.email for p in self.store.pairs()}  # failures name people, not ids
         cleared: list[tuple[str, Side]] = []
         audit: list[AuditEntry] = []
@@ -111,6 +112,7 @@ class Disabler(SyncCycle):
             cleared, audit = [], []
             if on_progress is not None:
                 on_progress(done, total)
+        self.progress.end("writes")
         if result.interrupted:
             return result  # sessions are still held: keep what disable needs to finish later
         result.connect_cleared += await self._clear_legacy_connect(

@@ -74,6 +74,7 @@ class SyncEngine(WatchLoop, Disabler):
             result.duration_s = time.monotonic() - started
             result.throttled, result.throttle_wait_s = self._throttle()
             self._finish_run(result, outcome)
+            self._record_budget()
         return result
 
 

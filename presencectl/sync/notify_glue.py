@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -61,10 +62,29 @@ class NotificationsGlue(SyncCycle):
             with contextlib.suppress(Exception):
                 await self.notifications.close()
 
+    def _teams_poll_keys(self, wanted: list[str]) -> list[str]:
+        """The pairs a Teams poll reads: those notifications do not cover, and everyone once
+        every reconcile interval (notifications can be lost; the poll is the safety net)."""
+        notes = self.notifications
+        if notes is None or not notes.active or not notes.covered:
+            return wanted
+        now = time.monotonic()
+        if now - getattr(self, "_full_teams_poll_at", float("-inf")) >= (
+            notes.options.reconcile_interval
+        ):
+            self._full_teams_poll_at = now
+            return wanted
+        covered = notes.covered
+        return [k for k in wanted if k in self.pairs and self.pairs[k].azure_id not in covered]
+
     def _poll_interval(self) -> float:
         if self.notifications is not None:
-            return self.notifications.poll_interval()
-        return self.options.interval
+            interval = self.notifications.poll_interval()
+            if interval != self.options.interval or not self.options.auto_interval:
+                return interval  # notifications cover everyone: the reconcile period
+        if not self.options.auto_interval:
+            return self.options.interval
+        return float(self._auto_interval()["interval_s"])  # sync/pacing.py
 
     async def _take_teams_notifications(self, batch: list[Any], result: SyncResult) -> list[Any]:
         """Handle the Teams notifications among ``batch``; the rest are Connect events."""
@@ -73,6 +93,7 @@ class NotificationsGlue(SyncCycle):
             return batch
         changes, full = notes.drain()
         if full:
+            self._full_teams_poll_at = float("-inf")  # notifications were lost: read everyone
             await self.cycle(result, read_connect=False)
         elif changes:
             now = self.clock()

@@ -36,6 +36,7 @@ class EngineOptions:
     direction: Direction = Direction.BOTH
     dry_run: bool = False
     interval: float = 5.0  # watch: Teams poll period
+    auto_interval: bool = False  # watch: poll as often as Graph's budget allows (sync/pacing.py)
     directory_refresh: float = 600.0  # seconds a directory listing stays fresh
     connect_concurrency: int = 32
     teams_session_ttl: timedelta = timedelta(hours=1)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from presencectl.connect.directory import list_contacts
 from presencectl.errors import ConfigError
 from presencectl.mapping import Mapping as StatusMapping
+from presencectl.sync import pacing
 from presencectl.sync.engine import (
     OUTAGE_META,
     Clock,
@@ -219,6 +220,7 @@ def _state_summary(path: Any) -> dict[str, Any]:
             "subscriptions": len(store.subscriptions()),
             "connect_feed_unparsed": int(store.get_meta("connect_feed_unparsed") or 0),
             "connect_feed_note": store.get_meta("connect_feed_note"),
+            **pacing.budget_report(store),  # connect_budget, poll_interval
             "teams_notifications": _notifications_of_last_run(store, last),
             "last_run": None
             if last is None

@@ -60,7 +60,11 @@ class WatchLoop(NotificationsGlue):
         self._set_outage_meta(None)  # left by a watch that was killed while waiting
         self._watching = True
         events: asyncio.Queue[Any] = asyncio.Queue()
-        self._emit("start", direction=self.options.direction.value, interval=self.options.interval)
+        self._emit(
+            "start",
+            direction=self.options.direction.value,
+            interval="auto" if self.options.auto_interval else self.options.interval,
+        )
         feed = await self._start_feed(events) if self.options.use_feed else None
         await self._start_notifications(events)
         outcome = "error"
@@ -111,6 +115,7 @@ class WatchLoop(NotificationsGlue):
             result.duration_s = time.monotonic() - started
             result.throttled, result.throttle_wait_s = self._throttle()
             self._set_outage_meta(None)  # a stopped watch is not waiting for anything
+            self._record_budget()  # the next run continues this budget (sync/pacing.py)
             self._finish_run(result, outcome)
             self._emit("stop", **result.summary(), failures=result.failures)
         return result
@@ -183,6 +188,7 @@ class WatchLoop(NotificationsGlue):
                 throttled=self._throttle()[0],
                 feed_state=getattr(self, "_feed_state", None),
             )
+            self._record_budget()  # the Connect budget and write backlog (sync/pacing.py)
         renewals = sorted(
             (s.expires_at, self._user(k), str(s.side))
             for k, st in self.states.items()

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +46,15 @@ async def send(
     connect: ConnectClient,
     session_id: str,
     connect_concurrency: int,
+    on_sent: Callable[[Side, int], None] | None = None,
+    waiting: dict[int, float] | None = None,
 ) -> list[WriteOutcome]:
-    """Send every action (both sides at once); one outcome per action, in order."""
+    """Send every action (both sides at once); one outcome per action, in order.
+
+    ``on_sent(side, n)``: n more writes answered (progress, the Teams writes' budget share);
+    ``waiting``: each Connect write not yet answered, by when it was queued (the backlog
+    ``status`` reports, sync/pacing.py)."""
+    sent = on_sent or (lambda side, n: None)
     outcomes: list[WriteOutcome | None] = [None] * len(actions)
     teams_set = [(i, a) for i, a in enumerate(actions) if a.side is Side.TEAMS and a.value]
     teams_clear = [
@@ -54,10 +62,13 @@ async def send(
     ]
     connect_items = [(i, a) for i, a in enumerate(actions) if a.side is Side.CONNECT]
     await asyncio.gather(
-        _send_teams_set(graph, session_id, teams_set, outcomes),
-        _send_teams_clear(graph, session_id, teams_clear, outcomes),
-        _send_connect(connect, connect_concurrency, connect_items, outcomes),
-    )
+        _send_teams_set(graph, session_id, teams_set, outcomes, sent),
+        _send_teams_clear(graph, session_id, teams_clear, outcomes, sent),
+        _send_connect(
+            connect, connect_concurrency, connect_items, outcomes, sent,
+            {} if waiting is None else waiting,
+        ),
+    )  # fmt: skip
     return [o or WriteOutcome(False, error="not sent") for o in outcomes]
 
 
@@ -66,6 +77,7 @@ async def _send_teams_set(
     session_id: str,
     items: list[tuple[int, Action]],
     outcomes: list[WriteOutcome | None],
+    on_sent: Callable[[Side, int], None],
 ) -> None:
     if not items:
         return
@@ -85,6 +97,7 @@ async def _send_teams_set(
         )
     sent = set_presences_batch(graph, session_id, writes)
     await _fill_batch_outcomes(items, outcomes, sent, clear=False)
+    on_sent(Side.TEAMS, len(items))
 
 
 async def _send_teams_clear(
@@ -92,6 +105,7 @@ async def _send_teams_clear(
     session_id: str,
     items: list[tuple[int, Action]],
     outcomes: list[WriteOutcome | None],
+    on_sent: Callable[[Side, int], None],
 ) -> None:
     if not items:
         return
@@ -100,6 +114,7 @@ async def _send_teams_clear(
     ids = [side_user_id(a.key, Side.TEAMS) for _, a in items]
     sent = clear_presences_batch(graph, session_id, ids)
     await _fill_batch_outcomes(items, outcomes, sent, clear=True)
+    on_sent(Side.TEAMS, len(items))
 
 
 async def _send_connect(
@@ -107,11 +122,15 @@ async def _send_connect(
     concurrency: int,
     items: list[tuple[int, Action]],
     outcomes: list[WriteOutcome | None],
+    on_sent: Callable[[Side, int], None],
+    waiting: dict[int, float],
 ) -> None:
     gate = asyncio.Semaphore(max(1, concurrency))
 
     async def one(i: int, action: Action) -> None:
         user_id = side_user_id(action.key, Side.CONNECT)
+        token = object()
+        waiting[id(token)] = time.monotonic()
         async with gate:
             try:
                 if action.kind is ActionKind.SET:
@@ -125,6 +144,9 @@ async def _send_connect(
             except PresencectlError as exc:
                 status = getattr(exc, "status", None)
                 outcomes[i] = WriteOutcome(False, uncertain=status is None, error=why(exc))
+            finally:
+                waiting.pop(id(token), None)
+                on_sent(Side.CONNECT, 1)
 
     await asyncio.gather(*(one(i, a) for i, a in items))
 
