@@ -259,3 +259,21 @@ def test_renewals_say_what_they_renew_and_progress_is_one_line(screen: Console) 
     text = _text(screen)
     assert "reading Connect presence: 1,200 of 10,000 (12%)" in text
     assert "stopped" in text  # the last frame says so: nothing claims to be watching
+
+
+def test_the_header_shows_the_interval_auto_chose_and_its_budget_share(screen: Console) -> None:
+    from presencectl.cli.live import LiveView
+
+    view = LiveView("prod", EngineOptions(interval=5))
+    assert view.teams_arrival() == "Teams polled every 5 s"
+    view.on_event(_event("interval", interval_s=1.2, reads_per_poll=4, reads_per_s=3.33,
+                         budget_share=0.067, auto=True, polled_users=2000))  # fmt: skip
+    assert view.teams_arrival() == (
+        "Teams polled every 1.2 s, auto: 7% of Graph's presence budget"
+    )
+    view.on_event(_event("notifications", mode="notifications", users_covered=650,
+                         users_matched=2000, subscriptions=1, poll_interval_s=1.2,
+                         reason="650 of 2000 covered"))  # fmt: skip
+    assert "650 of 2000 people covered, polling every 1.2 s for the rest, auto: 7%" in (
+        view.teams_arrival()
+    )

@@ -52,6 +52,7 @@ class LiveView:
         self.people: dict[str, PersonRow] = {}
         self.notifications: dict[str, Any] | None = None
         self.progress: dict[str, Any] | None = None
+        self.interval_chosen: dict[str, Any] | None = None  # the last `interval` event
         self.feed_state = "—"
         self.stopped = False
         self.outage: str | None = None  # "Graph unreachable since 10:02, retrying in 20 s"
@@ -105,6 +106,8 @@ class LiveView:
             self.changes.appendleft((at, event_text(event) or ""))
         elif event.type == "progress":
             self.progress = dict(data)
+        elif event.type == "interval":  # --interval auto chose (again): sync/pacing.py
+            self.interval_chosen = dict(data)
         elif event.type == "outage":
             self.outage = str(data.get("message"))
             self._outage_data = dict(data)
@@ -179,10 +182,17 @@ class LiveView:
         from rich.markup import escape
 
         interval = f"{self.options.interval:g}"
+        chosen = self.interval_chosen
+        budget = ""
+        if chosen and chosen.get("interval_s") is not None:
+            interval = f"{float(chosen['interval_s']):g}"
+            share = chosen.get("budget_share")
+            if isinstance(share, (int, float)):
+                budget = f", auto: {share:.0%} of Graph's presence budget"
         n = self.notifications
         if not n or n.get("mode") != "notifications":
             why = f" ({escape(str(n['reason']))})" if n and n.get("reason") else ""
-            return f"Teams polled every {interval} s{why}"
+            return f"Teams polled every {interval} s{budget}{why}"
         covered, matched = n.get("users_covered", 0), n.get("users_matched", 0)
         poll = f"{n.get('poll_interval_s', self.options.interval):g}"
         subs = n.get("subscriptions", 0)
@@ -190,7 +200,10 @@ class LiveView:
         if matched and covered >= matched:
             line += f"all {matched} people covered, reconciled every {poll} s"
         else:
-            line += f"{covered} of {matched} people covered, polling every {poll} s for the rest"
+            line += (
+                f"{covered} of {matched} people covered, polling every {interval} s for the "
+                f"rest{budget}"
+            )
         if n.get("received"):
             line += f" · {n['received']} received"
         return line
