@@ -46,8 +46,12 @@ START_TIMEOUT_S = 60.0
 @contextlib.contextmanager
 def isolated_env() -> Iterator[Path]:
     """A temp config/state dir and the file secrets backend for this process and its children."""
-    keys = ("PRESENCECTL_CONFIG_DIR", "PRESENCECTL_STATE_DIR", "PRESENCECTL_SECRETS_BACKEND",
-            "PRESENCECTL_PROFILE")
+    keys = (
+        "PRESENCECTL_CONFIG_DIR",
+        "PRESENCECTL_STATE_DIR",
+        "PRESENCECTL_SECRETS_BACKEND",
+        "PRESENCECTL_PROFILE",
+    )
     saved = {k: os.environ.get(k) for k in keys}
     with tempfile.TemporaryDirectory(prefix="presencectl-bench-") as tmp:
         base = Path(tmp)
@@ -106,10 +110,26 @@ class SandboxProcess:
     def start(self) -> None:
         _quiet_secrets_warning()
         args = [
-            sys.executable, "-m", "presencectl", "sandbox", "serve", "--port", "0",
-            "--users", str(self.users), "--seed", str(self.seed),
-            "--throttle", str(self.throttle), "--throttle-window", str(self.throttle_window),
-            "--auto-approve", ADMIN, "--write-profile", PROFILE, *self.extra_args,
+            sys.executable,
+            "-m",
+            "presencectl",
+            "sandbox",
+            "serve",
+            "--port",
+            "0",
+            "--users",
+            str(self.users),
+            "--seed",
+            str(self.seed),
+            "--throttle",
+            str(self.throttle),
+            "--throttle-window",
+            str(self.throttle_window),
+            "--auto-approve",
+            ADMIN,
+            "--write-profile",
+            PROFILE,
+            *self.extra_args,
         ]
         self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in stop)
         started = time.perf_counter()
@@ -219,9 +239,21 @@ class SandboxProcess:
         """``presencectl --profile bench --no-input setup-azure`` (device code auto-approved):
         registers the app, stores its secret, grants admin consent; returns the Profile."""
         result = subprocess.run(
-            [sys.executable, "-m", "presencectl", "--profile", PROFILE, "--no-input", "-o",
-             "json", "setup-azure"],
-            capture_output=True, text=True, env=os.environ.copy(), timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "presencectl",
+                "--profile",
+                PROFILE,
+                "--no-input",
+                "-o",
+                "json",
+                "setup-azure",
+            ],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+            timeout=120,
         )
         if result.returncode != 0:
             raise RuntimeError(f"setup-azure failed: {result.stderr[-2000:]}{result.stdout}")
@@ -330,8 +362,7 @@ def graph_requests(stats: dict[str, Any]) -> int:
     the sandbox's per-endpoint counters, Graph endpoints only (not Entra, not Connect)."""
     reqs: dict[str, int] = stats.get("requests", {})
     return sum(
-        n for k, n in reqs.items()
-        if k.startswith(("graph.", "graph_")) and k != "graph.batch"
+        n for k, n in reqs.items() if k.startswith(("graph.", "graph_")) and k != "graph.batch"
     )
 
 

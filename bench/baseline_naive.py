@@ -102,22 +102,31 @@ class NaiveTool:
                 if target is not None and hasattr(target, "availability"):
                     self.graph.post(
                         f"/users/{p.azure_id}/presence/setPresence",
-                        json={"sessionId": self.profile.client_id,
-                              "availability": target.availability,
-                              "activity": target.activity, "expirationDuration": "PT1H"},
+                        json={
+                            "sessionId": self.profile.client_id,
+                            "availability": target.availability,
+                            "activity": target.activity,
+                            "expirationDuration": "PT1H",
+                        },
                     )
                     graph_calls += 1
                     writes += 1
             elif previous[:2] != seen[:2]:  # Teams changed: write Connect
                 target = self.mapping.teams_to_connect(TeamsStatus.of(seen[0], seen[1], False))
                 if isinstance(target, str) and target != "unaltered":
-                    self.connect.put(self.wire.PRESENCE_PATH.format(user_id=p.connect_id),
-                                     params={"resource": self.resource},
-                                     json={"presence": target})
+                    self.connect.put(
+                        self.wire.PRESENCE_PATH.format(user_id=p.connect_id),
+                        params={"resource": self.resource},
+                        json={"presence": target},
+                    )
                     connect_calls += 1
                     writes += 1
-        return {"wall_s": time.perf_counter() - start, "graph": graph_calls,
-                "connect": connect_calls, "writes": writes}
+        return {
+            "wall_s": time.perf_counter() - start,
+            "graph": graph_calls,
+            "connect": connect_calls,
+            "writes": writes,
+        }
 
 
 def compare(users: int, sample: int, seed: int, one_shot: bool = True) -> list[dict[str, Any]]:
@@ -131,27 +140,40 @@ def compare(users: int, sample: int, seed: int, one_shot: bool = True) -> list[d
         # presencectl: steady watch cycles, then a one-shot run.
         # Counted over the steady cycles only: the counters are reset after the first cycle
         # (directory listings and the full Connect read that starts every watch).
-        watch = engine_driver.watch_cycles(profile, limit=lifted, window=30.0, cycles=5,
-                                           after_first=sb.reset_stats)
+        watch = engine_driver.watch_cycles(
+            profile, limit=lifted, window=30.0, cycles=5, after_first=sb.reset_stats
+        )
         stats = sb.stats()
         cycles = len(watch["cycle_s"])
         graph_per_cycle = graph_requests(stats) / cycles
-        rows.append({
-            "users": n, "tool": "presencectl watch cycle", "wall_s": median(watch["cycle_s"]),
-            "graph_requests": graph_per_cycle,
-            "connect_requests": _connect_requests(stats) / cycles,
-            "throttle_bound_s": graph_per_cycle / GRAPH_CEILING_PER_S, "measured_over": n,
-        })
+        rows.append(
+            {
+                "users": n,
+                "tool": "presencectl watch cycle",
+                "wall_s": median(watch["cycle_s"]),
+                "graph_requests": graph_per_cycle,
+                "connect_requests": _connect_requests(stats) / cycles,
+                "throttle_bound_s": graph_per_cycle / GRAPH_CEILING_PER_S,
+                "measured_over": n,
+            }
+        )
         sb.reset_stats()
         once = engine_driver.one_shot(profile, limit=lifted, window=30.0) if one_shot else None
         stats = sb.stats()
         g = graph_requests(stats)
-        rows.append({} if once is None else {
-            "users": n, "tool": "presencectl one-shot", "wall_s": once["elapsed"],
-            "graph_requests": float(g),
-            "connect_requests": float(_connect_requests(stats)),
-            "throttle_bound_s": g / GRAPH_CEILING_PER_S, "measured_over": n,
-        })
+        rows.append(
+            {}
+            if once is None
+            else {
+                "users": n,
+                "tool": "presencectl one-shot",
+                "wall_s": once["elapsed"],
+                "graph_requests": float(g),
+                "connect_requests": float(_connect_requests(stats)),
+                "throttle_bound_s": g / GRAPH_CEILING_PER_S,
+                "measured_over": n,
+            }
+        )
         # The naive tool: a first cycle to learn the states (not timed), then a steady cycle.
         subset = pairs[: min(n, sample)]
         naive = NaiveTool(profile)
@@ -164,15 +186,18 @@ def compare(users: int, sample: int, seed: int, one_shot: bool = True) -> list[d
             naive.close()
         scale = n / len(subset)
         graph_per_cycle = graph_requests(stats) * scale
-        rows.append({
-            "users": n,
-            "tool": "naive polling" + (f" (x{scale:.0f} from {len(subset)})" if scale > 1 else ""),
-            "wall_s": result["wall_s"] * scale,
-            "graph_requests": graph_per_cycle,
-            "connect_requests": _connect_requests(stats) * scale,
-            "throttle_bound_s": graph_per_cycle / GRAPH_CEILING_PER_S,
-            "measured_over": len(subset),
-        })
+        rows.append(
+            {
+                "users": n,
+                "tool": "naive polling"
+                + (f" (x{scale:.0f} from {len(subset)})" if scale > 1 else ""),
+                "wall_s": result["wall_s"] * scale,
+                "graph_requests": graph_per_cycle,
+                "connect_requests": _connect_requests(stats) * scale,
+                "throttle_bound_s": graph_per_cycle / GRAPH_CEILING_PER_S,
+                "measured_over": len(subset),
+            }
+        )
     rows = [r for r in rows if r]
     naive_row = rows[-1]
     for row in rows:  # all Graph requests on both sides ($batch members one by one)
@@ -184,8 +209,17 @@ def compare(users: int, sample: int, seed: int, one_shot: bool = True) -> list[d
 def run(sizes: list[int], sample: int, seed: int, one_shot: bool = True) -> Report:
     report = Report(
         "baseline_naive",
-        ["users", "tool", "wall_s", "graph_requests", "connect_requests", "throttle_bound_s",
-         "graph_x_fewer", "wall_x_faster", "measured_over"],
+        [
+            "users",
+            "tool",
+            "wall_s",
+            "graph_requests",
+            "connect_requests",
+            "throttle_bound_s",
+            "graph_x_fewer",
+            "wall_x_faster",
+            "measured_over",
+        ],
     )
     report.notes.append(
         "per cycle; throttle lifted for both (in the naive tool's favour); throttle_bound_s = "

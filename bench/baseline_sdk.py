@@ -71,8 +71,13 @@ BATCH_ROUNDS = 6
 # at the last moment they fail with "Server disconnected" — what any script meets against a
 # server with a short keep-alive. The peer keeps them 2 s and tries a failed call 5 times.
 TRIES = 5
-TEAMS_CHANGES = [("Busy", "InACall"), ("DoNotDisturb", "Presenting"), ("Available", "Available"),
-                 ("BeRightBack", "BeRightBack"), ("Busy", "InAConferenceCall")]
+TEAMS_CHANGES = [
+    ("Busy", "InACall"),
+    ("DoNotDisturb", "Presenting"),
+    ("Available", "Available"),
+    ("BeRightBack", "BeRightBack"),
+    ("Busy", "InAConferenceCall"),
+]
 CONNECT_CHANGES = ["onphone", "available", "meeting", "dnd", "agent_onphone", "busy"]
 
 
@@ -293,8 +298,9 @@ class SdkSync:
         for _ in range(BATCH_ROUNDS):
             collection = BatchRequestContentCollection()
             for rid, (user_id, target) in pending.items():
-                info = self.graph.users.by_user_id(user_id).presence.set_presence \
-                    .to_post_request_information(self._body(target))
+                info = self.graph.users.by_user_id(
+                    user_id
+                ).presence.set_presence.to_post_request_information(self._body(target))
                 collection.add_batch_request_item(BatchRequestItem(info, id=rid))
             answer = await self._graph_call(lambda c=collection: self.graph.batch.post(c))
             retry: dict[str, tuple[str, Any]] = {}
@@ -351,8 +357,7 @@ def _connect_requests(stats: dict[str, Any]) -> int:
 def _fresh_window(sb: SandboxProcess) -> None:
     """Start the timed pass with the real throttle and an empty window (sandbox clock +31 s)."""
     sb.faults(throttle_per_30s=THROTTLE[0], throttle_window=THROTTLE[1])
-    sb.control.post("/_sandbox/clock/advance", json={"seconds": THROTTLE[1] + 1}) \
-        .raise_for_status()
+    sb.control.post("/_sandbox/clock/advance", json={"seconds": THROTTLE[1] + 1}).raise_for_status()
     sb.reset_stats()
 
 
@@ -397,8 +402,13 @@ def measure_one(users: int, seed: int, rows_wanted: list[str]) -> list[dict[str,
                 c0 = time.process_time()
                 result = engine_driver.one_shot(profile, limit=THROTTLE[0], window=THROTTLE[1])
                 cpu = time.process_time() - c0
-                record("presencectl one-shot", result["elapsed"], cpu, changed,
-                       {"written": result["ok"], "failed": result["failed"]})
+                record(
+                    "presencectl one-shot",
+                    result["elapsed"],
+                    cpu,
+                    changed,
+                    {"written": result["ok"], "failed": result["failed"]},
+                )
                 continue
             batch = tool == "sdk-batch"
 
@@ -424,9 +434,18 @@ def measure_one(users: int, seed: int, rows_wanted: list[str]) -> list[dict[str,
             wall, counts = asyncio.run(timed())
             cpu = time.process_time() - c0
             label = "msgraph-sdk, $batch" if batch else "msgraph-sdk, per user"
-            record(label, wall, cpu, changed,
-                   {"written": peer.writes, "failed": peer.failed_writes,
-                    "transport_retries": peer.transport_retries, **counts})
+            record(
+                label,
+                wall,
+                cpu,
+                changed,
+                {
+                    "written": peer.writes,
+                    "failed": peer.failed_writes,
+                    "transport_retries": peer.transport_retries,
+                    **counts,
+                },
+            )
             # The peer's sessions stay; presencectl's next converge run sees them as any
             # other writer's and settles before its own timed pass.
     return rows
@@ -435,9 +454,23 @@ def measure_one(users: int, seed: int, rows_wanted: list[str]) -> list[dict[str,
 def run(sizes: list[int], seed: int, tools: list[str]) -> Report:
     report = Report(
         "baseline_sdk",
-        ["users", "tool", "changed", "wall_s", "cpu_s", "graph_requests", "connect_requests",
-         "throttled_429", "written", "failed", "transport_retries", "wall_vs_presencectl",
-         "presence_accepted", "throttle_min_s", "wall_vs_throttle_min"],
+        [
+            "users",
+            "tool",
+            "changed",
+            "wall_s",
+            "cpu_s",
+            "graph_requests",
+            "connect_requests",
+            "throttled_429",
+            "written",
+            "failed",
+            "transport_retries",
+            "wall_vs_presencectl",
+            "presence_accepted",
+            "throttle_min_s",
+            "wall_vs_throttle_min",
+        ],
     )
     report.notes.append(
         "one sandbox process per size (its CPU is not in cpu_s); each row: learn (untimed), "
@@ -447,9 +480,19 @@ def run(sizes: list[int], seed: int, tools: list[str]) -> Report:
     per_size: dict[str, Any] = {}
     for n in sizes:
         out = subprocess.run(
-            [sys.executable, str(Path(__file__)), "--one", str(n), "--seed", str(seed),
-             "--tools", ",".join(tools)],
-            capture_output=True, text=True, check=False,
+            [
+                sys.executable,
+                str(Path(__file__)),
+                "--one",
+                str(n),
+                "--seed",
+                str(seed),
+                "--tools",
+                ",".join(tools),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if out.returncode != 0:
             report.notes.append(f"{n} users failed: {out.stderr[-1500:]}")

@@ -249,9 +249,12 @@ def main(argv: list[str] | None = None) -> int:
          "p50_s", "p95_s", "max_s", "connect_writes", "most_queued", "oldest_wait_s",
          "converged_after_last_change_s", "cpu_s_per_hour", "connect_429", "graph_429"],
     )  # fmt: skip
-    with isolated_env(), SandboxProcess(
-        users=args.users, seed=args.seed, throttle=GRAPH_LIMIT, throttle_window=GRAPH_WINDOW_S
-    ) as sb:
+    with (
+        isolated_env(),
+        SandboxProcess(
+            users=args.users, seed=args.seed, throttle=GRAPH_LIMIT, throttle_window=GRAPH_WINDOW_S
+        ) as sb,
+    ):
         engine_driver.prepare(sb)
         rows = __import__("json").loads(engine_driver.cli("-o", "json", "users"))
         skip = {"admin@contoso.example", sb.profile_info()["sync_user"]}

@@ -39,8 +39,13 @@ from _harness import (
 )
 
 THROTTLE = (1500, 30.0)
-TEAMS_CHANGES = [("Busy", "InACall"), ("DoNotDisturb", "Presenting"), ("Available", "Available"),
-                 ("BeRightBack", "BeRightBack"), ("Busy", "InAConferenceCall")]
+TEAMS_CHANGES = [
+    ("Busy", "InACall"),
+    ("DoNotDisturb", "Presenting"),
+    ("Available", "Available"),
+    ("BeRightBack", "BeRightBack"),
+    ("Busy", "InAConferenceCall"),
+]
 CONNECT_CHANGES = ["onphone", "available", "meeting", "dnd", "agent_onphone", "busy"]
 
 
@@ -69,27 +74,31 @@ def measure_one(users: int, seed: int, watch_cycles: int) -> dict[str, Any]:
         sb.faults(throttle_per_30s=THROTTLE[0], throttle_window=THROTTLE[1])
 
         def record(name: str, result: dict[str, Any], stats: dict[str, Any]) -> None:
-            rows.append({
-                "users": users,
-                "run": name,
-                "matched": result.get("matched"),
-                "wall_s": result["elapsed"],
-                "plan_cpu_ms": result["plan_cpu_s"] * 1000,
-                "written": result.get("ok"),
-                "graph_requests": graph_requests(stats),
-                "connect_requests": sum(v for k, v in stats["requests"].items()
-                                        if k.startswith("connect.")),
-                "presence_reads": stats["requests"].get("graph.getPresencesByUserId", 0),
-                "throttled": stats["throttled"],
-                "endpoints": endpoint_counts(stats),
-            })
+            rows.append(
+                {
+                    "users": users,
+                    "run": name,
+                    "matched": result.get("matched"),
+                    "wall_s": result["elapsed"],
+                    "plan_cpu_ms": result["plan_cpu_s"] * 1000,
+                    "written": result.get("ok"),
+                    "graph_requests": graph_requests(stats),
+                    "connect_requests": sum(
+                        v for k, v in stats["requests"].items() if k.startswith("connect.")
+                    ),
+                    "presence_reads": stats["requests"].get("graph.getPresencesByUserId", 0),
+                    "throttled": stats["throttled"],
+                    "endpoints": endpoint_counts(stats),
+                }
+            )
 
         record("first run (converge, unthrottled)", first, {"requests": {}, "throttled": 0})
         rows[-1].update(graph_requests=None, connect_requests=None, presence_reads=None)
 
         def empty_window() -> None:  # each timed run starts with the throttle window empty
-            sb.control.post("/_sandbox/clock/advance", json={"seconds": THROTTLE[1] + 1}) \
-                .raise_for_status()
+            sb.control.post(
+                "/_sandbox/clock/advance", json={"seconds": THROTTLE[1] + 1}
+            ).raise_for_status()
 
         empty_window()  # the first run's writes would otherwise throttle the steady run
         sb.reset_stats()
@@ -113,51 +122,79 @@ def measure_one(users: int, seed: int, watch_cycles: int) -> dict[str, Any]:
             progress(f"presencectl sync process, {name}")
             proc = engine_driver.cli_one_shot()
             stats = sb.stats()
-            rows.append({
-                "users": users, "run": f"presencectl sync process, {name}",
-                "wall_s": proc["elapsed"], "cpu_s": proc["cpu_s"],
-                "cpu_user_s": proc["cpu_user_s"], "cpu_sys_s": proc["cpu_sys_s"],
-                "written": proc["written"], "graph_requests": graph_requests(stats),
-                "connect_requests": sum(v for k, v in stats["requests"].items()
-                                        if k.startswith("connect.")),
-                "presence_reads": stats["requests"].get("graph.getPresencesByUserId", 0),
-                "throttled": stats["throttled"], "endpoints": endpoint_counts(stats),
-            })
+            rows.append(
+                {
+                    "users": users,
+                    "run": f"presencectl sync process, {name}",
+                    "wall_s": proc["elapsed"],
+                    "cpu_s": proc["cpu_s"],
+                    "cpu_user_s": proc["cpu_user_s"],
+                    "cpu_sys_s": proc["cpu_sys_s"],
+                    "written": proc["written"],
+                    "graph_requests": graph_requests(stats),
+                    "connect_requests": sum(
+                        v for k, v in stats["requests"].items() if k.startswith("connect.")
+                    ),
+                    "presence_reads": stats["requests"].get("graph.getPresencesByUserId", 0),
+                    "throttled": stats["throttled"],
+                    "endpoints": endpoint_counts(stats),
+                }
+            )
         server_cpu = sb.server_cpu_s()
         sb.reset_stats()
         progress("watch cycles")
-        watch = engine_driver.watch_cycles(profile, limit=THROTTLE[0], window=THROTTLE[1],
-                                           cycles=watch_cycles)
+        watch = engine_driver.watch_cycles(
+            profile, limit=THROTTLE[0], window=THROTTLE[1], cycles=watch_cycles
+        )
         stats = sb.stats()
-        rows.append({
-            "users": users,
-            "run": f"watch, steady (median of {len(watch['cycle_s'])})",
-            "matched": watch["summary"]["matched"],
-            "wall_s": median(watch["cycle_s"]),
-            "plan_cpu_ms": median(watch["plan_cpu_s"]) * 1000,
-            "written": watch["summary"]["written"],
-            "graph_requests": graph_requests(stats),
-            "connect_requests": sum(v for k, v in stats["requests"].items()
-                                    if k.startswith("connect.")),
-            "presence_reads": stats["requests"].get("graph.getPresencesByUserId", 0),
-            "throttled": stats["throttled"],
-            "endpoints": endpoint_counts(stats),
-            "first_cycle_s": watch["first_cycle_s"],
-            "cycles": len(watch["cycle_s"]) + 1,
-        })
+        rows.append(
+            {
+                "users": users,
+                "run": f"watch, steady (median of {len(watch['cycle_s'])})",
+                "matched": watch["summary"]["matched"],
+                "wall_s": median(watch["cycle_s"]),
+                "plan_cpu_ms": median(watch["plan_cpu_s"]) * 1000,
+                "written": watch["summary"]["written"],
+                "graph_requests": graph_requests(stats),
+                "connect_requests": sum(
+                    v for k, v in stats["requests"].items() if k.startswith("connect.")
+                ),
+                "presence_reads": stats["requests"].get("graph.getPresencesByUserId", 0),
+                "throttled": stats["throttled"],
+                "endpoints": endpoint_counts(stats),
+                "first_cycle_s": watch["first_cycle_s"],
+                "cycles": len(watch["cycle_s"]) + 1,
+            }
+        )
         server_rss = sb.server_rss_mb()
         latency = sb.probe_latency_ms()
     for row in rows:
         row["peak_rss_mb"] = peak_rss_mb()
-    return {"rows": rows, "server_rss_mb": server_rss, "sandbox_latency": latency,
-            "sandbox_cpu_s_total": server_cpu}
+    return {
+        "rows": rows,
+        "server_rss_mb": server_rss,
+        "sandbox_latency": latency,
+        "sandbox_cpu_s_total": server_cpu,
+    }
 
 
 def run(sizes: list[int], seed: int, watch_cycles: int) -> Report:
     report = Report(
         "cycle",
-        ["users", "run", "matched", "wall_s", "cpu_s", "plan_cpu_ms", "written",
-         "graph_requests", "presence_reads", "connect_requests", "throttled", "peak_rss_mb"],
+        [
+            "users",
+            "run",
+            "matched",
+            "wall_s",
+            "cpu_s",
+            "plan_cpu_ms",
+            "written",
+            "graph_requests",
+            "presence_reads",
+            "connect_requests",
+            "throttled",
+            "peak_rss_mb",
+        ],
     )
     report.notes.append(
         "requests are counted by the sandbox (graph_requests counts each $batch member, as "
@@ -170,9 +207,19 @@ def run(sizes: list[int], seed: int, watch_cycles: int) -> Report:
     for n in sizes:
         # One process per size: ru_maxrss is a high-water mark for the whole process.
         out = subprocess.run(
-            [sys.executable, str(Path(__file__)), "--one", str(n), "--seed", str(seed),
-             "--watch-cycles", str(watch_cycles)],
-            capture_output=True, text=True, check=False,
+            [
+                sys.executable,
+                str(Path(__file__)),
+                "--one",
+                str(n),
+                "--seed",
+                str(seed),
+                "--watch-cycles",
+                str(watch_cycles),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if out.returncode != 0:
             report.notes.append(f"{n} users failed: {out.stderr[-800:]}")
@@ -191,10 +238,14 @@ def figures(per_size: dict[int, Any]) -> dict[str, Any]:
     for n, data in per_size.items():
         steady = next(r for r in data["rows"] if r["run"] == "one-shot, steady")
         watch = next(r for r in data["rows"] if r["run"].startswith("watch"))
-        changed = next(r for r in data["rows"] if r["run"].startswith("one-shot,")
-                       and "changed" in r["run"])
-        proc = {r["run"].rsplit(", ", 1)[1]: r for r in data["rows"]
-                if r["run"].startswith("presencectl sync process")}
+        changed = next(
+            r for r in data["rows"] if r["run"].startswith("one-shot,") and "changed" in r["run"]
+        )
+        proc = {
+            r["run"].rsplit(", ", 1)[1]: r
+            for r in data["rows"]
+            if r["run"].startswith("presencectl sync process")
+        }
         out[str(n)] = {
             "process_cpu_s_steady": proc.get("steady", {}).get("cpu_s"),
             "process_cpu_s_changed": proc.get("changed", {}).get("cpu_s"),

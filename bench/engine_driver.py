@@ -32,7 +32,11 @@ def available() -> bool:
 def cli(*args: str, stdin: str | None = None) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "presencectl", "--profile", PROFILE, "--no-input", *args],
-        input=stdin, capture_output=True, text=True, env=os.environ.copy(), timeout=300,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=300,
     )
     if result.returncode != 0:
         raise RuntimeError(f"presencectl {' '.join(args)}: {result.stderr[-2000:]}")
@@ -93,9 +97,17 @@ def plan_timer() -> PlanTimer:
 
 
 @contextlib.asynccontextmanager
-async def engine(profile: Any, *, limit: int, window: float, direction: str = "both",
-                 interval: float = 5.0, on_event: Callable[[Any], None] | None = None,
-                 use_feed: bool = True, notify: Any = None) -> AsyncIterator[Any]:
+async def engine(
+    profile: Any,
+    *,
+    limit: int,
+    window: float,
+    direction: str = "both",
+    interval: float = 5.0,
+    on_event: Callable[[Any], None] | None = None,
+    use_feed: bool = True,
+    notify: Any = None,
+) -> AsyncIterator[Any]:
     """``engine_for(profile)`` with one rate limiter sized to the sandbox's throttle;
     ``notify``: a ``NotifyOptions`` (Teams by Graph change notifications)."""
     from presencectl.graph.ratelimit import RateLimiter
@@ -130,8 +142,7 @@ def _result_dict(res: Any, elapsed: float, metrics: Any, timer: PlanTimer) -> di
     }
 
 
-def one_shot(profile: Any, *, limit: int, window: float, direction: str = "both"
-             ) -> dict[str, Any]:
+def one_shot(profile: Any, *, limit: int, window: float, direction: str = "both") -> dict[str, Any]:
     """One ``run_once`` in a fresh engine (as ``presencectl sync`` does), timed."""
     timer = plan_timer()
 
@@ -154,9 +165,22 @@ def cli_one_shot() -> dict[str, Any]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "presencectl", "--profile", PROFILE, "--no-input", "-o", "json",
-         "sync"],
-        capture_output=True, text=True, env=os.environ.copy(), timeout=900, check=False,
+        [
+            sys.executable,
+            "-m",
+            "presencectl",
+            "--profile",
+            PROFILE,
+            "--no-input",
+            "-o",
+            "json",
+            "sync",
+        ],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=900,
+        check=False,
     )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -174,9 +198,15 @@ def cli_one_shot() -> dict[str, Any]:
     }
 
 
-def watch_cycles(profile: Any, *, limit: int, window: float, cycles: int = 4,
-                 direction: str = "both",
-                 after_first: Callable[[], None] | None = None) -> dict[str, Any]:
+def watch_cycles(
+    profile: Any,
+    *,
+    limit: int,
+    window: float,
+    cycles: int = 4,
+    direction: str = "both",
+    after_first: Callable[[], None] | None = None,
+) -> dict[str, Any]:
     """Steady-state watch cycles (Teams poll + plan + writes; Connect by its feed), back to back
     (interval ~0): wall per cycle measured between consecutive cycle ends; the first cycle, which
     lists both directories and reads Connect fully, is reported apart (``after_first`` runs
@@ -193,8 +223,9 @@ def watch_cycles(profile: Any, *, limit: int, window: float, cycles: int = 4,
         timer.reset()
 
     async def go() -> dict[str, Any]:
-        async with engine(profile, limit=limit, window=window, direction=direction,
-                          interval=0.001) as eng:
+        async with engine(
+            profile, limit=limit, window=window, direction=direction, interval=0.001
+        ) as eng:
             timer.reset()
             start = time.perf_counter()
             res = await eng.watch(max_cycles=cycles, after_cycle=after)

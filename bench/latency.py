@@ -68,9 +68,18 @@ def run(users: int, duration: float, changes: int, interval: float, seed: int) -
     return _report(samples, missed, users, duration, changes, interval)
 
 
-def measure(users: int, duration: float, changes: int, interval: float, seed: int, *,
-            notify: bool = False, reconcile: float = 60.0, drop_rate: float = 0.0,
-            sync_users: int = 1) -> dict[str, Any]:
+def measure(
+    users: int,
+    duration: float,
+    changes: int,
+    interval: float,
+    seed: int,
+    *,
+    notify: bool = False,
+    reconcile: float = 60.0,
+    drop_rate: float = 0.0,
+    sync_users: int = 1,
+) -> dict[str, Any]:
     """One set-up: samples per direction (Teams→Connect split by notification coverage when
     ``notify``), misses, and the Graph presence reads / renewals of the measured window."""
     rng = random.Random(seed)
@@ -90,7 +99,7 @@ def measure(users: int, duration: float, changes: int, interval: float, seed: in
         group = max(4, min(len(pairs) // 2, changes))
         group_c, group_t = pairs[:group], pairs[group : 2 * group]
         if sync_users > 1:
-            window["pool"] = _add_sync_users(sb, pairs[2 * group:], sync_users - 1)
+            window["pool"] = _add_sync_users(sb, pairs[2 * group :], sync_users - 1)
             from presencectl.config import load_profile
 
             profile = load_profile(engine_driver.PROFILE)  # the pool, as the CLI saved it
@@ -113,10 +122,14 @@ def measure(users: int, duration: float, changes: int, interval: float, seed: in
             async def go() -> None:
                 stop = asyncio.Event()
                 loop_box["loop"], loop_box["stop"] = asyncio.get_running_loop(), stop
-                async with engine_driver.engine(profile, limit=1500, window=30.0,
-                                                interval=interval, on_event=on_event,
-                                                notify=_notify(reconcile) if notify else None
-                                                ) as eng:
+                async with engine_driver.engine(
+                    profile,
+                    limit=1500,
+                    window=30.0,
+                    interval=interval,
+                    on_event=on_event,
+                    notify=_notify(reconcile) if notify else None,
+                ) as eng:
                     loop_box["engine"] = eng
                     loop_box["result"] = await eng.watch(stop=stop)
 
@@ -150,12 +163,16 @@ def measure(users: int, duration: float, changes: int, interval: float, seed: in
             state_c[p.email] ^= 1
             status, want = C_STATES[state_c[p.email]]
             t0 = time.perf_counter()
-            sb_thread_control().post("/_sandbox/connect/presence",
-                                     json={"user": p.email, "status": status})
+            sb_thread_control().post(
+                "/_sandbox/connect/presence", json={"user": p.email, "status": status}
+            )
 
             def check() -> bool:
-                d = sb_thread_control().get("/_sandbox/teams/presence",
-                                            params={"user": p.email}).json()
+                d = (
+                    sb_thread_control()
+                    .get("/_sandbox/teams/presence", params={"user": p.email})
+                    .json()
+                )
                 return (d["availability"], d["activity"]) == want
 
             record("connect->teams", t0, wait_until(check, timeout), p.email)
@@ -164,13 +181,17 @@ def measure(users: int, duration: float, changes: int, interval: float, seed: in
             state_t[p.email] ^= 1
             pair, want = T_STATES[state_t[p.email]]
             t0 = time.perf_counter()
-            sb_thread_control().post("/_sandbox/teams/presence",
-                                     json={"user": p.email, "availability": pair[0],
-                                           "activity": pair[1]})
+            sb_thread_control().post(
+                "/_sandbox/teams/presence",
+                json={"user": p.email, "availability": pair[0], "activity": pair[1]},
+            )
 
             def check() -> bool:
-                d = sb_thread_control().get("/_sandbox/connect/presence",
-                                            params={"user": p.email}).json()
+                d = (
+                    sb_thread_control()
+                    .get("/_sandbox/connect/presence", params={"user": p.email})
+                    .json()
+                )
                 return bool(d["status"] == want)
 
             direction = "teams->connect"
@@ -198,7 +219,9 @@ def measure(users: int, duration: float, changes: int, interval: float, seed: in
 
                 local.client = httpx.Client(
                     base_url=sb.base_url,
-                    verify=ssl.create_default_context(cafile=sb.ca_bundle), timeout=30.0)
+                    verify=ssl.create_default_context(cafile=sb.ca_bundle),
+                    timeout=30.0,
+                )
             return local.client
 
         times = sorted(rng.uniform(0, duration) for _ in range(changes))
@@ -223,8 +246,12 @@ def measure(users: int, duration: float, changes: int, interval: float, seed: in
             window["notifications"] = notes.summary()
         loop_box["loop"].call_soon_threadsafe(loop_box["stop"].set)
         thread.join(timeout=60)
-    for name in ("graph.getPresencesByUserId", "graph.subscriptions.create",
-                 "graph.subscriptions.renew", "graph.subscriptions.reauthorize"):
+    for name in (
+        "graph.getPresencesByUserId",
+        "graph.subscriptions.create",
+        "graph.subscriptions.renew",
+        "graph.subscriptions.reauthorize",
+    ):
         window[name] = stats_after.get(name, 0) - stats_before.get(name, 0)
     if "teams->connect" in samples and not samples["teams->connect"] and notify:
         samples.pop("teams->connect")
@@ -240,21 +267,34 @@ def _add_sync_users(sb: Any, spare: list[Any], count: int) -> list[str]:
     rest people outside the measured groups by password."""
     import secrets as token_source
 
-    response = sb.control.post("/_sandbox/users", json={
-        "email": MFA_MEMBER, "display_name": "presencectl sync (MFA)", "on": ["teams"],
-        "password": "Mfa-" + token_source.token_urlsafe(12) + "1!", "flags": ["mfa_required"]})
+    response = sb.control.post(
+        "/_sandbox/users",
+        json={
+            "email": MFA_MEMBER,
+            "display_name": "presencectl sync (MFA)",
+            "on": ["teams"],
+            "password": "Mfa-" + token_source.token_urlsafe(12) + "1!",
+            "flags": ["mfa_required"],
+        },
+    )
     response.raise_for_status()
     engine_driver.cli("sync-user", "add", "--username", MFA_MEMBER, "--device-code")
     added = [MFA_MEMBER]
     if len(spare) < count - 1:
         raise SystemExit(f"--sync-users: only {len(spare)} people outside the measured groups")
-    for person in spare[len(spare) - (count - 1):] if count > 1 else []:
+    for person in spare[len(spare) - (count - 1) :] if count > 1 else []:
         password = "Pool-" + token_source.token_urlsafe(12) + "1!"
         sb.control.post(
             f"/_sandbox/users/{person.email}/password", json={"password": password}
         ).raise_for_status()
-        engine_driver.cli("sync-user", "add", "--username", person.email, "--password-stdin",
-                          stdin=password + "\n")
+        engine_driver.cli(
+            "sync-user",
+            "add",
+            "--username",
+            person.email,
+            "--password-stdin",
+            stdin=password + "\n",
+        )
         added.append(person.email)
     return added
 
@@ -267,25 +307,46 @@ def _notify(reconcile: float) -> Any:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    return NotifyOptions(notify_url=f"http://127.0.0.1:{port}/", profile="bench",
-                         listen=f"127.0.0.1:{port}", reconcile_interval=reconcile)
+    return NotifyOptions(
+        notify_url=f"http://127.0.0.1:{port}/",
+        profile="bench",
+        listen=f"127.0.0.1:{port}",
+        reconcile_interval=reconcile,
+    )
 
 
-def _report(samples: dict[str, list[float]], missed: dict[str, int], users: int,
-            duration: float, changes: int, interval: float) -> Report:
-    report = Report("latency", ["direction", "changes", "p50_s", "p95_s", "max_s", "missed",
-                                "target_p95_s", "verdict"])
+def _report(
+    samples: dict[str, list[float]],
+    missed: dict[str, int],
+    users: int,
+    duration: float,
+    changes: int,
+    interval: float,
+) -> Report:
+    report = Report(
+        "latency",
+        ["direction", "changes", "p50_s", "p95_s", "max_s", "missed", "target_p95_s", "verdict"],
+    )
     targets = {"connect->teams": 1.0, "teams->connect": interval + 1.0}
     figures: dict[str, Any] = {}
     for direction, values in samples.items():
         p95 = percentile(values, 95)
-        report.add(direction=direction, changes=len(values), p50_s=percentile(values, 50),
-                   p95_s=p95, max_s=max(values) if values else None,
-                   missed=missed[direction], target_p95_s=targets[direction],
-                   verdict="PASS" if values and p95 < targets[direction] else "MISS")
-        figures[direction] = {"p50_s": percentile(values, 50), "p95_s": p95,
-                              "max_s": max(values) if values else None,
-                              "missed": missed[direction]}
+        report.add(
+            direction=direction,
+            changes=len(values),
+            p50_s=percentile(values, 50),
+            p95_s=p95,
+            max_s=max(values) if values else None,
+            missed=missed[direction],
+            target_p95_s=targets[direction],
+            verdict="PASS" if values and p95 < targets[direction] else "MISS",
+        )
+        figures[direction] = {
+            "p50_s": percentile(values, 50),
+            "p95_s": p95,
+            "max_s": max(values) if values else None,
+            "missed": missed[direction],
+        }
     report.notes.append(
         f"watch --interval {interval:g}; {changes} changes over {duration:g} s on {users} users; "
         f"measured by polling the target side through the control API every {POLL_S * 1000:.0f} ms"
@@ -302,39 +363,82 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=5)
-    parser.add_argument("--compare", action="store_true",
-                        help="polling vs notifications vs notifications with 10%% dropped")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="polling vs notifications vs notifications with 10%% dropped",
+    )
     parser.add_argument("--reconcile-interval", type=float, default=60.0)
-    parser.add_argument("--sync-users", type=int, default=0,
-                        help="notifications with a pool of N sync users (650 people each)")
+    parser.add_argument(
+        "--sync-users",
+        type=int,
+        default=0,
+        help="notifications with a pool of N sync users (650 people each)",
+    )
     args = parser.parse_args(argv)
     if args.sync_users:
-        pool(args.users, args.duration, args.changes, args.interval, args.seed,
-             args.reconcile_interval, args.sync_users).emit()
+        pool(
+            args.users,
+            args.duration,
+            args.changes,
+            args.interval,
+            args.seed,
+            args.reconcile_interval,
+            args.sync_users,
+        ).emit()
         return 0
     if args.compare:
-        compare(args.users, args.duration, args.changes, args.interval, args.seed,
-                args.reconcile_interval).emit()
+        compare(
+            args.users,
+            args.duration,
+            args.changes,
+            args.interval,
+            args.seed,
+            args.reconcile_interval,
+        ).emit()
         return 0
     run(args.users, args.duration, args.changes, args.interval, args.seed).emit()
     return 0
 
 
-def pool(users: int, duration: float, changes: int, interval: float, seed: int,
-         reconcile: float, sync_users: int) -> Report:
+def pool(
+    users: int,
+    duration: float,
+    changes: int,
+    interval: float,
+    seed: int,
+    reconcile: float,
+    sync_users: int,
+) -> Report:
     """Notifications with a pool of ``sync_users`` members (see the module doc)."""
-    figures = measure(users, duration, changes, interval, seed, notify=True, reconcile=reconcile,
-                      sync_users=sync_users)
+    figures = measure(
+        users,
+        duration,
+        changes,
+        interval,
+        seed,
+        notify=True,
+        reconcile=reconcile,
+        sync_users=sync_users,
+    )
     window = figures["window"]
-    report = Report("latency-pool", ["direction", "changes", "p50_s", "p95_s", "max_s", "missed",
-                                     "target_p95_s", "verdict"])
+    report = Report(
+        "latency-pool",
+        ["direction", "changes", "p50_s", "p95_s", "max_s", "missed", "target_p95_s", "verdict"],
+    )
     for direction, values in sorted(figures["samples"].items()):
         target = 1.0 if "not covered" not in direction else interval + 1.0
         p95 = percentile(values, 95)
-        report.add(direction=direction, changes=len(values), p50_s=percentile(values, 50),
-                   p95_s=p95, max_s=max(values) if values else None,
-                   missed=figures["missed"].get(direction, 0), target_p95_s=target,
-                   verdict="PASS" if values and p95 < target else "MISS")
+        report.add(
+            direction=direction,
+            changes=len(values),
+            p50_s=percentile(values, 50),
+            p95_s=p95,
+            max_s=max(values) if values else None,
+            missed=figures["missed"].get(direction, 0),
+            target_p95_s=target,
+            verdict="PASS" if values and p95 < target else "MISS",
+        )
     notes = window.get("notifications") or {}
     report.notes.append(
         f"{users} users, {sync_users} sync users (one under MFA signed in by device code, "
@@ -347,32 +451,51 @@ def pool(users: int, duration: float, changes: int, interval: float, seed: int,
     return report
 
 
-def compare(users: int, duration: float, changes: int, interval: float, seed: int,
-            reconcile: float) -> Report:
+def compare(
+    users: int, duration: float, changes: int, interval: float, seed: int, reconcile: float
+) -> Report:
     """The three set-ups side by side (see the module doc)."""
     setups = [
         ("polling", {}),
         ("notifications", {"notify": True, "reconcile": reconcile}),
-        ("notifications, 10% dropped", {"notify": True, "reconcile": reconcile,
-                                        "drop_rate": 0.1}),
+        ("notifications, 10% dropped", {"notify": True, "reconcile": reconcile, "drop_rate": 0.1}),
     ]
-    report = Report("latency-notifications", [
-        "setup", "direction", "changes", "p50_s", "p95_s", "max_s", "missed",
-        "presence_reads_per_h", "renewals"])
+    report = Report(
+        "latency-notifications",
+        [
+            "setup",
+            "direction",
+            "changes",
+            "p50_s",
+            "p95_s",
+            "max_s",
+            "missed",
+            "presence_reads_per_h",
+            "renewals",
+        ],
+    )
     results: dict[str, Any] = {}
     for name, kwargs in setups:
         figures = measure(users, duration, changes, interval, seed, **kwargs)
         window = figures["window"]
         per_hour = window["graph.getPresencesByUserId"] * 3600 / max(window["seconds"], 1e-9)
         for direction, values in sorted(figures["samples"].items()):
-            report.add(setup=name, direction=direction, changes=len(values),
-                       p50_s=percentile(values, 50), p95_s=percentile(values, 95),
-                       max_s=max(values) if values else None,
-                       missed=figures["missed"].get(direction, 0),
-                       presence_reads_per_h=round(per_hour),
-                       renewals=window["graph.subscriptions.renew"])
-        results[name] = {"window": window, "timeout_s": figures["timeout"],
-                         "samples": {k: len(v) for k, v in figures["samples"].items()}}
+            report.add(
+                setup=name,
+                direction=direction,
+                changes=len(values),
+                p50_s=percentile(values, 50),
+                p95_s=percentile(values, 95),
+                max_s=max(values) if values else None,
+                missed=figures["missed"].get(direction, 0),
+                presence_reads_per_h=round(per_hour),
+                renewals=window["graph.subscriptions.renew"],
+            )
+        results[name] = {
+            "window": window,
+            "timeout_s": figures["timeout"],
+            "samples": {k: len(v) for k, v in figures["samples"].items()},
+        }
     report.notes.append(
         f"{users} users, watch --interval {interval:g}, --reconcile-interval {reconcile:g}; "
         f"{changes} changes over {duration:g} s per set-up; a change not seen within the wait "

@@ -53,23 +53,37 @@ def run_sync(profile_to: str | None, spy: str | None = None) -> tuple[float, flo
     return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), wall
 
 
-BUCKETS = (("presencectl/connect/", "presencectl connect"),
-           ("presencectl/graph/", "presencectl graph"),
-           ("presencectl/sync/", "presencectl sync"),
-           ("presencectl/transport", "presencectl transport"),
-           ("presencectl/", "presencectl other"),
-           ("ssl.py", "ssl"), ("httpcore/", "httpcore"), ("httpx/", "httpx"),
-           ("anyio/", "anyio"), ("h11/", "h11"), ("asyncio/", "asyncio"), ("json/", "json"),
-           ("logging/", "logging"), ("msal/", "msal"), ("sqlite3", "sqlite3"),
-           ("concurrent/futures", "worker threads"))
+BUCKETS = (
+    ("presencectl/connect/", "presencectl connect"),
+    ("presencectl/graph/", "presencectl graph"),
+    ("presencectl/sync/", "presencectl sync"),
+    ("presencectl/transport", "presencectl transport"),
+    ("presencectl/", "presencectl other"),
+    ("ssl.py", "ssl"),
+    ("httpcore/", "httpcore"),
+    ("httpx/", "httpx"),
+    ("anyio/", "anyio"),
+    ("h11/", "h11"),
+    ("asyncio/", "asyncio"),
+    ("json/", "json"),
+    ("logging/", "logging"),
+    ("msal/", "msal"),
+    ("sqlite3", "sqlite3"),
+    ("concurrent/futures", "worker threads"),
+)
 # Inclusive: samples with this function anywhere on the stack.
-PHASES = (("get_presence (presencectl/connect/presence.py", "Connect reads, per user"),
-          ("get_presences (presencectl/graph/presence.py", "Graph presence reads"),
-          ("list_contacts", "Connect directory"), ("list_users", "Graph directory"),
-          ("plan (presencectl/sync/plan.py", "planning"),
-          ("_find_and_load", "imports"), ("send (httpx/_client.py", "httpx send (all)"),
-          ("build_request (httpx/_client.py", "httpx build_request"),
-          ("_log_request", "our request log hook"), ("_log_response", "our response log hook"))
+PHASES = (
+    ("get_presence (presencectl/connect/presence.py", "Connect reads, per user"),
+    ("get_presences (presencectl/graph/presence.py", "Graph presence reads"),
+    ("list_contacts", "Connect directory"),
+    ("list_users", "Graph directory"),
+    ("plan (presencectl/sync/plan.py", "planning"),
+    ("_find_and_load", "imports"),
+    ("send (httpx/_client.py", "httpx send (all)"),
+    ("build_request (httpx/_client.py", "httpx build_request"),
+    ("_log_request", "our request log hook"),
+    ("_log_response", "our response log hook"),
+)
 
 
 def summarise_samples(path: str, top: int) -> None:
@@ -124,12 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         for n in range(args.runs if args.no_profile else 1):
             if args.changed:
                 change_ten_percent(sb, pairs, rng)
-            sb.control.post("/_sandbox/clock/advance", json={"seconds": THROTTLE[1] + 1}) \
-                .raise_for_status()
+            sb.control.post(
+                "/_sandbox/clock/advance", json={"seconds": THROTTLE[1] + 1}
+            ).raise_for_status()
             target = str(RESULTS_DIR / "profile_sync.spy") if args.py_spy else prof
             cpu, wall = run_sync(None if args.no_profile else target, args.py_spy)
-            print(f"run {n + 1}: {len(pairs)} matched, presencectl sync CPU {cpu:.2f} s, "
-                  f"wall {wall:.2f} s{' (under cProfile)' if not args.no_profile else ''}")
+            print(
+                f"run {n + 1}: {len(pairs)} matched, presencectl sync CPU {cpu:.2f} s, "
+                f"wall {wall:.2f} s{' (under cProfile)' if not args.no_profile else ''}"
+            )
     if args.py_spy and not args.no_profile:
         summarise_samples(str(RESULTS_DIR / "profile_sync.spy"), args.top)
     elif not args.no_profile:

@@ -453,8 +453,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--echo-window", type=int, default=None,
-                        help="the profile's echo_window_s (default: the profile's, 60 s)")
+    parser.add_argument(
+        "--echo-window",
+        type=int,
+        default=None,
+        help="the profile's echo_window_s (default: the profile's, 60 s)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="presencectl-soak-"))

@@ -32,8 +32,9 @@ def time_command(argv: list[str], runs: int) -> tuple[list[float], int]:
     env = {**os.environ, "COLUMNS": "120"}
     for _ in range(runs + 1):  # the first run warms the OS page cache and .pyc files
         start = time.perf_counter()
-        done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              env=env, check=False)
+        done = subprocess.run(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=False
+        )
         times.append(time.perf_counter() - start)
         code = done.returncode
     return times[1:], code
@@ -46,8 +47,13 @@ def run(runs: int) -> Report:
     results = {name: times for name, (times, _) in timed.items()}
     floor = median(results["python -c pass"])
     for name, (times, code) in timed.items():
-        report.add(command=name, median_s=median(times), min_s=min(times),
-                   over_python_s=median(times) - floor, exit=code)
+        report.add(
+            command=name,
+            median_s=median(times),
+            min_s=min(times),
+            over_python_s=median(times) - floor,
+            exit=code,
+        )
         if code not in (0,):
             report.notes.append(f"`{name}` exited {code} (not built yet, or no profile)")
     report.extra["runs"] = runs

@@ -52,8 +52,9 @@ def ideal_seconds(units: int, limit: int, window: float) -> float:
     return max(0.0, (math.ceil(units / limit) - 1) * window)
 
 
-async def graph_writes(profile: Any, pairs: list[Any], limit: int, window: float,
-                       pair: tuple[str, str]) -> dict[str, Any]:
+async def graph_writes(
+    profile: Any, pairs: list[Any], limit: int, window: float, pair: tuple[str, str]
+) -> dict[str, Any]:
     from presencectl.graph.presence import Outcome, PresenceWrite, set_presences_batch
 
     writes = [PresenceWrite(p.azure_id, *pair) for p in pairs]
@@ -78,8 +79,9 @@ async def graph_writes(profile: Any, pairs: list[Any], limit: int, window: float
     }
 
 
-def row(name: str, result: dict[str, Any], stats: dict[str, Any], users: int, limit: int,
-        window: float) -> dict[str, Any]:
+def row(
+    name: str, result: dict[str, Any], stats: dict[str, Any], users: int, limit: int, window: float
+) -> dict[str, Any]:
     ceiling = limit / window
     elapsed = result["elapsed"]
     sent = stats["requests"].get("graph.setPresence", 0)
@@ -107,10 +109,22 @@ def row(name: str, result: dict[str, Any], stats: dict[str, Any], users: int, li
 def run(users: int, limit: int, window: float, *, engine: bool = True) -> Report:
     report = Report(
         "throughput",
-        ["path", "writes", "wall_s", "writes_per_s", "of_ceiling", "efficiency",
-         "throttle_min_s", "wall_vs_throttle_min",
-         "throttled_429", "throttled_share", "in_retry_after", "wait_s", "http_requests",
-         "failed"],
+        [
+            "path",
+            "writes",
+            "wall_s",
+            "writes_per_s",
+            "of_ceiling",
+            "efficiency",
+            "throttle_min_s",
+            "wall_vs_throttle_min",
+            "throttled_429",
+            "throttled_share",
+            "in_retry_after",
+            "wait_s",
+            "http_requests",
+            "failed",
+        ],
     )
     ceiling = limit / window
     report.notes.append(
@@ -148,33 +162,41 @@ def run(users: int, limit: int, window: float, *, engine: bool = True) -> Report
         "throttled_share": best["throttled_share"],
         # Every row here is write-heavy (each user one write): wall / throttle-bound minimum.
         "vs_throttle_min": {
-            r["path"]: {"wall_s": r["wall_s"], "throttle_min_s": r["throttle_min_s"],
-                        "ratio": r["wall_vs_throttle_min"]}
+            r["path"]: {
+                "wall_s": r["wall_s"],
+                "throttle_min_s": r["throttle_min_s"],
+                "ratio": r["wall_vs_throttle_min"],
+            }
             for r in report.rows
         },
     }
     return report
 
 
-def engine_row(sb: SandboxProcess, profile: Any, pairs: list[Any], limit: int,
-               window: float) -> dict[str, Any] | None:
+def engine_row(
+    sb: SandboxProcess, profile: Any, pairs: list[Any], limit: int, window: float
+) -> dict[str, Any] | None:
     time.sleep(window * 1.2)
     # Every user's Connect status becomes onphone: Connect->Teams writes Busy/InACall for all.
     engine_driver.seed_connect(sb, pairs, "onphone")
     sb.reset_stats()
-    result = engine_driver.one_shot(profile, limit=limit, window=window,
-                                    direction="connect-to-teams")
+    result = engine_driver.one_shot(
+        profile, limit=limit, window=window, direction="connect-to-teams"
+    )
     stats = sb.stats()
     out = row("engine one-shot (connect->teams)", result, stats, len(pairs), limit, window)
     out["writes"] = result["written"]
     return out
 
 
-def unknown_limit(report: Report, users: int, server_limit: int, window: float,
-                  client_limit: int) -> None:
+def unknown_limit(
+    report: Report, users: int, server_limit: int, window: float, client_limit: int
+) -> None:
     """The sandbox enforces ``server_limit`` per ``window``; the client assumes ``client_limit``."""
-    with isolated_env(), SandboxProcess(users=users, throttle=server_limit,
-                                        throttle_window=window) as sb:
+    with (
+        isolated_env(),
+        SandboxProcess(users=users, throttle=server_limit, throttle_window=window) as sb,
+    ):
         profile = sb.setup_azure()
         pairs = asyncio.run(matched_pairs(profile))
         n = len(pairs)
@@ -189,18 +211,27 @@ def unknown_limit(report: Report, users: int, server_limit: int, window: float,
             ours = [s for s in teams["sessions"] if s["session_id"] == profile.client_id]
             if not ours or (ours[0]["availability"], ours[0]["activity"]) != value:
                 lost += 1
-        out = row(f"graph, server {server_limit}/{window:g}s < client {client_limit}/{window:g}s",
-                  result, stats, n, server_limit, window)
+        out = row(
+            f"graph, server {server_limit}/{window:g}s < client {client_limit}/{window:g}s",
+            result,
+            stats,
+            n,
+            server_limit,
+            window,
+        )
         out["lost_writes"] = lost
         out["client_ceiling_learnt"] = result["ceiling"]
         report.add(**out)
         report.extra["unknown_limit"] = {
-            "users": n, "server": {"limit": server_limit, "window_s": window},
+            "users": n,
+            "server": {"limit": server_limit, "window_s": window},
             "client": {"limit": client_limit, "window_s": window},
-            "efficiency": out["efficiency"], "in_retry_after": out["in_retry_after"],
+            "efficiency": out["efficiency"],
+            "in_retry_after": out["in_retry_after"],
             "throttle_min_s": out["throttle_min_s"],
             "wall_vs_throttle_min": out["wall_vs_throttle_min"],
-            "throttled_429": out["throttled_429"], "lost_writes": lost,
+            "throttled_429": out["throttled_429"],
+            "lost_writes": lost,
             "sandbox_writes": stats["writes"],
         }
         report.notes.append(
@@ -216,17 +247,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--window", type=float, default=2.0)
     parser.add_argument("--no-engine", action="store_true")
-    parser.add_argument("--unknown-users", type=int, default=0,
-                        help="people in the sandbox of the lower-limit row (0: no such row)")
+    parser.add_argument(
+        "--unknown-users",
+        type=int,
+        default=0,
+        help="people in the sandbox of the lower-limit row (0: no such row)",
+    )
     parser.add_argument("--unknown-limit", type=int, default=1000)
     parser.add_argument("--unknown-window", type=float, default=30.0)
-    parser.add_argument("--unknown-client-limit", type=int, default=0,
-                        help="the limit the client assumes (default: 1.5 x --unknown-limit)")
+    parser.add_argument(
+        "--unknown-client-limit",
+        type=int,
+        default=0,
+        help="the limit the client assumes (default: 1.5 x --unknown-limit)",
+    )
     args = parser.parse_args(argv)
     report = run(args.users, args.limit, args.window, engine=not args.no_engine)
     if args.unknown_users:
-        unknown_limit(report, args.unknown_users, args.unknown_limit, args.unknown_window,
-                      args.unknown_client_limit or int(args.unknown_limit * 1.5))
+        unknown_limit(
+            report,
+            args.unknown_users,
+            args.unknown_limit,
+            args.unknown_window,
+            args.unknown_client_limit or int(args.unknown_limit * 1.5),
+        )
         report.columns += ["lost_writes", "client_ceiling_learnt"]
         report.extra["figures"]["unknown_limit"] = report.extra["unknown_limit"]
     report.emit()

@@ -243,9 +243,7 @@ def profile_name(explicit: str | None = None) -> str:
 
     A name outside letters, digits, ``.``, ``_`` and ``-`` is a usage error (check_profile_name).
     """
-    return check_profile_name(
-        explicit or os.environ.get("PRESENCECTL_PROFILE") or DEFAULT_PROFILE
-    )
+    return check_profile_name(explicit or os.environ.get("PRESENCECTL_PROFILE") or DEFAULT_PROFILE)
 
 
 PROFILE_NAME_CHARS = "letters, digits, '.', '_' and '-'"
@@ -352,7 +350,7 @@ def _profile_from_table(name: str, table: Any, path: Path) -> Profile:
         elif not isinstance(value, str):
             raise ConfigError(
                 f"{where}: key '{f.name}' must be a string, not {_toml_type(value)}",
-                hint=f"write it as {f.name} = \"…\"",
+                hint=f'write it as {f.name} = "…"',
             )
         setattr(profile, f.name, value)
     if profile.connect_rate_per_min < 0:
@@ -485,8 +483,14 @@ def _tls_or_loopback(url: str) -> bool:
 
 
 def _toml_type(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", list: "an array",
-            dict: "a table", str: "a string"}.get(type(value), type(value).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        list: "an array",
+        dict: "a table",
+        str: "a string",
+    }.get(type(value), type(value).__name__)
 
 
 def _is_field_path(value: Any) -> bool:
@@ -542,7 +546,7 @@ def profile_from_table(name: str, table: Any, path: Path) -> Profile:
 
 
 def missing_profile_error(name: str, path: Path, existing: list[str]) -> ConfigError:
-    """"no profile NAME": lists the profiles there are (a typo is the usual cause)."""
+    """ "no profile NAME": lists the profiles there are (a typo is the usual cause)."""
     if existing:
         close = difflib.get_close_matches(name, existing, n=1)
         guess = f"did you mean '{close[0]}'? " if close else ""

@@ -218,9 +218,7 @@ def stderr_console() -> Any:
         from rich.console import Console
 
         # Not a terminal (a log file, journald, CI): never hard-wrap, one message is one line.
-        _stderr_console = Console(
-            stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty()
-        )
+        _stderr_console = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
     return _stderr_console
 
 

@@ -68,8 +68,17 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(args.from_json.read_text())
     else:
         cmd = [
-            sys.executable, "-m", "pip_audit", "--local", "--skip-editable",
-            "--progress-spinner", "off", "-f", "json", "-s", args.service,
+            sys.executable,
+            "-m",
+            "pip_audit",
+            "--local",
+            "--skip-editable",
+            "--progress-spinner",
+            "off",
+            "-f",
+            "json",
+            "-s",
+            args.service,
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         try:

@@ -122,7 +122,8 @@ def main(argv: list[str]) -> int:
         outputs[MAPPING_DOC] = render_mapping(MAPPING_DOC.read_text("utf-8"))
     if "--check" in argv:
         stale = [
-            path for path, text in outputs.items()
+            path
+            for path, text in outputs.items()
             if (path.read_text("utf-8") if path.exists() else "") != text
         ]
         for path in stale:

@@ -27,9 +27,18 @@ def _script():
 # pip-audit's JSON report (pip_audit/_format/json.py): dependencies with vulns or a skip_reason.
 VULNERABLE = {
     "dependencies": [
-        {"name": "h11", "version": "0.14.0", "vulns": [
-            {"id": "GHSA-vqfr-h8mv-ghfj", "fix_versions": ["0.16.0"],
-             "aliases": ["CVE-2025-43859"], "description": "request smuggling"}]},
+        {
+            "name": "h11",
+            "version": "0.14.0",
+            "vulns": [
+                {
+                    "id": "GHSA-vqfr-h8mv-ghfj",
+                    "fix_versions": ["0.16.0"],
+                    "aliases": ["CVE-2025-43859"],
+                    "description": "request smuggling",
+                }
+            ],
+        },
         {"name": "rich", "version": "14.0.0", "vulns": []},
     ],
     "fixes": [],
@@ -63,8 +72,9 @@ def test_unaudited_packages_are_said_and_strict_fails(
 
 
 def test_a_clean_report_passes() -> None:
-    status, lines = _script().decide({"dependencies": [{"name": "h11", "version": "0.16.0",
-                                                        "vulns": []}]})
+    status, lines = _script().decide(
+        {"dependencies": [{"name": "h11", "version": "0.16.0", "vulns": []}]}
+    )
     assert status == 0 and "no known vulnerabilities" in lines[0]
 
 

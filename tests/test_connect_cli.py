@@ -30,9 +30,7 @@ def _live_subscriptions(sb: Any) -> int:
 
 
 def _config_and_state_text(tmp_path: Path) -> str:
-    return "".join(
-        p.read_text("utf-8", "replace") for p in tmp_path.rglob("*") if p.is_file()
-    )
+    return "".join(p.read_text("utf-8", "replace") for p in tmp_path.rglob("*") if p.is_file())
 
 
 # -- connect set ---------------------------------------------------------------------------------

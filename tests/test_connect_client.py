@@ -416,9 +416,7 @@ async def test_set_and_clear_our_session(fake: FakeConnect, clock: FakeClock) ->
 async def test_the_legacy_session_is_cleared_by_its_old_name(
     fake: FakeConnect, clock: FakeClock, answer: int, cleared: bool
 ) -> None:
-    fake.answer_next(
-        "DELETE", wire.presence_path("u1"), lambda r: httpx.Response(answer, json={})
-    )
+    fake.answer_next("DELETE", wire.presence_path("u1"), lambda r: httpx.Response(answer, json={}))
     async with make_client(fake, clock) as client:
         assert await clear_legacy_presence(client, "u1") is cleared
     delete = next(r for r in fake.requests if r.method == "DELETE")
@@ -443,6 +441,7 @@ async def test_bulk_read_asks_no_further_once_connect_is_unreachable(
 ) -> None:
     """Connect down: one user's read spends the retries, the others fail with the same error
     without a request of their own (no retries, no budget spent on a service that is gone)."""
+
     def refused(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
@@ -568,9 +567,12 @@ async def test_the_directory_scope_comes_from_the_profile_setting(
     [
         ({"message": "Resource not found"}, "Resource not found"),
         (
-            {"type": "https://tools.ietf.org/html/rfc7231#section-6.5.1",
-             "title": "One or more validation errors occurred.", "status": 400,
-             "detail": "presence is invalid"},
+            {
+                "type": "https://tools.ietf.org/html/rfc7231#section-6.5.1",
+                "title": "One or more validation errors occurred.",
+                "status": 400,
+                "detail": "presence is invalid",
+            },
             "One or more validation errors occurred.: presence is invalid",
         ),
         ({"title": "Bad Request", "status": 400}, "Bad Request"),

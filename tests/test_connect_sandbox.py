@@ -185,9 +185,7 @@ async def test_a_feed_whose_events_name_nobody_is_deaf_and_says_why(
 ) -> None:
     """A user id under a field nobody reads, and an event id under ``id``: nothing names a
     known user, every event is counted and the feed turns deaf."""
-    sb.control.post(
-        "/_sandbox/faults", json={"feed_user_field": "subject", "feed_event_id": True}
-    )
+    sb.control.post("/_sandbox/faults", json={"feed_user_field": "subject", "feed_event_id": True})
     now = [0.0]
     async with connect_client_for(profile) as client:
         ids = {c.id for c in await list_contacts(client)}
@@ -198,7 +196,8 @@ async def test_a_feed_whose_events_name_nobody_is_deaf_and_says_why(
             assert await feed.wait_connected(30), feed.last_error
             for status in ("busy", "away"):
                 await asyncio.to_thread(
-                    sb.control.post, "/_sandbox/connect/presence",
+                    sb.control.post,
+                    "/_sandbox/connect/presence",
                     json={"user": ADMIN, "status": status},
                 )
             deadline = time.monotonic() + 30

@@ -288,8 +288,10 @@ def genuine_change(
     if (side or rng.choice(["teams", "connect"])) == "teams":
         client = sb.control.get("/_sandbox/teams/presence", params={"user": email}).json()
         now = (client["client"]["availability"], client["client"]["activity"])
-        a, b = teams if teams is not None and teams != now else rng.choice(
-            [t for t in TEAMS if t != now]
+        a, b = (
+            teams
+            if teams is not None and teams != now
+            else rng.choice([t for t in TEAMS if t != now])
         )
         sb.control.post("/_sandbox/teams/presence",
                         json={"user": email, "availability": a, "activity": b})  # fmt: skip

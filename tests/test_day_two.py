@@ -282,6 +282,7 @@ def test_a_second_signal_aborts_at_once_and_the_database_stays_consistent(
     assert unlanded <= _pending_teams_writes("Busy/InACall"), unlanded
     resumed = run("-o", "json", "sync")  # and it is honoured
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+
     # A pending write may have landed unseen: it counts as in flight for the echo window (2 s
     # here), then the write is made again. Synced until it shows, within a liveness deadline.
     def all_shown() -> bool:

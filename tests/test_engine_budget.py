@@ -253,4 +253,3 @@ def test_interval_auto_at_2000_people_mirrors_teams_within_3_s_p90_under_25_read
         assert chosen and chosen[-1]["interval_s"] == 1.0 and chosen[-1]["reads_per_poll"] == 4
         assert reads / elapsed <= 25
         assert p90 < 3.0, latencies
-

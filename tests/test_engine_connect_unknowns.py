@@ -253,8 +253,10 @@ def test_session_scoped_events_are_read_as_the_users_aggregate(cli: Any) -> None
         def after(cycle: int) -> None:
             if cycle == 1:
                 answer = sb.control.put(
-                    PRESENCE.format(id=connect_id), params={"resource": phone},
-                    json={"presence": "onphone"}, headers=auth(sb),
+                    PRESENCE.format(id=connect_id),
+                    params={"resource": phone},
+                    json={"presence": "onphone"},
+                    headers=auth(sb),
                 )
                 assert answer.status_code == 204
             if cycle == 3:

@@ -584,6 +584,4 @@ def test_teams_presence_is_read_with_the_app_token(org: Org) -> None:
     result = org.sync()
     assert result.exit_code == 0, result.stdout + result.stderr
     shown = org.connect_shows(person.email)
-    assert [r["status"] for r in shown["resources"] if r["resource"] == org.resource] == [
-        "onphone"
-    ]
+    assert [r["status"] for r in shown["resources"] if r["resource"] == org.resource] == ["onphone"]

@@ -244,9 +244,7 @@ def test_set_reads_env_or_refuses_without_input_and_forget_removes(
 def _files_text(root: Any) -> str:
     from pathlib import Path
 
-    return "".join(
-        p.read_text("utf-8", "replace") for p in Path(root).rglob("*") if p.is_file()
-    )
+    return "".join(p.read_text("utf-8", "replace") for p in Path(root).rglob("*") if p.is_file())
 
 
 def test_app_token_provider_and_missing_secret(sbx: Any) -> None:

@@ -124,9 +124,7 @@ def documents(cli: Any) -> Iterator[dict[str, tuple[Any, Any]]]:
     """Each command's ``-o json`` document, decoded, with the shape it must have."""
     from presencectl.sandbox import running_sandbox
 
-    with running_sandbox(
-        users=8, seed=3, auto_approve=ADMIN, allow_http_notifications=True
-    ) as sb:
+    with running_sandbox(users=8, seed=3, auto_approve=ADMIN, allow_http_notifications=True) as sb:
         info = sb.profile_info()
         sb.write_profile("sandbox")
         docs: dict[str, tuple[Any, Any]] = {}

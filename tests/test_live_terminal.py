@@ -57,7 +57,7 @@ class Pane:
                           if k.startswith(("PRESENCECTL_", "PATH", "PYTHON", "HOME")))  # fmt: skip
         # tmux sizes a detached session just after it starts it: wait for the size first.
         settle = f'while [ "$(tput cols)" != {WIDTH} ]; do sleep 0.05; done\nclear\n'
-        script.write_text(f"{exports}{settle}{command}\necho \"EXITED:$?\"\nsleep 600\n")
+        script.write_text(f'{exports}{settle}{command}\necho "EXITED:$?"\nsleep 600\n')
         self.tmux("new-session", "-d", "-s", "t", "-x", str(WIDTH), "-y", str(HEIGHT),
                   f"bash {shlex.quote(str(script))}")  # fmt: skip
 
@@ -158,9 +158,11 @@ def test_sync_watch_in_a_real_terminal_shows_people_counts_and_leaves_nothing_st
         pane.tmux("resize-window", "-t", "t", "-x", "100", "-y", "30")
         control.post("/_sandbox/connect/presence", json={"user": user, "status": "available"})
         narrow = pane.wait_for(
-            lambda s: ("written 2" in s or "cleared 1" in s)
-            and "presencectl sync --watch ·" in s.splitlines()[0]  # redrawn from the top
-            and all(len(line) <= 100 for line in s.splitlines()),
+            lambda s: (
+                ("written 2" in s or "cleared 1" in s)
+                and "presencectl sync --watch ·" in s.splitlines()[0]  # redrawn from the top
+                and all(len(line) <= 100 for line in s.splitlines())
+            ),
             "a frame that fits 100 columns",
         )
         assert len(narrow.splitlines()) <= 30

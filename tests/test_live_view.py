@@ -268,9 +268,7 @@ def test_the_header_shows_the_interval_auto_chose_and_its_budget_share(screen: C
     assert view.teams_arrival() == "Teams polled every 5 s"
     view.on_event(_event("interval", interval_s=1.2, reads_per_poll=4, reads_per_s=3.33,
                          budget_share=0.067, auto=True, polled_users=2000))  # fmt: skip
-    assert view.teams_arrival() == (
-        "Teams polled every 1.2 s, auto: 7% of Graph's presence budget"
-    )
+    assert view.teams_arrival() == ("Teams polled every 1.2 s, auto: 7% of Graph's presence budget")
     view.on_event(_event("notifications", mode="notifications", users_covered=650,
                          users_matched=2000, subscriptions=1, poll_interval_s=1.2,
                          reason="650 of 2000 covered"))  # fmt: skip

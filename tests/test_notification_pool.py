@@ -187,8 +187,10 @@ def test_2000_people_three_members_then_a_fourth_covers_everyone(
                 assert len(notes.covered) == 1950
                 summary = notes.summary()
                 assert summary["users_polled"] == len(people) - 1950
-                assert summary["coverage"] == f"1,950 of {len(people):,} people by " \
+                assert (
+                    summary["coverage"] == f"1,950 of {len(people):,} people by "
                     "notifications, 3 sync users"
+                )
                 before = {m: set(v) for m, v in notes.assignment.items()}
                 # The pool grows by one member.
                 notes.members = clients
@@ -241,7 +243,10 @@ def test_a_failed_member_hands_its_people_to_an_idle_one_and_says_why(
             await notes.start(people)
             try:
                 assert [states()[m]["state"] for m in (first, second, third, spare)] == [
-                    "active", "active", "active", "idle"
+                    "active",
+                    "active",
+                    "active",
+                    "idle",
                 ]  # 50 people need three of 20
                 assert [states()[m]["people"] for m in (first, second, third)] == [17, 17, 16]
                 assert notes.summary()["coverage"] == (
@@ -267,9 +272,7 @@ def test_a_failed_member_hands_its_people_to_an_idle_one_and_says_why(
                 # It ends (Graph drops it): its people go where room exists.
                 from dataclasses import replace
 
-                await asyncio.to_thread(
-                    sandbox_notifier(pool.sb.world).remove, sub.id
-                )
+                await asyncio.to_thread(sandbox_notifier(pool.sb.world).remove, sub.id)
                 notes.subscriptions[sub.id] = replace(sub, expires_at=time.time() - 1)
                 await notes.maintain()
                 assert notes.summary()["coverage"] == (
@@ -372,8 +375,12 @@ def test_doctor_names_the_failed_member_and_the_polled_people() -> None:
               "reason": None}  # fmt: skip
     failed = {**member, "username": "b@x", "state": "failed", "people": 0,
               "reason": "sign-in failed: AADSTS50076"}  # fmt: skip
-    summary = {"mode": "notifications", "coverage": "650 of 700 people by notifications, "
-               "2 sync users (1 failed)", "users_polled": 50, "sync_users": [member, failed]}
+    summary = {
+        "mode": "notifications",
+        "coverage": "650 of 700 people by notifications, 2 sync users (1 failed)",
+        "users_polled": 50,
+        "sync_users": [member, failed],
+    }
     check = notifications_check(summary)
     assert check.status == WARN and check.code == "sync_user_failed"
     assert "b@x: sign-in failed: AADSTS50076" in check.detail
@@ -381,8 +388,11 @@ def test_doctor_names_the_failed_member_and_the_polled_people() -> None:
     short = {**summary, "sync_users": [member], "coverage": "650 of 700 people by "
              "notifications, 1 sync user"}  # fmt: skip
     check = notifications_check(short)
-    assert check.status == WARN and check.code == "notifications_partial" and "50 polled" in \
-        check.detail
+    assert (
+        check.status == WARN
+        and check.code == "notifications_partial"
+        and "50 polled" in check.detail
+    )
     whole = {**short, "users_polled": 0, "coverage": "650 of 650 people by notifications, "
              "1 sync user"}  # fmt: skip
     assert notifications_check(whole).status == OK
@@ -469,6 +479,7 @@ def test_a_killed_watch_with_its_state_deleted_covers_everyone_again(
             started = time.monotonic()
             again = start("again")
             try:
+
                 def recovered() -> bool:
                     now = {s.id for s in live()}
                     return not (now & before) and covered_by_each_member() == everyone
@@ -501,9 +512,7 @@ def test_a_killed_watch_with_its_state_deleted_covers_everyone_again(
                 first.wait(30)
 
 
-def test_disable_after_a_lost_state_deletes_what_graph_still_lists(
-    cli: Any, tmp_path: Any
-) -> None:
+def test_disable_after_a_lost_state_deletes_what_graph_still_lists(cli: Any, tmp_path: Any) -> None:
     """A crash left a subscription and the state directory is gone: `disable` finds it by
     listing the sync user's subscriptions at Graph."""
     import os
@@ -535,6 +544,7 @@ def test_disable_after_a_lost_state_deletes_what_graph_still_lists(
                 await engine.notifications.receiver.close()  # the process dies
 
         asyncio.run(crash())
+
         def stats() -> dict[str, Any]:
             return dict(org.sb.control.get("/_sandbox/stats").json())
 
@@ -578,8 +588,14 @@ def test_the_engine_gives_each_member_of_the_profiles_pool_its_subscription(
                   "--password-stdin", input="Pw-Pool-9!x\n")  # fmt: skip
         assert add.exit_code == 0, add.stderr
         port = free_port()
-        options = EngineOptions(direction=Direction.BOTH, notify=NotifyOptions(
-            notify_url=f"http://127.0.0.1:{port}/", profile="sandbox", listen=f"127.0.0.1:{port}"))
+        options = EngineOptions(
+            direction=Direction.BOTH,
+            notify=NotifyOptions(
+                notify_url=f"http://127.0.0.1:{port}/",
+                profile="sandbox",
+                listen=f"127.0.0.1:{port}",
+            ),
+        )
 
         async def go() -> None:
             async with engine_for(load_profile("sandbox"), options) as engine:

@@ -506,9 +506,7 @@ def test_a_teams_change_after_we_cleared_our_teams_session_is_genuine(lag: bool)
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(
-    changes=st.lists(
-        st.tuples(change, st.sampled_from([5, 5, 5, 30, 240, 3300])), max_size=30
-    ),
+    changes=st.lists(st.tuples(change, st.sampled_from([5, 5, 5, 30, 240, 3300])), max_size=30),
     direction=st.sampled_from(list(Direction)),
     lag=st.booleans(),
 )

@@ -26,9 +26,7 @@ def test_names_outside_the_alphabet_are_usage_errors(cli: Any, name: str) -> Non
     assert "Traceback" not in result.stderr
 
 
-def test_the_environment_variable_is_checked_too(
-    cli: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_environment_variable_is_checked_too(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PRESENCECTL_PROFILE", "contoso prod")
     result = cli("status")
     assert result.exit_code == 2 and "not allowed" in result.stderr

@@ -56,7 +56,8 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body(receiver: R
         # 300 MiB announced, 10 bytes sent: the answer comes without the rest ever arriving.
         sock.sendall(
             f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {300 * 1024 * 1024}\r\n\r\n".encode() + b'{"value":['
+            f"Content-Length: {300 * 1024 * 1024}\r\n\r\n".encode()
+            + b'{"value":['
         )
         assert _status(sock) == 413
     assert receiver.receiver.counts.refused_large == 1

@@ -101,8 +101,12 @@ def test_uvicorn_logs_pass_our_filter_and_leave_stdout_alone(
 def test_config_show_and_a_validation_error_hide_the_proxy_password(cli: Any) -> None:
     assert cli("config", "set", "--create", "tenant_id", "contoso.onmicrosoft.com").exit_code == 0
     proxy = "http://bob:CANARY-PROXY-PW@proxy.example:3128"
-    for args in (("config", "set", "proxy", proxy), ("config", "set", "proxy", proxy + "/"),
-                 ("-o", "json", "config", "unset", "proxy"), ("config", "set", "proxy", proxy)):
+    for args in (
+        ("config", "set", "proxy", proxy),
+        ("config", "set", "proxy", proxy + "/"),
+        ("-o", "json", "config", "unset", "proxy"),
+        ("config", "set", "proxy", proxy),
+    ):
         changed = cli(*args)  # value and previous shown without the password
         assert changed.exit_code == 0 and "CANARY-PROXY-PW" not in changed.stdout + changed.stderr
         assert "bob:***@proxy.example" in changed.stdout

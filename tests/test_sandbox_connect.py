@@ -154,14 +154,8 @@ def test_presence_resources_aggregate(sb: Any) -> None:
         url, params={"resource": OURS}, json={"presence": "Available"}, headers=headers
     )
     assert bad.status_code == 400
-    assert (
-        sb.control.delete(url, params={"resource": OURS}, headers=headers).status_code
-        == 204
-    )
-    assert (
-        sb.control.delete(url, params={"resource": OURS}, headers=headers).status_code
-        == 404
-    )
+    assert sb.control.delete(url, params={"resource": OURS}, headers=headers).status_code == 204
+    assert sb.control.delete(url, params={"resource": OURS}, headers=headers).status_code == 404
     assert sb.control.get(url, headers=headers).json() == {"presence": "available"}
     assert sb.control.get(PRESENCE.format(id="nobody"), headers=headers).status_code == 404
     for name in ("presencectl", "not-a-guid"):  # a resource is a GUID

@@ -247,8 +247,7 @@ async def test_hub_affinity_cookie_is_set_and_required(sb: Any) -> None:
     import websockets
 
     ws_url = sb.base_url.replace("https://", "wss://") + (
-        f"/univerge/hub/presence?id={negotiated.json()['connectionId']}"
-        f"&access_token={access_token}"
+        f"/univerge/hub/presence?id={negotiated.json()['connectionId']}&access_token={access_token}"
     )
     with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
         async with websockets.connect(ws_url, ssl=ctx):
@@ -302,8 +301,10 @@ async def test_session_scoped_events_carry_the_sessions_state_not_the_aggregate(
             "/_sandbox/connect/presence", json={"user": person.connect_email, "status": "onphone"}
         )
         answer = sb.control.put(
-            PRESENCE.format(id=person.connect_id), params={"resource": OURS},
-            json={"presence": "available"}, headers=headers,
+            PRESENCE.format(id=person.connect_id),
+            params={"resource": OURS},
+            json={"presence": "available"},
+            headers=headers,
         )
         assert answer.status_code == 204
 
@@ -322,8 +323,9 @@ def test_a_subscription_longer_than_the_cap_is_refused_with_a_message(sb: Any) -
     assert long.status_code == 400 and set(long.json()) == {"message"}
     short = sb.control.post(path, json={"events": ["*"], "ttl": "00:02:00"}, headers=headers)
     assert short.status_code == 200, short.text
-    renewed = sb.control.post(f"{SUBSCRIPTIONS}/{short.json()['id']}/renew", json={},
-                              headers=headers)
+    renewed = sb.control.post(
+        f"{SUBSCRIPTIONS}/{short.json()['id']}/renew", json={}, headers=headers
+    )
     assert renewed.status_code == 200
 
 

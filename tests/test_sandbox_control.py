@@ -162,4 +162,3 @@ def test_write_profile_points_at_the_sandbox(sandbox: Any, sandbox_profile: Any)
         secrets.get_secret("sandbox", secrets.CONNECT_CLIENT_SECRET)
         == sandbox.world.connect_client_secret
     )
-

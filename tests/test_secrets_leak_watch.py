@@ -160,8 +160,9 @@ def sandbox_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 def test_watch_with_notifications_at_vvv_and_sandbox_at_vv_leak_nothing(
     cli: Any, sandbox_process: dict[str, Any]
 ) -> None:
-    base, verify = sandbox_process["base_url"], ssl.create_default_context(
-        cafile=sandbox_process["ca_bundle"]
+    base, verify = (
+        sandbox_process["base_url"],
+        ssl.create_default_context(cafile=sandbox_process["ca_bundle"]),
     )
     control = httpx.Client(base_url=base, verify=verify)
     info = control.get("/_sandbox/profile").json()
@@ -173,8 +174,11 @@ def test_watch_with_notifications_at_vvv_and_sandbox_at_vv_leak_nothing(
     assert cli("--profile", "sandbox", "sync-user", "validate").exit_code == 0
     assert cli("--profile", "sandbox", "enable").exit_code == 0
     users = cli("--profile", "sandbox", "-o", "json", "users").json()
-    person = next(r["email"] for r in users
-                  if r["status"] == "matched" and r["email"] not in (ADMIN, info["sync_user"]))
+    person = next(
+        r["email"]
+        for r in users
+        if r["status"] == "matched" and r["email"] not in (ADMIN, info["sync_user"])
+    )
 
     listen = _free_port()
     forwarder = Forwarder(listen)
@@ -189,12 +193,20 @@ def test_watch_with_notifications_at_vvv_and_sandbox_at_vv_leak_nothing(
         _until(lambda: stats()["subscriptions_active"] >= 1 or watch.poll() is not None, 90,
                "the watch's Graph subscription")  # fmt: skip
         assert watch.poll() is None, "the watch ended early"
-        control.post("/_sandbox/teams/presence", json={
-            "user": person, "availability": "Busy", "activity": "InACall"}).raise_for_status()
+        control.post(
+            "/_sandbox/teams/presence",
+            json={"user": person, "availability": "Busy", "activity": "InACall"},
+        ).raise_for_status()
         _until(lambda: bool(forwarder.client_states()), 60, "a notification with clientState")
         # and one with a wrong clientState, straight to the receiver: its warning is logged
-        httpx.post(f"http://127.0.0.1:{listen}/", json={"value": [
-            {"clientState": "not-ours", "subscriptionId": "x", "resourceData": {"id": "y"}}]})
+        httpx.post(
+            f"http://127.0.0.1:{listen}/",
+            json={
+                "value": [
+                    {"clientState": "not-ours", "subscriptionId": "x", "resourceData": {"id": "y"}}
+                ]
+            },
+        )
         watch.send_signal(signal.SIGTERM)
         watch_out, watch_err = watch.communicate(timeout=60)
     finally:

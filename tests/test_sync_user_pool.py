@@ -330,9 +330,7 @@ def test_a_browser_member_needs_a_mobile_and_desktop_redirect(
     assert [r["sign_in"] for r in pool(cli)] == ["password", "browser"]
 
 
-def test_validate_proves_every_member_and_exits_with_the_first_failure(
-    sbx: Any, cli: Any
-) -> None:
+def test_validate_proves_every_member_and_exits_with_the_first_failure(sbx: Any, cli: Any) -> None:
     assert run(cli, "sync-user", "add", "--username", POOL_MFA, "--device-code").exit_code == 0
     sbx.control.post(f"/_sandbox/users/{POOL_MFA}/revoke", json={"reason": "sign_in_frequency"})
     result = run(cli, "-o", "json", "sync-user", "validate")
@@ -417,9 +415,7 @@ def test_the_sandbox_creates_users_as_graph_documents_it(sandbox: Any) -> None:
     assert sandbox.world.person_by_email("x@contoso.example") is None
 
 
-def test_serve_takes_auto_approve_several_times(
-    cli: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_serve_takes_auto_approve_several_times(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """`sandbox serve --auto-approve A --auto-approve B` hands both to the sandbox's world."""
     import contextlib
 

@@ -184,9 +184,7 @@ def test_basic_notifications_carry_only_the_id(sb: Any, receiver: Running) -> No
     assert stats["subscriptions_active"] == 1 and stats["notifications_delivered"] >= 1
 
 
-def test_rich_notifications_are_encrypted_with_our_certificate(
-    sb: Any, receiver: Running
-) -> None:
+def test_rich_notifications_are_encrypted_with_our_certificate(sb: Any, receiver: Running) -> None:
     cert = new_encryption_certificate("sandbox")
     sync, person = sb.world.sync_user, azure_people(sb)[9]
     body = body_for(
@@ -684,8 +682,12 @@ def test_untrusted_rich_notification_is_dropped_without_its_content(
 ) -> None:
     cert = new_encryption_certificate("p")
     public_key, thumbprint = load_encryption_certificate(cert.graph_value())
-    content = encrypt_resource(public_key, thumbprint, cert.cert_id,
-                               {"id": "u1", "availability": "Busy", "activity": "InACall"})
+    content = encrypt_resource(
+        public_key,
+        thumbprint,
+        cert.cert_id,
+        {"id": "u1", "availability": "Busy", "activity": "InACall"},
+    )
     forged = {**content, "dataSignature": base64.b64encode(b"x" * 32).decode()}
     notes = _notes(tmp_path)
     notes._keys[cert.cert_id] = cert.key_pem

@@ -117,7 +117,7 @@ class Walk:
             name, value = assignment.group(1), assignment.group(2)
             if value.startswith("…/ca.pem"):
                 value = self.started["ca_bundle"]  # "the ca_bundle it printed"
-            done = self._bash(f"{name}={value}\nprintf %s \"${name}\"", timeout)
+            done = self._bash(f'{name}={value}\nprintf %s "${name}"', timeout)
             self.vars[name] = done.stdout
             return done
         done = self._bash(command, timeout)

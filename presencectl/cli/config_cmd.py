@@ -202,8 +202,10 @@ def profiles(
     rows = []
     for name in list_profiles():
         if not valid_profile_name(name):  # from an earlier version: shown, to be renamed
-            app_ctx.status(f"warning: profile name {name!r} is no longer accepted: rename it "
-                           f"({PROFILE_NAME_CHARS} only) in {config_path()}")
+            app_ctx.status(
+                f"warning: profile name {name!r} is no longer accepted: rename it "
+                f"({PROFILE_NAME_CHARS} only) in {config_path()}"
+            )
             rows.append({"name": name, "active": False, "tenant_id": None,
                          "authority_url": None, "enabled_direction": None})  # fmt: skip
             continue

@@ -35,9 +35,7 @@ class AppContext:
     def load_profile(self, *, must_exist: bool = True, check_mapping: bool = True) -> Profile:
         from presencectl.config import load_profile
 
-        return load_profile(
-            self.profile_name, must_exist=must_exist, check_mapping=check_mapping
-        )
+        return load_profile(self.profile_name, must_exist=must_exist, check_mapping=check_mapping)
 
     def render(self, data: Any, **kwargs: Any) -> None:
         output.render(data, self.output, **kwargs)

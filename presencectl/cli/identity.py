@@ -326,8 +326,12 @@ def logout(
     app_ctx.render(rows, columns=["profile", "admin_token_cache"])
     removed = [r["profile"] for r in rows if r["admin_token_cache"] == "removed"]
     if removed:
-        _note(app_ctx, "Signed out: the admin's cached tokens of " + ", ".join(removed)
-              + " are removed; setup-azure and consent will ask for a sign-in again.")
+        _note(
+            app_ctx,
+            "Signed out: the admin's cached tokens of "
+            + ", ".join(removed)
+            + " are removed; setup-azure and consent will ask for a sign-in again.",
+        )
     else:
         _note(app_ctx, "Nothing to remove: no admin tokens were cached.")
 
@@ -385,8 +389,11 @@ def consent(
         from presencectl.identity.app_proof import prove_app_permissions
 
         if not as_app:
-            _note(app_ctx, "No admin is signed in here and prompting is off: proving the app's "
-                  "permissions by using them (--as-app).")
+            _note(
+                app_ctx,
+                "No admin is signed in here and prompting is off: proving the app's "
+                "permissions by using them (--as-app).",
+            )
         proven = prove_app_permissions(profile)
         app_ctx.render(proven, title="App permissions (proven by using them)")
         _note(app_ctx, "Writing presence (Presence.ReadWrite.All) is proven by the first sync.")
@@ -521,12 +528,14 @@ def sync_user_add(
     ctx: typer.Context,
     username: str | None = typer.Option(None, "--username", help="The user's principal name."),
     password_stdin: bool = typer.Option(
-        False, "--password-stdin", help="Sign in with a password, read from stdin (the default "
-        "asks for it)."
+        False,
+        "--password-stdin",
+        help="Sign in with a password, read from stdin (the default asks for it).",
     ),
     device_code: bool = typer.Option(
-        False, "--device-code", help="Sign the user in once by device code (MFA as asked; only "
-        "its refresh token is kept)."
+        False,
+        "--device-code",
+        help="Sign the user in once by device code (MFA as asked; only its refresh token is kept).",
     ),
     browser: bool = typer.Option(
         False, "--browser", help="Sign the user in once in a browser (as --device-code)."
@@ -575,9 +584,7 @@ def sync_user_add(
     if not username:
         raise UsageError("which user?", hint="pass --username U (or --create --count N)")
     password = _member_password(app_ctx, password_stdin) if kind == "password" else None
-    status = add_sync_user(
-        profile, username, kind, password=password, on_message=_device_message
-    )
+    status = add_sync_user(profile, username, kind, password=password, on_message=_device_message)
     app_ctx.render(_status_row(status, kind), title="Sync user added, signed in and proven")
     _note(app_ctx, "`presencectl sync-user list` shows the pool.")
 
@@ -758,9 +765,7 @@ def sync_user_list(
             "username": m.username,
             "sign_in": m.sign_in,
             "validated_at": m.validated_at,
-            "people_covered": (
-                covered.get(m.username.lower(), 0) if covered is not None else None
-            ),
+            "people_covered": (covered.get(m.username.lower(), 0) if covered is not None else None),
         }
         for m in members
     ]

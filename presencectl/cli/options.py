@@ -66,7 +66,9 @@ def _relog(ctx: typer.Context, app: AppContext) -> None:
 
 
 def _merge_profile(
-    ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]  # noqa: UP045
+    ctx: typer.Context,
+    param: typer.CallbackParam,
+    value: Optional[str],  # noqa: UP045
 ) -> Optional[str]:  # noqa: UP045
     if _at_root(ctx) or _on_command_line(ctx, param):
         app_context(ctx).profile_name = value
@@ -150,6 +152,7 @@ NoInputOption = Annotated[
         callback=_merge_no_input,
     ),
 ]
+
 
 # A command group's callback (``config -o json path``). No docstring on purpose: a callback's
 # docstring would replace the group's own help.

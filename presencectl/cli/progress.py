@@ -42,9 +42,7 @@ class ProgressDisplay:
     def __init__(
         self, app: AppContext, *, enabled: bool | None = None, clock: Any = time.monotonic
     ) -> None:
-        self._enabled = (
-            app.verbosity >= 0 and sys.stderr.isatty() if enabled is None else enabled
-        )
+        self._enabled = app.verbosity >= 0 and sys.stderr.isatty() if enabled is None else enabled
         self._clock = clock
         self._started = clock()
         self._bar: Any = None
@@ -81,9 +79,7 @@ class ProgressDisplay:
         if phase not in self._tasks:
             label = PHASE_LABELS.get(phase, phase)
             self._tasks[phase] = self._bar.add_task(label, total=data["total"], **fields)
-        self._bar.update(
-            self._tasks[phase], completed=data["done"], total=data["total"], **fields
-        )
+        self._bar.update(self._tasks[phase], completed=data["done"], total=data["total"], **fields)
         self.shown += 1
 
     def close(self) -> None:

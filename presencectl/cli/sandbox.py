@@ -73,8 +73,7 @@ def serve(
     fresh: bool = typer.Option(
         False,
         "--fresh",
-        help="Start a new world (new tenant id) instead of the one kept for this port and "
-        "profile.",
+        help="Start a new world (new tenant id) instead of the one kept for this port and profile.",
     ),
     _profile: ProfileOption = None,
     _output: OutputOption = OutputFormat.table,

@@ -147,7 +147,7 @@ def disable(
     }
     error: PresencectlError | None = None
     if result.failed:
-        where = "in \"failures\"" if app.json else "listed above"
+        where = 'in "failures"' if app.json else "listed above"
         error = PartialSyncError(
             f"{result.failed} session(s) could not be cleared",
             hint=f"run `presencectl disable --yes` again; the failures are {where}",
@@ -161,9 +161,7 @@ def disable(
             error.in_document = True
     app.render(data)
     if result.failures and app.output in ("table", "md"):
-        app.render(
-            result.failures, columns=["user", "side", "error"], title="Could not be cleared"
-        )
+        app.render(result.failures, columns=["user", "side", "error"], title="Could not be cleared")
     if error is not None:
         raise error
 
@@ -283,7 +281,11 @@ def sync(
         from presencectl.sync.receiver import DEFAULT_LISTEN
 
         options.notify = notify_options_for(
-            profile, notify_url, listen or DEFAULT_LISTEN, listen_cert, listen_key,
+            profile,
+            notify_url,
+            listen or DEFAULT_LISTEN,
+            listen_cert,
+            listen_key,
             reconcile_interval,
         )
         probes = _probes_for(profile, options, listen, listen_cert, listen_key)

@@ -146,9 +146,7 @@ class ConnectClient:
                 self.settings,
                 base_url=self.api_url,
                 transport=transport,
-                limits=httpx.Limits(
-                    max_connections=per_shard, max_keepalive_connections=per_shard
-                ),
+                limits=httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard),
             )
             for _ in range(shards)
         ]

@@ -71,9 +71,7 @@ def parse_contact(raw: Any) -> ConnectContact | None:
         log.warning("ignoring a Connect contact without an id")
         return None
     pbx: dict[str, Any] = raw["pbx"] if isinstance(raw.get("pbx"), dict) else {}
-    messaging: dict[str, Any] = (
-        raw["messaging"] if isinstance(raw.get("messaging"), dict) else {}
-    )
+    messaging: dict[str, Any] = raw["messaging"] if isinstance(raw.get("messaging"), dict) else {}
     extension = pbx.get("extension")
     return ConnectContact(
         id=str(raw["id"]),
@@ -131,7 +129,8 @@ async def list_contacts(client: ConnectClient, *, users_only: bool = True) -> li
                 raise
             log.warning(
                 "connect: the directory refused fields=%s (%s); listing without it",
-                params[wire.FIELDS_PARAM], exc.message,
+                params[wire.FIELDS_PARAM],
+                exc.message,
             )
             client.directory_fields = ""
             base.pop(wire.FIELDS_PARAM, None)

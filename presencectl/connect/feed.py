@@ -74,7 +74,7 @@ def parse_when(text: Any) -> float | None:
     head, dot, rest = raw.partition(".")
     if dot:
         digits = "".join(itertools.takewhile(str.isdigit, rest))
-        raw = f"{head}.{digits[:6]}{rest[len(digits):]}"
+        raw = f"{head}.{digits[:6]}{rest[len(digits) :]}"
     try:
         when = dt.datetime.fromisoformat(raw)
     except ValueError:
@@ -499,7 +499,9 @@ class PresenceFeed:
                     raise
                 log.info(
                     "connect feed: a subscription of %s was refused (%s); asking %s",
-                    wire.format_ttl(self.ttl_s), exc.message, wire.format_ttl(shorter[0]),
+                    wire.format_ttl(self.ttl_s),
+                    exc.message,
+                    wire.format_ttl(shorter[0]),
                 )
                 self.ttl_s = shorter.pop(0)
                 self.renew_margin_s = min(self.renew_margin_s, self.ttl_s / 5)
@@ -611,7 +613,9 @@ class PresenceFeed:
         try:
             for raw in arguments if isinstance(arguments, list) else [arguments]:
                 event = parse_event(
-                    raw, user_field=self.user_field, is_known=self.is_known,
+                    raw,
+                    user_field=self.user_field,
+                    is_known=self.is_known,
                     scope=self.event_scope,
                 )
                 if event is None:

@@ -39,8 +39,20 @@ PAGE_SIZE = 500
 # (Quraize/debrief-dashboards: "A user has `pbx.extension`; contacts and rooms do not").
 USER_CONTACT_TYPE = "user"
 NOT_PERSON_TYPES = frozenset(
-    {"sharedcontact", "shared_contact", "shared", "contact", "room", "resource", "group",
-     "huntgroup", "hunt_group", "autoattendant", "auto_attendant", "queue"}
+    {
+        "sharedcontact",
+        "shared_contact",
+        "shared",
+        "contact",
+        "room",
+        "resource",
+        "group",
+        "huntgroup",
+        "hunt_group",
+        "autoattendant",
+        "auto_attendant",
+        "queue",
+    }
 )
 # A service that rejects a `fields` value ("The given value is not supported": Quraize's client)
 # is asked again without it: profile key connect_directory_fields ("_all" | "" = never send).

@@ -192,9 +192,7 @@ def _user_id(item: Mapping[str, Any]) -> str:
     return tail
 
 
-def read_item(
-    item: Mapping[str, Any], keys: Mapping[str, str]
-) -> PresenceChange | LifecycleEvent:
+def read_item(item: Mapping[str, Any], keys: Mapping[str, str]) -> PresenceChange | LifecycleEvent:
     """One trusted-clientState item as a change or lifecycle event; rich ones decrypted with the
     key of their ``encryptionCertificateId`` (``keys``: id → private key PEM)."""
     sub_id = str(item.get("subscriptionId") or "")

@@ -180,36 +180,42 @@ FEDERATED_REMEDY = (
 #: Codes: entra-docs reference-error-codes; the device-code ``error`` values: RFC 8628.
 RULES: tuple[Rule, ...] = (
     _rule(
-        {50055, 50144, 50125}, PasswordChangeRequired,
+        {50055, 50144, 50125},
+        PasswordChangeRequired,
         PASSWORD_CHANGE_MESSAGE,
         "Sign in once as {who} (https://myaccount.microsoft.com), change the password when "
         "asked, store the new one with {store_again}, then run {retry}{tag}.",
     ),
     _rule(
-        {50126}, BadCredentials,
+        {50126},
+        BadCredentials,
         "Azure login error: wrong {what} for {who}{tag}.",
         "{credentials_remedy}",
     ),
     _rule(
-        {50034}, UserNotFound,
+        {50034},
+        UserNotFound,
         "Azure login error: no user {who} in tenant {tenant}{tag}.",
         "Use the user principal name exactly as Entra ID shows it (often "
         "name@yourtenant.onmicrosoft.com) and check the profile's tenant_id.",
     ),
     _rule(
-        {50053}, AccountLocked,
+        {50053},
+        AccountLocked,
         "Azure login error: the account {who} is locked{tag}.",
         "Too many failed sign-ins locked it (Smart Lockout); wait for the lockout to end or "
         "have an admin reset the password, then store it again with {store_again}.",
     ),
     _rule(
-        {50057}, AccountDisabled,
+        {50057},
+        AccountDisabled,
         "Azure login error: the account {who} is disabled{tag}.",
         "Enable it in the Entra admin center (Users > the user > Properties > "
         "Account enabled = Yes).",
     ),
     _rule(
-        {50076, 50079, 50074}, MfaRequired,
+        {50076, 50079, 50074},
+        MfaRequired,
         "Azure login error: {who} must use multi-factor authentication, which a password "
         "sign-in cannot do{tag}.",
         "Sign {who} in by device code instead (MFA once, no password kept): `presencectl "
@@ -219,14 +225,16 @@ RULES: tuple[Rule, ...] = (
         flows=("password",),
     ),
     _rule(
-        {50076, 50079, 50074}, MfaRequired,
+        {50076, 50079, 50074},
+        MfaRequired,
         "Azure login error: {who} must use multi-factor authentication, which a password "
         "sign-in cannot do{tag}.",
         "Complete the MFA prompt in an interactive sign-in (`--device-code` or "
         "`--browser`). See docs/azure-setup.md.",
     ),
     _rule(
-        set(DEVICE_CODE_POLICY_CODES), PolicyBlocked,
+        set(DEVICE_CODE_POLICY_CODES),
+        PolicyBlocked,
         "Azure login error: your organisation's sign-in policy refused the device-code "
         "sign-in of {who}{tag}.",
         "Sign in with a browser instead (`--browser`, on a machine with a browser), or ask "
@@ -236,18 +244,21 @@ RULES: tuple[Rule, ...] = (
         flows=("admin",),
     ),
     _rule(
-        {53003}, ConditionalAccessBlocked,
+        {53003},
+        ConditionalAccessBlocked,
         "Azure login error: a Conditional Access policy blocked the sign-in of {who}{tag}.",
         "Find the policy in Entra ID > Sign-in logs (Conditional Access tab) and exclude the "
         "sync user from it, or allow the location this tool runs from.",
     ),
     _rule(
-        {65001}, ConsentRequired,
+        {65001},
+        ConsentRequired,
         "Azure login error: the app has no admin consent for the permissions {who} needs{tag}.",
         "Run `presencectl consent` as the Azure admin (Global Administrator).",
     ),
     _rule(
-        {7000218}, PublicClientDisabled,
+        {7000218},
+        PublicClientDisabled,
         "Azure login error: the app registration does not allow public client flows, which "
         "the sync user's password sign-in needs{tag}.",
         "In the Entra admin center open App registrations > the presencectl app > "
@@ -255,63 +266,72 @@ RULES: tuple[Rule, ...] = (
         "(or run `presencectl setup-azure` again, which sets it).",
     ),
     _rule(
-        {7000215, 7000222}, ClientSecretInvalid,
+        {7000215, 7000222},
+        ClientSecretInvalid,
         "Azure login error: the app's client secret is {secret_state}{tag}.",
         "Run `presencectl setup-azure` again to add a new secret, or pass it in "
         "PRESENCECTL_CLIENT_SECRET.",
     ),
     _rule(
-        {700024}, AppCredentialRefused,
+        {700024},
+        AppCredentialRefused,
         "Azure login error: the app's certificate was refused (the assertion is outside its "
         "valid time: check this clock){tag}.",
         CERTIFICATE_REMEDY,
     ),
     _rule(
-        {700027}, AppCredentialRefused,
+        {700027},
+        AppCredentialRefused,
         "Azure login error: the app's certificate was refused{tag}.",
         CERTIFICATE_REMEDY,
     ),
     # The first of issuer, subject, audience that the codes name; 70021 alone: the record.
     _rule(
-        {700211}, AppCredentialRefused,
+        {700211},
+        AppCredentialRefused,
         "Azure login error: no federated credential of the app matches the token's issuer{tag}.",
         FEDERATED_REMEDY,
     ),
     _rule(
-        {700213}, AppCredentialRefused,
+        {700213},
+        AppCredentialRefused,
         "Azure login error: no federated credential of the app matches the token's subject{tag}.",
         FEDERATED_REMEDY,
     ),
     _rule(
-        {700212}, AppCredentialRefused,
-        "Azure login error: no federated credential of the app matches the token's "
-        "audience{tag}.",
+        {700212},
+        AppCredentialRefused,
+        "Azure login error: no federated credential of the app matches the token's audience{tag}.",
         FEDERATED_REMEDY,
     ),
     _rule(
-        {70021}, AppCredentialRefused,
+        {70021},
+        AppCredentialRefused,
         "Azure login error: no federated credential of the app matches the token's record{tag}.",
         FEDERATED_REMEDY,
     ),
     _rule(
-        {700016, 700038}, AppNotFound,
+        {700016, 700038},
+        AppNotFound,
         "Azure login error: the app {who} does not exist in tenant {tenant}{tag}.",
-        "Run `presencectl setup-azure` to create it, or fix client_id / tenant_id in the "
-        "profile.",
+        "Run `presencectl setup-azure` to create it, or fix client_id / tenant_id in the profile.",
     ),
     _rule(
-        {90002, 900023, 90013}, TenantNotFound,
+        {90002, 900023, 90013},
+        TenantNotFound,
         "Azure login error: tenant {tenant} was not found{tag}.",
         "Pass the tenant id (a GUID) or its verified domain with --tenant.",
     ),
     _rule(
-        {70019, 70020}, DeviceCodeExpired,
+        {70019, 70020},
+        DeviceCodeExpired,
         "Azure login error: the device code expired before the sign-in was completed{tag}.",
         "Run {retry} again and finish the sign-in within the time shown.",
         errors=("expired_token",),
     ),
     _rule(
-        {70000}, SignInDeclined,
+        {70000},
+        SignInDeclined,
         "Azure login error: the sign-in was declined{tag}.",
         "Run {retry} again and accept the request.",
         errors=("authorization_declined", "access_denied"),
@@ -320,7 +340,8 @@ RULES: tuple[Rule, ...] = (
 
 #: What no rule answers.
 UNCLASSIFIED = _rule(
-    set(), SignInError,
+    set(),
+    SignInError,
     "Azure login error for {who}: {error}{tag}.",
     "Look the code up at https://login.microsoftonline.com/error?code=<number> and run with "
     "-vv for details.",

@@ -569,6 +569,7 @@ async def ensure_client_secret(
             )
             on_step(step)
             return step
+
     def add_password(body: dict[str, Any]) -> Awaitable[Any]:
         return after_replication(
             lambda: graph.post_json(f"/applications/{path_segment(app['id'])}/addPassword", body),
@@ -1038,8 +1039,7 @@ def check_app_permissions(
     checks = [
         ConsentCheck(name, "application", name not in state.app_roles_missing) for name in APP_ROLES
     ] + [
-        ConsentCheck(name, "delegated", name not in state.scopes_missing)
-        for name in GRANTED_SCOPES
+        ConsentCheck(name, "delegated", name not in state.scopes_missing) for name in GRANTED_SCOPES
     ]
     missing = [c.permission for c in checks if not c.granted]
     if missing:
@@ -1072,9 +1072,7 @@ def setup_azure(
 
     from presencectl.identity.tokens import admin_sign_in
 
-    session = admin_sign_in(
-        profile, method, on_message=on_message, timeout=options.sign_in_timeout
-    )
+    session = admin_sign_in(profile, method, on_message=on_message, timeout=options.sign_in_timeout)
     on_step(
         Step("Azure sign-in", OK, f"{session.username or 'admin'} in tenant {session.tenant_id}")
     )

@@ -161,9 +161,7 @@ def add_sync_user(
 
     username = _check_username(username)
     if sign_in == sync_pool.PASSWORD and not password:
-        raise UsageError(
-            "the password is empty", hint="pass it on stdin with --password-stdin"
-        )
+        raise UsageError("the password is empty", hint="pass it on stdin with --password-stdin")
     sync_pool.add_member(profile, username, sign_in)  # a duplicate is refused here
     try:
         if sign_in == sync_pool.PASSWORD:

@@ -507,9 +507,7 @@ def sync_user_interactive_sign_in(
 # again, once (issue 24: a sandbox restarted under the same tenant id refused the cached token,
 # and the hint looped).
 STALE_SIGN_IN_CODES = frozenset({70000, 70008, 700082, 700084, 50173, 9002313})
-LOGOUT_HINT = (
-    "run `presencectl logout` to forget the cached sign-in, then run the command again"
-)
+LOGOUT_HINT = "run `presencectl logout` to forget the cached sign-in, then run the command again"
 
 
 def is_stale_sign_in(result: dict[str, Any] | None) -> bool:

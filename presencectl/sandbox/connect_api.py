@@ -98,8 +98,11 @@ def parse_ttl(text: Any) -> float | None:
     if not match:
         return None
     days = int(match.group("d") or 0)
-    return days * 86400 + int(match.group("h")) * 3600 + int(match.group("m")) * 60 + int(
-        match.group("s")
+    return (
+        days * 86400
+        + int(match.group("h")) * 3600
+        + int(match.group("m")) * 60
+        + int(match.group("s"))
     )
 
 
@@ -114,9 +117,11 @@ class ConnectError(Exception):
         self.headers = headers or {}
 
     def response(self) -> JSONResponse:
-        body = {"error": self.code, "message": self.message} if self.code else {
-            "message": self.message
-        }
+        body = (
+            {"error": self.code, "message": self.message}
+            if self.code
+            else {"message": self.message}
+        )
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
@@ -199,12 +204,16 @@ def _claims(world: World, request: Request, scope: str) -> Claims:
     claims = world.verify_bearer(request.headers.get("authorization"))
     if claims is None or claims.kind != "connect":
         raise ConnectError(
-            401, "invalid_token", "The access token is missing, invalid or expired.",
+            401,
+            "invalid_token",
+            "The access token is missing, invalid or expired.",
             headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
         )
     if scope not in claims.scp:
         raise ConnectError(
-            403, "insufficient_scope", f"The access token lacks the scope '{scope}'.",
+            403,
+            "insufficient_scope",
+            f"The access token lacks the scope '{scope}'.",
             headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
         )
     _throttle(world, claims.appid)
@@ -228,7 +237,9 @@ def _throttle(world: World, client_id: str) -> None:
         world.throttle_state[("connect-retry-after", client_id)] = now + wait
         world.stats.throttled += 1
         raise ConnectError(
-            429, "too_many_requests", f"Rate limit of {limit} requests per minute exceeded.",
+            429,
+            "too_many_requests",
+            f"Rate limit of {limit} requests per minute exceeded.",
             headers={"Retry-After": str(wait)},
         )
     window.append(now)
@@ -407,8 +418,12 @@ def directory_routes(world: World) -> list[BaseRoute]:
             return Response(status_code=500)
 
     return [
-        Route(f"{API}/address-book/v3/accounts/_me/contacts", contacts, methods=["GET"],
-              name="connect.contacts"),
+        Route(
+            f"{API}/address-book/v3/accounts/_me/contacts",
+            contacts,
+            methods=["GET"],
+            name="connect.contacts",
+        ),
     ]
 
 
@@ -478,7 +493,8 @@ def presence_routes(world: World) -> list[BaseRoute]:
                 lenient = world.faults.connect_lenient_values and isinstance(value, str) and value
                 if not known and not lenient:
                     raise ConnectError(
-                        400, "invalid_presence",
+                        400,
+                        "invalid_presence",
                         f"Unknown presence value {value!r}.",
                     )
                 world.stats.wrote("connect", person.connect_id)
@@ -558,9 +574,7 @@ def subscription_routes(world: World, hub: Any, feed: ConnectFeed) -> list[BaseR
             if not isinstance(events, list) or not events:
                 raise ConnectError(400, "invalid_request", "'events' must be a non-empty list.")
             ttl = ttl_of(body)
-            sub = ConnectSubscription(
-                str(uuid.uuid4()), claims.appid, world.clock.now() + ttl, ttl
-            )
+            sub = ConnectSubscription(str(uuid.uuid4()), claims.appid, world.clock.now() + ttl, ttl)
             feed.subscriptions[sub.id] = sub
             return JSONResponse(subscription_json(sub))
         except ConnectError as exc:
@@ -598,10 +612,19 @@ def subscription_routes(world: World, hub: Any, feed: ConnectFeed) -> list[BaseR
 
     subs = f"{API}/messaging/v1/subscriptions"
     return [
-        Route(f"{subs}/accounts/_me/users/_all", subscribe, methods=["POST"],
-              name="connect.subscriptions.create"),
-        Route(f"{subs}/{{sub_id}}/renew", renew, methods=["POST"],
-              name="connect.subscriptions.renew"),
-        Route(f"{subs}/{{sub_id}}", unsubscribe, methods=["DELETE"],
-              name="connect.subscriptions.delete"),
+        Route(
+            f"{subs}/accounts/_me/users/_all",
+            subscribe,
+            methods=["POST"],
+            name="connect.subscriptions.create",
+        ),
+        Route(
+            f"{subs}/{{sub_id}}/renew", renew, methods=["POST"], name="connect.subscriptions.renew"
+        ),
+        Route(
+            f"{subs}/{{sub_id}}",
+            unsubscribe,
+            methods=["DELETE"],
+            name="connect.subscriptions.delete",
+        ),
     ]

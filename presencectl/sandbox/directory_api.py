@@ -397,9 +397,7 @@ class DirectoryEndpoints:
         if not isinstance(profile, dict) or not profile.get("password"):
             missing.append("passwordProfile")
         if missing:
-            raise bad_request(
-                f"Property '{missing[0]}' is required.", code="Request_BadRequest"
-            )
+            raise bad_request(f"Property '{missing[0]}' is required.", code="Request_BadRequest")
         upn = str(data["userPrincipalName"])
         if upn.rsplit("@", 1)[-1].lower() != self.world.domain:
             raise bad_request(
@@ -409,8 +407,7 @@ class DirectoryEndpoints:
             )
         if self.world.person_by_email(upn) is not None:
             raise bad_request(
-                "Another object with the same value for property userPrincipalName already "
-                "exists.",
+                "Another object with the same value for property userPrincipalName already exists.",
                 code="Request_BadRequest",
             )
         password = str(profile["password"])

@@ -82,6 +82,7 @@ Handler = Callable[[Request, "Claims"], Awaitable[Response]]
 
 # --------------------------------------------------------------------------- plumbing
 
+
 def _now_iso(world: World, offset: float = 0.0) -> str:
     moment = dt.datetime.fromtimestamp(world.clock.now() + offset, tz=dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 10000:02d}" + "Z"
@@ -110,9 +111,9 @@ class _TruncatedResponse(Response):
         raise ConnectionAbortedError("sandbox dropped the connection (fault injection)")
 
 
-def presence_endpoint(world: World, handler: Handler, *, throttled: bool = True) -> Callable[
-    [Request], Awaitable[Response]
-]:
+def presence_endpoint(
+    world: World, handler: Handler, *, throttled: bool = True
+) -> Callable[[Request], Awaitable[Response]]:
     """Wrap a presence handler: faults, bearer token, throttle, Graph error bodies."""
 
     async def endpoint(request: Request) -> Response:
@@ -138,7 +139,8 @@ def _person(world: World, user_id: str) -> Person:
         person = world.azure_person_by_upn(user_id)
     if person is None or person.azure_id is None:
         raise GraphError(
-            404, "Request_ResourceNotFound",
+            404,
+            "Request_ResourceNotFound",
             f"Resource '{user_id}' does not exist or one of its queried reference-property "
             "objects are not present.",
         )
@@ -150,6 +152,7 @@ async def _announce_teams_change(world: World, person: Person) -> None:
 
 
 # --------------------------------------------------------------------------- presence handlers
+
 
 def _presence_handlers(world: World) -> dict[str, Handler]:
 
@@ -305,6 +308,7 @@ def _expiration(raw: Any, default: float, maximum: float | None = MAX_EXPIRATION
 
 # --------------------------------------------------------------------------- $batch
 
+
 def _batch_endpoint(world: World) -> Callable[[Request], Awaitable[Response]]:
 
     async def batch(request: Request) -> Response:
@@ -435,6 +439,7 @@ async def _dispatch_member(outer: Request, member: dict[str, Any], origin: str) 
 
 # --------------------------------------------------------------------------- routes
 
+
 def graph_presence_routes(world: World) -> list[BaseRoute]:
     """The Graph presence, $batch and subscription routes of the sandbox."""
     handlers = _presence_handlers(world)
@@ -458,14 +463,27 @@ def graph_presence_routes(world: World) -> list[BaseRoute]:
             name="graph.userPresence",
         ),
         Route("/v1.0/me/presence", wrap("myPresence"), methods=["GET"], name="graph.myPresence"),
-        Route(f"{users}/setPresence", wrap("setPresence"), methods=["POST"],
-              name="graph.setPresence"),
-        Route(f"{users}/clearPresence", wrap("clearPresence"), methods=["POST"],
-              name="graph.clearPresence"),
-        Route(f"{users}/setUserPreferredPresence", wrap("setUserPreferredPresence"),
-              methods=["POST"], name="graph.setUserPreferredPresence"),
-        Route(f"{users}/clearUserPreferredPresence", wrap("clearUserPreferredPresence"),
-              methods=["POST"], name="graph.clearUserPreferredPresence"),
+        Route(
+            f"{users}/setPresence", wrap("setPresence"), methods=["POST"], name="graph.setPresence"
+        ),
+        Route(
+            f"{users}/clearPresence",
+            wrap("clearPresence"),
+            methods=["POST"],
+            name="graph.clearPresence",
+        ),
+        Route(
+            f"{users}/setUserPreferredPresence",
+            wrap("setUserPreferredPresence"),
+            methods=["POST"],
+            name="graph.setUserPreferredPresence",
+        ),
+        Route(
+            f"{users}/clearUserPreferredPresence",
+            wrap("clearUserPreferredPresence"),
+            methods=["POST"],
+            name="graph.clearUserPreferredPresence",
+        ),
         Route("/v1.0/$batch", _batch_endpoint(world), methods=["POST"], name="graph.batch"),
         *notification_routes(world),
     ]

@@ -112,7 +112,7 @@ def _parse_iso(text: Any) -> float | None:
     if "." in value:  # Graph writes up to 7 fractional digits; fromisoformat takes 6
         head, _, tail = value.partition(".")
         digits = "".join(c for c in tail if c.isdigit())
-        value = f"{head}.{digits[:6].ljust(6, '0')}{tail[len(digits):]}"
+        value = f"{head}.{digits[:6].ljust(6, '0')}{tail[len(digits) :]}"
     try:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
@@ -166,8 +166,9 @@ def load_encryption_certificate(text: str) -> Any:
     return key, hashlib.sha1(der).hexdigest().upper()
 
 
-def encrypt_resource(public_key: Any, thumbprint: str, cert_id: str, resource: dict[str, Any]) -> \
-        dict[str, str]:
+def encrypt_resource(
+    public_key: Any, thumbprint: str, cert_id: str, resource: dict[str, Any]
+) -> dict[str, str]:
     """``encryptedContent`` for one notification, as change-notifications-with-resource-data.md
     describes the decryption (a fresh symmetric key per item)."""
     from cryptography.hazmat.primitives import hashes, padding
@@ -480,9 +481,7 @@ async def _validate(world: World, url: str) -> bool:
     )
     separator = "&" if "?" in url else "?"
     try:
-        async with httpx.AsyncClient(
-            timeout=VALIDATION_TIMEOUT, verify=_verify(world)
-        ) as client:
+        async with httpx.AsyncClient(timeout=VALIDATION_TIMEOUT, verify=_verify(world)) as client:
             answer = await client.post(
                 f"{url}{separator}validationToken={quote(token)}",
                 headers={"Content-Type": "text/plain; charset=utf-8"},
@@ -528,7 +527,8 @@ def _handlers(world: World) -> dict[str, Callable[[Request], Awaitable[Response]
             raise bad_request(f"Resource '{resource}' is not supported by this sandbox.")
         if claims.kind != "delegated":
             raise GraphError(
-                403, "ExtensionError",
+                403,
+                "ExtensionError",
                 "Operation: Create; Exception: [Status Code: Forbidden; Reason: Application "
                 "permissions are not supported for presence subscriptions.]",
             )
@@ -550,12 +550,15 @@ def _handlers(world: World) -> dict[str, Callable[[Request], Awaitable[Response]
         when = expiry(data.get("expirationDateTime"))
         rich = data.get("includeResourceData") is True
         public_key, thumbprint = None, ""
-        certificate, certificate_id = data.get("encryptionCertificate"), data.get(
-            "encryptionCertificateId"
+        certificate, certificate_id = (
+            data.get("encryptionCertificate"),
+            data.get("encryptionCertificateId"),
         )
         if rich:
-            if not isinstance(certificate, str) or not isinstance(certificate_id, str) or not (
-                0 < len(certificate_id) <= 128
+            if (
+                not isinstance(certificate, str)
+                or not isinstance(certificate_id, str)
+                or not (0 < len(certificate_id) <= 128)
             ):
                 raise bad_request(
                     "encryptionCertificate and encryptionCertificateId are required when "
@@ -578,8 +581,7 @@ def _handlers(world: World) -> dict[str, Callable[[Request], Awaitable[Response]
         for user_id in user_ids:
             if user_id in taken:
                 raise bad_request(
-                    f"The presence of '{user_id}' is already in a subscription of this "
-                    "application."
+                    f"The presence of '{user_id}' is already in a subscription of this application."
                 )
         url = data.get("notificationUrl")
         lifecycle = data.get("lifecycleNotificationUrl")
@@ -697,7 +699,7 @@ def _certs_handler(world: World) -> Callable[[Request], Awaitable[Response]]:
         ca = world.extra.get("ca")
         if not isinstance(hostname, str) or not hostname:
             return JSONResponse(
-                {"error": {"code": "invalid_request", "message": "send {\"hostname\": \"…\"}"}},
+                {"error": {"code": "invalid_request", "message": 'send {"hostname": "…"}'}},
                 status_code=400,
             )
         if not _loopback_name(hostname):

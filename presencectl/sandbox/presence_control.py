@@ -43,9 +43,23 @@ _AVAILABILITY_BY_KEY = {a.lower(): a for a in AVAILABILITIES}
 _PREFERRED_BY_KEY = {(a.lower(), b.lower()): (a, b) for a, b in PREFERRED_PAIRS}
 # Canonical casing of the activities Graph documents, so "inacall" becomes "InACall".
 _ACTIVITIES = (
-    "Available", "Away", "BeRightBack", "Busy", "DoNotDisturb", "InACall", "InAConferenceCall",
-    "Inactive", "InAMeeting", "Offline", "OffWork", "OutOfOffice", "PresenceUnknown",
-    "Presenting", "UrgentInterruptionsOnly", "Focusing", "AvailableInactive",
+    "Available",
+    "Away",
+    "BeRightBack",
+    "Busy",
+    "DoNotDisturb",
+    "InACall",
+    "InAConferenceCall",
+    "Inactive",
+    "InAMeeting",
+    "Offline",
+    "OffWork",
+    "OutOfOffice",
+    "PresenceUnknown",
+    "Presenting",
+    "UrgentInterruptionsOnly",
+    "Focusing",
+    "AvailableInactive",
 )
 _ACTIVITY_BY_KEY = {a.lower(): a for a in _ACTIVITIES}
 
@@ -171,7 +185,8 @@ def control_routes(world: World) -> list[BaseRoute]:
             availability = _AVAILABILITY_BY_KEY.get(str(data.get("availability", "")).lower())
             if availability is None:
                 raise ControlError(
-                    400, "invalid_availability",
+                    400,
+                    "invalid_availability",
                     f"'availability' must be one of {', '.join(AVAILABILITIES)}",
                 )
             raw_activity = data.get("activity") or availability
@@ -195,8 +210,10 @@ def control_routes(world: World) -> list[BaseRoute]:
             if data.get("clear") is True:
                 changed = person.teams.clear_preferred(now)
             else:
-                key = (str(data.get("availability", "")).lower(),
-                       str(data.get("activity") or data.get("availability", "")).lower())
+                key = (
+                    str(data.get("availability", "")).lower(),
+                    str(data.get("activity") or data.get("availability", "")).lower(),
+                )
                 pair = _PREFERRED_BY_KEY.get(key)
                 if pair is None:
                     valid = ", ".join(f"{a}/{b}" for a, b in sorted(PREFERRED_PAIRS))
@@ -220,7 +237,8 @@ def control_routes(world: World) -> list[BaseRoute]:
             status = data.get("status")
             if not isinstance(status, str) or status.lower() not in CONNECT_STATUSES:
                 raise ControlError(
-                    400, "invalid_status",
+                    400,
+                    "invalid_status",
                     f"'status' must be one of {', '.join(sorted(CONNECT_STATUSES))}",
                 )
             state = person.connect.aggregate_with(world.faults.connect_aggregation)
@@ -260,10 +278,22 @@ def control_routes(world: World) -> list[BaseRoute]:
 
     return [
         Route("/_sandbox/sessions", sessions, methods=["GET"], name="sandbox_sessions"),
-        Route("/_sandbox/teams/presence", teams_presence, methods=["GET", "POST"],
-              name="sandbox_teams_presence"),
-        Route("/_sandbox/teams/preferred", teams_preferred, methods=["POST"],
-              name="sandbox_teams_preferred"),
-        Route("/_sandbox/connect/presence", connect_presence, methods=["GET", "POST"],
-              name="sandbox_connect_presence"),
+        Route(
+            "/_sandbox/teams/presence",
+            teams_presence,
+            methods=["GET", "POST"],
+            name="sandbox_teams_presence",
+        ),
+        Route(
+            "/_sandbox/teams/preferred",
+            teams_preferred,
+            methods=["POST"],
+            name="sandbox_teams_preferred",
+        ),
+        Route(
+            "/_sandbox/connect/presence",
+            connect_presence,
+            methods=["GET", "POST"],
+            name="sandbox_connect_presence",
+        ),
     ]

@@ -137,7 +137,12 @@ class SlidingWindow:
         return None, sent_inside
 
     def refuse_all(
-        self, key: Any, now: float, limit: int, window: float, count: int,
+        self,
+        key: Any,
+        now: float,
+        limit: int,
+        window: float,
+        count: int,
         ticket: Ticket | None = None,
     ) -> tuple[int | None, bool]:
         """Would ``count`` more requests exceed the limit? Then start a Retry-After (returned,
@@ -303,7 +308,9 @@ def check_presence_throttle(world: World, claims: Claims, ticket: Ticket | None 
         world.stats.in_retry_after_window += 1
         log.warning(
             "presence request of app %s sent inside a Retry-After window (arrived %.6f, now %.6f)",
-            claims.appid, ticket.arrived if ticket is not None else now, now,
+            claims.appid,
+            ticket.arrived if ticket is not None else now,
+            now,
         )
     if retry_after is None:
         return

@@ -725,8 +725,12 @@ class World:
             if g.client_id == client_id and not g.revoked and g.exp > now
         }
         due = [p for p in others if p.azure_id not in signed_in]
-        chosen = due[0] if due else min(
-            others, key=lambda p: self._device_approvals.get((client_id, p.email.lower()), -1)
+        chosen = (
+            due[0]
+            if due
+            else min(
+                others, key=lambda p: self._device_approvals.get((client_id, p.email.lower()), -1)
+            )
         )
         self._device_approvals[(client_id, chosen.email.lower())] = len(self.device_codes) + 1
         return chosen.email

@@ -487,7 +487,7 @@ class TeamsNotifications:
                 log.exception("maintaining Teams notification subscriptions failed")
 
     def coverage(self) -> str:
-        """"1,993 of 1,993 people by notifications, 3 sync users" (``status``, ``doctor``)."""
+        """ "1,993 of 1,993 people by notifications, 3 sync users" (``status``, ``doctor``)."""
         members = len(self.members)
         noun = "sync user" if members == 1 else "sync users"
         text = (
@@ -599,9 +599,9 @@ class TeamsNotifications:
         ends = [r.expires_at for r in self.subscriptions.values() if r.expires_at]
         renew_at = min(ends) - RENEW_MARGIN.total_seconds() if ends else None
         return {
-            "mode": "stopped" if self.reason == "stopped" else (
-                "notifications" if self.active else "polling"
-            ),
+            "mode": "stopped"
+            if self.reason == "stopped"
+            else ("notifications" if self.active else "polling"),
             "reason": self.reason,
             "notify_url": self.options.notify_url,
             "listen": self.receiver.url if self.receiver is not None else None,
@@ -647,8 +647,10 @@ def notify_options_for(
         return None
     parts = urlsplit(url)
     loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    if not parts.netloc or parts.scheme not in ("https", "http") or (
-        parts.scheme == "http" and not loopback
+    if (
+        not parts.netloc
+        or parts.scheme not in ("https", "http")
+        or (parts.scheme == "http" and not loopback)
     ):
         raise UsageError(
             f"--notify-url {url!r} is not an https URL",
@@ -659,9 +661,7 @@ def notify_options_for(
     except ValueError as exc:
         raise UsageError(str(exc), hint="e.g. --listen 127.0.0.1:8765") from exc
     if bool(listen_cert) != bool(listen_key):
-        raise UsageError(
-            "--listen-cert and --listen-key go together", hint="pass both, or neither"
-        )
+        raise UsageError("--listen-cert and --listen-key go together", hint="pass both, or neither")
     if reconcile_interval <= 0:
         raise UsageError("--reconcile-interval must be positive", hint="e.g. 60")
     return NotifyOptions(

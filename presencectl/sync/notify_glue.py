@@ -27,8 +27,10 @@ class NotificationsGlue(SyncCycle):
 
     async def _start_notifications(self, events: asyncio.Queue[Any]) -> None:
         notify = self.options.notify
-        if notify is None or self.options.dry_run or not self.options.direction.writes(
-            Side.CONNECT
+        if (
+            notify is None
+            or self.options.dry_run
+            or not self.options.direction.writes(Side.CONNECT)
         ):
             return
         from presencectl.sync.notify import TeamsNotifications
@@ -51,8 +53,17 @@ class NotificationsGlue(SyncCycle):
             await self.notifications.sync_subscriptions(ids)
             # Said again when coverage changed: the first word (at start) knows no users yet.
             summary = self.notifications.summary()
-            said = tuple(summary.get(k) for k in ("mode", "users_covered", "users_matched",
-                                                  "subscriptions", "next_renewal", "reason"))
+            said = tuple(
+                summary.get(k)
+                for k in (
+                    "mode",
+                    "users_covered",
+                    "users_matched",
+                    "subscriptions",
+                    "next_renewal",
+                    "reason",
+                )
+            )
             if said != getattr(self, "_notifications_said", None):
                 self._notifications_said = said
                 self._emit("notifications", **summary)

@@ -180,8 +180,9 @@ class NotificationReceiver:
                 doc, items = await asyncio.to_thread(_decode, raw)
             except _BadBody:
                 self.counts.dropped_untrusted += 1
-                log.warning("dropped a notification POST that is not a change notification "
-                            "collection (400)")
+                log.warning(
+                    "dropped a notification POST that is not a change notification collection (400)"
+                )
                 return PlainTextResponse("not a change notification collection", status_code=400)
             if self.check_tokens is None:
                 self.accept(items)
@@ -216,8 +217,9 @@ class NotificationReceiver:
             dropped = min(len(items), self.max_items) or 1
             self.counts.received += dropped
             self.counts.dropped_untrusted += dropped
-            log.warning("dropped %d notification(s) whose validation tokens failed: %s",
-                        dropped, exc)
+            log.warning(
+                "dropped %d notification(s) whose validation tokens failed: %s", dropped, exc
+            )
             return False
         return True
 
@@ -242,7 +244,11 @@ class NotificationReceiver:
             log.warning(
                 "dropped %d of %d notifications in one POST: %d with a wrong clientState (not "
                 "from our Graph subscription), %d past the limit of %d per POST",
-                wrong_state + excess, len(items) + excess, wrong_state, excess, self.max_items,
+                wrong_state + excess,
+                len(items) + excess,
+                wrong_state,
+                excess,
+                self.max_items,
             )
         if trusted and self.sink is not None:
             self.counts.last_at = self._clock()

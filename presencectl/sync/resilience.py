@@ -124,7 +124,7 @@ class Outage:
         self.retry_at = now + timedelta(seconds=delay)
 
     def message(self, now: datetime | None = None) -> str:
-        """"Graph unreachable since 10:02, retrying in 20 s"; with ``now``, the seconds left
+        """ "Graph unreachable since 10:02, retrying in 20 s"; with ``now``, the seconds left
         until ``retry_at`` (never negative: "retrying now" once it is due)."""
         return _message(self.service, self.since, self._left(now))
 

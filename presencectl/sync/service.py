@@ -148,9 +148,7 @@ async def engine_for(
             store.close()
 
 
-def _subscriber_clients(
-    profile: Profile, settings: Any, limiter: Any
-) -> dict[str, GraphClient]:
+def _subscriber_clients(profile: Profile, settings: Any, limiter: Any) -> dict[str, GraphClient]:
     """One Graph client per member of the pool of sync users (username → client, pool order):
     each owns one Teams notification subscription. A client signs in only when first used;
     a member without what it needs to sign in is left out (the others still cover people)."""

@@ -524,11 +524,7 @@ class StateStore:
             )
             db.executemany(
                 "INSERT INTO settled (key, context) VALUES (?, ?)",
-                (
-                    (st.key, _CONTEXT_SEP.join(st.settled))
-                    for st in items
-                    if st.settled is not None
-                ),
+                ((st.key, _CONTEXT_SEP.join(st.settled)) for st in items if st.settled is not None),
             )
             _insert_audit(db, audit)
             if run is not None:
