@@ -52,7 +52,7 @@ def test_an_existing_profile_of_an_old_name_gets_a_migration_hint(cli: Any) -> N
     path = config.config_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text('[profiles."contoso prod"]\ntenant_id = "contoso.onmicrosoft.com"\n'
-                    '[profiles.ok]\ntenant_id = "t"\n')  # fmt: skip
+                    '[profiles.ok]\ntenant_id = "t.example"\n')  # fmt: skip
     result = cli("--profile", "contoso prod", "-o", "json", "status")
     assert result.exit_code == 2
     error = json.loads(result.stdout)["error"]

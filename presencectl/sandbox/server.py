@@ -318,14 +318,16 @@ class Sandbox:
         """Write a presencectl profile pointing at this sandbox (+ its Connect secret); return
         it.
 
-        A profile already written for this very world (same tenant id: a loaded world) keeps
+        A profile already written for this very world (a world loaded from its home, same tenant
+        id; a new world made from the same seed is another world with the same id) keeps
         its setup — client id, sync user, enabled direction, verified steps — and only has its
         addresses rewritten; any other is replaced whole."""
         from presencectl import secrets as secret_store
         from presencectl.config import Profile, load_profile, read_config, save_profile
 
         table = read_config().get("profiles", {}).get(name)
-        if isinstance(table, dict) and table.get("tenant_id") == self.world.tenant_id:
+        loaded = bool(getattr(self, "loaded", False))  # a world restored from its home
+        if loaded and isinstance(table, dict) and table.get("tenant_id") == self.world.tenant_id:
             kept = load_profile(name, check_mapping=False)
             kept.authority_url = self.base_url
             kept.graph_url = f"{self.base_url}/v1.0"

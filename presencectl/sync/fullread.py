@@ -5,9 +5,9 @@ read of every user takes minutes — 150 people at 200/min: 45 s; 1,000 at 250/m
 A watch reads Connect in full on its first cycle, after a feed reconnect and after an outage;
 before this module a Teams change made meanwhile waited for the whole read. Now, while the bulk
 read runs (at ``Priority.BULK``: it fills what the budget leaves, connect/budget.py), Teams is
-polled at the watch's interval; for each user whose Teams status changed, that user's Connect
-state is read at once (``Priority.URGENT``, "the read a write needs"), the pair planned and
-written (urgent too) — one small cycle, as a Connect feed event makes. When the bulk read ends,
+polled at the watch's interval (at most once a second); for each user whose Teams status
+changed, that user's Connect state is read at once (``Priority.URGENT``, "the read a write
+needs"), the pair planned and written (urgent too) — one small cycle, as a Connect feed event makes. When the bulk read ends,
 the full cycle plans every pair with the freshest Teams reading; the pairs handled meanwhile keep
 their fresher Connect reading (the bulk read of them may predate it, or show our own new
 session).
@@ -27,6 +27,11 @@ from presencectl.connect.budget import Priority, current_priority
 
 if TYPE_CHECKING:
     from presencectl.sync.model import Observation
+
+# Teams is polled during a full read at the watch's interval, but at most once a second (the
+# floor --interval auto keeps too): a read that ends within a second costs no extra poll, and a
+# back-to-back engine (bench/engine_driver.py runs at ~0 s) does not poll Teams on every tick.
+POLL_FLOOR_S = 1.0
 
 
 async def read_connect_watching(
@@ -48,7 +53,8 @@ async def read_connect_watching(
     handled: set[str] = set()
     try:
         while not read.done() and not engine._stopping():
-            sleeper = asyncio.ensure_future(engine.sleep(engine._poll_interval()))
+            pause = max(POLL_FLOOR_S, engine._poll_interval())
+            sleeper = asyncio.ensure_future(engine.sleep(pause))
             await asyncio.wait({read, sleeper}, return_when=asyncio.FIRST_COMPLETED)
             sleeper.cancel()
             if read.done() or engine._stopping():
