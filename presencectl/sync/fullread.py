@@ -7,8 +7,8 @@ before this module a Teams change made meanwhile waited for the whole read. Now,
 read runs (at ``Priority.BULK``: it fills what the budget leaves, connect/budget.py), Teams is
 polled at the watch's interval (at most once a second); for each user whose Teams status
 changed, that user's Connect state is read at once (``Priority.URGENT``, "the read a write
-needs"), the pair planned and written (urgent too) — one small cycle, as a Connect feed event makes. When the bulk read ends,
-the full cycle plans every pair with the freshest Teams reading; the pairs handled meanwhile keep
+needs"), the pair planned and written (urgent too) — one small cycle, as a Connect feed event
+makes. When the bulk read ends, the full cycle plans every pair with the freshest Teams reading; the pairs handled meanwhile keep
 their fresher Connect reading (the bulk read of them may predate it, or show our own new
 session).
 
