@@ -8,9 +8,9 @@ read runs (at ``Priority.BULK``: it fills what the budget leaves, connect/budget
 polled at the watch's interval (at most once a second); for each user whose Teams status
 changed, that user's Connect state is read at once (``Priority.URGENT``, "the read a write
 needs"), the pair planned and written (urgent too) — one small cycle, as a Connect feed event
-makes. When the bulk read ends, the full cycle plans every pair with the freshest Teams reading; the pairs handled meanwhile keep
-their fresher Connect reading (the bulk read of them may predate it, or show our own new
-session).
+makes. When the bulk read ends, the full cycle plans every pair with the freshest Teams
+reading; the pairs handled meanwhile keep their fresher Connect reading (the bulk read of them
+may predate it, or show our own new session).
 
 Adoption (sync/adopt.py, pairs with no state) still runs before the read, not beside it: a
 pair's old session must be gone before any of its readings is trusted.
