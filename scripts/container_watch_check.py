@@ -77,6 +77,17 @@ def control(base: str, path: str, body: dict[str, object], ca: str) -> None:
         pass
 
 
+def _set_ca_bundle(config_file: Path, profile: str, ca_bundle: str) -> None:
+    import tomllib
+
+    import tomli_w
+
+    doc = tomllib.loads(config_file.read_text())
+    doc["profiles"][profile]["ca_bundle"] = ca_bundle
+    config_file.write_text(tomli_w.dumps(doc))
+    os.chmod(config_file, 0o600)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--image", required=True)
@@ -116,6 +127,14 @@ def main() -> int:
         presencectl(env, "sync-user", "validate")
         presencectl(env, "enable", "--direction", "both")
 
+        # The container trusts the sandbox's CA as a deployment trusts a private CA: a copy next
+        # to its config (the sandbox's own folder, 0700 and root's, is not the container's to
+        # read; a CA outside it also keeps "is that sandbox still serving?" out of the picture).
+        container_ca = "/etc/presencectl-ca/ca.pem"
+        ca_copy = work / "ca.pem"
+        shutil.copyfile(ca, ca_copy)
+        os.chmod(ca_copy, 0o644)
+        _set_ca_bundle(config / "config.toml", "sandbox", container_ca)
         state.mkdir()
         for path in (config, state):
             for root, dirs, files in os.walk(path):
@@ -126,7 +145,7 @@ def main() -> int:
              "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
              "-v", f"{config}:/var/lib/presencectl/config",
              "-v", f"{state}:/var/lib/presencectl/state",
-             "-v", f"{ca}:{ca}:ro",
+             "-v", f"{ca_copy}:{container_ca}:ro",
              "-e", "PRESENCECTL_PROFILE=sandbox",
              args.image, "-o", "json", "sync", "--watch", "--interval", "2",
              "--listen", f"127.0.0.1:{listen_port}"],
@@ -134,8 +153,13 @@ def main() -> int:
         )  # fmt: skip
         container_started = True
         base_probe = f"http://127.0.0.1:{listen_port}"
-        alive = wait_for(f"{base_probe}/healthz", 200, 120)
-        ready = wait_for(f"{base_probe}/readyz", 200, 180)
+        try:
+            alive = wait_for(f"{base_probe}/healthz", 200, 120)
+            ready = wait_for(f"{base_probe}/readyz", 200, 180)
+        except SystemExit:
+            logs = subprocess.run([*podman, "logs", name], capture_output=True, text=True)
+            print("container stderr (last 3,000 characters):", logs.stderr[-3000:], file=sys.stderr)
+            raise
         metrics = urllib.request.urlopen(f"{base_probe}/metrics", timeout=5).read().decode()
         if 'presencectl_cycles_total{profile="sandbox"}' not in metrics:
             sys.exit("/metrics has no cycle count")
